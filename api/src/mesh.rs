@@ -1,0 +1,404 @@
+//! `MeshControlPlane`: one mesh control plane installation, cluster-scoped.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the last reconcile applied the spec (False names the reason, e.g. an unknown
+/// version).
+pub const CONDITION_RECONCILED: &str = "Reconciled";
+/// Condition type: every installed component is available.
+pub const CONDITION_READY: &str = "Ready";
+/// Namespace used when `spec.namespace` is not set.
+pub const DEFAULT_NAMESPACE: &str = "skein-system";
+/// Trust domain used when `meshConfig.trustDomain` is not set.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Desired state of a Skein mesh control plane.
+///
+/// `version` pins a release (`1.0.2`) or a minor alias (`v1.0-latest`); without it, the newest
+/// release of `channel` is installed. `version` wins when both are set.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mesh.skein.dev",
+    version = "v1alpha1",
+    kind = "MeshControlPlane",
+    shortname = "mcp",
+    category = "skein",
+    status = "MeshControlPlaneStatus",
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(name = "Channel", type_ = "string", json_path = ".status.channel"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.activeRevision"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshControlPlaneSpec {
+    /// Release to install: `X.Y.Z` (optionally `v`-prefixed, with a pre-release suffix) or the
+    /// alias `vX.Y-latest` (newest patch of that minor). Unset: follow `channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?|v[0-9]+\.[0-9]+-latest)$"
+    ))]
+    pub version: Option<String>,
+
+    /// Upgrade channel followed when `version` is unset. Default `stable`.
+    #[serde(default)]
+    pub channel: Channel,
+
+    /// Namespace the control plane and gateways are installed in. Default `skein-system`;
+    /// immutable once set.
+    #[serde(default = "default_namespace")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
+    pub namespace: String,
+
+    /// How a version change is rolled out.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+
+    /// Which components run, and their size.
+    #[serde(default)]
+    pub components: Components,
+
+    /// Mesh-wide settings handed to the control plane and proxies.
+    #[serde(default)]
+    pub mesh_config: MeshConfig,
+
+    /// Root of trust for workload certificates.
+    #[serde(default)]
+    pub security: Security,
+
+    /// This cluster's identity in a multi-cluster mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_cluster: Option<MultiCluster>,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+/// An upgrade channel: a moving pointer to a release.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// Releases proven in the fast channel. The default.
+    #[default]
+    Stable,
+    /// Newest general-availability releases.
+    Fast,
+    /// Release candidates.
+    Candidate,
+}
+
+impl Channel {
+    /// The name as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Stable => "stable",
+            Channel::Fast => "fast",
+            Channel::Candidate => "candidate",
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How upgrades are rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// `InPlace` replaces the running control plane; `RevisionBased` starts the new version as a
+    /// canary revision beside the old one. Default `InPlace`.
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+    /// With `RevisionBased`: seconds an inactive revision is kept once no workload uses it.
+    /// Default 30.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 2592000))]
+    pub inactive_revision_deletion_grace_period_seconds: i64,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        Self {
+            type_: UpdateStrategyType::default(),
+            inactive_revision_deletion_grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> i64 {
+    30
+}
+
+/// Upgrade strategy kind.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UpdateStrategyType {
+    /// Upgrade the running control plane in place. The default.
+    #[default]
+    InPlace,
+    /// Install each version as its own revision beside the previous one.
+    RevisionBased,
+}
+
+/// The components of an installation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Components {
+    /// The control plane (`skein-controlplane`).
+    #[serde(default)]
+    pub control_plane: ControlPlaneComponent,
+    /// North-south ingress gateway. Enabled unless `enabled: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_gateway: Option<GatewayComponent>,
+    /// Egress gateway. Disabled unless `enabled: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_gateway: Option<GatewayComponent>,
+    /// East-west gateway for multi-cluster traffic (port 15443). Disabled unless `enabled: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub east_west_gateway: Option<GatewayComponent>,
+}
+
+/// Size of the control plane.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneComponent {
+    /// Replicas of the control plane Deployment (1–10). Default 1; above 1 a
+    /// PodDisruptionBudget keeps one available.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+    /// Container resources. Default: requests 100m CPU, 128Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ControlPlaneComponent {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// A gateway Deployment and its Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayComponent {
+    /// Whether the gateway is installed. Unset: the component's default (ingress on, others off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Replicas (1–100). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// Type of the gateway's Service. Default `LoadBalancer` for ingress and east-west,
+    /// `ClusterIP` for egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+    /// Container resources. Default: requests 100m CPU, 128Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Kubernetes Service type of a gateway.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// Exposed on every node's port.
+    NodePort,
+    /// Exposed by the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Mesh-wide configuration (Istio's `MeshConfig` subset Skein honours).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enableTracing || has(self.tracing)")
+    .message("tracing.address is required when enableTracing is true"))]
+pub struct MeshConfig {
+    /// SPIFFE trust domain of workload identities. Default `cluster.local`.
+    #[serde(default = "default_trust_domain")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub trust_domain: String,
+    /// Policy for traffic to hosts outside the mesh registry.
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Access log destination (`/dev/stdout`); unset disables access logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// Whether proxies report spans. Default false.
+    #[serde(default)]
+    pub enable_tracing: bool,
+    /// Where spans are sent; required when `enableTracing` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            access_log_file: None,
+            enable_tracing: false,
+            tracing: None,
+        }
+    }
+}
+
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.to_string()
+}
+
+/// Istio's `outboundTrafficPolicy`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (default) passes unknown hosts through; `REGISTRY_ONLY` refuses them.
+    #[serde(default)]
+    pub mode: OutboundMode,
+}
+
+/// Outbound traffic mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OutboundMode {
+    /// Unknown hosts are passed through. The default.
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    /// Only hosts in the registry (Services, ServiceEntries) are reachable.
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+/// Tracing collector.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Tracing {
+    /// `host:port` of the collector.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[^\s:]+:[0-9]{1,5}$"))]
+    pub address: String,
+}
+
+/// Security settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Security {
+    /// Root CA of the mesh. Default: self-signed, generated once.
+    #[serde(default, rename = "rootCA")]
+    pub root_ca: RootCa,
+}
+
+/// Where the mesh's signing CA comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'Secret' || has(self.secretName)")
+    .message("secretName is required when type is Secret"))]
+pub struct RootCa {
+    /// `SelfSigned` (default): the operator generates a root once and never replaces it.
+    /// `Secret`: a user-provided Secret in `spec.namespace` with `ca-cert.pem`, `ca-key.pem`,
+    /// `root-cert.pem` and `cert-chain.pem` (Istio's `cacerts` layout).
+    #[serde(default, rename = "type")]
+    pub type_: RootCaType,
+    /// Name of the `cacerts`-style Secret when `type` is `Secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// Root CA source.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RootCaType {
+    /// Generated by the operator. The default.
+    #[default]
+    SelfSigned,
+    /// Provided by the user in a Secret.
+    Secret,
+}
+
+/// Identity of this cluster in a multi-cluster mesh.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiCluster {
+    /// Name of this cluster, unique in the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub cluster_name: Option<String>,
+    /// Network this cluster's pods are on; clusters on different networks talk through
+    /// east-west gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Mesh this cluster belongs to.
+    #[serde(default, rename = "meshID", skip_serializing_if = "Option::is_none")]
+    pub mesh_id: Option<String>,
+}
+
+/// Observed state of a `MeshControlPlane`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshControlPlaneStatus {
+    /// `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Reconciled` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Release installed (resolved from `version` or `channel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Channel the spec follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Revision serving the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_revision: Option<String>,
+    /// Readiness of each installed component.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentStatus>,
+}
+
+/// Readiness of one component.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Component name (`controlPlane`, `ingressGateway`, ...).
+    pub name: String,
+    /// Whether every desired replica is updated and ready.
+    pub ready: bool,
+    /// Desired replicas.
+    pub replicas: i32,
+    /// Ready replicas.
+    pub ready_replicas: i32,
+}
+
+#[cfg(test)]
+mod tests;

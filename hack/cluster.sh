@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# One isolated local Kubernetes cluster per NAME: etcd, kube-apiserver (own CA and certs, on a
+# free loopback port), kube-controller-manager (garbage collection, Deployments), kube-scheduler
+# and kwok with one fake node, so Pods of Deployments become Running/Ready without a kubelet.
+#
+#   hack/cluster.sh up NAME     start it; writes $dir/NAME/kubeconfig
+#   hack/cluster.sh down NAME   stop it and remove its state
+#   hack/cluster.sh kubeconfig NAME   print the kubeconfig path
+#   hack/cluster.sh stop-apiserver NAME / start-apiserver NAME   (failure tests)
+#
+# $dir is SKEIN_CLUSTERS_DIR, default .skein/clusters in the repository. Several clusters can run
+# at once; each owns only the processes whose pids it recorded.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+clusters="${SKEIN_CLUSTERS_DIR:-$root/.skein/clusters}"
+
+usage() { echo "usage: $0 up|down|kubeconfig|stop-apiserver|start-apiserver NAME" >&2; exit 2; }
+[ $# -eq 2 ] || usage
+cmd=$1 name=$2
+case "$name" in *[!a-z0-9-]*|"") echo "cluster name must match [a-z0-9-]+" >&2; exit 2;; esac
+dir="$clusters/$name"
+
+free_ports() { # N free loopback TCP ports
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+# start NAME CMD...: run a component in its own session so it outlives this script.
+start() {
+  local comp=$1; shift
+  setsid "$@" >"$dir/logs/$comp.log" 2>&1 < /dev/null &
+  echo $! >"$dir/pids/$comp"
+}
+
+stop() { # stop COMPONENT
+  local f="$dir/pids/$1"
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$f"
+}
+
+wait_for() { # wait_for WHAT SECONDS CMD...
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "cluster $name: $what not ready after ${secs}s; last log lines:" >&2
+      tail -n 20 "$dir"/logs/*.log >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+certs() {
+  local c="$dir/pki"; mkdir -p "$c"
+  local subj="/O=skein-test/CN"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -keyout "$c/ca.key" -out "$c/ca.crt" -subj "$subj=skein-test-ca-$name" 2>/dev/null
+  # leaf NAME SUBJECT [SAN]
+  leaf() {
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout "$c/$1.key" -out "$c/$1.csr" -subj "$2" 2>/dev/null
+    local ext="$c/$1.ext"
+    echo "basicConstraints=CA:FALSE" >"$ext"
+    [ -n "${3:-}" ] && echo "subjectAltName=$3" >>"$ext"
+    openssl x509 -req -in "$c/$1.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$ext" -out "$c/$1.crt" 2>/dev/null
+  }
+  leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc"
+  leaf admin "/O=system:masters/CN=skein-admin"
+  openssl genrsa -out "$c/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$c/sa.key" -pubout -out "$c/sa.pub" 2>/dev/null
+}
+
+kubeconfig() {
+  local c="$dir/pki"
+  cat >"$dir/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: $name
+  cluster:
+    server: https://127.0.0.1:$(cat "$dir/port.apiserver")
+    certificate-authority: $c/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $c/admin.crt
+    client-key: $c/admin.key
+contexts:
+- name: $name
+  context: {cluster: $name, user: admin}
+current-context: $name
+KC
+}
+
+start_apiserver() {
+  local c="$dir/pki"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$(cat "$dir/port.etcd")" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --secure-port="$(cat "$dir/port.apiserver")" \
+    --cert-dir="$c" --tls-cert-file="$c/apiserver.crt" --tls-private-key-file="$c/apiserver.key" \
+    --client-ca-file="$c/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$c/sa.pub" --service-account-signing-key-file="$c/sa.key" \
+    --service-cluster-ip-range=198.19.0.0/16 \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --enable-priority-and-fairness=false --profiling=false \
+    --endpoint-reconciler-type=none
+  wait_for kube-apiserver 90 curl -sf --cacert "$c/ca.crt" --cert "$c/admin.crt" --key "$c/admin.key" \
+    "https://127.0.0.1:$(cat "$dir/port.apiserver")/readyz"
+}
+
+up() {
+  if [ -f "$dir/kubeconfig" ] && kill -0 "$(cat "$dir/pids/kube-apiserver" 2>/dev/null)" 2>/dev/null; then
+    echo "$dir/kubeconfig"; return 0
+  fi
+  rm -rf "$dir"; mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
+  read -r p_etcd p_peer p_api p_kcm p_sched p_kwok < <(free_ports 6)
+  echo "$p_etcd" >"$dir/port.etcd"; echo "$p_api" >"$dir/port.apiserver"
+  certs
+  start etcd "$bin/etcd" --name "$name" --data-dir "$dir/etcd" --unsafe-no-fsync \
+    --listen-client-urls "http://127.0.0.1:$p_etcd" --advertise-client-urls "http://127.0.0.1:$p_etcd" \
+    --listen-peer-urls "http://127.0.0.1:$p_peer" --initial-advertise-peer-urls "http://127.0.0.1:$p_peer" \
+    --initial-cluster "$name=http://127.0.0.1:$p_peer" --listen-metrics-urls ""
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$p_etcd/health"
+  start_apiserver
+  kubeconfig
+  local c="$dir/pki"
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$dir/kubeconfig" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port="$p_kcm" \
+    --service-account-private-key-file="$c/sa.key" --root-ca-file="$c/ca.crt" \
+    --use-service-account-credentials=false \
+    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl' \
+    --concurrent-gc-syncs=5
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig="$dir/kubeconfig" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port="$p_sched"
+  start kwok "$bin/kwok" \
+    --kubeconfig="$dir/kubeconfig" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --server-address="127.0.0.1:$p_kwok" --cidr=198.18.0.1/16 --node-ip=198.18.255.254
+  local k=("$bin/kubectl" --kubeconfig="$dir/kubeconfig")
+  "${k[@]}" apply -f - >/dev/null <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-$name-0
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {type: kwok, kubernetes.io/hostname: kwok-$name-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "250"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "250"}
+NODE
+  wait_for "kwok node" 60 "${k[@]}" wait --for=condition=Ready "node/kwok-$name-0" --timeout=1s
+  wait_for "default ServiceAccount" 60 "${k[@]}" get serviceaccount default -n default
+  echo "$dir/kubeconfig"
+}
+
+down() {
+  [ -d "$dir" ] || return 0
+  for comp in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$comp"; done
+  rm -rf "$dir"
+}
+
+case "$cmd" in
+  up) bin=$("$here/tools.sh"); up ;;
+  down) down ;;
+  kubeconfig) echo "$dir/kubeconfig" ;;
+  stop-apiserver) stop kube-apiserver ;;
+  start-apiserver) bin=$("$here/tools.sh"); start_apiserver ;;
+  *) usage ;;
+esac

@@ -1,0 +1,199 @@
+//! The release catalog compiled into the operator (`config/versions.yaml`): which releases exist,
+//! which channel each was published to, and the images each one runs.
+
+use semver::Version;
+use serde::Deserialize;
+use skein_api::Channel;
+
+/// The catalog shipped with this operator build.
+const CATALOG_YAML: &str = include_str!("../../config/versions.yaml");
+
+/// Why a spec's `version`/`channel` cannot be resolved.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CatalogError {
+    /// The catalog file itself is malformed (a build defect, caught by unit tests).
+    #[error("release catalog is invalid: {0}")]
+    Invalid(String),
+    /// `spec.version` names no release in the catalog.
+    #[error("spec.version {0:?} is not a known release (known: {1})")]
+    UnknownVersion(String, String),
+    /// The channel has no release yet.
+    #[error("spec.channel {0:?} has no release in this operator's catalog")]
+    EmptyChannel(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogFile {
+    registry: String,
+    releases: Vec<ReleaseEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReleaseEntry {
+    version: String,
+    channel: Channel,
+    #[serde(default)]
+    control_plane_image: Option<String>,
+    #[serde(default)]
+    proxy_image: Option<String>,
+}
+
+/// One installable release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// Semantic version, without a `v` prefix.
+    pub version: Version,
+    /// Channel it was published to.
+    pub channel: Channel,
+    /// Image of `skein-controlplane`.
+    pub control_plane_image: String,
+    /// Image of `skein-proxy` (sidecars and gateways).
+    pub proxy_image: String,
+}
+
+/// All known releases, sorted oldest first.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    releases: Vec<Release>,
+}
+
+/// How stable a channel is: a channel accepts releases at least as stable as itself.
+fn stability(c: Channel) -> u8 {
+    match c {
+        Channel::Stable => 2,
+        Channel::Fast => 1,
+        Channel::Candidate => 0,
+    }
+}
+
+impl Catalog {
+    /// The catalog compiled into this binary.
+    pub fn builtin() -> Result<Self, CatalogError> {
+        Self::parse(CATALOG_YAML)
+    }
+
+    /// Parses a catalog document.
+    pub fn parse(yaml: &str) -> Result<Self, CatalogError> {
+        let file: CatalogFile =
+            serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        let mut releases = Vec::with_capacity(file.releases.len());
+        for r in file.releases {
+            let version = Version::parse(&r.version)
+                .map_err(|e| CatalogError::Invalid(format!("release {:?}: {e}", r.version)))?;
+            let image = |name: &str| format!("{}/{name}:{version}", file.registry);
+            releases.push(Release {
+                control_plane_image: r
+                    .control_plane_image
+                    .unwrap_or_else(|| image("skein-controlplane")),
+                proxy_image: r.proxy_image.unwrap_or_else(|| image("skein-proxy")),
+                version,
+                channel: r.channel,
+            });
+        }
+        releases.sort_by(|a, b| a.version.cmp(&b.version));
+        if releases.windows(2).any(|w| w[0].version == w[1].version) {
+            return Err(CatalogError::Invalid("a release is listed twice".into()));
+        }
+        Ok(Self { releases })
+    }
+
+    /// Every release, oldest first.
+    pub fn releases(&self) -> &[Release] {
+        &self.releases
+    }
+
+    /// Resolves a spec's `version` (which wins) or else its `channel` to a release.
+    pub fn resolve(&self, version: Option<&str>, channel: Channel) -> Result<&Release, CatalogError> {
+        match version {
+            Some(v) => self.resolve_version(v),
+            None => self
+                .releases
+                .iter()
+                .rev()
+                .find(|r| stability(r.channel) >= stability(channel))
+                .ok_or_else(|| CatalogError::EmptyChannel(channel.to_string())),
+        }
+    }
+
+    fn resolve_version(&self, spec: &str) -> Result<&Release, CatalogError> {
+        let unknown = || {
+            let known: Vec<String> = self.releases.iter().map(|r| r.version.to_string()).collect();
+            CatalogError::UnknownVersion(spec.to_string(), known.join(", "))
+        };
+        let bare = spec.strip_prefix('v').unwrap_or(spec);
+        if let Some(minor) = bare.strip_suffix("-latest") {
+            let (major, minor) = minor.split_once('.').ok_or_else(unknown)?;
+            let (major, minor): (u64, u64) =
+                (major.parse().map_err(|_| unknown())?, minor.parse().map_err(|_| unknown())?);
+            return self
+                .releases
+                .iter()
+                .rev()
+                .find(|r| r.version.major == major && r.version.minor == minor && r.version.pre.is_empty())
+                .ok_or_else(unknown);
+        }
+        let wanted = Version::parse(bare).map_err(|_| unknown())?;
+        self.releases.iter().find(|r| r.version == wanted).ok_or_else(unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::builtin().expect("the shipped catalog parses")
+    }
+
+    #[test]
+    fn pinned_version_wins_over_channel() {
+        let c = catalog();
+        let r = c.resolve(Some("1.0.1"), Channel::Candidate).unwrap();
+        assert_eq!(r.version.to_string(), "1.0.1");
+        assert_eq!(r.control_plane_image, "registry.skein.dev/skein/skein-controlplane:1.0.1");
+        assert_eq!(r.proxy_image, "registry.skein.dev/skein/skein-proxy:1.0.1");
+    }
+
+    #[test]
+    fn v_prefix_is_accepted() {
+        assert_eq!(catalog().resolve(Some("v1.0.2"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
+    }
+
+    #[test]
+    fn minor_alias_resolves_to_newest_patch() {
+        let c = catalog();
+        assert_eq!(c.resolve(Some("v1.0-latest"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(Some("v1.1-latest"), Channel::Stable).unwrap().version.to_string(), "1.1.0");
+        // 1.2 has only a release candidate: an alias never resolves to a pre-release.
+        assert!(matches!(c.resolve(Some("v1.2-latest"), Channel::Stable), Err(CatalogError::UnknownVersion(..))));
+    }
+
+    #[test]
+    fn channels_take_releases_at_least_as_stable_as_themselves() {
+        let c = catalog();
+        assert_eq!(c.resolve(None, Channel::Stable).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(None, Channel::Fast).unwrap().version.to_string(), "1.1.0");
+        assert_eq!(c.resolve(None, Channel::Candidate).unwrap().version.to_string(), "1.2.0-rc.1");
+    }
+
+    #[test]
+    fn unknown_version_names_the_field_and_the_known_releases() {
+        let err = catalog().resolve(Some("9.9.9"), Channel::Stable).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("spec.version \"9.9.9\" is not a known release"), "{msg}");
+        assert!(msg.contains("1.0.2"), "{msg}");
+    }
+
+    #[test]
+    fn empty_channel_is_an_error() {
+        let c = Catalog::parse("registry: r\nreleases:\n  - {version: 2.0.0-rc.1, channel: candidate}\n").unwrap();
+        assert_eq!(c.resolve(None, Channel::Stable), Err(CatalogError::EmptyChannel("stable".into())));
+    }
+
+    #[test]
+    fn duplicate_or_malformed_releases_are_rejected() {
+        assert!(Catalog::parse("registry: r\nreleases:\n  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.0, channel: fast}\n").is_err());
+        assert!(Catalog::parse("registry: r\nreleases:\n  - {version: one, channel: stable}\n").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! skein-operator: installs, upgrades and federates Skein's mesh control plane from
+//! `MeshControlPlane` objects.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod catalog;
+pub mod leader;
+pub mod pki;
+pub mod reconcile;
+pub mod render;
+pub mod status;
+pub mod telemetry;

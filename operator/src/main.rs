@@ -1,0 +1,141 @@
+//! `skein-operator`: runs in-cluster or against a kubeconfig (`KUBECONFIG`).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use skein_operator::{
+    catalog::Catalog,
+    leader::{Elector, LeaseConfig},
+    reconcile::{self, Context},
+    telemetry::{self, Health, Metrics},
+};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// Command line of skein-operator.
+#[derive(Parser, Debug)]
+#[command(name = "skein-operator", version, about = "Installs and manages Skein mesh control planes")]
+struct Args {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SKEIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Take a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "SKEIN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace in-cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "skein-operator-leader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (pod name in-cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let catalog = Catalog::builtin().context("release catalog")?;
+    let client = kube::Client::try_default().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
+    let metrics = Metrics::default();
+    let health = Health::default();
+    tokio::spawn({
+        let (m, h) = (metrics.clone(), health.clone());
+        async move {
+            if let Err(e) = telemetry::serve(args.metrics_addr, m, h).await {
+                error!(error = %e, addr = %args.metrics_addr, "metrics server failed");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    // One shutdown signal for everything: SIGTERM (kubelet) or Ctrl-C.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    health.set_ready(true);
+
+    let elector = args.leader_elect.then(|| {
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            format!("{}-{}", hostname(), std::process::id())
+        });
+        Elector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity,
+                lease_duration: Duration::from_secs(args.lease_duration_seconds),
+                renew_period: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+            },
+        )
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            res = e.acquire() => res.context("leader election")?,
+            _ = stopped(stop_rx.clone()) => return Ok(()),
+        }
+        metrics.set_leader(true);
+    }
+
+    let ctx = Arc::new(Context { client, catalog, metrics: metrics.clone() });
+    let controller = reconcile::run(ctx, stopped(stop_rx.clone()));
+    match &elector {
+        None => controller.await,
+        Some(e) => {
+            tokio::select! {
+                _ = controller => e.release().await,
+                lost = e.hold() => {
+                    // Another replica may already be reconciling: stop at once, let the
+                    // Deployment restart us as a candidate.
+                    metrics.set_leader(false);
+                    error!(error = %lost, "leadership lost");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "skein-operator".into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
