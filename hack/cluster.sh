@@ -143,15 +143,16 @@ up() {
     --bind-address=127.0.0.1 --secure-port="$p_kcm" \
     --service-account-private-key-file="$c/sa.key" --root-ca-file="$c/ca.crt" \
     --use-service-account-credentials=false \
-    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl' \
-    --concurrent-gc-syncs=5
+    --controllers='*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl' \
+    --concurrent-gc-syncs=5 --node-monitor-grace-period=600s
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig="$dir/kubeconfig" --leader-elect=false \
     --bind-address=127.0.0.1 --secure-port="$p_sched"
   start kwok "$bin/kwok" \
     --kubeconfig="$dir/kubeconfig" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --server-address="127.0.0.1:$p_kwok" --cidr=198.18.0.1/16 --node-ip=198.18.255.254
+    --server-address="127.0.0.1:$p_kwok" --cidr=198.18.0.1/16 --node-ip=198.18.255.254 \
+    --node-lease-duration-seconds=40
   local k=("$bin/kubectl" --kubeconfig="$dir/kubeconfig")
   "${k[@]}" apply -f - >/dev/null <<NODE
 apiVersion: v1

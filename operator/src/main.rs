@@ -11,7 +11,7 @@ use skein_operator::{
     telemetry::{self, Health, Metrics},
 };
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Command line of skein-operator.
 #[derive(Parser, Debug)]
@@ -87,28 +87,43 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     });
-    if let Some(e) = &elector {
-        tokio::select! {
-            res = e.acquire() => res.context("leader election")?,
-            _ = stopped(stop_rx.clone()) => return Ok(()),
-        }
-        metrics.set_leader(true);
-    }
-
     let ctx = Arc::new(Context { client, catalog, metrics: metrics.clone() });
-    let controller = reconcile::run(ctx, stopped(stop_rx.clone()));
-    match &elector {
-        None => controller.await,
-        Some(e) => {
+    // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
+    // unreachable for longer than the lease) stops the controller and makes this replica a
+    // candidate again, within the same process: no restart needed to recover.
+    loop {
+        if let Some(e) = &elector {
             tokio::select! {
-                _ = controller => e.release().await,
-                lost = e.hold() => {
-                    // Another replica may already be reconciling: stop at once, let the
-                    // Deployment restart us as a candidate.
-                    metrics.set_leader(false);
-                    error!(error = %lost, "leadership lost");
-                    std::process::exit(1);
+                res = e.acquire() => res.context("leader election")?,
+                _ = stopped(stop_rx.clone()) => break,
+            }
+            metrics.set_leader(true);
+        }
+        let (term_tx, term_rx) = watch::channel(false);
+        let shutdown = {
+            let (stop, term) = (stop_rx.clone(), term_rx);
+            async move {
+                tokio::select! {
+                    _ = stopped(stop) => {},
+                    _ = stopped(term) => {},
                 }
+            }
+        };
+        let mut controller = std::pin::pin!(reconcile::run(ctx.clone(), shutdown));
+        let Some(e) = &elector else {
+            controller.await;
+            break;
+        };
+        tokio::select! {
+            _ = &mut controller => {
+                e.release().await;
+                break;
+            }
+            lost = e.hold() => {
+                metrics.set_leader(false);
+                warn!(error = %lost, "leadership lost; stopping the controller and standing again");
+                let _ = term_tx.send(true);
+                controller.await;
             }
         }
     }

@@ -26,6 +26,7 @@ use kube::{
         Controller,
         controller::Action,
         finalizer::{self, Event},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -57,7 +58,7 @@ const RENEW_BEFORE_DAYS: i64 = 30;
 /// missed). Events drive everything else.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check interval while components are still becoming ready.
-const PENDING_RECHECK: Duration = Duration::from_secs(10);
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reconcile failure.
 #[derive(Debug, thiserror::Error)]
@@ -96,21 +97,24 @@ fn now() -> Time {
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     // Children are watched by label only, so the operator caches its own objects and not every
-    // Secret or Deployment of the cluster.
+    // Secret or Deployment of the cluster. `watches` with the owner label rather than `owns`:
+    // `owns` would key a namespaced child's owner as <namespace>/<name>, a second key for the
+    // same cluster-scoped MeshControlPlane, and two reconciles of one object could then run at
+    // once.
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let mcps: Api<MeshControlPlane> = Api::all(client.clone());
     Controller::new(mcps, watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
-        .owns(Api::<Role>::all(client.clone()), owned.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned.clone())
-        .owns(Api::<ClusterRole>::all(client.clone()), owned.clone())
-        .owns(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone())
-        .owns(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned)
+        .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ServiceAccount>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ConfigMap>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Secret>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Role>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<RoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRole>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned, owner_of)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -119,6 +123,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// The `MeshControlPlane` a managed object belongs to (cluster-scoped, so no namespace).
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<MeshControlPlane>> {
+    obj.labels().get(OWNER_LABEL).map(|name| ObjectRef::new(name))
 }
 
 /// Reconciles one `MeshControlPlane`.
@@ -150,11 +159,29 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     status.observed_generation = mcp.metadata.generation;
     status.channel = Some(mcp.spec.channel.to_string());
 
+    // 0. A new object says Ready=False before anything else, so kstatus (Flux) and Argo CD
+    //    see it as in progress rather than as a resource without status.
+    if !previous.conditions.iter().any(|c| c.type_ == CONDITION_READY) {
+        upsert_condition(
+            &mut status.conditions,
+            ConditionUpdate {
+                type_: CONDITION_READY,
+                status: false,
+                reason: "Installing",
+                message: "installation has started".into(),
+            },
+            mcp.metadata.generation,
+            now(),
+        );
+        write_status(mcp, ctx, &previous, status.clone()).await?;
+    }
+
     // 1. Which release. An unknown one is reported and nothing installed is touched.
     let release = match ctx.catalog.resolve(mcp.spec.version.as_deref(), mcp.spec.channel) {
         Ok(r) => r.clone(),
         Err(e) => {
-            return refuse(mcp, ctx, status, "InvalidVersion", e.to_string()).await;
+            // Only a spec change can fix this; the watch brings it.
+            return refuse(mcp, ctx, status, "InvalidVersion", e.to_string(), None).await;
         }
     };
 
@@ -162,7 +189,9 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     ensure_namespace(mcp, ctx).await?;
     let ca = match ensure_ca(mcp, ctx).await? {
         Ok(ca) => ca,
-        Err(reason) => return refuse(mcp, ctx, status, "InvalidRootCA", reason).await,
+        // The user's Secret is not watched (the operator watches only its own objects), so look
+        // again soon: creating or fixing the Secret is enough to proceed.
+        Err(reason) => return refuse(mcp, ctx, status, "InvalidRootCA", reason, Some(PENDING_RECHECK)).await,
     };
     ensure_webhook_cert(mcp, ctx, &ca).await?;
 
@@ -225,6 +254,7 @@ async fn refuse(
     mut status: MeshControlPlaneStatus,
     reason: &str,
     message: String,
+    retry: Option<Duration>,
 ) -> Result<Action, Error> {
     warn!(name = %mcp.name_any(), reason, message, "spec refused");
     let previous = mcp.status.clone().unwrap_or_default();
@@ -250,8 +280,7 @@ async fn refuse(
         );
     }
     write_status(mcp, ctx, &previous, status).await?;
-    // The spec must change before anything else can happen; the watch brings that change.
-    Ok(Action::await_change())
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
 }
 
 async fn write_status(

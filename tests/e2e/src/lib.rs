@@ -1,1 +1,223 @@
+//! Harness for Skein's end-to-end tests: real local Kubernetes clusters (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok) started through `hack/cluster.sh`, and the
+//! operator run as a real process against them.
+//!
+//! Every cluster and process is torn down on drop, including when a test panics.
+#![forbid(unsafe_code)]
 
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use kube::{Client, Config, config::KubeConfigOptions};
+
+/// Repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One running local cluster.
+pub struct Cluster {
+    /// Cluster name (unique per test process).
+    pub name: String,
+    /// Path of its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Admin client.
+    pub client: Client,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a new cluster named after `prefix`; ready when this returns (node Ready, default
+    /// ServiceAccount present).
+    pub async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = target_dir().join("e2e-clusters");
+        let out = Command::new(repo_root().join("hack/cluster.sh"))
+            .args(["up", &name])
+            .env("SKEIN_CLUSTERS_DIR", &dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run hack/cluster.sh up")?;
+        let cluster_dir = dir.join(&name);
+        if !out.status.success() {
+            down(&dir, &name);
+            bail!("hack/cluster.sh up {name} failed: {}", out.status);
+        }
+        let kubeconfig = cluster_dir.join("kubeconfig");
+        let client = client_for(&kubeconfig).await?;
+        Ok(Self { name, kubeconfig, client, dir })
+    }
+
+    /// Runs the pinned kubectl against this cluster, optionally feeding `stdin`.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(tools_bin().join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Stops the kube-apiserver (etcd and the rest keep running).
+    pub fn stop_apiserver(&self) -> anyhow::Result<()> {
+        self.script("stop-apiserver")
+    }
+
+    /// Starts the kube-apiserver again on the same port with the same certificates.
+    pub fn start_apiserver(&self) -> anyhow::Result<()> {
+        self.script("start-apiserver")
+    }
+
+    fn script(&self, cmd: &str) -> anyhow::Result<()> {
+        let status = Command::new(repo_root().join("hack/cluster.sh"))
+            .args([cmd, &self.name])
+            .env("SKEIN_CLUSTERS_DIR", &self.dir)
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "hack/cluster.sh {cmd} {} failed", self.name);
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        down(&self.dir, &self.name);
+    }
+}
+
+fn down(dir: &Path, name: &str) {
+    let _ = Command::new(repo_root().join("hack/cluster.sh"))
+        .args(["down", name])
+        .env("SKEIN_CLUSTERS_DIR", dir)
+        .status();
+}
+
+/// Directory of the pinned Kubernetes binaries (built by `hack/tools.sh`).
+pub fn tools_bin() -> PathBuf {
+    let out = Command::new(repo_root().join("hack/tools.sh")).output().expect("run hack/tools.sh");
+    assert!(out.status.success(), "hack/tools.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A client for `kubeconfig`.
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The operator running as a real process against a cluster; killed on drop.
+pub struct Operator {
+    child: Child,
+    /// Port of its `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `skein-operator` (built by `cargo build -p skein-operator`) against `cluster`.
+    pub fn start(cluster: &Cluster, identity: &str) -> anyhow::Result<Self> {
+        let bin = std::env::var_os("SKEIN_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("debug/skein-operator"));
+        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-operator` first", bin.display());
+        let metrics_port = free_port();
+        let log = cluster.dir.join(&cluster.name).join(format!("logs/operator-{identity}.log"));
+        let child = Command::new(bin)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,skein_operator=debug")
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--identity", identity, "--lease-namespace", "default", "--lease-duration-seconds", "6"])
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
+            .spawn()
+            .context("spawn skein-operator")?;
+        Ok(Self { child, metrics_port, log })
+    }
+
+    /// Whether the process is still running (it must never restart itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The operator's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Value of an unlabelled metric sample (`name` exactly as exposed), if present.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(self.metrics_port, "/metrics").await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 GET on loopback, returning the body of a 2xx answer.
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    anyhow::ensure!(head.starts_with("HTTP/1.1 2"), "GET {path}: {}", head.lines().next().unwrap_or(""));
+    Ok(body.to_string())
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
