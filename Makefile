@@ -43,10 +43,10 @@ test-e2e: tools
 ## Everything CI runs: lint, generated-file drift, unit and e2e tests.
 test: lint verify-generate test-unit test-e2e
 
-## Benchmarks (not tests): operator apply->ready timings and RSS.
+## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS.
 bench: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
-	hack/bench/operator.sh
+	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench operator
 
 clean:
 	-for d in .skein/clusters/*/; do [ -d "$$d" ] && hack/cluster.sh down "$$(basename "$$d")"; done

@@ -38,14 +38,22 @@ start() {
   echo $! >"$dir/pids/$comp"
 }
 
-stop() { # stop COMPONENT
-  local f="$dir/pids/$1"
-  [ -f "$f" ] || return 0
-  local pid; pid=$(cat "$f")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$f"
+stop() { # stop COMPONENT...: TERM all of them at once, KILL what is left after 3s
+  local pids=() f
+  for comp in "$@"; do
+    f="$dir/pids/$comp"
+    [ -f "$f" ] || continue
+    pids+=("$(cat "$f")"); rm -f "$f"
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && return 0
+    sleep 0.1
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 wait_for() { # wait_for WHAT SECONDS CMD...
@@ -172,7 +180,7 @@ NODE
 
 down() {
   [ -d "$dir" ] || return 0
-  for comp in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$comp"; done
+  stop kwok kube-scheduler kube-controller-manager kube-apiserver etcd
   rm -rf "$dir"
 }
 

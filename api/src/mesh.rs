@@ -20,6 +20,9 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 ///
 /// `version` pins a release (`1.0.2`) or a minor alias (`v1.0-latest`); without it, the newest
 /// release of `channel` is installed. `version` wins when both are set.
+// The printcolumn(...) entries repeat `type_ = "string"`, which clippy mistakes for duplicated
+// attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "mesh.skein.dev",
@@ -30,13 +33,21 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
     status = "MeshControlPlaneStatus",
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
     printcolumn(name = "Channel", type_ = "string", json_path = ".status.channel"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".status.activeRevision"),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.activeRevision"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshControlPlaneSpec {
@@ -55,7 +66,10 @@ pub struct MeshControlPlaneSpec {
     /// Namespace the control plane and gateways are installed in. Default `skein-system`;
     /// immutable once set.
     #[serde(default = "default_namespace")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
     pub namespace: String,
 
@@ -247,7 +261,10 @@ impl ServiceType {
 pub struct MeshConfig {
     /// SPIFFE trust domain of workload identities. Default `cluster.local`.
     #[serde(default = "default_trust_domain")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub trust_domain: String,
     /// Policy for traffic to hosts outside the mesh registry.
     #[serde(default)]
@@ -349,7 +366,10 @@ pub enum RootCaType {
 pub struct MultiCluster {
     /// Name of this cluster, unique in the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub cluster_name: Option<String>,
     /// Network this cluster's pods are on; clusters on different networks talk through
     /// east-west gateways.

@@ -4,6 +4,7 @@
 //! Nothing here talks to the apiserver, so every choice about names, labels, ports and security
 //! settings is unit-tested in `render/tests.rs`.
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
@@ -11,7 +12,6 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
-use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt, core::ApiResource};
 use serde_json::{Value, json};
 use skein_api::{GatewayComponent, MeshControlPlane, OutboundMode, RootCaType, ServiceType};
@@ -67,8 +67,16 @@ pub struct Desired {
 
 impl Desired {
     fn new<K: Resource<DynamicType = ()>>(namespaced: bool, body: Value) -> Self {
-        let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        Self { resource: ApiResource::erase::<K>(&()), namespaced, name, body }
+        let name = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Self {
+            resource: ApiResource::erase::<K>(&()),
+            namespaced,
+            name,
+            body,
+        }
     }
 
     /// `Kind/name`, for messages.
@@ -154,7 +162,11 @@ impl Gateway {
     /// (name, service port, container port) of each port the gateway's Service exposes.
     fn ports(self) -> &'static [(&'static str, i32, i32)] {
         match self {
-            Gateway::Ingress => &[("status-port", 15021, 15021), ("http2", 80, 8080), ("https", 443, 8443)],
+            Gateway::Ingress => &[
+                ("status-port", 15021, 15021),
+                ("http2", 80, 8080),
+                ("https", 443, 8443),
+            ],
             Gateway::Egress => &[("http2", 80, 8080), ("https", 443, 8443)],
             Gateway::EastWest => &[("status-port", 15021, 15021), ("tls", 15443, 15443)],
         }
@@ -191,7 +203,9 @@ pub fn common_labels(mcp: &MeshControlPlane, component: &str) -> Value {
 }
 
 fn metadata(mcp: &MeshControlPlane, name: &str, namespaced: bool, component: &str) -> Value {
-    let owner = mcp.controller_owner_ref(&()).map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
+    let owner = mcp
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
     let mut meta = json!({
         "name": name,
         "labels": common_labels(mcp, component),
@@ -208,7 +222,8 @@ fn default_resources() -> Value {
 }
 
 fn resources<T: serde::Serialize>(r: Option<&T>) -> Value {
-    r.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_else(default_resources)
+    r.and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or_else(default_resources)
 }
 
 /// Hardened container security context: non-root, read-only root, no privilege, no capabilities.
@@ -347,10 +362,13 @@ pub fn mesh_config_yaml(mcp: &MeshControlPlane) -> String {
     if let Some(t) = &mc.tracing {
         mesh["defaultConfig"]["tracing"] = json!({"zipkin": {"address": t.address}});
     }
-    if let Some(m) = &mcp.spec.multi_cluster {
-        if let Some(id) = &m.mesh_id {
-            mesh["defaultConfig"]["meshId"] = json!(id);
-        }
+    if let Some(id) = mcp
+        .spec
+        .multi_cluster
+        .as_ref()
+        .and_then(|m| m.mesh_id.as_ref())
+    {
+        mesh["defaultConfig"]["meshId"] = json!(id);
     }
     serde_yaml::to_string(&mesh).unwrap_or_default()
 }
@@ -451,7 +469,8 @@ fn control_plane_deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired
 }
 
 fn control_plane_service(mcp: &MeshControlPlane) -> Desired {
-    let port = |name: &str, p: i32| json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"});
+    let port =
+        |name: &str, p: i32| json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"});
     Desired::new::<Service>(
         true,
         json!({
@@ -553,10 +572,13 @@ fn gateway_service(mcp: &MeshControlPlane, gw: Gateway) -> Desired {
     labels["istio"] = json!(gw.istio_label());
     let mut meta = metadata(mcp, gw.name(), true, gw.name());
     meta["labels"] = labels;
-    if gw == Gateway::EastWest {
-        if let Some(net) = mcp.spec.multi_cluster.as_ref().and_then(|m| m.network.as_ref()) {
-            meta["labels"]["topology.istio.io/network"] = json!(net);
-        }
+    let network = mcp
+        .spec
+        .multi_cluster
+        .as_ref()
+        .and_then(|m| m.network.as_ref());
+    if let (Gateway::EastWest, Some(net)) = (gw, network) {
+        meta["labels"]["topology.istio.io/network"] = json!(net);
     }
     Desired::new::<Service>(
         true,

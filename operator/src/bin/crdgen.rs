@@ -2,6 +2,9 @@
 use kube::CustomResourceExt;
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", serde_yaml::to_string(&skein_api::MeshControlPlane::crd())?);
+    print!(
+        "{}",
+        serde_yaml::to_string(&skein_api::MeshControlPlane::crd())?
+    );
     Ok(())
 }
