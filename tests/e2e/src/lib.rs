@@ -191,23 +191,48 @@ impl Operator {
     }
 
     /// Starts the operator with the credentials of `kubeconfig`, its Lease in `lease_namespace`.
-    pub fn start_with(cluster: &Cluster, identity: &str, kubeconfig: &Path, lease_namespace: &str) -> anyhow::Result<Self> {
+    pub fn start_with(
+        cluster: &Cluster,
+        identity: &str,
+        kubeconfig: &Path,
+        lease_namespace: &str,
+    ) -> anyhow::Result<Self> {
         let bin = std::env::var_os("SKEIN_OPERATOR_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| target_dir().join("debug/skein-operator"));
-        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-operator` first", bin.display());
+        anyhow::ensure!(
+            bin.exists(),
+            "{} missing: run `cargo build -p skein-operator` first",
+            bin.display()
+        );
         let metrics_port = free_port();
-        let log = cluster.dir.join(&cluster.name).join(format!("logs/operator-{identity}.log"));
+        let log = cluster
+            .dir
+            .join(&cluster.name)
+            .join(format!("logs/operator-{identity}.log"));
         let child = Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,skein_operator=debug")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--identity", identity, "--lease-namespace", lease_namespace, "--lease-duration-seconds", "6"])
+            .args([
+                "--identity",
+                identity,
+                "--lease-namespace",
+                lease_namespace,
+                "--lease-duration-seconds",
+                "6",
+            ])
             .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log)?,
+            ))
             .spawn()
             .context("spawn skein-operator")?;
-        Ok(Self { child, metrics_port, log })
+        Ok(Self {
+            child,
+            metrics_port,
+            log,
+        })
     }
 
     /// Whether the process is still running (it must never restart itself).
