@@ -25,7 +25,7 @@ async fn setup(prefix: &str) -> (Cluster, Operator) {
     let cluster = Cluster::start(prefix).await.expect("cluster starts");
     let crds = skein_e2e::repo_root().join("config/crd");
     let out = cluster.kubectl(
-        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+        &["apply", "--server-side", "-k", crds.to_str().unwrap()],
         None,
     );
     assert!(
