@@ -12,3 +12,4 @@ pub use mesh::*;
 
 /// The API group of Skein's own resources.
 pub const GROUP: &str = "mesh.skein.dev";
+pub mod proxy;
