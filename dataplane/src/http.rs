@@ -1,0 +1,708 @@
+//! The HTTP request path: virtual host and route selection, fault injection, redirect, mirror,
+//! weighted destinations, rewrite, and forwarding with timeouts and retries.
+//!
+//! Request bodies are buffered up to `MAX_BODY` so a retry or a mirror can resend them (Envoy
+//! buffers for the same reason); a larger body is refused with 413 rather than held unbounded.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::{
+    HeaderMap, Request, Response, StatusCode, Uri,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use skein_api::proxy::{OutboundPolicy, RetryPolicy, Route};
+use tracing::debug;
+
+use crate::{
+    metrics::{Metrics, RequestLabels},
+    runtime::{RequestView, Routed, Runtime, Upstream},
+    store::Store,
+};
+
+/// Largest request body the proxy buffers.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest total size of request header names and values (Envoy's default, 60 KiB).
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+/// Most request headers accepted (Envoy's default).
+pub const MAX_HEADERS: usize = 100;
+
+/// Response body type of the proxy.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct Proxy {
+    store: Store,
+    metrics: Metrics,
+    /// One pooled client per connect timeout (clusters with the same timeout share a pool).
+    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// Outcome of forwarding, before it becomes a response.
+struct Outcome {
+    response: Response<Body>,
+    flags: &'static str,
+}
+
+impl Outcome {
+    fn local(status: StatusCode, body: &'static str, flags: &'static str) -> Self {
+        Self {
+            response: full(status, body),
+            flags,
+        }
+    }
+}
+
+/// Hop-by-hop headers are for one connection only and never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+fn hit(percentage: f64) -> bool {
+    percentage >= 100.0 || fastrand::f64() * 100.0 < percentage
+}
+
+/// `reviews:9080` → `reviews-shadow:9080`, as Envoy names mirrored requests.
+pub fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{host}-shadow:{port}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+impl Proxy {
+    /// A proxy serving the configuration in `store`.
+    pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            metrics,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut conn = HttpConnector::new();
+                conn.set_connect_timeout(Some(connect_timeout));
+                conn.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(conn)
+            })
+            .clone()
+    }
+
+    /// Handles one request that arrived on a listener bound to `port`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        port: u16,
+    ) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let rt = self.store.current();
+        let (outcome, service) = self.route_request(&rt, req, port).await;
+        let service_name = service.split('.').next().unwrap_or("unknown").to_string();
+        let labels = RequestLabels {
+            reporter: "source",
+            destination_service: service,
+            destination_service_name: service_name,
+            response_code: outcome.response.status().as_u16(),
+            response_flags: outcome.flags,
+            request_protocol: "http",
+        };
+        self.metrics
+            .record(labels, start.elapsed().as_secs_f64() * 1000.0);
+        Ok(outcome.response)
+    }
+
+    /// Returns the outcome and the destination service it was attributed to.
+    async fn route_request(
+        &self,
+        rt: &Runtime,
+        req: Request<Incoming>,
+        port: u16,
+    ) -> (Outcome, String) {
+        let (mut parts, body) = req.into_parts();
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS {
+            return (
+                Outcome::local(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request headers too large\n",
+                    "-",
+                ),
+                "unknown".into(),
+            );
+        }
+        let Some(authority) = authority_of(&parts.uri, &parts.headers) else {
+            return (
+                Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"),
+                "unknown".into(),
+            );
+        };
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, p)| {
+                if p.chars().all(|c| c.is_ascii_digit()) {
+                    h
+                } else {
+                    authority.as_str()
+                }
+            });
+        let path = parts.uri.path().to_string();
+        let view = RequestView {
+            path: &path,
+            method: &parts.method,
+            headers: &parts.headers,
+            port,
+        };
+        let route = match rt.route(host, &view) {
+            Routed::Route(r) => r,
+            Routed::NoRoute => {
+                return (
+                    Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"),
+                    host.to_string(),
+                );
+            }
+            Routed::UnknownHost => {
+                return match rt.config.outbound_traffic_policy {
+                    OutboundPolicy::RegistryOnly => (
+                        Outcome::local(
+                            StatusCode::BAD_GATEWAY,
+                            "host is not in the mesh registry\n",
+                            "NR",
+                        ),
+                        "BlackHoleCluster".into(),
+                    ),
+                    OutboundPolicy::AllowAny => {
+                        let body = match read_body(body).await {
+                            Ok(b) => b,
+                            Err(o) => return (o, "PassthroughCluster".into()),
+                        };
+                        strip_hop_by_hop(&mut parts.headers);
+                        (
+                            self.passthrough(&authority, parts, body).await,
+                            "PassthroughCluster".into(),
+                        )
+                    }
+                };
+            }
+        };
+        let service = route
+            .route
+            .route
+            .first()
+            .and_then(|d| rt.cluster(&d.cluster))
+            .map_or_else(|| host.to_string(), |c| c.service().to_string());
+        let prefix = route.matched_prefix(&view).map(str::to_string);
+
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(o) => return (o, service),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        ensure_request_id(&mut parts.headers);
+        let r = &route.route;
+        let deadline = r.timeout.map(|t| Instant::now() + t);
+
+        // Faults: delay first, then abort, as Envoy's fault filter does. The delay counts
+        // against the route timeout.
+        if let Some(f) = &r.fault {
+            if let Some(d) = f.delay.as_ref().filter(|d| hit(d.percentage)) {
+                match deadline {
+                    Some(dl) if Instant::now() + d.fixed_delay > dl => {
+                        tokio::time::sleep_until(dl.into()).await;
+                        return (
+                            Outcome::local(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "upstream request timeout\n",
+                                "UT",
+                            ),
+                            service,
+                        );
+                    }
+                    _ => tokio::time::sleep(d.fixed_delay).await,
+                }
+            }
+            if let Some(a) = f.abort.as_ref().filter(|a| hit(a.percentage)) {
+                let status = StatusCode::from_u16(a.http_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (
+                    Outcome {
+                        response: full(status, "fault filter abort\n"),
+                        flags: "FI",
+                    },
+                    service,
+                );
+            }
+        }
+        if let Some(redirect) = &r.redirect {
+            return (self.redirect(redirect, &authority, &parts.uri), service);
+        }
+
+        // Rewrite before mirroring, so the shadow sees what the primary sees.
+        let (path_and_query, authority) = rewrite(r, &parts.uri, prefix.as_deref(), authority);
+        let mirror = r
+            .mirror
+            .as_ref()
+            .and_then(|m| rt.cluster(m))
+            .filter(|_| hit(r.mirror_percentage.unwrap_or(100.0)));
+        if let Some(mirror) = mirror {
+            {
+                let mut headers = parts.headers.clone();
+                if let Ok(v) = HeaderValue::from_str(&shadow_authority(&authority)) {
+                    headers.insert(header::HOST, v);
+                }
+                let req = (
+                    parts.method.clone(),
+                    path_and_query.clone(),
+                    headers,
+                    body.clone(),
+                );
+                let (up, client) = (mirror.clone(), self.client(mirror.connect_timeout));
+                // Fire and forget: the caller never waits for or sees the shadow's answer.
+                tokio::spawn(async move {
+                    if let Some(addr) = up.pick() {
+                        let _ = send(&client, addr, &req.0, &req.1, &req.2, req.3, None).await;
+                    }
+                });
+            }
+        }
+
+        let Some(upstream) = pick_destination(r, rt) else {
+            return (
+                Outcome::local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream\n",
+                    "UH",
+                ),
+                service,
+            );
+        };
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+        let fwd = Forward {
+            method: parts.method,
+            path_and_query,
+            headers: parts.headers,
+            body,
+        };
+        let outcome = self
+            .forward(&upstream, &fwd, r.retries.as_ref(), deadline)
+            .await;
+        (outcome, service)
+    }
+
+    fn redirect(
+        &self,
+        redirect: &skein_api::proxy::Redirect,
+        authority: &str,
+        uri: &Uri,
+    ) -> Outcome {
+        let host = redirect.authority.as_deref().unwrap_or(authority);
+        let path = redirect.uri.as_deref().unwrap_or_else(|| uri.path());
+        let mut r = full(
+            StatusCode::from_u16(redirect.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+            "",
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Outcome {
+            response: r,
+            flags: "-",
+        }
+    }
+
+    async fn passthrough(
+        &self,
+        authority: &str,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Outcome {
+        let target = tokio::net::lookup_host(authority_with_port(authority))
+            .await
+            .ok()
+            .and_then(|mut a| a.next());
+        let Some(addr) = target else {
+            return Outcome::local(StatusCode::BAD_GATEWAY, "cannot resolve host\n", "UF");
+        };
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let client = self.client(Duration::from_secs(10));
+        match send(
+            &client,
+            addr,
+            &parts.method,
+            &pq,
+            &parts.headers,
+            body,
+            None,
+        )
+        .await
+        {
+            Ok(r) => Outcome {
+                response: r,
+                flags: "-",
+            },
+            Err(_) => Outcome::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers\n",
+                "UF",
+            ),
+        }
+    }
+
+    /// Sends with retries. Each try picks an endpoint afresh, so a retry can land elsewhere.
+    async fn forward(
+        &self,
+        up: &Upstream,
+        fwd: &Forward,
+        retry: Option<&RetryPolicy>,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let client = self.client(up.connect_timeout);
+        let tries = 1 + retry.map_or(0, |r| r.attempts);
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let mut last = Outcome::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n",
+            "UH",
+        );
+        for attempt in 0..tries {
+            let Some(addr) = up.pick() else { return last };
+            let budget = match (deadline, per_try) {
+                (Some(dl), Some(t)) => Some(t.min(dl.saturating_duration_since(Instant::now()))),
+                (Some(dl), None) => Some(dl.saturating_duration_since(Instant::now())),
+                (None, t) => t,
+            };
+            let result = send(
+                &client,
+                addr,
+                &fwd.method,
+                &fwd.path_and_query,
+                &fwd.headers,
+                fwd.body.clone(),
+                budget,
+            )
+            .await;
+            let (outcome, retriable) = match result {
+                Ok(resp) => {
+                    let retriable =
+                        retry.is_some_and(|r| retry_on_status(&r.retry_on, resp.status()));
+                    (
+                        Outcome {
+                            response: resp,
+                            flags: "-",
+                        },
+                        retriable,
+                    )
+                }
+                Err(SendError::Timeout) => (
+                    Outcome::local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout\n",
+                        "UT",
+                    ),
+                    false,
+                ),
+                Err(SendError::Connect) => (
+                    Outcome::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers\n",
+                        "UF",
+                    ),
+                    retry.is_some_and(|r| {
+                        has_condition(
+                            &r.retry_on,
+                            &["connect-failure", "reset", "5xx", "gateway-error"],
+                        )
+                    }),
+                ),
+                Err(SendError::Reset) => (
+                    Outcome::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers\n",
+                        "UR",
+                    ),
+                    retry.is_some_and(|r| {
+                        has_condition(&r.retry_on, &["reset", "5xx", "gateway-error"])
+                    }),
+                ),
+            };
+            let out_of_time = deadline.is_some_and(|dl| Instant::now() >= dl);
+            if !retriable || attempt + 1 == tries || out_of_time {
+                if out_of_time && outcome.flags != "-" {
+                    return Outcome::local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout\n",
+                        "UT",
+                    );
+                }
+                return outcome;
+            }
+            debug!(cluster = %up.name, attempt, "retrying");
+            last = outcome;
+            // Envoy's default base interval is 25 ms with jitter; keep retries from hammering.
+            tokio::time::sleep(Duration::from_millis(25 + fastrand::u64(0..25))).await;
+        }
+        last
+    }
+}
+
+struct Forward {
+    method: hyper::Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+enum SendError {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+async fn send(
+    client: &UpstreamClient,
+    addr: SocketAddr,
+    method: &hyper::Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    timeout: Option<Duration>,
+) -> Result<Response<Body>, SendError> {
+    let uri: Uri = format!("http://{addr}{path_and_query}")
+        .parse()
+        .map_err(|_| SendError::Connect)?;
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|_| SendError::Connect)?;
+    *req.headers_mut() = headers.clone();
+    let fut = client.request(req);
+    let resp = match timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| SendError::Timeout)?,
+        None => fut.await,
+    };
+    match resp {
+        Ok(r) => {
+            let (mut parts, body) = r.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(
+                parts,
+                body.map_err(|e| Box::new(e) as _).boxed(),
+            ))
+        }
+        Err(e) if e.is_connect() => Err(SendError::Connect),
+        Err(_) => Err(SendError::Reset),
+    }
+}
+
+fn has_condition(retry_on: &str, any: &[&str]) -> bool {
+    retry_on.split(',').map(str::trim).any(|c| any.contains(&c))
+}
+
+fn retry_on_status(retry_on: &str, status: StatusCode) -> bool {
+    let code = status.as_u16();
+    retry_on.split(',').map(str::trim).any(|c| match c {
+        "5xx" => status.is_server_error(),
+        "gateway-error" => matches!(code, 502..=504),
+        "retriable-4xx" => code == 409,
+        c => c.parse::<u16>().is_ok_and(|n| n == code),
+    })
+}
+
+fn pick_destination(r: &Route, rt: &Runtime) -> Option<Arc<Upstream>> {
+    let total: u32 = r.route.iter().map(|d| d.weight).sum();
+    let dest = if r.route.len() == 1 || total == 0 {
+        r.route.first()?
+    } else {
+        let mut x = fastrand::u32(0..total);
+        r.route.iter().find(|d| {
+            if x < d.weight {
+                true
+            } else {
+                x -= d.weight;
+                false
+            }
+        })?
+    };
+    rt.cluster(&dest.cluster).cloned()
+}
+
+/// Applies the route's rewrite: the matched prefix (or the whole path) and the authority.
+fn rewrite(
+    r: &Route,
+    uri: &Uri,
+    matched_prefix: Option<&str>,
+    authority: String,
+) -> (String, String) {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let Some(rw) = &r.rewrite else {
+        return (format!("{path}{query}"), authority);
+    };
+    let new_path = match (&rw.uri, matched_prefix) {
+        (Some(to), Some(prefix)) => format!("{to}{}", &path[prefix.len().min(path.len())..]),
+        (Some(to), None) => to.clone(),
+        (None, _) => path.to_string(),
+    };
+    (
+        format!("{new_path}{query}"),
+        rw.authority.clone().unwrap_or(authority),
+    )
+}
+
+fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .filter(|a| !a.is_empty())
+}
+
+fn authority_with_port(authority: &str) -> String {
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    }
+}
+
+/// Keeps an incoming `x-request-id` (trace correlation) or adds one.
+fn ensure_request_id(h: &mut HeaderMap) {
+    if !h.contains_key("x-request-id") {
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert("x-request-id", v);
+        }
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Outcome> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Outcome::local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+                "-",
+            ))
+        }
+        Err(_) => Err(Outcome::local(
+            StatusCode::BAD_REQUEST,
+            "malformed request body\n",
+            "-",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_is_suffixed_before_the_port() {
+        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_authority("reviews"), "reviews-shadow");
+    }
+
+    #[test]
+    fn retry_conditions_follow_envoy_names() {
+        assert!(retry_on_status("5xx", StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(retry_on_status("gateway-error", StatusCode::BAD_GATEWAY));
+        assert!(!retry_on_status(
+            "gateway-error",
+            StatusCode::INTERNAL_SERVER_ERROR
+        ));
+        assert!(retry_on_status(
+            "connect-failure,503",
+            StatusCode::SERVICE_UNAVAILABLE
+        ));
+        assert!(!retry_on_status(
+            "connect-failure",
+            StatusCode::SERVICE_UNAVAILABLE
+        ));
+    }
+
+    #[test]
+    fn rewrite_replaces_the_matched_prefix_and_keeps_the_query() {
+        let route = Route {
+            rewrite: Some(skein_api::proxy::Rewrite {
+                uri: Some("/v2/".into()),
+                authority: Some("new".into()),
+            }),
+            ..Default::default()
+        };
+        let uri: Uri = "/api/items?x=1".parse().unwrap();
+        assert_eq!(
+            rewrite(&route, &uri, Some("/api/"), "old".into()),
+            ("/v2/items?x=1".into(), "new".into())
+        );
+        assert_eq!(rewrite(&route, &uri, None, "old".into()).0, "/v2/?x=1");
+    }
+}

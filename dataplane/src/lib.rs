@@ -1,0 +1,11 @@
+//! skein-proxy: Skein's data plane. This crate holds the request path (`http`), the compiled
+//! configuration it reads (`runtime`), the one place configuration changes (`store`),
+//! listeners and admin endpoints (`server`), and Istio-named telemetry (`metrics`).
+#![forbid(unsafe_code)]
+
+pub mod config_file;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod store;

@@ -1,0 +1,416 @@
+//! A validated `ProxyConfig` compiled for the request path: regexes built once, domains
+//! pre-classified, clusters with their round-robin state. Immutable once built; a new config
+//! builds a new `Runtime` and is swapped in whole (see `store`).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::{HeaderMap, Method};
+use regex::Regex;
+use skein_api::proxy::{InvalidConfig, ProxyConfig, Route, StringMatch, compile_regex};
+
+/// Istio's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The compiled configuration.
+pub struct Runtime {
+    /// The configuration as given (config dump, version).
+    pub config: ProxyConfig,
+    vhosts: Vec<VirtualHost>,
+    clusters: HashMap<String, Arc<Upstream>>,
+}
+
+struct VirtualHost {
+    domains: Vec<Domain>,
+    routes: Vec<CompiledRoute>,
+}
+
+enum Domain {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+/// A route with compiled matchers.
+pub struct CompiledRoute {
+    /// The route as configured.
+    pub route: Route,
+    matches: Vec<CompiledMatch>,
+}
+
+struct CompiledMatch {
+    uri: Option<Matcher>,
+    method: Option<Matcher>,
+    headers: Vec<(String, Matcher)>,
+    port: Option<u16>,
+}
+
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn compile(m: &StringMatch, path: &str) -> Result<Self, InvalidConfig> {
+        Ok(match m {
+            StringMatch::Exact(v) => Matcher::Exact(v.clone()),
+            StringMatch::Prefix(v) => Matcher::Prefix(v.clone()),
+            StringMatch::Regex(r) => {
+                Matcher::Regex(compile_regex(r).map_err(|e| InvalidConfig {
+                    path: path.to_string(),
+                    reason: format!("invalid regex {r:?}: {e}"),
+                })?)
+            }
+        })
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match self {
+            Matcher::Exact(e) => v == e,
+            Matcher::Prefix(p) => v.starts_with(p.as_str()),
+            Matcher::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// The parts of a request routing looks at.
+pub struct RequestView<'a> {
+    /// Path without the query.
+    pub path: &'a str,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// Port of the listener it arrived on.
+    pub port: u16,
+}
+
+impl CompiledRoute {
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// The prefix the request matched, when the matching rule used a uri prefix (rewrite
+    /// replaces exactly that part, as Istio does).
+    pub fn matched_prefix(&self, req: &RequestView<'_>) -> Option<&str> {
+        self.matches
+            .iter()
+            .find(|m| m.matches(req))
+            .and_then(|m| match &m.uri {
+                Some(Matcher::Prefix(p)) => Some(p.as_str()),
+                _ => None,
+            })
+    }
+}
+
+impl CompiledMatch {
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.port.is_none_or(|p| p == req.port)
+            && self.uri.as_ref().is_none_or(|m| m.is_match(req.path))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.is_match(req.method.as_str()))
+            && self.headers.iter().all(|(name, m)| {
+                req.headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| m.is_match(v))
+            })
+    }
+}
+
+/// Result of route selection.
+pub enum Routed<'a> {
+    /// No virtual host serves the host: not in the registry.
+    UnknownHost,
+    /// The host is known but no rule matches the request.
+    NoRoute,
+    /// The matching rule.
+    Route(&'a CompiledRoute),
+}
+
+/// An upstream cluster: endpoints picked round-robin.
+pub struct Upstream {
+    /// Cluster name.
+    pub name: String,
+    endpoints: Vec<SocketAddr>,
+    next: AtomicUsize,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Upstream {
+    /// Next endpoint, or None when the cluster has none.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some(self.endpoints[i])
+    }
+
+    /// The Istio service name in the cluster name (`outbound|80|v1|reviews` → `reviews`).
+    pub fn service(&self) -> &str {
+        self.name.rsplit('|').next().unwrap_or(&self.name)
+    }
+}
+
+impl Runtime {
+    /// Validates and compiles `config`.
+    pub fn compile(config: ProxyConfig) -> Result<Self, InvalidConfig> {
+        config.validate()?;
+        let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
+        for vh in &config.virtual_hosts {
+            let domains = vh
+                .domains
+                .iter()
+                .map(|d| match d.as_str() {
+                    "*" => Domain::Any,
+                    d if d.starts_with("*.") => Domain::Suffix(d[1..].to_ascii_lowercase()),
+                    d => Domain::Exact(d.to_ascii_lowercase()),
+                })
+                .collect();
+            let mut routes = Vec::with_capacity(vh.routes.len());
+            for (i, r) in vh.routes.iter().enumerate() {
+                let at = format!("virtualHosts[{}].routes[{i}]", vh.name);
+                let mut matches = Vec::new();
+                for (j, m) in r.matches.iter().enumerate() {
+                    let at = format!("{at}.match[{j}]");
+                    matches.push(CompiledMatch {
+                        uri: m
+                            .uri
+                            .as_ref()
+                            .map(|u| Matcher::compile(u, &format!("{at}.uri")))
+                            .transpose()?,
+                        method: m
+                            .method
+                            .as_ref()
+                            .map(|u| Matcher::compile(u, &format!("{at}.method")))
+                            .transpose()?,
+                        headers: m
+                            .headers
+                            .iter()
+                            .map(|(h, v)| {
+                                Ok((
+                                    h.clone(),
+                                    Matcher::compile(v, &format!("{at}.headers[{h}]"))?,
+                                ))
+                            })
+                            .collect::<Result<_, InvalidConfig>>()?,
+                        port: m.port,
+                    });
+                }
+                routes.push(CompiledRoute {
+                    route: r.clone(),
+                    matches,
+                });
+            }
+            vhosts.push(VirtualHost { domains, routes });
+        }
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let up = Upstream {
+                    name: c.name.clone(),
+                    endpoints: c.endpoints.clone(),
+                    next: AtomicUsize::new(0),
+                    connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                };
+                (c.name.clone(), Arc::new(up))
+            })
+            .collect();
+        Ok(Self {
+            config,
+            vhosts,
+            clusters,
+        })
+    }
+
+    /// The first route of the virtual host serving `host` (port stripped) that matches.
+    pub fn route(&self, host: &str, req: &RequestView<'_>) -> Routed<'_> {
+        let host = host.to_ascii_lowercase();
+        match self.find_vhost(&host) {
+            None => Routed::UnknownHost,
+            Some(vh) => vh
+                .routes
+                .iter()
+                .find(|r| r.matches(req))
+                .map_or(Routed::NoRoute, Routed::Route),
+        }
+    }
+
+    fn find_vhost(&self, host: &str) -> Option<&VirtualHost> {
+        // Exact names beat wildcards, longer suffixes beat shorter ones, `*` comes last — the
+        // order Envoy uses.
+        let exact = self.vhosts.iter().find(|v| {
+            v.domains
+                .iter()
+                .any(|d| matches!(d, Domain::Exact(e) if e == host))
+        });
+        exact
+            .or_else(|| {
+                self.vhosts
+                    .iter()
+                    .filter_map(|v| {
+                        v.domains
+                            .iter()
+                            .filter_map(|d| match d {
+                                Domain::Suffix(s) if host.ends_with(s.as_str()) => Some(s.len()),
+                                _ => None,
+                            })
+                            .max()
+                            .map(|len| (len, v))
+                    })
+                    .max_by_key(|(len, _)| *len)
+                    .map(|(_, v)| v)
+            })
+            .or_else(|| {
+                self.vhosts
+                    .iter()
+                    .find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any)))
+            })
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.clusters.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(yaml: &str) -> Runtime {
+        Runtime::compile(serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    const CFG: &str = r#"
+virtualHosts:
+  - name: exact
+    domains: [reviews, reviews.default.svc.cluster.local]
+    routes:
+      - name: jason
+        match: [{headers: {end-user: {exact: jason}}}]
+        route: [{cluster: v2}]
+      - name: api
+        match: [{uri: {prefix: /api/}, method: {exact: POST}}, {uri: {regex: "/v[0-9]+/.*"}}]
+        route: [{cluster: v2}]
+      - name: port
+        match: [{port: 9999}]
+        route: [{cluster: v2}]
+      - name: default
+        route: [{cluster: v1}]
+  - name: wild
+    domains: ["*.example.com"]
+    routes: [{name: wild, route: [{cluster: v1}]}]
+  - name: deeper
+    domains: ["*.api.example.com"]
+    routes: [{name: deeper, route: [{cluster: v2}]}]
+  - name: any
+    domains: ["*"]
+    routes: [{name: any, route: [{cluster: v1}]}]
+clusters:
+  - {name: v1, endpoints: ["127.0.0.1:1", "127.0.0.1:2"]}
+  - {name: v2}
+"#;
+
+    fn name<'a>(
+        rt: &'a Runtime,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        port: u16,
+    ) -> Option<&'a str> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, v.parse().unwrap());
+        }
+        let m: Method = method.parse().unwrap();
+        let req = RequestView {
+            path,
+            method: &m,
+            headers: &h,
+            port,
+        };
+        match rt.route(host, &req) {
+            Routed::Route(r) => Some(r.route.name.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn rules_apply_in_order_and_headers_match_exactly() {
+        let rt = rt(CFG);
+        assert_eq!(
+            name(&rt, "reviews", "GET", "/", &[("end-user", "jason")], 80),
+            Some("jason")
+        );
+        assert_eq!(
+            name(&rt, "reviews", "GET", "/", &[("end-user", "jasonx")], 80),
+            Some("default")
+        );
+        assert_eq!(
+            name(&rt, "REVIEWS", "GET", "/", &[], 80),
+            Some("default"),
+            "host is case-insensitive"
+        );
+    }
+
+    #[test]
+    fn uri_method_and_port_matches() {
+        let rt = rt(CFG);
+        assert_eq!(name(&rt, "reviews", "POST", "/api/x", &[], 80), Some("api"));
+        assert_eq!(
+            name(&rt, "reviews", "GET", "/api/x", &[], 80),
+            Some("default"),
+            "method must match too"
+        );
+        assert_eq!(
+            name(&rt, "reviews", "GET", "/v2/ratings", &[], 80),
+            Some("api"),
+            "second match entry (regex)"
+        );
+        assert_eq!(
+            name(&rt, "reviews", "GET", "/x/v2/ratings", &[], 80),
+            Some("default"),
+            "regex is anchored"
+        );
+        assert_eq!(name(&rt, "reviews", "GET", "/", &[], 9999), Some("port"));
+    }
+
+    #[test]
+    fn exact_domains_beat_the_longest_wildcard_which_beats_any() {
+        let rt = rt(CFG);
+        assert_eq!(
+            name(&rt, "a.api.example.com", "GET", "/", &[], 80),
+            Some("deeper")
+        );
+        assert_eq!(
+            name(&rt, "a.example.com", "GET", "/", &[], 80),
+            Some("wild")
+        );
+        assert_eq!(name(&rt, "elsewhere.org", "GET", "/", &[], 80), Some("any"));
+    }
+
+    #[test]
+    fn endpoints_are_picked_round_robin() {
+        let rt = rt(CFG);
+        let c = rt.cluster("v1").unwrap();
+        let picks: Vec<_> = (0..4).map(|_| c.pick().unwrap().port()).collect();
+        assert_eq!(picks, [1, 2, 1, 2]);
+        assert_eq!(rt.cluster("v2").unwrap().pick(), None);
+    }
+}

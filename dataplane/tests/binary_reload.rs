@@ -1,0 +1,124 @@
+//! The `skein-proxy run --config FILE` binary: serves the file, reloads it on change and on
+//! SIGHUP, and keeps the last good config when a new one is invalid.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Upstream answering every request with `name`, on a thread; runs for the test's lifetime.
+fn upstream(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                name.len()
+            );
+        }
+    });
+    addr
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        "version: '{}-{}'\nlisteners: [{{name: http, address: '127.0.0.1:{listen}'}}]\nvirtualHosts:\n  - {{name: svc, domains: [svc], routes: [{{route: [{{cluster: a, weight: {}}}, {{cluster: b, weight: {}}}]}}]}}\nclusters:\n  - {{name: a, endpoints: ['{a}']}}\n  - {{name: b, endpoints: ['{b}']}}\n",
+        weights.0, weights.1, weights.0, weights.1
+    )
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
+    let (a, b) = (upstream("a"), upstream("b"));
+    let dir = std::env::temp_dir().join(format!("skein-proxy-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&path, config(listen, (100, 0), a, b)).unwrap();
+    let _proxy = Proc(
+        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--status-addr", &format!("127.0.0.1:{status}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("proxy serving a", || {
+        get(listen, "/").is_some_and(|r| r.1 == "a")
+    });
+    assert_eq!(get(status, "/healthz/ready").map(|r| r.0), Some(200));
+
+    // Invalid: weights sum to 150. Rejected, counted, and `a` keeps serving.
+    std::fs::write(&path, config(listen, (100, 50), a, b)).unwrap();
+    eventually("rejection counted", || {
+        get(metrics, "/stats/prometheus")
+            .is_some_and(|r| r.1.contains("skein_proxy_config_rejected_total 1"))
+    });
+    assert_eq!(get(listen, "/").map(|r| r.1).as_deref(), Some("a"));
+    assert!(
+        get(admin, "/config_dump")
+            .unwrap()
+            .1
+            .contains("\"version\": \"100-0\"")
+    );
+
+    // Valid again: all traffic to `b`.
+    std::fs::write(&path, config(listen, (0, 100), a, b)).unwrap();
+    eventually("proxy serving b", || {
+        get(listen, "/").is_some_and(|r| r.1 == "b")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

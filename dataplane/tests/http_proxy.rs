@@ -1,0 +1,491 @@
+//! The HTTP request path end to end, in process: real sockets on loopback, small upstream
+//! servers that report who they are, the proxy between them and a client.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use skein_proxy::{http::Proxy, metrics::Metrics, server, store::Store};
+use tokio::net::TcpListener;
+
+/// What an upstream saw: (host header, path and query, end-user header).
+type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: Seen,
+}
+
+/// An upstream answering `name`; the first `fail_first` requests get 503.
+async fn upstream(name: &'static str, fail_first: usize) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, count) = (s.clone(), count.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .map(|h| h.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let user = req
+                        .headers()
+                        .get("end-user")
+                        .map(|h| h.to_str().unwrap().to_string());
+                    s.lock().unwrap().push((host, req.uri().to_string(), user));
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let status = if n < fail_first {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    };
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from(name)));
+                        *r.status_mut() = status;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, seen }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    store: Store,
+    metrics: Metrics,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+async fn proxy(yaml: &str) -> Harness {
+    let store = Store::new(serde_yaml::from_str(yaml).expect("test config parses"))
+        .expect("test config is valid");
+    let metrics = Metrics::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_http(
+        listener,
+        Proxy::new(store.clone(), metrics.clone()),
+    ));
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    Harness {
+        addr,
+        store,
+        metrics,
+        client,
+    }
+}
+
+impl Harness {
+    async fn get(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, hyper::HeaderMap) {
+        let mut req = Request::get(format!("http://{}{path}", self.addr)).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        (parts.status, body, parts.headers)
+    }
+}
+
+fn reviews_config(v1: SocketAddr, v2: SocketAddr, v3: SocketAddr, routes: &str) -> String {
+    format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+virtualHosts:
+  - name: reviews
+    domains: [reviews, reviews.default.svc.cluster.local]
+    routes:
+{routes}
+clusters:
+  - {{name: "outbound|9080|v1|reviews.default.svc.cluster.local", endpoints: ["{v1}"]}}
+  - {{name: "outbound|9080|v2|reviews.default.svc.cluster.local", endpoints: ["{v2}"]}}
+  - {{name: "outbound|9080|v3|reviews.default.svc.cluster.local", endpoints: ["{v3}"]}}
+"#
+    )
+}
+
+const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+const V2: &str = "outbound|9080|v2|reviews.default.svc.cluster.local";
+const V3: &str = "outbound|9080|v3|reviews.default.svc.cluster.local";
+
+#[tokio::test]
+async fn end_user_jason_goes_to_v2_and_everyone_else_to_v1() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{match: [{{headers: {{end-user: {{exact: jason}}}}}}], route: [{{cluster: \"{V2}\"}}]}}\n      - {{route: [{{cluster: \"{V1}\"}}]}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    assert_eq!(
+        h.get("reviews:9080", "/reviews/0", &[("end-user", "jason")])
+            .await
+            .1,
+        "v2"
+    );
+    assert_eq!(
+        h.get("reviews:9080", "/reviews/0", &[("end-user", "alice")])
+            .await
+            .1,
+        "v1"
+    );
+    assert_eq!(
+        h.get("reviews.default.svc.cluster.local", "/", &[]).await.1,
+        "v1"
+    );
+    // The end-user header reaches the upstream unchanged.
+    assert_eq!(v2.seen.lock().unwrap()[0].2.as_deref(), Some("jason"));
+}
+
+#[tokio::test]
+async fn fifty_fifty_weights_land_within_statistical_bounds() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\", weight: 50}}, {{cluster: \"{V3}\", weight: 50}}]}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let n = 400;
+    let mut v1_count = 0;
+    for _ in 0..n {
+        let (status, body, _) = h.get("reviews", "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == "v1" || body == "v3", "{body}");
+        v1_count += usize::from(body == "v1");
+    }
+    // Binomial(400, 0.5): sd = 10; ±5 sd keeps a false failure below one in a million.
+    assert!((150..=250).contains(&v1_count), "v1 got {v1_count} of {n}");
+    assert!(v2.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_two_second_delay_under_a_half_second_timeout_answers_504_after_half_a_second() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}], timeout: 0.5s, fault: {{delay: {{fixedDelay: 2s, percentage: 100}}}}}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let start = Instant::now();
+    let (status, body, _) = h.get("reviews", "/", &[]).await;
+    let took = start.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    assert!(
+        v1.seen.lock().unwrap().is_empty(),
+        "request never reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn delay_without_timeout_delays_then_forwards() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}], fault: {{delay: {{fixedDelay: 300ms}}}}}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let start = Instant::now();
+    assert_eq!(h.get("reviews", "/", &[]).await.1, "v1");
+    assert!(start.elapsed() >= Duration::from_millis(290));
+}
+
+#[tokio::test]
+async fn abort_applies_to_jason_only() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{match: [{{headers: {{end-user: {{exact: jason}}}}}}], route: [{{cluster: \"{V1}\"}}], fault: {{abort: {{httpStatus: 500, percentage: 100}}}}}}\n      - {{route: [{{cluster: \"{V1}\"}}]}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let (status, body, _) = h.get("reviews", "/", &[("end-user", "jason")]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "fault filter abort\n")
+    );
+    assert_eq!(
+        h.get("reviews", "/", &[("end-user", "bob")]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        v1.seen.lock().unwrap().len(),
+        1,
+        "the aborted request never reached the upstream"
+    );
+    let metrics = h.metrics.render();
+    assert!(
+        metrics.contains("response_code=\"500\",response_flags=\"FI\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn mirror_receives_a_shadow_copy_while_the_caller_sees_only_the_primary() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}], mirror: \"{V2}\", mirrorPercentage: 100}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    for _ in 0..5 {
+        let (status, body, _) = h.get("reviews:9080", "/r?x=1", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v2.seen.lock().unwrap().len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shadow = v2.seen.lock().unwrap().clone();
+    assert_eq!(shadow.len(), 5, "every request mirrored");
+    assert!(
+        shadow
+            .iter()
+            .all(|(host, path, _)| host == "reviews-shadow:9080" && path == "/r?x=1"),
+        "{shadow:?}"
+    );
+    assert!(
+        v1.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(host, _, _)| host == "reviews:9080")
+    );
+}
+
+#[tokio::test]
+async fn registry_only_refuses_unknown_hosts_with_502_and_allow_any_passes_them_through() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let outside = upstream("outside", 0).await;
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
+    let cfg = reviews_config(v1.addr, v2.addr, v3.addr, &routes);
+    let h = proxy(&cfg).await;
+    let (status, _, _) = h.get(&outside.addr.to_string(), "/", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(outside.seen.lock().unwrap().is_empty());
+    assert!(
+        h.metrics
+            .render()
+            .contains("destination_service=\"BlackHoleCluster\"")
+    );
+
+    h.store
+        .apply(serde_yaml::from_str(&cfg.replace("REGISTRY_ONLY", "ALLOW_ANY")).unwrap())
+        .unwrap();
+    let (status, body, _) = h.get(&outside.addr.to_string(), "/", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "outside"));
+    assert_eq!(
+        h.get("reviews", "/", &[]).await.1,
+        "v1",
+        "registered hosts still routed"
+    );
+}
+
+#[tokio::test]
+async fn rewrite_replaces_prefix_and_authority_and_redirect_answers_301() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!(
+        "      - {{match: [{{uri: {{prefix: /old/}}}}], redirect: {{uri: /new, authority: newhost}}}}\n      - {{match: [{{uri: {{prefix: /api/}}}}], rewrite: {{uri: /v2/, authority: ratings}}, route: [{{cluster: \"{V1}\"}}]}}\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let (status, body, _) = h.get("reviews", "/api/items?page=2", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    assert_eq!(v1.seen.lock().unwrap()[0].0, "ratings");
+    assert_eq!(v1.seen.lock().unwrap()[0].1, "/v2/items?page=2");
+    let (status, _, headers) = h.get("reviews", "/old/thing", &[]).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "http://newhost/new");
+    assert_eq!(
+        h.get("reviews", "/other", &[]).await.0,
+        StatusCode::NOT_FOUND,
+        "no rule matches"
+    );
+}
+
+#[tokio::test]
+async fn retries_recover_from_503s_and_stop_at_the_attempt_limit() {
+    let flaky = upstream("flaky", 2).await;
+    let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 2, retryOn: \"5xx\"}}}}\n"
+    );
+    let h = proxy(&reviews_config(flaky.addr, v2.addr, v3.addr, &routes)).await;
+    let (status, body, _) = h.get("reviews", "/", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "flaky"),
+        "third try succeeds"
+    );
+    assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+
+    let always = upstream("always", 1000).await;
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 1, retryOn: \"5xx\"}}}}\n"
+    );
+    let h = proxy(&reviews_config(always.addr, v2.addr, v3.addr, &routes)).await;
+    assert_eq!(
+        h.get("reviews", "/", &[]).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        always.seen.lock().unwrap().len(),
+        2,
+        "one try plus one retry"
+    );
+}
+
+#[tokio::test]
+async fn connect_failure_answers_503_and_counts_the_flag() {
+    // A port nothing listens on: bind, note it, close.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
+    let h = proxy(&reviews_config(dead, v2.addr, v3.addr, &routes)).await;
+    assert_eq!(
+        h.get("reviews", "/", &[]).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(h.metrics.render().contains("response_flags=\"UF\""));
+}
+
+#[tokio::test]
+async fn requests_are_counted_under_istio_metric_names() {
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    for _ in 0..3 {
+        h.get("reviews", "/", &[]).await;
+    }
+    let m = h.metrics.render();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(
+        line.contains("destination_service=\"reviews.default.svc.cluster.local\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("destination_service_name=\"reviews\""),
+        "{line}"
+    );
+    assert!(line.contains("response_code=\"200\""), "{line}");
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(
+        m.contains("istio_request_duration_milliseconds_count{"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_not_a_crash() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (v1, v2, v3) = (
+        upstream("v1", 0).await,
+        upstream("v2", 0).await,
+        upstream("v3", 0).await,
+    );
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    for raw in [
+        "GARBAGE\r\n\r\n".to_string(),
+        "GET / HTTP/1.1\r\n\r\n".to_string(), // no Host
+        format!(
+            "GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        ),
+        format!(
+            "GET / HTTP/1.1\r\nHost: reviews\r\n{}\r\n",
+            (0..150)
+                .map(|i| format!("x-h{i}: v\r\n"))
+                .collect::<String>()
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        let request = &raw[..raw.len().min(40)];
+        assert!(
+            head.starts_with("HTTP/1.1 4"),
+            "{request:?} answered {head:?}"
+        );
+    }
+    // Still serving.
+    assert_eq!(h.get("reviews", "/", &[]).await.1, "v1");
+}
