@@ -33,30 +33,16 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
     status = "MeshControlPlaneStatus",
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
     printcolumn(name = "Channel", type_ = "string", json_path = ".status.channel"),
-    printcolumn(
-        name = "Revision",
-        type_ = "string",
-        json_path = ".status.activeRevision"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.activeRevision"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshControlPlaneSpec {
     /// Release to install: `X.Y.Z` (optionally `v`-prefixed, with a pre-release suffix) or the
     /// alias `vX.Y-latest` (newest patch of that minor). Unset: follow `channel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^(v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?|v[0-9]+\.[0-9]+-latest)$"
-    ))]
+    #[schemars(regex(pattern = r"^(v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?|v[0-9]+\.[0-9]+-latest)$"))]
     pub version: Option<String>,
 
     /// Upgrade channel followed when `version` is unset. Default `stable`.
@@ -66,10 +52,7 @@ pub struct MeshControlPlaneSpec {
     /// Namespace the control plane and gateways are installed in. Default `skein-system`;
     /// immutable once set.
     #[serde(default = "default_namespace")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
     pub namespace: String,
 
@@ -145,10 +128,7 @@ pub struct UpdateStrategy {
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        Self {
-            type_: UpdateStrategyType::default(),
-            inactive_revision_deletion_grace_period_seconds: default_grace(),
-        }
+        Self { type_: UpdateStrategyType::default(), inactive_revision_deletion_grace_period_seconds: default_grace() }
     }
 }
 
@@ -200,10 +180,7 @@ pub struct ControlPlaneComponent {
 
 impl Default for ControlPlaneComponent {
     fn default() -> Self {
-        Self {
-            replicas: default_replicas(),
-            resources: None,
-        }
+        Self { replicas: default_replicas(), resources: None }
     }
 }
 
@@ -261,10 +238,7 @@ impl ServiceType {
 pub struct MeshConfig {
     /// SPIFFE trust domain of workload identities. Default `cluster.local`.
     #[serde(default = "default_trust_domain")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub trust_domain: String,
     /// Policy for traffic to hosts outside the mesh registry.
     #[serde(default)]
@@ -366,10 +340,7 @@ pub enum RootCaType {
 pub struct MultiCluster {
     /// Name of this cluster, unique in the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub cluster_name: Option<String>,
     /// Network this cluster's pods are on; clusters on different networks talk through
     /// east-west gateways.

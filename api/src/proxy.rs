@@ -98,11 +98,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
     /// Whole-request timeout including retries. Unset: no timeout.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Retry policy. Unset: no retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,18 +171,9 @@ impl TryFrom<StringMatchFields> for StringMatch {
 impl From<StringMatch> for StringMatchFields {
     fn from(m: StringMatch) -> Self {
         match m {
-            StringMatch::Exact(v) => Self {
-                exact: Some(v),
-                ..Default::default()
-            },
-            StringMatch::Prefix(v) => Self {
-                prefix: Some(v),
-                ..Default::default()
-            },
-            StringMatch::Regex(v) => Self {
-                regex: Some(v),
-                ..Default::default()
-            },
+            StringMatch::Exact(v) => Self { exact: Some(v), ..Default::default() },
+            StringMatch::Prefix(v) => Self { prefix: Some(v), ..Default::default() },
+            StringMatch::Regex(v) => Self { regex: Some(v), ..Default::default() },
         }
     }
 }
@@ -244,11 +231,7 @@ pub struct RetryPolicy {
     /// Retries after the first try.
     pub attempts: u32,
     /// Timeout of each try. Unset: the route timeout.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
     /// Comma-separated conditions: `5xx`, `gateway-error`, `connect-failure`, `reset`,
     /// `retriable-status-codes` or status codes. Default `connect-failure,reset,503`.
@@ -309,12 +292,158 @@ pub struct Cluster {
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
     /// Connect timeout; default 10 s (Istio's default).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// How an endpoint is chosen. Default round robin.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// Circuit breaking (DestinationRule `connectionPool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// Ejection of failing endpoints (DestinationRule `outlierDetection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// DestinationRule `loadBalancer`, written as Istio does: `{simple: LEAST_REQUEST}` or
+/// `{consistentHash: {httpHeaderName: x-user}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LoadBalancerFields", into = "LoadBalancerFields")]
+pub enum LoadBalancer {
+    /// Each endpoint in turn. The default.
+    #[default]
+    RoundRobin,
+    /// The less loaded of two random endpoints.
+    LeastRequest,
+    /// Uniformly random.
+    Random,
+    /// Same key, same endpoint (while the endpoint set is stable).
+    ConsistentHash(HashKey),
+}
+
+/// What a consistent hash is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (lower-case name).
+    HttpHeaderName(String),
+    /// A cookie, by name.
+    HttpCookie(String),
+    /// The client's IP address.
+    UseSourceIp,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[allow(clippy::upper_case_acronyms, non_camel_case_types)]
+enum SimpleLb {
+    ROUND_ROBIN,
+    LEAST_REQUEST,
+    LEAST_CONN,
+    RANDOM,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LoadBalancerFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    simple: Option<SimpleLb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consistent_hash: Option<ConsistentHashFields>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConsistentHashFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http_cookie: Option<CookieFields>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    use_source_ip: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CookieFields {
+    name: String,
+}
+
+impl TryFrom<LoadBalancerFields> for LoadBalancer {
+    type Error = String;
+    fn try_from(f: LoadBalancerFields) -> Result<Self, String> {
+        match (f.simple, f.consistent_hash) {
+            (None, None) | (Some(SimpleLb::ROUND_ROBIN), None) => Ok(Self::RoundRobin),
+            // LEAST_CONN is Istio's older name for LEAST_REQUEST.
+            (Some(SimpleLb::LEAST_REQUEST | SimpleLb::LEAST_CONN), None) => Ok(Self::LeastRequest),
+            (Some(SimpleLb::RANDOM), None) => Ok(Self::Random),
+            (None, Some(h)) => match (h.http_header_name, h.http_cookie, h.use_source_ip) {
+                (Some(n), None, None) => Ok(Self::ConsistentHash(HashKey::HttpHeaderName(n.to_ascii_lowercase()))),
+                (None, Some(c), None) => Ok(Self::ConsistentHash(HashKey::HttpCookie(c.name))),
+                (None, None, Some(true)) => Ok(Self::ConsistentHash(HashKey::UseSourceIp)),
+                _ => Err("consistentHash needs exactly one of httpHeaderName, httpCookie, useSourceIp: true".into()),
+            },
+            (Some(_), Some(_)) => Err("loadBalancer: simple and consistentHash are mutually exclusive".into()),
+        }
+    }
+}
+
+impl From<LoadBalancer> for LoadBalancerFields {
+    fn from(lb: LoadBalancer) -> Self {
+        let simple = |s| Self { simple: Some(s), consistent_hash: None };
+        let hash = |h| Self { simple: None, consistent_hash: Some(h) };
+        match lb {
+            LoadBalancer::RoundRobin => simple(SimpleLb::ROUND_ROBIN),
+            LoadBalancer::LeastRequest => simple(SimpleLb::LEAST_REQUEST),
+            LoadBalancer::Random => simple(SimpleLb::RANDOM),
+            LoadBalancer::ConsistentHash(HashKey::HttpHeaderName(n)) => {
+                hash(ConsistentHashFields { http_header_name: Some(n), ..Default::default() })
+            }
+            LoadBalancer::ConsistentHash(HashKey::HttpCookie(name)) => {
+                hash(ConsistentHashFields { http_cookie: Some(CookieFields { name }), ..Default::default() })
+            }
+            LoadBalancer::ConsistentHash(HashKey::UseSourceIp) => {
+                hash(ConsistentHashFields { use_source_ip: Some(true), ..Default::default() })
+            }
+        }
+    }
+}
+
+/// Circuit-breaking limits; overflow answers 503 (`UO`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    /// `tcp.maxConnections`: requests in flight to the cluster over HTTP/1.1 (one per connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<u32>,
+    /// `http.maxRetries`: retries in flight to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// Outlier detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers in a row that eject an endpoint (0 or unset disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// 502/503/504 or connect failures in a row that eject an endpoint (0 or unset disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Sweep interval (Istio default 10 s). Ejections expire lazily, so this only documents
+    /// the Istio field today.
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Ejection time, multiplied by the number of times the endpoint was ejected (default 30 s).
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Most endpoints ejected at once, percent (default 10; at least one endpoint may be ejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// Why a configuration was refused. The message names the object and field.
@@ -328,18 +457,11 @@ pub struct InvalidConfig {
 }
 
 fn invalid(path: impl Into<String>, reason: impl Into<String>) -> InvalidConfig {
-    InvalidConfig {
-        path: path.into(),
-        reason: reason.into(),
-    }
+    InvalidConfig { path: path.into(), reason: reason.into() }
 }
 
 fn check_percentage(path: String, p: f64) -> Result<(), InvalidConfig> {
-    if (0.0..=100.0).contains(&p) {
-        Ok(())
-    } else {
-        Err(invalid(path, format!("percentage {p} is outside 0–100")))
-    }
+    if (0.0..=100.0).contains(&p) { Ok(()) } else { Err(invalid(path, format!("percentage {p} is outside 0–100"))) }
 }
 
 impl StringMatch {
@@ -354,9 +476,7 @@ impl StringMatch {
 /// Compiles an Istio regex (RE2 syntax) anchored to the whole value, with bounded size so a
 /// config cannot make the proxy build a huge automaton.
 pub fn compile_regex(r: &str) -> Result<regex::Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{r})$"))
-        .size_limit(1 << 20)
-        .build()
+    regex::RegexBuilder::new(&format!("^(?:{r})$")).size_limit(1 << 20).build()
 }
 
 impl ProxyConfig {
@@ -366,14 +486,18 @@ impl ProxyConfig {
         let mut names = std::collections::BTreeSet::new();
         for l in &self.listeners {
             if !names.insert(&l.name) {
+                return Err(invalid(format!("listeners[{}]", l.name), "duplicate listener name"));
+            }
+        }
+        for c in &self.clusters {
+            if let Some(p) = c.outlier_detection.as_ref().and_then(|o| o.max_ejection_percent).filter(|p| *p > 100) {
                 return Err(invalid(
-                    format!("listeners[{}]", l.name),
-                    "duplicate listener name",
+                    format!("clusters[{}].outlierDetection.maxEjectionPercent", c.name),
+                    format!("{p} is above 100"),
                 ));
             }
         }
-        let clusters: std::collections::BTreeSet<&str> =
-            self.clusters.iter().map(|c| c.name.as_str()).collect();
+        let clusters: std::collections::BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         if clusters.len() != self.clusters.len() {
             return Err(invalid("clusters", "duplicate cluster name"));
         }
@@ -384,10 +508,7 @@ impl ProxyConfig {
                 return Err(invalid(at, "duplicate virtual host name"));
             }
             if vh.domains.is_empty() {
-                return Err(invalid(
-                    format!("{at}.domains"),
-                    "at least one domain is required",
-                ));
+                return Err(invalid(format!("{at}.domains"), "at least one domain is required"));
             }
             for (i, r) in vh.routes.iter().enumerate() {
                 r.validate(&format!("{at}.routes[{i}]"), &clusters)?;
@@ -398,11 +519,7 @@ impl ProxyConfig {
 }
 
 impl Route {
-    fn validate(
-        &self,
-        at: &str,
-        clusters: &std::collections::BTreeSet<&str>,
-    ) -> Result<(), InvalidConfig> {
+    fn validate(&self, at: &str, clusters: &std::collections::BTreeSet<&str>) -> Result<(), InvalidConfig> {
         for (i, m) in self.matches.iter().enumerate() {
             let mat = format!("{at}.match[{i}]");
             if let Some(u) = &m.uri {
@@ -413,10 +530,7 @@ impl Route {
             }
             for (h, v) in &m.headers {
                 if h.chars().any(|c| c.is_ascii_uppercase()) {
-                    return Err(invalid(
-                        format!("{mat}.headers[{h}]"),
-                        "header names must be lower-case",
-                    ));
+                    return Err(invalid(format!("{mat}.headers[{h}]"), "header names must be lower-case"));
                 }
                 v.validate(format!("{mat}.headers[{h}]"))?;
             }
@@ -426,18 +540,11 @@ impl Route {
                 return Err(invalid(at, "route and redirect are mutually exclusive"));
             }
             (None, true) => {
-                return Err(invalid(
-                    format!("{at}.route"),
-                    "a route needs at least one destination or a redirect",
-                ));
+                return Err(invalid(format!("{at}.route"), "a route needs at least one destination or a redirect"));
             }
             _ => {}
         }
-        if let Some(r) = self
-            .redirect
-            .as_ref()
-            .filter(|r| !(300..=399).contains(&r.redirect_code))
-        {
+        if let Some(r) = self.redirect.as_ref().filter(|r| !(300..=399).contains(&r.redirect_code)) {
             return Err(invalid(
                 format!("{at}.redirect.redirectCode"),
                 format!("{} is not a 3xx status", r.redirect_code),
@@ -445,30 +552,17 @@ impl Route {
         }
         for (i, d) in self.route.iter().enumerate() {
             if !clusters.contains(d.cluster.as_str()) {
-                return Err(invalid(
-                    format!("{at}.route[{i}].cluster"),
-                    format!("unknown cluster {:?}", d.cluster),
-                ));
+                return Err(invalid(format!("{at}.route[{i}].cluster"), format!("unknown cluster {:?}", d.cluster)));
             }
         }
         if self.route.len() > 1 {
             let total: u32 = self.route.iter().map(|d| d.weight).sum();
             if total != 100 {
-                return Err(invalid(
-                    format!("{at}.route"),
-                    format!("weights sum to {total}, not 100"),
-                ));
+                return Err(invalid(format!("{at}.route"), format!("weights sum to {total}, not 100")));
             }
         }
-        if let Some(m) = self
-            .mirror
-            .as_ref()
-            .filter(|m| !clusters.contains(m.as_str()))
-        {
-            return Err(invalid(
-                format!("{at}.mirror"),
-                format!("unknown cluster {m:?}"),
-            ));
+        if let Some(m) = self.mirror.as_ref().filter(|m| !clusters.contains(m.as_str())) {
+            return Err(invalid(format!("{at}.mirror"), format!("unknown cluster {m:?}")));
         }
         if let Some(p) = self.mirror_percentage {
             check_percentage(format!("{at}.mirrorPercentage"), p)?;
@@ -500,13 +594,9 @@ pub mod duration {
     /// Parses `<number><unit>` with unit `h`, `m`, `s`, `ms`, `us`.
     pub fn parse(s: &str) -> Result<Duration, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| c.is_ascii_alphabetic())
-            .ok_or_else(|| format!("duration {s:?} has no unit"))?;
+        let split = s.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(|| format!("duration {s:?} has no unit"))?;
         let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?} is not a number"))?;
+        let n: f64 = num.parse().map_err(|_| format!("duration {s:?} is not a number"))?;
         let secs = match unit {
             "h" => n * 3600.0,
             "m" => n * 60.0,
@@ -543,9 +633,7 @@ mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| super::duration::parse(&s).map_err(D::Error::custom))
-            .transpose()
+        Option::<String>::deserialize(d)?.map(|s| super::duration::parse(&s).map_err(D::Error::custom)).transpose()
     }
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

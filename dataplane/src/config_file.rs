@@ -36,9 +36,7 @@ pub fn read(path: &Path) -> Result<ProxyConfig, LoadError> {
 pub fn reload(path: &Path, store: &Store) -> Result<(), LoadError> {
     let cfg = read(path)?;
     let version = cfg.version.clone();
-    store
-        .apply(cfg)
-        .map_err(|e| LoadError::Invalid(path.into(), e))?;
+    store.apply(cfg).map_err(|e| LoadError::Invalid(path.into(), e))?;
     info!(version, "configuration applied");
     Ok(())
 }

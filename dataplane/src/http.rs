@@ -27,9 +27,10 @@ use skein_api::proxy::{OutboundPolicy, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
-    metrics::{Metrics, RequestLabels},
-    runtime::{RequestView, Routed, Runtime, Upstream},
+    metrics::{ClusterLabel, Metrics, RequestLabels},
+    runtime::{RequestView, Routed, Runtime},
     store::Store,
+    upstream::{self, HashInput, Upstream},
 };
 
 /// Largest request body the proxy buffers.
@@ -53,11 +54,7 @@ pub struct Proxy {
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
     *r.status_mut() = status;
     r
 }
@@ -70,10 +67,7 @@ struct Outcome {
 
 impl Outcome {
     fn local(status: StatusCode, body: &'static str, flags: &'static str) -> Self {
-        Self {
-            response: full(status, body),
-            flags,
-        }
+        Self { response: full(status, body), flags }
     }
 }
 
@@ -112,11 +106,7 @@ pub fn shadow_authority(authority: &str) -> String {
 impl Proxy {
     /// A proxy serving the configuration in `store`.
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            metrics,
-            clients: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Self { store, metrics, clients: Mutex::new(HashMap::new()) })
     }
 
     fn client(&self, connect_timeout: Duration) -> UpstreamClient {
@@ -127,9 +117,7 @@ impl Proxy {
                 let mut conn = HttpConnector::new();
                 conn.set_connect_timeout(Some(connect_timeout));
                 conn.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(conn)
+                Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(conn)
             })
             .clone()
     }
@@ -139,10 +127,11 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         port: u16,
+        peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let rt = self.store.current();
-        let (outcome, service) = self.route_request(&rt, req, port).await;
+        let (outcome, service) = self.route_request(&rt, req, port, peer).await;
         let service_name = service.split('.').next().unwrap_or("unknown").to_string();
         let labels = RequestLabels {
             reporter: "source",
@@ -152,8 +141,7 @@ impl Proxy {
             response_flags: outcome.flags,
             request_protocol: "http",
         };
-        self.metrics
-            .record(labels, start.elapsed().as_secs_f64() * 1000.0);
+        self.metrics.record(labels, start.elapsed().as_secs_f64() * 1000.0);
         Ok(outcome.response)
     }
 
@@ -163,61 +151,33 @@ impl Proxy {
         rt: &Runtime,
         req: Request<Incoming>,
         port: u16,
+        peer: SocketAddr,
     ) -> (Outcome, String) {
         let (mut parts, body) = req.into_parts();
-        let header_bytes: usize = parts
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len())
-            .sum();
+        let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS {
             return (
-                Outcome::local(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request headers too large\n",
-                    "-",
-                ),
+                Outcome::local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n", "-"),
                 "unknown".into(),
             );
         }
         let Some(authority) = authority_of(&parts.uri, &parts.headers) else {
-            return (
-                Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"),
-                "unknown".into(),
-            );
+            return (Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"), "unknown".into());
         };
-        let host = authority
-            .rsplit_once(':')
-            .map_or(authority.as_str(), |(h, p)| {
-                if p.chars().all(|c| c.is_ascii_digit()) {
-                    h
-                } else {
-                    authority.as_str()
-                }
-            });
+        let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) { h } else { authority.as_str() }
+        });
         let path = parts.uri.path().to_string();
-        let view = RequestView {
-            path: &path,
-            method: &parts.method,
-            headers: &parts.headers,
-            port,
-        };
+        let view = RequestView { path: &path, method: &parts.method, headers: &parts.headers, port };
         let route = match rt.route(host, &view) {
             Routed::Route(r) => r,
             Routed::NoRoute => {
-                return (
-                    Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"),
-                    host.to_string(),
-                );
+                return (Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"), host.to_string());
             }
             Routed::UnknownHost => {
                 return match rt.config.outbound_traffic_policy {
                     OutboundPolicy::RegistryOnly => (
-                        Outcome::local(
-                            StatusCode::BAD_GATEWAY,
-                            "host is not in the mesh registry\n",
-                            "NR",
-                        ),
+                        Outcome::local(StatusCode::BAD_GATEWAY, "host is not in the mesh registry\n", "NR"),
                         "BlackHoleCluster".into(),
                     ),
                     OutboundPolicy::AllowAny => {
@@ -226,10 +186,7 @@ impl Proxy {
                             Err(o) => return (o, "PassthroughCluster".into()),
                         };
                         strip_hop_by_hop(&mut parts.headers);
-                        (
-                            self.passthrough(&authority, parts, body).await,
-                            "PassthroughCluster".into(),
-                        )
+                        (self.passthrough(&authority, parts, body).await, "PassthroughCluster".into())
                     }
                 };
             }
@@ -259,11 +216,7 @@ impl Proxy {
                     Some(dl) if Instant::now() + d.fixed_delay > dl => {
                         tokio::time::sleep_until(dl.into()).await;
                         return (
-                            Outcome::local(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "upstream request timeout\n",
-                                "UT",
-                            ),
+                            Outcome::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"),
                             service,
                         );
                     }
@@ -271,15 +224,8 @@ impl Proxy {
                 }
             }
             if let Some(a) = f.abort.as_ref().filter(|a| hit(a.percentage)) {
-                let status = StatusCode::from_u16(a.http_status)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return (
-                    Outcome {
-                        response: full(status, "fault filter abort\n"),
-                        flags: "FI",
-                    },
-                    service,
-                );
+                let status = StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (Outcome { response: full(status, "fault filter abort\n"), flags: "FI" }, service);
             }
         }
         if let Some(redirect) = &r.redirect {
@@ -288,27 +234,20 @@ impl Proxy {
 
         // Rewrite before mirroring, so the shadow sees what the primary sees.
         let (path_and_query, authority) = rewrite(r, &parts.uri, prefix.as_deref(), authority);
-        let mirror = r
-            .mirror
-            .as_ref()
-            .and_then(|m| rt.cluster(m))
-            .filter(|_| hit(r.mirror_percentage.unwrap_or(100.0)));
+        let mirror =
+            r.mirror.as_ref().and_then(|m| rt.cluster(m)).filter(|_| hit(r.mirror_percentage.unwrap_or(100.0)));
         if let Some(mirror) = mirror {
             {
                 let mut headers = parts.headers.clone();
                 if let Ok(v) = HeaderValue::from_str(&shadow_authority(&authority)) {
                     headers.insert(header::HOST, v);
                 }
-                let req = (
-                    parts.method.clone(),
-                    path_and_query.clone(),
-                    headers,
-                    body.clone(),
-                );
+                let req = (parts.method.clone(), path_and_query.clone(), headers, body.clone());
                 let (up, client) = (mirror.clone(), self.client(mirror.connect_timeout));
                 // Fire and forget: the caller never waits for or sees the shadow's answer.
                 tokio::spawn(async move {
-                    if let Some(addr) = up.pick() {
+                    let addr = up.pick(&HashInput { headers: &req.2, source: Some(peer) }).map(|g| g.addr);
+                    if let Some(addr) = addr {
                         let _ = send(&client, addr, &req.0, &req.1, &req.2, req.3, None).await;
                     }
                 });
@@ -316,85 +255,45 @@ impl Proxy {
         }
 
         let Some(upstream) = pick_destination(r, rt) else {
-            return (
-                Outcome::local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy upstream\n",
-                    "UH",
-                ),
-                service,
-            );
+            return (Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"), service);
         };
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
-        let fwd = Forward {
-            method: parts.method,
-            path_and_query,
-            headers: parts.headers,
-            body,
+        let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer };
+        // Circuit breaking: an admitted request holds its slot until the response head is back.
+        let admission = match deadline {
+            Some(dl) => tokio::time::timeout_at(dl.into(), upstream.admit()).await.unwrap_or(None),
+            None => upstream.admit().await,
         };
-        let outcome = self
-            .forward(&upstream, &fwd, r.retries.as_ref(), deadline)
-            .await;
+        let Some(_admission) = admission else {
+            let label = ClusterLabel { cluster_name: upstream.name.clone() };
+            self.metrics.pending_overflow.get_or_create(&label).inc();
+            return (Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n", "UO"), service);
+        };
+        let outcome = self.forward(&upstream, &fwd, r.retries.as_ref(), deadline).await;
         (outcome, service)
     }
 
-    fn redirect(
-        &self,
-        redirect: &skein_api::proxy::Redirect,
-        authority: &str,
-        uri: &Uri,
-    ) -> Outcome {
+    fn redirect(&self, redirect: &skein_api::proxy::Redirect, authority: &str, uri: &Uri) -> Outcome {
         let host = redirect.authority.as_deref().unwrap_or(authority);
         let path = redirect.uri.as_deref().unwrap_or_else(|| uri.path());
-        let mut r = full(
-            StatusCode::from_u16(redirect.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-            "",
-        );
+        let mut r = full(StatusCode::from_u16(redirect.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
         if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        Outcome {
-            response: r,
-            flags: "-",
-        }
+        Outcome { response: r, flags: "-" }
     }
 
-    async fn passthrough(
-        &self,
-        authority: &str,
-        parts: hyper::http::request::Parts,
-        body: Bytes,
-    ) -> Outcome {
-        let target = tokio::net::lookup_host(authority_with_port(authority))
-            .await
-            .ok()
-            .and_then(|mut a| a.next());
+    async fn passthrough(&self, authority: &str, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
+        let target = tokio::net::lookup_host(authority_with_port(authority)).await.ok().and_then(|mut a| a.next());
         let Some(addr) = target else {
             return Outcome::local(StatusCode::BAD_GATEWAY, "cannot resolve host\n", "UF");
         };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = self.client(Duration::from_secs(10));
-        match send(
-            &client,
-            addr,
-            &parts.method,
-            &pq,
-            &parts.headers,
-            body,
-            None,
-        )
-        .await
-        {
-            Ok(r) => Outcome {
-                response: r,
-                flags: "-",
-            },
+        match send(&client, addr, &parts.method, &pq, &parts.headers, body, None).await {
+            Ok(r) => Outcome { response: r, flags: "-" },
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers\n",
@@ -403,7 +302,8 @@ impl Proxy {
         }
     }
 
-    /// Sends with retries. Each try picks an endpoint afresh, so a retry can land elsewhere.
+    /// Sends with retries. Each try picks an endpoint afresh, so a retry can land elsewhere;
+    /// every answer feeds outlier detection.
     async fn forward(
         &self,
         up: &Upstream,
@@ -414,82 +314,67 @@ impl Proxy {
         let client = self.client(up.connect_timeout);
         let tries = 1 + retry.map_or(0, |r| r.attempts);
         let per_try = retry.and_then(|r| r.per_try_timeout);
-        let mut last = Outcome::local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream\n",
-            "UH",
-        );
+        let hash = HashInput { headers: &fwd.headers, source: Some(fwd.peer) };
+        let mut last = Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH");
+        let mut _retry_slot = None;
         for attempt in 0..tries {
-            let Some(addr) = up.pick() else { return last };
+            let Some(endpoint) = up.pick(&hash) else { return last };
             let budget = match (deadline, per_try) {
                 (Some(dl), Some(t)) => Some(t.min(dl.saturating_duration_since(Instant::now()))),
                 (Some(dl), None) => Some(dl.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let result = send(
-                &client,
-                addr,
-                &fwd.method,
-                &fwd.path_and_query,
-                &fwd.headers,
-                fwd.body.clone(),
-                budget,
-            )
-            .await;
+            let result =
+                send(&client, endpoint.addr, &fwd.method, &fwd.path_and_query, &fwd.headers, fwd.body.clone(), budget)
+                    .await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
-                    let retriable =
-                        retry.is_some_and(|r| retry_on_status(&r.retry_on, resp.status()));
+                    up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
+                    let retriable = retry.is_some_and(|r| retry_on_status(&r.retry_on, resp.status()));
+                    (Outcome { response: resp, flags: "-" }, retriable)
+                }
+                Err(SendError::Timeout) => {
+                    (Outcome::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"), false)
+                }
+                Err(SendError::Connect) => {
+                    up.report(endpoint.addr, upstream::Outcome::ConnectFailure);
                     (
-                        Outcome {
-                            response: resp,
-                            flags: "-",
-                        },
-                        retriable,
+                        Outcome::local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "upstream connect error or disconnect/reset before headers\n",
+                            "UF",
+                        ),
+                        retry.is_some_and(|r| {
+                            has_condition(&r.retry_on, &["connect-failure", "reset", "5xx", "gateway-error"])
+                        }),
                     )
                 }
-                Err(SendError::Timeout) => (
-                    Outcome::local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream request timeout\n",
-                        "UT",
-                    ),
-                    false,
-                ),
-                Err(SendError::Connect) => (
-                    Outcome::local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connect error or disconnect/reset before headers\n",
-                        "UF",
-                    ),
-                    retry.is_some_and(|r| {
-                        has_condition(
-                            &r.retry_on,
-                            &["connect-failure", "reset", "5xx", "gateway-error"],
-                        )
-                    }),
-                ),
-                Err(SendError::Reset) => (
-                    Outcome::local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connect error or disconnect/reset before headers\n",
-                        "UR",
-                    ),
-                    retry.is_some_and(|r| {
-                        has_condition(&r.retry_on, &["reset", "5xx", "gateway-error"])
-                    }),
-                ),
+                Err(SendError::Reset) => {
+                    up.report(endpoint.addr, upstream::Outcome::ConnectFailure);
+                    (
+                        Outcome::local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "upstream connect error or disconnect/reset before headers\n",
+                            "UR",
+                        ),
+                        retry.is_some_and(|r| has_condition(&r.retry_on, &["reset", "5xx", "gateway-error"])),
+                    )
+                }
             };
+            drop(endpoint);
             let out_of_time = deadline.is_some_and(|dl| Instant::now() >= dl);
             if !retriable || attempt + 1 == tries || out_of_time {
                 if out_of_time && outcome.flags != "-" {
-                    return Outcome::local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream request timeout\n",
-                        "UT",
-                    );
+                    return Outcome::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT");
                 }
                 return outcome;
+            }
+            // maxRetries bounds retries in flight across the cluster, not per request.
+            if _retry_slot.is_none() {
+                match up.retry_slot() {
+                    Some(slot) => _retry_slot = Some(slot),
+                    None => return outcome,
+                }
             }
             debug!(cluster = %up.name, attempt, "retrying");
             last = outcome;
@@ -505,6 +390,7 @@ struct Forward {
     path_and_query: String,
     headers: HeaderMap,
     body: Bytes,
+    peer: SocketAddr,
 }
 
 enum SendError {
@@ -522,30 +408,20 @@ async fn send(
     body: Bytes,
     timeout: Option<Duration>,
 ) -> Result<Response<Body>, SendError> {
-    let uri: Uri = format!("http://{addr}{path_and_query}")
-        .parse()
-        .map_err(|_| SendError::Connect)?;
-    let mut req = Request::builder()
-        .method(method.clone())
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|_| SendError::Connect)?;
+    let uri: Uri = format!("http://{addr}{path_and_query}").parse().map_err(|_| SendError::Connect)?;
+    let mut req =
+        Request::builder().method(method.clone()).uri(uri).body(Full::new(body)).map_err(|_| SendError::Connect)?;
     *req.headers_mut() = headers.clone();
     let fut = client.request(req);
     let resp = match timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| SendError::Timeout)?,
+        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| SendError::Timeout)?,
         None => fut.await,
     };
     match resp {
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(
-                parts,
-                body.map_err(|e| Box::new(e) as _).boxed(),
-            ))
+            Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as _).boxed()))
         }
         Err(e) if e.is_connect() => Err(SendError::Connect),
         Err(_) => Err(SendError::Reset),
@@ -585,12 +461,7 @@ fn pick_destination(r: &Route, rt: &Runtime) -> Option<Arc<Upstream>> {
 }
 
 /// Applies the route's rewrite: the matched prefix (or the whole path) and the authority.
-fn rewrite(
-    r: &Route,
-    uri: &Uri,
-    matched_prefix: Option<&str>,
-    authority: String,
-) -> (String, String) {
+fn rewrite(r: &Route, uri: &Uri, matched_prefix: Option<&str>, authority: String) -> (String, String) {
     let path = uri.path();
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let Some(rw) = &r.rewrite else {
@@ -601,29 +472,18 @@ fn rewrite(
         (Some(to), None) => to.clone(),
         (None, _) => path.to_string(),
     };
-    (
-        format!("{new_path}{query}"),
-        rw.authority.clone().unwrap_or(authority),
-    )
+    (format!("{new_path}{query}"), rw.authority.clone().unwrap_or(authority))
 }
 
 fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     uri.authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
         .filter(|a| !a.is_empty())
 }
 
 fn authority_with_port(authority: &str) -> String {
-    if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-    {
+    if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) {
         authority.to_string()
     } else {
         format!("{authority}:80")
@@ -643,21 +503,10 @@ fn ensure_request_id(h: &mut HeaderMap) {
 async fn read_body(body: Incoming) -> Result<Bytes, Outcome> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(Outcome::local(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large\n",
-                "-",
-            ))
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(Outcome::local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", "-"))
         }
-        Err(_) => Err(Outcome::local(
-            StatusCode::BAD_REQUEST,
-            "malformed request body\n",
-            "-",
-        )),
+        Err(_) => Err(Outcome::local(StatusCode::BAD_REQUEST, "malformed request body\n", "-")),
     }
 }
 
@@ -675,34 +524,19 @@ mod tests {
     fn retry_conditions_follow_envoy_names() {
         assert!(retry_on_status("5xx", StatusCode::INTERNAL_SERVER_ERROR));
         assert!(retry_on_status("gateway-error", StatusCode::BAD_GATEWAY));
-        assert!(!retry_on_status(
-            "gateway-error",
-            StatusCode::INTERNAL_SERVER_ERROR
-        ));
-        assert!(retry_on_status(
-            "connect-failure,503",
-            StatusCode::SERVICE_UNAVAILABLE
-        ));
-        assert!(!retry_on_status(
-            "connect-failure",
-            StatusCode::SERVICE_UNAVAILABLE
-        ));
+        assert!(!retry_on_status("gateway-error", StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(retry_on_status("connect-failure,503", StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!retry_on_status("connect-failure", StatusCode::SERVICE_UNAVAILABLE));
     }
 
     #[test]
     fn rewrite_replaces_the_matched_prefix_and_keeps_the_query() {
         let route = Route {
-            rewrite: Some(skein_api::proxy::Rewrite {
-                uri: Some("/v2/".into()),
-                authority: Some("new".into()),
-            }),
+            rewrite: Some(skein_api::proxy::Rewrite { uri: Some("/v2/".into()), authority: Some("new".into()) }),
             ..Default::default()
         };
         let uri: Uri = "/api/items?x=1".parse().unwrap();
-        assert_eq!(
-            rewrite(&route, &uri, Some("/api/"), "old".into()),
-            ("/v2/items?x=1".into(), "new".into())
-        );
+        assert_eq!(rewrite(&route, &uri, Some("/api/"), "old".into()), ("/v2/items?x=1".into(), "new".into()));
         assert_eq!(rewrite(&route, &uri, None, "old".into()).0, "/v2/?x=1");
     }
 }

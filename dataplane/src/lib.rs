@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod upstream;

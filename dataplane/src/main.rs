@@ -37,38 +37,23 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Run {
-        config,
-        admin_addr,
-        status_addr,
-        metrics_addr,
-    } = Args::parse().command;
+    let Command::Run { config, admin_addr, status_addr, metrics_addr } = Args::parse().command;
     let initial = config_file::read(&config)?;
-    let store =
-        Store::new(initial).with_context(|| format!("{}: invalid config", config.display()))?;
+    let store = Store::new(initial).with_context(|| format!("{}: invalid config", config.display()))?;
     let metrics = Metrics::default();
     let proxy = Proxy::new(store.clone(), metrics.clone());
 
     for addr in [admin_addr, status_addr, metrics_addr] {
-        let sock = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind admin endpoint {addr}"))?;
+        let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
         tokio::spawn(server::serve_admin(sock, store.clone(), metrics.clone()));
     }
     let mut listeners = server::Listeners::new(proxy);
     for e in listeners.sync(&store.current().config.listeners).await {
         error!(error = %e, "listener not opened");
     }
-    tokio::spawn(config_file::watch(
-        config,
-        store.clone(),
-        metrics,
-        Duration::from_secs(1),
-    ));
+    tokio::spawn(config_file::watch(config, store.clone(), metrics, Duration::from_secs(1)));
 
     // Listener set follows the config; stop on SIGTERM or Ctrl-C.
     let mut changes = store.subscribe();

@@ -27,6 +27,13 @@ pub struct RequestLabels {
     pub request_protocol: &'static str,
 }
 
+/// Label of Envoy-style per-cluster stats.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// Cluster name (`outbound|9080|v1|reviews.default.svc.cluster.local`).
+    pub cluster_name: String,
+}
+
 /// All metrics of one proxy.
 #[derive(Clone)]
 pub struct Metrics {
@@ -37,6 +44,8 @@ pub struct Metrics {
     pub duration: Family<RequestLabels, Histogram>,
     /// Configs refused (NACKed) by validation.
     pub config_rejected: Counter,
+    /// Requests refused by circuit breakers (`envoy_cluster_upstream_rq_pending_overflow`).
+    pub pending_overflow: Family<ClusterLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,29 +53,19 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-                10000.0,
-            ])
+            Histogram::new([0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0])
         });
         let config_rejected = Counter::default();
+        let pending_overflow = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "envoy_cluster_upstream_rq_pending_overflow",
+            "Requests refused because the cluster's circuit breakers were open",
+            pending_overflow.clone(),
+        );
         registry.register("istio_requests", "Requests handled", requests.clone());
-        registry.register(
-            "istio_request_duration_milliseconds",
-            "Request duration",
-            duration.clone(),
-        );
-        registry.register(
-            "skein_proxy_config_rejected",
-            "Configurations rejected as invalid",
-            config_rejected.clone(),
-        );
-        Self {
-            registry: Arc::new(registry),
-            requests,
-            duration,
-            config_rejected,
-        }
+        registry.register("istio_request_duration_milliseconds", "Request duration", duration.clone());
+        registry.register("skein_proxy_config_rejected", "Configurations rejected as invalid", config_rejected.clone());
+        Self { registry: Arc::new(registry), requests, duration, config_rejected, pending_overflow }
     }
 }
 

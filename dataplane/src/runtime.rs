@@ -2,22 +2,13 @@
 //! pre-classified, clusters with their round-robin state. Immutable once built; a new config
 //! builds a new `Runtime` and is swapped in whole (see `store`).
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use hyper::{HeaderMap, Method};
 use regex::Regex;
 use skein_api::proxy::{InvalidConfig, ProxyConfig, Route, StringMatch, compile_regex};
 
-/// Istio's default connect timeout.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::upstream::Upstream;
 
 /// The compiled configuration.
 pub struct Runtime {
@@ -102,13 +93,10 @@ impl CompiledRoute {
     /// The prefix the request matched, when the matching rule used a uri prefix (rewrite
     /// replaces exactly that part, as Istio does).
     pub fn matched_prefix(&self, req: &RequestView<'_>) -> Option<&str> {
-        self.matches
-            .iter()
-            .find(|m| m.matches(req))
-            .and_then(|m| match &m.uri {
-                Some(Matcher::Prefix(p)) => Some(p.as_str()),
-                _ => None,
-            })
+        self.matches.iter().find(|m| m.matches(req)).and_then(|m| match &m.uri {
+            Some(Matcher::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        })
     }
 }
 
@@ -116,15 +104,9 @@ impl CompiledMatch {
     fn matches(&self, req: &RequestView<'_>) -> bool {
         self.port.is_none_or(|p| p == req.port)
             && self.uri.as_ref().is_none_or(|m| m.is_match(req.path))
-            && self
-                .method
-                .as_ref()
-                .is_none_or(|m| m.is_match(req.method.as_str()))
+            && self.method.as_ref().is_none_or(|m| m.is_match(req.method.as_str()))
             && self.headers.iter().all(|(name, m)| {
-                req.headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| m.is_match(v))
+                req.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).is_some_and(|v| m.is_match(v))
             })
     }
 }
@@ -137,32 +119,6 @@ pub enum Routed<'a> {
     NoRoute,
     /// The matching rule.
     Route(&'a CompiledRoute),
-}
-
-/// An upstream cluster: endpoints picked round-robin.
-pub struct Upstream {
-    /// Cluster name.
-    pub name: String,
-    endpoints: Vec<SocketAddr>,
-    next: AtomicUsize,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-}
-
-impl Upstream {
-    /// Next endpoint, or None when the cluster has none.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i])
-    }
-
-    /// The Istio service name in the cluster name (`outbound|80|v1|reviews` → `reviews`).
-    pub fn service(&self) -> &str {
-        self.name.rsplit('|').next().unwrap_or(&self.name)
-    }
 }
 
 impl Runtime {
@@ -187,54 +143,22 @@ impl Runtime {
                 for (j, m) in r.matches.iter().enumerate() {
                     let at = format!("{at}.match[{j}]");
                     matches.push(CompiledMatch {
-                        uri: m
-                            .uri
-                            .as_ref()
-                            .map(|u| Matcher::compile(u, &format!("{at}.uri")))
-                            .transpose()?,
-                        method: m
-                            .method
-                            .as_ref()
-                            .map(|u| Matcher::compile(u, &format!("{at}.method")))
-                            .transpose()?,
+                        uri: m.uri.as_ref().map(|u| Matcher::compile(u, &format!("{at}.uri"))).transpose()?,
+                        method: m.method.as_ref().map(|u| Matcher::compile(u, &format!("{at}.method"))).transpose()?,
                         headers: m
                             .headers
                             .iter()
-                            .map(|(h, v)| {
-                                Ok((
-                                    h.clone(),
-                                    Matcher::compile(v, &format!("{at}.headers[{h}]"))?,
-                                ))
-                            })
+                            .map(|(h, v)| Ok((h.clone(), Matcher::compile(v, &format!("{at}.headers[{h}]"))?)))
                             .collect::<Result<_, InvalidConfig>>()?,
                         port: m.port,
                     });
                 }
-                routes.push(CompiledRoute {
-                    route: r.clone(),
-                    matches,
-                });
+                routes.push(CompiledRoute { route: r.clone(), matches });
             }
             vhosts.push(VirtualHost { domains, routes });
         }
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let up = Upstream {
-                    name: c.name.clone(),
-                    endpoints: c.endpoints.clone(),
-                    next: AtomicUsize::new(0),
-                    connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                };
-                (c.name.clone(), Arc::new(up))
-            })
-            .collect();
-        Ok(Self {
-            config,
-            vhosts,
-            clusters,
-        })
+        let clusters = config.clusters.iter().map(|c| (c.name.clone(), Arc::new(Upstream::new(c)))).collect();
+        Ok(Self { config, vhosts, clusters })
     }
 
     /// The first route of the virtual host serving `host` (port stripped) that matches.
@@ -242,22 +166,14 @@ impl Runtime {
         let host = host.to_ascii_lowercase();
         match self.find_vhost(&host) {
             None => Routed::UnknownHost,
-            Some(vh) => vh
-                .routes
-                .iter()
-                .find(|r| r.matches(req))
-                .map_or(Routed::NoRoute, Routed::Route),
+            Some(vh) => vh.routes.iter().find(|r| r.matches(req)).map_or(Routed::NoRoute, Routed::Route),
         }
     }
 
     fn find_vhost(&self, host: &str) -> Option<&VirtualHost> {
         // Exact names beat wildcards, longer suffixes beat shorter ones, `*` comes last — the
         // order Envoy uses.
-        let exact = self.vhosts.iter().find(|v| {
-            v.domains
-                .iter()
-                .any(|d| matches!(d, Domain::Exact(e) if e == host))
-        });
+        let exact = self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Exact(e) if e == host)));
         exact
             .or_else(|| {
                 self.vhosts
@@ -275,11 +191,7 @@ impl Runtime {
                     .max_by_key(|(len, _)| *len)
                     .map(|(_, v)| v)
             })
-            .or_else(|| {
-                self.vhosts
-                    .iter()
-                    .find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any)))
-            })
+            .or_else(|| self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any))))
     }
 
     /// A cluster by name.
@@ -339,12 +251,7 @@ clusters:
             h.insert(*k, v.parse().unwrap());
         }
         let m: Method = method.parse().unwrap();
-        let req = RequestView {
-            path,
-            method: &m,
-            headers: &h,
-            port,
-        };
+        let req = RequestView { path, method: &m, headers: &h, port };
         match rt.route(host, &req) {
             Routed::Route(r) => Some(r.route.name.as_str()),
             _ => None,
@@ -354,63 +261,33 @@ clusters:
     #[test]
     fn rules_apply_in_order_and_headers_match_exactly() {
         let rt = rt(CFG);
-        assert_eq!(
-            name(&rt, "reviews", "GET", "/", &[("end-user", "jason")], 80),
-            Some("jason")
-        );
-        assert_eq!(
-            name(&rt, "reviews", "GET", "/", &[("end-user", "jasonx")], 80),
-            Some("default")
-        );
-        assert_eq!(
-            name(&rt, "REVIEWS", "GET", "/", &[], 80),
-            Some("default"),
-            "host is case-insensitive"
-        );
+        assert_eq!(name(&rt, "reviews", "GET", "/", &[("end-user", "jason")], 80), Some("jason"));
+        assert_eq!(name(&rt, "reviews", "GET", "/", &[("end-user", "jasonx")], 80), Some("default"));
+        assert_eq!(name(&rt, "REVIEWS", "GET", "/", &[], 80), Some("default"), "host is case-insensitive");
     }
 
     #[test]
     fn uri_method_and_port_matches() {
         let rt = rt(CFG);
         assert_eq!(name(&rt, "reviews", "POST", "/api/x", &[], 80), Some("api"));
-        assert_eq!(
-            name(&rt, "reviews", "GET", "/api/x", &[], 80),
-            Some("default"),
-            "method must match too"
-        );
-        assert_eq!(
-            name(&rt, "reviews", "GET", "/v2/ratings", &[], 80),
-            Some("api"),
-            "second match entry (regex)"
-        );
-        assert_eq!(
-            name(&rt, "reviews", "GET", "/x/v2/ratings", &[], 80),
-            Some("default"),
-            "regex is anchored"
-        );
+        assert_eq!(name(&rt, "reviews", "GET", "/api/x", &[], 80), Some("default"), "method must match too");
+        assert_eq!(name(&rt, "reviews", "GET", "/v2/ratings", &[], 80), Some("api"), "second match entry (regex)");
+        assert_eq!(name(&rt, "reviews", "GET", "/x/v2/ratings", &[], 80), Some("default"), "regex is anchored");
         assert_eq!(name(&rt, "reviews", "GET", "/", &[], 9999), Some("port"));
     }
 
     #[test]
     fn exact_domains_beat_the_longest_wildcard_which_beats_any() {
         let rt = rt(CFG);
-        assert_eq!(
-            name(&rt, "a.api.example.com", "GET", "/", &[], 80),
-            Some("deeper")
-        );
-        assert_eq!(
-            name(&rt, "a.example.com", "GET", "/", &[], 80),
-            Some("wild")
-        );
+        assert_eq!(name(&rt, "a.api.example.com", "GET", "/", &[], 80), Some("deeper"));
+        assert_eq!(name(&rt, "a.example.com", "GET", "/", &[], 80), Some("wild"));
         assert_eq!(name(&rt, "elsewhere.org", "GET", "/", &[], 80), Some("any"));
     }
 
     #[test]
-    fn endpoints_are_picked_round_robin() {
+    fn clusters_are_compiled_by_name() {
         let rt = rt(CFG);
-        let c = rt.cluster("v1").unwrap();
-        let picks: Vec<_> = (0..4).map(|_| c.pick().unwrap().port()).collect();
-        assert_eq!(picks, [1, 2, 1, 2]);
-        assert_eq!(rt.cluster("v2").unwrap().pick(), None);
+        assert_eq!(rt.cluster("v1").unwrap().service(), "v1");
+        assert!(rt.cluster("v3").is_none());
     }
 }

@@ -37,7 +37,7 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, port));
+            let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, port, peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
@@ -59,10 +59,7 @@ pub struct Listeners {
 impl Listeners {
     /// No listeners yet.
     pub fn new(proxy: Arc<Proxy>) -> Self {
-        Self {
-            proxy,
-            open: HashMap::new(),
-        }
+        Self { proxy, open: HashMap::new() }
     }
 
     /// Opens new listeners and closes removed or moved ones. A listener that cannot bind is
@@ -85,13 +82,7 @@ impl Listeners {
                 Ok(sock) => {
                     let addr = sock.local_addr().unwrap_or(l.address);
                     info!(listener = %l.name, %addr, "listening");
-                    self.open.insert(
-                        l.name.clone(),
-                        (
-                            l.address,
-                            tokio::spawn(serve_http(sock, self.proxy.clone())),
-                        ),
-                    );
+                    self.open.insert(l.name.clone(), (l.address, tokio::spawn(serve_http(sock, self.proxy.clone()))));
                 }
                 Err(e) => errors.push(format!("listeners[{}]: bind {}: {e}", l.name, l.address)),
             }
@@ -127,8 +118,7 @@ pub async fn serve_admin(listener: TcpListener, store: Store, metrics: Metrics) 
                     "/healthz/ready" | "/ready" => text(StatusCode::OK, "ready\n".into()),
                     "/stats/prometheus" | "/metrics" => text(StatusCode::OK, metrics.render()),
                     "/config_dump" => {
-                        let dump = serde_json::to_string_pretty(&store.current().config)
-                            .unwrap_or_default();
+                        let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
                         text(StatusCode::OK, dump)
                     }
                     _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -19,9 +19,7 @@ impl Store {
     /// A store serving `initial` (which must be valid).
     pub fn new(initial: ProxyConfig) -> Result<Self, InvalidConfig> {
         let rt = Runtime::compile(initial)?;
-        Ok(Self {
-            tx: Arc::new(watch::channel(Arc::new(rt)).0),
-        })
+        Ok(Self { tx: Arc::new(watch::channel(Arc::new(rt)).0) })
     }
 
     /// The active configuration.

@@ -9,11 +9,7 @@ use std::{
 };
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Upstream answering every request with `name`, on a thread; runs for the test's lifetime.
@@ -24,11 +20,7 @@ fn upstream(name: &'static str) -> SocketAddr {
         for mut s in l.incoming().flatten() {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
-                name.len()
-            );
+            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}", name.len());
         }
     });
     addr
@@ -37,18 +29,11 @@ fn upstream(name: &'static str) -> SocketAddr {
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.get(9..12)?.parse().ok()?;
-    Some((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    ))
+    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
 }
 
 fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> String {
@@ -69,10 +54,7 @@ impl Drop for Proc {
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -96,29 +78,19 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
             .spawn()
             .unwrap(),
     );
-    eventually("proxy serving a", || {
-        get(listen, "/").is_some_and(|r| r.1 == "a")
-    });
+    eventually("proxy serving a", || get(listen, "/").is_some_and(|r| r.1 == "a"));
     assert_eq!(get(status, "/healthz/ready").map(|r| r.0), Some(200));
 
     // Invalid: weights sum to 150. Rejected, counted, and `a` keeps serving.
     std::fs::write(&path, config(listen, (100, 50), a, b)).unwrap();
     eventually("rejection counted", || {
-        get(metrics, "/stats/prometheus")
-            .is_some_and(|r| r.1.contains("skein_proxy_config_rejected_total 1"))
+        get(metrics, "/stats/prometheus").is_some_and(|r| r.1.contains("skein_proxy_config_rejected_total 1"))
     });
     assert_eq!(get(listen, "/").map(|r| r.1).as_deref(), Some("a"));
-    assert!(
-        get(admin, "/config_dump")
-            .unwrap()
-            .1
-            .contains("\"version\": \"100-0\"")
-    );
+    assert!(get(admin, "/config_dump").unwrap().1.contains("\"version\": \"100-0\""));
 
     // Valid again: all traffic to `b`.
     std::fs::write(&path, config(listen, (0, 100), a, b)).unwrap();
-    eventually("proxy serving b", || {
-        get(listen, "/").is_some_and(|r| r.1 == "b")
-    });
+    eventually("proxy serving b", || get(listen, "/").is_some_and(|r| r.1 == "b"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,6 +31,11 @@ struct Upstream {
 
 /// An upstream answering `name`; the first `fail_first` requests get 503.
 async fn upstream(name: &'static str, fail_first: usize) -> Upstream {
+    upstream_with(name, fail_first, Duration::ZERO, StatusCode::SERVICE_UNAVAILABLE).await
+}
+
+/// An upstream answering `name` after `delay`; the first `fail_first` requests get `fail_status`.
+async fn upstream_with(name: &'static str, fail_first: usize, delay: Duration, fail_status: StatusCode) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -44,31 +49,19 @@ async fn upstream(name: &'static str, fail_first: usize) -> Upstream {
             let (s, count) = (s.clone(), count.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .map(|h| h.to_str().unwrap().to_string())
-                        .unwrap_or_default();
-                    let user = req
-                        .headers()
-                        .get("end-user")
-                        .map(|h| h.to_str().unwrap().to_string());
+                    let host = req.headers().get("host").map(|h| h.to_str().unwrap().to_string()).unwrap_or_default();
+                    let user = req.headers().get("end-user").map(|h| h.to_str().unwrap().to_string());
                     s.lock().unwrap().push((host, req.uri().to_string(), user));
                     let n = count.fetch_add(1, Ordering::SeqCst);
-                    let status = if n < fail_first {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    };
+                    let status = if n < fail_first { fail_status } else { StatusCode::OK };
                     async move {
+                        tokio::time::sleep(delay).await;
                         let mut r = Response::new(Full::new(Bytes::from(name)));
                         *r.status_mut() = status;
                         Ok::<_, Infallible>(r)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -83,40 +76,22 @@ struct Harness {
 }
 
 async fn proxy(yaml: &str) -> Harness {
-    let store = Store::new(serde_yaml::from_str(yaml).expect("test config parses"))
-        .expect("test config is valid");
+    let store = Store::new(serde_yaml::from_str(yaml).expect("test config parses")).expect("test config is valid");
     let metrics = Metrics::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_http(
-        listener,
-        Proxy::new(store.clone(), metrics.clone()),
-    ));
+    tokio::spawn(server::serve_http(listener, Proxy::new(store.clone(), metrics.clone())));
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    Harness {
-        addr,
-        store,
-        metrics,
-        client,
-    }
+    Harness { addr, store, metrics, client }
 }
 
 impl Harness {
-    async fn get(
-        &self,
-        host: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, String, hyper::HeaderMap) {
+    async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String, hyper::HeaderMap) {
         let mut req = Request::get(format!("http://{}{path}", self.addr)).header("host", host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self
-            .client
-            .request(req.body(Full::new(Bytes::new())).unwrap())
-            .await
-            .unwrap();
+        let resp = self.client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
         (parts.status, body, parts.headers)
@@ -146,45 +121,22 @@ const V3: &str = "outbound|9080|v3|reviews.default.svc.cluster.local";
 
 #[tokio::test]
 async fn end_user_jason_goes_to_v2_and_everyone_else_to_v1() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!(
         "      - {{match: [{{headers: {{end-user: {{exact: jason}}}}}}], route: [{{cluster: \"{V2}\"}}]}}\n      - {{route: [{{cluster: \"{V1}\"}}]}}\n"
     );
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
-    assert_eq!(
-        h.get("reviews:9080", "/reviews/0", &[("end-user", "jason")])
-            .await
-            .1,
-        "v2"
-    );
-    assert_eq!(
-        h.get("reviews:9080", "/reviews/0", &[("end-user", "alice")])
-            .await
-            .1,
-        "v1"
-    );
-    assert_eq!(
-        h.get("reviews.default.svc.cluster.local", "/", &[]).await.1,
-        "v1"
-    );
+    assert_eq!(h.get("reviews:9080", "/reviews/0", &[("end-user", "jason")]).await.1, "v2");
+    assert_eq!(h.get("reviews:9080", "/reviews/0", &[("end-user", "alice")]).await.1, "v1");
+    assert_eq!(h.get("reviews.default.svc.cluster.local", "/", &[]).await.1, "v1");
     // The end-user header reaches the upstream unchanged.
     assert_eq!(v2.seen.lock().unwrap()[0].2.as_deref(), Some("jason"));
 }
 
 #[tokio::test]
 async fn fifty_fifty_weights_land_within_statistical_bounds() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
-    let routes = format!(
-        "      - {{route: [{{cluster: \"{V1}\", weight: 50}}, {{cluster: \"{V3}\", weight: 50}}]}}\n"
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\", weight: 50}}, {{cluster: \"{V3}\", weight: 50}}]}}\n");
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     let n = 400;
     let mut v1_count = 0;
@@ -201,11 +153,7 @@ async fn fifty_fifty_weights_land_within_statistical_bounds() {
 
 #[tokio::test]
 async fn a_two_second_delay_under_a_half_second_timeout_answers_504_after_half_a_second() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!(
         "      - {{route: [{{cluster: \"{V1}\"}}], timeout: 0.5s, fault: {{delay: {{fixedDelay: 2s, percentage: 100}}}}}}\n"
     );
@@ -214,26 +162,14 @@ async fn a_two_second_delay_under_a_half_second_timeout_answers_504_after_half_a
     let (status, body, _) = h.get("reviews", "/", &[]).await;
     let took = start.elapsed();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
-    assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
-        "took {took:?}"
-    );
-    assert!(
-        v1.seen.lock().unwrap().is_empty(),
-        "request never reached the upstream"
-    );
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "took {took:?}");
+    assert!(v1.seen.lock().unwrap().is_empty(), "request never reached the upstream");
 }
 
 #[tokio::test]
 async fn delay_without_timeout_delays_then_forwards() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
-    let routes = format!(
-        "      - {{route: [{{cluster: \"{V1}\"}}], fault: {{delay: {{fixedDelay: 300ms}}}}}}\n"
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}], fault: {{delay: {{fixedDelay: 300ms}}}}}}\n");
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     let start = Instant::now();
     assert_eq!(h.get("reviews", "/", &[]).await.1, "v1");
@@ -242,46 +178,23 @@ async fn delay_without_timeout_delays_then_forwards() {
 
 #[tokio::test]
 async fn abort_applies_to_jason_only() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!(
         "      - {{match: [{{headers: {{end-user: {{exact: jason}}}}}}], route: [{{cluster: \"{V1}\"}}], fault: {{abort: {{httpStatus: 500, percentage: 100}}}}}}\n      - {{route: [{{cluster: \"{V1}\"}}]}}\n"
     );
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     let (status, body, _) = h.get("reviews", "/", &[("end-user", "jason")]).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::INTERNAL_SERVER_ERROR, "fault filter abort\n")
-    );
-    assert_eq!(
-        h.get("reviews", "/", &[("end-user", "bob")]).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        v1.seen.lock().unwrap().len(),
-        1,
-        "the aborted request never reached the upstream"
-    );
+    assert_eq!((status, body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "fault filter abort\n"));
+    assert_eq!(h.get("reviews", "/", &[("end-user", "bob")]).await.0, StatusCode::OK);
+    assert_eq!(v1.seen.lock().unwrap().len(), 1, "the aborted request never reached the upstream");
     let metrics = h.metrics.render();
-    assert!(
-        metrics.contains("response_code=\"500\",response_flags=\"FI\""),
-        "{metrics}"
-    );
+    assert!(metrics.contains("response_code=\"500\",response_flags=\"FI\""), "{metrics}");
 }
 
 #[tokio::test]
 async fn mirror_receives_a_shadow_copy_while_the_caller_sees_only_the_primary() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
-    let routes = format!(
-        "      - {{route: [{{cluster: \"{V1}\"}}], mirror: \"{V2}\", mirrorPercentage: 100}}\n"
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}], mirror: \"{V2}\", mirrorPercentage: 100}}\n");
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     for _ in 0..5 {
         let (status, body, _) = h.get("reviews:9080", "/r?x=1", &[]).await;
@@ -293,28 +206,13 @@ async fn mirror_receives_a_shadow_copy_while_the_caller_sees_only_the_primary() 
     }
     let shadow = v2.seen.lock().unwrap().clone();
     assert_eq!(shadow.len(), 5, "every request mirrored");
-    assert!(
-        shadow
-            .iter()
-            .all(|(host, path, _)| host == "reviews-shadow:9080" && path == "/r?x=1"),
-        "{shadow:?}"
-    );
-    assert!(
-        v1.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|(host, _, _)| host == "reviews:9080")
-    );
+    assert!(shadow.iter().all(|(host, path, _)| host == "reviews-shadow:9080" && path == "/r?x=1"), "{shadow:?}");
+    assert!(v1.seen.lock().unwrap().iter().all(|(host, _, _)| host == "reviews:9080"));
 }
 
 #[tokio::test]
 async fn registry_only_refuses_unknown_hosts_with_502_and_allow_any_passes_them_through() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let outside = upstream("outside", 0).await;
     let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
     let cfg = reviews_config(v1.addr, v2.addr, v3.addr, &routes);
@@ -322,31 +220,17 @@ async fn registry_only_refuses_unknown_hosts_with_502_and_allow_any_passes_them_
     let (status, _, _) = h.get(&outside.addr.to_string(), "/", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(outside.seen.lock().unwrap().is_empty());
-    assert!(
-        h.metrics
-            .render()
-            .contains("destination_service=\"BlackHoleCluster\"")
-    );
+    assert!(h.metrics.render().contains("destination_service=\"BlackHoleCluster\""));
 
-    h.store
-        .apply(serde_yaml::from_str(&cfg.replace("REGISTRY_ONLY", "ALLOW_ANY")).unwrap())
-        .unwrap();
+    h.store.apply(serde_yaml::from_str(&cfg.replace("REGISTRY_ONLY", "ALLOW_ANY")).unwrap()).unwrap();
     let (status, body, _) = h.get(&outside.addr.to_string(), "/", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "outside"));
-    assert_eq!(
-        h.get("reviews", "/", &[]).await.1,
-        "v1",
-        "registered hosts still routed"
-    );
+    assert_eq!(h.get("reviews", "/", &[]).await.1, "v1", "registered hosts still routed");
 }
 
 #[tokio::test]
 async fn rewrite_replaces_prefix_and_authority_and_redirect_answers_301() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!(
         "      - {{match: [{{uri: {{prefix: /old/}}}}], redirect: {{uri: /new, authority: newhost}}}}\n      - {{match: [{{uri: {{prefix: /api/}}}}], rewrite: {{uri: /v2/, authority: ratings}}, route: [{{cluster: \"{V1}\"}}]}}\n"
     );
@@ -358,134 +242,152 @@ async fn rewrite_replaces_prefix_and_authority_and_redirect_answers_301() {
     let (status, _, headers) = h.get("reviews", "/old/thing", &[]).await;
     assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(headers["location"], "http://newhost/new");
-    assert_eq!(
-        h.get("reviews", "/other", &[]).await.0,
-        StatusCode::NOT_FOUND,
-        "no rule matches"
-    );
+    assert_eq!(h.get("reviews", "/other", &[]).await.0, StatusCode::NOT_FOUND, "no rule matches");
 }
 
 #[tokio::test]
 async fn retries_recover_from_503s_and_stop_at_the_attempt_limit() {
     let flaky = upstream("flaky", 2).await;
     let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
-    let routes = format!(
-        "      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 2, retryOn: \"5xx\"}}}}\n"
-    );
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 2, retryOn: \"5xx\"}}}}\n");
     let h = proxy(&reviews_config(flaky.addr, v2.addr, v3.addr, &routes)).await;
     let (status, body, _) = h.get("reviews", "/", &[]).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::OK, "flaky"),
-        "third try succeeds"
-    );
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "flaky"), "third try succeeds");
     assert_eq!(flaky.seen.lock().unwrap().len(), 3);
 
     let always = upstream("always", 1000).await;
-    let routes = format!(
-        "      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 1, retryOn: \"5xx\"}}}}\n"
-    );
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}], retries: {{attempts: 1, retryOn: \"5xx\"}}}}\n");
     let h = proxy(&reviews_config(always.addr, v2.addr, v3.addr, &routes)).await;
-    assert_eq!(
-        h.get("reviews", "/", &[]).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(
-        always.seen.lock().unwrap().len(),
-        2,
-        "one try plus one retry"
-    );
+    assert_eq!(h.get("reviews", "/", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(always.seen.lock().unwrap().len(), 2, "one try plus one retry");
 }
 
 #[tokio::test]
 async fn connect_failure_answers_503_and_counts_the_flag() {
     // A port nothing listens on: bind, note it, close.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
     let h = proxy(&reviews_config(dead, v2.addr, v3.addr, &routes)).await;
-    assert_eq!(
-        h.get("reviews", "/", &[]).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(h.get("reviews", "/", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.metrics.render().contains("response_flags=\"UF\""));
 }
 
 #[tokio::test]
 async fn requests_are_counted_under_istio_metric_names() {
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     for _ in 0..3 {
         h.get("reviews", "/", &[]).await;
     }
     let m = h.metrics.render();
-    let line = m
-        .lines()
-        .find(|l| l.starts_with("istio_requests_total{"))
-        .unwrap_or_else(|| panic!("{m}"));
-    assert!(
-        line.contains("destination_service=\"reviews.default.svc.cluster.local\""),
-        "{line}"
-    );
-    assert!(
-        line.contains("destination_service_name=\"reviews\""),
-        "{line}"
-    );
+    let line = m.lines().find(|l| l.starts_with("istio_requests_total{")).unwrap_or_else(|| panic!("{m}"));
+    assert!(line.contains("destination_service=\"reviews.default.svc.cluster.local\""), "{line}");
+    assert!(line.contains("destination_service_name=\"reviews\""), "{line}");
     assert!(line.contains("response_code=\"200\""), "{line}");
     assert!(line.ends_with(" 3"), "{line}");
-    assert!(
-        m.contains("istio_request_duration_milliseconds_count{"),
-        "{m}"
-    );
+    assert!(m.contains("istio_request_duration_milliseconds_count{"), "{m}");
 }
 
 #[tokio::test]
 async fn malformed_requests_get_4xx_not_a_crash() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (v1, v2, v3) = (
-        upstream("v1", 0).await,
-        upstream("v2", 0).await,
-        upstream("v3", 0).await,
-    );
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
     let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
     for raw in [
         "GARBAGE\r\n\r\n".to_string(),
         "GET / HTTP/1.1\r\n\r\n".to_string(), // no Host
-        format!(
-            "GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(100 * 1024)
-        ),
+        format!("GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024)),
         format!(
             "GET / HTTP/1.1\r\nHost: reviews\r\n{}\r\n",
-            (0..150)
-                .map(|i| format!("x-h{i}: v\r\n"))
-                .collect::<String>()
+            (0..150).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
         ),
     ] {
         let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
         s.write_all(raw.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
         let head = String::from_utf8_lossy(&buf[..n]);
         let request = &raw[..raw.len().min(40)];
-        assert!(
-            head.starts_with("HTTP/1.1 4"),
-            "{request:?} answered {head:?}"
-        );
+        assert!(head.starts_with("HTTP/1.1 4"), "{request:?} answered {head:?}");
     }
     // Still serving.
     assert_eq!(h.get("reviews", "/", &[]).await.1, "v1");
+}
+
+#[tokio::test]
+async fn max_connections_one_with_one_pending_request_overflows_with_503() {
+    let slow = upstream_with("slow", 0, Duration::from_millis(400), StatusCode::OK).await;
+    let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
+    let routes = format!("      - {{route: [{{cluster: \"{V1}\"}}]}}\n");
+    let cfg = reviews_config(slow.addr, v2.addr, v3.addr, &routes).replace(
+        &format!("endpoints: [\"{}\"]}}", slow.addr),
+        &format!("endpoints: [\"{}\"], connectionPool: {{maxConnections: 1, http1MaxPendingRequests: 1}}}}", slow.addr),
+    );
+    let h = Arc::new(proxy(&cfg).await);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.get("reviews", "/", &[]).await.0 })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for c in clients {
+        codes.push(c.await.unwrap());
+    }
+    let overflowed = codes.iter().filter(|c| **c == StatusCode::SERVICE_UNAVAILABLE).count();
+    let ok = codes.iter().filter(|c| **c == StatusCode::OK).count();
+    assert_eq!((ok, overflowed), (2, 1), "{codes:?}: one in flight, one queued, one refused");
+    let m = h.metrics.render();
+    assert!(m.contains(&format!("envoy_cluster_upstream_rq_pending_overflow_total{{cluster_name=\"{V1}\"}} 1")), "{m}");
+    assert!(m.contains("response_flags=\"UO\""), "{m}");
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_the_failing_endpoint() {
+    let bad = upstream_with("bad", usize::MAX, Duration::ZERO, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let good = upstream("good", 0).await;
+    let (v2, v3) = (upstream("v2", 0).await, upstream("v3", 0).await);
+    let cfg = format!(
+        r#"
+virtualHosts:
+  - {{name: r, domains: [reviews], routes: [{{route: [{{cluster: c}}]}}]}}
+clusters:
+  - name: c
+    endpoints: ["{}", "{}"]
+    outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 50}}
+  - {{name: unused2, endpoints: ["{}"]}}
+  - {{name: unused3, endpoints: ["{}"]}}
+"#,
+        bad.addr, good.addr, v2.addr, v3.addr
+    );
+    let h = proxy(&cfg).await;
+    // Round robin alternates; after two 500s from `bad` it is ejected.
+    let mut bodies = Vec::new();
+    for _ in 0..12 {
+        bodies.push(h.get("reviews", "/", &[]).await.1);
+    }
+    assert_eq!(bodies.iter().filter(|b| *b == "bad").count(), 2, "{bodies:?}");
+    assert!(bodies[4..].iter().all(|b| b == "good"), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_a_user_on_one_endpoint() {
+    let (a, b, c) = (upstream("a", 0).await, upstream("b", 0).await, upstream("c", 0).await);
+    let cfg = format!(
+        r#"
+virtualHosts:
+  - {{name: r, domains: [reviews], routes: [{{route: [{{cluster: c}}]}}]}}
+clusters:
+  - {{name: c, endpoints: ["{}", "{}", "{}"], loadBalancer: {{consistentHash: {{httpHeaderName: end-user}}}}}}
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let h = proxy(&cfg).await;
+    let first = h.get("reviews", "/", &[("end-user", "jason")]).await.1;
+    for _ in 0..10 {
+        assert_eq!(h.get("reviews", "/", &[("end-user", "jason")]).await.1, first);
+    }
 }

@@ -54,15 +54,8 @@ impl Applier {
     /// Makes `desired` hold in the cluster, writing only when the live object differs.
     pub async fn ensure(&self, desired: &Desired, namespace: &str) -> Result<Outcome, ApplyError> {
         let api = self.api(&desired.resource, desired.namespaced.then_some(namespace));
-        let err = |action, source| ApplyError {
-            action,
-            what: desired.describe(),
-            source,
-        };
-        let live = api
-            .get_opt(&desired.name)
-            .await
-            .map_err(|e| err("get", e))?;
+        let err = |action, source| ApplyError { action, what: desired.describe(), source };
+        let live = api.get_opt(&desired.name).await.map_err(|e| err("get", e))?;
         if let Some(live) = live {
             let live = serde_json::to_value(&live).unwrap_or(Value::Null);
             if is_subset(&desired.body, &live) {
@@ -71,12 +64,8 @@ impl Applier {
         }
         // Strict validation: a field the apiserver does not know is a rendering bug, not
         // something to drop silently.
-        let params = PatchParams::apply(FIELD_MANAGER)
-            .force()
-            .validation_strict();
-        api.patch(&desired.name, &params, &Patch::Apply(&desired.body))
-            .await
-            .map_err(|e| err("apply", e))?;
+        let params = PatchParams::apply(FIELD_MANAGER).force().validation_strict();
+        api.patch(&desired.name, &params, &Patch::Apply(&desired.body)).await.map_err(|e| err("apply", e))?;
         Ok(Outcome::Applied)
     }
 
@@ -90,11 +79,7 @@ impl Applier {
         keep: &[&str],
     ) -> Result<Vec<String>, ApplyError> {
         let api = self.api(resource, Some(namespace));
-        let err = |action, what: String, source| ApplyError {
-            action,
-            what,
-            source,
-        };
+        let err = |action, what: String, source| ApplyError { action, what, source };
         let list = api
             .list_metadata(&ListParams::default().labels(selector))
             .await
@@ -123,12 +108,10 @@ impl Applier {
 /// field the operator sets but the live object lacks or holds differently means drift.
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| {
-            l.get(k).is_some_and(|lv| is_subset(dv, lv)) || (is_empty(dv) && l.get(k).is_none())
-        }),
-        (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+        (Value::Object(d), Value::Object(l)) => {
+            d.iter().all(|(k, dv)| l.get(k).is_some_and(|lv| is_subset(dv, lv)) || (is_empty(dv) && l.get(k).is_none()))
         }
+        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv)),
         (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
         (d, l) => d == l,
     }
@@ -158,23 +141,14 @@ mod tests {
     #[test]
     fn changed_missing_or_extra_list_items_are_drift() {
         let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}})
-        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}})));
         assert!(!is_subset(&desired, &json!({"spec": {"replicas": 2}})));
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"replicas": 2, "ports": [{"port": 80}, {"port": 81}]}})
-        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 2, "ports": [{"port": 80}, {"port": 81}]}})));
     }
 
     #[test]
     fn empty_collections_the_apiserver_drops_are_not_drift() {
-        assert!(is_subset(
-            &json!({"a": {}, "b": [], "c": 1}),
-            &json!({"c": 1})
-        ));
+        assert!(is_subset(&json!({"a": {}, "b": [], "c": 1}), &json!({"c": 1})));
         assert!(is_subset(&json!({"n": 1}), &json!({"n": 1.0})));
     }
 }

@@ -75,17 +75,14 @@ impl Catalog {
 
     /// Parses a catalog document.
     pub fn parse(yaml: &str) -> Result<Self, CatalogError> {
-        let file: CatalogFile =
-            serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        let file: CatalogFile = serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         let mut releases = Vec::with_capacity(file.releases.len());
         for r in file.releases {
             let version = Version::parse(&r.version)
                 .map_err(|e| CatalogError::Invalid(format!("release {:?}: {e}", r.version)))?;
             let image = |name: &str| format!("{}/{name}:{version}", file.registry);
             releases.push(Release {
-                control_plane_image: r
-                    .control_plane_image
-                    .unwrap_or_else(|| image("skein-controlplane")),
+                control_plane_image: r.control_plane_image.unwrap_or_else(|| image("skein-controlplane")),
                 proxy_image: r.proxy_image.unwrap_or_else(|| image("skein-proxy")),
                 version,
                 channel: r.channel,
@@ -104,11 +101,7 @@ impl Catalog {
     }
 
     /// Resolves a spec's `version` (which wins) or else its `channel` to a release.
-    pub fn resolve(
-        &self,
-        version: Option<&str>,
-        channel: Channel,
-    ) -> Result<&Release, CatalogError> {
+    pub fn resolve(&self, version: Option<&str>, channel: Channel) -> Result<&Release, CatalogError> {
         match version {
             Some(v) => self.resolve_version(v),
             None => self
@@ -122,34 +115,23 @@ impl Catalog {
 
     fn resolve_version(&self, spec: &str) -> Result<&Release, CatalogError> {
         let unknown = || {
-            let known: Vec<String> = self
-                .releases
-                .iter()
-                .map(|r| r.version.to_string())
-                .collect();
+            let known: Vec<String> = self.releases.iter().map(|r| r.version.to_string()).collect();
             CatalogError::UnknownVersion(spec.to_string(), known.join(", "))
         };
         let bare = spec.strip_prefix('v').unwrap_or(spec);
         if let Some(minor) = bare.strip_suffix("-latest") {
             let (major, minor) = minor.split_once('.').ok_or_else(unknown)?;
-            let (major, minor): (u64, u64) = (
-                major.parse().map_err(|_| unknown())?,
-                minor.parse().map_err(|_| unknown())?,
-            );
+            let (major, minor): (u64, u64) =
+                (major.parse().map_err(|_| unknown())?, minor.parse().map_err(|_| unknown())?);
             return self
                 .releases
                 .iter()
                 .rev()
-                .find(|r| {
-                    r.version.major == major && r.version.minor == minor && r.version.pre.is_empty()
-                })
+                .find(|r| r.version.major == major && r.version.minor == minor && r.version.pre.is_empty())
                 .ok_or_else(unknown);
         }
         let wanted = Version::parse(bare).map_err(|_| unknown())?;
-        self.releases
-            .iter()
-            .find(|r| r.version == wanted)
-            .ok_or_else(unknown)
+        self.releases.iter().find(|r| r.version == wanted).ok_or_else(unknown)
     }
 }
 
@@ -166,103 +148,54 @@ mod tests {
         let c = catalog();
         let r = c.resolve(Some("1.0.1"), Channel::Candidate).unwrap();
         assert_eq!(r.version.to_string(), "1.0.1");
-        assert_eq!(
-            r.control_plane_image,
-            "registry.skein.dev/skein/skein-controlplane:1.0.1"
-        );
+        assert_eq!(r.control_plane_image, "registry.skein.dev/skein/skein-controlplane:1.0.1");
         assert_eq!(r.proxy_image, "registry.skein.dev/skein/skein-proxy:1.0.1");
     }
 
     #[test]
     fn v_prefix_is_accepted() {
-        assert_eq!(
-            catalog()
-                .resolve(Some("v1.0.2"), Channel::Stable)
-                .unwrap()
-                .version
-                .to_string(),
-            "1.0.2"
-        );
+        assert_eq!(catalog().resolve(Some("v1.0.2"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
     }
 
     #[test]
     fn minor_alias_resolves_to_newest_patch() {
         let c = catalog();
-        assert_eq!(
-            c.resolve(Some("v1.0-latest"), Channel::Stable)
-                .unwrap()
-                .version
-                .to_string(),
-            "1.0.2"
-        );
-        assert_eq!(
-            c.resolve(Some("v1.1-latest"), Channel::Stable)
-                .unwrap()
-                .version
-                .to_string(),
-            "1.1.0"
-        );
+        assert_eq!(c.resolve(Some("v1.0-latest"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(Some("v1.1-latest"), Channel::Stable).unwrap().version.to_string(), "1.1.0");
         // 1.2 has only a release candidate: an alias never resolves to a pre-release.
-        assert!(matches!(
-            c.resolve(Some("v1.2-latest"), Channel::Stable),
-            Err(CatalogError::UnknownVersion(..))
-        ));
+        assert!(matches!(c.resolve(Some("v1.2-latest"), Channel::Stable), Err(CatalogError::UnknownVersion(..))));
     }
 
     #[test]
     fn channels_take_releases_at_least_as_stable_as_themselves() {
         let c = catalog();
-        assert_eq!(
-            c.resolve(None, Channel::Stable)
-                .unwrap()
-                .version
-                .to_string(),
-            "1.0.2"
-        );
-        assert_eq!(
-            c.resolve(None, Channel::Fast).unwrap().version.to_string(),
-            "1.1.0"
-        );
-        assert_eq!(
-            c.resolve(None, Channel::Candidate)
-                .unwrap()
-                .version
-                .to_string(),
-            "1.2.0-rc.1"
-        );
+        assert_eq!(c.resolve(None, Channel::Stable).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(None, Channel::Fast).unwrap().version.to_string(), "1.1.0");
+        assert_eq!(c.resolve(None, Channel::Candidate).unwrap().version.to_string(), "1.2.0-rc.1");
     }
 
     #[test]
     fn unknown_version_names_the_field_and_the_known_releases() {
-        let err = catalog()
-            .resolve(Some("9.9.9"), Channel::Stable)
-            .unwrap_err();
+        let err = catalog().resolve(Some("9.9.9"), Channel::Stable).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("spec.version \"9.9.9\" is not a known release"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("spec.version \"9.9.9\" is not a known release"), "{msg}");
         assert!(msg.contains("1.0.2"), "{msg}");
     }
 
     #[test]
     fn empty_channel_is_an_error() {
-        let c = Catalog::parse(
-            "registry: r\nreleases:\n  - {version: 2.0.0-rc.1, channel: candidate}\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.resolve(None, Channel::Stable),
-            Err(CatalogError::EmptyChannel("stable".into()))
-        );
+        let c = Catalog::parse("registry: r\nreleases:\n  - {version: 2.0.0-rc.1, channel: candidate}\n").unwrap();
+        assert_eq!(c.resolve(None, Channel::Stable), Err(CatalogError::EmptyChannel("stable".into())));
     }
 
     #[test]
     fn duplicate_or_malformed_releases_are_rejected() {
-        assert!(Catalog::parse("registry: r\nreleases:\n  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.0, channel: fast}\n").is_err());
         assert!(
-            Catalog::parse("registry: r\nreleases:\n  - {version: one, channel: stable}\n")
-                .is_err()
+            Catalog::parse(
+                "registry: r\nreleases:\n  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.0, channel: fast}\n"
+            )
+            .is_err()
         );
+        assert!(Catalog::parse("registry: r\nreleases:\n  - {version: one, channel: stable}\n").is_err());
     }
 }

@@ -48,10 +48,7 @@ pub struct Elector {
 impl Elector {
     /// A candidate using `client`.
     pub fn new(client: Client, cfg: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &cfg.namespace),
-            cfg,
-        }
+        Self { api: Api::namespaced(client, &cfg.namespace), cfg }
     }
 
     fn lease_secs(&self) -> i32 {
@@ -99,22 +96,13 @@ impl Elector {
             if spec.holder_identity.as_deref() == Some(&self.cfg.identity) {
                 spec.holder_identity = None;
                 spec.lease_duration_seconds = Some(1);
-                let _ = self
-                    .api
-                    .replace(&self.cfg.name, &PostParams::default(), &lease)
-                    .await;
+                let _ = self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await;
             }
         }
     }
 
     async fn holder(&self) -> Option<String> {
-        self.api
-            .get_opt(&self.cfg.name)
-            .await
-            .ok()
-            .flatten()?
-            .spec?
-            .holder_identity
+        self.api.get_opt(&self.cfg.name).await.ok().flatten()?.spec?.holder_identity
     }
 
     /// One round: take or renew the lease if allowed. `Ok(false)`: someone else holds it.
@@ -131,10 +119,7 @@ impl Elector {
         };
         let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(err)? else {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.cfg.name.clone()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some(self.cfg.name.clone()), ..Default::default() },
                 spec: Some(mine),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -146,33 +131,20 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let held_by_me = spec.holder_identity.as_deref() == Some(&self.cfg.identity);
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(MicroTime(renewed)), Some(secs)) => {
-                *renewed + SignedDuration::from_secs(i64::from(secs)) < now
-            }
+            (Some(MicroTime(renewed)), Some(secs)) => *renewed + SignedDuration::from_secs(i64::from(secs)) < now,
             _ => true,
         };
         if !held_by_me && !expired && spec.holder_identity.is_some() {
             return Ok(false);
         }
         let new_spec = if held_by_me {
-            LeaseSpec {
-                renew_time: Some(MicroTime(now)),
-                lease_duration_seconds: Some(self.lease_secs()),
-                ..spec
-            }
+            LeaseSpec { renew_time: Some(MicroTime(now)), lease_duration_seconds: Some(self.lease_secs()), ..spec }
         } else {
-            LeaseSpec {
-                lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + 1),
-                ..mine
-            }
+            LeaseSpec { lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + 1), ..mine }
         };
         lease.spec = Some(new_spec);
         // resourceVersion from the read makes this a compare-and-swap.
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
             Err(e) => Err(err(e)),

@@ -15,11 +15,7 @@ use tracing::{error, info, warn};
 
 /// Command line of skein-operator.
 #[derive(Parser, Debug)]
-#[command(
-    name = "skein-operator",
-    version,
-    about = "Installs and manages Skein mesh control planes"
-)]
+#[command(name = "skein-operator", version, about = "Installs and manages Skein mesh control planes")]
 struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SKEIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -51,9 +47,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let catalog = Catalog::builtin().context("release catalog")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("kubernetes client (in-cluster or KUBECONFIG)")?;
+    let client = kube::Client::try_default().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
     let metrics = Metrics::default();
     let health = Health::default();
     tokio::spawn({
@@ -79,10 +73,7 @@ async fn main() -> anyhow::Result<()> {
     health.set_ready(true);
 
     let elector = args.leader_elect.then(|| {
-        let identity = args
-            .identity
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
         Elector::new(
             client.clone(),
             LeaseConfig {
@@ -94,11 +85,7 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     });
-    let ctx = Arc::new(Context {
-        client,
-        catalog,
-        metrics: metrics.clone(),
-    });
+    let ctx = Arc::new(Context { client, catalog, metrics: metrics.clone() });
     // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
     // unreachable for longer than the lease) stops the controller and makes this replica a
     // candidate again, within the same process: no restart needed to recover.
@@ -152,14 +139,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// Secret keys of Istio's `cacerts` layout.
@@ -68,18 +68,13 @@ pub struct CaBundle {
 // Deliberately not derived: Debug must never print the key.
 impl std::fmt::Debug for CaBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaBundle")
-            .field("ca_key_pem", &"<redacted>")
-            .finish_non_exhaustive()
+        f.debug_struct("CaBundle").field("ca_key_pem", &"<redacted>").finish_non_exhaustive()
     }
 }
 
 fn days_from_now(days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
-    (
-        now - time::Duration::hours(1),
-        now + time::Duration::days(days),
-    )
+    (now - time::Duration::hours(1), now + time::Duration::days(days))
 }
 
 impl CaBundle {
@@ -92,11 +87,8 @@ impl CaBundle {
         dn.push(DnType::CommonName, "Skein Root CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = days_from_now(ROOT_DAYS);
         let cert = params.self_signed(&key)?;
         let pem = cert.pem();
@@ -109,15 +101,9 @@ impl CaBundle {
     }
 
     /// Reads a `cacerts`-layout Secret's data; `secret` names it in errors.
-    pub fn from_secret_data(
-        secret: &str,
-        data: &BTreeMap<String, Vec<u8>>,
-    ) -> Result<Self, PkiError> {
+    pub fn from_secret_data(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Self, PkiError> {
         let get = |key: &'static str| -> Result<String, PkiError> {
-            let bytes = data.get(key).ok_or(PkiError::MissingKey {
-                secret: secret.to_string(),
-                key,
-            })?;
+            let bytes = data.get(key).ok_or(PkiError::MissingKey { secret: secret.to_string(), key })?;
             String::from_utf8(bytes.clone()).map_err(|_| PkiError::Invalid {
                 secret: secret.to_string(),
                 key,
@@ -143,11 +129,7 @@ impl CaBundle {
             what: "certificate",
         })?;
         if !bundle.root_cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(PkiError::Invalid {
-                secret: secret.to_string(),
-                key: ROOT_CERT,
-                what: "certificate",
-            });
+            return Err(PkiError::Invalid { secret: secret.to_string(), key: ROOT_CERT, what: "certificate" });
         }
         Ok(bundle)
     }
@@ -173,15 +155,9 @@ impl CaBundle {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            dns_names.first().cloned().unwrap_or_default(),
-        );
+        dn.push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
         params.distinguished_name = dn;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = days_from_now(SERVING_DAYS);
@@ -211,13 +187,8 @@ mod tests {
         let ca = CaBundle::generate_self_signed("cluster.local").unwrap();
         let mut data = ca.to_secret_data();
         data.remove(CA_KEY);
-        let err = CaBundle::from_secret_data("cacerts", &data)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cacerts") && err.contains("ca-key.pem"),
-            "{err}"
-        );
+        let err = CaBundle::from_secret_data("cacerts", &data).unwrap_err().to_string();
+        assert!(err.contains("cacerts") && err.contains("ca-key.pem"), "{err}");
     }
 
     #[test]
@@ -225,13 +196,8 @@ mod tests {
         let ca = CaBundle::generate_self_signed("cluster.local").unwrap();
         let mut data = ca.to_secret_data();
         data.insert(CA_KEY.into(), b"SECRET-GARBAGE".to_vec());
-        let err = CaBundle::from_secret_data("cacerts", &data)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("ca-key.pem") && !err.contains("SECRET-GARBAGE"),
-            "{err}"
-        );
+        let err = CaBundle::from_secret_data("cacerts", &data).unwrap_err().to_string();
+        assert!(err.contains("ca-key.pem") && !err.contains("SECRET-GARBAGE"), "{err}");
     }
 
     #[test]
@@ -251,8 +217,7 @@ mod tests {
         let (_, root) = x509_parser::pem::parse_x509_pem(ca.root_cert_pem.as_bytes()).unwrap();
         let root = root.parse_x509().unwrap();
         assert_eq!(cert.issuer(), root.subject());
-        cert.verify_signature(Some(root.public_key()))
-            .expect("signed by the root");
+        cert.verify_signature(Some(root.public_key())).expect("signed by the root");
         let san = cert.subject_alternative_name().unwrap().unwrap();
         assert!(format!("{:?}", san.value).contains("skein-controlplane.skein-system.svc"));
     }

@@ -32,8 +32,7 @@ use kube::{
 };
 use serde_json::json;
 use skein_api::{
-    CONDITION_READY, CONDITION_RECONCILED, ComponentStatus, MeshControlPlane,
-    MeshControlPlaneStatus, RootCaType,
+    CONDITION_READY, CONDITION_RECONCILED, ComponentStatus, MeshControlPlane, MeshControlPlaneStatus, RootCaType,
 };
 use tracing::{info, warn};
 
@@ -41,9 +40,7 @@ use crate::{
     apply::{Applier, ApplyError, Outcome},
     catalog::Catalog,
     pki::{CaBundle, PkiError, SERVING_DAYS},
-    render::{
-        self, CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL,
-    },
+    render::{self, CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL},
     status::{ConditionUpdate, component_status, upsert_condition},
     telemetry::Metrics,
 };
@@ -89,13 +86,7 @@ pub struct Context {
 
 fn apply_err(action: &'static str, what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
-    move |source| {
-        Error::Apply(ApplyError {
-            action,
-            what,
-            source,
-        })
-    }
+    move |source| Error::Apply(ApplyError { action, what, source })
 }
 
 fn now() -> Time {
@@ -103,63 +94,27 @@ fn now() -> Time {
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     // Children are watched by label only, so the operator caches its own objects and not every
     // Secret or Deployment of the cluster. `watches` with the owner label rather than `owns`:
     // `owns` would key a namespaced child's owner as <namespace>/<name>, a second key for the
     // same cluster-scoped MeshControlPlane, and two reconciles of one object could then run at
     // once.
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let mcps: Api<MeshControlPlane> = Api::all(client.clone());
     Controller::new(mcps, watcher::Config::default())
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
+        .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
-        .watches(
-            Api::<ServiceAccount>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<ConfigMap>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
+        .watches(Api::<ServiceAccount>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ConfigMap>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<Secret>::all(client.clone()), owned.clone(), owner_of)
-        .watches(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
+        .watches(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<Role>::all(client.clone()), owned.clone(), owner_of)
-        .watches(
-            Api::<RoleBinding>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<ClusterRole>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<MutatingWebhookConfiguration>::all(client.clone()),
-            owned,
-            owner_of,
-        )
+        .watches(Api::<RoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRole>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned, owner_of)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -172,9 +127,7 @@ pub async fn run(
 
 /// The `MeshControlPlane` a managed object belongs to (cluster-scoped, so no namespace).
 fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<MeshControlPlane>> {
-    obj.labels()
-        .get(OWNER_LABEL)
-        .map(|name| ObjectRef::new(name))
+    obj.labels().get(OWNER_LABEL).map(|name| ObjectRef::new(name))
 }
 
 /// Reconciles one `MeshControlPlane`.
@@ -208,11 +161,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
 
     // 0. A new object says Ready=False before anything else, so kstatus (Flux) and Argo CD
     //    see it as in progress rather than as a resource without status.
-    if !previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == CONDITION_READY)
-    {
+    if !previous.conditions.iter().any(|c| c.type_ == CONDITION_READY) {
         upsert_condition(
             &mut status.conditions,
             ConditionUpdate {
@@ -228,10 +177,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     }
 
     // 1. Which release. An unknown one is reported and nothing installed is touched.
-    let release = match ctx
-        .catalog
-        .resolve(mcp.spec.version.as_deref(), mcp.spec.channel)
-    {
+    let release = match ctx.catalog.resolve(mcp.spec.version.as_deref(), mcp.spec.channel) {
         Ok(r) => r.clone(),
         Err(e) => {
             // Only a spec change can fix this; the watch brings it.
@@ -246,27 +192,13 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
         // The user's Secret is not watched (the operator watches only its own objects), so look
         // again soon: creating or fixing the Secret is enough to proceed.
         Err(reason) => {
-            return refuse(
-                mcp,
-                ctx,
-                status,
-                "InvalidRootCA",
-                reason,
-                Some(PENDING_RECHECK),
-            )
-            .await;
+            return refuse(mcp, ctx, status, "InvalidRootCA", reason, Some(PENDING_RECHECK)).await;
         }
     };
     ensure_webhook_cert(mcp, ctx, &ca).await?;
 
     // 3. Everything else, rendered from the spec.
-    let desired = render::render(
-        mcp,
-        Facts {
-            release: &release,
-            root_cert_pem: &ca.root_cert_pem,
-        },
-    );
+    let desired = render::render(mcp, Facts { release: &release, root_cert_pem: &ca.root_cert_pem });
     let applier = Applier::new(ctx.client.clone());
     let mut applied = 0;
     for d in &desired {
@@ -282,12 +214,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     status.version = Some(release.version.to_string());
     status.active_revision = Some(DEFAULT_REVISION.to_string());
     status.components = components_status(mcp, ctx).await?;
-    let not_ready: Vec<&str> = status
-        .components
-        .iter()
-        .filter(|c| !c.ready)
-        .map(|c| c.name.as_str())
-        .collect();
+    let not_ready: Vec<&str> = status.components.iter().filter(|c| !c.ready).map(|c| c.name.as_str()).collect();
     let generation = mcp.metadata.generation;
     let t = now();
     upsert_condition(
@@ -307,11 +234,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
         ConditionUpdate {
             type_: CONDITION_READY,
             status: ready,
-            reason: if ready {
-                "ComponentsReady"
-            } else {
-                "ComponentsNotReady"
-            },
+            reason: if ready { "ComponentsReady" } else { "ComponentsNotReady" },
             message: if ready {
                 "all components are available".to_string()
             } else {
@@ -322,11 +245,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
         t,
     );
     write_status(mcp, ctx, &previous, status).await?;
-    Ok(Action::requeue(if ready {
-        RESYNC
-    } else {
-        PENDING_RECHECK
-    }))
+    Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
 }
 
 /// Reports a spec the operator cannot act on: `Reconciled=False` with the reason; `Ready` keeps
@@ -345,12 +264,7 @@ async fn refuse(
     let t = now();
     upsert_condition(
         &mut status.conditions,
-        ConditionUpdate {
-            type_: CONDITION_RECONCILED,
-            status: false,
-            reason,
-            message,
-        },
+        ConditionUpdate { type_: CONDITION_RECONCILED, status: false, reason, message },
         generation,
         t.clone(),
     );
@@ -381,16 +295,9 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<MeshControlPlane> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &mcp.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(apply_err(
-        "patch status of",
-        format!("MeshControlPlane/{}", mcp.name_any()),
-    ))?;
+    api.patch_status(&mcp.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .map_err(apply_err("patch status of", format!("MeshControlPlane/{}", mcp.name_any())))?;
     ctx.metrics.status_written();
     Ok(())
 }
@@ -400,10 +307,7 @@ fn owned_meta(mcp: &MeshControlPlane, name: &str, namespace: Option<&str>) -> Ob
         name: Some(name.to_string()),
         namespace: namespace.map(str::to_string),
         labels: Some(BTreeMap::from([
-            (
-                "app.kubernetes.io/managed-by".to_string(),
-                MANAGED_BY.to_string(),
-            ),
+            ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
             ("app.kubernetes.io/part-of".to_string(), "skein".to_string()),
             (OWNER_LABEL.to_string(), mcp.name_any()),
         ])),
@@ -417,23 +321,12 @@ fn owned_meta(mcp: &MeshControlPlane, name: &str, namespace: Option<&str>) -> Ob
 async fn ensure_namespace(mcp: &MeshControlPlane, ctx: &Context) -> Result<(), Error> {
     let ns = render::namespace(mcp);
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    if api
-        .get_opt(ns)
-        .await
-        .map_err(apply_err("get", format!("Namespace/{ns}")))?
-        .is_some()
-    {
+    if api.get_opt(ns).await.map_err(apply_err("get", format!("Namespace/{ns}")))?.is_some() {
         return Ok(());
     }
     let mut meta = owned_meta(mcp, ns, None);
-    meta.annotations = Some(BTreeMap::from([(
-        CREATED_BY_ANNOTATION.to_string(),
-        mcp.name_any(),
-    )]));
-    let obj = Namespace {
-        metadata: meta,
-        ..Default::default()
-    };
+    meta.annotations = Some(BTreeMap::from([(CREATED_BY_ANNOTATION.to_string(), mcp.name_any())]));
+    let obj = Namespace { metadata: meta, ..Default::default() };
     match api.create(&PostParams::default(), &obj).await {
         Ok(_) => {
             info!(namespace = ns, "created namespace");
@@ -446,66 +339,41 @@ async fn ensure_namespace(mcp: &MeshControlPlane, ctx: &Context) -> Result<(), E
 
 /// Returns the CA bundle, generating the self-signed root once. The inner `Err` is a
 /// user-facing reason (bad or missing user Secret).
-async fn ensure_ca(
-    mcp: &MeshControlPlane,
-    ctx: &Context,
-) -> Result<Result<CaBundle, String>, Error> {
+async fn ensure_ca(mcp: &MeshControlPlane, ctx: &Context) -> Result<Result<CaBundle, String>, Error> {
     let ns = render::namespace(mcp);
     let name = render::ca_secret_name(mcp);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(apply_err("get", format!("Secret/{name}")))?;
+    let existing = api.get_opt(name).await.map_err(apply_err("get", format!("Secret/{name}")))?;
     let data = |s: &Secret| -> BTreeMap<String, Vec<u8>> {
-        s.data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect()
+        s.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()
     };
     if mcp.spec.security.root_ca.type_ == RootCaType::Secret {
         return Ok(match existing {
-            None => Err(format!(
-                "spec.security.rootCA.secretName: Secret {ns}/{name} does not exist"
-            )),
-            Some(s) => CaBundle::from_secret_data(name, &data(&s))
-                .map_err(|e| format!("spec.security.rootCA.secretName: {e}")),
+            None => Err(format!("spec.security.rootCA.secretName: Secret {ns}/{name} does not exist")),
+            Some(s) => {
+                CaBundle::from_secret_data(name, &data(&s)).map_err(|e| format!("spec.security.rootCA.secretName: {e}"))
+            }
         });
     }
     if let Some(s) = existing {
         // Never regenerated: replacing the root would break trust with every issued certificate.
-        return Ok(CaBundle::from_secret_data(name, &data(&s))
-            .map_err(|e| format!("self-signed root CA: {e}")));
+        return Ok(CaBundle::from_secret_data(name, &data(&s)).map_err(|e| format!("self-signed root CA: {e}")));
     }
     let ca = CaBundle::generate_self_signed(&mcp.spec.mesh_config.trust_domain)?;
     let secret = Secret {
         metadata: owned_meta(mcp, name, Some(ns)),
         type_: Some("Opaque".into()),
-        data: Some(
-            ca.to_secret_data()
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v)))
-                .collect(),
-        ),
+        data: Some(ca.to_secret_data().into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            info!(
-                namespace = ns,
-                secret = name,
-                "generated self-signed root CA"
-            );
+            info!(namespace = ns, secret = name, "generated self-signed root CA");
             Ok(Ok(ca))
         }
         // Another replica won the race: use its root, not ours.
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            let s = api
-                .get(name)
-                .await
-                .map_err(apply_err("get", format!("Secret/{name}")))?;
+            let s = api.get(name).await.map_err(apply_err("get", format!("Secret/{name}")))?;
             Ok(CaBundle::from_secret_data(name, &data(&s)).map_err(|e| e.to_string()))
         }
         Err(e) => Err(apply_err("create", format!("Secret/{name}"))(e)),
@@ -513,77 +381,49 @@ async fn ensure_ca(
 }
 
 /// Keeps the webhook's serving certificate signed by the current root and far from expiry.
-async fn ensure_webhook_cert(
-    mcp: &MeshControlPlane,
-    ctx: &Context,
-    ca: &CaBundle,
-) -> Result<(), Error> {
+async fn ensure_webhook_cert(mcp: &MeshControlPlane, ctx: &Context, ca: &CaBundle) -> Result<(), Error> {
     let ns = render::namespace(mcp);
     let name = render::WEBHOOK_TLS_SECRET;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(apply_err("get", format!("Secret/{name}")))?;
+    let existing = api.get_opt(name).await.map_err(apply_err("get", format!("Secret/{name}")))?;
     let fresh = existing.as_ref().is_some_and(|s| {
-        let same_root = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ca.crt"))
-            .is_some_and(|c| c.0 == ca.root_cert_pem.as_bytes());
-        let not_after = s
-            .annotations()
-            .get(NOT_AFTER_ANNOTATION)
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
-        let renew_at = k8s_openapi::jiff::Timestamp::now()
-            + k8s_openapi::jiff::SignedDuration::from_hours(24 * RENEW_BEFORE_DAYS);
+        let same_root =
+            s.data.as_ref().and_then(|d| d.get("ca.crt")).is_some_and(|c| c.0 == ca.root_cert_pem.as_bytes());
+        let not_after =
+            s.annotations().get(NOT_AFTER_ANNOTATION).and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        let renew_at =
+            k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24 * RENEW_BEFORE_DAYS);
         same_root && not_after.is_some_and(|t| t > renew_at)
     });
     if fresh {
         return Ok(());
     }
     let svc = format!("{CONTROL_PLANE}.{ns}.svc");
-    let names = vec![
-        svc.clone(),
-        format!("{svc}.cluster.local"),
-        format!("{CONTROL_PLANE}.{ns}"),
-    ];
+    let names = vec![svc.clone(), format!("{svc}.cluster.local"), format!("{CONTROL_PLANE}.{ns}")];
     let (chain, key) = ca.issue_serving_cert(&names)?;
-    let not_after = k8s_openapi::jiff::Timestamp::now()
-        + k8s_openapi::jiff::SignedDuration::from_hours(24 * SERVING_DAYS);
+    let not_after =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24 * SERVING_DAYS);
     let mut meta = owned_meta(mcp, name, Some(ns));
-    meta.annotations = Some(BTreeMap::from([(
-        NOT_AFTER_ANNOTATION.to_string(),
-        not_after.to_string(),
-    )]));
+    meta.annotations = Some(BTreeMap::from([(NOT_AFTER_ANNOTATION.to_string(), not_after.to_string())]));
     let secret = Secret {
         metadata: meta,
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
             ("tls.crt".to_string(), ByteString(chain.into_bytes())),
             ("tls.key".to_string(), ByteString(key.into_bytes())),
-            (
-                "ca.crt".to_string(),
-                ByteString(ca.root_cert_pem.clone().into_bytes()),
-            ),
+            ("ca.crt".to_string(), ByteString(ca.root_cert_pem.clone().into_bytes())),
         ])),
         ..Default::default()
     };
     let params = PatchParams::apply(render::FIELD_MANAGER).force();
-    api.patch(name, &params, &Patch::Apply(&secret))
-        .await
-        .map_err(apply_err("apply", format!("Secret/{name}")))?;
+    api.patch(name, &params, &Patch::Apply(&secret)).await.map_err(apply_err("apply", format!("Secret/{name}")))?;
     info!(namespace = ns, "issued webhook serving certificate");
     Ok(())
 }
 
 /// Deletes namespaced objects this installation made earlier but no longer wants (a gateway
 /// turned off, the PDB when replicas drop to 1).
-async fn prune(
-    mcp: &MeshControlPlane,
-    applier: &Applier,
-    desired: &[Desired],
-) -> Result<(), Error> {
+async fn prune(mcp: &MeshControlPlane, applier: &Applier, desired: &[Desired]) -> Result<(), Error> {
     let ns = render::namespace(mcp);
     let selector = format!("{OWNER_LABEL}={}", mcp.name_any());
     for resource in [
@@ -604,24 +444,13 @@ async fn prune(
     Ok(())
 }
 
-async fn components_status(
-    mcp: &MeshControlPlane,
-    ctx: &Context,
-) -> Result<Vec<ComponentStatus>, Error> {
+async fn components_status(mcp: &MeshControlPlane, ctx: &Context) -> Result<Vec<ComponentStatus>, Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), render::namespace(mcp));
     let mut wanted = vec![("controlPlane", CONTROL_PLANE)];
-    wanted.extend(
-        Gateway::ALL
-            .into_iter()
-            .filter(|g| g.enabled(mcp))
-            .map(|g| (g.component(), g.name())),
-    );
+    wanted.extend(Gateway::ALL.into_iter().filter(|g| g.enabled(mcp)).map(|g| (g.component(), g.name())));
     let mut out = Vec::with_capacity(wanted.len());
     for (component, deployment) in wanted {
-        let d = api
-            .get_opt(deployment)
-            .await
-            .map_err(apply_err("get", format!("Deployment/{deployment}")))?;
+        let d = api.get_opt(deployment).await.map_err(apply_err("get", format!("Deployment/{deployment}")))?;
         out.push(component_status(component, d.as_ref()));
     }
     Ok(out)
@@ -633,23 +462,12 @@ async fn components_status(
 async fn cleanup(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let cluster_role = render::cluster_scoped_name(CONTROL_PLANE, mcp);
-    delete_if_present(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        &cluster_role,
-    )
-    .await?;
+    delete_if_present(Api::<ClusterRoleBinding>::all(client.clone()), &cluster_role).await?;
     delete_if_present(Api::<ClusterRole>::all(client.clone()), &cluster_role).await?;
-    delete_if_present(
-        Api::<MutatingWebhookConfiguration>::all(client.clone()),
-        &render::webhook_name(mcp),
-    )
-    .await?;
+    delete_if_present(Api::<MutatingWebhookConfiguration>::all(client.clone()), &render::webhook_name(mcp)).await?;
     let ns = render::namespace(mcp);
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let live = ns_api
-        .get_opt(ns)
-        .await
-        .map_err(apply_err("get", format!("Namespace/{ns}")))?;
+    let live = ns_api.get_opt(ns).await.map_err(apply_err("get", format!("Namespace/{ns}")))?;
     if live.is_some_and(|n| n.annotations().get(CREATED_BY_ANNOTATION) == Some(&mcp.name_any())) {
         delete_if_present(ns_api, ns).await?;
     }

@@ -67,16 +67,8 @@ pub struct Desired {
 
 impl Desired {
     fn new<K: Resource<DynamicType = ()>>(namespaced: bool, body: Value) -> Self {
-        let name = body["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        Self {
-            resource: ApiResource::erase::<K>(&()),
-            namespaced,
-            name,
-            body,
-        }
+        let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        Self { resource: ApiResource::erase::<K>(&()), namespaced, name, body }
     }
 
     /// `Kind/name`, for messages.
@@ -162,11 +154,7 @@ impl Gateway {
     /// (name, service port, container port) of each port the gateway's Service exposes.
     fn ports(self) -> &'static [(&'static str, i32, i32)] {
         match self {
-            Gateway::Ingress => &[
-                ("status-port", 15021, 15021),
-                ("http2", 80, 8080),
-                ("https", 443, 8443),
-            ],
+            Gateway::Ingress => &[("status-port", 15021, 15021), ("http2", 80, 8080), ("https", 443, 8443)],
             Gateway::Egress => &[("http2", 80, 8080), ("https", 443, 8443)],
             Gateway::EastWest => &[("status-port", 15021, 15021), ("tls", 15443, 15443)],
         }
@@ -203,9 +191,7 @@ pub fn common_labels(mcp: &MeshControlPlane, component: &str) -> Value {
 }
 
 fn metadata(mcp: &MeshControlPlane, name: &str, namespaced: bool, component: &str) -> Value {
-    let owner = mcp
-        .controller_owner_ref(&())
-        .map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
+    let owner = mcp.controller_owner_ref(&()).map(|o| serde_json::to_value(o).unwrap_or(Value::Null));
     let mut meta = json!({
         "name": name,
         "labels": common_labels(mcp, component),
@@ -222,8 +208,7 @@ fn default_resources() -> Value {
 }
 
 fn resources<T: serde::Serialize>(r: Option<&T>) -> Value {
-    r.and_then(|r| serde_json::to_value(r).ok())
-        .unwrap_or_else(default_resources)
+    r.and_then(|r| serde_json::to_value(r).ok()).unwrap_or_else(default_resources)
 }
 
 /// Hardened container security context: non-root, read-only root, no privilege, no capabilities.
@@ -362,12 +347,7 @@ pub fn mesh_config_yaml(mcp: &MeshControlPlane) -> String {
     if let Some(t) = &mc.tracing {
         mesh["defaultConfig"]["tracing"] = json!({"zipkin": {"address": t.address}});
     }
-    if let Some(id) = mcp
-        .spec
-        .multi_cluster
-        .as_ref()
-        .and_then(|m| m.mesh_id.as_ref())
-    {
+    if let Some(id) = mcp.spec.multi_cluster.as_ref().and_then(|m| m.mesh_id.as_ref()) {
         mesh["defaultConfig"]["meshId"] = json!(id);
     }
     serde_yaml::to_string(&mesh).unwrap_or_default()
@@ -469,8 +449,7 @@ fn control_plane_deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired
 }
 
 fn control_plane_service(mcp: &MeshControlPlane) -> Desired {
-    let port =
-        |name: &str, p: i32| json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"});
+    let port = |name: &str, p: i32| json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"});
     Desired::new::<Service>(
         true,
         json!({
@@ -559,10 +538,7 @@ fn gateway_deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> 
 }
 
 fn gateway_service(mcp: &MeshControlPlane, gw: Gateway) -> Desired {
-    let service_type = gw
-        .spec(mcp)
-        .and_then(|s| s.service_type)
-        .unwrap_or_else(|| gw.default_service_type());
+    let service_type = gw.spec(mcp).and_then(|s| s.service_type).unwrap_or_else(|| gw.default_service_type());
     let ports: Vec<Value> = gw
         .ports()
         .iter()
@@ -572,11 +548,7 @@ fn gateway_service(mcp: &MeshControlPlane, gw: Gateway) -> Desired {
     labels["istio"] = json!(gw.istio_label());
     let mut meta = metadata(mcp, gw.name(), true, gw.name());
     meta["labels"] = labels;
-    let network = mcp
-        .spec
-        .multi_cluster
-        .as_ref()
-        .and_then(|m| m.network.as_ref());
+    let network = mcp.spec.multi_cluster.as_ref().and_then(|m| m.network.as_ref());
     if let (Gateway::EastWest, Some(net)) = (gw, network) {
         meta["labels"]["topology.istio.io/network"] = json!(net);
     }
@@ -598,8 +570,7 @@ pub fn webhook_name(mcp: &MeshControlPlane) -> String {
 
 fn injection_webhook(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
     // ByteString serializes as base64, the wire form of `caBundle`.
-    let ca_bundle = serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec()))
-        .unwrap_or(Value::Null);
+    let ca_bundle = serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec())).unwrap_or(Value::Null);
     let client = json!({
         "service": {"name": CONTROL_PLANE, "namespace": namespace(mcp), "path": "/inject", "port": PORT_WEBHOOK},
         "caBundle": ca_bundle,

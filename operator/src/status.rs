@@ -54,12 +54,7 @@ pub fn upsert_condition(
 /// updated and available, the same rule `kubectl rollout status` applies.
 pub fn component_status(name: &str, deployment: Option<&Deployment>) -> ComponentStatus {
     let Some(d) = deployment else {
-        return ComponentStatus {
-            name: name.to_string(),
-            ready: false,
-            replicas: 0,
-            ready_replicas: 0,
-        };
+        return ComponentStatus { name: name.to_string(), ready: false, replicas: 0, ready_replicas: 0 };
     };
     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
@@ -70,12 +65,7 @@ pub fn component_status(name: &str, deployment: Option<&Deployment>) -> Componen
         && st.available_replicas.unwrap_or(0) >= replicas
         && ready_replicas >= replicas
         && st.replicas.unwrap_or(0) == replicas;
-    ComponentStatus {
-        name: name.to_string(),
-        ready,
-        replicas,
-        ready_replicas,
-    }
+    ComponentStatus { name: name.to_string(), ready, replicas, ready_replicas }
 }
 
 #[cfg(test)]
@@ -89,24 +79,14 @@ mod tests {
     }
 
     fn update(status: bool, reason: &str) -> ConditionUpdate<'_> {
-        ConditionUpdate {
-            type_: "Ready",
-            status,
-            reason,
-            message: String::new(),
-        }
+        ConditionUpdate { type_: "Ready", status, reason, message: String::new() }
     }
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut conds = Vec::new();
         upsert_condition(&mut conds, update(false, "Installing"), Some(1), t(100));
-        upsert_condition(
-            &mut conds,
-            update(false, "ComponentsNotReady"),
-            Some(2),
-            t(200),
-        );
+        upsert_condition(&mut conds, update(false, "ComponentsNotReady"), Some(2), t(200));
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, t(100));
         assert_eq!(conds[0].reason, "ComponentsNotReady");
@@ -118,14 +98,8 @@ mod tests {
 
     fn deployment(generation: i64, replicas: i32, status: DeploymentStatus) -> Deployment {
         Deployment {
-            metadata: ObjectMeta {
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                ..Default::default()
-            }),
+            metadata: ObjectMeta { generation: Some(generation), ..Default::default() },
+            spec: Some(DeploymentSpec { replicas: Some(replicas), ..Default::default() }),
             status: Some(status),
         }
     }
@@ -141,22 +115,10 @@ mod tests {
             ..Default::default()
         };
         assert!(component_status("cp", Some(&deployment(2, 2, all(2)))).ready);
-        assert!(
-            !component_status("cp", Some(&deployment(3, 2, all(2)))).ready,
-            "spec change not yet observed"
-        );
-        assert!(
-            !component_status("cp", Some(&deployment(2, 3, all(2)))).ready,
-            "scaling up"
-        );
-        let rolling = DeploymentStatus {
-            replicas: Some(3),
-            ..all(2)
-        };
-        assert!(
-            !component_status("cp", Some(&deployment(2, 2, rolling))).ready,
-            "old pod still around"
-        );
+        assert!(!component_status("cp", Some(&deployment(3, 2, all(2)))).ready, "spec change not yet observed");
+        assert!(!component_status("cp", Some(&deployment(2, 3, all(2)))).ready, "scaling up");
+        let rolling = DeploymentStatus { replicas: Some(3), ..all(2) };
+        assert!(!component_status("cp", Some(&deployment(2, 2, rolling))).ready, "old pod still around");
         assert!(!component_status("cp", None).ready);
     }
 }

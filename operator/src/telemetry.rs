@@ -37,42 +37,24 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("skein_operator");
         let reconciles = Counter::default();
         let reconcile_errors = Counter::default();
-        let reconcile_duration = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
+        let reconcile_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let objects_applied = Counter::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
-        registry.register(
-            "reconciles",
-            "Reconcile passes of MeshControlPlanes",
-            reconciles.clone(),
-        );
+        registry.register("reconciles", "Reconcile passes of MeshControlPlanes", reconciles.clone());
         registry.register(
             "reconcile_errors",
             "Reconcile passes that failed and were requeued",
             reconcile_errors.clone(),
         );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of a reconcile pass",
-            reconcile_duration.clone(),
-        );
+        registry.register("reconcile_duration_seconds", "Duration of a reconcile pass", reconcile_duration.clone());
         registry.register(
             "objects_applied",
             "Managed objects created or patched (0 in steady state)",
             objects_applied.clone(),
         );
-        registry.register(
-            "status_writes",
-            "MeshControlPlane status updates written",
-            status_writes.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            leader.clone(),
-        );
+        registry.register("status_writes", "MeshControlPlane status updates written", status_writes.clone());
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -101,10 +83,7 @@ impl Metrics {
     /// Counts a reconcile and times it until the returned guard drops.
     pub fn reconcile_timer(&self) -> ReconcileTimer {
         self.reconciles.inc();
-        ReconcileTimer {
-            start: Instant::now(),
-            histogram: self.reconcile_duration.clone(),
-        }
+        ReconcileTimer { start: Instant::now(), histogram: self.reconcile_duration.clone() }
     }
 
     /// Counts a failed reconcile.
@@ -183,12 +162,8 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics, health: Health) -> std::i
                         r
                     }
                     (&Method::GET, "/healthz") => respond(StatusCode::OK, "ok"),
-                    (&Method::GET, "/readyz") if health.ready.load(Ordering::Relaxed) => {
-                        respond(StatusCode::OK, "ok")
-                    }
-                    (&Method::GET, "/readyz") => {
-                        respond(StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
+                    (&Method::GET, "/readyz") if health.ready.load(Ordering::Relaxed) => respond(StatusCode::OK, "ok"),
+                    (&Method::GET, "/readyz") => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
                     (&Method::GET, _) => respond(StatusCode::NOT_FOUND, "not found"),
                     _ => respond(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
                 };
@@ -216,13 +191,7 @@ mod tests {
         m.objects_applied(3);
         let text = m.render();
         assert!(text.contains("skein_operator_reconciles_total 1"), "{text}");
-        assert!(
-            text.contains("skein_operator_objects_applied_total 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("skein_operator_reconcile_duration_seconds_count 1"),
-            "{text}"
-        );
+        assert!(text.contains("skein_operator_objects_applied_total 3"), "{text}");
+        assert!(text.contains("skein_operator_reconcile_duration_seconds_count 1"), "{text}");
     }
 }

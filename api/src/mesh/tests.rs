@@ -8,17 +8,10 @@ fn empty_spec_takes_documented_defaults() {
     assert_eq!(spec.channel, Channel::Stable);
     assert_eq!(spec.namespace, "skein-system");
     assert_eq!(spec.update_strategy.type_, UpdateStrategyType::InPlace);
-    assert_eq!(
-        spec.update_strategy
-            .inactive_revision_deletion_grace_period_seconds,
-        30
-    );
+    assert_eq!(spec.update_strategy.inactive_revision_deletion_grace_period_seconds, 30);
     assert_eq!(spec.components.control_plane.replicas, 1);
     assert_eq!(spec.mesh_config.trust_domain, "cluster.local");
-    assert_eq!(
-        spec.mesh_config.outbound_traffic_policy.mode,
-        OutboundMode::AllowAny
-    );
+    assert_eq!(spec.mesh_config.outbound_traffic_policy.mode, OutboundMode::AllowAny);
     assert_eq!(spec.security.root_ca.type_, RootCaType::SelfSigned);
 }
 
@@ -38,67 +31,31 @@ multiCluster: {clusterName: east, network: net1, meshID: mesh1}
 "#,
     )
     .unwrap();
-    assert_eq!(
-        spec.update_strategy.type_,
-        UpdateStrategyType::RevisionBased
-    );
-    assert_eq!(
-        spec.components.east_west_gateway.unwrap().service_type,
-        Some(ServiceType::NodePort)
-    );
-    assert_eq!(
-        spec.mesh_config.outbound_traffic_policy.mode,
-        OutboundMode::RegistryOnly
-    );
-    assert_eq!(
-        spec.security.root_ca.secret_name.as_deref(),
-        Some("cacerts")
-    );
-    assert_eq!(
-        spec.multi_cluster.unwrap().mesh_id.as_deref(),
-        Some("mesh1")
-    );
+    assert_eq!(spec.update_strategy.type_, UpdateStrategyType::RevisionBased);
+    assert_eq!(spec.components.east_west_gateway.unwrap().service_type, Some(ServiceType::NodePort));
+    assert_eq!(spec.mesh_config.outbound_traffic_policy.mode, OutboundMode::RegistryOnly);
+    assert_eq!(spec.security.root_ca.secret_name.as_deref(), Some("cacerts"));
+    assert_eq!(spec.multi_cluster.unwrap().mesh_id.as_deref(), Some("mesh1"));
 }
 
 #[test]
 fn crd_is_cluster_scoped_with_status_short_name_and_columns() {
     let crd = MeshControlPlane::crd();
     assert_eq!(crd.spec.scope, "Cluster");
-    assert_eq!(
-        crd.spec.names.short_names.as_deref(),
-        Some(&["mcp".to_string()][..])
-    );
+    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["mcp".to_string()][..]));
     let v = &crd.spec.versions[0];
     assert!(v.subresources.as_ref().unwrap().status.is_some());
-    let cols: Vec<_> = v
-        .additional_printer_columns
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let cols: Vec<_> = v.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
     assert_eq!(cols, ["Version", "Channel", "Revision", "Ready", "Age"]);
 }
 
 #[test]
 fn crd_schema_carries_server_side_validation() {
     let json = serde_json::to_string(&MeshControlPlane::crd()).unwrap();
-    assert!(
-        json.contains(r#""rule":"self == oldSelf""#),
-        "namespace immutability"
-    );
-    assert!(
-        json.contains("has(self.secretName)"),
-        "secret root CA needs a name"
-    );
-    assert!(
-        json.contains("has(self.tracing)"),
-        "tracing needs an address"
-    );
+    assert!(json.contains(r#""rule":"self == oldSelf""#), "namespace immutability");
+    assert!(json.contains("has(self.secretName)"), "secret root CA needs a name");
+    assert!(json.contains("has(self.tracing)"), "tracing needs an address");
     assert!(json.contains(r#""x-kubernetes-list-type":"map""#));
-    assert!(
-        json.contains(r#""enum":["stable","fast","candidate"]"#),
-        "{json}"
-    );
+    assert!(json.contains(r#""enum":["stable","fast","candidate"]"#), "{json}");
     assert!(json.contains(r#""enum":["ALLOW_ANY","REGISTRY_ONLY"]"#));
 }

@@ -37,23 +37,11 @@ fn bookinfo_style_config_parses_and_validates() {
     c.validate().unwrap();
     let r = &c.virtual_hosts[0].routes[1];
     assert_eq!(r.timeout, Some(Duration::from_millis(500)));
-    assert_eq!(
-        r.retries.as_ref().unwrap().per_try_timeout,
-        Some(Duration::from_secs(2))
-    );
-    assert_eq!(
-        r.retries.as_ref().unwrap().retry_on,
-        "connect-failure,reset,503"
-    );
+    assert_eq!(r.retries.as_ref().unwrap().per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(r.retries.as_ref().unwrap().retry_on, "connect-failure,reset,503");
     assert_eq!(c.outbound_traffic_policy, OutboundPolicy::RegistryOnly);
-    assert_eq!(
-        c.clusters[2].connect_timeout,
-        Some(Duration::from_millis(250))
-    );
-    assert_eq!(
-        c.virtual_hosts[0].routes[0].matches[0].headers["end-user"],
-        StringMatch::Exact("jason".into())
-    );
+    assert_eq!(c.clusters[2].connect_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(c.virtual_hosts[0].routes[0].matches[0].headers["end-user"], StringMatch::Exact("jason".into()));
 }
 
 #[test]
@@ -72,77 +60,47 @@ fn err(mutate: impl FnOnce(&mut ProxyConfig)) -> String {
 #[test]
 fn weights_not_summing_to_100_are_rejected_with_the_path() {
     let e = err(|c| c.virtual_hosts[0].routes[1].route[0].weight = 60);
-    assert_eq!(
-        e,
-        "virtualHosts[reviews].routes[1].route: weights sum to 110, not 100"
-    );
+    assert_eq!(e, "virtualHosts[reviews].routes[1].route: weights sum to 110, not 100");
 }
 
 #[test]
 fn unknown_cluster_is_rejected() {
-    let e =
-        err(|c| c.virtual_hosts[0].routes[0].route[0].cluster = "outbound|9080|v9|reviews".into());
-    assert!(
-        e.starts_with("virtualHosts[reviews].routes[0].route[0].cluster: unknown cluster"),
-        "{e}"
-    );
+    let e = err(|c| c.virtual_hosts[0].routes[0].route[0].cluster = "outbound|9080|v9|reviews".into());
+    assert!(e.starts_with("virtualHosts[reviews].routes[0].route[0].cluster: unknown cluster"), "{e}");
     let e = err(|c| c.virtual_hosts[0].routes[1].mirror = Some("nope".into()));
     assert!(e.contains(".mirror: unknown cluster"), "{e}");
 }
 
 #[test]
 fn bad_regex_is_rejected() {
-    let e = err(|c| {
-        c.virtual_hosts[0].routes[0].matches[0].uri = Some(StringMatch::Regex("(unclosed".into()))
-    });
-    assert!(
-        e.starts_with("virtualHosts[reviews].routes[0].match[0].uri: invalid regex"),
-        "{e}"
-    );
+    let e = err(|c| c.virtual_hosts[0].routes[0].matches[0].uri = Some(StringMatch::Regex("(unclosed".into())));
+    assert!(e.starts_with("virtualHosts[reviews].routes[0].match[0].uri: invalid regex"), "{e}");
 }
 
 #[test]
 fn out_of_range_percentages_and_statuses_are_rejected() {
+    assert!(err(|c| c.virtual_hosts[0].routes[1].mirror_percentage = Some(101.0)).contains("mirrorPercentage"));
     assert!(
-        err(|c| c.virtual_hosts[0].routes[1].mirror_percentage = Some(101.0))
-            .contains("mirrorPercentage")
+        err(|c| c.virtual_hosts[0].routes[0].fault.as_mut().unwrap().abort.as_mut().unwrap().http_status = 42)
+            .contains("httpStatus")
     );
     assert!(
-        err(|c| c.virtual_hosts[0].routes[0]
-            .fault
-            .as_mut()
-            .unwrap()
-            .abort
-            .as_mut()
-            .unwrap()
-            .http_status = 42)
-        .contains("httpStatus")
-    );
-    assert!(
-        err(|c| c.virtual_hosts[0].routes[0].redirect = Some(Redirect {
-            redirect_code: 301,
-            ..Default::default()
-        }))
-        .contains("mutually exclusive")
+        err(|c| c.virtual_hosts[0].routes[0].redirect = Some(Redirect { redirect_code: 301, ..Default::default() }))
+            .contains("mutually exclusive")
     );
 }
 
 #[test]
 fn duplicate_names_are_rejected() {
     assert!(err(|c| c.clusters.push(c.clusters[0].clone())).contains("duplicate cluster"));
-    assert!(
-        err(|c| c.virtual_hosts.push(c.virtual_hosts[0].clone()))
-            .contains("duplicate virtual host")
-    );
+    assert!(err(|c| c.virtual_hosts.push(c.virtual_hosts[0].clone())).contains("duplicate virtual host"));
 }
 
 #[test]
 fn unknown_fields_and_bad_durations_fail_to_parse() {
     assert!(serde_yaml::from_str::<ProxyConfig>("listners: []").is_err());
     let bad = BOOKINFO.replace("timeout: 0.5s", "timeout: 5 parsecs");
-    let e = serde_yaml::from_str::<ProxyConfig>(&bad)
-        .unwrap_err()
-        .to_string();
+    let e = serde_yaml::from_str::<ProxyConfig>(&bad).unwrap_err().to_string();
     assert!(e.contains("duration"), "{e}");
 }
 
@@ -155,15 +113,9 @@ fn regexes_match_the_whole_value() {
 
 #[test]
 fn durations_parse_istio_units() {
-    assert_eq!(
-        duration::parse("1.5s").unwrap(),
-        Duration::from_millis(1500)
-    );
+    assert_eq!(duration::parse("1.5s").unwrap(), Duration::from_millis(1500));
     assert_eq!(duration::parse("2m").unwrap(), Duration::from_secs(120));
-    assert_eq!(
-        duration::parse("250ms").unwrap(),
-        Duration::from_millis(250)
-    );
+    assert_eq!(duration::parse("250ms").unwrap(), Duration::from_millis(250));
     assert!(duration::parse("-1s").is_err());
     assert!(duration::parse("10").is_err());
 }

@@ -2,9 +2,6 @@
 use kube::CustomResourceExt;
 
 fn main() -> anyhow::Result<()> {
-    print!(
-        "{}",
-        serde_yaml::to_string(&skein_api::MeshControlPlane::crd())?
-    );
+    print!("{}", serde_yaml::to_string(&skein_api::MeshControlPlane::crd())?);
     Ok(())
 }

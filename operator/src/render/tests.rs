@@ -12,17 +12,8 @@ fn mcp(spec: &str) -> MeshControlPlane {
 
 fn rendered(spec: &str) -> Vec<Desired> {
     let catalog = Catalog::builtin().unwrap();
-    let release = catalog
-        .resolve(Some("1.0.2"), skein_api::Channel::Stable)
-        .unwrap()
-        .clone();
-    render(
-        &mcp(spec),
-        Facts {
-            release: &release,
-            root_cert_pem: "ROOT-PEM",
-        },
-    )
+    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM" })
 }
 
 fn find<'a>(objs: &'a [Desired], kind: &str, name: &str) -> &'a Value {
@@ -56,15 +47,8 @@ fn default_spec_installs_control_plane_ingress_and_webhook_only() {
     ] {
         assert!(got.contains(&want.to_string()), "missing {want} in {got:?}");
     }
-    assert!(
-        !got.iter()
-            .any(|n| n.contains("egressgateway") || n.contains("eastwest")),
-        "{got:?}"
-    );
-    assert!(
-        !got.iter().any(|n| n.starts_with("PodDisruptionBudget")),
-        "no PDB for one replica"
-    );
+    assert!(!got.iter().any(|n| n.contains("egressgateway") || n.contains("eastwest")), "{got:?}");
+    assert!(!got.iter().any(|n| n.starts_with("PodDisruptionBudget")), "no PDB for one replica");
 }
 
 #[test]
@@ -72,12 +56,7 @@ fn every_object_is_owned_labelled_and_placed_in_the_spec_namespace() {
     let objs = rendered("namespace: mesh-ns\n");
     for d in &objs {
         let meta = &d.body["metadata"];
-        assert_eq!(
-            meta["ownerReferences"][0]["kind"],
-            "MeshControlPlane",
-            "{}",
-            d.describe()
-        );
+        assert_eq!(meta["ownerReferences"][0]["kind"], "MeshControlPlane", "{}", d.describe());
         assert_eq!(meta["ownerReferences"][0]["controller"], true);
         assert_eq!(meta["labels"][OWNER_LABEL], "mesh");
         assert_eq!(meta["labels"]["app.kubernetes.io/managed-by"], MANAGED_BY);
@@ -93,43 +72,25 @@ fn every_object_is_owned_labelled_and_placed_in_the_spec_namespace() {
 fn control_plane_exposes_the_four_ports_and_runs_hardened() {
     let objs = rendered("{}");
     let svc = find(&objs, "Service", CONTROL_PLANE);
-    let ports: Vec<i64> = svc["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["port"].as_i64().unwrap())
-        .collect();
+    let ports: Vec<i64> =
+        svc["spec"]["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()).collect();
     assert_eq!(ports, [15010, 15012, 15014, 15017]);
     let dep = find(&objs, "Deployment", CONTROL_PLANE);
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(
-        c["image"],
-        "registry.skein.dev/skein/skein-controlplane:1.0.2"
-    );
+    assert_eq!(c["image"], "registry.skein.dev/skein/skein-controlplane:1.0.2");
     assert_eq!(c["securityContext"]["runAsNonRoot"], true);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     assert_eq!(c["resources"]["requests"]["cpu"], "100m");
-    assert!(
-        c["args"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from("--ca-secret=skein-ca"))
-    );
+    assert!(c["args"].as_array().unwrap().contains(&Value::from("--ca-secret=skein-ca")));
 }
 
 #[test]
 fn replicas_above_one_add_a_pdb() {
     let objs = rendered("components: {controlPlane: {replicas: 3}}\n");
-    assert_eq!(
-        find(&objs, "Deployment", CONTROL_PLANE)["spec"]["replicas"],
-        3
-    );
-    assert_eq!(
-        find(&objs, "PodDisruptionBudget", CONTROL_PLANE)["spec"]["minAvailable"],
-        1
-    );
+    assert_eq!(find(&objs, "Deployment", CONTROL_PLANE)["spec"]["replicas"], 3);
+    assert_eq!(find(&objs, "PodDisruptionBudget", CONTROL_PLANE)["spec"]["minAvailable"], 1);
 }
 
 #[test]
@@ -139,75 +100,38 @@ fn east_west_gateway_exposes_15443_and_carries_the_network() {
     );
     let svc = find(&objs, "Service", "skein-eastwestgateway");
     assert_eq!(svc["spec"]["type"], "NodePort");
-    assert!(
-        svc["spec"]["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["port"] == 15443 && p["targetPort"] == 15443)
-    );
-    assert_eq!(
-        svc["metadata"]["labels"]["topology.istio.io/network"],
-        "net1"
-    );
+    assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["port"] == 15443 && p["targetPort"] == 15443));
+    assert_eq!(svc["metadata"]["labels"]["topology.istio.io/network"], "net1");
     let dep = find(&objs, "Deployment", "skein-eastwestgateway");
     let pod = &dep["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["istio"], "eastwestgateway");
     assert_eq!(pod["spec"]["containers"][0]["args"][0], "east-west");
-    assert_eq!(
-        pod["spec"]["containers"][0]["image"],
-        "registry.skein.dev/skein/skein-proxy:1.0.2"
-    );
+    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.skein.dev/skein/skein-proxy:1.0.2");
     let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
-    assert!(
-        env.iter()
-            .any(|e| e["name"] == "ISTIO_META_NETWORK" && e["value"] == "net1")
-    );
-    assert!(
-        !names(&objs).iter().any(|n| n.contains("ingressgateway")),
-        "ingress disabled"
-    );
+    assert!(env.iter().any(|e| e["name"] == "ISTIO_META_NETWORK" && e["value"] == "net1"));
+    assert!(!names(&objs).iter().any(|n| n.contains("ingressgateway")), "ingress disabled");
 }
 
 #[test]
 fn ingress_gateway_is_selected_by_istios_label() {
     let objs = rendered("{}");
     let dep = find(&objs, "Deployment", "skein-ingressgateway");
-    assert_eq!(
-        dep["spec"]["template"]["metadata"]["labels"]["istio"],
-        "ingressgateway"
-    );
-    assert_eq!(
-        find(&objs, "Service", "skein-ingressgateway")["spec"]["type"],
-        "LoadBalancer"
-    );
+    assert_eq!(dep["spec"]["template"]["metadata"]["labels"]["istio"], "ingressgateway");
+    assert_eq!(find(&objs, "Service", "skein-ingressgateway")["spec"]["type"], "LoadBalancer");
 }
 
 #[test]
 fn webhook_trusts_the_mesh_root_and_matches_istio_opt_in_labels() {
     let objs = rendered("{}");
-    let hook = find(
-        &objs,
-        "MutatingWebhookConfiguration",
-        "skein-sidecar-injector-mesh",
-    );
+    let hook = find(&objs, "MutatingWebhookConfiguration", "skein-sidecar-injector-mesh");
     let hooks = hook["webhooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 3);
     // base64("ROOT-PEM")
     assert_eq!(hooks[0]["clientConfig"]["caBundle"], "Uk9PVC1QRU0=");
     assert_eq!(hooks[0]["clientConfig"]["service"]["port"], 15017);
-    assert_eq!(
-        hooks[0]["namespaceSelector"]["matchLabels"]["skein-injection"],
-        "enabled"
-    );
-    assert_eq!(
-        hooks[1]["namespaceSelector"]["matchLabels"]["istio-injection"],
-        "enabled"
-    );
-    assert_eq!(
-        hooks[2]["namespaceSelector"]["matchExpressions"][0]["key"],
-        "istio.io/rev"
-    );
+    assert_eq!(hooks[0]["namespaceSelector"]["matchLabels"]["skein-injection"], "enabled");
+    assert_eq!(hooks[1]["namespaceSelector"]["matchLabels"]["istio-injection"], "enabled");
+    assert_eq!(hooks[2]["namespaceSelector"]["matchExpressions"][0]["key"], "istio.io/rev");
 }
 
 #[test]
@@ -215,23 +139,11 @@ fn control_plane_rbac_reads_secrets_only_in_its_namespace() {
     let objs = rendered("{}");
     let cr = find(&objs, "ClusterRole", "skein-controlplane-mesh");
     let rules = cr["rules"].as_array().unwrap();
-    assert!(!rules.iter().any(|r| {
-        r["resources"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from("secrets"))
-    }));
-    assert!(
-        !rules
-            .iter()
-            .any(|r| r["verbs"].as_array().unwrap().contains(&Value::from("*")))
-    );
+    assert!(!rules.iter().any(|r| { r["resources"].as_array().unwrap().contains(&Value::from("secrets")) }));
+    assert!(!rules.iter().any(|r| r["verbs"].as_array().unwrap().contains(&Value::from("*"))));
     let role = find(&objs, "Role", CONTROL_PLANE);
     assert_eq!(role["rules"][0]["resources"][0], "secrets");
-    assert_eq!(
-        role["rules"][0]["verbs"],
-        serde_json::json!(["get", "list", "watch"])
-    );
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
 }
 
 #[test]
@@ -244,23 +156,15 @@ fn mesh_config_is_written_in_istio_format() {
     assert_eq!(mesh["trustDomain"], "example.org");
     assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
     assert_eq!(mesh["accessLogFile"], "/dev/stdout");
-    assert_eq!(
-        mesh["defaultConfig"]["tracing"]["zipkin"]["address"],
-        "zipkin.obs:9411"
-    );
-    assert_eq!(
-        mesh["defaultConfig"]["discoveryAddress"],
-        "skein-controlplane.skein-system.svc:15012"
-    );
+    assert_eq!(mesh["defaultConfig"]["tracing"]["zipkin"]["address"], "zipkin.obs:9411");
+    assert_eq!(mesh["defaultConfig"]["discoveryAddress"], "skein-controlplane.skein-system.svc:15012");
 }
 
 #[test]
 fn user_provided_ca_secret_is_passed_to_the_control_plane() {
     let objs = rendered("security: {rootCA: {type: Secret, secretName: cacerts}}\n");
     let dep = find(&objs, "Deployment", CONTROL_PLANE);
-    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap();
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
     assert!(args.contains(&Value::from("--ca-secret=cacerts")));
 }
 

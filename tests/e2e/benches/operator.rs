@@ -12,9 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment,
-};
+use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
@@ -23,20 +21,14 @@ use serde_json::json;
 use skein_api::MeshControlPlane;
 use skein_e2e::{Cluster, Operator, repo_root};
 
-const DEPLOYMENTS: [&str; 4] = [
-    "skein-controlplane",
-    "skein-ingressgateway",
-    "skein-egressgateway",
-    "skein-eastwestgateway",
-];
+const DEPLOYMENTS: [&str; 4] =
+    ["skein-controlplane", "skein-ingressgateway", "skein-egressgateway", "skein-eastwestgateway"];
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -48,10 +40,7 @@ where
 {
     let start = Instant::now();
     while !f().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "benchmark step did not finish in 120s"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "benchmark step did not finish in 120s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     start.elapsed()
@@ -60,14 +49,8 @@ where
 async fn all_available(c: &Client, ns: &str) -> bool {
     let api: Api<Deployment> = Api::namespaced(c.clone(), ns);
     for d in DEPLOYMENTS {
-        let ok = api
-            .get_opt(d)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.status)
-            .and_then(|s| s.available_replicas)
-            == Some(1);
+        let ok =
+            api.get_opt(d).await.ok().flatten().and_then(|d| d.status).and_then(|s| s.available_replicas) == Some(1);
         if !ok {
             return false;
         }
@@ -80,10 +63,7 @@ async fn baseline(c: &Client, round: usize) -> Duration {
     let ns = format!("baseline-{round}");
     let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
     nsapi
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
         .await
         .unwrap();
     let api: Api<Deployment> = Api::namespaced(c.clone(), &ns);
@@ -92,9 +72,7 @@ async fn baseline(c: &Client, round: usize) -> Duration {
         let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": d},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": d}},
                 "template": {"metadata": {"labels": {"app": d}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
-        api.patch(d, &PatchParams::apply("bench"), &Patch::Apply(obj))
-            .await
-            .unwrap();
+        api.patch(d, &PatchParams::apply("bench"), &Patch::Apply(obj)).await.unwrap();
     }
     poll(|| all_available(c, &ns)).await;
     start.elapsed()
@@ -111,31 +89,13 @@ fn p_max(v: &[Duration]) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let cluster = Cluster::start("bench").await.expect("cluster");
     let crds = repo_root().join("config/crd");
+    assert!(cluster.kubectl(&["apply", "--server-side", "-k", crds.to_str().unwrap()], None).status.success());
     assert!(
         cluster
-            .kubectl(
-                &["apply", "--server-side", "-k", crds.to_str().unwrap()],
-                None
-            )
-            .status
-            .success()
-    );
-    assert!(
-        cluster
-            .kubectl(
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    "crd/meshcontrolplanes.mesh.skein.dev"
-                ],
-                None
-            )
+            .kubectl(&["wait", "--for=condition=Established", "crd/meshcontrolplanes.mesh.skein.dev"], None)
             .status
             .success()
     );
@@ -154,12 +114,7 @@ async fn main() {
         let obj = json!({"apiVersion": "mesh.skein.dev/v1alpha1", "kind": "MeshControlPlane", "metadata": {"name": name},
             "spec": {"namespace": ns, "components": {"egressGateway": {"enabled": true}, "eastWestGateway": {"enabled": true}}}});
         let start = Instant::now();
-        mcps.create(
-            &PostParams::default(),
-            &serde_json::from_value(obj).unwrap(),
-        )
-        .await
-        .unwrap();
+        mcps.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.unwrap();
         let hook = format!("skein-sidecar-injector-{name}");
         poll(|| async {
             let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns);
@@ -177,11 +132,7 @@ async fn main() {
                 .await
                 .ok()
                 .and_then(|m| m.status)
-                .is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .await;
         ready.push(start.elapsed());
@@ -189,9 +140,7 @@ async fn main() {
     let rss_loaded = rss_kib(op.pid());
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "\nskein-operator install benchmark ({rounds} installations, each 4 Deployments + 14 other objects)"
-    );
+    println!("\nskein-operator install benchmark ({rounds} installations, each 4 Deployments + 14 other objects)");
     println!("| measure | median ms | max ms | ratio to baseline (median) |");
     println!("|---|---|---|---|");
     let b = median(base.clone());

@@ -19,16 +19,11 @@ use kube::{Client, Config, config::KubeConfigOptions};
 
 /// Repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -48,11 +43,7 @@ impl Cluster {
     /// Starts a new cluster named after `prefix`; ready when this returns (node Ready, default
     /// ServiceAccount present).
     pub async fn start(prefix: &str) -> anyhow::Result<Self> {
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = target_dir().join("e2e-clusters");
         let out = Command::new(repo_root().join("hack/cluster.sh"))
             .args(["up", &name])
@@ -67,33 +58,19 @@ impl Cluster {
         }
         let kubeconfig = cluster_dir.join("kubeconfig");
         let client = client_for(&kubeconfig).await?;
-        Ok(Self {
-            name,
-            kubeconfig,
-            client,
-            dir,
-        })
+        Ok(Self { name, kubeconfig, client, dir })
     }
 
     /// Runs the pinned kubectl against this cluster, optionally feeding `stdin`.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(tools_bin().join("kubectl"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kubectl");
         if let Some(input) = stdin {
             use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write kubectl stdin");
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
         }
         child.wait_with_output().expect("kubectl output")
     }
@@ -125,11 +102,7 @@ impl Cluster {
             .env("SKEIN_CLUSTERS_DIR", &self.dir)
             .stdout(Stdio::null())
             .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "hack/cluster.sh {cmd} {} failed",
-            self.name
-        );
+        anyhow::ensure!(status.success(), "hack/cluster.sh {cmd} {} failed", self.name);
         Ok(())
     }
 }
@@ -141,22 +114,14 @@ impl Drop for Cluster {
 }
 
 fn down(dir: &Path, name: &str) {
-    let _ = Command::new(repo_root().join("hack/cluster.sh"))
-        .args(["down", name])
-        .env("SKEIN_CLUSTERS_DIR", dir)
-        .status();
+    let _ =
+        Command::new(repo_root().join("hack/cluster.sh")).args(["down", name]).env("SKEIN_CLUSTERS_DIR", dir).status();
 }
 
 /// Directory of the pinned Kubernetes binaries (built by `hack/tools.sh`).
 pub fn tools_bin() -> PathBuf {
-    let out = Command::new(repo_root().join("hack/tools.sh"))
-        .output()
-        .expect("run hack/tools.sh");
-    assert!(
-        out.status.success(),
-        "hack/tools.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(repo_root().join("hack/tools.sh")).output().expect("run hack/tools.sh");
+    assert!(out.status.success(), "hack/tools.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -169,10 +134,7 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// The operator running as a real process against a cluster; killed on drop.
@@ -200,39 +162,19 @@ impl Operator {
         let bin = std::env::var_os("SKEIN_OPERATOR_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| target_dir().join("debug/skein-operator"));
-        anyhow::ensure!(
-            bin.exists(),
-            "{} missing: run `cargo build -p skein-operator` first",
-            bin.display()
-        );
+        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-operator` first", bin.display());
         let metrics_port = free_port();
-        let log = cluster
-            .dir
-            .join(&cluster.name)
-            .join(format!("logs/operator-{identity}.log"));
+        let log = cluster.dir.join(&cluster.name).join(format!("logs/operator-{identity}.log"));
         let child = Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,skein_operator=debug")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args([
-                "--identity",
-                identity,
-                "--lease-namespace",
-                lease_namespace,
-                "--lease-duration-seconds",
-                "6",
-            ])
+            .args(["--identity", identity, "--lease-namespace", lease_namespace, "--lease-duration-seconds", "6"])
             .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log)?,
-            ))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
             .spawn()
             .context("spawn skein-operator")?;
-        Ok(Self {
-            child,
-            metrics_port,
-            log,
-        })
+        Ok(Self { child, metrics_port, log })
     }
 
     /// Whether the process is still running (it must never restart itself).
@@ -274,24 +216,14 @@ impl Drop for Operator {
 /// Minimal HTTP/1.1 GET on loopback, returning the body of a 2xx answer.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let mut s =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 2"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or("")
-    );
+    anyhow::ensure!(head.starts_with("HTTP/1.1 2"), "GET {path}: {}", head.lines().next().unwrap_or(""));
     Ok(body.to_string())
 }
 
@@ -306,10 +238,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -24,29 +24,13 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn setup(prefix: &str) -> (Cluster, Operator) {
     let cluster = Cluster::start(prefix).await.expect("cluster starts");
     let crds = skein_e2e::repo_root().join("config/crd");
+    let out = cluster.kubectl(&["apply", "--server-side", "-k", crds.to_str().unwrap()], None);
+    assert!(out.status.success(), "install CRDs: {}", String::from_utf8_lossy(&out.stderr));
     let out = cluster.kubectl(
-        &["apply", "--server-side", "-k", crds.to_str().unwrap()],
+        &["wait", "--for=condition=Established", "--timeout=30s", "crd/meshcontrolplanes.mesh.skein.dev"],
         None,
     );
-    assert!(
-        out.status.success(),
-        "install CRDs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster.kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/meshcontrolplanes.mesh.skein.dev",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "CRD established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "CRD established: {}", String::from_utf8_lossy(&out.stderr));
     let operator = Operator::start(&cluster, "op-a").expect("operator starts");
     (cluster, operator)
 }
@@ -61,9 +45,7 @@ fn apply(cluster: &Cluster, yaml: &str) -> Result<String, String> {
 }
 
 fn mcp_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata:\n  name: {name}\nspec:\n{spec}"
-    )
+    format!("apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata:\n  name: {name}\nspec:\n{spec}")
 }
 
 fn condition(mcp: &MeshControlPlane, type_: &str) -> Option<(String, String, String)> {
@@ -80,17 +62,12 @@ async fn wait_ready(client: &Client, name: &str, op: &Operator) -> MeshControlPl
     let start = std::time::Instant::now();
     loop {
         if let Ok(m) = api.get(name).await {
-            let current =
-                m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
+            let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
             if current && condition(&m, "Ready").is_some_and(|c| c.0 == "True") {
                 return m;
             }
         }
-        assert!(
-            start.elapsed() < WAIT,
-            "MeshControlPlane {name} not Ready; operator log:\n{}",
-            op.log()
-        );
+        assert!(start.elapsed() < WAIT, "MeshControlPlane {name} not Ready; operator log:\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -138,19 +115,12 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
     .expect("valid spec applies");
     let mcp = wait_ready(&c, "mesh", &op).await;
     let status = mcp.status.clone().unwrap();
-    assert_eq!(
-        status.version.as_deref(),
-        Some("1.0.2"),
-        "stable channel resolves to 1.0.2"
-    );
+    assert_eq!(status.version.as_deref(), Some("1.0.2"), "stable channel resolves to 1.0.2");
     assert_eq!(status.channel.as_deref(), Some("stable"));
     assert_eq!(status.active_revision.as_deref(), Some("default"));
     assert_eq!(condition(&mcp, "Reconciled").unwrap().0, "True");
-    let comps: BTreeMap<_, _> = status
-        .components
-        .iter()
-        .map(|c| (c.name.as_str(), (c.ready, c.ready_replicas)))
-        .collect();
+    let comps: BTreeMap<_, _> =
+        status.components.iter().map(|c| (c.name.as_str(), (c.ready, c.ready_replicas))).collect();
     assert_eq!(comps.get("controlPlane"), Some(&(true, 2)));
     assert_eq!(comps.get("ingressGateway"), Some(&(true, 1)));
     assert_eq!(comps.get("eastWestGateway"), Some(&(true, 1)));
@@ -159,35 +129,14 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     recorder.abort();
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen.first().map(String::as_str),
-        Some("False"),
-        "Ready=False before ready: {seen:?}"
-    );
+    assert_eq!(seen.first().map(String::as_str), Some("False"), "Ready=False before ready: {seen:?}");
     assert_eq!(seen.last().map(String::as_str), Some("True"), "{seen:?}");
 
     let ns = "mesh-system";
-    let ns_obj = get_opt(&Api::<Namespace>::all(c.clone()), ns)
-        .await
-        .expect("namespace created");
-    assert_eq!(
-        ns_obj
-            .annotations()
-            .get("mesh.skein.dev/created-by")
-            .map(String::as_str),
-        Some("mesh")
-    );
-    for name in [
-        "skein-controlplane",
-        "skein-ingressgateway",
-        "skein-eastwestgateway",
-    ] {
-        assert!(
-            get_opt(&Api::<ServiceAccount>::namespaced(c.clone(), ns), name)
-                .await
-                .is_some(),
-            "SA {name}"
-        );
+    let ns_obj = get_opt(&Api::<Namespace>::all(c.clone()), ns).await.expect("namespace created");
+    assert_eq!(ns_obj.annotations().get("mesh.skein.dev/created-by").map(String::as_str), Some("mesh"));
+    for name in ["skein-controlplane", "skein-ingressgateway", "skein-eastwestgateway"] {
+        assert!(get_opt(&Api::<ServiceAccount>::namespaced(c.clone(), ns), name).await.is_some(), "SA {name}");
         let d = get_opt(&Api::<Deployment>::namespaced(c.clone(), ns), name)
             .await
             .unwrap_or_else(|| panic!("Deployment {name}"));
@@ -195,123 +144,35 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert!(
-            get_opt(&Api::<Service>::namespaced(c.clone(), ns), name)
-                .await
-                .is_some(),
-            "Service {name}"
-        );
+        assert!(get_opt(&Api::<Service>::namespaced(c.clone(), ns), name).await.is_some(), "Service {name}");
     }
-    let svc = get_opt(
-        &Api::<Service>::namespaced(c.clone(), ns),
-        "skein-controlplane",
-    )
-    .await
-    .unwrap();
-    let ports: Vec<i32> = svc
-        .spec
-        .unwrap()
-        .ports
-        .unwrap()
-        .iter()
-        .map(|p| p.port)
-        .collect();
+    let svc = get_opt(&Api::<Service>::namespaced(c.clone(), ns), "skein-controlplane").await.unwrap();
+    let ports: Vec<i32> = svc.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
     assert_eq!(ports, [15010, 15012, 15014, 15017]);
-    let ew = get_opt(
-        &Api::<Service>::namespaced(c.clone(), ns),
-        "skein-eastwestgateway",
-    )
-    .await
-    .unwrap();
+    let ew = get_opt(&Api::<Service>::namespaced(c.clone(), ns), "skein-eastwestgateway").await.unwrap();
+    assert!(ew.spec.unwrap().ports.unwrap().iter().any(|p| p.port == 15443));
     assert!(
-        ew.spec
-            .unwrap()
-            .ports
-            .unwrap()
-            .iter()
-            .any(|p| p.port == 15443)
-    );
-    assert!(
-        get_opt(
-            &Api::<PodDisruptionBudget>::namespaced(c.clone(), ns),
-            "skein-controlplane"
-        )
-        .await
-        .is_some(),
+        get_opt(&Api::<PodDisruptionBudget>::namespaced(c.clone(), ns), "skein-controlplane").await.is_some(),
         "PDB for 2 replicas"
     );
-    assert!(
-        get_opt(&Api::<ConfigMap>::namespaced(c.clone(), ns), "skein-mesh")
-            .await
-            .is_some()
-    );
-    assert!(
-        get_opt(
-            &Api::<Role>::namespaced(c.clone(), ns),
-            "skein-controlplane"
-        )
-        .await
-        .is_some()
-    );
-    assert!(
-        get_opt(
-            &Api::<RoleBinding>::namespaced(c.clone(), ns),
-            "skein-controlplane"
-        )
-        .await
-        .is_some()
-    );
-    assert!(
-        get_opt(
-            &Api::<ClusterRole>::all(c.clone()),
-            "skein-controlplane-mesh"
-        )
-        .await
-        .is_some()
-    );
-    assert!(
-        get_opt(
-            &Api::<ClusterRoleBinding>::all(c.clone()),
-            "skein-controlplane-mesh"
-        )
-        .await
-        .is_some()
-    );
+    assert!(get_opt(&Api::<ConfigMap>::namespaced(c.clone(), ns), "skein-mesh").await.is_some());
+    assert!(get_opt(&Api::<Role>::namespaced(c.clone(), ns), "skein-controlplane").await.is_some());
+    assert!(get_opt(&Api::<RoleBinding>::namespaced(c.clone(), ns), "skein-controlplane").await.is_some());
+    assert!(get_opt(&Api::<ClusterRole>::all(c.clone()), "skein-controlplane-mesh").await.is_some());
+    assert!(get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), "skein-controlplane-mesh").await.is_some());
 
     // The webhook trusts the generated root, and the root is in Istio's cacerts layout.
-    let ca = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca")
-        .await
-        .expect("root CA secret");
+    let ca = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca").await.expect("root CA secret");
     let data = ca.data.unwrap();
-    for key in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-    ] {
+    for key in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"] {
         assert!(data.contains_key(key), "cacerts layout has {key}");
     }
-    let hook = get_opt(
-        &Api::<MutatingWebhookConfiguration>::all(c.clone()),
-        "skein-sidecar-injector-mesh",
-    )
-    .await
-    .expect("webhook");
-    let bundle = hook.webhooks.unwrap()[0]
-        .client_config
-        .ca_bundle
-        .clone()
-        .unwrap();
-    assert_eq!(
-        bundle.0, data["root-cert.pem"].0,
-        "caBundle is the mesh root"
-    );
-    let tls = get_opt(
-        &Api::<Secret>::namespaced(c.clone(), ns),
-        "skein-webhook-tls",
-    )
-    .await
-    .expect("webhook cert");
+    let hook = get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), "skein-sidecar-injector-mesh")
+        .await
+        .expect("webhook");
+    let bundle = hook.webhooks.unwrap()[0].client_config.ca_bundle.clone().unwrap();
+    assert_eq!(bundle.0, data["root-cert.pem"].0, "caBundle is the mesh root");
+    let tls = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-webhook-tls").await.expect("webhook cert");
     assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
 }
 
@@ -319,35 +180,18 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
 async fn deleted_or_edited_children_are_repaired() {
     let (cluster, op) = setup("drift").await;
     let c = cluster.client.clone();
-    apply(
-        &cluster,
-        &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n"),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n")).unwrap();
     wait_ready(&c, "mesh", &op).await;
     let ns = "skein-system";
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
-    let ca_before = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca")
-        .await
-        .unwrap()
-        .data;
+    let ca_before = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca").await.unwrap().data;
 
     // Deleted Deployment comes back (a new object).
     let old_uid = deployments.get("skein-controlplane").await.unwrap().uid();
-    deployments
-        .delete("skein-controlplane", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "deleted Deployment recreated",
-        Duration::from_secs(15),
-        || async {
-            get_opt(&deployments, "skein-controlplane")
-                .await
-                .filter(|d| d.uid() != old_uid)
-                .map(|_| ())
-        },
-    )
+    deployments.delete("skein-controlplane", &DeleteParams::default()).await.unwrap();
+    eventually("deleted Deployment recreated", Duration::from_secs(15), || async {
+        get_opt(&deployments, "skein-controlplane").await.filter(|d| d.uid() != old_uid).map(|_| ())
+    })
     .await;
 
     // Hand edits by another field manager are reverted.
@@ -356,24 +200,13 @@ async fn deleted_or_edited_children_are_repaired() {
         .patch(
             "skein-controlplane",
             &by_hand,
-            &Patch::Apply(
-                json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}}),
-            ),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}})),
         )
         .await
         .unwrap();
-    eventually(
-        "replicas restored to 1",
-        Duration::from_secs(15),
-        || async {
-            (get_opt(&deployments, "skein-controlplane")
-                .await?
-                .spec?
-                .replicas
-                == Some(1))
-            .then_some(())
-        },
-    )
+    eventually("replicas restored to 1", Duration::from_secs(15), || async {
+        (get_opt(&deployments, "skein-controlplane").await?.spec?.replicas == Some(1)).then_some(())
+    })
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
     cms.patch(
@@ -385,39 +218,26 @@ async fn deleted_or_edited_children_are_repaired() {
     .unwrap();
     eventually("mesh config restored", Duration::from_secs(15), || async {
         let data = get_opt(&cms, "skein-mesh").await?.data?;
-        data["mesh"]
-            .contains("trustDomain: cluster.local")
-            .then_some(())
+        data["mesh"].contains("trustDomain: cluster.local").then_some(())
     })
     .await;
 
     // Cluster-scoped children too.
     let roles: Api<ClusterRole> = Api::all(c.clone());
-    roles
-        .delete("skein-controlplane-mesh", &DeleteParams::default())
-        .await
-        .unwrap();
+    roles.delete("skein-controlplane-mesh", &DeleteParams::default()).await.unwrap();
     eventually("ClusterRole recreated", Duration::from_secs(15), || async {
         get_opt(&roles, "skein-controlplane-mesh").await.map(|_| ())
     })
     .await;
     let hooks: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
-    hooks
-        .delete("skein-sidecar-injector-mesh", &DeleteParams::default())
-        .await
-        .unwrap();
+    hooks.delete("skein-sidecar-injector-mesh", &DeleteParams::default()).await.unwrap();
     eventually("webhook recreated", Duration::from_secs(15), || async {
-        get_opt(&hooks, "skein-sidecar-injector-mesh")
-            .await
-            .map(|_| ())
+        get_opt(&hooks, "skein-sidecar-injector-mesh").await.map(|_| ())
     })
     .await;
 
     // Repairs never regenerate the root of trust.
-    let ca_after = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca")
-        .await
-        .unwrap()
-        .data;
+    let ca_after = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca").await.unwrap().data;
     assert_eq!(ca_before, ca_after, "root CA unchanged");
     wait_ready(&c, "mesh", &op).await;
 }
@@ -428,45 +248,23 @@ async fn invalid_specs_are_rejected_by_the_apiserver_naming_the_field() {
     let cases = [
         ("  channel: beta\n", "spec.channel"),
         ("  version: latest-please\n", "spec.version"),
-        (
-            "  components: {controlPlane: {replicas: 0}}\n",
-            "spec.components.controlPlane.replicas",
-        ),
-        (
-            "  components: {ingressGateway: {serviceType: Magic}}\n",
-            "spec.components.ingressGateway.serviceType",
-        ),
-        (
-            "  meshConfig: {outboundTrafficPolicy: {mode: DENY_ALL}}\n",
-            "spec.meshConfig.outboundTrafficPolicy.mode",
-        ),
-        (
-            "  security: {rootCA: {type: Secret}}\n",
-            "secretName is required when type is Secret",
-        ),
-        (
-            "  meshConfig: {enableTracing: true}\n",
-            "tracing.address is required when enableTracing is true",
-        ),
-        (
-            "  updateStrategy: {type: BlueGreen}\n",
-            "spec.updateStrategy.type",
-        ),
+        ("  components: {controlPlane: {replicas: 0}}\n", "spec.components.controlPlane.replicas"),
+        ("  components: {ingressGateway: {serviceType: Magic}}\n", "spec.components.ingressGateway.serviceType"),
+        ("  meshConfig: {outboundTrafficPolicy: {mode: DENY_ALL}}\n", "spec.meshConfig.outboundTrafficPolicy.mode"),
+        ("  security: {rootCA: {type: Secret}}\n", "secretName is required when type is Secret"),
+        ("  meshConfig: {enableTracing: true}\n", "tracing.address is required when enableTracing is true"),
+        ("  updateStrategy: {type: BlueGreen}\n", "spec.updateStrategy.type"),
         ("  namespace: Not_A_Namespace\n", "spec.namespace"),
     ];
     for (spec, field) in cases {
         let err = apply(&cluster, &mcp_yaml("bad", spec)).expect_err(spec);
-        assert!(
-            err.contains(field),
-            "error for {spec:?} should name {field:?}: {err}"
-        );
+        assert!(err.contains(field), "error for {spec:?} should name {field:?}: {err}");
     }
 
     // Immutable namespace: the change is refused and the object keeps its value.
     apply(&cluster, &mcp_yaml("mesh", "  namespace: first\n")).unwrap();
     wait_ready(&cluster.client, "mesh", &op).await;
-    let err = apply(&cluster, &mcp_yaml("mesh", "  namespace: second\n"))
-        .expect_err("namespace is immutable");
+    let err = apply(&cluster, &mcp_yaml("mesh", "  namespace: second\n")).expect_err("namespace is immutable");
     assert!(err.contains("namespace is immutable"), "{err}");
     let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
     assert_eq!(api.get("mesh").await.unwrap().spec.namespace, "first");
@@ -480,19 +278,8 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     wait_ready(&c, "mesh", &op).await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
     let before = deployments.get("skein-controlplane").await.unwrap();
-    let image = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .image
-            .clone()
-            .unwrap()
-    };
+    let image =
+        |d: &Deployment| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
     assert!(image(&before).ends_with(":1.0.1"), "{}", image(&before));
 
     apply(&cluster, &mcp_yaml("mesh", "  version: 9.9.9\n")).unwrap();
@@ -500,29 +287,16 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     let m = eventually("Reconciled=False for an unknown version", WAIT, || async {
         let m = api.get("mesh").await.ok()?;
         let (status, _, _) = condition(&m, "Reconciled")?;
-        (status == "False" && m.status.as_ref()?.observed_generation == m.metadata.generation)
-            .then_some(m)
+        (status == "False" && m.status.as_ref()?.observed_generation == m.metadata.generation).then_some(m)
     })
     .await;
     let (_, reason, message) = condition(&m, "Reconciled").unwrap();
     assert_eq!(reason, "InvalidVersion");
     assert!(message.contains("spec.version \"9.9.9\""), "{message}");
-    assert_eq!(
-        m.status.as_ref().unwrap().version.as_deref(),
-        Some("1.0.1"),
-        "still reports what is installed"
-    );
-    assert_eq!(
-        condition(&m, "Ready").unwrap().0,
-        "True",
-        "the installed release keeps serving"
-    );
+    assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"), "still reports what is installed");
+    assert_eq!(condition(&m, "Ready").unwrap().0, "True", "the installed release keeps serving");
     let after = deployments.get("skein-controlplane").await.unwrap();
-    assert_eq!(
-        after.resource_version(),
-        before.resource_version(),
-        "installed Deployment untouched"
-    );
+    assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched");
 
     // An in-place version change rolls the images forward.
     apply(&cluster, &mcp_yaml("mesh", "  version: v1.0-latest\n")).unwrap();
@@ -540,33 +314,17 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
 async fn user_provided_root_ca_is_used_and_a_missing_one_is_reported() {
     let (cluster, op) = setup("cacerts").await;
     let c = cluster.client.clone();
-    apply(
-        &cluster,
-        &mcp_yaml(
-            "mesh",
-            "  security: {rootCA: {type: Secret, secretName: cacerts}}\n",
-        ),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  security: {rootCA: {type: Secret, secretName: cacerts}}\n")).unwrap();
     let api: Api<MeshControlPlane> = Api::all(c.clone());
     let m = eventually("InvalidRootCA reported", WAIT, || async {
         let m = api.get("mesh").await.ok()?;
         (condition(&m, "Reconciled")?.1 == "InvalidRootCA").then_some(m)
     })
     .await;
-    assert!(
-        condition(&m, "Reconciled").unwrap().2.contains("cacerts"),
-        "{:?}",
-        condition(&m, "Reconciled")
-    );
+    assert!(condition(&m, "Reconciled").unwrap().2.contains("cacerts"), "{:?}", condition(&m, "Reconciled"));
     assert_eq!(condition(&m, "Ready").unwrap().0, "False");
     assert!(
-        get_opt(
-            &Api::<Deployment>::namespaced(c.clone(), "skein-system"),
-            "skein-controlplane"
-        )
-        .await
-        .is_none(),
+        get_opt(&Api::<Deployment>::namespaced(c.clone(), "skein-system"), "skein-controlplane").await.is_none(),
         "nothing installed"
     );
 
@@ -574,44 +332,18 @@ async fn user_provided_root_ca_is_used_and_a_missing_one_is_reported() {
     let ca = skein_operator::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
     let secrets: Api<Secret> = Api::namespaced(c.clone(), "skein-system");
     let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("cacerts".into()),
-            ..Default::default()
-        },
-        data: Some(
-            ca.to_secret_data()
-                .into_iter()
-                .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
-                .collect(),
-        ),
+        metadata: kube::api::ObjectMeta { name: Some("cacerts".into()), ..Default::default() },
+        data: Some(ca.to_secret_data().into_iter().map(|(k, v)| (k, k8s_openapi::ByteString(v))).collect()),
         ..Default::default()
     };
     secrets.create(&Default::default(), &secret).await.unwrap();
     wait_ready(&c, "mesh", &op).await;
-    let hook = get_opt(
-        &Api::<MutatingWebhookConfiguration>::all(c.clone()),
-        "skein-sidecar-injector-mesh",
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        hook.webhooks.unwrap()[0]
-            .client_config
-            .ca_bundle
-            .clone()
-            .unwrap()
-            .0,
-        ca.root_cert_pem.as_bytes()
-    );
-    assert!(
-        get_opt(&secrets, "skein-ca").await.is_none(),
-        "no self-signed root generated"
-    );
+    let hook =
+        get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), "skein-sidecar-injector-mesh").await.unwrap();
+    assert_eq!(hook.webhooks.unwrap()[0].client_config.ca_bundle.clone().unwrap().0, ca.root_cert_pem.as_bytes());
+    assert!(get_opt(&secrets, "skein-ca").await.is_none(), "no self-signed root generated");
     let user = secrets.get("cacerts").await.unwrap();
-    assert!(
-        user.owner_references().is_empty(),
-        "user's Secret is not adopted"
-    );
+    assert!(user.owner_references().is_empty(), "user's Secret is not adopted");
 }
 
 #[tokio::test]
@@ -621,95 +353,46 @@ async fn deleting_the_mesh_control_plane_removes_everything_it_created() {
     let namespaces: Api<Namespace> = Api::all(c.clone());
     // One installation in a namespace the operator creates, one in a namespace that already exists.
     let existing = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some("preexisting".into()),
-            ..Default::default()
-        },
+        metadata: kube::api::ObjectMeta { name: Some("preexisting".into()), ..Default::default() },
         ..Default::default()
     };
-    namespaces
-        .create(&Default::default(), &existing)
-        .await
-        .unwrap();
+    namespaces.create(&Default::default(), &existing).await.unwrap();
     apply(&cluster, &mcp_yaml("ours", "  namespace: ours-system\n")).unwrap();
-    apply(
-        &cluster,
-        &mcp_yaml(
-            "theirs",
-            "  namespace: preexisting\n  components: {egressGateway: {enabled: true}}\n",
-        ),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("theirs", "  namespace: preexisting\n  components: {egressGateway: {enabled: true}}\n"))
+        .unwrap();
     wait_ready(&c, "ours", &op).await;
     wait_ready(&c, "theirs", &op).await;
 
     let api: Api<MeshControlPlane> = Api::all(c.clone());
     api.delete("ours", &DeleteParams::default()).await.unwrap();
-    api.delete("theirs", &DeleteParams::default())
-        .await
-        .unwrap();
+    api.delete("theirs", &DeleteParams::default()).await.unwrap();
     eventually("both MeshControlPlanes gone", WAIT, || async {
-        (get_opt(&api, "ours").await.is_none() && get_opt(&api, "theirs").await.is_none())
-            .then_some(())
+        (get_opt(&api, "ours").await.is_none() && get_opt(&api, "theirs").await.is_none()).then_some(())
     })
     .await;
     eventually("created namespace removed", WAIT, || async {
-        get_opt(&namespaces, "ours-system")
-            .await
-            .is_none()
-            .then_some(())
+        get_opt(&namespaces, "ours-system").await.is_none().then_some(())
     })
     .await;
     for name in ["ours", "theirs"] {
         let cr = format!("skein-controlplane-{name}");
-        assert!(
-            get_opt(&Api::<ClusterRole>::all(c.clone()), &cr)
-                .await
-                .is_none(),
-            "{cr}"
-        );
-        assert!(
-            get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), &cr)
-                .await
-                .is_none(),
-            "{cr}"
-        );
+        assert!(get_opt(&Api::<ClusterRole>::all(c.clone()), &cr).await.is_none(), "{cr}");
+        assert!(get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), &cr).await.is_none(), "{cr}");
         let hook = format!("skein-sidecar-injector-{name}");
-        assert!(
-            get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), &hook)
-                .await
-                .is_none(),
-            "{hook}"
-        );
+        assert!(get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), &hook).await.is_none(), "{hook}");
     }
     // The namespace that existed before stays; what the operator put in it is collected.
-    let pre = get_opt(&namespaces, "preexisting")
-        .await
-        .expect("pre-existing namespace kept");
+    let pre = get_opt(&namespaces, "preexisting").await.expect("pre-existing namespace kept");
     assert!(pre.metadata.deletion_timestamp.is_none());
-    eventually(
-        "children in the kept namespace garbage-collected",
-        WAIT,
-        || async {
-            let deps = Api::<Deployment>::namespaced(c.clone(), "preexisting")
-                .list(&Default::default())
-                .await
-                .ok()?;
-            let secrets = Api::<Secret>::namespaced(c.clone(), "preexisting")
-                .list(&Default::default())
-                .await
-                .ok()?;
-            let cms = Api::<ConfigMap>::namespaced(c.clone(), "preexisting")
-                .list(
-                    &kube::api::ListParams::default()
-                        .labels("app.kubernetes.io/managed-by=skein-operator"),
-                )
-                .await
-                .ok()?;
-            (deps.items.is_empty() && secrets.items.is_empty() && cms.items.is_empty())
-                .then_some(())
-        },
-    )
+    eventually("children in the kept namespace garbage-collected", WAIT, || async {
+        let deps = Api::<Deployment>::namespaced(c.clone(), "preexisting").list(&Default::default()).await.ok()?;
+        let secrets = Api::<Secret>::namespaced(c.clone(), "preexisting").list(&Default::default()).await.ok()?;
+        let cms = Api::<ConfigMap>::namespaced(c.clone(), "preexisting")
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=skein-operator"))
+            .await
+            .ok()?;
+        (deps.items.is_empty() && secrets.items.is_empty() && cms.items.is_empty()).then_some(())
+    })
     .await;
 }
 
@@ -721,35 +404,20 @@ async fn versions(c: &Client, ns: &str) -> BTreeMap<String, String> {
         ($kind:ty, $api:expr) => {
             for o in $api.list(&sel).await.unwrap().items {
                 let o: $kind = o;
-                out.insert(
-                    format!("{}/{}", stringify!($kind), o.name_any()),
-                    o.resource_version().unwrap_or_default(),
-                );
+                out.insert(format!("{}/{}", stringify!($kind), o.name_any()), o.resource_version().unwrap_or_default());
             }
         };
     }
     collect!(Deployment, Api::<Deployment>::namespaced(c.clone(), ns));
     collect!(Service, Api::<Service>::namespaced(c.clone(), ns));
-    collect!(
-        ServiceAccount,
-        Api::<ServiceAccount>::namespaced(c.clone(), ns)
-    );
+    collect!(ServiceAccount, Api::<ServiceAccount>::namespaced(c.clone(), ns));
     collect!(ConfigMap, Api::<ConfigMap>::namespaced(c.clone(), ns));
     collect!(Secret, Api::<Secret>::namespaced(c.clone(), ns));
     collect!(Role, Api::<Role>::namespaced(c.clone(), ns));
     collect!(ClusterRole, Api::<ClusterRole>::all(c.clone()));
-    collect!(
-        MutatingWebhookConfiguration,
-        Api::<MutatingWebhookConfiguration>::all(c.clone())
-    );
-    let m = Api::<MeshControlPlane>::all(c.clone())
-        .get("mesh")
-        .await
-        .unwrap();
-    out.insert(
-        "MeshControlPlane/mesh".into(),
-        m.resource_version().unwrap_or_default(),
-    );
+    collect!(MutatingWebhookConfiguration, Api::<MutatingWebhookConfiguration>::all(c.clone()));
+    let m = Api::<MeshControlPlane>::all(c.clone()).get("mesh").await.unwrap();
+    out.insert("MeshControlPlane/mesh".into(), m.resource_version().unwrap_or_default());
     out
 }
 
@@ -759,32 +427,17 @@ async fn steady_state_writes_nothing() {
     let c = cluster.client.clone();
     apply(
         &cluster,
-        &mcp_yaml(
-            "mesh",
-            "  components: {egressGateway: {enabled: true}, eastWestGateway: {enabled: true}}\n",
-        ),
+        &mcp_yaml("mesh", "  components: {egressGateway: {enabled: true}, eastWestGateway: {enabled: true}}\n"),
     )
     .unwrap();
     wait_ready(&c, "mesh", &op).await;
     // Let the last status write and watch events settle, then measure a window.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = versions(&c, "skein-system").await;
-    assert!(
-        before.len() >= 15,
-        "expected every managed object, got {before:?}"
-    );
-    let applied = op
-        .metric("skein_operator_objects_applied_total")
-        .await
-        .expect("metric");
-    let status_writes = op
-        .metric("skein_operator_status_writes_total")
-        .await
-        .expect("metric");
-    let reconciles = op
-        .metric("skein_operator_reconciles_total")
-        .await
-        .expect("metric");
+    assert!(before.len() >= 15, "expected every managed object, got {before:?}");
+    let applied = op.metric("skein_operator_objects_applied_total").await.expect("metric");
+    let status_writes = op.metric("skein_operator_status_writes_total").await.expect("metric");
+    let reconciles = op.metric("skein_operator_reconciles_total").await.expect("metric");
 
     // Force extra reconciles with no spec change (an unrelated annotation bumps no generation
     // and changes nothing desired): they must still write nothing.
@@ -806,35 +459,20 @@ async fn steady_state_writes_nothing() {
     after.remove("MeshControlPlane/mesh");
     let mut before = before;
     before.remove("MeshControlPlane/mesh");
-    assert_eq!(
-        before, after,
-        "managed objects were written in steady state"
-    );
+    assert_eq!(before, after, "managed objects were written in steady state");
     assert!(
         op.metric("skein_operator_reconciles_total").await.unwrap() > reconciles,
         "the pokes did trigger reconciles"
     );
-    assert_eq!(
-        op.metric("skein_operator_objects_applied_total").await,
-        Some(applied),
-        "no object applied"
-    );
-    assert_eq!(
-        op.metric("skein_operator_status_writes_total").await,
-        Some(status_writes),
-        "no status written"
-    );
+    assert_eq!(op.metric("skein_operator_objects_applied_total").await, Some(applied), "no object applied");
+    assert_eq!(op.metric("skein_operator_status_writes_total").await, Some(status_writes), "no status written");
 }
 
 #[tokio::test]
 async fn operator_converges_after_an_apiserver_restart_without_restarting_itself() {
     let (cluster, mut op) = setup("restart").await;
     let c = cluster.client.clone();
-    apply(
-        &cluster,
-        &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n"),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n")).unwrap();
     wait_ready(&c, "mesh", &op).await;
     let pid = op.pid();
 
@@ -843,24 +481,12 @@ async fn operator_converges_after_an_apiserver_restart_without_restarting_itself
     cluster.start_apiserver().unwrap();
 
     // A change made after the restart is acted on by the same process.
-    apply(
-        &cluster,
-        &mcp_yaml(
-            "mesh",
-            "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n",
-        ),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n"))
+        .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
-    eventually(
-        "egress gateway installed after the restart",
-        WAIT,
-        || async {
-            get_opt(&deployments, "skein-egressgateway")
-                .await
-                .map(|_| ())
-        },
-    )
+    eventually("egress gateway installed after the restart", WAIT, || async {
+        get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
+    })
     .await;
     wait_ready(&c, "mesh", &op).await;
     assert!(op.is_running(), "operator exited; log:\n{}", op.log());
@@ -877,42 +503,22 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     let standby = Operator::start(&cluster, "op-b").unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        standby.metric("skein_operator_leader").await,
-        Some(0.0),
-        "standby must not lead"
-    );
+    assert_eq!(standby.metric("skein_operator_leader").await, Some(0.0), "standby must not lead");
 
-    apply(
-        &cluster,
-        &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n"),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n")).unwrap();
     wait_ready(&c, "mesh", &leader).await;
-    assert_eq!(
-        standby.metric("skein_operator_reconciles_total").await,
-        Some(0.0),
-        "standby reconciled"
-    );
+    assert_eq!(standby.metric("skein_operator_reconciles_total").await, Some(0.0), "standby reconciled");
 
     leader.kill();
     eventually("standby takes the lease", WAIT, || async {
         (standby.metric("skein_operator_leader").await? == 1.0).then_some(())
     })
     .await;
-    apply(
-        &cluster,
-        &mcp_yaml(
-            "mesh",
-            "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n",
-        ),
-    )
-    .unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n"))
+        .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
     eventually("new leader acts on changes", WAIT, || async {
-        get_opt(&deployments, "skein-egressgateway")
-            .await
-            .map(|_| ())
+        get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
     })
     .await;
 }

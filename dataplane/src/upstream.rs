@@ -1,0 +1,405 @@
+//! An upstream cluster at run time: endpoint choice (load balancing), circuit breaking and
+//! outlier detection. Lock-free on the request path except the ejection bookkeeping, which
+//! takes a short mutex only when an endpoint crosses its error threshold.
+
+use std::{
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use skein_api::proxy::{Cluster, ConnectionPool, HashKey, LoadBalancer, OutlierDetection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Istio's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Istio's default base ejection time.
+const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// Istio's default maximum ejection percentage.
+const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+
+/// One endpoint and what the proxy knows about it.
+struct Endpoint {
+    addr: SocketAddr,
+    active: AtomicUsize,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t > now)
+    }
+}
+
+/// How a request went, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// Could not connect, or the connection was reset before a response.
+    ConnectFailure,
+}
+
+/// A cluster at run time.
+pub struct Upstream {
+    /// Cluster name.
+    pub name: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    endpoints: Vec<Endpoint>,
+    lb: LoadBalancer,
+    next: AtomicUsize,
+    /// Active-request slots (`maxConnections` for HTTP/1.1: one request per connection).
+    connections: Option<Arc<Semaphore>>,
+    max_pending: Option<usize>,
+    pending: AtomicUsize,
+    max_requests: Option<usize>,
+    requests: AtomicUsize,
+    max_retries: Option<usize>,
+    retries: AtomicUsize,
+    outlier: Option<OutlierDetection>,
+    /// Requests refused because the pending queue was full (`upstream_rq_pending_overflow`).
+    pub pending_overflow: AtomicUsize,
+    /// Endpoint ejections so far (`outlier_detection.ejections_total`).
+    pub ejections: AtomicUsize,
+}
+
+/// Holds a cluster's request slot while a request is in flight.
+pub struct Admission {
+    _conn: Option<OwnedSemaphorePermit>,
+    up: Arc<Upstream>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.up.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds an endpoint's active-request count (least-request balancing).
+pub struct EndpointGuard<'a> {
+    ep: &'a Endpoint,
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+}
+
+impl Drop for EndpointGuard<'_> {
+    fn drop(&mut self) {
+        self.ep.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Retry budget slot.
+pub struct RetrySlot<'a>(&'a AtomicUsize);
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn limit(v: Option<u32>) -> Option<usize> {
+    v.map(|v| v as usize)
+}
+
+/// What a consistent hash is taken over, extracted from the request by the caller.
+pub struct HashInput<'a> {
+    /// Request headers.
+    pub headers: &'a hyper::HeaderMap,
+    /// Client address.
+    pub source: Option<SocketAddr>,
+}
+
+impl Upstream {
+    /// Builds the run-time state of `c`.
+    pub fn new(c: &Cluster) -> Self {
+        let pool = c.connection_pool.clone().unwrap_or_default();
+        let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries } = pool;
+        Self {
+            name: c.name.clone(),
+            connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            endpoints: c
+                .endpoints
+                .iter()
+                .map(|&addr| Endpoint {
+                    addr,
+                    active: AtomicUsize::new(0),
+                    consecutive_5xx: AtomicU32::new(0),
+                    consecutive_gateway: AtomicU32::new(0),
+                    ejections: AtomicU32::new(0),
+                    ejected_until: Mutex::new(None),
+                })
+                .collect(),
+            lb: c.load_balancer.clone(),
+            next: AtomicUsize::new(0),
+            connections: limit(max_connections).map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            max_pending: limit(http1_max_pending_requests),
+            pending: AtomicUsize::new(0),
+            max_requests: limit(http2_max_requests),
+            requests: AtomicUsize::new(0),
+            max_retries: limit(max_retries),
+            retries: AtomicUsize::new(0),
+            outlier: c.outlier_detection.clone(),
+            pending_overflow: AtomicUsize::new(0),
+            ejections: AtomicUsize::new(0),
+        }
+    }
+
+    /// The Istio service name in the cluster name (`outbound|80|v1|reviews` → `reviews`).
+    pub fn service(&self) -> &str {
+        self.name.rsplit('|').next().unwrap_or(&self.name)
+    }
+
+    /// Admits a request under the circuit breakers: waits for a connection slot if the pending
+    /// queue has room, else refuses (`None`: answer 503, flag `UO`).
+    pub async fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let prev = self.requests.fetch_add(1, Ordering::Relaxed);
+        let admission = |conn| Admission { _conn: conn, up: self.clone() };
+        if self.max_requests.is_some_and(|m| prev >= m) {
+            drop(admission(None));
+            self.pending_overflow.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some(sem) = &self.connections else { return Some(admission(None)) };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Some(admission(Some(p)));
+        }
+        // All connections busy: queue if allowed (Envoy's default pending limit is effectively
+        // unbounded; Istio's is 2^32-1).
+        let queued = self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.max_pending.is_some_and(|m| queued >= m) {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            drop(admission(None));
+            self.pending_overflow.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let permit = sem.clone().acquire_owned().await.ok();
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        Some(admission(permit))
+    }
+
+    /// A retry slot, if `maxRetries` allows another concurrent retry.
+    pub fn retry_slot(&self) -> Option<RetrySlot<'_>> {
+        let prev = self.retries.fetch_add(1, Ordering::Relaxed);
+        let slot = RetrySlot(&self.retries);
+        if self.max_retries.is_some_and(|m| prev >= m) {
+            drop(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Picks an endpoint by the cluster's load-balancing policy, skipping ejected endpoints
+    /// (all of them, if every endpoint is ejected: better a likely failure than certain one).
+    pub fn pick(&self, input: &HashInput<'_>) -> Option<EndpointGuard<'_>> {
+        let now = Instant::now();
+        let healthy: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !e.ejected(now)).collect();
+        let pool: Vec<&Endpoint> = if healthy.is_empty() { self.endpoints.iter().collect() } else { healthy };
+        if pool.is_empty() {
+            return None;
+        }
+        let ep = match &self.lb {
+            LoadBalancer::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
+            LoadBalancer::Random => pool[fastrand::usize(..pool.len())],
+            LoadBalancer::LeastRequest => {
+                // Power of two choices: near-optimal spread without scanning every endpoint.
+                let (a, b) = (pool[fastrand::usize(..pool.len())], pool[fastrand::usize(..pool.len())]);
+                if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) { b } else { a }
+            }
+            LoadBalancer::ConsistentHash(key) => match hash_key(key, input) {
+                // Rendezvous hashing: each endpoint scores the key; highest wins. Removing an
+                // endpoint moves only the keys it owned.
+                Some(k) => *pool.iter().max_by_key(|e| hash_of(&(k, e.addr))).unwrap_or(&pool[0]),
+                None => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
+            },
+        };
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        Some(EndpointGuard { ep, addr: ep.addr })
+    }
+
+    /// Records how a request to `addr` went and ejects the endpoint if it crossed a threshold.
+    pub fn report(&self, addr: SocketAddr, outcome: Outcome) {
+        let Some(od) = &self.outlier else { return };
+        let Some(ep) = self.endpoints.iter().find(|e| e.addr == addr) else { return };
+        let (is_5xx, is_gateway) = match outcome {
+            Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
+            Outcome::ConnectFailure => (true, true),
+        };
+        let bump = |c: &AtomicU32, bad: bool| {
+            if bad {
+                c.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                c.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let n5 = bump(&ep.consecutive_5xx, is_5xx);
+        let ngw = bump(&ep.consecutive_gateway, is_gateway);
+        let over = |threshold: Option<u32>, n: u32| threshold.is_some_and(|t| t > 0 && n >= t);
+        if !(over(od.consecutive_5xx_errors, n5) || over(od.consecutive_gateway_errors, ngw)) {
+            return;
+        }
+        let now = Instant::now();
+        let max_pct = od.max_ejection_percent.unwrap_or(DEFAULT_MAX_EJECTION_PERCENT) as usize;
+        let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        // Envoy always allows ejecting at least one host, whatever the percentage.
+        let allowed = (self.endpoints.len() * max_pct / 100).max(1);
+        if ejected >= allowed || ep.ejected(now) {
+            return;
+        }
+        let times = ep.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = od.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION);
+        *ep.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + base * times);
+        ep.consecutive_5xx.store(0, Ordering::Relaxed);
+        ep.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %self.name, endpoint = %addr, "outlier ejected");
+    }
+}
+
+fn hash_of<T: Hash>(v: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<u64> {
+    match key {
+        HashKey::HttpHeaderName(name) => input.headers.get(name.as_str()).map(|v| hash_of(&v.as_bytes())),
+        HashKey::HttpCookie(name) => input
+            .headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_of(&v)),
+        HashKey::UseSourceIp => input.source.map(|s| hash_of(&s.ip())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> Arc<Upstream> {
+        let c: Cluster = serde_yaml::from_str(yaml).unwrap();
+        Arc::new(Upstream::new(&c))
+    }
+
+    fn none() -> HashInput<'static> {
+        static EMPTY: std::sync::OnceLock<hyper::HeaderMap> = std::sync::OnceLock::new();
+        HashInput { headers: EMPTY.get_or_init(hyper::HeaderMap::new), source: None }
+    }
+
+    const EPS: &str = "endpoints: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3', '127.0.0.1:4']";
+
+    #[test]
+    fn round_robin_visits_each_endpoint_in_turn() {
+        let up = cluster(&format!("{{name: c, {EPS}}}"));
+        let ports: Vec<u16> = (0..8).map(|_| up.pick(&none()).unwrap().addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 4, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn least_request_avoids_a_busy_endpoint() {
+        let up = cluster("{name: c, loadBalancer: {simple: LEAST_REQUEST}, endpoints: ['127.0.0.1:1', '127.0.0.1:2']}");
+        let busy: Vec<_> = (0..50).map(|_| up.pick(&none()).unwrap()).filter(|g| g.addr.port() == 1).take(1).collect();
+        assert_eq!(busy.len(), 1, "port 1 picked at least once");
+        // Port 1 now has one request in flight: whenever both candidates differ, 2 wins.
+        let picks: Vec<u16> = (0..200).map(|_| up.pick(&none()).unwrap().addr.port()).collect();
+        let ones = picks.iter().filter(|p| **p == 1).count();
+        assert!(ones < 100, "busy endpoint got {ones} of 200");
+    }
+
+    #[test]
+    fn consistent_hash_on_a_header_is_sticky_and_spreads_keys() {
+        let up = cluster(&format!("{{name: c, loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}, {EPS}}}"));
+        let pick = |user: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("x-user", user.parse().unwrap());
+            up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port()
+        };
+        let first = pick("alice");
+        assert!((0..20).all(|_| pick("alice") == first), "same key, same endpoint");
+        let distinct: std::collections::BTreeSet<u16> = (0..40).map(|i| pick(&format!("user{i}"))).collect();
+        assert!(distinct.len() >= 3, "keys spread over endpoints: {distinct:?}");
+    }
+
+    #[test]
+    fn consistent_hash_on_source_ip_and_cookie() {
+        let up = cluster(&format!("{{name: c, loadBalancer: {{consistentHash: {{useSourceIp: true}}}}, {EPS}}}"));
+        let h = hyper::HeaderMap::new();
+        let from = |ip: &str| {
+            up.pick(&HashInput { headers: &h, source: Some(format!("{ip}:5000").parse().unwrap()) })
+                .unwrap()
+                .addr
+                .port()
+        };
+        assert_eq!(from("127.0.0.9"), from("127.0.0.9"));
+        let up =
+            cluster(&format!("{{name: c, loadBalancer: {{consistentHash: {{httpCookie: {{name: session}}}}}}, {EPS}}}"));
+        let mut h = hyper::HeaderMap::new();
+        h.insert("cookie", "a=1; session=xyz".parse().unwrap());
+        let p = up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port();
+        assert!((0..10).all(|_| up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port() == p));
+    }
+
+    #[test]
+    fn consecutive_5xx_eject_an_endpoint_within_the_percentage_cap() {
+        let up = cluster(&format!(
+            "{{name: c, {EPS}, outlierDetection: {{consecutive5xxErrors: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}}}"
+        ));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        up.report(a, Outcome::Status(500));
+        up.report(a, Outcome::Status(500));
+        up.report(a, Outcome::Status(200)); // a success resets the count
+        up.report(a, Outcome::Status(500));
+        up.report(a, Outcome::Status(503));
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 0);
+        up.report(a, Outcome::Status(500));
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 1);
+        assert!((0..12).all(|_| up.pick(&none()).unwrap().addr != a), "ejected endpoint not picked");
+        // 50% of 4 = 2 may be ejected; a third is not.
+        for port in [2, 3] {
+            let e: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            for _ in 0..3 {
+                up.report(e, Outcome::ConnectFailure);
+            }
+        }
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn max_connections_one_and_one_pending_overflows_the_third_request() {
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
+        );
+        let first = up.admit().await.expect("first admitted");
+        let up2 = up.clone();
+        let second = tokio::spawn(async move { up2.admit().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(50)).await; // second is now queued
+        assert!(up.admit().await.is_none(), "third overflows");
+        assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert!(second.await.unwrap(), "queued request proceeds when a slot frees");
+    }
+
+    #[test]
+    fn retry_budget_caps_concurrent_retries() {
+        let up = cluster("{name: c, connectionPool: {maxRetries: 1}}");
+        let slot = up.retry_slot();
+        assert!(slot.is_some());
+        assert!(up.retry_slot().is_none());
+        drop(slot);
+        assert!(up.retry_slot().is_some());
+    }
+}
