@@ -54,15 +54,25 @@ pub struct Listener {
     /// Protocol spoken on it. Default `HTTP`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// Destination cluster of a `TCP` listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListenerProtocol {
-    /// HTTP/1.1 (and h2c later), routed by virtual host.
+    /// HTTP/1.1, routed by virtual host.
     #[default]
     #[serde(rename = "HTTP")]
     Http,
+    /// Raw TCP to `cluster`.
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// TLS passed through untouched, routed by the ClientHello's server name in Istio's
+    /// `outbound_.<port>_.<subset>_.<host>` form (the east-west gateway on 15443).
+    #[serde(rename = "AUTO_PASSTHROUGH")]
+    AutoPassthrough,
 }
 
 /// Routes for a set of domains (one VirtualService host, or a Service's names).
@@ -500,6 +510,19 @@ impl ProxyConfig {
         let clusters: std::collections::BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         if clusters.len() != self.clusters.len() {
             return Err(invalid("clusters", "duplicate cluster name"));
+        }
+        for l in &self.listeners {
+            let at = format!("listeners[{}].cluster", l.name);
+            match (l.protocol, l.cluster.as_deref()) {
+                (ListenerProtocol::Tcp, None) => return Err(invalid(at, "a TCP listener needs a cluster")),
+                (ListenerProtocol::Tcp, Some(c)) if !clusters.contains(c) => {
+                    return Err(invalid(at, format!("unknown cluster {c:?}")));
+                }
+                (ListenerProtocol::Http | ListenerProtocol::AutoPassthrough, Some(_)) => {
+                    return Err(invalid(at, "only TCP listeners name a cluster"));
+                }
+                _ => {}
+            }
         }
         let mut vhosts = std::collections::BTreeSet::new();
         for vh in &self.virtual_hosts {

@@ -8,5 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod sni;
 pub mod store;
+pub mod tcp;
 pub mod upstream;

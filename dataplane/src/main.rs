@@ -49,11 +49,11 @@ async fn main() -> anyhow::Result<()> {
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
         tokio::spawn(server::serve_admin(sock, store.clone(), metrics.clone()));
     }
-    let mut listeners = server::Listeners::new(proxy);
+    let mut listeners = server::Listeners::new(proxy, store.clone(), metrics.clone());
     for e in listeners.sync(&store.current().config.listeners).await {
         error!(error = %e, "listener not opened");
     }
-    tokio::spawn(config_file::watch(config, store.clone(), metrics, Duration::from_secs(1)));
+    tokio::spawn(config_file::watch(config, store.clone(), metrics.clone(), Duration::from_secs(1)));
 
     // Listener set follows the config; stop on SIGTERM or Ctrl-C.
     let mut changes = store.subscribe();

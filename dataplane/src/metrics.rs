@@ -34,6 +34,13 @@ pub struct ClusterLabel {
     pub cluster_name: String,
 }
 
+/// Labels of Istio's TCP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Destination service host.
+    pub destination_service: String,
+}
+
 /// All metrics of one proxy.
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,6 +53,14 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// Requests refused by circuit breakers (`envoy_cluster_upstream_rq_pending_overflow`).
     pub pending_overflow: Family<ClusterLabel, Counter>,
+    /// `istio_tcp_connections_opened_total`.
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    /// `istio_tcp_connections_closed_total`.
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    /// `istio_tcp_sent_bytes_total` (client to upstream).
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    /// `istio_tcp_received_bytes_total` (upstream to client).
+    pub tcp_received: Family<TcpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -65,7 +80,26 @@ impl Default for Metrics {
         registry.register("istio_requests", "Requests handled", requests.clone());
         registry.register("istio_request_duration_milliseconds", "Request duration", duration.clone());
         registry.register("skein_proxy_config_rejected", "Configurations rejected as invalid", config_rejected.clone());
-        Self { registry: Arc::new(registry), requests, duration, config_rejected, pending_overflow }
+        let tcp = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<TcpLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let tcp_opened = tcp(&mut registry, "istio_tcp_connections_opened", "TCP connections opened");
+        let tcp_closed = tcp(&mut registry, "istio_tcp_connections_closed", "TCP connections closed");
+        let tcp_sent = tcp(&mut registry, "istio_tcp_sent_bytes", "Bytes sent to the upstream");
+        let tcp_received = tcp(&mut registry, "istio_tcp_received_bytes", "Bytes received from the upstream");
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            duration,
+            config_rejected,
+            pending_overflow,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+        }
     }
 }
 

@@ -1,13 +1,13 @@
 //! Listeners: the configured HTTP listeners (opened and closed as the config changes) and the
 //! admin endpoints (`/healthz/ready`, `/stats/prometheus`, `/config_dump`).
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use skein_api::proxy::Listener;
+use skein_api::proxy::{Listener, ListenerProtocol};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
@@ -15,6 +15,7 @@ use crate::{
     http::{Body, Proxy},
     metrics::Metrics,
     store::Store,
+    tcp,
 };
 
 /// Largest request head (request line and headers) accepted; a larger one gets 431.
@@ -53,13 +54,15 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
 /// Keeps the open listeners equal to the configured ones.
 pub struct Listeners {
     proxy: Arc<Proxy>,
-    open: HashMap<String, (SocketAddr, JoinHandle<()>)>,
+    store: Store,
+    metrics: Metrics,
+    open: HashMap<String, (Listener, JoinHandle<()>)>,
 }
 
 impl Listeners {
     /// No listeners yet.
-    pub fn new(proxy: Arc<Proxy>) -> Self {
-        Self { proxy, open: HashMap::new() }
+    pub fn new(proxy: Arc<Proxy>, store: Store, metrics: Metrics) -> Self {
+        Self { proxy, store, metrics, open: HashMap::new() }
     }
 
     /// Opens new listeners and closes removed or moved ones. A listener that cannot bind is
@@ -67,7 +70,8 @@ impl Listeners {
     pub async fn sync(&mut self, wanted: &[Listener]) -> Vec<String> {
         let mut errors = Vec::new();
         self.open.retain(|name, (addr, task)| {
-            let keep = wanted.iter().any(|l| &l.name == name && l.address == *addr);
+            // `addr` is the whole listener as opened: any change reopens it.
+            let keep = wanted.iter().any(|l| l == &*addr);
             if !keep {
                 task.abort();
                 info!(listener = %name, "closed listener");
@@ -82,7 +86,22 @@ impl Listeners {
                 Ok(sock) => {
                     let addr = sock.local_addr().unwrap_or(l.address);
                     info!(listener = %l.name, %addr, "listening");
-                    self.open.insert(l.name.clone(), (l.address, tokio::spawn(serve_http(sock, self.proxy.clone()))));
+                    let task = match (l.protocol, &l.cluster) {
+                        (ListenerProtocol::Tcp, Some(c)) => tokio::spawn(tcp::serve(
+                            sock,
+                            tcp::Mode::Cluster(c.clone()),
+                            self.store.clone(),
+                            self.metrics.clone(),
+                        )),
+                        (ListenerProtocol::AutoPassthrough, _) => tokio::spawn(tcp::serve(
+                            sock,
+                            tcp::Mode::SniPassthrough,
+                            self.store.clone(),
+                            self.metrics.clone(),
+                        )),
+                        _ => tokio::spawn(serve_http(sock, self.proxy.clone())),
+                    };
+                    self.open.insert(l.name.clone(), (l.clone(), task));
                 }
                 Err(e) => errors.push(format!("listeners[{}]: bind {}: {e}", l.name, l.address)),
             }

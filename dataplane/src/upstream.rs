@@ -345,8 +345,9 @@ mod tests {
                 .port()
         };
         assert_eq!(from("127.0.0.9"), from("127.0.0.9"));
-        let up =
-            cluster(&format!("{{name: c, loadBalancer: {{consistentHash: {{httpCookie: {{name: session}}}}}}, {EPS}}}"));
+        let up = cluster(&format!(
+            "{{name: c, loadBalancer: {{consistentHash: {{httpCookie: {{name: session}}}}}}, {EPS}}}"
+        ));
         let mut h = hyper::HeaderMap::new();
         h.insert("cookie", "a=1; session=xyz".parse().unwrap());
         let p = up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port();

@@ -1,0 +1,164 @@
+//! TCP listeners: plain TCP proxying to a cluster, and SNI passthrough (the east-west gateway
+//! on 15443): the ClientHello's server name picks the cluster and the bytes are forwarded
+//! untouched, so the workloads' mTLS runs end to end and the gateway never holds their keys.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::debug;
+
+use crate::{
+    metrics::{Metrics, TcpLabels},
+    sni::{self, Peek},
+    store::Store,
+    upstream::{self, HashInput, Upstream},
+};
+
+/// How long a client has to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no traffic either way for this long is closed (Envoy's default 1 h).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a TCP listener does with a connection.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Forward to this cluster.
+    Cluster(String),
+    /// Route by the TLS server name (Istio AUTO_PASSTHROUGH).
+    SniPassthrough,
+}
+
+/// Serves `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, mode: Mode, store: Store, metrics: Metrics) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (mode, store, metrics) = (mode.clone(), store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, peer, mode, store, metrics).await {
+                debug!(%peer, error = %e, "tcp connection closed");
+            }
+        });
+    }
+}
+
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mode: Mode,
+    store: Store,
+    metrics: Metrics,
+) -> std::io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let rt = store.current();
+    let mut first = Vec::new();
+    let cluster = match mode {
+        Mode::Cluster(name) => rt.cluster(&name).cloned(),
+        Mode::SniPassthrough => {
+            let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut client, &mut first))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+            sni.as_deref()
+                .and_then(sni::cluster_for_sni)
+                .and_then(|name| {
+                    rt.cluster(&name).or_else(|| sni::local_name_for_global(&name).and_then(|n| rt.cluster(&n)))
+                })
+                .cloned()
+        }
+    };
+    let Some(up) = cluster else {
+        // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection"));
+    };
+    let Some(_admission) = up.admit().await else {
+        return Err(std::io::Error::other("cluster overflow"));
+    };
+    let mut upstream_conn = connect(&up, peer).await?;
+    let labels = TcpLabels { destination_service: up.service().to_string() };
+    metrics.tcp_opened.get_or_create(&labels).inc();
+    if !first.is_empty() {
+        upstream_conn.write_all(&first).await?;
+        metrics.tcp_sent.get_or_create(&labels).inc_by(first.len() as u64);
+    }
+    let result = copy_with_idle_timeout(&mut client, &mut upstream_conn).await;
+    if let Ok((sent, received)) = result {
+        metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
+        metrics.tcp_received.get_or_create(&labels).inc_by(received);
+    }
+    metrics.tcp_closed.get_or_create(&labels).inc();
+    result.map(|_| ())
+}
+
+async fn connect(up: &Arc<Upstream>, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    let headers = hyper::HeaderMap::new();
+    let guard = up
+        .pick(&HashInput { headers: &headers, source: Some(peer) })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "cluster has no endpoints"))?;
+    match tokio::time::timeout(up.connect_timeout, TcpStream::connect(guard.addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            up.report(guard.addr, upstream::Outcome::ConnectFailure);
+            Err(e)
+        }
+        Err(_) => {
+            up.report(guard.addr, upstream::Outcome::ConnectFailure);
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
+        }
+    }
+}
+
+/// Reads until the ClientHello is complete; returns its SNI. Bytes read stay in `buf` to be
+/// forwarded first.
+async fn read_client_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        match sni::peek(buf) {
+            Peek::ClientHello(name) => return Ok(name),
+            Peek::NotTls => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a TLS ClientHello")),
+            Peek::NeedMore if buf.len() >= sni::MAX_CLIENT_HELLO => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello too large"));
+            }
+            Peek::NeedMore => {}
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before ClientHello"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Copies both ways until both sides close, or nothing moves for `IDLE_TIMEOUT`. Returns bytes
+/// (client→upstream, upstream→client).
+async fn copy_with_idle_timeout(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut a_open, mut b_open) = (true, true);
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    while a_open || b_open {
+        tokio::select! {
+            r = ar.read(&mut abuf), if a_open => {
+                let n = r?;
+                if n == 0 { a_open = false; bw.shutdown().await?; } else { bw.write_all(&abuf[..n]).await?; up += n as u64; }
+            }
+            r = br.read(&mut bbuf), if b_open => {
+                let n = r?;
+                if n == 0 { b_open = false; aw.shutdown().await?; } else { aw.write_all(&bbuf[..n]).await?; down += n as u64; }
+            }
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+    }
+    Ok((up, down))
+}

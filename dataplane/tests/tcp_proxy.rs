@@ -1,0 +1,115 @@
+//! TCP listeners and the east-west SNI passthrough listener, in process on loopback.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use skein_proxy::{metrics::Metrics, sni::testing::client_hello, store::Store, tcp};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+
+/// An upstream that records every byte it receives and answers `<name>:` followed by them.
+async fn echo(name: &'static str) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    s.lock().await.extend_from_slice(&buf[..n]);
+                    let mut reply = format!("{name}:").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    if c.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn start(yaml: &str, mode: tcp::Mode) -> (SocketAddr, Metrics) {
+    let store = Store::new(serde_yaml::from_str(yaml).unwrap()).unwrap();
+    let metrics = Metrics::default();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(tcp::serve(l, mode, store, metrics.clone()));
+    (addr, metrics)
+}
+
+async fn read_some(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test]
+async fn tcp_listener_forwards_bytes_both_ways_and_counts_them() {
+    let (db, _) = echo("db").await;
+    let cfg = format!("clusters: [{{name: 'outbound|3306||mysqldb.prod.svc.cluster.local', endpoints: ['{db}']}}]\n");
+    let (addr, metrics) = start(&cfg, tcp::Mode::Cluster("outbound|3306||mysqldb.prod.svc.cluster.local".into())).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    assert_eq!(read_some(&mut c).await, b"db:hello");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = metrics.render();
+    assert!(m.contains("istio_tcp_sent_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 5"), "{m}");
+    assert!(
+        m.contains("istio_tcp_received_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 8"),
+        "{m}"
+    );
+    assert!(
+        m.contains("istio_tcp_connections_closed_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn east_west_passthrough_routes_by_sni_and_forwards_the_client_hello_untouched() {
+    let (reviews, reviews_seen) = echo("reviews").await;
+    let (ratings, _) = echo("ratings").await;
+    // The gateway knows only local names; `.global` SNI resolves to the local service.
+    let cfg = format!(
+        "clusters:\n  - {{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}\n  - {{name: 'outbound|9080|v1|ratings.default.svc.cluster.local', endpoints: ['{ratings}']}}\n"
+    );
+    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough).await;
+
+    let hello = client_hello(Some("outbound_.9080_._.reviews.default.global"));
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(&hello).await.unwrap();
+    let reply = read_some(&mut c).await;
+    assert!(reply.starts_with(b"reviews:"), "{:?}", String::from_utf8_lossy(&reply[..20.min(reply.len())]));
+    assert_eq!(*reviews_seen.lock().await, hello, "upstream saw the exact ClientHello: TLS not terminated");
+
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(&client_hello(Some("outbound_.9080_.v1_.ratings.default.svc.cluster.local"))).await.unwrap();
+    assert!(read_some(&mut c).await.starts_with(b"ratings:"));
+}
+
+#[tokio::test]
+async fn east_west_closes_unknown_names_and_non_tls() {
+    let (reviews, seen) = echo("reviews").await;
+    let cfg =
+        format!("clusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}]\n");
+    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough).await;
+    for first in [client_hello(Some("outbound_.9080_._.unknown.default.global")), b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+        let mut c = TcpStream::connect(gw).await.unwrap();
+        c.write_all(&first).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "connection closed without an answer");
+    }
+    assert!(seen.lock().await.is_empty());
+}
