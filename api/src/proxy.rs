@@ -29,6 +29,66 @@ pub struct ProxyConfig {
     /// Upstream clusters routes send to.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// This workload's certificate, key and mesh root (PEM files). Required for mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityFiles>,
+}
+
+/// Paths of the workload's identity material (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityFiles {
+    /// Certificate chain, leaf first; the leaf carries the SPIFFE id.
+    pub cert_chain: std::path::PathBuf,
+    /// Private key of the leaf.
+    pub private_key: std::path::PathBuf,
+    /// Mesh root certificate(s).
+    pub root_cert: std::path::PathBuf,
+}
+
+/// PeerAuthentication mTLS mode of an inbound listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerAuthMode {
+    /// Plaintext only. The default when unset.
+    #[default]
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// mTLS and plaintext on the same port, told apart per connection.
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    /// mTLS only; a peer without a mesh certificate is refused.
+    #[serde(rename = "STRICT")]
+    Strict,
+}
+
+/// DestinationRule `trafficPolicy.tls` of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterTls {
+    /// `ISTIO_MUTUAL`, `SIMPLE` or `DISABLE`.
+    pub mode: ClientTlsMode,
+    /// Accepted server identities (SPIFFE ids for ISTIO_MUTUAL). Empty: any mesh identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Server name sent. Default for ISTIO_MUTUAL: Istio's `outbound_.<port>_.<subset>_.<host>`
+    /// derived from the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+/// Client TLS mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientTlsMode {
+    /// Plaintext.
+    #[default]
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// TLS verifying the server against the mesh root, no client certificate.
+    #[serde(rename = "SIMPLE")]
+    Simple,
+    /// Mesh mTLS with this workload's identity.
+    #[serde(rename = "ISTIO_MUTUAL")]
+    IstioMutual,
 }
 
 /// Istio's `outboundTrafficPolicy.mode`.
@@ -57,6 +117,9 @@ pub struct Listener {
     /// Destination cluster of a `TCP` listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Inbound mTLS mode (PeerAuthentication). Default DISABLE.
+    #[serde(default)]
+    pub peer_authentication: PeerAuthMode,
 }
 
 /// What a listener speaks.
@@ -313,6 +376,9 @@ pub struct Cluster {
     /// Ejection of failing endpoints (DestinationRule `outlierDetection`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS towards the endpoints. Unset: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 /// DestinationRule `loadBalancer`, written as Istio does: `{simple: LEAST_REQUEST}` or
@@ -510,6 +576,19 @@ impl ProxyConfig {
         let clusters: std::collections::BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         if clusters.len() != self.clusters.len() {
             return Err(invalid("clusters", "duplicate cluster name"));
+        }
+        let needs_identity = self.listeners.iter().any(|l| l.peer_authentication != PeerAuthMode::Disable)
+            || self.clusters.iter().any(|c| c.tls.as_ref().is_some_and(|t| t.mode != ClientTlsMode::Disable));
+        if needs_identity && self.identity.is_none() {
+            return Err(invalid("identity", "mTLS is configured but no workload identity is given"));
+        }
+        for l in &self.listeners {
+            if l.protocol == ListenerProtocol::AutoPassthrough && l.peer_authentication != PeerAuthMode::Disable {
+                return Err(invalid(
+                    format!("listeners[{}].peerAuthentication", l.name),
+                    "a passthrough listener never terminates TLS",
+                ));
+            }
         }
         for l in &self.listeners {
             let at = format!("listeners[{}].cluster", l.name);

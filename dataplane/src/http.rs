@@ -5,10 +5,9 @@
 //! buffers for the same reason); a larger body is refused with 413 rather than held unbounded.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,18 +18,16 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
 };
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use skein_api::proxy::{OutboundPolicy, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
+    connect::MeshConnector,
     metrics::{ClusterLabel, Metrics, RequestLabels},
     runtime::{RequestView, Routed, Runtime},
     store::Store,
-    upstream::{self, HashInput, Upstream},
+    upstream::{self, HashInput, HttpClient, Upstream},
 };
 
 /// Largest request body the proxy buffers.
@@ -43,14 +40,17 @@ pub const MAX_HEADERS: usize = 100;
 /// Response body type of the proxy.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+type UpstreamClient = HttpClient;
+
+/// Connect timeout of passthrough traffic (Istio's default cluster connect timeout).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Proxy {
     store: Store,
     metrics: Metrics,
-    /// One pooled client per connect timeout (clusters with the same timeout share a pool).
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    /// Client for ALLOW_ANY passthrough (clusters have their own, in `Upstream`).
+    passthrough: UpstreamClient,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -104,22 +104,17 @@ pub fn shadow_authority(authority: &str) -> String {
 }
 
 impl Proxy {
-    /// A proxy serving the configuration in `store`.
-    pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self { store, metrics, clients: Mutex::new(HashMap::new()) })
+    /// The active configuration.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.store.current()
     }
 
-    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut conn = HttpConnector::new();
-                conn.set_connect_timeout(Some(connect_timeout));
-                conn.set_nodelay(true);
-                Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(conn)
-            })
-            .clone()
+    /// A proxy serving the configuration in `store`.
+    pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
+        let passthrough = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT });
+        Arc::new(Self { store, metrics, passthrough })
     }
 
     /// Handles one request that arrived on a listener bound to `port`.
@@ -128,10 +123,11 @@ impl Proxy {
         req: Request<Incoming>,
         port: u16,
         peer: SocketAddr,
+        peer_identity: Option<Arc<str>>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let rt = self.store.current();
-        let (outcome, service) = self.route_request(&rt, req, port, peer).await;
+        let (outcome, service) = self.route_request(&rt, req, port, peer, peer_identity).await;
         let service_name = service.split('.').next().unwrap_or("unknown").to_string();
         let labels = RequestLabels {
             reporter: "source",
@@ -152,6 +148,7 @@ impl Proxy {
         req: Request<Incoming>,
         port: u16,
         peer: SocketAddr,
+        peer_identity: Option<Arc<str>>,
     ) -> (Outcome, String) {
         let (mut parts, body) = req.into_parts();
         let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
@@ -205,6 +202,7 @@ impl Proxy {
         };
         strip_hop_by_hop(&mut parts.headers);
         ensure_request_id(&mut parts.headers);
+        set_client_cert_header(&mut parts.headers, rt, peer_identity.as_deref());
         let r = &route.route;
         let deadline = r.timeout.map(|t| Instant::now() + t);
 
@@ -243,7 +241,7 @@ impl Proxy {
                     headers.insert(header::HOST, v);
                 }
                 let req = (parts.method.clone(), path_and_query.clone(), headers, body.clone());
-                let (up, client) = (mirror.clone(), self.client(mirror.connect_timeout));
+                let (up, client) = (mirror.clone(), mirror.client.clone());
                 // Fire and forget: the caller never waits for or sees the shadow's answer.
                 tokio::spawn(async move {
                     let addr = up.pick(&HashInput { headers: &req.2, source: Some(peer) }).map(|g| g.addr);
@@ -291,8 +289,8 @@ impl Proxy {
             return Outcome::local(StatusCode::BAD_GATEWAY, "cannot resolve host\n", "UF");
         };
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let client = self.client(Duration::from_secs(10));
-        match send(&client, addr, &parts.method, &pq, &parts.headers, body, None).await {
+        let client = &self.passthrough;
+        match send(client, addr, &parts.method, &pq, &parts.headers, body, None).await {
             Ok(r) => Outcome { response: r, flags: "-" },
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -311,7 +309,7 @@ impl Proxy {
         retry: Option<&RetryPolicy>,
         deadline: Option<Instant>,
     ) -> Outcome {
-        let client = self.client(up.connect_timeout);
+        let client = &up.client;
         let tries = 1 + retry.map_or(0, |r| r.attempts);
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let hash = HashInput { headers: &fwd.headers, source: Some(fwd.peer) };
@@ -325,7 +323,7 @@ impl Proxy {
                 (None, t) => t,
             };
             let result =
-                send(&client, endpoint.addr, &fwd.method, &fwd.path_and_query, &fwd.headers, fwd.body.clone(), budget)
+                send(client, endpoint.addr, &fwd.method, &fwd.path_and_query, &fwd.headers, fwd.body.clone(), budget)
                     .await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
@@ -487,6 +485,16 @@ fn authority_with_port(authority: &str) -> String {
         authority.to_string()
     } else {
         format!("{authority}:80")
+    }
+}
+
+/// `x-forwarded-client-cert` the way Istio sets it (SANITIZE_SET): whatever the client sent is
+/// dropped, and an mTLS peer's identity is recorded as `By=<us>;URI=<peer>`.
+fn set_client_cert_header(h: &mut HeaderMap, rt: &Runtime, peer: Option<&str>) {
+    h.remove("x-forwarded-client-cert");
+    let (Some(peer), Some(me)) = (peer, rt.identity.as_ref()) else { return };
+    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", me.spiffe_id)) {
+        h.insert("x-forwarded-client-cert", v);
     }
 }
 

@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config_file;
+pub mod connect;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

@@ -6,14 +6,64 @@ use std::{collections::HashMap, sync::Arc};
 
 use hyper::{HeaderMap, Method};
 use regex::Regex;
-use skein_api::proxy::{InvalidConfig, ProxyConfig, Route, StringMatch, compile_regex};
+use rustls::pki_types::ServerName;
+use skein_api::proxy::{
+    ClientTlsMode, Cluster, IdentityFiles, InvalidConfig, ProxyConfig, Route, StringMatch, compile_regex,
+};
 
-use crate::upstream::Upstream;
+use crate::{connect::ClientTls, identity::Identity, upstream::Upstream};
+
+fn identity_err(e: crate::identity::IdentityError) -> InvalidConfig {
+    InvalidConfig { path: "identity".into(), reason: e.to_string() }
+}
+
+/// Reads the identity files. Failure is a config error: the last good config stays.
+fn load_identity(files: &IdentityFiles) -> Result<Identity, InvalidConfig> {
+    let read = |field: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| InvalidConfig {
+            path: format!("identity.{field}"),
+            reason: format!("read {}: {e}", p.display()),
+        })
+    };
+    let chain = read("certChain", &files.cert_chain)?;
+    let key = read("privateKey", &files.private_key)?;
+    let root = read("rootCert", &files.root_cert)?;
+    Identity::from_pem(&chain, &key, &root).map_err(identity_err)
+}
+
+/// Istio's SNI for a cluster: `outbound|9080|v1|reviews...` → `outbound_.9080_.v1_.reviews...`.
+pub fn istio_sni(cluster: &str) -> Option<String> {
+    let mut parts = cluster.split('|');
+    let (dir, port, subset, host) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(format!("{dir}_.{port}_.{subset}_.{host}"))
+}
+
+fn client_tls(c: &Cluster, identity: Option<&Identity>) -> Result<Option<ClientTls>, InvalidConfig> {
+    let Some(tls) = c.tls.as_ref().filter(|t| t.mode != ClientTlsMode::Disable) else { return Ok(None) };
+    let at = |f: &str| format!("clusters[{}].tls.{f}", c.name);
+    let identity =
+        identity.ok_or_else(|| InvalidConfig { path: "identity".into(), reason: "required for TLS".into() })?;
+    let config = match tls.mode {
+        ClientTlsMode::IstioMutual => identity.client_config(tls.subject_alt_names.clone()),
+        _ => identity.simple_client_config(),
+    }
+    .map_err(identity_err)?;
+    let sni = tls.sni.clone().or_else(|| istio_sni(&c.name)).unwrap_or_else(|| c.name.clone());
+    let server_name = ServerName::try_from(sni.clone())
+        .map_err(|_| InvalidConfig { path: at("sni"), reason: format!("{sni:?} is not a valid server name") })?;
+    Ok(Some(ClientTls { config, server_name }))
+}
 
 /// The compiled configuration.
 pub struct Runtime {
     /// The configuration as given (config dump, version).
     pub config: ProxyConfig,
+    /// This workload's identity, when configured.
+    pub identity: Option<Identity>,
+    /// TLS server config requiring a client certificate (STRICT).
+    pub strict_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS server config verifying a client certificate when sent (PERMISSIVE).
+    pub permissive_tls: Option<Arc<rustls::ServerConfig>>,
     vhosts: Vec<VirtualHost>,
     clusters: HashMap<String, Arc<Upstream>>,
 }
@@ -157,8 +207,15 @@ impl Runtime {
             }
             vhosts.push(VirtualHost { domains, routes });
         }
-        let clusters = config.clusters.iter().map(|c| (c.name.clone(), Arc::new(Upstream::new(c)))).collect();
-        Ok(Self { config, vhosts, clusters })
+        let identity = config.identity.as_ref().map(load_identity).transpose()?;
+        let mut clusters = HashMap::with_capacity(config.clusters.len());
+        for c in &config.clusters {
+            let tls = client_tls(c, identity.as_ref())?;
+            clusters.insert(c.name.clone(), Arc::new(Upstream::new(c, tls)));
+        }
+        let strict = identity.as_ref().map(|i| i.server_config(true)).transpose().map_err(identity_err)?;
+        let permissive = identity.as_ref().map(|i| i.server_config(false)).transpose().map_err(identity_err)?;
+        Ok(Self { config, identity, strict_tls: strict, permissive_tls: permissive, vhosts, clusters })
     }
 
     /// The first route of the virtual host serving `host` (port stripped) that matches.

@@ -1,19 +1,24 @@
 //! Listeners: the configured HTTP listeners (opened and closed as the config changes) and the
 //! admin endpoints (`/healthz/ready`, `/stats/prometheus`, `/config_dump`).
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use skein_api::proxy::{Listener, ListenerProtocol};
-use tokio::{net::TcpListener, task::JoinHandle};
+use skein_api::proxy::{Listener, ListenerProtocol, PeerAuthMode};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     http::{Body, Proxy},
+    identity,
     metrics::Metrics,
+    runtime::Runtime,
     store::Store,
     tcp,
 };
@@ -23,8 +28,8 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Time a client has to send a complete request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTP on `listener` until the task is aborted.
-pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
+/// Serves HTTP on `listener` until the task is aborted, terminating mTLS per `mode`.
+pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuthMode) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -38,16 +43,62 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, port, peer));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended");
+            let rt = proxy.current();
+            match inbound_tls(stream, mode, &rt).await {
+                Ok(Inbound::Plain(s)) => serve_conn(s, proxy, port, peer, None).await,
+                Ok(Inbound::Tls(s, identity)) => serve_conn(s, proxy, port, peer, identity).await,
+                Err(e) => debug!(%peer, error = %e, "inbound connection refused"),
             }
         });
+    }
+}
+
+/// An accepted connection after the PeerAuthentication decision.
+pub enum Inbound {
+    /// Plaintext (DISABLE, or PERMISSIVE with a plaintext client).
+    Plain(TcpStream),
+    /// mTLS terminated, with the peer's SPIFFE id if it presented a certificate.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Option<Arc<str>>),
+}
+
+/// Applies the listener's PeerAuthentication mode: STRICT requires mTLS, PERMISSIVE tells
+/// TLS from plaintext by the first byte (a TLS handshake record starts with 0x16), DISABLE
+/// takes the connection as it is.
+pub async fn inbound_tls(stream: TcpStream, mode: PeerAuthMode, rt: &Runtime) -> std::io::Result<Inbound> {
+    let config = match mode {
+        PeerAuthMode::Disable => return Ok(Inbound::Plain(stream)),
+        PeerAuthMode::Strict => rt.strict_tls.clone(),
+        PeerAuthMode::Permissive => {
+            let mut first = [0u8; 1];
+            let n = tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no data"))??;
+            if n == 0 || first[0] != 0x16 {
+                return Ok(Inbound::Plain(stream));
+            }
+            rt.permissive_tls.clone()
+        }
+    };
+    let config = config.ok_or_else(|| std::io::Error::other("mTLS configured without an identity"))?;
+    let tls = tokio::time::timeout(HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(config).accept(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+    let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(identity::spiffe_id);
+    Ok(Inbound::Tls(Box::new(tls), identity.map(Arc::from)))
+}
+
+async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, port, peer, identity.clone()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "connection ended");
     }
 }
 
@@ -90,16 +141,18 @@ impl Listeners {
                         (ListenerProtocol::Tcp, Some(c)) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::Cluster(c.clone()),
+                            l.peer_authentication,
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
                         (ListenerProtocol::AutoPassthrough, _) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::SniPassthrough,
+                            PeerAuthMode::Disable,
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
-                        _ => tokio::spawn(serve_http(sock, self.proxy.clone())),
+                        _ => tokio::spawn(serve_http(sock, self.proxy.clone(), l.peer_authentication)),
                     };
                     self.open.insert(l.name.clone(), (l.clone(), task));
                 }

@@ -4,14 +4,16 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use skein_api::proxy::PeerAuthMode;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tracing::debug;
 
 use crate::{
     metrics::{Metrics, TcpLabels},
+    server::{Inbound, inbound_tls},
     sni::{self, Peek},
     store::Store,
     upstream::{self, HashInput, Upstream},
@@ -31,8 +33,9 @@ pub enum Mode {
     SniPassthrough,
 }
 
-/// Serves `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, mode: Mode, store: Store, metrics: Metrics) {
+/// Serves `listener` until the task is aborted. `peer_auth` applies to `Mode::Cluster`
+/// listeners (inbound mTLS termination); passthrough never terminates TLS.
+pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: PeerAuthMode, store: Store, metrics: Metrics) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -40,7 +43,7 @@ pub async fn serve(listener: TcpListener, mode: Mode, store: Store, metrics: Met
         };
         let (mode, store, metrics) = (mode.clone(), store.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, mode, store, metrics).await {
+            if let Err(e) = handle(stream, peer, mode, peer_auth, store, metrics).await {
                 debug!(%peer, error = %e, "tcp connection closed");
             }
         });
@@ -51,47 +54,85 @@ async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
     mode: Mode,
+    peer_auth: PeerAuthMode,
     store: Store,
     metrics: Metrics,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let rt = store.current();
-    let mut first = Vec::new();
-    let cluster = match mode {
-        Mode::Cluster(name) => rt.cluster(&name).cloned(),
+    let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection");
+    match mode {
+        Mode::Cluster(name) => {
+            let up = rt.cluster(&name).cloned().ok_or_else(not_found)?;
+            match inbound_tls(client, peer_auth, &rt).await? {
+                Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, peer, &metrics).await,
+                Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, peer, &metrics).await,
+            }
+        }
         Mode::SniPassthrough => {
+            let mut first = Vec::new();
             let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut client, &mut first))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
-            sni.as_deref()
+            // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
+            let up = sni
+                .as_deref()
                 .and_then(sni::cluster_for_sni)
                 .and_then(|name| {
                     rt.cluster(&name).or_else(|| sni::local_name_for_global(&name).and_then(|n| rt.cluster(&n)))
                 })
                 .cloned()
+                .ok_or_else(not_found)?;
+            proxy_to(client, first, &up, peer, &metrics).await
         }
-    };
-    let Some(up) = cluster else {
-        // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection"));
-    };
+    }
+}
+
+/// Connects to `up` (with its client TLS, if any), sends `first`, then relays both ways.
+async fn proxy_to<C>(
+    mut client: C,
+    first: Vec<u8>,
+    up: &Arc<Upstream>,
+    peer: SocketAddr,
+    metrics: &Metrics,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(_admission) = up.admit().await else {
         return Err(std::io::Error::other("cluster overflow"));
     };
-    let mut upstream_conn = connect(&up, peer).await?;
+    let tcp = connect(up, peer).await?;
     let labels = TcpLabels { destination_service: up.service().to_string() };
     metrics.tcp_opened.get_or_create(&labels).inc();
-    if !first.is_empty() {
-        upstream_conn.write_all(&first).await?;
-        metrics.tcp_sent.get_or_create(&labels).inc_by(first.len() as u64);
-    }
-    let result = copy_with_idle_timeout(&mut client, &mut upstream_conn).await;
+    let result = match &up.tls {
+        None => relay(&mut client, tcp, &first).await,
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+            relay(&mut client, stream, &first).await
+        }
+    };
     if let Ok((sent, received)) = result {
         metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
         metrics.tcp_received.get_or_create(&labels).inc_by(received);
     }
     metrics.tcp_closed.get_or_create(&labels).inc();
     result.map(|_| ())
+}
+
+async fn relay<C, U>(client: &mut C, mut upstream: U, first: &[u8]) -> std::io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if !first.is_empty() {
+        upstream.write_all(first).await?;
+    }
+    let (sent, received) = copy_with_idle_timeout(client, &mut upstream).await?;
+    Ok((sent + first.len() as u64, received))
 }
 
 async fn connect(up: &Arc<Upstream>, peer: SocketAddr) -> std::io::Result<TcpStream> {
@@ -138,9 +179,13 @@ async fn read_client_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> std::io
 
 /// Copies both ways until both sides close, or nothing moves for `IDLE_TIMEOUT`. Returns bytes
 /// (client→upstream, upstream→client).
-async fn copy_with_idle_timeout(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
-    let (mut ar, mut aw) = a.split();
-    let (mut br, mut bw) = b.split();
+async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
     let (mut up, mut down) = (0u64, 0u64);
     let (mut a_open, mut b_open) = (true, true);
     let mut abuf = vec![0u8; 16 * 1024];

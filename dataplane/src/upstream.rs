@@ -15,6 +15,8 @@ use std::{
 use skein_api::proxy::{Cluster, ConnectionPool, HashKey, LoadBalancer, OutlierDetection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::connect::{ClientTls, MeshConnector};
+
 /// Istio's default connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's default base ejection time.
@@ -47,10 +49,17 @@ pub enum Outcome {
     ConnectFailure,
 }
 
+/// Pooled HTTP client of one cluster.
+pub type HttpClient = hyper_util::client::legacy::Client<MeshConnector, http_body_util::Full<bytes::Bytes>>;
+
 /// A cluster at run time.
 pub struct Upstream {
     /// Cluster name.
     pub name: String,
+    /// HTTP client whose pool holds this cluster's connections (TLS per the cluster's policy).
+    pub client: HttpClient,
+    /// TLS towards the endpoints, if any (TCP proxying uses it too).
+    pub tls: Option<ClientTls>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     endpoints: Vec<Endpoint>,
@@ -118,13 +127,19 @@ pub struct HashInput<'a> {
 }
 
 impl Upstream {
-    /// Builds the run-time state of `c`.
-    pub fn new(c: &Cluster) -> Self {
+    /// Builds the run-time state of `c`; `tls` carries the cluster's client TLS, if any.
+    pub fn new(c: &Cluster, tls: Option<ClientTls>) -> Self {
+        let connect_timeout = c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(MeshConnector { tls: tls.clone(), connect_timeout });
         let pool = c.connection_pool.clone().unwrap_or_default();
         let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries } = pool;
         Self {
             name: c.name.clone(),
-            connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            client,
+            tls,
+            connect_timeout,
             endpoints: c
                 .endpoints
                 .iter()
@@ -292,7 +307,7 @@ mod tests {
 
     fn cluster(yaml: &str) -> Arc<Upstream> {
         let c: Cluster = serde_yaml::from_str(yaml).unwrap();
-        Arc::new(Upstream::new(&c))
+        Arc::new(Upstream::new(&c, None))
     }
 
     fn none() -> HashInput<'static> {

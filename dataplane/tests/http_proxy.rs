@@ -18,6 +18,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
+use skein_api::proxy::PeerAuthMode;
 use skein_proxy::{http::Proxy, metrics::Metrics, server, store::Store};
 use tokio::net::TcpListener;
 
@@ -80,7 +81,7 @@ async fn proxy(yaml: &str) -> Harness {
     let metrics = Metrics::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_http(listener, Proxy::new(store.clone(), metrics.clone())));
+    tokio::spawn(server::serve_http(listener, Proxy::new(store.clone(), metrics.clone()), PeerAuthMode::Disable));
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     Harness { addr, store, metrics, client }
 }

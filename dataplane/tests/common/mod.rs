@@ -1,0 +1,4 @@
+//! Shared helpers of the proxy's integration tests.
+#![allow(dead_code)]
+
+pub mod ca;

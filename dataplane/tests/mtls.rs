@@ -1,0 +1,262 @@
+//! Mesh mTLS between real proxies on loopback: SPIFFE identities, PeerAuthentication modes,
+//! and end-to-end mTLS through an east-west gateway that holds no keys.
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::ca::Ca;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use skein_proxy::identity::Identity;
+use skein_proxy::{http::Proxy, identity::principal, metrics::Metrics, server::Listeners, store::Store};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The application behind proxy B: answers "app" and records the XFCC header it got.
+async fn app() -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let xfcc = req.headers().get("x-forwarded-client-cert").map(|v| v.to_str().unwrap().to_string());
+                    s.lock().unwrap().push(xfcc);
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"app")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(c), svc).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Starts a proxy serving `yaml`; returns it so its listeners stay open.
+async fn proxy(yaml: &str) -> (Listeners, Metrics) {
+    let store = Store::new(serde_yaml::from_str(yaml).unwrap()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let metrics = Metrics::default();
+    let mut listeners = Listeners::new(Proxy::new(store.clone(), metrics.clone()), store.clone(), metrics.clone());
+    let errors = listeners.sync(&store.current().config.listeners).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    (listeners, metrics)
+}
+
+async fn get(port: u16, host: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12)?.parse().ok()?;
+    Some((status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+/// Proxy B: the destination sidecar, inbound listener with `mode`, forwarding to `app`.
+fn server_side(ca: &Ca, dir: &std::path::Path, port: u16, mode: &str, app: SocketAddr) -> String {
+    format!(
+        "{}listeners: [{{name: inbound, address: '127.0.0.1:{port}', peerAuthentication: {mode}}}]\nvirtualHosts: [{{name: in, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{app}']}}]\n",
+        ca.identity_files(dir, "default", "reviews")
+    )
+}
+
+/// Proxy A: the source sidecar, outbound listener, ISTIO_MUTUAL to `dest` under cluster `name`.
+fn client_side(ca: &Ca, dir: &std::path::Path, port: u16, name: &str, dest: SocketAddr, extra_tls: &str) -> String {
+    format!(
+        "{}listeners: [{{name: outbound, address: '127.0.0.1:{port}'}}]\nvirtualHosts: [{{name: reviews, domains: [reviews], routes: [{{route: [{{cluster: '{name}'}}]}}]}}]\nclusters: [{{name: '{name}', endpoints: ['{dest}'], tls: {{mode: ISTIO_MUTUAL{extra_tls}}}}}]\n",
+        ca.identity_files(dir, "default", "productpage")
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("skein-mtls-{}-{name}", std::process::id()))
+}
+
+#[tokio::test]
+async fn istio_mutual_carries_the_callers_identity_to_a_strict_server() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("strict");
+    let (app, seen) = app().await;
+    let (b_port, a_port) = (free_port(), free_port());
+    let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
+    let _a = proxy(&client_side(
+        &ca,
+        &dir,
+        a_port,
+        "outbound|9080||reviews.default.svc.cluster.local",
+        ([127, 0, 0, 1], b_port).into(),
+        "",
+    ))
+    .await;
+
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())));
+    let xfcc = seen.lock().unwrap()[0].clone().expect("XFCC set for an mTLS peer");
+    assert_eq!(
+        xfcc,
+        "By=spiffe://cluster.local/ns/default/sa/reviews;URI=spiffe://cluster.local/ns/default/sa/productpage"
+    );
+    assert_eq!(
+        principal("spiffe://cluster.local/ns/default/sa/productpage"),
+        "cluster.local/ns/default/sa/productpage"
+    );
+}
+
+#[tokio::test]
+async fn strict_refuses_plaintext() {
+    let ca = Ca::new("cluster.local");
+    let (app, seen) = app().await;
+    let b_port = free_port();
+    let _b = proxy(&server_side(&ca, &tmp("refuse"), b_port, "STRICT", app)).await;
+    assert_eq!(get(b_port, "reviews").await.map(|r| r.0), None, "no HTTP answer to plaintext");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn permissive_accepts_mtls_and_plaintext_on_one_port() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("permissive");
+    let (app, seen) = app().await;
+    let (b_port, a_port) = (free_port(), free_port());
+    let _b = proxy(&server_side(&ca, &dir, b_port, "PERMISSIVE", app)).await;
+    let _a = proxy(&client_side(
+        &ca,
+        &dir,
+        a_port,
+        "outbound|9080||reviews.default.svc.cluster.local",
+        ([127, 0, 0, 1], b_port).into(),
+        "",
+    ))
+    .await;
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())), "mTLS");
+    assert_eq!(get(b_port, "reviews").await, Some((200, "app".into())), "plaintext");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen[0].as_deref().is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/default/sa/productpage")));
+    assert_eq!(seen[1], None, "plaintext request carries no identity");
+}
+
+#[tokio::test]
+async fn caller_refuses_a_server_whose_identity_is_not_the_expected_one() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("san");
+    let (app, seen) = app().await;
+    let (b_port, a_port) = (free_port(), free_port());
+    let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
+    let san = ", subjectAltNames: ['spiffe://cluster.local/ns/default/sa/ratings']";
+    let _a = proxy(&client_side(
+        &ca,
+        &dir,
+        a_port,
+        "outbound|9080||reviews.default.svc.cluster.local",
+        ([127, 0, 0, 1], b_port).into(),
+        san,
+    ))
+    .await;
+    assert_eq!(get(a_port, "reviews").await.map(|r| r.0), Some(503));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn east_west_gateway_passes_end_to_end_mtls_without_holding_keys() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("eastwest");
+    let (app, seen) = app().await;
+    let (b_port, gw_port, a_port) = (free_port(), free_port(), free_port());
+    let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
+    // The gateway: no identity at all, only SNI routing to the local service.
+    let gw = format!(
+        "listeners: [{{name: tls, address: '127.0.0.1:{gw_port}', protocol: AUTO_PASSTHROUGH}}]\nclusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['127.0.0.1:{b_port}']}}]\n"
+    );
+    let (_gw, gw_metrics) = proxy(&gw).await;
+    // The caller in the other cluster sends to the `.global` name via the gateway.
+    let _a = proxy(&client_side(
+        &ca,
+        &dir,
+        a_port,
+        "outbound|9080||reviews.default.global",
+        ([127, 0, 0, 1], gw_port).into(),
+        "",
+    ))
+    .await;
+
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())));
+    let xfcc = seen.lock().unwrap()[0].clone().unwrap();
+    assert!(
+        xfcc.ends_with("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "the server authenticated the caller itself: {xfcc}"
+    );
+    assert!(
+        gw_metrics.render().contains(
+            "istio_tcp_connections_opened_total{destination_service=\"reviews.default.svc.cluster.local\"} 1"
+        )
+    );
+}
+
+/// Handshake between two identities over an in-memory pipe; returns the server's view of the
+/// client's SPIFFE id.
+async fn handshake(server: &Identity, client: &Identity) -> Result<Option<String>, String> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config(true).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(client.client_config(vec![]).unwrap());
+    let srv = tokio::spawn(async move {
+        let mut s = acceptor.accept(b).await.map_err(|e| e.to_string())?;
+        let peer = s.get_ref().1.peer_certificates().and_then(|c| c.first().and_then(skein_proxy::identity::spiffe_id));
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        s.write_all(b"pong").await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(peer)
+    });
+    let name = ServerName::try_from("outbound_.9080_._.reviews.default.svc.cluster.local").unwrap();
+    let cli = async {
+        let mut c = connector.connect(name, a).await.map_err(|e| e.to_string())?;
+        c.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        c.flush().await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    };
+    let (c, s) = tokio::join!(cli, srv);
+    c?;
+    s.unwrap()
+}
+
+#[tokio::test]
+async fn peers_under_another_root_are_refused_both_ways() {
+    let (ca, other) = (Ca::new("cluster.local"), Ca::new("cluster.local"));
+    let (server, stranger) = (ca.identity("default", "reviews"), other.identity("default", "productpage"));
+    assert_eq!(
+        handshake(&server, &ca.identity("default", "productpage")).await,
+        Ok(Some("spiffe://cluster.local/ns/default/sa/productpage".into()))
+    );
+    assert!(handshake(&server, &stranger).await.is_err(), "server refuses a client from another root");
+    assert!(handshake(&stranger, &server).await.is_err(), "client refuses a server from another root");
+}
+
+#[test]
+fn identity_errors_name_the_input_without_echoing_it() {
+    let ca = Ca::new("cluster.local");
+    let (chain, _key) = ca.issue("default", "reviews");
+    let err =
+        Identity::from_pem(chain.as_bytes(), b"SECRET-NOT-A-KEY", ca.root_pem().as_bytes()).unwrap_err().to_string();
+    assert!(err.starts_with("privateKey"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    let err = Identity::from_pem(b"", b"", b"").unwrap_err().to_string();
+    assert!(err.starts_with("certChain"), "{err}");
+}
