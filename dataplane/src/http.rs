@@ -23,7 +23,9 @@ use skein_api::proxy::{OutboundPolicy, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
+    authz,
     connect::MeshConnector,
+    identity,
     metrics::{ClusterLabel, Metrics, RequestLabels},
     runtime::{RequestView, Routed, Runtime},
     store::Store,
@@ -44,6 +46,19 @@ type UpstreamClient = HttpClient;
 
 /// Connect timeout of passthrough traffic (Istio's default cluster connect timeout).
 const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the proxy knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Name of the listener that accepted it (selects its authorization policies).
+    pub listener: Arc<str>,
+    /// Listener port.
+    pub port: u16,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Peer SPIFFE id, when the peer authenticated with mTLS.
+    pub identity: Option<Arc<str>>,
+}
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Proxy {
@@ -121,13 +136,11 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        port: u16,
-        peer: SocketAddr,
-        peer_identity: Option<Arc<str>>,
+        conn: Arc<ConnInfo>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let rt = self.store.current();
-        let (outcome, service) = self.route_request(&rt, req, port, peer, peer_identity).await;
+        let (outcome, service) = self.route_request(&rt, req, &conn).await;
         let service_name = service.split('.').next().unwrap_or("unknown").to_string();
         let labels = RequestLabels {
             reporter: "source",
@@ -142,14 +155,8 @@ impl Proxy {
     }
 
     /// Returns the outcome and the destination service it was attributed to.
-    async fn route_request(
-        &self,
-        rt: &Runtime,
-        req: Request<Incoming>,
-        port: u16,
-        peer: SocketAddr,
-        peer_identity: Option<Arc<str>>,
-    ) -> (Outcome, String) {
+    async fn route_request(&self, rt: &Runtime, req: Request<Incoming>, conn: &ConnInfo) -> (Outcome, String) {
+        let (port, peer, peer_identity) = (conn.port, conn.peer, conn.identity.clone());
         let (mut parts, body) = req.into_parts();
         let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS {
@@ -165,6 +172,23 @@ impl Proxy {
             if p.chars().all(|c| c.is_ascii_digit()) { h } else { authority.as_str() }
         });
         let path = parts.uri.path().to_string();
+        if let Some(az) = rt.authorizer(&conn.listener) {
+            let req = authz::Request {
+                principal: peer_identity.as_deref().map(identity::principal),
+                source_ip: peer.ip(),
+                port,
+                http: Some(authz::HttpAttrs {
+                    host,
+                    method: parts.method.as_str(),
+                    path: &path,
+                    headers: &parts.headers,
+                }),
+            };
+            if let authz::Decision::Deny(policy) = az.check(&req) {
+                debug!(%peer, policy, "denied by authorization policy");
+                return (Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"), host.to_string());
+            }
+        }
         let view = RequestView { path: &path, method: &parts.method, headers: &parts.headers, port };
         let route = match rt.route(host, &view) {
             Routed::Route(r) => r,

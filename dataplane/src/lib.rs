@@ -3,6 +3,7 @@
 //! listeners and admin endpoints (`server`), and Istio-named telemetry (`metrics`).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod config_file;
 pub mod connect;
 pub mod http;

@@ -11,7 +11,7 @@ use skein_api::proxy::{
     ClientTlsMode, Cluster, IdentityFiles, InvalidConfig, ProxyConfig, Route, StringMatch, compile_regex,
 };
 
-use crate::{connect::ClientTls, identity::Identity, upstream::Upstream};
+use crate::{authz::Authorizer, connect::ClientTls, identity::Identity, upstream::Upstream};
 
 fn identity_err(e: crate::identity::IdentityError) -> InvalidConfig {
     InvalidConfig { path: "identity".into(), reason: e.to_string() }
@@ -65,6 +65,7 @@ pub struct Runtime {
     /// TLS server config verifying a client certificate when sent (PERMISSIVE).
     pub permissive_tls: Option<Arc<rustls::ServerConfig>>,
     vhosts: Vec<VirtualHost>,
+    authorizers: HashMap<String, Authorizer>,
     clusters: HashMap<String, Arc<Upstream>>,
 }
 
@@ -215,7 +216,11 @@ impl Runtime {
         }
         let strict = identity.as_ref().map(|i| i.server_config(true)).transpose().map_err(identity_err)?;
         let permissive = identity.as_ref().map(|i| i.server_config(false)).transpose().map_err(identity_err)?;
-        Ok(Self { config, identity, strict_tls: strict, permissive_tls: permissive, vhosts, clusters })
+        let mut authorizers = HashMap::new();
+        for l in config.listeners.iter().filter(|l| !l.authorization.is_empty()) {
+            authorizers.insert(l.name.clone(), Authorizer::new(&l.authorization, &format!("listeners[{}]", l.name))?);
+        }
+        Ok(Self { config, identity, strict_tls: strict, permissive_tls: permissive, vhosts, authorizers, clusters })
     }
 
     /// The first route of the virtual host serving `host` (port stripped) that matches.
@@ -249,6 +254,11 @@ impl Runtime {
                     .map(|(_, v)| v)
             })
             .or_else(|| self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any))))
+    }
+
+    /// The authorization policies of a listener, if it has any.
+    pub fn authorizer(&self, listener: &str) -> Option<&Authorizer> {
+        self.authorizers.get(listener)
     }
 
     /// A cluster by name.

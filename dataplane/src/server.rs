@@ -1,7 +1,7 @@
 //! Listeners: the configured HTTP listeners (opened and closed as the config changes) and the
 //! admin endpoints (`/healthz/ready`, `/stats/prometheus`, `/config_dump`).
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,7 +15,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    http::{Body, Proxy},
+    http::{Body, ConnInfo, Proxy},
     identity,
     metrics::Metrics,
     runtime::Runtime,
@@ -29,7 +29,7 @@ const MAX_HEAD: usize = 64 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP on `listener` until the task is aborted, terminating mTLS per `mode`.
-pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuthMode) {
+pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuthMode, name: Arc<str>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -41,12 +41,13 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuth
             }
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let (proxy, name) = (proxy.clone(), name.clone());
         tokio::spawn(async move {
             let rt = proxy.current();
+            let conn = |identity| Arc::new(ConnInfo { listener: name.clone(), port, peer, identity });
             match inbound_tls(stream, mode, &rt).await {
-                Ok(Inbound::Plain(s)) => serve_conn(s, proxy, port, peer, None).await,
-                Ok(Inbound::Tls(s, identity)) => serve_conn(s, proxy, port, peer, identity).await,
+                Ok(Inbound::Plain(s)) => serve_conn(s, proxy, conn(None)).await,
+                Ok(Inbound::Tls(s, identity)) => serve_conn(s, proxy, conn(identity)).await,
                 Err(e) => debug!(%peer, error = %e, "inbound connection refused"),
             }
         });
@@ -87,11 +88,12 @@ pub async fn inbound_tls(stream: TcpStream, mode: PeerAuthMode, rt: &Runtime) ->
     Ok(Inbound::Tls(Box::new(tls), identity.map(Arc::from)))
 }
 
-async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>)
+async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, port, peer, identity.clone()));
+    let peer = conn.peer;
+    let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, conn.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -140,7 +142,7 @@ impl Listeners {
                     let task = match (l.protocol, &l.cluster) {
                         (ListenerProtocol::Tcp, Some(c)) => tokio::spawn(tcp::serve(
                             sock,
-                            tcp::Mode::Cluster(c.clone()),
+                            tcp::Mode::Cluster { cluster: c.clone(), listener: l.name.as_str().into() },
                             l.peer_authentication,
                             self.store.clone(),
                             self.metrics.clone(),
@@ -152,7 +154,12 @@ impl Listeners {
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
-                        _ => tokio::spawn(serve_http(sock, self.proxy.clone(), l.peer_authentication)),
+                        _ => tokio::spawn(serve_http(
+                            sock,
+                            self.proxy.clone(),
+                            l.peer_authentication,
+                            l.name.as_str().into(),
+                        )),
                     };
                     self.open.insert(l.name.clone(), (l.clone(), task));
                 }

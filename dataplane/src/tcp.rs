@@ -12,6 +12,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    authz, identity,
     metrics::{Metrics, TcpLabels},
     server::{Inbound, inbound_tls},
     sni::{self, Peek},
@@ -27,8 +28,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What a TCP listener does with a connection.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// Forward to this cluster.
-    Cluster(String),
+    /// Forward to `cluster`, under `listener`'s authorization policies.
+    Cluster {
+        /// Destination cluster.
+        cluster: String,
+        /// Listener name.
+        listener: Arc<str>,
+    },
     /// Route by the TLS server name (Istio AUTO_PASSTHROUGH).
     SniPassthrough,
 }
@@ -59,12 +65,33 @@ async fn handle(
     metrics: Metrics,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
+    let local_port = client.local_addr().map(|a| a.port()).unwrap_or(0);
     let rt = store.current();
     let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection");
     match mode {
-        Mode::Cluster(name) => {
-            let up = rt.cluster(&name).cloned().ok_or_else(not_found)?;
-            match inbound_tls(client, peer_auth, &rt).await? {
+        Mode::Cluster { cluster, listener } => {
+            let up = rt.cluster(&cluster).cloned().ok_or_else(not_found)?;
+            let inbound = inbound_tls(client, peer_auth, &rt).await?;
+            let identity = match &inbound {
+                Inbound::Plain(_) => None,
+                Inbound::Tls(_, id) => id.clone(),
+            };
+            if let Some(az) = rt.authorizer(&listener) {
+                let req = authz::Request {
+                    principal: identity.as_deref().map(identity::principal),
+                    source_ip: peer.ip(),
+                    port: local_port,
+                    http: None,
+                };
+                if let authz::Decision::Deny(policy) = az.check(&req) {
+                    // Denied TCP: the connection is closed, as Envoy's RBAC filter does.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("denied by {policy}"),
+                    ));
+                }
+            }
+            match inbound {
                 Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, peer, &metrics).await,
                 Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, peer, &metrics).await,
             }

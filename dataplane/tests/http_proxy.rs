@@ -81,7 +81,12 @@ async fn proxy(yaml: &str) -> Harness {
     let metrics = Metrics::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_http(listener, Proxy::new(store.clone(), metrics.clone()), PeerAuthMode::Disable));
+    tokio::spawn(server::serve_http(
+        listener,
+        Proxy::new(store.clone(), metrics.clone()),
+        PeerAuthMode::Disable,
+        "test".into(),
+    ));
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     Harness { addr, store, metrics, client }
 }

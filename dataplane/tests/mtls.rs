@@ -71,8 +71,13 @@ async fn get(port: u16, host: &str) -> Option<(u16, String)> {
 
 /// Proxy B: the destination sidecar, inbound listener with `mode`, forwarding to `app`.
 fn server_side(ca: &Ca, dir: &std::path::Path, port: u16, mode: &str, app: SocketAddr) -> String {
+    server_side_with(ca, dir, port, mode, app, "[]")
+}
+
+/// Proxy B with AuthorizationPolicies (`authz`, a YAML list) on its inbound listener.
+fn server_side_with(ca: &Ca, dir: &std::path::Path, port: u16, mode: &str, app: SocketAddr, authz: &str) -> String {
     format!(
-        "{}listeners: [{{name: inbound, address: '127.0.0.1:{port}', peerAuthentication: {mode}}}]\nvirtualHosts: [{{name: in, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{app}']}}]\n",
+        "{}listeners: [{{name: inbound, address: '127.0.0.1:{port}', peerAuthentication: {mode}, authorization: {authz}}}]\nvirtualHosts: [{{name: in, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{app}']}}]\n",
         ca.identity_files(dir, "default", "reviews")
     )
 }
@@ -259,4 +264,33 @@ fn identity_errors_name_the_input_without_echoing_it() {
     assert!(!err.contains("SECRET"), "{err}");
     let err = Identity::from_pem(b"", b"", b"").unwrap_err().to_string();
     assert!(err.starts_with("certChain"), "{err}");
+}
+
+#[tokio::test]
+async fn authorization_policies_allow_by_principal_and_deny_everyone_else() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("authz");
+    let (app_addr, seen) = app().await;
+    let (b_port, a_port, nothing_port) = (free_port(), free_port(), free_port());
+    let allow_productpage = "[{name: default/reviews-viewer, rules: [{from: [{source: {principals: ['cluster.local/ns/default/sa/productpage']}}], to: [{operation: {methods: [GET]}}]}]}]";
+    let _b = proxy(&server_side_with(&ca, &dir, b_port, "PERMISSIVE", app_addr, allow_productpage)).await;
+    let _a = proxy(&client_side(
+        &ca,
+        &dir,
+        a_port,
+        "outbound|9080||reviews.default.svc.cluster.local",
+        ([127, 0, 0, 1], b_port).into(),
+        "",
+    ))
+    .await;
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())), "productpage over mTLS is allowed");
+    assert_eq!(get(b_port, "reviews").await, Some((403, "RBAC: access denied".into())), "plaintext has no principal");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // allow-nothing: an ALLOW policy without rules.
+    let (app2, seen2) = self::app().await;
+    let _n =
+        proxy(&server_side_with(&ca, &dir, nothing_port, "PERMISSIVE", app2, "[{name: default/allow-nothing}]")).await;
+    assert_eq!(get(nothing_port, "reviews").await.map(|r| r.0), Some(403));
+    assert!(seen2.lock().unwrap().is_empty());
 }

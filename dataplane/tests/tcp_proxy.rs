@@ -58,7 +58,11 @@ async fn read_some(s: &mut TcpStream) -> Vec<u8> {
 async fn tcp_listener_forwards_bytes_both_ways_and_counts_them() {
     let (db, _) = echo("db").await;
     let cfg = format!("clusters: [{{name: 'outbound|3306||mysqldb.prod.svc.cluster.local', endpoints: ['{db}']}}]\n");
-    let (addr, metrics) = start(&cfg, tcp::Mode::Cluster("outbound|3306||mysqldb.prod.svc.cluster.local".into())).await;
+    let (addr, metrics) = start(
+        &cfg,
+        tcp::Mode::Cluster { cluster: "outbound|3306||mysqldb.prod.svc.cluster.local".into(), listener: "db".into() },
+    )
+    .await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(b"hello").await.unwrap();
     assert_eq!(read_some(&mut c).await, b"db:hello");
