@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench tools clean
+.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench tools clean fuzz
 
 all: build
 
@@ -47,6 +47,16 @@ test: lint verify-generate test-unit test-e2e
 bench: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
 	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench operator
+
+## Fuzz every parser of untrusted bytes for FUZZ_SECONDS each (needs the nightly toolchain and
+## cargo-fuzz). Seeds in fuzz/corpus are copied, so runs never rewrite the committed corpus.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := sni_peek proxy_config
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  rm -rf target/fuzz-corpus/$$t && mkdir -p target/fuzz-corpus/$$t && cp fuzz/corpus/$$t/* target/fuzz-corpus/$$t/ && \
+	  (cd fuzz && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
 
 clean:
 	-for d in .skein/clusters/*/; do [ -d "$$d" ] && hack/cluster.sh down "$$(basename "$$d")"; done
