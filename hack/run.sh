@@ -29,7 +29,11 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 k apply --server-side -k config/crd >/dev/null
-k wait --for=condition=Established --timeout=60s crd/meshcontrolplanes.mesh.skein.dev >/dev/null
+# `kubectl wait` errors if it looks before the apiserver wrote any condition: poll instead.
+for _ in $(seq 1 300); do
+  [ "$(k get crd meshcontrolplanes.mesh.skein.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
+  sleep 0.2
+done
 log="$root/.skein/operator-$name.log"
 KUBECONFIG="$kubeconfig" "$root/target/debug/skein-operator" --metrics-addr 127.0.0.1:0 >"$log" 2>&1 &
 op_pid=$!

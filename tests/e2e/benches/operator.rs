@@ -19,7 +19,7 @@ use kube::{
 };
 use serde_json::json;
 use skein_api::MeshControlPlane;
-use skein_e2e::{Cluster, Operator, repo_root};
+use skein_e2e::{Cluster, Operator};
 
 const DEPLOYMENTS: [&str; 4] =
     ["skein-controlplane", "skein-ingressgateway", "skein-egressgateway", "skein-eastwestgateway"];
@@ -91,14 +91,7 @@ fn p_max(v: &[Duration]) -> Duration {
 async fn main() {
     let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let cluster = Cluster::start("bench").await.expect("cluster");
-    let crds = repo_root().join("config/crd");
-    assert!(cluster.kubectl(&["apply", "--server-side", "-k", crds.to_str().unwrap()], None).status.success());
-    assert!(
-        cluster
-            .kubectl(&["wait", "--for=condition=Established", "crd/meshcontrolplanes.mesh.skein.dev"], None)
-            .status
-            .success()
-    );
+    cluster.install_crds().await.expect("CRDs installed");
     let op = Operator::start(&cluster, "bench").expect("operator");
     let c = cluster.client.clone();
     let mcps: Api<MeshControlPlane> = Api::all(c.clone());

@@ -75,6 +75,29 @@ impl Cluster {
         child.wait_with_output().expect("kubectl output")
     }
 
+    /// Installs Skein's CRDs (`config/crd`, kustomize) and waits until the apiserver serves them.
+    ///
+    /// Polls the Established condition itself: `kubectl wait` fails outright when it looks
+    /// before the apiserver has written any condition.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let dir = repo_root().join("config/crd");
+        let out = self.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
+        anyhow::ensure!(out.status.success(), "install CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
+        let established = || async {
+            let crd = api.get_opt("meshcontrolplanes.mesh.skein.dev").await.ok()??;
+            let conds = crd.status?.conditions?;
+            conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        };
+        let start = Instant::now();
+        while established().await.is_none() {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "CRD not Established after 30s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Stops the kube-apiserver (etcd and the rest keep running).
     pub fn stop_apiserver(&self) -> anyhow::Result<()> {
         self.script("stop-apiserver")

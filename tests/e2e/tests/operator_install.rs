@@ -23,14 +23,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A cluster with Skein's CRDs installed and an operator running.
 async fn setup(prefix: &str) -> (Cluster, Operator) {
     let cluster = Cluster::start(prefix).await.expect("cluster starts");
-    let crds = skein_e2e::repo_root().join("config/crd");
-    let out = cluster.kubectl(&["apply", "--server-side", "-k", crds.to_str().unwrap()], None);
-    assert!(out.status.success(), "install CRDs: {}", String::from_utf8_lossy(&out.stderr));
-    let out = cluster.kubectl(
-        &["wait", "--for=condition=Established", "--timeout=30s", "crd/meshcontrolplanes.mesh.skein.dev"],
-        None,
-    );
-    assert!(out.status.success(), "CRD established: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.install_crds().await.expect("CRDs installed");
     let operator = Operator::start(&cluster, "op-a").expect("operator starts");
     (cluster, operator)
 }
