@@ -510,6 +510,10 @@ pub struct Cluster {
     /// TLS towards the endpoints. Unset: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Speak HTTP/2 to the endpoints (gRPC and `http2` ports; Istio's `h2UpgradePolicy`).
+    /// Default HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// DestinationRule `loadBalancer`, written as Istio does: `{simple: LEAST_REQUEST}` or

@@ -99,8 +99,13 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // `te: trailers` is the one TE value that survives: gRPC needs it end to end.
+    let trailers = h.get("te").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in HOP_BY_HOP {
         h.remove(name);
+    }
+    if trailers {
+        h.insert("te", HeaderValue::from_static("trailers"));
     }
 }
 

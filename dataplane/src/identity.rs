@@ -107,7 +107,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"istio".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"istio".to_vec()];
         Ok(Arc::new(cfg))
     }
 

@@ -51,6 +51,14 @@ fn client_tls(c: &Cluster, identity: Option<&Identity>) -> Result<Option<ClientT
     let sni = tls.sni.clone().or_else(|| istio_sni(&c.name)).unwrap_or_else(|| c.name.clone());
     let server_name = ServerName::try_from(sni.clone())
         .map_err(|_| InvalidConfig { path: at("sni"), reason: format!("{sni:?} is not a valid server name") })?;
+    // ALPN must name the protocol the pool will speak over the connection.
+    let config = if c.http2 {
+        let mut cfg = (*config).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(cfg)
+    } else {
+        config
+    };
     Ok(Some(ClientTls { config, server_name }))
 }
 

@@ -88,18 +88,28 @@ pub async fn inbound_tls(stream: TcpStream, mode: PeerAuthMode, rt: &Runtime) ->
     Ok(Inbound::Tls(Box::new(tls), identity.map(Arc::from)))
 }
 
+/// Most concurrent HTTP/2 streams per connection (Envoy's default is 2^31; 100 bounds memory).
+const MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams a client may reset before the connection is closed (rapid-reset defence).
+const MAX_PENDING_RESETS: usize = 20;
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
 async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, conn.clone()));
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(MAX_HEAD);
+    builder
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = conn.await {
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(Duration::from_secs(60));
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
         debug!(%peer, error = %e, "connection ended");
     }
 }

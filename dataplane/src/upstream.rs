@@ -130,9 +130,9 @@ impl Upstream {
     /// Builds the run-time state of `c`; `tls` carries the cluster's client TLS, if any.
     pub fn new(c: &Cluster, tls: Option<ClientTls>) -> Self {
         let connect_timeout = c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(MeshConnector { tls: tls.clone(), connect_timeout });
+        let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60)).http2_only(c.http2);
+        let client = builder.build(MeshConnector { tls: tls.clone(), connect_timeout });
         let pool = c.connection_pool.clone().unwrap_or_default();
         let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries } = pool;
         Self {

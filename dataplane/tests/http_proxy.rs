@@ -397,3 +397,72 @@ clusters:
         assert_eq!(h.get("reviews", "/", &[("end-user", "jason")]).await.1, first);
     }
 }
+
+/// An HTTP/2 (h2c) upstream answering like a gRPC server: body, then a `grpc-status` trailer.
+/// Records the version and `te` header it saw.
+async fn h2_upstream() -> (SocketAddr, Arc<Mutex<Vec<(hyper::Version, Option<String>)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap().to_string());
+                    s.lock().unwrap().push((req.version(), te));
+                    async move {
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = vec![
+                            Ok(hyper::body::Frame::data(Bytes::from_static(b"grpc-body"))),
+                            Ok(hyper::body::Frame::trailers(trailers)),
+                        ];
+                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        Ok::<_, Infallible>(Response::new(body))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn grpc_over_h2c_passes_through_with_trailers() {
+    let (up, seen) = h2_upstream().await;
+    let cfg = format!(
+        "virtualHosts: [{{name: g, domains: [greeter], routes: [{{route: [{{cluster: g}}]}}]}}]\nclusters: [{{name: g, endpoints: ['{up}'], http2: true}}]\n"
+    );
+    let h = proxy(&cfg).await;
+    // The caller speaks HTTP/2 with prior knowledge (h2c), as gRPC clients do in the mesh, and
+    // names the service in :authority.
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://greeter/helloworld.Greeter/SayHello")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap()), Some("0"));
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"grpc-body"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(hyper::Version::HTTP_2, Some("trailers".to_string()))],
+        "upstream got HTTP/2 with te: trailers"
+    );
+
+    // An HTTP/1.1 caller reaches the same HTTP/2 upstream.
+    assert_eq!(h.get("greeter", "/x", &[]).await.1, "grpc-body");
+}
