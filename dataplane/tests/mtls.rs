@@ -94,25 +94,31 @@ fn tmp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("skein-mtls-{}-{name}", std::process::id()))
 }
 
+/// Caller sidecar A (outbound, ISTIO_MUTUAL) → destination sidecar B (inbound `mode`, with
+/// `authz` policies) → app. `san` is appended to A's cluster TLS settings.
+struct Pair {
+    a_port: u16,
+    b_port: u16,
+    seen: Arc<Mutex<Vec<Option<String>>>>,
+    _proxies: [(Listeners, Metrics); 2],
+}
+
+async fn pair(name: &str, mode: &str, san: &str, authz: &str) -> Pair {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp(name);
+    let (app_addr, seen) = app().await;
+    let (b_port, a_port) = (free_port(), free_port());
+    let b = proxy(&server_side_with(&ca, &dir, b_port, mode, app_addr, authz)).await;
+    let dest = ([127, 0, 0, 1], b_port).into();
+    let a = proxy(&client_side(&ca, &dir, a_port, "outbound|9080||reviews.default.svc.cluster.local", dest, san)).await;
+    Pair { a_port, b_port, seen, _proxies: [a, b] }
+}
+
 #[tokio::test]
 async fn istio_mutual_carries_the_callers_identity_to_a_strict_server() {
-    let ca = Ca::new("cluster.local");
-    let dir = tmp("strict");
-    let (app, seen) = app().await;
-    let (b_port, a_port) = (free_port(), free_port());
-    let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
-    let _a = proxy(&client_side(
-        &ca,
-        &dir,
-        a_port,
-        "outbound|9080||reviews.default.svc.cluster.local",
-        ([127, 0, 0, 1], b_port).into(),
-        "",
-    ))
-    .await;
-
-    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())));
-    let xfcc = seen.lock().unwrap()[0].clone().expect("XFCC set for an mTLS peer");
+    let p = pair("strict", "STRICT", "", "[]").await;
+    assert_eq!(get(p.a_port, "reviews").await, Some((200, "app".into())));
+    let xfcc = p.seen.lock().unwrap()[0].clone().expect("XFCC set for an mTLS peer");
     assert_eq!(
         xfcc,
         "By=spiffe://cluster.local/ns/default/sa/reviews;URI=spiffe://cluster.local/ns/default/sa/productpage"
@@ -125,56 +131,27 @@ async fn istio_mutual_carries_the_callers_identity_to_a_strict_server() {
 
 #[tokio::test]
 async fn strict_refuses_plaintext() {
-    let ca = Ca::new("cluster.local");
-    let (app, seen) = app().await;
-    let b_port = free_port();
-    let _b = proxy(&server_side(&ca, &tmp("refuse"), b_port, "STRICT", app)).await;
-    assert_eq!(get(b_port, "reviews").await.map(|r| r.0), None, "no HTTP answer to plaintext");
-    assert!(seen.lock().unwrap().is_empty());
+    let p = pair("refuse", "STRICT", "", "[]").await;
+    assert_eq!(get(p.b_port, "reviews").await.map(|r| r.0), None, "no HTTP answer to plaintext");
+    assert!(p.seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn permissive_accepts_mtls_and_plaintext_on_one_port() {
-    let ca = Ca::new("cluster.local");
-    let dir = tmp("permissive");
-    let (app, seen) = app().await;
-    let (b_port, a_port) = (free_port(), free_port());
-    let _b = proxy(&server_side(&ca, &dir, b_port, "PERMISSIVE", app)).await;
-    let _a = proxy(&client_side(
-        &ca,
-        &dir,
-        a_port,
-        "outbound|9080||reviews.default.svc.cluster.local",
-        ([127, 0, 0, 1], b_port).into(),
-        "",
-    ))
-    .await;
-    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())), "mTLS");
-    assert_eq!(get(b_port, "reviews").await, Some((200, "app".into())), "plaintext");
-    let seen = seen.lock().unwrap().clone();
+    let p = pair("permissive", "PERMISSIVE", "", "[]").await;
+    assert_eq!(get(p.a_port, "reviews").await, Some((200, "app".into())), "mTLS");
+    assert_eq!(get(p.b_port, "reviews").await, Some((200, "app".into())), "plaintext");
+    let seen = p.seen.lock().unwrap().clone();
     assert!(seen[0].as_deref().is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/default/sa/productpage")));
     assert_eq!(seen[1], None, "plaintext request carries no identity");
 }
 
 #[tokio::test]
 async fn caller_refuses_a_server_whose_identity_is_not_the_expected_one() {
-    let ca = Ca::new("cluster.local");
-    let dir = tmp("san");
-    let (app, seen) = app().await;
-    let (b_port, a_port) = (free_port(), free_port());
-    let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
     let san = ", subjectAltNames: ['spiffe://cluster.local/ns/default/sa/ratings']";
-    let _a = proxy(&client_side(
-        &ca,
-        &dir,
-        a_port,
-        "outbound|9080||reviews.default.svc.cluster.local",
-        ([127, 0, 0, 1], b_port).into(),
-        san,
-    ))
-    .await;
-    assert_eq!(get(a_port, "reviews").await.map(|r| r.0), Some(503));
-    assert!(seen.lock().unwrap().is_empty());
+    let p = pair("san", "STRICT", san, "[]").await;
+    assert_eq!(get(p.a_port, "reviews").await.map(|r| r.0), Some(503));
+    assert!(p.seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -268,29 +245,14 @@ fn identity_errors_name_the_input_without_echoing_it() {
 
 #[tokio::test]
 async fn authorization_policies_allow_by_principal_and_deny_everyone_else() {
-    let ca = Ca::new("cluster.local");
-    let dir = tmp("authz");
-    let (app_addr, seen) = app().await;
-    let (b_port, a_port, nothing_port) = (free_port(), free_port(), free_port());
     let allow_productpage = "[{name: default/reviews-viewer, rules: [{from: [{source: {principals: ['cluster.local/ns/default/sa/productpage']}}], to: [{operation: {methods: [GET]}}]}]}]";
-    let _b = proxy(&server_side_with(&ca, &dir, b_port, "PERMISSIVE", app_addr, allow_productpage)).await;
-    let _a = proxy(&client_side(
-        &ca,
-        &dir,
-        a_port,
-        "outbound|9080||reviews.default.svc.cluster.local",
-        ([127, 0, 0, 1], b_port).into(),
-        "",
-    ))
-    .await;
-    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())), "productpage over mTLS is allowed");
-    assert_eq!(get(b_port, "reviews").await, Some((403, "RBAC: access denied".into())), "plaintext has no principal");
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    let p = pair("authz", "PERMISSIVE", "", allow_productpage).await;
+    assert_eq!(get(p.a_port, "reviews").await, Some((200, "app".into())), "productpage over mTLS is allowed");
+    assert_eq!(get(p.b_port, "reviews").await, Some((403, "RBAC: access denied".into())), "plaintext has no principal");
+    assert_eq!(p.seen.lock().unwrap().len(), 1);
 
     // allow-nothing: an ALLOW policy without rules.
-    let (app2, seen2) = self::app().await;
-    let _n =
-        proxy(&server_side_with(&ca, &dir, nothing_port, "PERMISSIVE", app2, "[{name: default/allow-nothing}]")).await;
-    assert_eq!(get(nothing_port, "reviews").await.map(|r| r.0), Some(403));
-    assert!(seen2.lock().unwrap().is_empty());
+    let nothing = pair("nothing", "PERMISSIVE", "", "[{name: default/allow-nothing}]").await;
+    assert_eq!(get(nothing.a_port, "reviews").await.map(|r| r.0), Some(403));
+    assert!(nothing.seen.lock().unwrap().is_empty());
 }
