@@ -195,8 +195,8 @@ impl Proxy {
             }
         }
         let view = RequestView { path: &path, method: &parts.method, headers: &parts.headers, port };
-        let route = match rt.route(host, &view) {
-            Routed::Route(r) => r,
+        let (route, prefix) = match rt.route(host, &view) {
+            Routed::Route(r, prefix) => (r, prefix.map(str::to_string)),
             Routed::NoRoute => {
                 return (Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"), host.to_string());
             }
@@ -223,7 +223,6 @@ impl Proxy {
             .first()
             .and_then(|d| rt.cluster(&d.cluster))
             .map_or_else(|| host.to_string(), |c| c.service().to_string());
-        let prefix = route.matched_prefix(&view).map(str::to_string);
 
         let body = match read_body(body).await {
             Ok(b) => b,
@@ -289,8 +288,15 @@ impl Proxy {
         }
         let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer };
         // Circuit breaking: an admitted request holds its slot until the response head is back.
+        // A request still queued for a connection when the route timeout passes times out (504
+        // UT); one refused by a full queue overflows (503 UO).
         let admission = match deadline {
-            Some(dl) => tokio::time::timeout_at(dl.into(), upstream.admit()).await.unwrap_or(None),
+            Some(dl) => match tokio::time::timeout_at(dl.into(), upstream.admit()).await {
+                Ok(a) => a,
+                Err(_) => {
+                    return (Outcome::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"), service);
+                }
+            },
             None => upstream.admit().await,
         };
         let Some(_admission) = admission else {

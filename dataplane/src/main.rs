@@ -45,9 +45,13 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let proxy = Proxy::new(store.clone(), metrics.clone());
 
-    for addr in [admin_addr, status_addr, metrics_addr] {
+    for (addr, role) in [
+        (admin_addr, server::AdminRole::Admin),
+        (status_addr, server::AdminRole::Status),
+        (metrics_addr, server::AdminRole::Metrics),
+    ] {
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
-        tokio::spawn(server::serve_admin(sock, store.clone(), metrics.clone()));
+        tokio::spawn(server::serve_admin(sock, role, store.clone(), metrics.clone()));
     }
     let mut listeners = server::Listeners::new(proxy, store.clone(), metrics.clone());
     for e in listeners.sync(&store.current().config.listeners).await {

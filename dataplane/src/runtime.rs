@@ -145,14 +145,13 @@ pub struct RequestView<'a> {
 }
 
 impl CompiledRoute {
-    fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
-    }
-
-    /// The prefix the request matched, when the matching rule used a uri prefix (rewrite
-    /// replaces exactly that part, as Istio does).
-    pub fn matched_prefix(&self, req: &RequestView<'_>) -> Option<&str> {
-        self.matches.iter().find(|m| m.matches(req)).and_then(|m| match &m.uri {
+    /// `None` if the request does not match; otherwise the uri prefix the matching entry used,
+    /// if any (rewrite replaces exactly that part, as Istio does).
+    fn match_request(&self, req: &RequestView<'_>) -> Option<Option<&str>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().find(|m| m.matches(req)).map(|m| match &m.uri {
             Some(Matcher::Prefix(p)) => Some(p.as_str()),
             _ => None,
         })
@@ -176,8 +175,8 @@ pub enum Routed<'a> {
     UnknownHost,
     /// The host is known but no rule matches the request.
     NoRoute,
-    /// The matching rule.
-    Route(&'a CompiledRoute),
+    /// The matching rule, and the uri prefix it matched on (for rewrites).
+    Route(&'a CompiledRoute, Option<&'a str>),
 }
 
 impl Runtime {
@@ -236,7 +235,11 @@ impl Runtime {
         let host = host.to_ascii_lowercase();
         match self.find_vhost(&host) {
             None => Routed::UnknownHost,
-            Some(vh) => vh.routes.iter().find(|r| r.matches(req)).map_or(Routed::NoRoute, Routed::Route),
+            Some(vh) => vh
+                .routes
+                .iter()
+                .find_map(|r| r.match_request(req).map(|prefix| Routed::Route(r, prefix)))
+                .unwrap_or(Routed::NoRoute),
         }
     }
 
@@ -328,7 +331,7 @@ clusters:
         let m: Method = method.parse().unwrap();
         let req = RequestView { path, method: &m, headers: &h, port };
         match rt.route(host, &req) {
-            Routed::Route(r) => Some(r.route.name.as_str()),
+            Routed::Route(r, _) => Some(r.route.name.as_str()),
             _ => None,
         }
     }

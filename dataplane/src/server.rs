@@ -194,8 +194,21 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// Serves the admin endpoints on `listener` until aborted.
-pub async fn serve_admin(listener: TcpListener, store: Store, metrics: Metrics) {
+/// Which endpoints an admin listener serves. The config dump stays on the loopback admin
+/// address; the status and metrics ports, reachable from outside the pod, serve only their one
+/// path each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// `/config_dump`, plus readiness and metrics (Envoy's 15000).
+    Admin,
+    /// `/healthz/ready` (Istio's 15021).
+    Status,
+    /// `/stats/prometheus` (Istio's 15090).
+    Metrics,
+}
+
+/// Serves the endpoints of `role` on `listener` until aborted.
+pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -203,10 +216,14 @@ pub async fn serve_admin(listener: TcpListener, store: Store, metrics: Metrics) 
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = match req.uri().path() {
-                    "/healthz/ready" | "/ready" => text(StatusCode::OK, "ready\n".into()),
-                    "/stats/prometheus" | "/metrics" => text(StatusCode::OK, metrics.render()),
-                    "/config_dump" => {
+                let resp = match (role, req.uri().path()) {
+                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
+                        text(StatusCode::OK, "ready\n".into())
+                    }
+                    (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
+                        text(StatusCode::OK, metrics.render())
+                    }
+                    (AdminRole::Admin, "/config_dump") => {
                         let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
                         text(StatusCode::OK, dump)
                     }

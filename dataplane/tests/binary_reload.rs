@@ -80,6 +80,9 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
     );
     eventually("proxy serving a", || get(listen, "/").is_some_and(|r| r.1 == "a"));
     assert_eq!(get(status, "/healthz/ready").map(|r| r.0), Some(200));
+    // The config dump is served on the loopback admin address only.
+    assert_eq!(get(status, "/config_dump").map(|r| r.0), Some(404));
+    assert_eq!(get(metrics, "/config_dump").map(|r| r.0), Some(404));
 
     // Invalid: weights sum to 150. Rejected, counted, and `a` keeps serving.
     std::fs::write(&path, config(listen, (100, 50), a, b)).unwrap();

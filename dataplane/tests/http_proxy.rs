@@ -466,3 +466,23 @@ async fn grpc_over_h2c_passes_through_with_trailers() {
     // An HTTP/1.1 caller reaches the same HTTP/2 upstream.
     assert_eq!(h.get("greeter", "/x", &[]).await.1, "grpc-body");
 }
+
+#[tokio::test]
+async fn a_request_still_queued_for_a_connection_at_the_route_timeout_gets_504() {
+    let slow = upstream_with("slow", 0, Duration::from_millis(600), StatusCode::OK).await;
+    let cfg = format!(
+        "virtualHosts: [{{name: r, domains: [reviews], routes: [{{match: [{{uri: {{prefix: /slow}}}}], route: [{{cluster: c}}]}}, {{route: [{{cluster: c}}], timeout: 300ms}}]}}]\nclusters: [{{name: c, endpoints: ['{}'], connectionPool: {{maxConnections: 1}}}}]\n",
+        slow.addr
+    );
+    let h = Arc::new(proxy(&cfg).await);
+    let first = {
+        let h = h.clone();
+        tokio::spawn(async move { h.get("reviews", "/slow", &[]).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    assert_eq!(h.get("reviews", "/", &[]).await.0, StatusCode::GATEWAY_TIMEOUT, "queued request times out");
+    assert!(start.elapsed() < Duration::from_millis(600), "answered at the route timeout, not after the slot freed");
+    assert_eq!(first.await.unwrap(), StatusCode::OK, "the request holding the connection (no timeout) completes");
+    assert_eq!(slow.seen.lock().unwrap().len(), 1, "the queued request never reached the upstream");
+}
