@@ -32,6 +32,81 @@ pub struct ProxyConfig {
     /// This workload's certificate, key and mesh root (PEM files). Required for mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityFiles>,
+    /// Access log (Istio's `meshConfig.accessLogFile`). Unset: no access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where and how requests are logged, one line per request or TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// File appended to; `/dev/stdout` logs to standard output.
+    pub path: std::path::PathBuf,
+    /// `TEXT` (Envoy's default format, the default) or `JSON`.
+    #[serde(default)]
+    pub encoding: AccessLogEncoding,
+}
+
+/// Access log line format (Istio's `meshConfig.accessLogEncoding`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessLogEncoding {
+    /// Envoy's default text format.
+    #[default]
+    #[serde(rename = "TEXT")]
+    Text,
+    /// One JSON object per line.
+    #[serde(rename = "JSON")]
+    Json,
+}
+
+/// Transparent capture: which iptables redirection feeds a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Capture {
+    /// The workload's outgoing connections (Istio's 15001): HTTP is routed by Host, other TCP
+    /// by the original destination (a cluster's `serviceAddresses`), the rest per
+    /// `outboundTrafficPolicy`.
+    #[serde(rename = "OUTBOUND")]
+    Outbound,
+    /// Connections to the workload (Istio's 15006): PeerAuthentication and authorization
+    /// applied, then forwarded to the original destination.
+    #[serde(rename = "INBOUND")]
+    Inbound,
+}
+
+/// Gateway server TLS (Istio's `Gateway.servers[].tls` with mode SIMPLE or MUTUAL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTls {
+    /// Certificates, chosen by the ClientHello's server name; the first is the default.
+    pub credentials: Vec<ServerCredential>,
+    /// CA bundle client certificates must chain to (mode MUTUAL). Unset: no client
+    /// certificate asked for (mode SIMPLE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<std::path::PathBuf>,
+}
+
+/// One server certificate and the host names it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerCredential {
+    /// Server names (exact, or `*.example.com`) this certificate answers for.
+    pub hosts: Vec<String>,
+    /// Certificate chain (PEM), leaf first.
+    pub cert_chain: std::path::PathBuf,
+    /// Private key (PEM).
+    pub private_key: std::path::PathBuf,
+}
+
+/// A TLS passthrough route (VirtualService `tls` rule): connections whose server name matches
+/// go, still encrypted, to `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Server names (exact, `*.example.com`, or `*`).
+    pub sni_hosts: Vec<String>,
+    /// Destination cluster.
+    pub cluster: String,
 }
 
 /// Paths of the workload's identity material (PEM).
@@ -123,6 +198,15 @@ pub struct Listener {
     /// AuthorizationPolicies applying to traffic arriving here. Empty: everything allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationPolicy>,
+    /// Set on the transparent-capture listeners (15001/15006); their protocol must be `AUTO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+    /// TLS terminated with these certificates (a gateway's HTTPS server). `HTTP` listeners only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls: Option<ServerTls>,
+    /// Passthrough routes by server name. `TLS` listeners only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_routes: Vec<TlsRoute>,
 }
 
 /// An Istio AuthorizationPolicy (`security.istio.io`), as it applies to one workload.
@@ -267,6 +351,14 @@ pub enum ListenerProtocol {
     /// `outbound_.<port>_.<subset>_.<host>` form (the east-west gateway on 15443).
     #[serde(rename = "AUTO_PASSTHROUGH")]
     AutoPassthrough,
+    /// TLS passed through untouched, routed by server name to `tlsRoutes` (a gateway's
+    /// PASSTHROUGH server).
+    #[serde(rename = "TLS")]
+    Tls,
+    /// Detected per connection: HTTP/1.1 or HTTP/2 is routed as HTTP, anything else as TCP
+    /// (Istio's protocol sniffing). Used by capture listeners.
+    #[serde(rename = "AUTO")]
+    Auto,
 }
 
 /// Routes for a set of domains (one VirtualService host, or a Service's names).
@@ -514,6 +606,9 @@ pub struct Cluster {
     /// Default HTTP/1.1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http2: bool,
+    /// Service addresses (VIP:port) whose captured non-HTTP connections go to this cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_addresses: Vec<SocketAddr>,
 }
 
 /// DestinationRule `loadBalancer`, written as Istio does: `{simple: LEAST_REQUEST}` or
@@ -633,6 +728,10 @@ pub struct ConnectionPool {
     /// `http.maxRetries`: retries in flight to the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// `http.maxRequestsPerConnection`: an upstream connection is closed after this many
+    /// requests (0 or unset: unlimited; 1 disables keep-alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// Outlier detection.
@@ -726,13 +825,17 @@ impl ProxyConfig {
             }
         }
         for l in &self.listeners {
+            l.validate(&clusters)?;
+        }
+        for l in &self.listeners {
             let at = format!("listeners[{}].cluster", l.name);
             match (l.protocol, l.cluster.as_deref()) {
                 (ListenerProtocol::Tcp, None) => return Err(invalid(at, "a TCP listener needs a cluster")),
                 (ListenerProtocol::Tcp, Some(c)) if !clusters.contains(c) => {
                     return Err(invalid(at, format!("unknown cluster {c:?}")));
                 }
-                (ListenerProtocol::Http | ListenerProtocol::AutoPassthrough, Some(_)) => {
+                (ListenerProtocol::Tcp, Some(_)) => {}
+                (_, Some(_)) => {
                     return Err(invalid(at, "only TCP listeners name a cluster"));
                 }
                 _ => {}
@@ -749,6 +852,62 @@ impl ProxyConfig {
             }
             for (i, r) in vh.routes.iter().enumerate() {
                 r.validate(&format!("{at}.routes[{i}]"), &clusters)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    /// Checks the fields that only some protocols use.
+    fn validate(&self, clusters: &std::collections::BTreeSet<&str>) -> Result<(), InvalidConfig> {
+        let at = |f: &str| format!("listeners[{}].{f}", self.name);
+        if self.capture.is_some() && self.protocol != ListenerProtocol::Auto {
+            return Err(invalid(at("protocol"), "a capture listener detects the protocol: set AUTO"));
+        }
+        if self.protocol == ListenerProtocol::Auto && self.capture.is_none() {
+            return Err(invalid(at("protocol"), "AUTO is only for capture listeners (set capture)"));
+        }
+        if let Some(tls) = &self.server_tls {
+            if self.protocol != ListenerProtocol::Http {
+                return Err(invalid(at("serverTls"), "only HTTP listeners terminate gateway TLS"));
+            }
+            if self.peer_authentication != PeerAuthMode::Disable {
+                return Err(invalid(
+                    at("serverTls"),
+                    "gateway TLS and mesh mTLS (peerAuthentication) exclude each other",
+                ));
+            }
+            if tls.credentials.is_empty() {
+                return Err(invalid(at("serverTls.credentials"), "at least one certificate is required"));
+            }
+            for (i, c) in tls.credentials.iter().enumerate() {
+                if c.hosts.is_empty() {
+                    return Err(invalid(
+                        at(&format!("serverTls.credentials[{i}].hosts")),
+                        "at least one host is required",
+                    ));
+                }
+            }
+        }
+        match (self.protocol, self.tls_routes.is_empty()) {
+            (ListenerProtocol::Tls, true) => return Err(invalid(at("tlsRoutes"), "a TLS listener needs routes")),
+            (ListenerProtocol::Tls, false) => {}
+            (_, false) => return Err(invalid(at("tlsRoutes"), "only TLS listeners have TLS routes")),
+            (_, true) => {}
+        }
+        if self.protocol == ListenerProtocol::Tls && self.peer_authentication != PeerAuthMode::Disable {
+            return Err(invalid(at("peerAuthentication"), "a passthrough listener never terminates TLS"));
+        }
+        for (i, r) in self.tls_routes.iter().enumerate() {
+            if r.sni_hosts.is_empty() {
+                return Err(invalid(at(&format!("tlsRoutes[{i}].sniHosts")), "at least one host is required"));
+            }
+            if !clusters.contains(r.cluster.as_str()) {
+                return Err(invalid(
+                    at(&format!("tlsRoutes[{i}].cluster")),
+                    format!("unknown cluster {:?}", r.cluster),
+                ));
             }
         }
         Ok(())
@@ -880,6 +1039,8 @@ mod opt_duration {
         }
     }
 }
+
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

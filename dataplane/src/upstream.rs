@@ -134,7 +134,7 @@ impl Upstream {
         builder.pool_idle_timeout(Duration::from_secs(60)).http2_only(c.http2);
         let client = builder.build(MeshConnector { tls: tls.clone(), connect_timeout });
         let pool = c.connection_pool.clone().unwrap_or_default();
-        let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries } = pool;
+        let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries, .. } = pool;
         Self {
             name: c.name.clone(),
             client,

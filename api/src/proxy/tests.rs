@@ -119,3 +119,39 @@ fn durations_parse_istio_units() {
     assert!(duration::parse("-1s").is_err());
     assert!(duration::parse("10").is_err());
 }
+
+fn listener_err(yaml: &str) -> String {
+    let mut c = bookinfo();
+    c.listeners.push(serde_yaml::from_str(yaml).unwrap());
+    c.validate().unwrap_err().to_string()
+}
+
+#[test]
+fn listener_fields_that_do_not_fit_the_protocol_are_rejected() {
+    assert_eq!(
+        listener_err("{name: cap, address: '0.0.0.0:15006', capture: INBOUND}"),
+        "listeners[cap].protocol: a capture listener detects the protocol: set AUTO"
+    );
+    assert_eq!(
+        listener_err("{name: a, address: '0.0.0.0:1', protocol: AUTO}"),
+        "listeners[a].protocol: AUTO is only for capture listeners (set capture)"
+    );
+    assert_eq!(
+        listener_err("{name: t, address: '0.0.0.0:1', protocol: TLS}"),
+        "listeners[t].tlsRoutes: a TLS listener needs routes"
+    );
+    assert_eq!(
+        listener_err("{name: t, address: '0.0.0.0:1', protocol: TLS, tlsRoutes: [{sniHosts: [a], cluster: nope}]}"),
+        r#"listeners[t].tlsRoutes[0].cluster: unknown cluster "nope""#
+    );
+    assert_eq!(
+        listener_err(
+            "{name: g, address: '0.0.0.0:1', protocol: TCP, cluster: 'outbound|9080|v1|reviews', serverTls: {credentials: [{hosts: [a], certChain: /c, privateKey: /k}]}}"
+        ),
+        "listeners[g].serverTls: only HTTP listeners terminate gateway TLS"
+    );
+    assert_eq!(
+        listener_err("{name: g, address: '0.0.0.0:1', serverTls: {credentials: []}}"),
+        "listeners[g].serverTls.credentials: at least one certificate is required"
+    );
+}
