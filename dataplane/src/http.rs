@@ -19,10 +19,11 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use skein_api::proxy::{OutboundPolicy, RetryPolicy, Route};
+use skein_api::proxy::{Capture, OutboundPolicy, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
+    accesslog::{AccessLogger, Entry},
     authz,
     connect::MeshConnector,
     identity,
@@ -58,14 +59,25 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Peer SPIFFE id, when the peer authenticated with mTLS.
     pub identity: Option<Arc<str>>,
+    /// Set on connections redirected by iptables: which capture, and where the client was
+    /// really going (`SO_ORIGINAL_DST`).
+    pub captured: Option<(Capture, SocketAddr)>,
+}
+
+impl ConnInfo {
+    /// A connection accepted on a plain (not capture) listener.
+    pub fn new(listener: Arc<str>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>) -> Self {
+        Self { listener, port, peer, identity, captured: None }
+    }
 }
 
 /// Everything a request handler needs; shared by all connections.
 pub struct Proxy {
     store: Store,
     metrics: Metrics,
-    /// Client for ALLOW_ANY passthrough (clusters have their own, in `Upstream`).
+    /// Client for ALLOW_ANY passthrough and inbound delivery (clusters have their own).
     passthrough: UpstreamClient,
+    access_log: AccessLogger,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -78,11 +90,31 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
 struct Outcome {
     response: Response<Body>,
     flags: &'static str,
+    /// Endpoint that answered, if the request was sent anywhere.
+    upstream: Option<SocketAddr>,
 }
 
 impl Outcome {
     fn local(status: StatusCode, body: &'static str, flags: &'static str) -> Self {
-        Self { response: full(status, body), flags }
+        Self { response: full(status, body), flags, upstream: None }
+    }
+
+    fn upstream(response: Response<Body>, addr: SocketAddr) -> Self {
+        Self { response, flags: "-", upstream: Some(addr) }
+    }
+}
+
+/// Where a request was attributed, for metrics and the access log.
+#[derive(Default)]
+struct Attribution {
+    service: String,
+    cluster: Option<String>,
+    route: Option<String>,
+}
+
+impl Attribution {
+    fn service(service: impl Into<String>) -> Self {
+        Self { service: service.into(), ..Default::default() }
     }
 }
 
@@ -129,12 +161,18 @@ impl Proxy {
         self.store.current()
     }
 
+    /// The metrics this proxy records to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A proxy serving the configuration in `store`.
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
         let passthrough = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT });
-        Arc::new(Self { store, metrics, passthrough })
+        let access_log = AccessLogger::start(metrics.clone());
+        Arc::new(Self { store, metrics, passthrough, access_log })
     }
 
     /// Handles one request that arrived on a listener bound to `port`.
@@ -144,34 +182,56 @@ impl Proxy {
         conn: Arc<ConnInfo>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
+        let mut req = req;
+        // Trace context: traceparent/tracestate and b3 headers pass through untouched (they are
+        // not hop-by-hop); x-request-id is kept or created here so every hop, retry and mirror
+        // of this request carries the same one.
+        ensure_request_id(req.headers_mut());
         let rt = self.store.current();
-        let (outcome, service) = self.route_request(&rt, req, &conn).await;
+        let log = rt.config.access_log.clone().map(|cfg| (cfg, entry_for(&req, &conn)));
+        let reporter = match conn.captured {
+            Some((Capture::Inbound, _)) => "destination",
+            _ => "source",
+        };
+        let (outcome, attribution) = self.route_request(&rt, req, &conn).await;
+        let service = attribution.service;
         let service_name = service.split('.').next().unwrap_or("unknown").to_string();
+        let elapsed = start.elapsed();
+        if let Some((cfg, mut entry)) = log {
+            entry.response_code = outcome.response.status().as_u16();
+            entry.response_flags = outcome.flags.to_string();
+            entry.bytes_sent = hyper::body::Body::size_hint(outcome.response.body()).exact().unwrap_or(0);
+            entry.duration = elapsed.as_millis() as u64;
+            entry.upstream_host = outcome.upstream;
+            entry.upstream_cluster = attribution.cluster;
+            entry.route_name = attribution.route;
+            self.access_log.log(&cfg, &entry);
+        }
         let labels = RequestLabels {
-            reporter: "source",
+            reporter,
             destination_service: service,
             destination_service_name: service_name,
             response_code: outcome.response.status().as_u16(),
             response_flags: outcome.flags,
             request_protocol: "http",
         };
-        self.metrics.record(labels, start.elapsed().as_secs_f64() * 1000.0);
+        self.metrics.record(labels, elapsed.as_secs_f64() * 1000.0);
         Ok(outcome.response)
     }
 
-    /// Returns the outcome and the destination service it was attributed to.
-    async fn route_request(&self, rt: &Runtime, req: Request<Incoming>, conn: &ConnInfo) -> (Outcome, String) {
+    /// Returns the outcome and where it was attributed.
+    async fn route_request(&self, rt: &Runtime, req: Request<Incoming>, conn: &ConnInfo) -> (Outcome, Attribution) {
         let (port, peer, peer_identity) = (conn.port, conn.peer, conn.identity.clone());
         let (mut parts, body) = req.into_parts();
         let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
         if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS {
             return (
                 Outcome::local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n", "-"),
-                "unknown".into(),
+                Attribution::service("unknown"),
             );
         }
         let Some(authority) = authority_of(&parts.uri, &parts.headers) else {
-            return (Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"), "unknown".into());
+            return (Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"), Attribution::service("unknown"));
         };
         let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, p)| {
             if p.chars().all(|c| c.is_ascii_digit()) { h } else { authority.as_str() }
@@ -191,28 +251,41 @@ impl Proxy {
             };
             if let authz::Decision::Deny(policy) = az.check(&req) {
                 debug!(%peer, policy, "denied by authorization policy");
-                return (Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"), host.to_string());
+                return (Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"), Attribution::service(host));
             }
+        }
+        if let Some((Capture::Inbound, dst)) = conn.captured {
+            // Inbound capture delivers to the workload the client addressed; outbound routing
+            // rules are the caller's business and do not apply here.
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(o) => return (o, Attribution::service(host)),
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            set_client_cert_header(&mut parts.headers, rt, peer_identity.as_deref());
+            let cluster = format!("inbound|{}||", dst.port());
+            let outcome = self.deliver(dst, parts, body).await;
+            return (outcome, Attribution { service: host.to_string(), cluster: Some(cluster), route: None });
         }
         let view = RequestView { path: &path, method: &parts.method, headers: &parts.headers, port };
         let (route, prefix) = match rt.route(host, &view) {
             Routed::Route(r, prefix) => (r, prefix.map(str::to_string)),
             Routed::NoRoute => {
-                return (Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"), host.to_string());
+                return (Outcome::local(StatusCode::NOT_FOUND, "no route\n", "NR"), Attribution::service(host));
             }
             Routed::UnknownHost => {
                 return match rt.config.outbound_traffic_policy {
                     OutboundPolicy::RegistryOnly => (
                         Outcome::local(StatusCode::BAD_GATEWAY, "host is not in the mesh registry\n", "NR"),
-                        "BlackHoleCluster".into(),
+                        Attribution::service("BlackHoleCluster"),
                     ),
                     OutboundPolicy::AllowAny => {
                         let body = match read_body(body).await {
                             Ok(b) => b,
-                            Err(o) => return (o, "PassthroughCluster".into()),
+                            Err(o) => return (o, Attribution::service("PassthroughCluster")),
                         };
                         strip_hop_by_hop(&mut parts.headers);
-                        (self.passthrough(&authority, parts, body).await, "PassthroughCluster".into())
+                        (self.passthrough(&authority, conn, parts, body).await, Attribution::service("PassthroughCluster"))
                     }
                 };
             }
@@ -223,13 +296,13 @@ impl Proxy {
             .first()
             .and_then(|d| rt.cluster(&d.cluster))
             .map_or_else(|| host.to_string(), |c| c.service().to_string());
+        let mut service = Attribution { service, cluster: None, route: Some(route.route.name.clone()) };
 
         let body = match read_body(body).await {
             Ok(b) => b,
             Err(o) => return (o, service),
         };
         strip_hop_by_hop(&mut parts.headers);
-        ensure_request_id(&mut parts.headers);
         set_client_cert_header(&mut parts.headers, rt, peer_identity.as_deref());
         let r = &route.route;
         let deadline = r.timeout.map(|t| Instant::now() + t);
@@ -251,7 +324,7 @@ impl Proxy {
             }
             if let Some(a) = f.abort.as_ref().filter(|a| hit(a.percentage)) {
                 let status = StatusCode::from_u16(a.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return (Outcome { response: full(status, "fault filter abort\n"), flags: "FI" }, service);
+                return (Outcome::local(status, "fault filter abort\n", "FI"), service);
             }
         }
         if let Some(redirect) = &r.redirect {
@@ -283,6 +356,7 @@ impl Proxy {
         let Some(upstream) = pick_destination(r, rt) else {
             return (Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH"), service);
         };
+        service.cluster = Some(upstream.name.to_string());
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
@@ -315,18 +389,34 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        Outcome { response: r, flags: "-" }
+        Outcome { response: r, flags: "-", upstream: None }
     }
 
-    async fn passthrough(&self, authority: &str, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
-        let target = tokio::net::lookup_host(authority_with_port(authority)).await.ok().and_then(|mut a| a.next());
+    /// ALLOW_ANY: a captured request goes where the client was sending it; a request to an
+    /// explicit listener goes to the address its authority names.
+    async fn passthrough(
+        &self,
+        authority: &str,
+        conn: &ConnInfo,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Outcome {
+        let target = match conn.captured {
+            Some((_, dst)) => Some(dst),
+            None => tokio::net::lookup_host(authority_with_port(authority)).await.ok().and_then(|mut a| a.next()),
+        };
         let Some(addr) = target else {
             return Outcome::local(StatusCode::BAD_GATEWAY, "cannot resolve host\n", "UF");
         };
+        self.deliver(addr, parts, body).await
+    }
+
+    /// Sends a request as it is to `addr`, plaintext.
+    async fn deliver(&self, addr: SocketAddr, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
         match send(client, addr, &parts.method, &pq, &parts.headers, body, None).await {
-            Ok(r) => Outcome { response: r, flags: "-" },
+            Ok(r) => Outcome::upstream(r, addr),
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers\n",
@@ -364,7 +454,7 @@ impl Proxy {
                 Ok(resp) => {
                     up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
                     let retriable = retry.is_some_and(|r| retry_on_status(&r.retry_on, resp.status()));
-                    (Outcome { response: resp, flags: "-" }, retriable)
+                    (Outcome::upstream(resp, endpoint.addr), retriable)
                 }
                 Err(SendError::Timeout) => {
                     (Outcome::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", "UT"), false)
@@ -530,6 +620,30 @@ fn set_client_cert_header(h: &mut HeaderMap, rt: &Runtime, peer: Option<&str>) {
     let (Some(peer), Some(me)) = (peer, rt.identity.as_ref()) else { return };
     if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", me.spiffe_id)) {
         h.insert("x-forwarded-client-cert", v);
+    }
+}
+
+/// The request half of an access log entry.
+fn entry_for(req: &Request<Incoming>, conn: &ConnInfo) -> Entry {
+    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Entry {
+        start_time: jiff::Timestamp::now().to_string(),
+        method: req.method().to_string(),
+        path: req.uri().path_and_query().map_or_else(|| "/".into(), |p| p.to_string()),
+        protocol: match req.version() {
+            hyper::Version::HTTP_2 => "HTTP/2",
+            hyper::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }
+        .into(),
+        bytes_received: h("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
+        x_forwarded_for: h("x-forwarded-for"),
+        user_agent: h("user-agent"),
+        request_id: h("x-request-id"),
+        authority: authority_of(req.uri(), req.headers()),
+        downstream_local_address: conn.captured.map(|(_, dst)| dst),
+        downstream_remote_address: Some(conn.peer),
+        ..Default::default()
     }
 }
 

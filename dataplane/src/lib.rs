@@ -3,9 +3,12 @@
 //! listeners and admin endpoints (`server`), and Istio-named telemetry (`metrics`).
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod authz;
+pub mod capture;
 pub mod config_file;
 pub mod connect;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod metrics;

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub tcp_sent: Family<TcpLabels, Counter>,
     /// `istio_tcp_received_bytes_total` (upstream to client).
     pub tcp_received: Family<TcpLabels, Counter>,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,12 @@ impl Default for Metrics {
         registry.register("istio_requests", "Requests handled", requests.clone());
         registry.register("istio_request_duration_milliseconds", "Request duration", duration.clone());
         registry.register("skein_proxy_config_rejected", "Configurations rejected as invalid", config_rejected.clone());
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "skein_proxy_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         let tcp = |registry: &mut Registry, name: &str, help: &str| {
             let f = Family::<TcpLabels, Counter>::default();
             registry.register(name, help, f.clone());
@@ -99,6 +107,7 @@ impl Default for Metrics {
             tcp_closed,
             tcp_sent,
             tcp_received,
+            access_log_dropped,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! pre-classified, clusters with their round-robin state. Immutable once built; a new config
 //! builds a new `Runtime` and is swapped in whole (see `store`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use hyper::{HeaderMap, Method};
 use regex::Regex;
@@ -75,6 +75,10 @@ pub struct Runtime {
     vhosts: Vec<VirtualHost>,
     authorizers: HashMap<String, Authorizer>,
     clusters: HashMap<String, Arc<Upstream>>,
+    /// Clusters by the service addresses captured TCP is matched on.
+    by_service_address: HashMap<SocketAddr, Arc<Upstream>>,
+    /// TLS servers of gateway listeners, by listener name.
+    gateway_tls: HashMap<String, Arc<rustls::ServerConfig>>,
 }
 
 struct VirtualHost {
@@ -217,9 +221,25 @@ impl Runtime {
         }
         let identity = config.identity.as_ref().map(load_identity).transpose()?;
         let mut clusters = HashMap::with_capacity(config.clusters.len());
+        let mut by_service_address = HashMap::new();
         for c in &config.clusters {
             let tls = client_tls(c, identity.as_ref())?;
-            clusters.insert(c.name.clone(), Arc::new(Upstream::new(c, tls)));
+            let up = Arc::new(Upstream::new(c, tls));
+            for a in &c.service_addresses {
+                if by_service_address.insert(*a, up.clone()).is_some() {
+                    return Err(InvalidConfig {
+                        path: format!("clusters[{}].serviceAddresses", c.name),
+                        reason: format!("{a} is claimed by another cluster"),
+                    });
+                }
+            }
+            clusters.insert(c.name.clone(), up);
+        }
+        let mut gateway_tls = HashMap::new();
+        for l in &config.listeners {
+            if let Some(tls) = &l.server_tls {
+                gateway_tls.insert(l.name.clone(), crate::gateway::server_config(&l.name, tls)?);
+            }
         }
         let strict = identity.as_ref().map(|i| i.server_config(true)).transpose().map_err(identity_err)?;
         let permissive = identity.as_ref().map(|i| i.server_config(false)).transpose().map_err(identity_err)?;
@@ -227,7 +247,17 @@ impl Runtime {
         for l in config.listeners.iter().filter(|l| !l.authorization.is_empty()) {
             authorizers.insert(l.name.clone(), Authorizer::new(&l.authorization, &format!("listeners[{}]", l.name))?);
         }
-        Ok(Self { config, identity, strict_tls: strict, permissive_tls: permissive, vhosts, authorizers, clusters })
+        Ok(Self {
+            config,
+            identity,
+            strict_tls: strict,
+            permissive_tls: permissive,
+            vhosts,
+            authorizers,
+            clusters,
+            by_service_address,
+            gateway_tls,
+        })
     }
 
     /// The first route of the virtual host serving `host` (port stripped) that matches.
@@ -275,6 +305,24 @@ impl Runtime {
     /// A cluster by name.
     pub fn cluster(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.clusters.get(name)
+    }
+
+    /// The cluster a captured connection to `addr` (a service VIP:port) belongs to.
+    pub fn cluster_for_address(&self, addr: SocketAddr) -> Option<&Arc<Upstream>> {
+        self.by_service_address.get(&addr)
+    }
+
+    /// The TLS server of a gateway listener.
+    pub fn gateway_tls(&self, listener: &str) -> Option<&Arc<rustls::ServerConfig>> {
+        self.gateway_tls.get(listener)
+    }
+
+    /// The cluster a passthrough listener sends a connection with server name `sni` to:
+    /// the first route with a matching host.
+    pub fn tls_route(&self, listener: &str, sni: &str) -> Option<&Arc<Upstream>> {
+        let l = self.config.listeners.iter().find(|l| l.name == listener)?;
+        let route = l.tls_routes.iter().find(|r| r.sni_hosts.iter().any(|h| crate::gateway::host_matches(h, sni)))?;
+        self.clusters.get(&route.cluster)
     }
 }
 

@@ -1,13 +1,13 @@
 //! Listeners: the configured HTTP listeners (opened and closed as the config changes) and the
 //! admin endpoints (`/healthz/ready`, `/stats/prometheus`, `/config_dump`).
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use skein_api::proxy::{Listener, ListenerProtocol, PeerAuthMode};
+use skein_api::proxy::{Capture, Listener, ListenerProtocol, PeerAuthMode};
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
@@ -15,6 +15,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    capture,
     http::{Body, ConnInfo, Proxy},
     identity,
     metrics::Metrics,
@@ -28,9 +29,27 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Time a client has to send a complete request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a listener that may carry HTTP treats its connections.
+#[derive(Debug, Clone)]
+pub struct HttpListener {
+    /// Listener name (selects its authorization policies and gateway TLS).
+    pub name: Arc<str>,
+    /// Inbound mTLS (PeerAuthentication).
+    pub mode: PeerAuthMode,
+    /// Transparent capture: the original destination decides, and non-HTTP is proxied as TCP.
+    pub capture: Option<Capture>,
+    /// Terminate TLS with the listener's gateway certificates.
+    pub gateway_tls: bool,
+}
+
 /// Serves HTTP on `listener` until the task is aborted, terminating mTLS per `mode`.
 pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuthMode, name: Arc<str>) {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    serve_listener(listener, proxy, HttpListener { name, mode, capture: None, gateway_tls: false }).await
+}
+
+/// Serves `listener` as `spec` says until the task is aborted.
+pub async fn serve_listener(listener: TcpListener, proxy: Arc<Proxy>, spec: HttpListener) {
+    let spec = Arc::new(spec);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -41,16 +60,52 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuth
             }
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, name) = (proxy.clone(), name.clone());
+        let (proxy, spec) = (proxy.clone(), spec.clone());
         tokio::spawn(async move {
-            let rt = proxy.current();
-            let conn = |identity| Arc::new(ConnInfo { listener: name.clone(), port, peer, identity });
-            match inbound_tls(stream, mode, &rt).await {
-                Ok(Inbound::Plain(s)) => serve_conn(s, proxy, conn(None)).await,
-                Ok(Inbound::Tls(s, identity)) => serve_conn(s, proxy, conn(identity)).await,
-                Err(e) => debug!(%peer, error = %e, "inbound connection refused"),
+            if let Err(e) = accept(stream, peer, proxy, &spec).await {
+                debug!(%peer, error = %e, "connection refused");
             }
         });
+    }
+}
+
+async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &HttpListener) -> std::io::Result<()> {
+    let rt = proxy.current();
+    let local = stream.local_addr()?;
+    let captured = spec.capture.map(|c| (c, capture::original_dst(&stream).unwrap_or(local)));
+    // Route and policy matching use the port the client addressed.
+    let port = captured.map_or(local.port(), |(_, dst)| dst.port());
+    let conn = |identity| ConnInfo { listener: spec.name.clone(), port, peer, identity, captured };
+    if spec.gateway_tls {
+        let cfg = rt.gateway_tls(&spec.name).cloned().ok_or_else(|| std::io::Error::other("no gateway TLS"))?;
+        let tls = tokio::time::timeout(HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+        serve_conn(tls, proxy, Arc::new(conn(None))).await;
+        return Ok(());
+    }
+    match inbound_tls(stream, spec.mode, &rt).await? {
+        Inbound::Plain(s) => dispatch(s, proxy, conn(None)).await,
+        Inbound::Tls(s, identity) => dispatch(s, proxy, conn(identity)).await,
+    }
+}
+
+/// Plain listeners speak HTTP; capture listeners sniff and hand non-HTTP to the TCP path.
+async fn dispatch<S>(mut io: S, proxy: Arc<Proxy>, conn: ConnInfo) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if conn.captured.is_none() {
+        serve_conn(io, proxy, Arc::new(conn)).await;
+        return Ok(());
+    }
+    let (kind, first) = capture::sniff(&mut io).await?;
+    match kind {
+        capture::Sniffed::Http => {
+            serve_conn(capture::Rewind::new(first, io), proxy, Arc::new(conn)).await;
+            Ok(())
+        }
+        capture::Sniffed::Tcp => tcp::captured(io, first, &conn, &proxy.current(), proxy.metrics()).await,
     }
 }
 
@@ -164,11 +219,22 @@ impl Listeners {
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
-                        _ => tokio::spawn(serve_http(
+                        (ListenerProtocol::Tls, _) => tokio::spawn(tcp::serve(
+                            sock,
+                            tcp::Mode::TlsRoutes { listener: l.name.as_str().into() },
+                            PeerAuthMode::Disable,
+                            self.store.clone(),
+                            self.metrics.clone(),
+                        )),
+                        _ => tokio::spawn(serve_listener(
                             sock,
                             self.proxy.clone(),
-                            l.peer_authentication,
-                            l.name.as_str().into(),
+                            HttpListener {
+                                name: l.name.as_str().into(),
+                                mode: l.peer_authentication,
+                                capture: l.capture,
+                                gateway_tls: l.server_tls.is_some(),
+                            },
                         )),
                     };
                     self.open.insert(l.name.clone(), (l.clone(), task));

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use skein_api::proxy::PeerAuthMode;
+use skein_api::proxy::{Capture, OutboundPolicy, PeerAuthMode};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -12,8 +12,11 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    authz, identity,
+    authz,
+    http::ConnInfo,
+    identity,
     metrics::{Metrics, TcpLabels},
+    runtime::Runtime,
     server::{Inbound, inbound_tls},
     sni::{self, Peek},
     store::Store,
@@ -22,6 +25,8 @@ use crate::{
 
 /// How long a client has to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout of passthrough and inbound delivery (Istio's default).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no traffic either way for this long is closed (Envoy's default 1 h).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -37,6 +42,11 @@ pub enum Mode {
     },
     /// Route by the TLS server name (Istio AUTO_PASSTHROUGH).
     SniPassthrough,
+    /// Route by the TLS server name to the listener's `tlsRoutes` (gateway PASSTHROUGH).
+    TlsRoutes {
+        /// Listener name.
+        listener: Arc<str>,
+    },
 }
 
 /// Serves `listener` until the task is aborted. `peer_auth` applies to `Mode::Cluster`
@@ -112,7 +122,79 @@ async fn handle(
                 .ok_or_else(not_found)?;
             proxy_to(client, first, &up, peer, &metrics).await
         }
+        Mode::TlsRoutes { listener } => {
+            let mut first = Vec::new();
+            let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut client, &mut first))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+            let up = sni.as_deref().and_then(|n| rt.tls_route(&listener, n)).cloned().ok_or_else(not_found)?;
+            proxy_to(client, first, &up, peer, &metrics).await
+        }
     }
+}
+
+/// A captured connection that is not HTTP. Outbound: to the cluster whose service address the
+/// client dialled, else per `outboundTrafficPolicy` (ALLOW_ANY: to the original destination;
+/// REGISTRY_ONLY: closed). Inbound: authorized, then delivered to the original destination.
+pub async fn captured<C>(
+    client: C,
+    first: Vec<u8>,
+    conn: &ConnInfo,
+    rt: &Runtime,
+    metrics: &Metrics,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((capture, dst)) = conn.captured else { return Err(std::io::Error::other("not a captured connection")) };
+    match capture {
+        Capture::Outbound => {
+            if let Some(up) = rt.cluster_for_address(dst) {
+                return proxy_to(client, first, up, conn.peer, metrics).await;
+            }
+            if rt.config.outbound_traffic_policy == OutboundPolicy::RegistryOnly {
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "not in the registry"));
+            }
+            relay_to(client, first, dst, "PassthroughCluster", metrics).await
+        }
+        Capture::Inbound => {
+            if let Some(az) = rt.authorizer(&conn.listener) {
+                let req = authz::Request {
+                    principal: conn.identity.as_deref().map(identity::principal),
+                    source_ip: conn.peer.ip(),
+                    port: dst.port(),
+                    http: None,
+                };
+                if let authz::Decision::Deny(policy) = az.check(&req) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("denied by {policy}"),
+                    ));
+                }
+            }
+            relay_to(client, first, dst, &format!("inbound|{}||", dst.port()), metrics).await
+        }
+    }
+}
+
+/// Plain TCP to one address (passthrough and inbound delivery).
+async fn relay_to<C>(mut client: C, first: Vec<u8>, dst: SocketAddr, service: &str, metrics: &Metrics) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let tcp = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    let _ = tcp.set_nodelay(true);
+    let labels = TcpLabels { destination_service: service.to_string() };
+    metrics.tcp_opened.get_or_create(&labels).inc();
+    let result = relay(&mut client, tcp, &first).await;
+    if let Ok((sent, received)) = result {
+        metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
+        metrics.tcp_received.get_or_create(&labels).inc_by(received);
+    }
+    metrics.tcp_closed.get_or_create(&labels).inc();
+    result.map(|_| ())
 }
 
 /// Connects to `up` (with its client TLS, if any), sends `first`, then relays both ways.
