@@ -45,7 +45,8 @@ pub enum Sniffed {
     Tcp,
 }
 
-const METHODS: [&[u8]; 9] = [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT "];
+const METHODS: [&[u8]; 9] =
+    [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT "];
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Classifies a prefix; `None` while more bytes could change the answer.

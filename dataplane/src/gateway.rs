@@ -44,7 +44,12 @@ impl ResolvesServerCert for SniResolver {
             self.certs
                 .iter()
                 .filter_map(|(hosts, k)| {
-                    hosts.iter().filter(|h| h.starts_with('*') && host_matches(h, name)).map(|h| h.len()).max().map(|l| (l, k))
+                    hosts
+                        .iter()
+                        .filter(|h| h.starts_with('*') && host_matches(h, name))
+                        .map(|h| h.len())
+                        .max()
+                        .map(|l| (l, k))
                 })
                 .max_by_key(|(l, _)| *l)
                 .map(|(_, k)| k)

@@ -231,7 +231,10 @@ impl Proxy {
             );
         }
         let Some(authority) = authority_of(&parts.uri, &parts.headers) else {
-            return (Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"), Attribution::service("unknown"));
+            return (
+                Outcome::local(StatusCode::BAD_REQUEST, "missing Host header\n", "-"),
+                Attribution::service("unknown"),
+            );
         };
         let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, p)| {
             if p.chars().all(|c| c.is_ascii_digit()) { h } else { authority.as_str() }
@@ -251,7 +254,10 @@ impl Proxy {
             };
             if let authz::Decision::Deny(policy) = az.check(&req) {
                 debug!(%peer, policy, "denied by authorization policy");
-                return (Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"), Attribution::service(host));
+                return (
+                    Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"),
+                    Attribution::service(host),
+                );
             }
         }
         if let Some((Capture::Inbound, dst)) = conn.captured {
@@ -285,7 +291,10 @@ impl Proxy {
                             Err(o) => return (o, Attribution::service("PassthroughCluster")),
                         };
                         strip_hop_by_hop(&mut parts.headers);
-                        (self.passthrough(&authority, conn, parts, body).await, Attribution::service("PassthroughCluster"))
+                        (
+                            self.passthrough(&authority, conn, parts, body).await,
+                            Attribution::service("PassthroughCluster"),
+                        )
                     }
                 };
             }

@@ -178,7 +178,13 @@ where
 }
 
 /// Plain TCP to one address (passthrough and inbound delivery).
-async fn relay_to<C>(mut client: C, first: Vec<u8>, dst: SocketAddr, service: &str, metrics: &Metrics) -> std::io::Result<()>
+async fn relay_to<C>(
+    mut client: C,
+    first: Vec<u8>,
+    dst: SocketAddr,
+    service: &str,
+    metrics: &Metrics,
+) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {

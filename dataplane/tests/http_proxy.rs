@@ -486,3 +486,107 @@ async fn a_request_still_queued_for_a_connection_at_the_route_timeout_gets_504()
     assert_eq!(first.await.unwrap(), StatusCode::OK, "the request holding the connection (no timeout) completes");
     assert_eq!(slow.seen.lock().unwrap().len(), 1, "the queued request never reached the upstream");
 }
+
+/// An upstream that answers with the trace headers it received, one `name=value` per line.
+async fn header_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let mut out = String::new();
+                    for name in ["x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "b3"] {
+                        if let Some(v) = req.headers().get(name) {
+                            out.push_str(&format!("{name}={}\n", v.to_str().unwrap()));
+                        }
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(out))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn trace_context_passes_through_and_a_request_id_is_added_when_missing() {
+    let echo = header_echo().await;
+    let h = proxy(&format!(
+        "virtualHosts: [{{name: e, domains: [echo], routes: [{{route: [{{cluster: e}}]}}]}}]\nclusters: [{{name: e, endpoints: ['{echo}']}}]"
+    ))
+    .await;
+    let trace = [
+        ("x-request-id", "req-1"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+    ];
+    let (status, body, _) = h.get("echo", "/", &trace).await;
+    assert_eq!(status, StatusCode::OK);
+    for (k, v) in trace {
+        assert!(body.contains(&format!("{k}={v}\n")), "{k} not propagated unchanged: {body}");
+    }
+    let (_, body, _) = h.get("echo", "/", &[]).await;
+    let id = body.lines().find_map(|l| l.strip_prefix("x-request-id=")).expect("a request id is added");
+    assert_eq!(id.len(), 32, "{id}");
+    let (_, again, _) = h.get("echo", "/", &[]).await;
+    assert!(!again.contains(id), "each request gets its own id");
+}
+
+async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("access log {} never reached {n} lines", path.display());
+}
+
+#[tokio::test]
+async fn access_log_writes_one_line_per_request_in_text_or_json() {
+    let v1 = upstream("v1", 0).await;
+    let dir = std::env::temp_dir().join(format!("skein-accesslog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (text_log, json_log) = (dir.join("text.log"), dir.join("json.log"));
+    let base = reviews_config(
+        v1.addr,
+        v1.addr,
+        v1.addr,
+        &format!("      - {{name: default, route: [{{cluster: \"{V1}\"}}]}}"),
+    );
+    let h = proxy(&format!("{base}accessLog: {{path: '{}'}}\n", text_log.display())).await;
+    h.get("reviews", "/reviews/1?x=1", &[("x-request-id", "abc-123"), ("user-agent", "test/1")]).await;
+    h.get("unknown.example", "/", &[]).await;
+    let lines = wait_for_lines(&text_log, 2).await;
+    let line = &lines[0];
+    assert!(line.starts_with('['), "{line}");
+    assert!(line.contains("\"GET /reviews/1?x=1 HTTP/1.1\" 200 - "), "{line}");
+    assert!(line.contains("\"test/1\" \"abc-123\" \"reviews\""), "{line}");
+    assert!(line.contains(&format!("\"{}\" {V1} ", v1.addr)), "{line}");
+    assert!(line.ends_with(" default"), "{line}");
+    assert!(lines[1].contains("\" 502 NR "), "REGISTRY_ONLY refusal is logged with its flag: {}", lines[1]);
+
+    // The same config with JSON encoding, applied as an update.
+    h.store
+        .apply(
+            serde_yaml::from_str(&format!("{base}accessLog: {{path: '{}', encoding: JSON}}\n", json_log.display()))
+                .unwrap(),
+        )
+        .unwrap();
+    h.get("reviews", "/ratings", &[("x-request-id", "json-1")]).await;
+    let lines = wait_for_lines(&json_log, 1).await;
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/ratings");
+    assert_eq!(v["response_code"], 200);
+    assert_eq!(v["request_id"], "json-1");
+    assert_eq!(v["upstream_cluster"], V1);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -70,3 +70,47 @@ impl Ca {
         )
     }
 }
+
+impl Ca {
+    /// Issues (chain PEM, key PEM) for DNS names (a gateway's or an external server's
+    /// certificate), server auth only.
+    pub fn issue_dns(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a DNS certificate as `<stem>.crt`/`<stem>.key` in `dir`; returns both paths.
+    pub fn dns_files(&self, dir: &std::path::Path, stem: &str, names: &[&str]) -> (String, String) {
+        std::fs::create_dir_all(dir).unwrap();
+        let (chain, key) = self.issue_dns(names);
+        let (c, k) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+        std::fs::write(&c, chain).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    /// A rustls client trusting this root (TLS 1.2+), optionally presenting `client` (chain, key).
+    pub fn client_config(&self, client: Option<(String, String)>) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.root_pem.as_bytes()).unwrap()).unwrap();
+        let builder =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        let cfg = match client {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        std::sync::Arc::new(cfg)
+    }
+}
