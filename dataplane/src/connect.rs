@@ -35,13 +35,21 @@ pub struct MeshConnector {
     pub connect_timeout: Duration,
 }
 
-/// A plaintext or TLS connection.
-pub enum MeshStream {
-    /// Plaintext.
+/// A plaintext or TLS connection, with the count of requests sent over it.
+pub struct MeshStream {
+    io: MeshIo,
+    requests: RequestCount,
+}
+
+enum MeshIo {
     Plain(TokioIo<TcpStream>),
-    /// TLS.
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
+
+/// Requests sent over one pooled connection; hyper copies it into every response's
+/// extensions, which is how `maxRequestsPerConnection` finds the connection's count.
+#[derive(Clone, Default, Debug)]
+pub struct RequestCount(pub Arc<std::sync::atomic::AtomicU32>);
 
 fn io_err(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
     std::io::Error::new(kind, msg.to_string())
@@ -66,14 +74,15 @@ impl tower_service::Service<Uri> for MeshConnector {
                 .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "connect timeout"))??;
             let _ = tcp.set_nodelay(true);
             match this.tls {
-                None => Ok(MeshStream::Plain(TokioIo::new(tcp))),
+                None => Ok(MeshStream { io: MeshIo::Plain(TokioIo::new(tcp)), requests: RequestCount::default() }),
                 Some(tls) => {
                     let connector = tokio_rustls::TlsConnector::from(tls.config);
                     // The handshake counts against the connect timeout too.
                     let stream = tokio::time::timeout(this.connect_timeout, connector.connect(tls.server_name, tcp))
                         .await
                         .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-                    Ok(MeshStream::Tls(Box::new(TokioIo::new(stream))))
+                    let io = MeshIo::Tls(Box::new(TokioIo::new(stream)));
+                    Ok(MeshStream { io, requests: RequestCount::default() })
                 }
             }
         })
@@ -82,38 +91,38 @@ impl tower_service::Service<Uri> for MeshConnector {
 
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.requests.clone())
     }
 }
 
 impl hyper::rt::Read for MeshStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MeshStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            MeshIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MeshIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl hyper::rt::Write for MeshStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            MeshStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            MeshIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MeshIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MeshStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            MeshIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            MeshIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MeshStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            MeshIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MeshIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

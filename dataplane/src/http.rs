@@ -18,14 +18,17 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
 };
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{Client, connect::capture_connection},
+    rt::TokioExecutor,
+};
 use skein_api::proxy::{Capture, OutboundPolicy, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
     accesslog::{AccessLogger, Entry},
     authz,
-    connect::MeshConnector,
+    connect::{MeshConnector, RequestCount},
     identity,
     metrics::{ClusterLabel, Metrics, RequestLabels},
     runtime::{RequestView, Routed, Runtime},
@@ -356,7 +359,8 @@ impl Proxy {
                 tokio::spawn(async move {
                     let addr = up.pick(&HashInput { headers: &req.2, source: Some(peer) }).map(|g| g.addr);
                     if let Some(addr) = addr {
-                        let _ = send(&client, addr, &req.0, &req.1, &req.2, req.3, None).await;
+                        let max = up.max_requests_per_connection;
+                        let _ = send(&client, addr, &req.0, &req.1, &req.2, req.3, None, max).await;
                     }
                 });
             }
@@ -424,7 +428,7 @@ impl Proxy {
     async fn deliver(&self, addr: SocketAddr, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
-        match send(client, addr, &parts.method, &pq, &parts.headers, body, None).await {
+        match send(client, addr, &parts.method, &pq, &parts.headers, body, None, None).await {
             Ok(r) => Outcome::upstream(r, addr),
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -456,9 +460,9 @@ impl Proxy {
                 (Some(dl), None) => Some(dl.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let result =
-                send(client, endpoint.addr, &fwd.method, &fwd.path_and_query, &fwd.headers, fwd.body.clone(), budget)
-                    .await;
+            let (method, pq, body) = (&fwd.method, &fwd.path_and_query, fwd.body.clone());
+            let max = up.max_requests_per_connection;
+            let result = send(client, endpoint.addr, method, pq, &fwd.headers, body, budget, max).await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
                     up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
@@ -531,6 +535,7 @@ enum SendError {
     Timeout,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send(
     client: &UpstreamClient,
     addr: SocketAddr,
@@ -539,11 +544,13 @@ async fn send(
     headers: &HeaderMap,
     body: Bytes,
     timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
 ) -> Result<Response<Body>, SendError> {
     let uri: Uri = format!("http://{addr}{path_and_query}").parse().map_err(|_| SendError::Connect)?;
     let mut req =
         Request::builder().method(method.clone()).uri(uri).body(Full::new(body)).map_err(|_| SendError::Connect)?;
     *req.headers_mut() = headers.clone();
+    let captured = max_requests_per_connection.map(|_| capture_connection(&mut req));
     let fut = client.request(req);
     let resp = match timeout {
         Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| SendError::Timeout)?,
@@ -551,6 +558,17 @@ async fn send(
     };
     match resp {
         Ok(r) => {
+            if let (Some(max), Some(conn), Some(count)) =
+                (max_requests_per_connection, captured, r.extensions().get::<RequestCount>())
+            {
+                // Retire the connection once it has carried `max` requests: a poisoned
+                // connection goes back to no one and closes when the response is done.
+                if count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= max
+                    && let Some(c) = conn.connection_metadata().as_ref()
+                {
+                    c.poison();
+                }
+            }
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as _).boxed()))

@@ -62,6 +62,8 @@ pub struct Upstream {
     pub tls: Option<ClientTls>,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// `maxRequestsPerConnection`: a pooled connection is retired after this many requests.
+    pub max_requests_per_connection: Option<u32>,
     endpoints: Vec<Endpoint>,
     lb: LoadBalancer,
     next: AtomicUsize,
@@ -134,12 +136,19 @@ impl Upstream {
         builder.pool_idle_timeout(Duration::from_secs(60)).http2_only(c.http2);
         let client = builder.build(MeshConnector { tls: tls.clone(), connect_timeout });
         let pool = c.connection_pool.clone().unwrap_or_default();
-        let ConnectionPool { max_connections, http1_max_pending_requests, http2_max_requests, max_retries, .. } = pool;
+        let ConnectionPool {
+            max_connections,
+            http1_max_pending_requests,
+            http2_max_requests,
+            max_retries,
+            max_requests_per_connection,
+        } = pool;
         Self {
             name: c.name.clone(),
             client,
             tls,
             connect_timeout,
+            max_requests_per_connection: max_requests_per_connection.filter(|n| *n > 0),
             endpoints: c
                 .endpoints
                 .iter()

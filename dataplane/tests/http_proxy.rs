@@ -590,3 +590,50 @@ async fn access_log_writes_one_line_per_request_in_text_or_json() {
     assert_eq!(v["upstream_cluster"], V1);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An upstream that counts requests per client connection (by the client's port).
+async fn connection_counter() -> (SocketAddr, Arc<Mutex<std::collections::HashMap<u16, usize>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let per_conn: Arc<Mutex<std::collections::HashMap<u16, usize>>> = Arc::default();
+    let p = per_conn.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    *p.lock().unwrap().entry(peer.port()).or_default() += 1;
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    (addr, per_conn)
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_retires_upstream_connections() {
+    for (limit, check) in [(Some(2), "limited"), (None, "unlimited")] {
+        let (addr, per_conn) = connection_counter().await;
+        let pool = limit.map(|n| format!(", connectionPool: {{maxRequestsPerConnection: {n}}}")).unwrap_or_default();
+        let h = proxy(&format!(
+            "virtualHosts: [{{name: c, domains: [c], routes: [{{route: [{{cluster: c}}]}}]}}]\nclusters: [{{name: c, endpoints: ['{addr}']{pool}}}]"
+        ))
+        .await;
+        for _ in 0..6 {
+            assert_eq!(h.get("c", "/", &[]).await.0, StatusCode::OK);
+            // Let the pool take the connection back before the next request.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let counts = per_conn.lock().unwrap().clone();
+        assert_eq!(counts.values().sum::<usize>(), 6);
+        match check {
+            "limited" => {
+                assert!(counts.values().all(|n| *n <= 2), "a connection carried more than 2: {counts:?}");
+                assert!(counts.len() >= 3, "{counts:?}");
+            }
+            _ => assert!(counts.values().any(|n| *n > 2), "connections are reused without a limit: {counts:?}"),
+        }
+    }
+}
