@@ -29,6 +29,7 @@ use crate::{
     accesslog::{AccessLogger, Entry},
     authz,
     connect::{MeshConnector, RequestCount},
+    drain::Drain,
     identity,
     metrics::{ClusterLabel, Metrics, RequestLabels},
     runtime::{RequestView, Routed, Runtime},
@@ -81,6 +82,7 @@ pub struct Proxy {
     /// Client for ALLOW_ANY passthrough and inbound delivery (clusters have their own).
     passthrough: UpstreamClient,
     access_log: AccessLogger,
+    drain: Drain,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -164,6 +166,11 @@ impl Proxy {
         self.store.current()
     }
 
+    /// Drain state shared by all of this proxy's connections.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
     /// The metrics this proxy records to.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -175,7 +182,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT });
         let access_log = AccessLogger::start(metrics.clone());
-        Arc::new(Self { store, metrics, passthrough, access_log })
+        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default() })
     }
 
     /// Handles one request that arrived on a listener bound to `port`.

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skein_proxy::{config_file, http::Proxy, metrics::Metrics, server, store::Store};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein-proxy", version, about = "Skein data plane proxy")]
@@ -31,27 +31,61 @@ enum Command {
         /// Prometheus metrics (`/stats/prometheus`).
         #[arg(long, default_value = "0.0.0.0:15090")]
         metrics_addr: SocketAddr,
+        /// How long in-flight requests may finish after SIGTERM before the proxy exits.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Install the iptables rules that redirect the pod's TCP to the capture listeners
+    /// (run once per pod, as root, before the workload starts).
+    InitIptables {
+        #[command(flatten)]
+        rules: skein_proxy::iptables::CaptureRules,
+        /// Print the rules instead of installing them.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    skein_api::proxy::duration::parse(s)
+}
+
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Run { config, admin_addr, status_addr, metrics_addr } = Args::parse().command;
+    match Args::parse().command {
+        Command::InitIptables { rules, dry_run } => {
+            if dry_run {
+                rules.validate().map_err(anyhow::Error::msg)?;
+                print!("{}", rules.render());
+            } else {
+                rules.apply().map_err(anyhow::Error::msg)?;
+                info!("capture rules installed");
+            }
+            Ok(())
+        }
+        Command::Run { config, admin_addr, status_addr, metrics_addr, drain_timeout } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
+                config,
+                [admin_addr, status_addr, metrics_addr],
+                drain_timeout,
+            ))
+        }
+    }
+}
+
+async fn run(config: PathBuf, admin: [SocketAddr; 3], drain_timeout: Duration) -> anyhow::Result<()> {
     let initial = config_file::read(&config)?;
     let store = Store::new(initial).with_context(|| format!("{}: invalid config", config.display()))?;
     let metrics = Metrics::default();
     let proxy = Proxy::new(store.clone(), metrics.clone());
+    let drain = proxy.drain().clone();
 
-    for (addr, role) in [
-        (admin_addr, server::AdminRole::Admin),
-        (status_addr, server::AdminRole::Status),
-        (metrics_addr, server::AdminRole::Metrics),
-    ] {
+    let roles = [server::AdminRole::Admin, server::AdminRole::Status, server::AdminRole::Metrics];
+    for (addr, role) in admin.into_iter().zip(roles) {
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
-        tokio::spawn(server::serve_admin(sock, role, store.clone(), metrics.clone()));
+        tokio::spawn(server::serve_admin(sock, role, store.clone(), metrics.clone(), drain.clone()));
     }
     let mut listeners = server::Listeners::new(proxy, store.clone(), metrics.clone());
     for e in listeners.sync(&store.current().config.listeners).await {
@@ -59,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::spawn(config_file::watch(config, store.clone(), metrics.clone(), Duration::from_secs(1)));
 
-    // Listener set follows the config; stop on SIGTERM or Ctrl-C.
+    // Listener set follows the config until SIGTERM or Ctrl-C.
     let mut changes = store.subscribe();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -75,7 +109,14 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    info!("stopping: listeners closed");
+    // Drain: readiness fails from now on, no new connections are accepted, open ones finish
+    // what they are doing.
+    drain.start();
     drop(listeners);
+    info!(open = drain.active(), timeout = ?drain_timeout, "draining");
+    if tokio::time::timeout(drain_timeout, drain.idle()).await.is_err() {
+        warn!(open = drain.active(), "drain timeout: closing remaining connections");
+    }
+    info!("stopped");
     Ok(())
 }

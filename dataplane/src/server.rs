@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     capture,
+    drain::Drain,
     http::{Body, ConnInfo, Proxy},
     identity,
     metrics::Metrics,
@@ -70,6 +71,8 @@ pub async fn serve_listener(listener: TcpListener, proxy: Arc<Proxy>, spec: Http
 }
 
 async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &HttpListener) -> std::io::Result<()> {
+    // Counted until closed, so a draining proxy waits for it (captured TCP included).
+    let _open = proxy.drain().track();
     let rt = proxy.current();
     let local = stream.local_addr()?;
     let captured = spec.capture.map(|c| (c, capture::original_dst(&stream).unwrap_or(local)));
@@ -154,6 +157,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let drain = proxy.drain().clone();
     let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, conn.clone()));
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(MAX_HEAD);
@@ -164,7 +168,17 @@ where
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_header_list_size(MAX_HEAD as u32)
         .keep_alive_interval(Duration::from_secs(60));
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.signaled() => {
+            // Finish what is in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended");
     }
 }
@@ -274,15 +288,18 @@ pub enum AdminRole {
 }
 
 /// Serves the endpoints of `role` on `listener` until aborted.
-pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics) {
+pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics, drain: Drain) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let (store, metrics, drain) = (store.clone(), metrics.clone(), drain.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = match (role, req.uri().path()) {
+                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") if drain.is_draining() => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+                    }
                     (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
                         text(StatusCode::OK, "ready\n".into())
                     }

@@ -97,3 +97,60 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
     eventually("proxy serving b", || get(listen, "/").is_some_and(|r| r.1 == "b"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Upstream that answers after `delay`.
+fn slow_upstream(delay: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_fails_readiness_and_exits() {
+    let slow = slow_upstream(Duration::from_millis(1500));
+    let dir = std::env::temp_dir().join(format!("skein-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&file, config(listen, (100, 0), slow, slow)).unwrap();
+    let mut proxy = Proc(
+        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
+            .args(["run", "--config", file.to_str().unwrap(), "--drain-timeout", "5s"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--status-addr", &format!("127.0.0.1:{status}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
+    let in_flight = std::thread::spawn(move || get(listen, "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = proxy.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    eventually("readiness to fail while draining", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 503));
+    assert!(TcpStream::connect(("127.0.0.1", listen)).is_err(), "no new connections while draining");
+    assert_eq!(in_flight.join().unwrap(), Some((200, "slow".into())), "the in-flight request completes");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "proxy did not exit after draining");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(start.elapsed() < Duration::from_secs(2), "exits once idle, not at the drain timeout");
+    std::fs::remove_dir_all(&dir).ok();
+}
