@@ -1,0 +1,135 @@
+//! HTTP/2 hardening on the wire: the advertised concurrent-stream limit and the rapid-reset
+//! (CVE-2023-44487) defence, driven with raw frames so nothing in a client library hides them.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use skein_api::proxy::PeerAuthMode;
+use skein_proxy::{http::Proxy, metrics::Metrics, server, store::Store};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for `GET http://rr.example/`: indexed :method GET, :scheme http, :path /, and a
+/// literal :authority (indexed name 1).
+fn request_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x41, 10];
+    b.extend_from_slice(b"rr.example");
+    b
+}
+
+/// Reads one frame: (type, flags, stream, payload). None on EOF.
+async fn read_frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+async fn proxy_to(upstream: SocketAddr) -> SocketAddr {
+    let yaml = format!(
+        "virtualHosts: [{{name: rr, domains: [rr.example], routes: [{{route: [{{cluster: up}}]}}]}}]\nclusters: [{{name: up, endpoints: ['{upstream}']}}]"
+    );
+    let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(store, Metrics::default());
+    tokio::spawn(server::serve_http(listener, proxy, PeerAuthMode::Disable, "h2".into()));
+    addr
+}
+
+#[tokio::test]
+async fn the_server_advertises_a_bounded_concurrent_stream_limit() {
+    let (up, _) = counting_upstream().await;
+    let mut s = TcpStream::connect(proxy_to(up).await).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let (kind, _, _, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await.unwrap().unwrap();
+    assert_eq!(kind, SETTINGS, "the server's first frame is SETTINGS");
+    let max_streams = payload
+        .chunks_exact(6)
+        .find(|e| u16::from_be_bytes([e[0], e[1]]) == 0x3)
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+    assert_eq!(max_streams, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_goaway_enhance_your_calm_and_reaches_few_upstream() {
+    let (up, upstream_requests) = counting_upstream().await;
+    let mut s = TcpStream::connect(proxy_to(up).await).await.unwrap();
+    let mut flood = PREFACE.to_vec();
+    flood.extend(frame(SETTINGS, 0, 0, &[]));
+    const STREAMS: u32 = 1000;
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        // END_STREAM | END_HEADERS, then cancel it at once.
+        flood.extend(frame(HEADERS, 0x5, id, &request_block()));
+        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    // The server may close mid-write once it has seen enough; that is the point.
+    let _ = s.write_all(&flood).await;
+    let mut goaway = None;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some((kind, _, _, payload)) = read_frame(&mut s).await {
+            if kind == GOAWAY && payload.len() >= 8 {
+                goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "GOAWAY error code");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reached = upstream_requests.load(Ordering::SeqCst);
+    assert!(reached < (STREAMS as usize) / 4, "{reached} of {STREAMS} reset streams still reached the upstream");
+}
