@@ -423,7 +423,15 @@ impl Proxy {
     ) -> Outcome {
         let target = match conn.captured {
             Some((_, dst)) => Some(dst),
-            None => tokio::net::lookup_host(authority_with_port(authority)).await.ok().and_then(|mut a| a.next()),
+            // Name resolution is bounded like a connect: a hung resolver must not hold the request.
+            None => tokio::time::timeout(
+                PASSTHROUGH_CONNECT_TIMEOUT,
+                tokio::net::lookup_host(authority_with_port(authority)),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|mut a| a.next()),
         };
         let Some(addr) = target else {
             return Outcome::local(StatusCode::BAD_GATEWAY, "cannot resolve host\n", "UF");

@@ -152,7 +152,8 @@ const MAX_STREAMS: u32 = 100;
 const MAX_PENDING_RESETS: usize = 20;
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
-async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
+/// Public so the request path can be fuzzed over an in-memory stream.
+pub async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -94,7 +94,8 @@ async fn the_server_advertises_a_bounded_concurrent_stream_limit() {
     let mut s = TcpStream::connect(proxy_to(up).await).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    let (kind, _, _, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await.unwrap().unwrap();
+    let (kind, _, _, payload) =
+        tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await.unwrap().unwrap();
     assert_eq!(kind, SETTINGS, "the server's first frame is SETTINGS");
     let max_streams = payload
         .chunks_exact(6)
