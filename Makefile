@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench tools clean fuzz
+.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy tools clean fuzz
 
 all: build
 
@@ -45,10 +45,18 @@ test-e2e: tools
 ## Everything CI runs: lint, generated-file drift, unit and e2e tests.
 test: lint verify-generate test-unit test-e2e
 
-## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS.
-bench: tools
+## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS;
+## the proxy against a direct connection and HAProxy (see bench-proxy).
+bench: bench-operator bench-proxy
+
+bench-operator: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
 	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench operator
+
+## Proxy latency/throughput/CPU/RSS vs a direct connection and Debian's HAProxy (installed if missing).
+bench-proxy:
+	@command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
+	$(CARGO) bench -p skein-proxy --bench proxy
 
 ## Fuzz every parser of untrusted bytes for FUZZ_SECONDS each (needs the nightly toolchain and
 ## cargo-fuzz). Seeds in fuzz/corpus are copied, so runs never rewrite the committed corpus.
