@@ -103,6 +103,7 @@ fn skein(dir: &Path, name: &'static str, yaml: &str) -> Proc {
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--status-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--concurrency", &std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "1".into())])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -367,7 +367,7 @@ impl Proxy {
                     let addr = up.pick(&HashInput { headers: &req.2, source: Some(peer) }).map(|g| g.addr);
                     if let Some(addr) = addr {
                         let max = up.max_requests_per_connection;
-                        let _ = send(&client, addr, &req.0, &req.1, &req.2, req.3, None, max).await;
+                        let _ = send(&client, addr, &req.0, &req.1, req.2, req.3, None, max).await;
                     }
                 });
             }
@@ -398,7 +398,7 @@ impl Proxy {
             self.metrics.pending_overflow.get_or_create(&label).inc();
             return (Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n", "UO"), service);
         };
-        let outcome = self.forward(&upstream, &fwd, r.retries.as_ref(), deadline).await;
+        let outcome = self.forward(&upstream, fwd, r.retries.as_ref(), deadline).await;
         (outcome, service)
     }
 
@@ -443,7 +443,7 @@ impl Proxy {
     async fn deliver(&self, addr: SocketAddr, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
-        match send(client, addr, &parts.method, &pq, &parts.headers, body, None, None).await {
+        match send(client, addr, &parts.method, &pq, parts.headers, body, None, None).await {
             Ok(r) => Outcome::upstream(r, addr),
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -458,17 +458,17 @@ impl Proxy {
     async fn forward(
         &self,
         up: &Upstream,
-        fwd: &Forward,
+        mut fwd: Forward,
         retry: Option<&RetryPolicy>,
         deadline: Option<Instant>,
     ) -> Outcome {
         let client = &up.client;
         let tries = 1 + retry.map_or(0, |r| r.attempts);
         let per_try = retry.and_then(|r| r.per_try_timeout);
-        let hash = HashInput { headers: &fwd.headers, source: Some(fwd.peer) };
         let mut last = Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH");
         let mut _retry_slot = None;
         for attempt in 0..tries {
+            let hash = HashInput { headers: &fwd.headers, source: Some(fwd.peer) };
             let Some(endpoint) = up.pick(&hash) else { return last };
             let budget = match (deadline, per_try) {
                 (Some(dl), Some(t)) => Some(t.min(dl.saturating_duration_since(Instant::now()))),
@@ -477,7 +477,9 @@ impl Proxy {
             };
             let (method, pq, body) = (&fwd.method, &fwd.path_and_query, fwd.body.clone());
             let max = up.max_requests_per_connection;
-            let result = send(client, endpoint.addr, method, pq, &fwd.headers, body, budget, max).await;
+            // The last try takes the headers; earlier ones copy them for the next.
+            let headers = if attempt + 1 == tries { std::mem::take(&mut fwd.headers) } else { fwd.headers.clone() };
+            let result = send(client, endpoint.addr, method, pq, headers, body, budget, max).await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
                     up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
@@ -556,7 +558,7 @@ async fn send(
     addr: SocketAddr,
     method: &hyper::Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
     timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
@@ -564,7 +566,7 @@ async fn send(
     let uri: Uri = format!("http://{addr}{path_and_query}").parse().map_err(|_| SendError::Connect)?;
     let mut req =
         Request::builder().method(method.clone()).uri(uri).body(Full::new(body)).map_err(|_| SendError::Connect)?;
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = headers;
     let captured = max_requests_per_connection.map(|_| capture_connection(&mut req));
     let fut = client.request(req);
     let resp = match timeout {

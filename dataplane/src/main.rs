@@ -34,6 +34,10 @@ enum Command {
         /// How long in-flight requests may finish after SIGTERM before the proxy exits.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         drain_timeout: Duration,
+        /// Worker threads (Istio's `concurrency`; a sidecar rarely needs more than 2). 0: one
+        /// per CPU.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
     },
     /// Install the iptables rules that redirect the pod's TCP to the capture listeners
     /// (run once per pod, as root, before the workload starts).
@@ -65,12 +69,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, admin_addr, status_addr, metrics_addr, drain_timeout } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(
-                config,
-                [admin_addr, status_addr, metrics_addr],
-                drain_timeout,
-            ))
+        Command::Run { config, admin_addr, status_addr, metrics_addr, drain_timeout, concurrency } => {
+            // One worker runs everything on the current thread: no cross-thread wakeups, which
+            // is what a lightly loaded sidecar wants.
+            let mut builder = match concurrency {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            };
+            if concurrency > 1 {
+                builder.worker_threads(concurrency);
+            }
+            builder.enable_all().build()?.block_on(run(config, [admin_addr, status_addr, metrics_addr], drain_timeout))
         }
     }
 }
