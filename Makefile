@@ -11,12 +11,14 @@ build:
 
 ## Generate CRD YAML from the Rust types (never edit config/crd by hand).
 generate:
-	$(CARGO) run -q -p skein-operator --bin crdgen > config/crd/mesh.skein.dev_meshcontrolplanes.yaml
+	$(CARGO) run -q -p skein-operator --bin crdgen -- config/crd
 
 ## Fail when the committed CRDs differ from the Rust types.
 verify-generate:
-	@$(CARGO) run -q -p skein-operator --bin crdgen | diff -u config/crd/mesh.skein.dev_meshcontrolplanes.yaml - \
-	  || { echo "config/crd is stale: run 'make generate' and commit"; exit 1; }
+	@rm -rf target/crd-check && $(CARGO) run -q -p skein-operator --bin crdgen -- target/crd-check
+	@for f in $$(cd target/crd-check && find . -name '*.yaml'); do \
+	  diff -u config/crd/$$f target/crd-check/$$f || { echo "config/crd is stale: run 'make generate' and commit"; exit 1; }; \
+	done
 
 ## Build the pinned Kubernetes components (etcd, kube-apiserver, ...) from Go modules.
 tools:

@@ -6,6 +6,7 @@
 //! the generated schema, so a bad object is refused at `kubectl apply` with the field named.
 #![forbid(unsafe_code)]
 
+pub mod istio;
 pub mod mesh;
 
 pub use mesh::*;
