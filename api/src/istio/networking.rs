@@ -1,4 +1,7 @@
 //! `networking.istio.io`: VirtualService, DestinationRule, ServiceEntry, Gateway.
+// Several printcolumn(...) entries repeat `type_ = "string"`, which clippy mistakes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 
