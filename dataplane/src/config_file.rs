@@ -1,6 +1,7 @@
 //! File-fed configuration: the proxy config as YAML or JSON (JSON is YAML), reloaded when the
-//! file changes or on SIGHUP. An unreadable or invalid file is reported and the last good
-//! config stays in force.
+//! file changes, when a certificate file it names changes (rotation), or on SIGHUP. An
+//! unreadable or invalid file is reported and the last good config stays in force. Open
+//! connections keep the certificate they were made with; new ones use the new one.
 
 use std::{
     path::{Path, PathBuf},
@@ -45,10 +46,28 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Watches `path` (polling its modification time every `interval`, plus SIGHUP) and reloads
-/// on change. Runs until the task is dropped.
+/// Modification times of the config file and every certificate or key file the active config
+/// names: a change to any of them means a reload.
+fn fingerprint(path: &Path, store: &Store) -> Vec<Option<SystemTime>> {
+    let rt = store.current();
+    let cfg = &rt.config;
+    let mut files: Vec<&Path> = vec![path];
+    if let Some(id) = &cfg.identity {
+        files.extend([id.cert_chain.as_path(), id.private_key.as_path(), id.root_cert.as_path()]);
+    }
+    for tls in cfg.listeners.iter().filter_map(|l| l.server_tls.as_ref()) {
+        for c in &tls.credentials {
+            files.extend([c.cert_chain.as_path(), c.private_key.as_path()]);
+        }
+        files.extend(tls.ca_certificates.as_deref());
+    }
+    files.into_iter().map(mtime).collect()
+}
+
+/// Watches `path` and the certificate files it names (polling modification times every
+/// `interval`, plus SIGHUP) and reloads on change. Runs until the task is dropped.
 pub async fn watch(path: PathBuf, store: Store, metrics: Metrics, interval: Duration) {
-    let mut last = mtime(&path);
+    let mut last = fingerprint(&path, &store);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -68,14 +87,15 @@ pub async fn watch(path: PathBuf, store: Store, metrics: Metrics, interval: Dura
             tokio::time::sleep(interval).await;
             false
         };
-        let now = mtime(&path);
+        let now = fingerprint(&path, &store);
         if !forced && now == last {
             continue;
         }
-        last = now;
         if let Err(e) = reload(&path, &store) {
             metrics.config_rejected.inc();
             error!(error = %e, "configuration rejected; the last good configuration stays in force");
         }
+        // After a reload the file set may differ (a new config names other files).
+        last = fingerprint(&path, &store);
     }
 }

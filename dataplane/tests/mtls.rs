@@ -256,3 +256,33 @@ async fn authorization_policies_allow_by_principal_and_deny_everyone_else() {
     assert_eq!(get(nothing.a_port, "reviews").await.map(|r| r.0), Some(403));
     assert!(nothing.seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn rotated_certificate_files_are_picked_up_without_a_config_change() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("rotation");
+    let identity = ca.identity_files(&dir, "default", "reviews");
+    let file = dir.join("proxy.yaml");
+    std::fs::write(&file, format!("version: '1'\n{identity}")).unwrap();
+    let store = Store::new(skein_proxy::config_file::read(&file).unwrap()).unwrap();
+    let spiffe = |s: &Store| s.current().identity.as_ref().map(|i| i.spiffe_id.clone()).unwrap_or_default();
+    assert_eq!(spiffe(&store), "spiffe://cluster.local/ns/default/sa/reviews");
+    tokio::spawn(skein_proxy::config_file::watch(
+        file.clone(),
+        store.clone(),
+        Metrics::default(),
+        Duration::from_millis(50),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The CA agent rewrites the same files with a new certificate (here: a new identity, so
+    // the change is visible), leaving the config file alone.
+    let (chain, key) = ca.issue("default", "reviews-rotated");
+    std::fs::write(dir.join("reviews.key"), key).unwrap();
+    std::fs::write(dir.join("reviews.crt"), chain).unwrap();
+    let start = std::time::Instant::now();
+    while spiffe(&store) != "spiffe://cluster.local/ns/default/sa/reviews-rotated" {
+        assert!(start.elapsed() < Duration::from_secs(5), "rotation not picked up: {}", spiffe(&store));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.current().config.version, "1", "same config, new certificate");
+}
