@@ -49,8 +49,9 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 type UpstreamClient = HttpClient;
 
-/// Connect timeout of passthrough traffic (Istio's default cluster connect timeout).
-const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout of passthrough traffic and inbound delivery, HTTP and TCP (Istio's default
+/// cluster connect timeout).
+pub(crate) const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the proxy knows about the connection a request came on.
 #[derive(Debug, Clone)]

@@ -298,12 +298,10 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = match (role, req.uri().path()) {
-                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") if drain.is_draining() => {
-                        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
-                    }
-                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
-                        text(StatusCode::OK, "ready\n".into())
-                    }
+                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => match drain.is_draining() {
+                        true => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+                        false => text(StatusCode::OK, "ready\n".into()),
+                    },
                     (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
                         text(StatusCode::OK, metrics.render())
                     }

@@ -25,8 +25,6 @@ use crate::{
 
 /// How long a client has to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connect timeout of passthrough and inbound delivery (Istio's default).
-const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no traffic either way for this long is closed (Envoy's default 1 h).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -86,31 +84,14 @@ async fn handle(
                 Inbound::Plain(_) => None,
                 Inbound::Tls(_, id) => id.clone(),
             };
-            if let Some(az) = rt.authorizer(&listener) {
-                let req = authz::Request {
-                    principal: identity.as_deref().map(identity::principal),
-                    source_ip: peer.ip(),
-                    port: local_port,
-                    http: None,
-                };
-                if let authz::Decision::Deny(policy) = az.check(&req) {
-                    // Denied TCP: the connection is closed, as Envoy's RBAC filter does.
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("denied by {policy}"),
-                    ));
-                }
-            }
+            authorize(&rt, &listener, identity.as_deref(), peer, local_port)?;
             match inbound {
                 Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, peer, &metrics).await,
                 Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, peer, &metrics).await,
             }
         }
         Mode::SniPassthrough => {
-            let mut first = Vec::new();
-            let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut client, &mut first))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+            let (sni, first) = client_hello(&mut client).await?;
             // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
             let up = sni
                 .as_deref()
@@ -123,10 +104,7 @@ async fn handle(
             proxy_to(client, first, &up, peer, &metrics).await
         }
         Mode::TlsRoutes { listener } => {
-            let mut first = Vec::new();
-            let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut client, &mut first))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+            let (sni, first) = client_hello(&mut client).await?;
             let up = sni.as_deref().and_then(|n| rt.tls_route(&listener, n)).cloned().ok_or_else(not_found)?;
             proxy_to(client, first, &up, peer, &metrics).await
         }
@@ -158,20 +136,7 @@ where
             relay_to(client, first, dst, "PassthroughCluster", metrics).await
         }
         Capture::Inbound => {
-            if let Some(az) = rt.authorizer(&conn.listener) {
-                let req = authz::Request {
-                    principal: conn.identity.as_deref().map(identity::principal),
-                    source_ip: conn.peer.ip(),
-                    port: dst.port(),
-                    http: None,
-                };
-                if let authz::Decision::Deny(policy) = az.check(&req) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("denied by {policy}"),
-                    ));
-                }
-            }
+            authorize(rt, &conn.listener, conn.identity.as_deref(), conn.peer, dst.port())?;
             relay_to(client, first, dst, &format!("inbound|{}||", dst.port()), metrics).await
         }
     }
@@ -188,19 +153,40 @@ async fn relay_to<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let tcp = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
+    let tcp = tokio::time::timeout(crate::http::PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
     let _ = tcp.set_nodelay(true);
+    counted(metrics, service, relay(&mut client, tcp, &first)).await
+}
+
+/// Runs a relay under Istio's TCP metrics for `service`.
+async fn counted(
+    metrics: &Metrics,
+    service: &str,
+    relay: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+) -> std::io::Result<()> {
     let labels = TcpLabels { destination_service: service.to_string() };
     metrics.tcp_opened.get_or_create(&labels).inc();
-    let result = relay(&mut client, tcp, &first).await;
+    let result = relay.await;
     if let Ok((sent, received)) = result {
         metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
         metrics.tcp_received.get_or_create(&labels).inc_by(received);
     }
     metrics.tcp_closed.get_or_create(&labels).inc();
     result.map(|_| ())
+}
+
+/// Istio's RBAC for a TCP connection: a denied one is closed, as Envoy's RBAC filter does.
+fn authorize(rt: &Runtime, listener: &str, identity: Option<&str>, peer: SocketAddr, port: u16) -> std::io::Result<()> {
+    let Some(az) = rt.authorizer(listener) else { return Ok(()) };
+    let req = authz::Request { principal: identity.map(identity::principal), source_ip: peer.ip(), port, http: None };
+    match az.check(&req) {
+        authz::Decision::Deny(policy) => {
+            Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("denied by {policy}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Connects to `up` (with its client TLS, if any), sends `first`, then relays both ways.
@@ -218,24 +204,19 @@ where
         return Err(std::io::Error::other("cluster overflow"));
     };
     let tcp = connect(up, peer).await?;
-    let labels = TcpLabels { destination_service: up.service().to_string() };
-    metrics.tcp_opened.get_or_create(&labels).inc();
-    let result = match &up.tls {
-        None => relay(&mut client, tcp, &first).await,
-        Some(tls) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            let stream = tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-            relay(&mut client, stream, &first).await
+    let relay = async {
+        match &up.tls {
+            None => relay(&mut client, tcp, &first).await,
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+                relay(&mut client, stream, &first).await
+            }
         }
     };
-    if let Ok((sent, received)) = result {
-        metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
-        metrics.tcp_received.get_or_create(&labels).inc_by(received);
-    }
-    metrics.tcp_closed.get_or_create(&labels).inc();
-    result.map(|_| ())
+    counted(metrics, up.service(), relay).await
 }
 
 async fn relay<C, U>(client: &mut C, mut upstream: U, first: &[u8]) -> std::io::Result<(u64, u64)>
@@ -269,6 +250,16 @@ async fn connect(up: &Arc<Upstream>, peer: SocketAddr) -> std::io::Result<TcpStr
             Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
         }
     }
+}
+
+/// Reads the ClientHello within `HELLO_TIMEOUT`; returns its SNI and the bytes read, to be
+/// forwarded first.
+async fn client_hello(client: &mut TcpStream) -> std::io::Result<(Option<String>, Vec<u8>)> {
+    let mut first = Vec::new();
+    let sni = tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(client, &mut first))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+    Ok((sni, first))
 }
 
 /// Reads until the ClientHello is complete; returns its SNI. Bytes read stay in `buf` to be
