@@ -1,7 +1,7 @@
-//! Access log: one line per HTTP request or TCP connection, in Envoy's default text format
-//! (what `istioctl` users read) or as JSON. Lines go through a bounded queue to one writer
-//! task, so a slow disk never blocks a request; when the queue is full the line is dropped and
-//! counted (`skein_proxy_access_log_dropped_total`).
+//! Access log: one line per HTTP request (TCP connections are not logged yet), in Envoy's
+//! default text format (what `istioctl` users read) or as JSON. Lines go through a bounded
+//! queue to one writer task, so a slow disk never blocks a request; when the queue is full the
+//! line is dropped and counted (`skein_proxy_access_log_dropped_total`).
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
 
@@ -14,18 +14,18 @@ use crate::metrics::Metrics;
 /// Lines waiting to be written before new ones are dropped.
 const QUEUE: usize = 4096;
 
-/// One logged request or connection. Field names are Envoy's command operators.
+/// One logged request. Field names are Envoy's command operators.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Entry {
     /// Request start, RFC 3339.
     pub start_time: String,
-    /// Method (`-` for TCP).
+    /// Method.
     pub method: String,
     /// Path as received.
     pub path: String,
-    /// `HTTP/1.1`, `HTTP/2` or `-` (TCP).
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
     pub protocol: String,
-    /// Status sent (0 for TCP).
+    /// Status sent.
     pub response_code: u16,
     /// Envoy response flags (`-`, `UO`, `NR`, ...).
     pub response_flags: String,

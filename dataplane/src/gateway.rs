@@ -58,7 +58,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn read(path: String, file: &std::path::Path) -> Result<Vec<u8>, InvalidConfig> {
+/// Reads a file a config field names; failure is a config error naming the field.
+pub(crate) fn read(path: String, file: &std::path::Path) -> Result<Vec<u8>, InvalidConfig> {
     std::fs::read(file).map_err(|e| InvalidConfig { path, reason: format!("read {}: {e}", file.display()) })
 }
 
@@ -69,7 +70,7 @@ fn bad(path: String, reason: impl fmt::Display) -> InvalidConfig {
 /// Builds the TLS server of a gateway listener. Files that cannot be read or parsed are a
 /// config error naming the field, so the last good config stays in force.
 pub fn server_config(listener: &str, tls: &ServerTls) -> Result<Arc<ServerConfig>, InvalidConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::identity::provider();
     let mut certs = Vec::with_capacity(tls.credentials.len());
     for (i, c) in tls.credentials.iter().enumerate() {
         let at = |f: &str| format!("listeners[{listener}].serverTls.credentials[{i}].{f}");

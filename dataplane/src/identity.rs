@@ -38,7 +38,8 @@ fn pem_err(what: &'static str) -> impl Fn(rustls::pki_types::pem::Error) -> Iden
     move |e| IdentityError::Pem { what, reason: e.to_string() }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The rustls crypto provider every TLS configuration of the proxy uses (ring).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -19,12 +19,7 @@ fn identity_err(e: crate::identity::IdentityError) -> InvalidConfig {
 
 /// Reads the identity files. Failure is a config error: the last good config stays.
 fn load_identity(files: &IdentityFiles) -> Result<Identity, InvalidConfig> {
-    let read = |field: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| InvalidConfig {
-            path: format!("identity.{field}"),
-            reason: format!("read {}: {e}", p.display()),
-        })
-    };
+    let read = |field: &str, p: &std::path::Path| crate::gateway::read(format!("identity.{field}"), p);
     let chain = read("certChain", &files.cert_chain)?;
     let key = read("privateKey", &files.private_key)?;
     let root = read("rootCert", &files.root_cert)?;

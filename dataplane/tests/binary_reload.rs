@@ -44,6 +44,22 @@ fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> Str
 }
 
 struct Proc(Child);
+
+/// Runs `skein-proxy run` on `config` with admin, status and metrics on these loopback ports.
+fn start_proxy(config: &std::path::Path, [admin, status, metrics]: [u16; 3], extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--status-addr", &format!("127.0.0.1:{status}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -67,17 +83,7 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
     let path = dir.join("proxy.yaml");
     let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
     std::fs::write(&path, config(listen, (100, 0), a, b)).unwrap();
-    let _proxy = Proc(
-        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
-            .args(["run", "--config", path.to_str().unwrap()])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--status-addr", &format!("127.0.0.1:{status}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _proxy = start_proxy(&path, [admin, status, metrics], &[]);
     eventually("proxy serving a", || get(listen, "/").is_some_and(|r| r.1 == "a"));
     assert_eq!(get(status, "/healthz/ready").map(|r| r.0), Some(200));
     // The config dump is served on the loopback admin address only.
@@ -123,17 +129,7 @@ fn sigterm_drains_in_flight_requests_fails_readiness_and_exits() {
     let file = dir.join("proxy.yaml");
     let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
     std::fs::write(&file, config(listen, (100, 0), slow, slow)).unwrap();
-    let mut proxy = Proc(
-        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
-            .args(["run", "--config", file.to_str().unwrap(), "--drain-timeout", "5s"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--status-addr", &format!("127.0.0.1:{status}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = start_proxy(&file, [admin, status, metrics], &["--drain-timeout", "5s"]);
     eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
     let in_flight = std::thread::spawn(move || get(listen, "/"));
     std::thread::sleep(Duration::from_millis(300));
