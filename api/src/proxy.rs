@@ -337,6 +337,14 @@ pub struct AuthzCondition {
     pub not_values: Vec<String>,
 }
 
+impl AuthzCondition {
+    /// Whether the proxy can evaluate this condition's key.
+    pub fn key_supported(key: &str) -> bool {
+        const KEYS: [&str; 4] = ["source.ip", "source.namespace", "source.principal", "destination.port"];
+        KEYS.contains(&key) || key.strip_prefix("request.headers[").is_some_and(|h| h.ends_with(']') && h.len() > 1)
+    }
+}
+
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListenerProtocol {

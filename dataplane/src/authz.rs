@@ -51,8 +51,6 @@ pub struct Authorizer {
     policies: Vec<AuthorizationPolicy>,
 }
 
-const KEYS: [&str; 4] = ["source.ip", "source.namespace", "source.principal", "destination.port"];
-
 fn bad(path: String, reason: String) -> InvalidConfig {
     InvalidConfig { path, reason }
 }
@@ -78,9 +76,7 @@ impl Authorizer {
                     }
                 }
                 for (k, c) in r.when.iter().enumerate() {
-                    let known = KEYS.contains(&c.key.as_str())
-                        || c.key.strip_prefix("request.headers[").is_some_and(|h| h.ends_with(']') && h.len() > 1);
-                    if !known {
+                    if !skein_api::proxy::AuthzCondition::key_supported(&c.key) {
                         return Err(bad(
                             format!("{at}.when[{k}].key"),
                             format!("unsupported condition key {:?}", c.key),

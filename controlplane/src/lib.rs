@@ -1,0 +1,10 @@
+//! `skein-controlplane`: reads the Istio API and the Kubernetes service registry from the
+//! apiserver, computes each proxy's configuration, pushes it over gRPC, signs workload
+//! certificates and injects sidecars.
+#![forbid(unsafe_code)]
+
+pub mod mesh;
+pub mod registry;
+pub mod snapshot;
+pub mod translate;
+pub mod validate;

@@ -1,0 +1,3 @@
+//! `skein-controlplane` binary.
+
+fn main() {}

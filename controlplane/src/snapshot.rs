@@ -1,0 +1,139 @@
+//! One consistent view of everything the control plane translates: the accepted Istio
+//! resources, the service registry and the pods, indexed the way translation looks them up.
+//! A new snapshot is built after every (debounced) change; proxies' configs are computed from
+//! it and compared with what they were last sent.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use skein_api::istio::{
+    networking::{DestinationRule, Gateway, ServiceEntry, VirtualService},
+    security::{AuthorizationPolicy, PeerAuthentication},
+};
+
+use crate::{
+    mesh::MeshSettings,
+    registry::{self, Registry},
+};
+
+/// The accepted Istio resources (invalid ones already replaced by their last good version or
+/// left out).
+#[derive(Debug, Default, Clone)]
+pub struct IstioResources {
+    /// VirtualServices.
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    /// DestinationRules.
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    /// ServiceEntries.
+    pub service_entries: Vec<Arc<ServiceEntry>>,
+    /// Gateways.
+    pub gateways: Vec<Arc<Gateway>>,
+    /// PeerAuthentications.
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+}
+
+/// Everything a translation reads.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Mesh settings.
+    pub mesh: MeshSettings,
+    /// Services by host.
+    pub registry: Registry,
+    /// Accepted Istio resources.
+    pub istio: IstioResources,
+    /// Pods by (namespace, name).
+    pub pods: HashMap<(String, String), Arc<Pod>>,
+    /// VirtualServices bound to sidecars (`gateways` empty or naming `mesh`), by resolved
+    /// host, oldest first.
+    pub mesh_virtual_services: HashMap<String, Vec<Arc<VirtualService>>>,
+    /// DestinationRules by resolved host, oldest first.
+    pub destination_rules: HashMap<String, Vec<Arc<DestinationRule>>>,
+}
+
+/// Creation order, then namespace and name: Istio's tie-break for conflicting resources.
+pub fn age_key<K: kube::Resource>(o: &K) -> (Option<jiff::Timestamp>, String, String) {
+    let m = o.meta();
+    (
+        m.creation_timestamp.as_ref().map(|t| t.0),
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether a VirtualService applies to sidecars.
+pub fn binds_to_mesh(vs: &VirtualService) -> bool {
+    vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")
+}
+
+impl Snapshot {
+    /// Indexes the inputs.
+    pub fn new(mesh: MeshSettings, registry: Registry, istio: IstioResources, pods: Vec<Arc<Pod>>) -> Self {
+        let domain = mesh.cluster_domain.clone();
+        let mut mesh_virtual_services: HashMap<String, Vec<Arc<VirtualService>>> = HashMap::new();
+        for vs in &istio.virtual_services {
+            if !binds_to_mesh(vs) {
+                continue;
+            }
+            let ns = vs.namespace().unwrap_or_default();
+            for h in &vs.spec.hosts {
+                mesh_virtual_services.entry(registry::resolve_host(h, &ns, &domain)).or_default().push(vs.clone());
+            }
+        }
+        for v in mesh_virtual_services.values_mut() {
+            v.sort_by_key(|vs| age_key(vs.as_ref()));
+            v.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        let mut destination_rules: HashMap<String, Vec<Arc<DestinationRule>>> = HashMap::new();
+        for dr in &istio.destination_rules {
+            let ns = dr.namespace().unwrap_or_default();
+            destination_rules.entry(registry::resolve_host(&dr.spec.host, &ns, &domain)).or_default().push(dr.clone());
+        }
+        for v in destination_rules.values_mut() {
+            v.sort_by_key(|dr| age_key(dr.as_ref()));
+        }
+        let pods = pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
+        Self { mesh, registry, istio, pods, mesh_virtual_services, destination_rules }
+    }
+
+    /// The VirtualService routing `host` for a sidecar in `client_ns`: one in the client's
+    /// namespace first, else the oldest visible one (Istio uses one per host).
+    pub fn virtual_service_for(&self, host: &str, client_ns: &str) -> Option<&Arc<VirtualService>> {
+        let all = self.mesh_virtual_services.get(host)?;
+        let visible = |vs: &&Arc<VirtualService>| {
+            registry::exported_to(&vs.spec.export_to, &vs.namespace().unwrap_or_default(), client_ns)
+        };
+        all.iter()
+            .filter(visible)
+            .find(|vs| vs.namespace().as_deref() == Some(client_ns))
+            .or_else(|| all.iter().find(visible))
+    }
+
+    /// The DestinationRule for `host` as Istio looks it up: the client's namespace, then the
+    /// service's namespace, then the root namespace.
+    pub fn destination_rule_for(&self, host: &str, client_ns: &str, service_ns: &str) -> Option<&Arc<DestinationRule>> {
+        let all = self.destination_rules.get(host)?;
+        let in_ns = |ns: &str| {
+            all.iter().find(|dr| {
+                let dr_ns = dr.namespace().unwrap_or_default();
+                dr_ns == ns && registry::exported_to(&dr.spec.export_to, &dr_ns, client_ns)
+            })
+        };
+        in_ns(client_ns).or_else(|| in_ns(service_ns)).or_else(|| in_ns(&self.mesh.root_namespace))
+    }
+
+    /// A pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<Pod>> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+/// Whether `labels` carry every `selector` pair (an empty selector matches everything).
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -1,0 +1,481 @@
+use std::{collections::HashMap, sync::Arc};
+
+use skein_api::proxy::{
+    ClientTlsMode, Cluster, IdentityFiles, OutboundPolicy, PeerAuthMode, ProxyConfig, Route, StringMatch, VirtualHost,
+};
+
+use super::*;
+use crate::{
+    mesh::MeshSettings,
+    registry::Registry,
+    snapshot::{IstioResources, Snapshot},
+};
+
+/// Bookinfo's shape: productpage → details, reviews v1/v2/v3 → ratings, one Service and one
+/// EndpointSlice each, pods with sidecars (tlsMode label) and their own ServiceAccounts.
+const BOOKINFO: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: default}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: default}
+spec: {clusterIP: 198.19.0.11, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {clusterIP: 198.19.0.12, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec: {clusterIP: 198.19.0.13, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: backend, annotations: {networking.istio.io/exportTo: "."}}
+spec: {clusterIP: 198.19.0.20, ports: [{name: tcp-db, port: 5432}]}
+"#;
+
+fn pod(name: &str, app: &str, version: &str, ip: &str, sa: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}, version: {version}, security.istio.io/tlsMode: istio}}}}\nspec: {{serviceAccountName: {sa}, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+    )
+}
+
+fn slice(service: &str, ns: &str, eps: &[(&str, &str)], port: u16) -> String {
+    let endpoints: Vec<String> = eps
+        .iter()
+        .map(|(ip, pod)| format!("{{addresses: [{ip}], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {pod}, namespace: {ns}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-abc, namespace: {ns}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{}]\n---\n",
+        endpoints.join(", ")
+    )
+}
+
+fn bookinfo_workloads() -> String {
+    let mut s = String::new();
+    s += &pod("productpage-v1-1", "productpage", "v1", "10.0.0.1", "bookinfo-productpage");
+    s += &pod("details-v1-1", "details", "v1", "10.0.0.2", "bookinfo-details");
+    s += &pod("reviews-v1-1", "reviews", "v1", "10.0.0.3", "bookinfo-reviews");
+    s += &pod("reviews-v2-1", "reviews", "v2", "10.0.0.4", "bookinfo-reviews");
+    s += &pod("reviews-v3-1", "reviews", "v3", "10.0.0.5", "bookinfo-reviews");
+    s += &pod("ratings-v1-1", "ratings", "v1", "10.0.0.6", "bookinfo-ratings");
+    s += &slice("productpage", "default", &[("10.0.0.1", "productpage-v1-1")], 9080);
+    s += &slice("details", "default", &[("10.0.0.2", "details-v1-1")], 9080);
+    s += &slice(
+        "reviews",
+        "default",
+        &[("10.0.0.3", "reviews-v1-1"), ("10.0.0.4", "reviews-v2-1"), ("10.0.0.5", "reviews-v3-1")],
+        9080,
+    );
+    s += &slice("ratings", "default", &[("10.0.0.6", "ratings-v1-1")], 9080);
+    s += "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: backend, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: tcp-db, port: 5432}]\nendpoints: [{addresses: [10.0.1.1]}]\n";
+    s
+}
+
+const DESTINATION_RULES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"#;
+
+/// Builds a snapshot from YAML documents of any of the watched kinds.
+fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    let mut pods = Vec::new();
+    let mut istio = IstioResources::default();
+    for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
+        let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        let kind = value["kind"].as_str().unwrap().to_string();
+        let t =
+            jiff::Timestamp::from_second(1_700_000_000 + services.len() as i64 + istio.virtual_services.len() as i64)
+                .unwrap();
+        let mut value = value;
+        value["metadata"]["creationTimestamp"] = serde_yaml::Value::String(t.to_string());
+        match kind.as_str() {
+            "Service" => services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "Pod" => pods.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "VirtualService" => istio.virtual_services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "DestinationRule" => istio.destination_rules.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "ServiceEntry" => istio.service_entries.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "PeerAuthentication" => istio.peer_authentications.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "AuthorizationPolicy" => {
+                istio.authorization_policies.push(Arc::new(serde_yaml::from_value(value).unwrap()))
+            }
+            other => panic!("fixture kind {other}"),
+        }
+    }
+    let registry = Registry::build(&mesh, &services, &slices, &pods, &istio.service_entries, &HashMap::new());
+    Snapshot::new(mesh, registry, istio, pods)
+}
+
+fn bookinfo(extra: &str) -> Snapshot {
+    snapshot(MeshSettings::default(), &format!("{BOOKINFO}\n---\n{}\n---\n{extra}", bookinfo_workloads()))
+}
+
+fn config_for(snap: &Snapshot, pod: &str) -> ProxyConfig {
+    let node = Node::parse(&format!("sidecar~10.0.0.1~{pod}.default~default.svc.cluster.local")).unwrap();
+    let mut cfg = sidecar(snap, &Workload::of(snap, &node));
+    // The proxy supplies its own certificate files; the control plane never sends key paths.
+    assert!(cfg.identity.is_none());
+    cfg.identity = Some(IdentityFiles { cert_chain: "c".into(), private_key: "k".into(), root_cert: "r".into() });
+    cfg.validate().unwrap_or_else(|e| panic!("translated config is invalid: {e}\n{cfg:#?}"));
+    cfg
+}
+
+fn vhost<'a>(cfg: &'a ProxyConfig, host: &str) -> &'a VirtualHost {
+    cfg.virtual_hosts.iter().find(|v| v.name == host).unwrap_or_else(|| panic!("no virtual host {host}"))
+}
+
+fn cluster<'a>(cfg: &'a ProxyConfig, name: &str) -> &'a Cluster {
+    cfg.clusters.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+fn targets(route: &Route) -> Vec<(&str, u32)> {
+    route.route.iter().map(|d| (d.cluster.as_str(), d.weight)).collect()
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+#[test]
+fn node_id_is_parsed_as_istio_writes_it() {
+    let n = Node::parse("sidecar~10.1.2.3~reviews-v1-abc.default~default.svc.cluster.local").unwrap();
+    assert_eq!((n.kind, n.pod.as_str(), n.namespace.as_str()), (NodeKind::Sidecar, "reviews-v1-abc", "default"));
+    assert_eq!(n.ip, Some("10.1.2.3".parse().unwrap()));
+    for bad in ["sidecar~1.2.3.4~nonamespace~x", "proxy~1.2.3.4~a.b~x", "sidecar~notanip~a.b~x", "sidecar"] {
+        assert!(Node::parse(bad).is_err(), "{bad} accepted");
+    }
+}
+
+#[test]
+fn without_virtual_services_every_service_has_a_default_route_with_mesh_mtls() {
+    let snap = bookinfo("");
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let vh = vhost(&cfg, REVIEWS);
+    for d in ["reviews", "reviews.default", "reviews.default.svc", REVIEWS, "198.19.0.12"] {
+        assert!(vh.domains.iter().any(|x| x == d), "{d} missing from {:?}", vh.domains);
+    }
+    assert_eq!(vh.routes.len(), 1);
+    assert_eq!(vh.routes[0].matches[0].port, Some(9080));
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080||reviews.default.svc.cluster.local", 100)]);
+    let c = cluster(&cfg, "outbound|9080||reviews.default.svc.cluster.local");
+    assert_eq!(c.endpoints.len(), 3);
+    assert_eq!(c.service_addresses, vec!["198.19.0.12:9080".parse().unwrap()]);
+    // Auto mTLS: every endpoint has a sidecar, so the client speaks mesh mTLS and expects the
+    // endpoints' ServiceAccount identity.
+    let tls = c.tls.as_ref().expect("auto mTLS");
+    assert_eq!(tls.mode, ClientTlsMode::IstioMutual);
+    assert_eq!(tls.subject_alt_names, vec!["spiffe://cluster.local/ns/default/sa/bookinfo-reviews".to_string()]);
+    // Istio's defaults: PERMISSIVE inbound, ALLOW_ANY outbound, default retries.
+    let inbound = cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap();
+    assert_eq!(inbound.peer_authentication, PeerAuthMode::Permissive);
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::AllowAny);
+    assert_eq!(vh.routes[0].retries.as_ref().map(|r| r.attempts), Some(2));
+}
+
+#[test]
+fn a_service_exported_to_its_own_namespace_is_invisible_elsewhere() {
+    let snap = bookinfo("");
+    let cfg = config_for(&snap, "productpage-v1-1");
+    assert!(!cfg.clusters.iter().any(|c| c.name.contains("db.backend")), "db leaked into default");
+    // A TCP service seen from its own namespace: a cluster reachable by VIP, no HTTP routes.
+    let w = Workload { namespace: "backend".into(), ..Default::default() };
+    let backend = sidecar(&snap, &w);
+    let db = backend.clusters.iter().find(|c| c.name == "outbound|5432||db.backend.svc.cluster.local").unwrap();
+    assert_eq!(db.service_addresses, vec!["198.19.0.20:5432".parse().unwrap()]);
+    assert_eq!(db.endpoints, vec!["10.0.1.1:5432".parse().unwrap()]);
+    assert!(!backend.virtual_hosts.iter().any(|v| v.name.starts_with("db.")));
+    // Short names only resolve inside the service's namespace.
+    let other = backend.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap();
+    assert!(!other.domains.iter().any(|d| d == "reviews"));
+}
+
+#[test]
+fn subsets_select_endpoints_by_labels_and_routes_go_to_them() {
+    let snap = bookinfo(&format!(
+        "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    ));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let v1 = cluster(&cfg, "outbound|9080|v1|reviews.default.svc.cluster.local");
+    assert_eq!(v1.endpoints, vec!["10.0.0.3:9080".parse().unwrap()]);
+    assert!(v1.service_addresses.is_empty(), "the VIP belongs to the subset-less cluster");
+    let vh = vhost(&cfg, REVIEWS);
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]);
+    assert_eq!(vh.routes[0].name, "default/reviews[0]");
+}
+
+#[test]
+fn header_match_weights_fault_timeout_and_mirror_are_translated() {
+    let snap = bookinfo(&format!(
+        r#"{DESTINATION_RULES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers: {{End-User: {{exact: jason}}}}
+      uri: {{prefix: /reviews}}
+    route:
+    - destination: {{host: reviews, subset: v2}}
+    fault:
+      delay: {{fixedDelay: 2s, percentage: {{value: 100}}}}
+      abort: {{httpStatus: 500, percentage: {{value: 50}}}}
+    timeout: 0.5s
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: 50
+    - destination: {{host: reviews, subset: v3}}
+      weight: 50
+    mirror: {{host: reviews, subset: v2}}
+    mirrorPercentage: {{value: 25.0}}
+    retries: {{attempts: 3, perTryTimeout: 100ms, retryOn: 5xx}}
+"#
+    ));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let r = &vhost(&cfg, REVIEWS).routes;
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].name, "jason");
+    let m = &r[0].matches[0];
+    assert_eq!(m.headers.get("end-user"), Some(&StringMatch::Exact("jason".into())));
+    assert_eq!(m.uri, Some(StringMatch::Prefix("/reviews".into())));
+    assert_eq!(r[0].timeout, Some(std::time::Duration::from_millis(500)));
+    let fault = r[0].fault.as_ref().unwrap();
+    assert_eq!(fault.delay.as_ref().unwrap().fixed_delay, std::time::Duration::from_secs(2));
+    assert_eq!(fault.abort.as_ref().map(|a| (a.http_status, a.percentage)), Some((500, 50.0)));
+    assert_eq!(
+        targets(&r[1]),
+        vec![
+            ("outbound|9080|v1|reviews.default.svc.cluster.local", 50),
+            ("outbound|9080|v3|reviews.default.svc.cluster.local", 50)
+        ]
+    );
+    assert_eq!(r[1].mirror.as_deref(), Some("outbound|9080|v2|reviews.default.svc.cluster.local"));
+    assert_eq!(r[1].mirror_percentage, Some(25.0));
+    let retry = r[1].retries.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.retry_on.as_str()), (3, "5xx"));
+    assert_eq!(retry.per_try_timeout, Some(std::time::Duration::from_millis(100)));
+}
+
+#[test]
+fn source_labels_decide_per_client_whether_a_rule_applies() {
+    let snap = bookinfo(&format!(
+        "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{sourceLabels: {{app: productpage}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"
+    ));
+    let from_pp = config_for(&snap, "productpage-v1-1");
+    assert_eq!(vhost(&from_pp, REVIEWS).routes.len(), 2);
+    let from_details = config_for(&snap, "details-v1-1");
+    let r = &vhost(&from_details, REVIEWS).routes;
+    assert_eq!(r.len(), 1, "the sourceLabels rule does not apply to details");
+    assert_eq!(targets(&r[0]), vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]);
+}
+
+#[test]
+fn unknown_subset_routes_to_an_empty_cluster_instead_of_breaking_the_config() {
+    let snap = bookinfo(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v9}}]\n",
+    );
+    let cfg = config_for(&snap, "productpage-v1-1");
+    assert!(cluster(&cfg, "outbound|9080|v9|reviews.default.svc.cluster.local").endpoints.is_empty());
+}
+
+#[test]
+fn destination_rule_policies_merge_subset_over_top_level() {
+    let snap = bookinfo(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 250ms}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+    tls: {mode: DISABLE}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {consistentHash: {httpHeaderName: X-User}}
+      tls: {mode: ISTIO_MUTUAL}
+"#,
+    );
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let all = cluster(&cfg, "outbound|9080||reviews.default.svc.cluster.local");
+    assert_eq!(all.load_balancer, skein_api::proxy::LoadBalancer::LeastRequest);
+    assert!(all.tls.is_none(), "tls DISABLE turns auto mTLS off");
+    let pool = all.connection_pool.as_ref().unwrap();
+    assert_eq!((pool.max_connections, pool.http1_max_pending_requests), (Some(1), Some(1)));
+    assert_eq!(pool.max_requests_per_connection, Some(1));
+    assert_eq!(all.connect_timeout, Some(std::time::Duration::from_millis(250)));
+    let od = all.outlier_detection.as_ref().unwrap();
+    assert_eq!((od.consecutive_5xx_errors, od.max_ejection_percent), (Some(1), Some(100)));
+    let v1 = cluster(&cfg, "outbound|9080|v1|reviews.default.svc.cluster.local");
+    assert_eq!(
+        v1.load_balancer,
+        skein_api::proxy::LoadBalancer::ConsistentHash(skein_api::proxy::HashKey::HttpHeaderName("x-user".into()))
+    );
+    assert_eq!(v1.tls.as_ref().map(|t| t.mode), Some(ClientTlsMode::IstioMutual));
+    assert_eq!(v1.connection_pool, all.connection_pool, "unset subset fields inherit the top level");
+}
+
+#[test]
+fn peer_authentication_precedence_is_workload_then_namespace_then_mesh() {
+    let pa = |name: &str, ns: &str, selector: &str, mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{{selector} mtls: {{mode: {mode}}}}}\n---\n"
+        )
+    };
+    let inbound = |snap: &Snapshot, pod: &str| {
+        let cfg = config_for(snap, pod);
+        cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap().peer_authentication
+    };
+    let mesh_strict = pa("default", "istio-system", "", "STRICT");
+    let snap = bookinfo(&mesh_strict);
+    assert_eq!(inbound(&snap, "reviews-v1-1"), PeerAuthMode::Strict);
+    let snap = bookinfo(&format!("{mesh_strict}{}", pa("default", "default", "", "PERMISSIVE")));
+    assert_eq!(inbound(&snap, "reviews-v1-1"), PeerAuthMode::Permissive);
+    let snap = bookinfo(&format!(
+        "{mesh_strict}{}{}",
+        pa("default", "default", "", "UNSET"),
+        pa("ratings", "default", "selector: {matchLabels: {app: ratings}},", "DISABLE")
+    ));
+    assert_eq!(inbound(&snap, "reviews-v1-1"), PeerAuthMode::Strict, "UNSET inherits the mesh-wide mode");
+    assert_eq!(inbound(&snap, "ratings-v1-1"), PeerAuthMode::Disable);
+}
+
+#[test]
+fn authorization_policies_apply_by_namespace_and_selector() {
+    let snap = bookinfo(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ratings-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/bookinfo-reviews]}}]
+    to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-evil, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespaces: [evil]}}]}]
+"#,
+    );
+    let names = |pod: &str| -> Vec<String> {
+        let cfg = config_for(&snap, pod);
+        let l = cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap();
+        l.authorization.iter().map(|p| p.name.clone()).collect()
+    };
+    assert_eq!(
+        names("ratings-v1-1"),
+        vec!["default.allow-nothing", "default.ratings-viewer", "istio-system.deny-evil"]
+    );
+    assert_eq!(names("reviews-v1-1"), vec!["default.allow-nothing", "istio-system.deny-evil"]);
+    let cfg = config_for(&snap, "ratings-v1-1");
+    let l = cfg.listeners.iter().find(|l| l.name == "virtualInbound").unwrap();
+    let viewer = &l.authorization[1];
+    assert_eq!(viewer.rules[0].from[0].source.principals, vec!["cluster.local/ns/default/sa/bookinfo-reviews"]);
+    assert_eq!(l.authorization[2].action, skein_api::proxy::AuthzAction::Deny);
+}
+
+#[test]
+fn service_entries_register_external_hosts_and_registry_only_is_passed_on() {
+    let mesh = MeshSettings { outbound_policy: OutboundPolicy::RegistryOnly, ..Default::default() };
+    let snap = snapshot(
+        mesh,
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 192.0.2.7}]
+"#,
+    );
+    let cfg = config_for(&snap, "client-1");
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::RegistryOnly);
+    assert_eq!(vhost(&cfg, "api.example.com").domains, vec!["api.example.com".to_string()]);
+    let c = cluster(&cfg, "outbound|80||api.example.com");
+    assert_eq!(c.endpoints, vec!["192.0.2.7:80".parse().unwrap()]);
+    assert!(c.tls.is_none(), "an external endpoint does not speak mesh mTLS");
+}
+
+#[test]
+fn global_service_entries_reach_the_peer_gateway_on_15443_with_mesh_mtls() {
+    let snap = snapshot(
+        MeshSettings::default(),
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: reviews-default, namespace: default}
+spec:
+  hosts: [reviews.default.global]
+  location: MESH_INTERNAL
+  ports: [{name: http1, number: 9080, protocol: http}]
+  resolution: DNS
+  addresses: [240.0.0.3]
+  endpoints: [{address: 192.0.2.20, labels: {cluster: cluster2}, ports: {http1: 15443}}]
+"#,
+    );
+    let cfg = config_for(&snap, "client-1");
+    let c = cluster(&cfg, "outbound|9080||reviews.default.global");
+    assert_eq!(c.endpoints, vec!["192.0.2.20:15443".parse().unwrap()]);
+    assert_eq!(c.service_addresses, vec!["240.0.0.3:9080".parse().unwrap()]);
+    assert_eq!(c.tls.as_ref().map(|t| t.mode), Some(ClientTlsMode::IstioMutual));
+    assert!(vhost(&cfg, "reviews.default.global").domains.contains(&"240.0.0.3".to_string()));
+}
+
+#[test]
+fn a_virtual_service_in_the_clients_namespace_wins_over_an_older_one_elsewhere() {
+    let snap = bookinfo(&format!(
+        "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: elsewhere, namespace: other}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{{route: [{{destination: {{host: reviews.default.svc.cluster.local, subset: v3}}}}]}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: local, namespace: default}}\nspec:\n  hosts: [reviews]\n  http: [{{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]\n"
+    ));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    assert_eq!(
+        targets(&vhost(&cfg, REVIEWS).routes[0]),
+        vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]
+    );
+    // From a namespace without its own, the other one (exported everywhere) applies.
+    let w = Workload { namespace: "backend".into(), ..Default::default() };
+    let from_backend = sidecar(&snap, &w);
+    let vh = from_backend.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap();
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080|v3|reviews.default.svc.cluster.local", 100)]);
+}
+
+#[test]
+fn gateway_bound_virtual_services_do_not_change_sidecars() {
+    let snap = bookinfo(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: gw, namespace: default}\nspec:\n  hosts: [reviews]\n  gateways: [bookinfo-gateway]\n  http: [{route: [{destination: {host: details}}]}]\n",
+    );
+    let cfg = config_for(&snap, "productpage-v1-1");
+    assert_eq!(
+        targets(&vhost(&cfg, REVIEWS).routes[0]),
+        vec![("outbound|9080||reviews.default.svc.cluster.local", 100)]
+    );
+}

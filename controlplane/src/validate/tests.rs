@@ -1,0 +1,75 @@
+use super::*;
+
+fn vs(yaml: &str) -> Errors {
+    virtual_service(&serde_yaml::from_str(yaml).unwrap())
+}
+
+fn has(errs: &Errors, needle: &str) -> bool {
+    errs.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn valid_virtual_service_passes() {
+    let errs = vs(
+        "hosts: [reviews]\nhttp:\n- match: [{headers: {end-user: {exact: jason}}}]\n  route: [{destination: {host: reviews, subset: v2}}]\n  timeout: 0.5s\n- route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]\n",
+    );
+    assert!(errs.is_empty(), "{errs:?}");
+}
+
+#[test]
+fn virtual_service_errors_name_the_field() {
+    let errs = vs(
+        "hosts: [reviews]\nhttp:\n- route: [{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v3}, weight: 50}]\n",
+    );
+    assert!(has(&errs, "spec.http[0].route: weights sum to 120, not 100"), "{errs:?}");
+    let errs =
+        vs("hosts: [reviews]\nhttp:\n- match: [{uri: {regex: '/a(['}}]\n  route: [{destination: {host: reviews}}]\n");
+    assert!(has(&errs, "spec.http[0].match[0].uri.regex: invalid regular expression"), "{errs:?}");
+    let errs = vs("hosts: [reviews]\nhttp:\n- route: [{destination: {host: reviews}}]\n  timeout: soon\n");
+    assert!(has(&errs, "spec.http[0].timeout"), "{errs:?}");
+    let errs = vs(
+        "hosts: [reviews]\nhttp:\n- route: [{destination: {host: reviews}}]\n  fault: {abort: {httpStatus: 700, percentage: {value: 150}}}\n",
+    );
+    assert!(has(&errs, "fault.abort.httpStatus: 700") && has(&errs, "fault.abort.percentage.value: 150"), "{errs:?}");
+    let errs = vs(
+        "hosts: [reviews]\nhttp:\n- match: [{queryParams: {a: {exact: b}}}]\n  route: [{destination: {host: reviews}}]\n",
+    );
+    assert!(has(&errs, "spec.http[0].match[0].queryParams: not supported by Skein yet"), "{errs:?}");
+    assert!(has(&vs("http: []"), "spec.hosts"));
+}
+
+#[test]
+fn destination_rule_errors_name_the_field() {
+    let dr = |y: &str| destination_rule(&serde_yaml::from_str(y).unwrap());
+    assert!(
+        dr("host: reviews\nsubsets: [{name: v1, labels: {version: v1}}]\ntrafficPolicy: {tls: {mode: ISTIO_MUTUAL}}")
+            .is_empty()
+    );
+    let errs = dr("host: reviews\nsubsets: [{name: v1}, {name: v1}]\n");
+    assert!(has(&errs, "spec.subsets[1].name: duplicate subset"), "{errs:?}");
+    let errs = dr("host: reviews\ntrafficPolicy: {outlierDetection: {interval: often}}\n");
+    assert!(has(&errs, "spec.trafficPolicy.outlierDetection.interval"), "{errs:?}");
+    let errs =
+        dr("host: reviews\ntrafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}\n");
+    assert!(has(&errs, "mutually exclusive"), "{errs:?}");
+}
+
+#[test]
+fn service_entry_and_policy_errors_name_the_field() {
+    let se = |y: &str| service_entry(&serde_yaml::from_str(y).unwrap());
+    let errs = se(
+        "hosts: [a.example.com]\nresolution: STATIC\nendpoints: [{address: a.example.com}]\nports: [{number: 80}, {number: 80}]\n",
+    );
+    assert!(has(&errs, "spec.endpoints[0].address: resolution STATIC needs an IP"), "{errs:?}");
+    assert!(has(&errs, "spec.ports[1].number: duplicate port 80"), "{errs:?}");
+    let ap = |y: &str| authorization_policy(&serde_yaml::from_str(y).unwrap());
+    assert!(ap("{}").is_empty(), "allow-nothing is valid");
+    let errs = ap(
+        "action: CUSTOM\nrules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}], to: [{operation: {ports: [http]}}]}]\n",
+    );
+    assert!(has(&errs, "spec.action: CUSTOM"), "{errs:?}");
+    assert!(has(&errs, "spec.rules[0].when[0].key"), "{errs:?}");
+    assert!(has(&errs, "spec.rules[0].to[0].operation.ports: \"http\""), "{errs:?}");
+    let pa = |y: &str| peer_authentication(&serde_yaml::from_str(y).unwrap());
+    assert!(has(&pa("portLevelMtls: {'8080': {mode: DISABLE}}"), "requires a workload selector"));
+}
