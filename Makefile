@@ -41,7 +41,7 @@ test-unit:
 	$(CARGO) test --workspace --exclude skein-e2e
 
 test-e2e: tools
-	$(CARGO) build -p skein-operator --bin skein-operator
+	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy --bins
 	$(CARGO) test -p skein-e2e -- --test-threads=2
 
 ## Everything CI runs: lint, generated-file drift, unit and e2e tests.

@@ -8,6 +8,7 @@
 
 pub mod istio;
 pub mod mesh;
+pub mod pki;
 
 pub use mesh::*;
 

@@ -3,8 +3,13 @@
 //! certificates and injects sidecars.
 #![forbid(unsafe_code)]
 
+pub mod accept;
+pub mod ca;
 pub mod mesh;
+pub mod metrics;
 pub mod registry;
 pub mod snapshot;
 pub mod translate;
 pub mod validate;
+pub mod watch;
+pub mod xds;

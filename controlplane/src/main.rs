@@ -1,3 +1,182 @@
-//! `skein-controlplane` binary.
+//! `skein-controlplane`: Skein's istiod.
 
-fn main() {}
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use skein_api::{
+    pki::CaBundle,
+    proxy::wire::pb::{
+        certificate_service_server::CertificateServiceServer, proxy_discovery_server::ProxyDiscoveryServer,
+    },
+};
+use skein_controlplane::{
+    ca::{Ca, TOKEN_AUDIENCE},
+    mesh::MeshSettings,
+    metrics::{self, Metrics},
+    snapshot::Snapshot,
+    watch::{self, Changes, Stores},
+    xds::Discovery,
+};
+use tokio::{net::TcpListener, sync::watch as tokio_watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "skein-controlplane", version, about = "Skein control plane")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch the apiserver, serve proxy configuration and certificates.
+    Discovery(DiscoveryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DiscoveryArgs {
+    /// Namespace the control plane runs in (its CA Secret lives here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    namespace: String,
+    /// Istio MeshConfig file (YAML); absent: Istio's defaults.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Secret holding the CA in Istio's `cacerts` layout.
+    #[arg(long, default_value = "cacerts")]
+    ca_secret: String,
+    /// Directory with the injection webhook's `tls.crt`/`tls.key` (written by the operator).
+    #[arg(long)]
+    webhook_tls_dir: Option<PathBuf>,
+    /// Revision this control plane serves (`istio.io/rev`).
+    #[arg(long, default_value = "default")]
+    revision: String,
+    /// gRPC with TLS: discovery and certificates (Istio's 15012).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    grpc_addr: SocketAddr,
+    /// Plaintext gRPC, discovery only (Istio's 15010). Empty to disable.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    plaintext_grpc_addr: Option<SocketAddr>,
+    /// `/metrics`, `/ready`, `/debug/syncz` (Istio's 15014).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    monitoring_addr: SocketAddr,
+    /// Extra names (DNS or IP) in the gRPC serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Audience ServiceAccount tokens must carry to get a certificate.
+    #[arg(long, default_value = TOKEN_AUDIENCE)]
+    token_audience: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let Command::Discovery(args) = Args::parse().command;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(discovery(args))
+}
+
+async fn load_ca(client: &Client, ns: &str, name: &str) -> anyhow::Result<CaBundle> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("read CA secret {ns}/{name}"))?;
+    let data: BTreeMap<String, Vec<u8>> = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    Ok(CaBundle::from_secret_data(name, &data)?)
+}
+
+async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
+    let mesh = match &args.mesh_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            MeshSettings::from_yaml(&text)?
+        }
+        None => MeshSettings::default(),
+    };
+    info!(trust_domain = mesh.trust_domain, root_namespace = mesh.root_namespace, revision = args.revision, "starting");
+    let client = Client::try_default().await.context("kubernetes client")?;
+    let ca_bundle = load_ca(&client, &args.namespace, &args.ca_secret).await?;
+    let metrics = Metrics::default();
+
+    let changes = Arc::new(Changes::default());
+    let stores = Stores::start(&client, &changes);
+    let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
+    tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone()));
+
+    let discovery = Discovery::new(rx.clone(), metrics.clone());
+    let sync = discovery.sync_table();
+    let syncz: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+        let table = sync.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        serde_json::to_string_pretty(&table).unwrap_or_default()
+    });
+    let monitoring =
+        metrics::bind(args.monitoring_addr).await.with_context(|| format!("bind {}", args.monitoring_addr))?;
+    tokio::spawn(metrics::serve(monitoring, metrics.clone(), syncz));
+
+    let mut names = vec![
+        format!("skein-controlplane.{}.svc", args.namespace),
+        format!("istiod.{}.svc", args.namespace),
+        format!("skein-controlplane.{}.svc.{}", args.namespace, mesh.cluster_domain),
+    ];
+    names.extend(args.tls_san.iter().cloned());
+    let (chain, key) = ca_bundle.issue_serving_cert(&names)?;
+    let ca =
+        Ca::new(ca_bundle, client.clone(), mesh.trust_domain.clone(), args.token_audience.clone(), metrics.clone());
+
+    let tls_listener = TcpListener::bind(args.grpc_addr).await.with_context(|| format!("bind {}", args.grpc_addr))?;
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(chain, key));
+    let secure = Server::builder()
+        .tls_config(tls)?
+        .add_service(ProxyDiscoveryServer::new(discovery.clone()))
+        .add_service(CertificateServiceServer::new(ca))
+        .serve_with_incoming(TcpListenerStream::new(tls_listener));
+    let plaintext = match args.plaintext_grpc_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+            Some(
+                Server::builder()
+                    .add_service(ProxyDiscoveryServer::new(discovery))
+                    .serve_with_incoming(TcpListenerStream::new(l)),
+            )
+        }
+        None => None,
+    };
+    // Ready once the first snapshot is built: before that a proxy would get an empty config.
+    let mut first = rx.clone();
+    let ready_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while first.borrow_and_update().generation == 0 {
+            if first.changed().await.is_err() {
+                return;
+            }
+        }
+        ready_metrics.set_ready();
+        info!(grpc = %args.grpc_addr, "serving");
+    });
+    let plaintext = async move {
+        match plaintext {
+            Some(s) => s.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = secure => r.context("gRPC (TLS) server")?,
+        r = plaintext => r.context("gRPC (plaintext) server")?,
+        _ = tokio::signal::ctrl_c() => warn!("interrupted"),
+        _ = terminate() => info!("terminated"),
+    }
+    Ok(())
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -54,6 +54,13 @@ pub struct Snapshot {
     pub mesh_virtual_services: HashMap<String, Vec<Arc<VirtualService>>>,
     /// DestinationRules by resolved host, oldest first.
     pub destination_rules: HashMap<String, Vec<Arc<DestinationRule>>>,
+    /// Increases with every snapshot built.
+    pub generation: u64,
+    /// When the first change this snapshot includes was observed (convergence time starts).
+    pub changed_at: Option<std::time::Instant>,
+    /// Outbound parts computed from this snapshot, shared by workloads with the same key.
+    pub(crate) outbound_cache:
+        std::sync::Mutex<HashMap<crate::translate::OutboundKey, Arc<crate::translate::Outbound>>>,
 }
 
 /// Creation order, then namespace and name: Istio's tie-break for conflicting resources.
@@ -98,7 +105,17 @@ impl Snapshot {
             v.sort_by_key(|dr| age_key(dr.as_ref()));
         }
         let pods = pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
-        Self { mesh, registry, istio, pods, mesh_virtual_services, destination_rules }
+        Self {
+            mesh,
+            registry,
+            istio,
+            pods,
+            mesh_virtual_services,
+            destination_rules,
+            generation: 0,
+            changed_at: None,
+            outbound_cache: Default::default(),
+        }
     }
 
     /// The VirtualService routing `host` for a sidecar in `client_ns`: one in the client's

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod capture;
 pub mod config_file;
 pub mod connect;
+pub mod discovery;
 pub mod drain;
 pub mod gateway;
 pub mod http;
@@ -20,3 +21,8 @@ pub mod sni;
 pub mod store;
 pub mod tcp;
 pub mod upstream;
+
+/// Parses a duration flag (`5s`, `100ms`, `24h`).
+pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    skein_api::proxy::duration::parse(s)
+}

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use skein_proxy::{config_file, http::Proxy, metrics::Metrics, server, store::Store};
+use skein_proxy::{config_file, discovery, http::Proxy, metrics::Metrics, server, store::Store};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -17,11 +17,14 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the configuration in a file (YAML or JSON), reloading it on change or SIGHUP.
+    /// Serve the configuration in a file (YAML or JSON, reloaded on change or SIGHUP), or the
+    /// one the control plane pushes (`--discovery-address`).
     Run {
         /// Proxy configuration file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        discovery: Box<discovery::DiscoveryArgs>,
         /// Admin endpoints (`/config_dump`).
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin_addr: SocketAddr,
@@ -51,7 +54,13 @@ enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    skein_api::proxy::duration::parse(s)
+    skein_proxy::parse_duration_arg(s)
+}
+
+/// Where the configuration comes from.
+enum Source {
+    File(PathBuf),
+    ControlPlane(discovery::DiscoveryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, admin_addr, status_addr, metrics_addr, drain_timeout, concurrency } => {
+        Command::Run { config, discovery, admin_addr, status_addr, metrics_addr, drain_timeout, concurrency } => {
+            let source = match config {
+                Some(path) => Source::File(path),
+                None => Source::ControlPlane(*discovery),
+            };
             // One worker runs everything on the current thread: no cross-thread wakeups, which
             // is what a lightly loaded sidecar wants.
             let mut builder = match concurrency {
@@ -79,14 +92,20 @@ fn main() -> anyhow::Result<()> {
             if concurrency > 1 {
                 builder.worker_threads(concurrency);
             }
-            builder.enable_all().build()?.block_on(run(config, [admin_addr, status_addr, metrics_addr], drain_timeout))
+            builder.enable_all().build()?.block_on(run(source, [admin_addr, status_addr, metrics_addr], drain_timeout))
         }
     }
 }
 
-async fn run(config: PathBuf, admin: [SocketAddr; 3], drain_timeout: Duration) -> anyhow::Result<()> {
-    let initial = config_file::read(&config)?;
-    let store = Store::new(initial).with_context(|| format!("{}: invalid config", config.display()))?;
+async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) -> anyhow::Result<()> {
+    let store = match &source {
+        Source::File(config) => {
+            let initial = config_file::read(config)?;
+            Store::new(initial).with_context(|| format!("{}: invalid config", config.display()))?
+        }
+        // Not ready, and no listeners, until the control plane's first config is applied.
+        Source::ControlPlane(_) => Store::unconfigured(),
+    };
     let metrics = Metrics::default();
     let proxy = Proxy::new(store.clone(), metrics.clone());
     let drain = proxy.drain().clone();
@@ -100,7 +119,19 @@ async fn run(config: PathBuf, admin: [SocketAddr; 3], drain_timeout: Duration) -
     for e in listeners.sync(&store.current().config.listeners).await {
         error!(error = %e, "listener not opened");
     }
-    tokio::spawn(config_file::watch(config, store.clone(), metrics.clone(), Duration::from_secs(1)));
+    let mut feed = match source {
+        Source::File(config) => {
+            tokio::spawn(config_file::watch(config, store.clone(), metrics.clone(), Duration::from_secs(1)))
+        }
+        Source::ControlPlane(args) => tokio::spawn({
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move {
+                if let Err(e) = discovery::run(args, store, metrics).await {
+                    error!(error = %e, "control plane connection cannot start");
+                }
+            }
+        }),
+    };
 
     // Listener set follows the config until SIGTERM or Ctrl-C.
     let mut changes = store.subscribe();
@@ -114,6 +145,7 @@ async fn run(config: PathBuf, admin: [SocketAddr; 3], drain_timeout: Duration) -
                     error!(error = %e, "listener not opened");
                 }
             }
+            _ = &mut feed => anyhow::bail!("configuration source stopped"),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -298,10 +298,13 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = match (role, req.uri().path()) {
-                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => match drain.is_draining() {
-                        true => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-                        false => text(StatusCode::OK, "ready\n".into()),
-                    },
+                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
+                        match (drain.is_draining(), store.is_configured()) {
+                            (true, _) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+                            (false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n".into()),
+                            (false, true) => text(StatusCode::OK, "ready\n".into()),
+                        }
+                    }
                     (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
                         text(StatusCode::OK, metrics.render())
                     }

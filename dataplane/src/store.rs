@@ -2,7 +2,10 @@
 //! whole; readers take a cheap `Arc` snapshot per request. A rejected config leaves the last good
 //! one in force.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use skein_api::proxy::{InvalidConfig, ProxyConfig};
 use tokio::sync::watch;
@@ -13,13 +16,27 @@ use crate::runtime::Runtime;
 #[derive(Clone)]
 pub struct Store {
     tx: Arc<watch::Sender<Arc<Runtime>>>,
+    /// Whether a real configuration has been applied (readiness); false while a proxy fed by
+    /// the control plane waits for its first config.
+    configured: Arc<AtomicBool>,
 }
 
 impl Store {
     /// A store serving `initial` (which must be valid).
     pub fn new(initial: ProxyConfig) -> Result<Self, InvalidConfig> {
         let rt = Runtime::compile(initial)?;
-        Ok(Self { tx: Arc::new(watch::channel(Arc::new(rt)).0) })
+        Ok(Self { tx: Arc::new(watch::channel(Arc::new(rt)).0), configured: Arc::new(AtomicBool::new(true)) })
+    }
+
+    /// A store serving nothing until the first [`Store::apply`] (not ready until then).
+    pub fn unconfigured() -> Self {
+        let rt = Runtime::compile(ProxyConfig::default()).expect("the empty config is valid");
+        Self { tx: Arc::new(watch::channel(Arc::new(rt)).0), configured: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Whether a configuration has been applied.
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Relaxed)
     }
 
     /// The active configuration.
@@ -32,6 +49,7 @@ impl Store {
     pub fn apply(&self, config: ProxyConfig) -> Result<(), InvalidConfig> {
         let rt = Runtime::compile(config)?;
         self.tx.send_replace(Arc::new(rt));
+        self.configured.store(true, Ordering::Relaxed);
         Ok(())
     }
 

@@ -5,7 +5,6 @@
 pub mod apply;
 pub mod catalog;
 pub mod leader;
-pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod status;

@@ -33,13 +33,13 @@ use kube::{
 use serde_json::json;
 use skein_api::{
     CONDITION_READY, CONDITION_RECONCILED, ComponentStatus, MeshControlPlane, MeshControlPlaneStatus, RootCaType,
+    pki::{CaBundle, PkiError, SERVING_DAYS},
 };
 use tracing::{info, warn};
 
 use crate::{
     apply::{Applier, ApplyError, Outcome},
     catalog::Catalog,
-    pki::{CaBundle, PkiError, SERVING_DAYS},
     render::{self, CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL},
     status::{ConditionUpdate, component_status, upsert_condition},
     telemetry::Metrics,

@@ -113,9 +113,15 @@ pub fn sidecar(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
 pub use outbound::Outbound;
 
 /// The outbound part of a sidecar's config, shared by every workload with the same key (the
-/// expensive part: all visible services).
-pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> Outbound {
-    outbound::build(snap, key)
+/// expensive part: all visible services). Computed once per snapshot and key.
+pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> std::sync::Arc<Outbound> {
+    if let Some(hit) = snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return hit.clone();
+    }
+    // Computed outside the lock: two proxies racing on one key may both compute it, which
+    // costs time once but never blocks every other proxy behind one computation.
+    let built = std::sync::Arc::new(outbound::build(snap, key));
+    snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(built).clone()
 }
 
 /// Assembles a sidecar config from a (possibly shared) outbound part.

@@ -98,6 +98,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Installs the Istio API CRDs (`config/crd/istio`) and waits until each is Established.
+    pub async fn install_istio_crds(&self) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let dir = repo_root().join("config/crd/istio");
+        let out = self.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
+        anyhow::ensure!(out.status.success(), "install Istio CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
+        for crd in skein_api::istio::crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let start = Instant::now();
+            loop {
+                let conds = api.get_opt(&name).await?.and_then(|c| c.status?.conditions).unwrap_or_default();
+                if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                    break;
+                }
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "{name} not Established after 30s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies YAML documents with kubectl (server-side, strict validation), failing loudly.
+    pub fn apply(&self, yaml: &str) {
+        let out =
+            self.kubectl(&["apply", "--server-side", "--force-conflicts", "--validate=strict", "-f", "-"], Some(yaml));
+        assert!(out.status.success(), "kubectl apply: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Directory for this cluster's logs and scratch files.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
     /// Stops the kube-apiserver (etcd and the rest keep running).
     pub fn stop_apiserver(&self) -> anyhow::Result<()> {
         self.script("stop-apiserver")
@@ -233,6 +267,97 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `skein-controlplane` running as a real process against a cluster (Istio CRDs, its
+/// namespace and a CA Secret in Istio's `cacerts` layout set up first); killed on drop.
+pub struct ControlPlane {
+    child: Child,
+    /// gRPC with TLS (discovery and certificates).
+    pub grpc_port: u16,
+    /// Monitoring (`/metrics`, `/ready`, `/debug/syncz`).
+    pub monitoring_port: u16,
+    /// The mesh root certificate (PEM), as proxies are given it.
+    pub root_cert: PathBuf,
+    /// The CA it signs with.
+    pub ca: skein_api::pki::CaBundle,
+    log: PathBuf,
+}
+
+/// Namespace the e2e control plane runs in.
+pub const CONTROL_PLANE_NS: &str = "istio-system";
+
+impl ControlPlane {
+    /// Starts `skein-controlplane` (built by `cargo build -p skein-controlplane`) listening on
+    /// `bind_ip` with `mesh_config` (Istio MeshConfig YAML); returns once `/ready` answers.
+    pub async fn start(cluster: &Cluster, bind_ip: &str, mesh_config: &str) -> anyhow::Result<Self> {
+        let bin = target_dir().join("debug/skein-controlplane");
+        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-controlplane` first", bin.display());
+        cluster.install_istio_crds().await?;
+        let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local")?;
+        let data: std::collections::BTreeMap<String, String> =
+            ca.to_secret_data().into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap_or_default())).collect();
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacerts", "namespace": CONTROL_PLANE_NS},
+            "stringData": data,
+        });
+        cluster.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {CONTROL_PLANE_NS}}}\n"));
+        cluster.apply(&serde_json::to_string(&secret)?);
+        let dir = cluster.scratch_dir();
+        let root_cert = dir.join("root-cert.pem");
+        std::fs::write(&root_cert, &ca.root_cert_pem)?;
+        let mesh = dir.join("mesh.yaml");
+        std::fs::write(&mesh, mesh_config)?;
+        let (grpc_port, plain_port, monitoring_port) = (free_port(), free_port(), free_port());
+        let log = dir.join("logs/controlplane.log");
+        let child = Command::new(bin)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,skein_controlplane=debug")
+            .args(["discovery", "--namespace", CONTROL_PLANE_NS, "--ca-secret", "cacerts"])
+            .arg("--mesh-config")
+            .arg(&mesh)
+            .args(["--grpc-addr", &format!("{bind_ip}:{grpc_port}")])
+            .args(["--plaintext-grpc-addr", &format!("127.0.0.1:{plain_port}")])
+            .args(["--monitoring-addr", &format!("127.0.0.1:{monitoring_port}")])
+            .args(["--tls-san", bind_ip])
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
+            .spawn()
+            .context("spawn skein-controlplane")?;
+        let mut cp = Self { child, grpc_port, monitoring_port, root_cert, ca, log };
+        let start = Instant::now();
+        while http_get(cp.monitoring_port, "/ready").await.is_err() {
+            if !matches!(cp.child.try_wait(), Ok(None)) {
+                bail!("skein-controlplane exited:\n{}", cp.log());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("skein-controlplane not ready after 60s:\n{}", cp.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(cp)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Value of a metric sample whose line starts with `prefix` (name plus labels, if any).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let body = http_get(self.monitoring_port, "/metrics").await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

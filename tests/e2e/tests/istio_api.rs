@@ -3,26 +3,12 @@
 //! kubectl's strict field validation, in any of the served versions, and reads back through
 //! Skein's typed model.
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, api::ListParams};
 use skein_api::istio::{networking, security};
-use skein_e2e::{Cluster, eventually, repo_root};
+use skein_e2e::{Cluster, repo_root};
 
 async fn install_istio_crds(cluster: &Cluster) {
-    let dir = repo_root().join("config/crd/istio");
-    let out = cluster.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let api: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    for crd in skein_api::istio::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        eventually(&format!("{name} Established"), Duration::from_secs(30), || async {
-            let conds = api.get_opt(&name).await.ok()??.status?.conditions?;
-            conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        })
-        .await;
-    }
+    cluster.install_istio_crds().await.unwrap();
 }
 
 #[tokio::test]

@@ -170,6 +170,46 @@ impl CaBundle {
     }
 }
 
+/// Longest workload certificate the CA signs (Istio's default `MAX_WORKLOAD_CERT_TTL` is 90
+/// days; Skein keeps workload certificates short-lived).
+pub const MAX_WORKLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl CaBundle {
+    /// Signs a workload's PKCS#10 CSR (PEM) for `spiffe_id`, valid for `ttl` (at most
+    /// [`MAX_WORKLOAD_TTL`]). Whatever names the CSR asks for are ignored: the identity is the
+    /// one the caller authenticated as. Returns the chain, leaf first, root last.
+    pub fn sign_workload_csr(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<String>, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, &ca_key)?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let ttl = ttl.min(MAX_WORKLOAD_TTL);
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(spiffe_id)?)];
+        params.distinguished_name = DistinguishedName::new();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        // A minute of slack for clocks that disagree a little.
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        csr.params = params;
+        let cert = csr.signed_by(&issuer)?;
+        let mut chain = vec![cert.pem()];
+        if self.ca_cert_pem != self.root_cert_pem {
+            chain.push(self.cert_chain_pem.clone());
+        } else {
+            chain.push(self.root_cert_pem.clone());
+        }
+        Ok(chain)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +260,36 @@ mod tests {
         cert.verify_signature(Some(root.public_key())).expect("signed by the root");
         let san = cert.subject_alternative_name().unwrap().unwrap();
         assert!(format!("{:?}", san.value).contains("skein-controlplane.skein-system.svc"));
+    }
+
+    #[test]
+    fn workload_csr_is_signed_for_the_authenticated_identity_only() {
+        let ca = CaBundle::generate_self_signed("cluster.local").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["evil.example.com".to_string()]).unwrap();
+        asked
+            .subject_alt_names
+            .push(rcgen::SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap()));
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let id = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
+        let chain = ca.sign_workload_csr(&csr, id, std::time::Duration::from_secs(90 * 24 * 3600)).unwrap();
+        assert_eq!(chain.len(), 2);
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap();
+        let cert = leaf.parse_x509().unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, vec![format!("URI({id})")]);
+        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert!(lifetime <= 24 * 3600 + 60, "ttl capped at 24 h, got {lifetime} s");
+        let (_, root) = x509_parser::pem::parse_x509_pem(ca.root_cert_pem.as_bytes()).unwrap();
+        cert.verify_signature(Some(root.parse_x509().unwrap().public_key())).unwrap();
+        assert!(ca.sign_workload_csr("not a csr", id, std::time::Duration::from_secs(60)).is_err());
     }
 }

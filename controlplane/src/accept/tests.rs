@@ -1,0 +1,86 @@
+use super::*;
+
+fn vs(name: &str, uid: &str, generation: i64, created: i64, spec: &str) -> Arc<VirtualService> {
+    let t = jiff::Timestamp::from_second(1_700_000_000 + created).unwrap();
+    Arc::new(
+        serde_yaml::from_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default, uid: {uid}, generation: {generation}, creationTimestamp: '{t}'}}\nspec: {spec}\n"
+        ))
+        .unwrap(),
+    )
+}
+
+fn dr_with_subsets() -> Arc<DestinationRule> {
+    Arc::new(
+        serde_yaml::from_str(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default, uid: d1, generation: 1}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}\n",
+        )
+        .unwrap(),
+    )
+}
+
+const GOOD: &str = "{hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v2}, weight: 50}]}]}";
+const BAD: &str = "{hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v2}, weight: 50}]}]}";
+
+#[test]
+fn an_invalid_edit_is_rejected_and_the_last_good_version_stays_in_force() {
+    let mut lg = LastGood::default();
+    let mut cur = Current { destination_rules: vec![dr_with_subsets()], ..Default::default() };
+    cur.virtual_services = vec![vs("reviews", "u1", 1, 0, GOOD)];
+    let (istio, verdicts) = lg.accept(&cur, "cluster.local");
+    assert_eq!(istio.virtual_services[0].metadata.generation, Some(1));
+    assert!(verdicts.iter().all(Verdict::accepted));
+
+    cur.virtual_services = vec![vs("reviews", "u1", 2, 0, BAD)];
+    let (istio, verdicts) = lg.accept(&cur, "cluster.local");
+    assert_eq!(istio.virtual_services.len(), 1);
+    assert_eq!(istio.virtual_services[0].metadata.generation, Some(1), "generation 1 stays in force");
+    let v = verdicts.iter().find(|v| v.kind == "VirtualService").unwrap();
+    assert!(!v.accepted());
+    assert_eq!(v.last_good, Some(1));
+    assert!(
+        v.message().contains("weights sum to 120") && v.message().contains("(generation 1) stays in force"),
+        "{}",
+        v.message()
+    );
+
+    // Deleted and re-created with the same bad spec: nothing of the old object comes back.
+    cur.virtual_services = vec![];
+    lg.accept(&cur, "cluster.local");
+    cur.virtual_services = vec![vs("reviews", "u2", 1, 5, BAD)];
+    let (istio, verdicts) = lg.accept(&cur, "cluster.local");
+    assert!(istio.virtual_services.is_empty());
+    assert!(verdicts.iter().find(|v| v.kind == "VirtualService").unwrap().message().ends_with("not applied"));
+}
+
+#[test]
+fn a_newer_virtual_service_for_a_routed_host_is_rejected_as_a_conflict() {
+    let mut lg = LastGood::default();
+    let cur = Current {
+        destination_rules: vec![dr_with_subsets()],
+        virtual_services: vec![vs("reviews-mirror", "u2", 1, 10, GOOD), vs("reviews", "u1", 1, 0, GOOD)],
+        ..Default::default()
+    };
+    let (istio, verdicts) = lg.accept(&cur, "cluster.local");
+    assert_eq!(istio.virtual_services.len(), 1);
+    assert_eq!(istio.virtual_services[0].name_any(), "reviews");
+    let rejected = verdicts.iter().find(|v| v.name == "reviews-mirror").unwrap();
+    assert!(
+        rejected.errors[0]
+            .contains("host reviews.default.svc.cluster.local is already routed by VirtualService default/reviews"),
+        "{:?}",
+        rejected.errors
+    );
+}
+
+#[test]
+fn a_route_to_an_undefined_subset_is_rejected_until_a_destination_rule_defines_it() {
+    let mut lg = LastGood::default();
+    let mut cur = Current { virtual_services: vec![vs("reviews", "u1", 1, 0, GOOD)], ..Default::default() };
+    let (istio, verdicts) = lg.accept(&cur, "cluster.local");
+    assert!(istio.virtual_services.is_empty());
+    assert!(verdicts[0].errors[0].contains("spec.http[0].route[0].destination.subset: no DestinationRule for reviews.default.svc.cluster.local defines subset \"v1\""), "{:?}", verdicts[0].errors);
+    cur.destination_rules = vec![dr_with_subsets()];
+    let (istio, _) = lg.accept(&cur, "cluster.local");
+    assert_eq!(istio.virtual_services.len(), 1);
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics, named as istiod names them where there is an equivalent (`pilot_xds`,
+//! `pilot_xds_pushes`, `pilot_proxy_convergence_time`, `pilot_total_xds_rejects`), and the
+//! monitoring endpoint: `/metrics`, `/ready` (ready once the first snapshot is built and the
+//! gRPC server is serving), `/debug/syncz` (each proxy's sent and acknowledged versions).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Labels of `pilot_xds_pushes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `sent`, `unchanged` (computed but identical), `error`.
+    pub r#type: &'static str,
+}
+
+/// Labels of `skein_rejected_resources`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Resource kind.
+    pub kind: &'static str,
+}
+
+/// The control plane's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Connected proxies.
+    pub connected: Gauge,
+    /// Configs pushed, by outcome.
+    pub pushes: Family<PushLabels, Counter>,
+    /// Change observed → config acknowledged by the proxy, seconds.
+    pub convergence: Histogram,
+    /// Time to compute and send one proxy's config, seconds.
+    pub push_time: Histogram,
+    /// NACKs received.
+    pub xds_rejects: Counter,
+    /// Resources currently rejected, by kind.
+    pub rejected: Family<KindLabels, Gauge>,
+    /// Snapshots built.
+    pub snapshots: Counter,
+    /// Time to build a snapshot, seconds.
+    pub snapshot_time: Histogram,
+    /// Certificates signed.
+    pub certs_signed: Counter,
+    /// Certificate requests refused (authentication or CSR errors).
+    pub certs_refused: Counter,
+    /// Pods given a sidecar by the injection webhook.
+    pub injections: Counter,
+    ready: Arc<AtomicBool>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            registry: Arc::default(),
+            connected: Gauge::default(),
+            pushes: Family::default(),
+            convergence: Histogram::new(latency_buckets()),
+            push_time: Histogram::new(latency_buckets()),
+            xds_rejects: Counter::default(),
+            rejected: Family::default(),
+            snapshots: Counter::default(),
+            snapshot_time: Histogram::new(latency_buckets()),
+            certs_signed: Counter::default(),
+            certs_refused: Counter::default(),
+            injections: Counter::default(),
+            ready: Arc::default(),
+        };
+        r.register("pilot_xds", "Proxies connected to this control plane", m.connected.clone());
+        r.register("pilot_xds_pushes", "Configuration pushes, by type", m.pushes.clone());
+        r.register(
+            "pilot_proxy_convergence_time",
+            "Seconds from a configuration change to the proxy's acknowledgement",
+            m.convergence.clone(),
+        );
+        r.register("skein_push_time_seconds", "Seconds to compute and send one proxy's config", m.push_time.clone());
+        r.register("pilot_total_xds_rejects", "Configurations rejected (NACKed) by proxies", m.xds_rejects.clone());
+        r.register("skein_rejected_resources", "Istio resources currently rejected, by kind", m.rejected.clone());
+        r.register("skein_snapshots", "Registry snapshots built", m.snapshots.clone());
+        r.register("skein_snapshot_build_seconds", "Seconds to build a snapshot", m.snapshot_time.clone());
+        r.register("citadel_server_success_cert_issuance_count", "Certificates signed", m.certs_signed.clone());
+        r.register("skein_cert_requests_refused", "Certificate requests refused", m.certs_refused.clone());
+        r.register("sidecar_injection_success", "Pods given a sidecar", m.injections.clone());
+        Self { registry: Arc::new(r), ..m }
+    }
+}
+
+impl Metrics {
+    /// Marks the control plane ready (`/ready` answers 200).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            warn!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/ready` and `/debug/syncz` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Metrics, syncz: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (metrics, syncz) = (metrics.clone(), syncz.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (metrics, syncz) = (metrics.clone(), syncz.clone());
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.render()),
+                        "/ready" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
+                        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                        "/debug/syncz" => (StatusCode::OK, syncz()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                    };
+                    Response::builder().status(status).body(Full::new(Bytes::from(body)))
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await
+            {
+                debug!(error = %e, "monitoring connection");
+            }
+        });
+    }
+}
+
+/// Binds `addr` for [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

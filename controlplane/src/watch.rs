@@ -1,0 +1,385 @@
+//! The apiserver side: kube-runtime reflectors for the Istio resources and the service
+//! registry, a debounced builder turning their state into [`Snapshot`]s, and the writer of
+//! validation verdicts (status condition `Accepted` and a Warning Event on rejection).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Debug,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use skein_api::istio::{
+    IstioStatus,
+    networking::{DestinationRule, Gateway, ServiceEntry, VirtualService},
+    security::{AuthorizationPolicy, PeerAuthentication},
+};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    accept::{Current, LastGood, Verdict},
+    mesh::MeshSettings,
+    metrics::{KindLabels, Metrics},
+    registry::{self, Registry},
+    snapshot::Snapshot,
+};
+
+/// Quiet time after a change before a snapshot is built: a `kubectl apply` of several objects
+/// becomes one push.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A stream of changes never delays a snapshot longer than this.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// How long a DNS answer for a ServiceEntry host is reused.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// "Something changed", with the time of the first change not yet in a snapshot.
+#[derive(Default)]
+pub struct Changes {
+    notify: Notify,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Changes {
+    /// Records a change.
+    pub fn mark(&self) {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<Instant> {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Read access to the Istio resources' status, for compare-before-write.
+pub trait HasIstioStatus {
+    /// The object's status.
+    fn istio_status(&self) -> Option<&IstioStatus>;
+}
+
+macro_rules! has_status {
+    ($($t:ty),*) => {$(
+        impl HasIstioStatus for $t {
+            fn istio_status(&self) -> Option<&IstioStatus> {
+                self.status.as_ref()
+            }
+        }
+    )*};
+}
+has_status!(VirtualService, DestinationRule, ServiceEntry, Gateway, PeerAuthentication, AuthorizationPolicy);
+
+/// The reflector stores.
+#[derive(Clone)]
+pub struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    virtual_services: Store<VirtualService>,
+    destination_rules: Store<DestinationRule>,
+    service_entries: Store<ServiceEntry>,
+    gateways: Store<Gateway>,
+    peer_authentications: Store<PeerAuthentication>,
+    authorization_policies: Store<AuthorizationPolicy>,
+}
+
+fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).to_string();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changes.mark(),
+                Err(e) => warn!(kind, error = %e, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+    reader
+}
+
+/// Managed fields are large and never read; dropping them halves the memory of a big registry.
+fn strip_meta<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Pods are the largest objects watched; translation needs their labels, ServiceAccount and IP.
+fn strip_pod(p: &mut Pod) {
+    strip_meta(p);
+    if let Some(spec) = p.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: spec.service_account_name.take(),
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = p.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            phase: status.phase.take(),
+            ..Default::default()
+        };
+    }
+}
+
+impl Stores {
+    /// Starts watching everything, cluster-wide.
+    pub fn start(client: &Client, changes: &Arc<Changes>) -> Self {
+        let c = || changes.clone();
+        Self {
+            services: reflect(Api::all(client.clone()), c(), strip_meta),
+            slices: reflect(Api::all(client.clone()), c(), strip_meta),
+            pods: reflect(Api::all(client.clone()), c(), strip_pod),
+            virtual_services: reflect(Api::all(client.clone()), c(), strip_meta),
+            destination_rules: reflect(Api::all(client.clone()), c(), strip_meta),
+            service_entries: reflect(Api::all(client.clone()), c(), strip_meta),
+            gateways: reflect(Api::all(client.clone()), c(), strip_meta),
+            peer_authentications: reflect(Api::all(client.clone()), c(), strip_meta),
+            authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta),
+        }
+    }
+
+    /// Waits until every store has its initial list, saying which ones are late.
+    pub async fn ready(&self) {
+        let waits: Vec<(&str, _)> = vec![
+            ("services", self.services.wait_until_ready().boxed()),
+            ("endpointslices", self.slices.wait_until_ready().boxed()),
+            ("pods", self.pods.wait_until_ready().boxed()),
+            ("virtualservices", self.virtual_services.wait_until_ready().boxed()),
+            ("destinationrules", self.destination_rules.wait_until_ready().boxed()),
+            ("serviceentries", self.service_entries.wait_until_ready().boxed()),
+            ("gateways", self.gateways.wait_until_ready().boxed()),
+            ("peerauthentications", self.peer_authentications.wait_until_ready().boxed()),
+            ("authorizationpolicies", self.authorization_policies.wait_until_ready().boxed()),
+        ];
+        for (what, fut) in waits {
+            let mut fut = fut;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), &mut fut).await {
+                    Ok(_) => break,
+                    Err(_) => warn!(what, "still waiting for the initial list (are the Istio CRDs installed?)"),
+                }
+            }
+        }
+    }
+
+    fn current(&self) -> Current {
+        Current {
+            virtual_services: self.virtual_services.state(),
+            destination_rules: self.destination_rules.state(),
+            service_entries: self.service_entries.state(),
+            gateways: self.gateways.state(),
+            peer_authentications: self.peer_authentications.state(),
+            authorization_policies: self.authorization_policies.state(),
+        }
+    }
+}
+
+/// Builds snapshots from the stores and publishes them on `tx`, one per debounced burst of
+/// changes; writes verdicts as it goes. Runs forever.
+pub async fn run(
+    client: Client,
+    stores: Stores,
+    changes: Arc<Changes>,
+    mesh: MeshSettings,
+    tx: watch::Sender<Arc<Snapshot>>,
+    metrics: Metrics,
+) {
+    stores.ready().await;
+    info!("initial lists loaded");
+    let mut last_good = LastGood::default();
+    let mut status = StatusWriter::new(client);
+    let mut dns = DnsCache::default();
+    let mut generation = 0u64;
+    loop {
+        let changed_at = changes.take();
+        let start = Instant::now();
+        let current = stores.current();
+        let (istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
+        let names = registry::dns_names(&istio.service_entries);
+        let resolved = dns.resolve(&names).await;
+        let registry = Registry::build(
+            &mesh,
+            &stores.services.state(),
+            &stores.slices.state(),
+            &stores.pods.state(),
+            &istio.service_entries,
+            &resolved,
+        );
+        let mut snap = Snapshot::new(mesh.clone(), registry, istio, stores.pods.state());
+        generation += 1;
+        snap.generation = generation;
+        snap.changed_at = changed_at;
+        tx.send_replace(Arc::new(snap));
+        metrics.snapshots.inc();
+        metrics.snapshot_time.observe(start.elapsed().as_secs_f64());
+        debug!(generation, elapsed = ?start.elapsed(), "snapshot built");
+        for kind in [
+            "VirtualService",
+            "DestinationRule",
+            "ServiceEntry",
+            "Gateway",
+            "PeerAuthentication",
+            "AuthorizationPolicy",
+        ] {
+            let n = verdicts.iter().filter(|v| v.kind == kind && !v.accepted()).count();
+            metrics.rejected.get_or_create(&KindLabels { kind }).set(n as i64);
+        }
+        status.write(&current, &verdicts).await;
+
+        // Wait for a change, then for quiet.
+        changes.notify.notified().await;
+        let burst = Instant::now();
+        while burst.elapsed() < DEBOUNCE_MAX {
+            if tokio::time::timeout(DEBOUNCE, changes.notify.notified()).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// DNS answers for ServiceEntry hosts, refreshed every [`DNS_TTL`].
+#[derive(Default)]
+struct DnsCache {
+    entries: HashMap<String, (Vec<IpAddr>, Instant)>,
+}
+
+impl DnsCache {
+    async fn resolve(&mut self, names: &BTreeSet<String>) -> HashMap<String, Vec<IpAddr>> {
+        self.entries.retain(|k, _| names.contains(k));
+        for name in names {
+            if self.entries.get(name).is_some_and(|(_, at)| at.elapsed() < DNS_TTL) {
+                continue;
+            }
+            let lookup = tokio::net::lookup_host((name.as_str(), 0));
+            let ips = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().collect(),
+                Ok(Err(e)) => {
+                    warn!(name, error = %e, "ServiceEntry host does not resolve");
+                    Vec::new()
+                }
+                Err(_) => {
+                    warn!(name, "ServiceEntry host lookup timed out");
+                    Vec::new()
+                }
+            };
+            self.entries.insert(name.clone(), (ips, Instant::now()));
+        }
+        self.entries.iter().map(|(k, (ips, _))| (k.clone(), ips.clone())).collect()
+    }
+}
+
+/// Writes verdicts to the objects' status (condition `Accepted`) when they differ from what
+/// is there, and a Warning Event when an object is rejected. Steady state writes nothing.
+struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+}
+
+/// The condition type Skein writes on Istio resources.
+pub const ACCEPTED: &str = "Accepted";
+
+impl StatusWriter {
+    fn new(client: Client) -> Self {
+        let reporter = Reporter { controller: "skein-controlplane".into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+
+    async fn write(&mut self, cur: &Current, verdicts: &[Verdict]) {
+        let by_key: HashMap<(&str, &str, &str), &Verdict> =
+            verdicts.iter().map(|v| ((v.kind, v.namespace.as_str(), v.name.as_str()), v)).collect();
+        self.kind(&cur.virtual_services, &by_key).await;
+        self.kind(&cur.destination_rules, &by_key).await;
+        self.kind(&cur.service_entries, &by_key).await;
+        self.kind(&cur.gateways, &by_key).await;
+        self.kind(&cur.peer_authentications, &by_key).await;
+        self.kind(&cur.authorization_policies, &by_key).await;
+    }
+
+    async fn kind<K>(&self, objs: &[Arc<K>], verdicts: &HashMap<(&str, &str, &str), &Verdict>)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + HasIstioStatus
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let kind = K::kind(&());
+        for obj in objs {
+            let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+            let Some(v) = verdicts.get(&(kind.as_ref(), ns.as_str(), name.as_str())) else { continue };
+            let (status, reason) = if v.accepted() { ("True", "Accepted") } else { ("False", "Invalid") };
+            let message = v.message();
+            let existing = obj.istio_status();
+            let same = existing.is_some_and(|s| {
+                s.observed_generation == v.generation
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == ACCEPTED && c.status == status && c.message.as_deref() == Some(message.as_str())
+                    })
+            });
+            if same {
+                continue;
+            }
+            let flipped = existing
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED))
+                .is_none_or(|c| c.status != status);
+            let now = jiff::Timestamp::now().to_string();
+            let transition = match existing.and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED)) {
+                Some(c) if !flipped => c.last_transition_time.clone().unwrap_or(now),
+                _ => now,
+            };
+            let patch = json!({"status": {
+                "observedGeneration": v.generation,
+                "conditions": [{
+                    "type": ACCEPTED, "status": status, "reason": reason,
+                    "message": message, "lastTransitionTime": transition,
+                }],
+            }});
+            let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                warn!(kind = %kind, %ns, %name, error = %e, "status not written");
+            }
+            if !v.accepted() {
+                warn!(kind = %kind, %ns, %name, reason = %message, "resource rejected");
+                let mut note = message.clone();
+                note.truncate(1000);
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "Rejected".into(),
+                    note: Some(note),
+                    action: "Validate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+                    warn!(kind = %kind, %ns, %name, error = %e, "event not written");
+                }
+            }
+        }
+    }
+}

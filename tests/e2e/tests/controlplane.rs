@@ -1,0 +1,340 @@
+//! `skein-controlplane` against a real apiserver: Istio resources applied with kubectl reach a
+//! connected proxy within a second; invalid ones are rejected with a reason on their status
+//! and an Event while the last good config stays in force; ACK/NACK, resume and the metrics
+//! that report them; the CA signs only for the ServiceAccount a token proves.
+//!
+//! The proxy here is a small gRPC client speaking the discovery protocol, so the test can
+//! NACK on purpose and time each push; the Bookinfo test runs real `skein-proxy` sidecars.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{Api, api::ListParams};
+use skein_api::{
+    istio::networking::VirtualService,
+    proxy::{
+        ProxyConfig,
+        wire::pb::{
+            self, certificate_service_client::CertificateServiceClient, proxy_discovery_client::ProxyDiscoveryClient,
+        },
+    },
+};
+use skein_e2e::{Cluster, ControlPlane, eventually, http_get};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const BOOKINFO: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: bookinfo-productpage, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: bookinfo-reviews, namespace: default}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: productpage-v1, namespace: default, labels: {app: productpage, version: v1, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: bookinfo-productpage, containers: [{name: app, image: bookinfo/productpage}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: bookinfo-reviews, containers: [{name: app, image: bookinfo/reviews}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: default, labels: {app: reviews, version: v2, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: bookinfo-reviews, containers: [{name: app, image: bookinfo/reviews}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v3, namespace: default, labels: {app: reviews, version: v3, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: bookinfo-reviews, containers: [{name: app, image: bookinfo/reviews}]}
+"#;
+
+const REVIEWS_DR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"#;
+
+fn reviews_vs(route: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: {route}\n"
+    )
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+async fn channel(cp: &ControlPlane) -> Channel {
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cp.ca.root_cert_pem)).domain_name("127.0.0.1");
+    Endpoint::from_shared(format!("https://127.0.0.1:{}", cp.grpc_port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the control plane over TLS")
+}
+
+/// One discovery stream, driven by the test.
+struct TestProxy {
+    tx: mpsc::Sender<pb::DiscoveryRequest>,
+    responses: tonic::Streaming<pb::DiscoveryResponse>,
+}
+
+impl TestProxy {
+    async fn connect(ch: &Channel, node_id: &str, running: &str) -> Self {
+        let (tx, rx) = mpsc::channel(4);
+        let node = pb::Node { id: node_id.into(), ..Default::default() };
+        tx.send(pb::DiscoveryRequest { node: Some(node), version_info: running.into(), ..Default::default() })
+            .await
+            .unwrap();
+        let responses = ProxyDiscoveryClient::new(ch.clone())
+            .max_decoding_message_size(64 << 20)
+            .stream_config(ReceiverStream::new(rx))
+            .await
+            .expect("stream accepted")
+            .into_inner();
+        Self { tx, responses }
+    }
+
+    async fn next(&mut self, timeout: Duration) -> Option<pb::DiscoveryResponse> {
+        tokio::time::timeout(timeout, self.responses.message()).await.ok().map(|r| r.expect("stream ok").expect("open"))
+    }
+
+    async fn ack(&self, r: &pb::DiscoveryResponse) {
+        let req = pb::DiscoveryRequest {
+            version_info: r.version_info.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        };
+        self.tx.send(req).await.unwrap();
+    }
+
+    async fn nack(&self, r: &pb::DiscoveryResponse, running: &str, why: &str) {
+        let req = pb::DiscoveryRequest {
+            version_info: running.into(),
+            response_nonce: r.nonce.clone(),
+            error_detail: why.into(),
+            ..Default::default()
+        };
+        self.tx.send(req).await.unwrap();
+    }
+
+    /// ACKs every push until one satisfies `want`; returns it and the time it took.
+    async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&ProxyConfig) -> bool,
+    ) -> (ProxyConfig, Duration) {
+        let start = Instant::now();
+        loop {
+            let left = timeout
+                .checked_sub(start.elapsed())
+                .unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
+            let r = self.next(left).await.unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
+            self.ack(&r).await;
+            let cfg = ProxyConfig::try_from(r.config.clone().unwrap()).expect("pushed config converts");
+            if want(&cfg) {
+                return (cfg, start.elapsed());
+            }
+        }
+    }
+}
+
+fn reviews_targets(cfg: &ProxyConfig) -> Vec<String> {
+    cfg.virtual_hosts
+        .iter()
+        .find(|v| v.name == REVIEWS)
+        .map(|v| v.routes.iter().flat_map(|r| r.route.iter().map(|d| d.cluster.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn endpoints(cfg: &ProxyConfig, cluster: &str) -> usize {
+    cfg.clusters.iter().find(|c| c.name == cluster).map_or(0, |c| c.endpoints.len())
+}
+
+async fn pod_ip(cluster: &Cluster, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    eventually(&format!("{name} has an IP"), Duration::from_secs(60), || async {
+        pods.get(name).await.ok()?.status?.pod_ip
+    })
+    .await
+}
+
+#[tokio::test]
+async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_keep_the_last_good_config() {
+    let cluster = Cluster::start("cp").await.unwrap();
+    let cp = ControlPlane::start(&cluster, "127.0.0.1", "").await.unwrap();
+    cluster.apply(BOOKINFO);
+    let ip = pod_ip(&cluster, "productpage-v1").await;
+    let node = format!("sidecar~{ip}~productpage-v1.default~default.svc.cluster.local");
+    let ch = channel(&cp).await;
+    let mut proxy = TestProxy::connect(&ch, &node, "").await;
+
+    // The registry arrives: reviews with its three ready pods, mesh mTLS (they have sidecars).
+    let all = format!("outbound|9080||{REVIEWS}");
+    let (cfg, _) = proxy.until("3 reviews endpoints", Duration::from_secs(60), |c| endpoints(c, &all) == 3).await;
+    let c = cfg.clusters.iter().find(|c| c.name == all).unwrap();
+    assert_eq!(
+        c.tls.as_ref().map(|t| t.subject_alt_names.clone()),
+        Some(vec!["spiffe://cluster.local/ns/default/sa/bookinfo-reviews".to_string()])
+    );
+    assert_eq!(cfg.listeners.len(), 2, "capture listeners 15001 and 15006");
+
+    // A VirtualService applied with kubectl changes routing within a second.
+    cluster.apply(REVIEWS_DR);
+    cluster.apply(&reviews_vs("[{destination: {host: reviews, subset: v1}}]"));
+    let applied = Instant::now();
+    let v1 = format!("outbound|9080|v1|{REVIEWS}");
+    proxy.until("reviews → v1", Duration::from_secs(5), |c| reviews_targets(c) == vec![v1.clone()]).await;
+    let took = applied.elapsed();
+    assert!(took < Duration::from_secs(1), "kubectl apply → proxy config took {took:?}");
+    let good_version = {
+        let body = http_get(cp.monitoring_port, "/debug/syncz").await.unwrap();
+        let table: serde_json::Value = serde_json::from_str(&body).unwrap();
+        table[&node]["acked"].as_str().unwrap().to_string()
+    };
+
+    // An invalid edit: rejected on its status and by an Event, and no proxy config changes.
+    cluster.apply(&reviews_vs(
+        "[{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v3}, weight: 50}]",
+    ));
+    let vss: Api<VirtualService> = Api::namespaced(cluster.client.clone(), "default");
+    let message = eventually("VirtualService rejected on its status", Duration::from_secs(10), || async {
+        let vs = vss.get("reviews").await.ok()?;
+        let st = vs.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Accepted" && c.status == "False")?;
+        (st.observed_generation == vs.metadata.generation).then(|| c.message.clone().unwrap_or_default())
+    })
+    .await;
+    assert!(message.contains("spec.http[0].route: weights sum to 120, not 100"), "{message}");
+    assert!(message.contains("the last accepted version (generation 1) stays in force"), "{message}");
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    eventually("Warning event Rejected", Duration::from_secs(10), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Rejected")
+                    && e.involved_object.name.as_deref() == Some("reviews")
+                    && e.message.as_deref().is_some_and(|m| m.contains("weights sum to 120"))
+            })
+            .then_some(())
+    })
+    .await;
+    if let Some(r) = proxy.next(Duration::from_millis(1500)).await {
+        let cfg = ProxyConfig::try_from(r.config.unwrap()).unwrap();
+        panic!("an invalid VirtualService changed the proxy config: {:?}", reviews_targets(&cfg));
+    }
+    assert_eq!(cp.metric("skein_rejected_resources{kind=\"VirtualService\"}").await, Some(1.0));
+
+    // Fixing it is accepted; the status says so.
+    cluster.apply(&reviews_vs(
+        "[{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]",
+    ));
+    let fifty = proxy.next(Duration::from_secs(5)).await.expect("the fixed VirtualService is pushed");
+    let cfg = ProxyConfig::try_from(fifty.config.clone().unwrap()).unwrap();
+    assert_eq!(reviews_targets(&cfg), vec![v1.clone(), format!("outbound|9080|v3|{REVIEWS}")]);
+
+    // The proxy refuses it (NACK): reported, counted, and the proxy is known to run the old one.
+    proxy.nack(&fifty, &good_version, "test: refused on purpose").await;
+    eventually("NACK visible in /debug/syncz", Duration::from_secs(5), || async {
+        let body = http_get(cp.monitoring_port, "/debug/syncz").await.ok()?;
+        body.contains("test: refused on purpose").then_some(())
+    })
+    .await;
+    assert_eq!(cp.metric("pilot_total_xds_rejects_total").await, Some(1.0));
+
+    // A proxy that reconnects running the current config is not sent it again.
+    let current = fifty.version_info.clone();
+    let mut resumed = TestProxy::connect(&ch, &node, &current).await;
+    assert!(resumed.next(Duration::from_millis(1500)).await.is_none(), "unchanged config re-sent on resume");
+    assert_eq!(cp.metric("pilot_xds").await, Some(2.0));
+    assert!(cp.metric("pilot_proxy_convergence_time_count").await.unwrap_or(0.0) >= 2.0);
+
+    // A node id that is not Istio's shape is refused by name.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::DiscoveryRequest {
+        node: Some(pb::Node { id: "garbage".into(), ..Default::default() }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = ProxyDiscoveryClient::new(ch.clone()).stream_config(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("node.id"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn the_ca_signs_only_for_the_service_account_the_token_proves() {
+    let cluster = Cluster::start("ca").await.unwrap();
+    let cp = ControlPlane::start(&cluster, "127.0.0.1", "trustDomain: cluster.local\n").await.unwrap();
+    cluster.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bookinfo-reviews, namespace: default}\n");
+    let token = |audience: Option<&str>| {
+        let mut args = vec!["create", "token", "bookinfo-reviews", "-n", "default", "--duration", "10m"];
+        if let Some(a) = audience {
+            args.extend(["--audience", a]);
+        }
+        let out = cluster.kubectl(&args, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    // The CSR asks for someone else's identity; the CA must ignore that.
+    let mut params = rcgen::CertificateParams::new(vec!["admin.example.com".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap()));
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let mut client = CertificateServiceClient::new(channel(&cp).await);
+    let request = |token: Option<&str>, csr: &str| {
+        let mut r = tonic::Request::new(pb::CertificateRequest { csr: csr.to_string(), validity_duration: 3600 });
+        if let Some(t) = token {
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+
+    let chain =
+        client.create_certificate(request(Some(&token(Some("istio-ca"))), &csr)).await.unwrap().into_inner().cert_chain;
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap();
+    let cert = leaf.parse_x509().unwrap();
+    let sans: Vec<String> =
+        cert.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(sans, vec!["URI(spiffe://cluster.local/ns/default/sa/bookinfo-reviews)".to_string()]);
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!((3600..=3660).contains(&life), "asked for 1 h, got {life} s");
+    let (_, root) = x509_parser::pem::parse_x509_pem(cp.ca.root_cert_pem.as_bytes()).unwrap();
+    assert!(
+        cert.verify_signature(Some(root.parse_x509().unwrap().public_key())).is_ok(),
+        "not signed by the mesh root"
+    );
+
+    let err = client.create_certificate(request(None, &csr)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = client.create_certificate(request(Some(&token(None)), &csr)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "a token for the apiserver's audience: {}", err.message());
+    let err = client.create_certificate(request(Some("not-a-token"), &csr)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = client.create_certificate(request(Some(&token(Some("istio-ca"))), "garbage")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(cp.metric("citadel_server_success_cert_issuance_count_total").await, Some(1.0));
+    assert!(!cp.log().contains("eyJ"), "a JWT reached the control plane log");
+}
