@@ -292,6 +292,11 @@ impl Runtime {
             .or_else(|| self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any))))
     }
 
+    /// The PeerAuthentication mode of a listener (DISABLE for a listener not in the config).
+    pub fn peer_authentication(&self, listener: &str) -> skein_api::proxy::PeerAuthMode {
+        self.config.listeners.iter().find(|l| l.name == listener).map(|l| l.peer_authentication).unwrap_or_default()
+    }
+
     /// The authorization policies of a listener, if it has any.
     pub fn authorizer(&self, listener: &str) -> Option<&Authorizer> {
         self.authorizers.get(listener)

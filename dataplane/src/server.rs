@@ -35,8 +35,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpListener {
     /// Listener name (selects its authorization policies and gateway TLS).
     pub name: Arc<str>,
-    /// Inbound mTLS (PeerAuthentication).
-    pub mode: PeerAuthMode,
+    /// Inbound mTLS (PeerAuthentication). `None`: the listener's mode in the running config,
+    /// read per connection so a PeerAuthentication change needs no listener restart.
+    pub mode: Option<PeerAuthMode>,
     /// Transparent capture: the original destination decides, and non-HTTP is proxied as TCP.
     pub capture: Option<Capture>,
     /// Terminate TLS with the listener's gateway certificates.
@@ -45,7 +46,7 @@ pub struct HttpListener {
 
 /// Serves HTTP on `listener` until the task is aborted, terminating mTLS per `mode`.
 pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuthMode, name: Arc<str>) {
-    serve_listener(listener, proxy, HttpListener { name, mode, capture: None, gateway_tls: false }).await
+    serve_listener(listener, proxy, HttpListener { name, mode: Some(mode), capture: None, gateway_tls: false }).await
 }
 
 /// Serves `listener` as `spec` says until the task is aborted.
@@ -87,7 +88,8 @@ async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &H
         serve_conn(tls, proxy, Arc::new(conn(None))).await;
         return Ok(());
     }
-    match inbound_tls(stream, spec.mode, &rt).await? {
+    let mode = spec.mode.unwrap_or_else(|| rt.peer_authentication(&spec.name));
+    match inbound_tls(stream, mode, &rt).await? {
         Inbound::Plain(s) => dispatch(s, proxy, conn(None)).await,
         Inbound::Tls(s, identity) => dispatch(s, proxy, conn(identity)).await,
     }
@@ -189,7 +191,8 @@ pub struct Listeners {
     proxy: Arc<Proxy>,
     store: Store,
     metrics: Metrics,
-    open: HashMap<String, (Listener, JoinHandle<()>)>,
+    /// Open listeners by name: the spec they were opened with, the bound address, the task.
+    open: HashMap<String, (Listener, SocketAddr, JoinHandle<()>)>,
 }
 
 impl Listeners {
@@ -199,18 +202,25 @@ impl Listeners {
     }
 
     /// Opens new listeners and closes removed or moved ones. A listener that cannot bind is
-    /// reported and skipped; the others still serve.
+    /// reported and skipped; the others still serve. Policy (PeerAuthentication,
+    /// authorization, TLS routes, certificates) is read per connection from the running
+    /// config, so changing it keeps the socket open: no connection is refused meanwhile.
     pub async fn sync(&mut self, wanted: &[Listener]) -> Vec<String> {
         let mut errors = Vec::new();
-        self.open.retain(|name, (addr, task)| {
-            // `addr` is the whole listener as opened: any change reopens it.
-            let keep = wanted.iter().any(|l| l == &*addr);
-            if !keep {
+        let stale: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, (opened, _, _))| !wanted.iter().any(|l| same_socket(l, opened)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some((_, _, task)) = self.open.remove(&name) {
                 task.abort();
+                // A reopened address can only be bound once the old socket is gone.
+                let _ = task.await;
                 info!(listener = %name, "closed listener");
             }
-            keep
-        });
+        }
         for l in wanted {
             if self.open.contains_key(&l.name) {
                 continue;
@@ -223,21 +233,21 @@ impl Listeners {
                         (ListenerProtocol::Tcp, Some(c)) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::Cluster { cluster: c.clone(), listener: l.name.as_str().into() },
-                            l.peer_authentication,
+                            None,
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
                         (ListenerProtocol::AutoPassthrough, _) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::SniPassthrough,
-                            PeerAuthMode::Disable,
+                            Some(PeerAuthMode::Disable),
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
                         (ListenerProtocol::Tls, _) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::TlsRoutes { listener: l.name.as_str().into() },
-                            PeerAuthMode::Disable,
+                            Some(PeerAuthMode::Disable),
                             self.store.clone(),
                             self.metrics.clone(),
                         )),
@@ -246,13 +256,13 @@ impl Listeners {
                             self.proxy.clone(),
                             HttpListener {
                                 name: l.name.as_str().into(),
-                                mode: l.peer_authentication,
+                                mode: None,
                                 capture: l.capture,
                                 gateway_tls: l.server_tls.is_some(),
                             },
                         )),
                     };
-                    self.open.insert(l.name.clone(), (l.clone(), task));
+                    self.open.insert(l.name.clone(), (l.clone(), addr, task));
                 }
                 Err(e) => errors.push(format!("listeners[{}]: bind {}: {e}", l.name, l.address)),
             }
@@ -261,9 +271,27 @@ impl Listeners {
     }
 }
 
+impl Listeners {
+    /// The address a listener is bound to (its port when the config asked for port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.open.get(name).map(|(_, addr, _)| *addr)
+    }
+}
+
+/// Whether two listener specs can share one open socket and accept loop: everything the
+/// loop was started with is equal; the rest is read per connection.
+fn same_socket(a: &Listener, b: &Listener) -> bool {
+    a.name == b.name
+        && a.address == b.address
+        && a.protocol == b.protocol
+        && a.cluster == b.cluster
+        && a.capture == b.capture
+        && a.server_tls.is_some() == b.server_tls.is_some()
+}
+
 impl Drop for Listeners {
     fn drop(&mut self) {
-        for (_, (_, task)) in self.open.drain() {
+        for (_, (_, _, task)) in self.open.drain() {
             task.abort();
         }
     }
@@ -322,5 +350,57 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::Metrics, store::Store};
+
+    fn config(extra: &str) -> skein_api::proxy::ProxyConfig {
+        serde_yaml::from_str(&format!(
+            "listeners: [{{name: web, address: '127.0.0.1:0'{extra}}}]\nvirtualHosts: [{{name: a, domains: ['*'], routes: [{{redirect: {{uri: /x}}}}]}}]\n"
+        ))
+        .unwrap()
+    }
+
+    async fn status(addr: SocketAddr) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_applies_without_reopening_the_listener() {
+        let store = Store::new(config("")).unwrap();
+        let metrics = Metrics::default();
+        let proxy = crate::http::Proxy::new(store.clone(), metrics.clone());
+        let mut listeners = Listeners::new(proxy, store.clone(), metrics);
+        assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
+        let addr = listeners.local_addr("web").unwrap();
+        assert_eq!(status(addr).await, 301);
+
+        // allow-nothing: same socket (same port, bound to port 0), and the policy is in force.
+        store.apply(config(", authorization: [{name: deny-all, action: ALLOW}]")).unwrap();
+        assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
+        assert_eq!(listeners.local_addr("web"), Some(addr), "the listener was reopened");
+        assert_eq!(status(addr).await, 403);
+
+        // A protocol change does reopen it, and the new socket binds (the old one is gone first).
+        let mut tcp = config("");
+        tcp.listeners[0].address = addr;
+        store.apply(tcp.clone()).unwrap();
+        assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
+        tcp.listeners[0].protocol = skein_api::proxy::ListenerProtocol::Tcp;
+        tcp.listeners[0].cluster = Some("c".into());
+        tcp.clusters.push(serde_yaml::from_str("{name: c, endpoints: ['127.0.0.1:9']}").unwrap());
+        store.apply(tcp).unwrap();
+        let errors = listeners.sync(&store.current().config.listeners).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(listeners.local_addr("web"), Some(addr));
     }
 }

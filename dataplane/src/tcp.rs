@@ -48,8 +48,9 @@ pub enum Mode {
 }
 
 /// Serves `listener` until the task is aborted. `peer_auth` applies to `Mode::Cluster`
-/// listeners (inbound mTLS termination); passthrough never terminates TLS.
-pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: PeerAuthMode, store: Store, metrics: Metrics) {
+/// listeners (inbound mTLS termination; `None`: the listener's mode in the running config,
+/// read per connection); passthrough never terminates TLS.
+pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: Option<PeerAuthMode>, store: Store, metrics: Metrics) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -68,7 +69,7 @@ async fn handle(
     mut client: TcpStream,
     peer: SocketAddr,
     mode: Mode,
-    peer_auth: PeerAuthMode,
+    peer_auth: Option<PeerAuthMode>,
     store: Store,
     metrics: Metrics,
 ) -> std::io::Result<()> {
@@ -79,6 +80,7 @@ async fn handle(
     match mode {
         Mode::Cluster { cluster, listener } => {
             let up = rt.cluster(&cluster).cloned().ok_or_else(not_found)?;
+            let peer_auth = peer_auth.unwrap_or_else(|| rt.peer_authentication(&listener));
             let inbound = inbound_tls(client, peer_auth, &rt).await?;
             let identity = match &inbound {
                 Inbound::Plain(_) => None,

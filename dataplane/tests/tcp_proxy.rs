@@ -43,7 +43,7 @@ async fn start(yaml: &str, mode: tcp::Mode) -> (SocketAddr, Metrics) {
     let metrics = Metrics::default();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(tcp::serve(l, mode, skein_api::proxy::PeerAuthMode::Disable, store, metrics.clone()));
+    tokio::spawn(tcp::serve(l, mode, Some(skein_api::proxy::PeerAuthMode::Disable), store, metrics.clone()));
     (addr, metrics)
 }
 

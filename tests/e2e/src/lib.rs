@@ -15,6 +15,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+pub mod netns;
 use kube::{Client, Config, config::KubeConfigOptions};
 
 /// Repository root (two levels above this crate).
