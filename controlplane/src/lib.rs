@@ -5,11 +5,14 @@
 
 pub mod accept;
 pub mod ca;
+pub mod inject;
 pub mod mesh;
 pub mod metrics;
 pub mod registry;
+pub mod rootcert;
 pub mod snapshot;
 pub mod translate;
 pub mod validate;
 pub mod watch;
+pub mod webhook;
 pub mod xds;

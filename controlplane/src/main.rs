@@ -14,10 +14,13 @@ use skein_api::{
 };
 use skein_controlplane::{
     ca::{Ca, TOKEN_AUDIENCE},
+    inject,
     mesh::MeshSettings,
     metrics::{self, Metrics},
+    rootcert,
     snapshot::Snapshot,
     watch::{self, Changes, Stores},
+    webhook,
     xds::Discovery,
 };
 use tokio::{net::TcpListener, sync::watch as tokio_watch};
@@ -70,6 +73,15 @@ struct DiscoveryArgs {
     /// Audience ServiceAccount tokens must carry to get a certificate.
     #[arg(long, default_value = TOKEN_AUDIENCE)]
     token_audience: String,
+    /// Injection webhook (HTTPS, certificate from `--webhook-tls-dir`; Istio's 15017).
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    webhook_addr: SocketAddr,
+    /// Image of the sidecar the webhook injects.
+    #[arg(long, default_value = "registry.skein.dev/skein-proxy:latest")]
+    proxy_image: String,
+    /// Control plane address injected sidecars dial. Default: `skein-controlplane.<namespace>.svc:15012`.
+    #[arg(long)]
+    injected_discovery_address: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,6 +136,27 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     ];
     names.extend(args.tls_san.iter().cloned());
     let (chain, key) = ca_bundle.issue_serving_cert(&names)?;
+    tokio::spawn(rootcert::publish(client.clone(), ca_bundle.root_cert_pem.clone()));
+    if let Some(dir) = args.webhook_tls_dir.clone() {
+        // A bad certificate is a startup error, not a webhook silently missing.
+        webhook::load(&dir).map_err(|e| anyhow::anyhow!("--webhook-tls-dir: {e}"))?;
+        let template = inject::Template {
+            proxy_image: args.proxy_image.clone(),
+            discovery_address: args
+                .injected_discovery_address
+                .clone()
+                .unwrap_or_else(|| format!("skein-controlplane.{}.svc:15012", args.namespace)),
+            revision: args.revision.clone(),
+        };
+        let listener =
+            TcpListener::bind(args.webhook_addr).await.with_context(|| format!("bind {}", args.webhook_addr))?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = webhook::serve(listener, dir, template, metrics).await {
+                tracing::error!(error = %e, "injection webhook stopped");
+            }
+        });
+    }
     let ca =
         Ca::new(ca_bundle, client.clone(), mesh.trust_domain.clone(), args.token_audience.clone(), metrics.clone());
 

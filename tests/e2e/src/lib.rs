@@ -280,6 +280,8 @@ pub struct ControlPlane {
     pub grpc_port: u16,
     /// Monitoring (`/metrics`, `/ready`, `/debug/syncz`).
     pub monitoring_port: u16,
+    /// Injection webhook (HTTPS on 127.0.0.1, certificate signed by `ca` for 127.0.0.1).
+    pub webhook_port: u16,
     /// The mesh root certificate (PEM), as proxies are given it.
     pub root_cert: PathBuf,
     /// The CA it signs with.
@@ -312,7 +314,13 @@ impl ControlPlane {
         std::fs::write(&root_cert, &ca.root_cert_pem)?;
         let mesh = dir.join("mesh.yaml");
         std::fs::write(&mesh, mesh_config)?;
-        let (grpc_port, plain_port, monitoring_port) = (free_port(), free_port(), free_port());
+        let (grpc_port, plain_port, monitoring_port, webhook_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let webhook_tls = dir.join("webhook-tls");
+        std::fs::create_dir_all(&webhook_tls)?;
+        let (chain, key) = ca.issue_serving_cert(&["127.0.0.1".to_string()])?;
+        std::fs::write(webhook_tls.join("tls.crt"), chain)?;
+        std::fs::write(webhook_tls.join("tls.key"), key)?;
         let log = dir.join("logs/controlplane.log");
         let child = Command::new(bin)
             .env("KUBECONFIG", &cluster.kubeconfig)
@@ -324,11 +332,15 @@ impl ControlPlane {
             .args(["--plaintext-grpc-addr", &format!("127.0.0.1:{plain_port}")])
             .args(["--monitoring-addr", &format!("127.0.0.1:{monitoring_port}")])
             .args(["--tls-san", bind_ip])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+            .arg("--webhook-tls-dir")
+            .arg(&webhook_tls)
+            .args(["--proxy-image", "registry.skein.dev/skein-proxy:e2e"])
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
             .spawn()
             .context("spawn skein-controlplane")?;
-        let mut cp = Self { child, grpc_port, monitoring_port, root_cert, ca, log };
+        let mut cp = Self { child, grpc_port, monitoring_port, webhook_port, root_cert, ca, log };
         let start = Instant::now();
         while http_get(cp.monitoring_port, "/ready").await.is_err() {
             if !matches!(cp.child.try_wait(), Ok(None)) {

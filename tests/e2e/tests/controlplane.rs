@@ -338,3 +338,79 @@ async fn the_ca_signs_only_for_the_service_account_the_token_proves() {
     assert_eq!(cp.metric("citadel_server_success_cert_issuance_count_total").await, Some(1.0));
     assert!(!cp.log().contains("eyJ"), "a JWT reached the control plane log");
 }
+
+#[tokio::test]
+async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_root() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cluster = Cluster::start("inject").await.unwrap();
+    let cp = ControlPlane::start(&cluster, "127.0.0.1", "").await.unwrap();
+    // The operator registers the webhook by Service; here the apiserver calls it by URL (no
+    // kube-proxy routes Service IPs on this machine). Selectors as the operator writes them.
+    let ca_bundle = serde_json::to_value(k8s_openapi::ByteString(cp.ca.root_cert_pem.clone().into_bytes())).unwrap();
+    let webhook = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "skein-sidecar-injector"},
+        "webhooks": [{
+            "name": "istio-namespace.sidecar-injector.skein.dev",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", cp.webhook_port), "caBundle": ca_bundle},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
+            "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]},
+        }],
+    });
+    cluster.apply(&webhook.to_string());
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n");
+    let pod = |name: &str, ns: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}{extra}}}\nspec: {{containers: [{{name: app, image: app:1}}]}}\n"
+        )
+    };
+    // The webhook may take a moment to be called by a fresh apiserver; retry creation.
+    let mesh_pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "mesh");
+    let injected = eventually("a pod in the mesh namespace gets a sidecar", Duration::from_secs(30), || async {
+        let _ = cluster.kubectl(&["delete", "pod", "web", "-n", "mesh", "--ignore-not-found", "--wait=false"], None);
+        let out = cluster.kubectl(&["create", "-f", "-"], Some(&pod("web", "mesh", "")));
+        if !out.status.success() {
+            return None;
+        }
+        let p = mesh_pods.get("web").await.ok()?;
+        let spec = p.spec.clone()?;
+        spec.containers.iter().any(|c| c.name == "skein-proxy").then_some(p)
+    })
+    .await;
+    let spec = injected.spec.unwrap();
+    assert_eq!(spec.init_containers.unwrap()[0].args, Some(vec!["init-iptables".to_string()]));
+    let sidecar = spec.containers.iter().find(|c| c.name == "skein-proxy").unwrap();
+    assert_eq!(sidecar.image.as_deref(), Some("registry.skein.dev/skein-proxy:e2e"));
+    assert_eq!(sidecar.security_context.as_ref().and_then(|s| s.run_as_user), Some(1337));
+    let labels = injected.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("security.istio.io/tlsMode").map(String::as_str), Some("istio"));
+
+    cluster.apply(&pod("opted-out", "mesh", ", annotations: {sidecar.istio.io/inject: 'false'}"));
+    cluster.apply(&pod("web", "plain", ""));
+    for (ns, name) in [("mesh", "opted-out"), ("plain", "web")] {
+        let p = Api::<Pod>::namespaced(cluster.client.clone(), ns).get(name).await.unwrap();
+        let names: Vec<String> = p.spec.unwrap().containers.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, vec!["app".to_string()], "{ns}/{name} must not be injected");
+    }
+    assert!(cp.metric("sidecar_injection_success_total").await.unwrap_or(0.0) >= 1.0);
+
+    // Every namespace gets the mesh root the sidecars verify the control plane with.
+    for ns in ["mesh", "plain", "default"] {
+        let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
+        let root = eventually(&format!("istio-ca-root-cert in {ns}"), Duration::from_secs(10), || async {
+            cms.get("istio-ca-root-cert").await.ok()?.data?.get("root-cert.pem").cloned()
+        })
+        .await;
+        assert_eq!(root, cp.ca.root_cert_pem);
+    }
+    // Deleted, it comes back.
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "plain");
+    cms.delete("istio-ca-root-cert", &Default::default()).await.unwrap();
+    eventually("istio-ca-root-cert restored", Duration::from_secs(10), || async {
+        cms.get("istio-ca-root-cert").await.ok().map(|_| ())
+    })
+    .await;
+}

@@ -1,0 +1,238 @@
+//! Sidecar injection: what the mutating webhook adds to a pod, as a JSON Patch. Pure, so the
+//! shape of the injected pod is unit-tested; `webhook` serves it.
+//!
+//! The pod gets Istio's layout: an init container running `skein-proxy init-iptables` (the
+//! only part with NET_ADMIN), the `skein-proxy` sidecar as uid 1337 with a read-only root, the
+//! projected ServiceAccount token for the CA (audience `istio-ca`), the mesh root from the
+//! `istio-ca-root-cert` ConfigMap, an in-memory directory for its certificate, and the
+//! `security.istio.io/tlsMode: istio` label that turns on auto mTLS towards it.
+
+use serde_json::{Value, json};
+
+/// Annotation (or label) opting a pod out: `sidecar.istio.io/inject: "false"`.
+pub const INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
+/// Annotation recording an injection (Istio's name).
+pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// Name of the injected sidecar container.
+pub const SIDECAR: &str = "skein-proxy";
+/// Name of the injected init container.
+pub const INIT: &str = "skein-init";
+/// ConfigMap with the mesh root, published in every namespace.
+pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+
+/// What the injected containers look like for this control plane.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Image of `skein-proxy`.
+    pub proxy_image: String,
+    /// Control plane address the sidecar dials (`skein-controlplane.<ns>.svc:15012`).
+    pub discovery_address: String,
+    /// Revision of this control plane (`istio.io/rev` label on injected pods).
+    pub revision: String,
+}
+
+/// JSON Patch operations injecting the sidecar into `pod`, or `None` when the pod must be
+/// left alone (opted out, already injected, host network).
+pub fn patch(pod: &Value, t: &Template) -> Result<Option<Vec<Value>>, String> {
+    let meta = &pod["metadata"];
+    let spec = pod.get("spec").filter(|s| s.is_object()).ok_or("pod has no spec")?;
+    let opted_out = |m: &Value| m.get(INJECT_ANNOTATION).and_then(Value::as_str).is_some_and(|v| v == "false");
+    if opted_out(&meta["annotations"]) || opted_out(&meta["labels"]) {
+        return Ok(None);
+    }
+    if spec["hostNetwork"].as_bool() == Some(true) {
+        return Ok(None);
+    }
+    let containers = spec["containers"].as_array().ok_or("spec.containers: missing")?;
+    if containers.iter().any(|c| matches!(c["name"].as_str(), Some(SIDECAR | "istio-proxy"))) {
+        return Ok(None);
+    }
+    let mut ops = Vec::new();
+    let init = init_container(t);
+    match spec.get("initContainers").and_then(Value::as_array) {
+        Some(_) => ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init})),
+        None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]})),
+    }
+    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar(t)}));
+    let volumes = volumes();
+    match spec.get("volumes").and_then(Value::as_array) {
+        Some(_) => ops.extend(volumes.into_iter().map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v}))),
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
+    }
+    let labels = [("security.istio.io/tlsMode", "istio"), ("istio.io/rev", t.revision.as_str())];
+    add_map_entries(&mut ops, meta, "labels", &labels);
+    let status = json!({"initContainers": [INIT], "containers": [SIDECAR], "volumes": ["istio-token", "istiod-ca-cert", "skein-certs"]})
+        .to_string();
+    add_map_entries(&mut ops, meta, "annotations", &[(STATUS_ANNOTATION, status.as_str())]);
+    Ok(Some(ops))
+}
+
+/// JSON Pointer escaping (`/` → `~1`, `~` → `~0`).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn add_map_entries(ops: &mut Vec<Value>, meta: &Value, field: &str, entries: &[(&str, &str)]) {
+    if meta.get(field).is_some_and(Value::is_object) {
+        for (k, v) in entries {
+            ops.push(json!({"op": "add", "path": format!("/metadata/{field}/{}", escape(k)), "value": v}));
+        }
+    } else {
+        let map: serde_json::Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        ops.push(json!({"op": "add", "path": format!("/metadata/{field}"), "value": map}));
+    }
+}
+
+fn init_container(t: &Template) -> Value {
+    json!({
+        "name": INIT,
+        "image": t.proxy_image,
+        "args": ["init-iptables"],
+        // iptables needs NET_ADMIN/NET_RAW and root, for this one short step only.
+        "securityContext": {
+            "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "10Mi"}, "limits": {"cpu": "100m", "memory": "50Mi"}},
+    })
+}
+
+fn sidecar(t: &Template) -> Value {
+    let env: Vec<Value> = [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("INSTANCE_IP", "status.podIP"),
+        ("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ]
+    .iter()
+    .map(|(name, path)| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}))
+    .collect();
+    json!({
+        "name": SIDECAR,
+        "image": t.proxy_image,
+        "args": [
+            "run",
+            "--discovery-address", t.discovery_address,
+            "--discovery-root-cert", "/var/run/secrets/istio/root-cert.pem",
+            "--token-file", "/var/run/secrets/tokens/istio-token",
+            "--cert-dir", "/var/run/skein/certs",
+        ],
+        "env": env,
+        "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 2, "failureThreshold": 30},
+        "securityContext": {
+            "runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
+        "volumeMounts": [
+            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true},
+            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio", "readOnly": true},
+            {"name": "skein-certs", "mountPath": "/var/run/skein/certs"},
+        ],
+    })
+}
+
+fn volumes() -> Vec<Value> {
+    vec![
+        json!({"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}),
+        json!({"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}}),
+        json!({"name": "skein-certs", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> Template {
+        Template {
+            proxy_image: "registry.skein.dev/skein-proxy:0.1.0".into(),
+            discovery_address: "skein-controlplane.istio-system.svc:15012".into(),
+            revision: "default".into(),
+        }
+    }
+
+    /// Applies add operations the way the apiserver does (enough for these tests).
+    fn apply(mut doc: Value, ops: &[Value]) -> Value {
+        for op in ops {
+            assert_eq!(op["op"], "add");
+            let path = op["path"].as_str().unwrap();
+            let parts: Vec<String> =
+                path.trim_start_matches('/').split('/').map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
+            let (last, parents) = parts.split_last().unwrap();
+            let mut cur = &mut doc;
+            for p in parents {
+                cur = &mut cur[p.as_str()];
+            }
+            match (cur, last.as_str()) {
+                (Value::Array(a), "-") => a.push(op["value"].clone()),
+                (Value::Array(a), i) => a.insert(i.parse().unwrap(), op["value"].clone()),
+                (Value::Object(o), k) => {
+                    o.insert(k.to_string(), op["value"].clone());
+                }
+                (other, _) => panic!("cannot add at {path} into {other}"),
+            }
+        }
+        doc
+    }
+
+    #[test]
+    fn a_pod_gets_the_init_step_the_sidecar_its_identity_volumes_and_the_mtls_label() {
+        let pod = json!({"metadata": {"name": "reviews-v1", "labels": {"app": "reviews"}},
+            "spec": {"serviceAccountName": "bookinfo-reviews", "containers": [{"name": "reviews", "image": "reviews:1"}]}});
+        let ops = patch(&pod, &template()).unwrap().unwrap();
+        let out = apply(pod, &ops);
+        let spec = &out["spec"];
+        assert_eq!(spec["initContainers"][0]["name"], INIT);
+        assert_eq!(spec["initContainers"][0]["args"], json!(["init-iptables"]));
+        assert_eq!(
+            spec["initContainers"][0]["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        let names: Vec<&str> =
+            spec["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["reviews", SIDECAR]);
+        let sidecar = &spec["containers"][1];
+        assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+        assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+        let args = sidecar["args"].to_string();
+        assert!(args.contains("skein-controlplane.istio-system.svc:15012"), "{args}");
+        let vols: Vec<&str> = spec["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(vols, vec!["istio-token", "istiod-ca-cert", "skein-certs"]);
+        assert_eq!(spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"], "istio-ca");
+        assert_eq!(out["metadata"]["labels"]["security.istio.io/tlsMode"], "istio");
+        assert_eq!(out["metadata"]["labels"]["app"], "reviews");
+        assert!(out["metadata"]["annotations"][STATUS_ANNOTATION].as_str().unwrap().contains(SIDECAR));
+    }
+
+    #[test]
+    fn existing_init_containers_and_volumes_are_kept_and_ours_runs_first() {
+        let pod = json!({"metadata": {"name": "p", "annotations": {"a": "b"}},
+            "spec": {"initContainers": [{"name": "migrate"}], "volumes": [{"name": "data"}], "containers": [{"name": "app"}]}});
+        let out = apply(pod.clone(), &patch(&pod, &template()).unwrap().unwrap());
+        let inits: Vec<&str> =
+            out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(inits, vec![INIT, "migrate"]);
+        assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 4);
+        assert_eq!(out["metadata"]["annotations"]["a"], "b");
+    }
+
+    #[test]
+    fn opted_out_already_injected_and_host_network_pods_are_left_alone() {
+        let t = template();
+        let skip = [
+            json!({"metadata": {"annotations": {INJECT_ANNOTATION: "false"}}, "spec": {"containers": [{"name": "a"}]}}),
+            json!({"metadata": {"labels": {INJECT_ANNOTATION: "false"}}, "spec": {"containers": [{"name": "a"}]}}),
+            json!({"metadata": {}, "spec": {"containers": [{"name": "a"}, {"name": "istio-proxy"}]}}),
+            json!({"metadata": {}, "spec": {"hostNetwork": true, "containers": [{"name": "a"}]}}),
+        ];
+        for pod in skip {
+            assert_eq!(patch(&pod, &t).unwrap(), None, "{pod}");
+        }
+        assert!(patch(&json!({"metadata": {}}), &t).unwrap_err().contains("spec"));
+    }
+}
