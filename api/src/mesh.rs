@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const CONDITION_RECONCILED: &str = "Reconciled";
 /// Condition type: every installed component is available.
 pub const CONDITION_READY: &str = "Ready";
+/// Condition type: the Istio API CRDs are installed and kept by Skein (`False` when another
+/// installation, e.g. Istio, owns them; Skein then uses them as they are).
+pub const CONDITION_ISTIO_CRDS: &str = "IstioCRDsManaged";
 /// Namespace used when `spec.namespace` is not set.
 pub const DEFAULT_NAMESPACE: &str = "skein-system";
 /// Trust domain used when `meshConfig.trustDomain` is not set.

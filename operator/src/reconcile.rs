@@ -32,7 +32,8 @@ use kube::{
 };
 use serde_json::json;
 use skein_api::{
-    CONDITION_READY, CONDITION_RECONCILED, ComponentStatus, MeshControlPlane, MeshControlPlaneStatus, RootCaType,
+    CONDITION_ISTIO_CRDS, CONDITION_READY, CONDITION_RECONCILED, ComponentStatus, MeshControlPlane,
+    MeshControlPlaneStatus, RootCaType,
     pki::{CaBundle, PkiError, SERVING_DAYS},
 };
 use tracing::{info, warn};
@@ -197,10 +198,32 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     };
     ensure_webhook_cert(mcp, ctx, &ca).await?;
 
-    // 3. Everything else, rendered from the spec.
-    let desired = render::render(mcp, Facts { release: &release, root_cert_pem: &ca.root_cert_pem });
+    // 3. The Istio API CRDs, unless another installation owns them.
     let applier = Applier::new(ctx.client.clone());
     let mut applied = 0;
+    let foreign = ensure_istio_crds(&applier, ctx, &mut applied).await?;
+    upsert_condition(
+        &mut status.conditions,
+        match foreign.is_empty() {
+            true => ConditionUpdate {
+                type_: CONDITION_ISTIO_CRDS,
+                status: true,
+                reason: "Installed",
+                message: "the Istio API CRDs are installed by Skein".into(),
+            },
+            false => ConditionUpdate {
+                type_: CONDITION_ISTIO_CRDS,
+                status: false,
+                reason: "OwnedByAnother",
+                message: format!("left as they are (not installed by Skein): {}", foreign.join(", ")),
+            },
+        },
+        mcp.metadata.generation,
+        now(),
+    );
+
+    // 4. Everything else, rendered from the spec.
+    let desired = render::render(mcp, Facts { release: &release, root_cert_pem: &ca.root_cert_pem });
     for d in &desired {
         if applier.ensure(d, &ns).await? == Outcome::Applied {
             info!(name, object = %d.describe(), "applied");
@@ -210,7 +233,7 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     prune(mcp, &applier, &desired).await?;
     ctx.metrics.objects_applied(applied);
 
-    // 4. Status from what is really running.
+    // 5. Status from what is really running.
     status.version = Some(release.version.to_string());
     status.active_revision = Some(DEFAULT_REVISION.to_string());
     status.components = components_status(mcp, ctx).await?;
@@ -246,6 +269,29 @@ async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     );
     write_status(mcp, ctx, &previous, status).await?;
     Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
+}
+
+/// Installs or updates the Istio API CRDs Skein manages; returns the ones another installation
+/// owns (`name (managed by X)`), which are left untouched.
+async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) -> Result<Vec<String>, Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let mut foreign = Vec::new();
+    for d in render::istio_crds() {
+        let existing = api.get_opt(&d.name).await.map_err(apply_err("get", d.describe()))?;
+        if let Some(crd) = existing {
+            let manager = crd.labels().get("app.kubernetes.io/managed-by").cloned();
+            if manager.as_deref() != Some(render::MANAGED_BY) {
+                foreign.push(format!("{} (managed by {})", d.name, manager.as_deref().unwrap_or("unknown")));
+                continue;
+            }
+        }
+        if applier.ensure(&d, "").await? == Outcome::Applied {
+            info!(object = %d.describe(), "applied");
+            *applied += 1;
+        }
+    }
+    Ok(foreign)
 }
 
 /// Reports a spec the operator cannot act on: `Reconciled=False` with the reason; `Ready` keeps

@@ -66,7 +66,7 @@ pub struct Desired {
 }
 
 impl Desired {
-    fn new<K: Resource<DynamicType = ()>>(namespaced: bool, body: Value) -> Self {
+    pub(crate) fn new<K: Resource<DynamicType = ()>>(namespaced: bool, body: Value) -> Self {
         let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
         Self { resource: ApiResource::erase::<K>(&()), namespaced, name, body }
     }
@@ -75,6 +75,27 @@ impl Desired {
     pub fn describe(&self) -> String {
         format!("{}/{}", self.resource.kind, self.name)
     }
+}
+
+/// The Istio API CRDs (`networking.istio.io`, `security.istio.io`) the control plane reads.
+/// Shared by every MeshControlPlane and never owned by one: deleting a mesh must not delete
+/// the users' VirtualServices with their CRD. Labelled so the operator can tell its own from an
+/// Istio installation's.
+pub fn istio_crds() -> Vec<Desired> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    skein_api::istio::crds()
+        .into_iter()
+        .map(|crd| {
+            let mut body = serde_json::to_value(&crd).unwrap_or(Value::Null);
+            body["apiVersion"] = json!("apiextensions.k8s.io/v1");
+            body["kind"] = json!("CustomResourceDefinition");
+            body["metadata"]["labels"] = json!({
+                "app.kubernetes.io/part-of": "skein",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+            });
+            Desired::new::<CustomResourceDefinition>(false, body)
+        })
+        .collect()
 }
 
 /// What the reconciler looked up for rendering.
@@ -416,6 +437,7 @@ fn control_plane_deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired
                                 format!("--ca-secret={}", ca_secret_name(mcp)),
                                 format!("--webhook-tls-dir=/etc/skein/webhook"),
                                 format!("--revision={DEFAULT_REVISION}"),
+                                format!("--proxy-image={}", facts.release.proxy_image),
                             ],
                             "env": cluster_env(mcp),
                             "ports": [

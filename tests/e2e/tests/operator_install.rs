@@ -10,6 +10,7 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -112,6 +113,14 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
     assert_eq!(status.channel.as_deref(), Some("stable"));
     assert_eq!(status.active_revision.as_deref(), Some("default"));
     assert_eq!(condition(&mcp, "Reconciled").unwrap().0, "True");
+    assert_eq!(condition(&mcp, "IstioCRDsManaged").map(|c| (c.0, c.1)), Some(("True".into(), "Installed".into())));
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    for crd in skein_api::istio::crds() {
+        let name = crd.metadata.name.unwrap();
+        let live = get_opt(&crds, &name).await.unwrap_or_else(|| panic!("{name} installed"));
+        assert_eq!(live.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("skein-operator"));
+        assert!(live.metadata.owner_references.unwrap_or_default().is_empty(), "{name} must outlive any one mesh");
+    }
     let comps: BTreeMap<_, _> =
         status.components.iter().map(|c| (c.name.as_str(), (c.ready, c.ready_replicas))).collect();
     assert_eq!(comps.get("controlPlane"), Some(&(true, 2)));
@@ -134,6 +143,10 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
             .await
             .unwrap_or_else(|| panic!("Deployment {name}"));
         let pod = d.spec.unwrap().template.spec.unwrap();
+        if name == "skein-controlplane" {
+            let args = pod.containers[0].args.clone().unwrap_or_default();
+            assert!(args.iter().any(|a| a.starts_with("--proxy-image=")), "{args:?}");
+        }
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -374,6 +387,9 @@ async fn deleting_the_mesh_control_plane_removes_everything_it_created() {
         let hook = format!("skein-sidecar-injector-{name}");
         assert!(get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), &hook).await.is_none(), "{hook}");
     }
+    // The Istio CRDs stay: they hold the users' routing and policy.
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    assert!(get_opt(&crds, "virtualservices.networking.istio.io").await.is_some(), "Istio CRDs are never deleted");
     // The namespace that existed before stays; what the operator put in it is collected.
     let pre = get_opt(&namespaces, "preexisting").await.expect("pre-existing namespace kept");
     assert!(pre.metadata.deletion_timestamp.is_none());
@@ -514,4 +530,31 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
     })
     .await;
+}
+
+#[tokio::test]
+async fn istio_crds_owned_by_another_installation_are_left_alone_and_reported() {
+    let (cluster, op) = setup("foreign-crds").await;
+    let c = cluster.client.clone();
+    // As an Istio (Helm) install leaves it: same CRD, another manager.
+    let mut vs = skein_api::istio::crds()
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some("virtualservices.networking.istio.io"))
+        .unwrap();
+    vs.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "Helm".to_string())].into());
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    crds.create(&Default::default(), &vs).await.unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  namespace: mesh-system\n")).unwrap();
+    let mcp = wait_ready(&c, "mesh", &op).await;
+    let (status, reason, message) = condition(&mcp, "IstioCRDsManaged").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "OwnedByAnother"));
+    assert!(message.contains("virtualservices.networking.istio.io (managed by Helm)"), "{message}");
+    let after = get_opt(&crds, "virtualservices.networking.istio.io").await.unwrap();
+    assert_eq!(after.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("Helm"));
+    let managers: Vec<String> =
+        after.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|f| f.manager).collect();
+    assert!(!managers.iter().any(|m| m.contains("skein")), "a foreign CRD must not be written: {managers:?}");
+    // The others are Skein's.
+    let dr = get_opt(&crds, "destinationrules.networking.istio.io").await.unwrap();
+    assert_eq!(dr.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("skein-operator"));
 }
