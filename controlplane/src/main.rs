@@ -73,6 +73,9 @@ struct DiscoveryArgs {
     /// Audience ServiceAccount tokens must carry to get a certificate.
     #[arg(long, default_value = TOKEN_AUDIENCE)]
     token_audience: String,
+    /// Configs in flight (sent, not yet acknowledged) at most, across all proxies.
+    #[arg(long, default_value_t = skein_controlplane::xds::DEFAULT_PUSH_LIMIT)]
+    push_limit: usize,
     /// Injection webhook (HTTPS, certificate from `--webhook-tls-dir`; Istio's 15017).
     #[arg(long, default_value = "0.0.0.0:15017")]
     webhook_addr: SocketAddr,
@@ -119,7 +122,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone()));
 
-    let discovery = Discovery::new(rx.clone(), metrics.clone());
+    let discovery = Discovery::new(rx.clone(), metrics.clone(), args.push_limit);
     let sync = discovery.sync_table();
     let syncz: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
         let table = sync.lock().unwrap_or_else(|e| e.into_inner()).clone();

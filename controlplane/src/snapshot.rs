@@ -58,9 +58,15 @@ pub struct Snapshot {
     pub generation: u64,
     /// When the first change this snapshot includes was observed (convergence time starts).
     pub changed_at: Option<std::time::Instant>,
+    /// Label keys any sidecar-bound VirtualService matches `sourceLabels` on.
+    pub source_label_keys: std::collections::BTreeSet<String>,
     /// Outbound parts computed from this snapshot, shared by workloads with the same key.
     pub(crate) outbound_cache:
         std::sync::Mutex<HashMap<crate::translate::OutboundKey, Arc<crate::translate::Outbound>>>,
+    /// Encoded configs computed from this snapshot, one per distinct workload, computed once
+    /// (concurrent requests for the same one wait for it) and sent to every proxy it fits.
+    pub(crate) rendered:
+        std::sync::Mutex<HashMap<crate::translate::Workload, Arc<tokio::sync::OnceCell<Arc<crate::xds::Rendered>>>>>,
 }
 
 /// Creation order, then namespace and name: Istio's tie-break for conflicting resources.
@@ -104,6 +110,13 @@ impl Snapshot {
         for v in destination_rules.values_mut() {
             v.sort_by_key(|dr| age_key(dr.as_ref()));
         }
+        let source_label_keys = mesh_virtual_services
+            .values()
+            .flatten()
+            .flat_map(|vs| {
+                vs.spec.http.iter().flat_map(|r| r.matches.iter().flat_map(|m| m.source_labels.keys().cloned()))
+            })
+            .collect();
         let pods = pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
         Self {
             mesh,
@@ -114,7 +127,9 @@ impl Snapshot {
             destination_rules,
             generation: 0,
             changed_at: None,
+            source_label_keys,
             outbound_cache: Default::default(),
+            rendered: Default::default(),
         }
     }
 

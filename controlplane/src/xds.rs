@@ -10,13 +10,14 @@ use std::{
     hash::{Hash, Hasher},
     pin::Pin,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use futures::Stream;
 use prost::Message;
 use skein_api::proxy::wire::pb::{self, proxy_discovery_server::ProxyDiscovery};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -44,18 +45,36 @@ pub struct SyncStatus {
 /// Sync state of all connected proxies, by node id.
 pub type SyncTable = Arc<Mutex<BTreeMap<String, SyncStatus>>>;
 
+/// Configs in flight (sent, not yet acknowledged) across all proxies. Each holds an encode
+/// buffer the size of a config until the proxy reads it; the limit bounds that memory when
+/// many proxies are pushed at once (Istio's push throttle).
+pub const DEFAULT_PUSH_LIMIT: usize = 100;
+/// A push not acknowledged within this long frees its slot (and is re-sent on the next change).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One config, encoded once.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Content version.
+    pub version: String,
+    /// Encoded `ProxyConfig`.
+    pub bytes: Bytes,
+}
+
 /// The `ProxyDiscovery` service.
 #[derive(Clone)]
 pub struct Discovery {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Metrics,
     sync: SyncTable,
+    throttle: Arc<Semaphore>,
 }
 
 impl Discovery {
-    /// Serves configs computed from the snapshots on `snapshots`.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Metrics) -> Self {
-        Self { snapshots, metrics, sync: SyncTable::default() }
+    /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit`
+    /// unacknowledged at a time.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Metrics, push_limit: usize) -> Self {
+        Self { snapshots, metrics, sync: SyncTable::default(), throttle: Arc::new(Semaphore::new(push_limit.max(1))) }
     }
 
     /// The sync table, for `/debug/syncz`.
@@ -66,12 +85,26 @@ impl Discovery {
 
 /// The config for `node` from `snap`, in wire form, with its content version filled in.
 pub fn config_for(snap: &Snapshot, node: &Node) -> pb::ProxyConfig {
-    let workload = Workload::of(snap, node);
-    let out = translate::outbound(snap, &translate::OutboundKey::of(&workload));
-    let cfg = translate::assemble(snap, &workload, &out);
+    wire_config(snap, &Workload::of(snap, node))
+}
+
+fn wire_config(snap: &Snapshot, workload: &Workload) -> pb::ProxyConfig {
+    let out = translate::outbound(snap, &translate::OutboundKey::of(workload, snap));
+    let cfg = translate::assemble(snap, workload, &out);
     let mut wire = pb::ProxyConfig::from(&cfg);
     wire.version = version_of(&wire);
     wire
+}
+
+/// The encoded config of `workload`, computed once per snapshot however many proxies ask.
+pub async fn rendered(snap: &Arc<Snapshot>, workload: &Workload) -> Arc<Rendered> {
+    let cell = snap.rendered.lock().unwrap_or_else(|e| e.into_inner()).entry(workload.clone()).or_default().clone();
+    cell.get_or_init(|| async {
+        let wire = wire_config(snap, workload);
+        Arc::new(Rendered { version: wire.version.clone(), bytes: Bytes::from(wire.encode_to_vec()) })
+    })
+    .await
+    .clone()
 }
 
 /// A content hash: equal configs get equal versions, in every control plane process.
@@ -100,14 +133,15 @@ impl ProxyDiscovery for Discovery {
         if node.kind != NodeKind::Sidecar {
             return Err(Status::unimplemented("only sidecar proxies are configured by this control plane so far"));
         }
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(1);
         let conn = Connection {
             node,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
             sync: self.sync.clone(),
+            throttle: self.throttle.clone(),
             tx,
-            resumed: first.version_info,
+            current: first.version_info,
         };
         tokio::spawn(conn.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -119,49 +153,49 @@ struct Connection {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Metrics,
     sync: SyncTable,
+    throttle: Arc<Semaphore>,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
-    /// Version the proxy said it runs when it connected.
-    resumed: String,
+    /// Version the proxy runs (said when it connected, then what it acknowledged).
+    current: String,
 }
 
-/// A push awaiting its ACK or NACK.
+/// A push awaiting its ACK or NACK; holds a throttle slot until then.
 struct Pending {
     nonce: String,
     version: String,
     changed_at: Instant,
+    deadline: tokio::time::Instant,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
+    /// One push at a time per proxy: a change that arrives while a push is unacknowledged is
+    /// sent (as the then-latest config) once the proxy answers.
     async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>) {
         let id = self.node.id.clone();
         info!(node = %id, "proxy connected");
         self.metrics.connected.inc();
         self.sync.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), SyncStatus::default());
-        let mut current = std::mem::take(&mut self.resumed);
         let mut pending: Option<Pending> = None;
         let mut nonce = 0u64;
-        self.snapshots.mark_changed();
+        let mut dirty = true;
         loop {
+            if dirty && pending.is_none() {
+                dirty = false;
+                match self.push(&mut nonce).await {
+                    Ok(p) => pending = p,
+                    Err(()) => break,
+                }
+            }
+            let deadline = pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 changed = self.snapshots.changed() => {
                     if changed.is_err() { break; }
-                    let snap = self.snapshots.borrow_and_update().clone();
-                    let start = Instant::now();
-                    let cfg = config_for(&snap, &self.node);
-                    let sent_or_current = pending.as_ref().map_or(&current, |p| &p.version);
-                    if cfg.version == *sent_or_current {
-                        self.metrics.pushes.get_or_create(&PushLabels { r#type: "unchanged" }).inc();
-                        continue;
-                    }
-                    nonce += 1;
-                    let version = cfg.version.clone();
-                    let response = pb::DiscoveryResponse { version_info: version.clone(), nonce: nonce.to_string(), config: Some(cfg) };
-                    if self.tx.send(Ok(response)).await.is_err() { break; }
-                    self.metrics.push_time.observe(start.elapsed().as_secs_f64());
-                    self.metrics.pushes.get_or_create(&PushLabels { r#type: "sent" }).inc();
-                    debug!(node = %id, version, nonce, "config pushed");
-                    self.update(|s| { s.sent = version.clone(); s.pushes += 1; });
-                    pending = Some(Pending { nonce: nonce.to_string(), version, changed_at: snap.changed_at.unwrap_or(start) });
+                    dirty = true;
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    warn!(node = %id, "push not acknowledged in time; will resend on the next change");
+                    pending = None;
                 }
                 msg = inbound.message() => {
                     let req = match msg {
@@ -169,20 +203,16 @@ impl Connection {
                         Ok(None) => break,
                         Err(e) => { debug!(node = %id, error = %e, "stream error"); break; }
                     };
-                    let Some(p) = pending.take_if(|p| p.nonce == req.response_nonce) else {
-                        // An answer to a push that was superseded: the newer one is still pending.
-                        continue;
-                    };
+                    let Some(p) = pending.take_if(|p| p.nonce == req.response_nonce) else { continue };
                     if req.error_detail.is_empty() {
                         self.metrics.convergence.observe(p.changed_at.elapsed().as_secs_f64());
-                        current = p.version.clone();
+                        self.current = p.version.clone();
                         self.update(|s| { s.acked = p.version.clone(); s.nack = None; });
                     } else {
                         self.metrics.xds_rejects.inc();
                         warn!(node = %id, version = p.version, error = req.error_detail, "proxy rejected config (NACK); it keeps its last good config");
                         self.update(|s| s.nack = Some(req.error_detail.clone()));
-                        // What the proxy runs is unchanged; a later config is sent as usual.
-                        current = req.version_info;
+                        self.current = req.version_info;
                     }
                 }
             }
@@ -192,9 +222,64 @@ impl Connection {
         info!(node = %id, "proxy disconnected");
     }
 
+    /// Sends the latest config if it differs from what the proxy runs. `Err` when the stream
+    /// is gone.
+    async fn push(&mut self, nonce: &mut u64) -> Result<Option<Pending>, ()> {
+        let snap = self.snapshots.borrow_and_update().clone();
+        let start = Instant::now();
+        let workload = Workload::of(&snap, &self.node);
+        let cfg = rendered(&snap, &workload).await;
+        if cfg.version == self.current {
+            self.metrics.pushes.get_or_create(&PushLabels { r#type: "unchanged" }).inc();
+            return Ok(None);
+        }
+        let slot = self.throttle.clone().acquire_owned().await.map_err(|_| ())?;
+        *nonce += 1;
+        let response = pb::DiscoveryResponse {
+            version_info: cfg.version.clone(),
+            nonce: nonce.to_string(),
+            config: cfg.bytes.clone(),
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        self.metrics.push_time.observe(start.elapsed().as_secs_f64());
+        self.metrics.pushes.get_or_create(&PushLabels { r#type: "sent" }).inc();
+        debug!(node = %self.node.id, version = cfg.version, nonce, "config pushed");
+        self.update(|s| {
+            s.sent = cfg.version.clone();
+            s.pushes += 1;
+        });
+        Ok(Some(Pending {
+            nonce: nonce.to_string(),
+            version: cfg.version.clone(),
+            changed_at: snap.changed_at.unwrap_or(start),
+            deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
+            _slot: slot,
+        }))
+    }
+
     fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
         if let Some(s) = self.sync.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.node.id) {
             f(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_config_is_encoded_once_per_snapshot_and_workload() {
+        let snap = Arc::new(Snapshot::default());
+        let w = Workload { namespace: "default".into(), ..Default::default() };
+        let (a, b) = tokio::join!(rendered(&snap, &w), rendered(&snap, &w));
+        assert!(Arc::ptr_eq(&a, &b), "computed twice");
+        let other = rendered(&snap, &Workload { namespace: "other".into(), ..Default::default() }).await;
+        assert!(!Arc::ptr_eq(&a, &other));
+        // Same content, same version, in any process: the version is a content hash.
+        let again = rendered(&Arc::new(Snapshot::default()), &w).await;
+        assert_eq!(again.version, a.version);
+        let decoded = pb::ProxyConfig::decode(a.bytes.clone()).unwrap();
+        assert_eq!(decoded.version, a.version);
     }
 }

@@ -185,8 +185,9 @@ async fn stream(
 }
 
 /// Converts, completes and applies one pushed config.
-fn apply(config: Option<pb::ProxyConfig>, identity: &IdentityFiles, store: &Store) -> Result<(), String> {
-    let wire = config.ok_or("response has no config")?;
+fn apply(config: bytes::Bytes, identity: &IdentityFiles, store: &Store) -> Result<(), String> {
+    use prost::Message as _;
+    let wire = pb::ProxyConfig::decode(config).map_err(|e| format!("config: not a ProxyConfig message: {e}"))?;
     let mut cfg = ProxyConfig::try_from(wire).map_err(|e| e.to_string())?;
     // The identity is this proxy's own: key material is never sent over the wire.
     cfg.identity = Some(identity.clone());

@@ -107,7 +107,7 @@ impl Workload {
 
 /// The full configuration of a sidecar.
 pub fn sidecar(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
-    assemble(snap, workload, &outbound(snap, &OutboundKey::of(workload)))
+    assemble(snap, workload, &outbound(snap, &OutboundKey::of(workload, snap)))
 }
 
 pub use outbound::Outbound;

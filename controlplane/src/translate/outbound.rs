@@ -32,9 +32,17 @@ pub struct OutboundKey {
 }
 
 impl OutboundKey {
-    /// The key of a workload.
-    pub fn of(w: &Workload) -> Self {
-        Self { namespace: w.namespace.clone(), labels: w.labels.clone() }
+    /// The key of a workload: its namespace and only the labels some VirtualService's
+    /// `sourceLabels` look at, so every workload of a namespace usually shares one outbound
+    /// config.
+    pub fn of(w: &Workload, snap: &Snapshot) -> Self {
+        let labels = w
+            .labels
+            .iter()
+            .filter(|(k, _)| snap.source_label_keys.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self { namespace: w.namespace.clone(), labels }
     }
 }
 

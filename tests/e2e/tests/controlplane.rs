@@ -150,12 +150,18 @@ impl TestProxy {
                 .unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
             let r = self.next(left).await.unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
             self.ack(&r).await;
-            let cfg = ProxyConfig::try_from(r.config.clone().unwrap()).expect("pushed config converts");
+            let cfg = decode(&r);
             if want(&cfg) {
                 return (cfg, start.elapsed());
             }
         }
     }
+}
+
+/// The config a response carries (encoded bytes on the wire).
+fn decode(r: &pb::DiscoveryResponse) -> ProxyConfig {
+    use prost::Message as _;
+    ProxyConfig::try_from(pb::ProxyConfig::decode(r.config.clone()).expect("a ProxyConfig message")).expect("converts")
 }
 
 fn reviews_targets(cfg: &ProxyConfig) -> Vec<String> {
@@ -240,7 +246,7 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     })
     .await;
     if let Some(r) = proxy.next(Duration::from_millis(1500)).await {
-        let cfg = ProxyConfig::try_from(r.config.unwrap()).unwrap();
+        let cfg = decode(&r);
         panic!("an invalid VirtualService changed the proxy config: {:?}", reviews_targets(&cfg));
     }
     assert_eq!(cp.metric("skein_rejected_resources{kind=\"VirtualService\"}").await, Some(1.0));
@@ -250,7 +256,7 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
         "[{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]",
     ));
     let fifty = proxy.next(Duration::from_secs(5)).await.expect("the fixed VirtualService is pushed");
-    let cfg = ProxyConfig::try_from(fifty.config.clone().unwrap()).unwrap();
+    let cfg = decode(&fifty);
     assert_eq!(reviews_targets(&cfg), vec![v1.clone(), format!("outbound|9080|v3|{REVIEWS}")]);
 
     // The proxy refuses it (NACK): reported, counted, and the proxy is known to run the old one.
