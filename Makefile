@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy tools clean fuzz
+.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz
 
 all: build
 
@@ -49,11 +49,16 @@ test: lint verify-generate test-unit test-e2e
 
 ## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS;
 ## the proxy against a direct connection and HAProxy (see bench-proxy).
-bench: bench-operator bench-proxy
+bench: bench-operator bench-proxy bench-controlplane
 
 bench-operator: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
 	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench operator
+
+## Control plane: N services x M simulated proxies, push times, endpoint change latency, memory.
+bench-controlplane: tools
+	$(CARGO) build --release -p skein-controlplane --bin skein-controlplane
+	SKEIN_CONTROLPLANE_BIN=$(CURDIR)/target/release/skein-controlplane $(CARGO) bench -p skein-e2e --bench controlplane
 
 ## Proxy latency/throughput/CPU/RSS vs a direct connection and Debian's HAProxy (installed if missing).
 bench-proxy:

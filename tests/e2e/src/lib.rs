@@ -296,7 +296,9 @@ impl ControlPlane {
     /// Starts `skein-controlplane` (built by `cargo build -p skein-controlplane`) listening on
     /// `bind_ip` with `mesh_config` (Istio MeshConfig YAML); returns once `/ready` answers.
     pub async fn start(cluster: &Cluster, bind_ip: &str, mesh_config: &str) -> anyhow::Result<Self> {
-        let bin = target_dir().join("debug/skein-controlplane");
+        let bin = std::env::var_os("SKEIN_CONTROLPLANE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("debug/skein-controlplane"));
         anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-controlplane` first", bin.display());
         cluster.install_istio_crds().await?;
         let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local")?;
@@ -357,6 +359,11 @@ impl ControlPlane {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Value of a metric sample whose line starts with `prefix` (name plus labels, if any).

@@ -1,0 +1,317 @@
+//! Control plane benchmark (not a test): N services (Services + EndpointSlices in a real
+//! apiserver, spread over 10 namespaces) and M simulated proxies holding discovery streams.
+//! Reports the time until every proxy has its first config, the time to push a change every
+//! proxy sees, endpoint change → proxy receipt latency (p50/p99) and the control plane's
+//! memory.
+//!
+//! Baseline, measured in the same run: how long the same endpoint change takes to reach a
+//! plain Kubernetes watch (what any controller pays before it can react); the ratio shows
+//! what the control plane adds on top.
+//!
+//!   make bench-controlplane      (release build; SKEIN_BENCH_SERVICES=1000,10000
+//!                                 SKEIN_BENCH_PROXIES=1000 SKEIN_BENCH_CHANGES=20)
+//!
+//! The simulated proxies decode only each response's version and nonce (a real proxy's cost
+//! is not the control plane's) and ACK at once.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use skein_api::proxy::wire::pb;
+use skein_e2e::{Cluster, ControlPlane};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const NAMESPACES: usize = 10;
+const STREAMS_PER_CHANNEL: usize = 100;
+
+/// A DiscoveryResponse with the config left undecoded (prost skips unknown fields).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseHeader {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(string, tag = "2")]
+    nonce: String,
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name).unwrap_or_else(|_| default.into()).split(',').filter_map(|v| v.trim().parse().ok()).collect()
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn create_services(client: &Client, n: usize, offset: usize) {
+    stream::iter(0..n)
+        .for_each_concurrent(64, |i| {
+            let client = client.clone();
+            async move {
+                let i = i + offset;
+                let ns = format!("bench-{}", i % NAMESPACES);
+                let name = format!("svc-{i}");
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"ports": [{"name": "http", "port": 8080}]},
+                }))
+                .unwrap();
+                let slice: EndpointSlice = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{name}-1"), "namespace": ns,
+                        "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "bench"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080}],
+                    "endpoints": [
+                        {"addresses": [format!("10.{}.{}.1", (i / 250) % 250, i % 250)], "conditions": {"ready": true}},
+                        {"addresses": [format!("10.{}.{}.2", (i / 250) % 250, i % 250)], "conditions": {"ready": true}},
+                    ],
+                }))
+                .unwrap();
+                let pp = PostParams::default();
+                Api::<Service>::namespaced(client.clone(), &ns).create(&pp, &svc).await.expect("create Service");
+                Api::<EndpointSlice>::namespaced(client, &ns).create(&pp, &slice).await.expect("create EndpointSlice");
+            }
+        })
+        .await;
+}
+
+/// Receipts: (proxy index, version, when).
+type Receipts = Arc<Mutex<Vec<(usize, String, Instant)>>>;
+
+async fn connect_proxies(cp: &ControlPlane, m: usize, receipts: Receipts) -> Vec<tokio::task::JoinHandle<()>> {
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cp.ca.root_cert_pem)).domain_name("127.0.0.1");
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..m.div_ceil(STREAMS_PER_CHANNEL) {
+        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{}", cp.grpc_port))
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        channels.push(ch);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..m {
+        let ch = channels[i / STREAMS_PER_CHANNEL].clone();
+        let receipts = receipts.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = format!(
+                "sidecar~10.200.{}.{}~proxy-{i}.bench-{}~bench-{}.svc.cluster.local",
+                i / 250,
+                i % 250,
+                i % NAMESPACES,
+                i % NAMESPACES
+            );
+            let (tx, rx) = mpsc::channel(4);
+            let hello =
+                pb::DiscoveryRequest { node: Some(pb::Node { id: node, ..Default::default() }), ..Default::default() };
+            tx.send(hello).await.unwrap();
+            let mut grpc = tonic::client::Grpc::new(ch).max_decoding_message_size(256 << 20);
+            grpc.ready().await.expect("channel ready");
+            let codec = tonic_prost::ProstCodec::<pb::DiscoveryRequest, ResponseHeader>::default();
+            let path =
+                tonic::codegen::http::uri::PathAndQuery::from_static("/skein.proxy.v1.ProxyDiscovery/StreamConfig");
+            let mut responses = grpc
+                .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+                .await
+                .expect("stream")
+                .into_inner();
+            while let Ok(Some(r)) = responses.message().await {
+                let now = Instant::now();
+                receipts.lock().unwrap().push((i, r.version_info.clone(), now));
+                let ack = pb::DiscoveryRequest {
+                    version_info: r.version_info,
+                    response_nonce: r.nonce,
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Waits until every proxy has received something after `since`; returns when the last did.
+async fn all_received_after(receipts: &Receipts, m: usize, since: Instant, limit: Duration) -> Option<Instant> {
+    let start = Instant::now();
+    loop {
+        {
+            let r = receipts.lock().unwrap();
+            let mut last = vec![None::<Instant>; m];
+            for (i, _, t) in r.iter().filter(|(_, _, t)| *t >= since) {
+                last[*i] = Some(last[*i].map_or(*t, |x: Instant| x.min(*t)));
+            }
+            if last.iter().all(Option::is_some) {
+                return last.into_iter().flatten().max();
+            }
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+struct Row {
+    services: usize,
+    proxies: usize,
+    first_config: Duration,
+    full_push: Option<Duration>,
+    change_p50: Duration,
+    change_p99: Duration,
+    watch_p50: Duration,
+    watch_p99: Duration,
+    rss_mib: u64,
+    peak_mib: u64,
+}
+
+async fn run(n: usize, m: usize, changes: usize) -> Row {
+    let cluster = Cluster::start("cpbench").await.unwrap();
+    let cp = ControlPlane::start(&cluster, "127.0.0.1", "").await.unwrap();
+    let client = cluster.client.clone();
+    for i in 0..NAMESPACES {
+        cluster.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench-{i}}}\n"));
+    }
+    let created = Instant::now();
+    create_services(&client, n, 0).await;
+    eprintln!("  {n} Services + EndpointSlices created in {:.1}s", created.elapsed().as_secs_f64());
+    // Let the control plane take them all in before proxies connect.
+    let start = Instant::now();
+    while cp.metric("skein_snapshots_total").await.unwrap_or(0.0) < 2.0 || start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let receipts: Receipts = Arc::default();
+    let connected = Instant::now();
+    let _tasks = connect_proxies(&cp, m, receipts.clone()).await;
+    let first =
+        all_received_after(&receipts, m, connected, Duration::from_secs(600)).await.expect("every proxy configured");
+    let first_config = first - connected;
+    eprintln!("  {m} proxies configured in {:.2}s", first_config.as_secs_f64());
+
+    // A change every proxy sees: one more Service, exported mesh-wide.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    create_services(&client, 1, n).await;
+    let full_push = all_received_after(&receipts, m, t0, Duration::from_secs(600)).await.map(|t| t - t0);
+
+    // Endpoint changes: each proxy's receipt vs a plain watch seeing the same change.
+    let seen: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let watch_task = {
+        let (api, seen) = (Api::<EndpointSlice>::namespaced(client.clone(), "bench-0"), seen.clone());
+        tokio::spawn(async move {
+            let s = watcher(api, watcher::Config::default()).applied_objects();
+            let mut s = std::pin::pin!(s);
+            while let Some(Ok(es)) = s.next().await {
+                let rv = es.metadata.resource_version.clone().unwrap_or_default();
+                seen.lock().unwrap().push((rv, Instant::now()));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "bench-0");
+    let (mut latencies, mut watch) = (Vec::new(), Vec::new());
+    for c in 0..changes {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let patch = json!({"endpoints": [
+            {"addresses": [format!("10.250.{}.1", c % 250)], "conditions": {"ready": true}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": true}},
+        ]});
+        let t0 = Instant::now();
+        let written = slices.patch("svc-0-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+        let rv = written.metadata.resource_version.unwrap_or_default();
+        let Some(_) = all_received_after(&receipts, m, t0, Duration::from_secs(120)).await else {
+            eprintln!("  change {c}: not every proxy got it within 120 s");
+            continue;
+        };
+        {
+            let r = receipts.lock().unwrap();
+            let mut first = vec![None::<Instant>; m];
+            for (i, _, t) in r.iter().filter(|(_, _, t)| *t >= t0) {
+                first[*i] = Some(first[*i].map_or(*t, |x: Instant| x.min(*t)));
+            }
+            latencies.extend(first.into_iter().flatten().map(|t| t - t0));
+        }
+        if let Some((_, t)) = seen.lock().unwrap().iter().find(|(v, _)| *v == rv) {
+            watch.push(*t - t0);
+        }
+    }
+    watch_task.abort();
+    latencies.sort();
+    watch.sort();
+    let pid = cp.pid();
+    Row {
+        services: n,
+        proxies: m,
+        first_config,
+        full_push,
+        change_p50: percentile(&latencies, 0.50),
+        change_p99: percentile(&latencies, 0.99),
+        watch_p50: percentile(&watch, 0.50),
+        watch_p99: percentile(&watch, 0.99),
+        rss_mib: status_kib(pid, "VmRSS:") / 1024,
+        peak_mib: status_kib(pid, "VmHWM:") / 1024,
+    }
+}
+
+fn main() {
+    let services = env_list("SKEIN_BENCH_SERVICES", "1000,10000");
+    let proxies = env_list("SKEIN_BENCH_PROXIES", "1000");
+    let changes = env_list("SKEIN_BENCH_CHANGES", "20").first().copied().unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows = Vec::new();
+    for &n in &services {
+        for &m in &proxies {
+            eprintln!("services={n} proxies={m}");
+            rows.push(rt.block_on(run(n, m, changes)));
+        }
+    }
+    println!(
+        "| services | proxies | all configured | full push | endpoint change → proxy p50 / p99 | watch baseline p50 / p99 | p99 ratio | RSS | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1}× | {} MiB | {} MiB |",
+            r.services,
+            r.proxies,
+            r.first_config.as_secs_f64(),
+            r.full_push.map_or("timeout".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            ms(r.change_p50),
+            ms(r.change_p99),
+            ms(r.watch_p50),
+            ms(r.watch_p99),
+            ms(r.change_p99) / ms(r.watch_p99).max(0.001),
+            r.rss_mib,
+            r.peak_mib,
+        );
+    }
+}
