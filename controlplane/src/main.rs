@@ -76,6 +76,10 @@ struct DiscoveryArgs {
     /// Configs in flight (sent, not yet acknowledged) at most, across all proxies.
     #[arg(long, default_value_t = skein_controlplane::xds::DEFAULT_PUSH_LIMIT)]
     push_limit: usize,
+    /// Largest piece of a config in one response (configs are split so no stream keeps a
+    /// buffer the size of a whole config).
+    #[arg(long, default_value_t = skein_controlplane::xds::DEFAULT_CHUNK)]
+    push_chunk_bytes: usize,
     /// Injection webhook (HTTPS, certificate from `--webhook-tls-dir`; Istio's 15017).
     #[arg(long, default_value = "0.0.0.0:15017")]
     webhook_addr: SocketAddr,
@@ -122,7 +126,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone()));
 
-    let discovery = Discovery::new(rx.clone(), metrics.clone(), args.push_limit);
+    let discovery = Discovery::new(rx.clone(), metrics.clone(), args.push_limit, args.push_chunk_bytes);
     let sync = discovery.sync_table();
     let syncz: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
         let table = sync.lock().unwrap_or_else(|e| e.into_inner()).clone();

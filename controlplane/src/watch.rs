@@ -43,9 +43,14 @@ use crate::{
     snapshot::Snapshot,
 };
 
-/// Quiet time after a change before a snapshot is built: a `kubectl apply` of several objects
-/// becomes one push.
+/// Quiet time after a change before a snapshot is built while changes keep coming: a burst
+/// (a `kubectl apply` of many objects, a rollout) becomes one push.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time for the first change after a calm period: a lone endpoint change is pushed
+/// without waiting the full debounce.
+pub const DEBOUNCE_CALM: Duration = Duration::from_millis(10);
+/// How long without a snapshot makes the system calm.
+const CALM_AFTER: Duration = Duration::from_secs(1);
 /// A stream of changes never delays a snapshot longer than this.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 /// How long a DNS answer for a ServiceEntry host is reused.
@@ -254,10 +259,12 @@ pub async fn run(
         status.write(&current, &verdicts).await;
 
         // Wait for a change, then for quiet.
+        let built = Instant::now();
         changes.notify.notified().await;
         let burst = Instant::now();
+        let quiet = if burst.duration_since(built) > CALM_AFTER { DEBOUNCE_CALM } else { DEBOUNCE };
         while burst.elapsed() < DEBOUNCE_MAX {
-            if tokio::time::timeout(DEBOUNCE, changes.notify.notified()).await.is_err() {
+            if tokio::time::timeout(quiet, changes.notify.notified()).await.is_err() {
                 break;
             }
         }

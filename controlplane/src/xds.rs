@@ -68,13 +68,15 @@ pub struct Discovery {
     metrics: Metrics,
     sync: SyncTable,
     throttle: Arc<Semaphore>,
+    chunk: usize,
 }
 
 impl Discovery {
     /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit`
-    /// unacknowledged at a time.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Metrics, push_limit: usize) -> Self {
-        Self { snapshots, metrics, sync: SyncTable::default(), throttle: Arc::new(Semaphore::new(push_limit.max(1))) }
+    /// unacknowledged at a time, in responses of at most `chunk` config bytes.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Metrics, push_limit: usize, chunk: usize) -> Self {
+        let throttle = Arc::new(Semaphore::new(push_limit.max(1)));
+        Self { snapshots, metrics, sync: SyncTable::default(), throttle, chunk: chunk.max(1) }
     }
 
     /// The sync table, for `/debug/syncz`.
@@ -83,36 +85,25 @@ impl Discovery {
     }
 }
 
-/// The config for `node` from `snap`, in wire form, with its content version filled in.
-pub fn config_for(snap: &Snapshot, node: &Node) -> pb::ProxyConfig {
-    wire_config(snap, &Workload::of(snap, node))
-}
+/// Default largest chunk of a config in one response.
+pub const DEFAULT_CHUNK: usize = 256 << 10;
 
-fn wire_config(snap: &Snapshot, workload: &Workload) -> pb::ProxyConfig {
+/// The config of `workload`, encoded, with its version: a hash of the encoding, so equal
+/// configs get equal versions in every control plane process.
+fn render(snap: &Snapshot, workload: &Workload) -> Rendered {
     let out = translate::outbound(snap, &translate::OutboundKey::of(workload, snap));
     let cfg = translate::assemble(snap, workload, &out);
-    let mut wire = pb::ProxyConfig::from(&cfg);
-    wire.version = version_of(&wire);
-    wire
+    let bytes = Bytes::from(pb::ProxyConfig::from(&cfg).encode_to_vec());
+    // DefaultHasher::new() uses fixed keys, so the hash is stable across processes.
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Rendered { version: format!("{:016x}", h.finish()), bytes }
 }
 
 /// The encoded config of `workload`, computed once per snapshot however many proxies ask.
 pub async fn rendered(snap: &Arc<Snapshot>, workload: &Workload) -> Arc<Rendered> {
     let cell = snap.rendered.lock().unwrap_or_else(|e| e.into_inner()).entry(workload.clone()).or_default().clone();
-    cell.get_or_init(|| async {
-        let wire = wire_config(snap, workload);
-        Arc::new(Rendered { version: wire.version.clone(), bytes: Bytes::from(wire.encode_to_vec()) })
-    })
-    .await
-    .clone()
-}
-
-/// A content hash: equal configs get equal versions, in every control plane process.
-fn version_of(cfg: &pb::ProxyConfig) -> String {
-    // DefaultHasher::new() uses fixed keys, so the hash is stable across processes.
-    let mut h = std::hash::DefaultHasher::new();
-    cfg.encode_to_vec().hash(&mut h);
-    format!("{:016x}", h.finish())
+    cell.get_or_init(|| async { Arc::new(render(snap, workload)) }).await.clone()
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
@@ -140,6 +131,7 @@ impl ProxyDiscovery for Discovery {
             metrics: self.metrics.clone(),
             sync: self.sync.clone(),
             throttle: self.throttle.clone(),
+            chunk: self.chunk,
             tx,
             current: first.version_info,
         };
@@ -154,6 +146,7 @@ struct Connection {
     metrics: Metrics,
     sync: SyncTable,
     throttle: Arc<Semaphore>,
+    chunk: usize,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     /// Version the proxy runs (said when it connected, then what it acknowledged).
     current: String,
@@ -235,12 +228,23 @@ impl Connection {
         }
         let slot = self.throttle.clone().acquire_owned().await.map_err(|_| ())?;
         *nonce += 1;
-        let response = pb::DiscoveryResponse {
-            version_info: cfg.version.clone(),
-            nonce: nonce.to_string(),
-            config: cfg.bytes.clone(),
-        };
-        self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        // Slices of the shared bytes: no copy until the transport encodes a chunk.
+        let total = cfg.bytes.len();
+        let mut at = 0;
+        loop {
+            let end = (at + self.chunk).min(total);
+            let response = pb::DiscoveryResponse {
+                version_info: cfg.version.clone(),
+                nonce: nonce.to_string(),
+                config: cfg.bytes.slice(at..end),
+                more: end < total,
+            };
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
+            if end == total {
+                break;
+            }
+            at = end;
+        }
         self.metrics.push_time.observe(start.elapsed().as_secs_f64());
         self.metrics.pushes.get_or_create(&PushLabels { r#type: "sent" }).inc();
         debug!(node = %self.node.id, version = cfg.version, nonce, "config pushed");
@@ -279,7 +283,6 @@ mod tests {
         // Same content, same version, in any process: the version is a content hash.
         let again = rendered(&Arc::new(Snapshot::default()), &w).await;
         assert_eq!(again.version, a.version);
-        let decoded = pb::ProxyConfig::decode(a.bytes.clone()).unwrap();
-        assert_eq!(decoded.version, a.version);
+        assert!(pb::ProxyConfig::decode(a.bytes.clone()).is_ok());
     }
 }

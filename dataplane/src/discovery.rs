@@ -154,9 +154,21 @@ async fn stream(
     tx.send(hello).await.map_err(|_| tonic::Status::internal("request channel closed"))?;
     let mut responses = client.stream_config(ReceiverStream::new(rx)).await?.into_inner();
     info!(node = node_id, "discovery stream open");
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
     while let Some(resp) = responses.message().await? {
         *backoff = Backoff::default();
-        let answer = match apply(resp.config, identity, store) {
+        // A config may come in chunks with the same nonce; apply once the last has arrived.
+        chunks.push(resp.config.clone());
+        if resp.more && chunks.iter().map(bytes::Bytes::len).sum::<usize>() <= MAX_MESSAGE {
+            continue;
+        }
+        let result = if chunks.iter().map(bytes::Bytes::len).sum::<usize>() > MAX_MESSAGE {
+            Err(format!("config larger than {MAX_MESSAGE} bytes"))
+        } else {
+            apply(std::mem::take(&mut chunks).concat().into(), &resp.version_info, identity, store)
+        };
+        chunks.clear();
+        let answer = match result {
             Ok(()) => {
                 *running = resp.version_info.clone();
                 info!(version = resp.version_info, "configuration applied");
@@ -185,10 +197,11 @@ async fn stream(
 }
 
 /// Converts, completes and applies one pushed config.
-fn apply(config: bytes::Bytes, identity: &IdentityFiles, store: &Store) -> Result<(), String> {
+fn apply(config: bytes::Bytes, version: &str, identity: &IdentityFiles, store: &Store) -> Result<(), String> {
     use prost::Message as _;
     let wire = pb::ProxyConfig::decode(config).map_err(|e| format!("config: not a ProxyConfig message: {e}"))?;
     let mut cfg = ProxyConfig::try_from(wire).map_err(|e| e.to_string())?;
+    cfg.version = version.to_string();
     // The identity is this proxy's own: key material is never sent over the wire.
     cfg.identity = Some(identity.clone());
     store.apply(cfg).map_err(|e| e.to_string())

@@ -43,6 +43,8 @@ struct ResponseHeader {
     version_info: String,
     #[prost(string, tag = "2")]
     nonce: String,
+    #[prost(bool, tag = "4")]
+    more: bool,
 }
 
 fn env_list(name: &str, default: &str) -> Vec<usize> {
@@ -143,6 +145,9 @@ async fn connect_proxies(cp: &ControlPlane, m: usize, receipts: Receipts) -> Vec
                 .expect("stream")
                 .into_inner();
             while let Ok(Some(r)) = responses.message().await {
+                if r.more {
+                    continue;
+                }
                 let now = Instant::now();
                 receipts.lock().unwrap().push((i, r.version_info.clone(), now));
                 let ack = pb::DiscoveryRequest {

@@ -338,6 +338,9 @@ impl ControlPlane {
             .arg("--webhook-tls-dir")
             .arg(&webhook_tls)
             .args(["--proxy-image", "registry.skein.dev/skein-proxy:e2e"])
+            // Small chunks, so every config the tests push arrives in several pieces and the
+            // proxies' reassembly is exercised.
+            .args(["--push-chunk-bytes", &std::env::var("SKEIN_E2E_PUSH_CHUNK").unwrap_or_else(|_| "1024".into())])
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
             .spawn()

@@ -113,8 +113,21 @@ impl TestProxy {
         Self { tx, responses }
     }
 
+    /// The next config, reassembled from its chunks.
     async fn next(&mut self, timeout: Duration) -> Option<pb::DiscoveryResponse> {
-        tokio::time::timeout(timeout, self.responses.message()).await.ok().map(|r| r.expect("stream ok").expect("open"))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut parts = Vec::new();
+        loop {
+            let r = tokio::time::timeout_at(deadline, self.responses.message())
+                .await
+                .ok()?
+                .expect("stream ok")
+                .expect("open");
+            parts.push(r.config.clone());
+            if !r.more {
+                return Some(pb::DiscoveryResponse { config: parts.concat().into(), ..r });
+            }
+        }
     }
 
     async fn ack(&self, r: &pb::DiscoveryResponse) {
