@@ -54,6 +54,8 @@ pub struct Metrics {
     pub rejected: Family<KindLabels, Gauge>,
     /// Snapshots built.
     pub snapshots: Counter,
+    /// Status writes on Istio resources (0 while verdicts do not change).
+    pub status_writes: Counter,
     /// Time to build a snapshot, seconds.
     pub snapshot_time: Histogram,
     /// Certificates signed.
@@ -81,6 +83,7 @@ impl Default for Metrics {
             xds_rejects: Counter::default(),
             rejected: Family::default(),
             snapshots: Counter::default(),
+            status_writes: Counter::default(),
             snapshot_time: Histogram::new(latency_buckets()),
             certs_signed: Counter::default(),
             certs_refused: Counter::default(),
@@ -98,6 +101,7 @@ impl Default for Metrics {
         r.register("pilot_total_xds_rejects", "Configurations rejected (NACKed) by proxies", m.xds_rejects.clone());
         r.register("skein_rejected_resources", "Istio resources currently rejected, by kind", m.rejected.clone());
         r.register("skein_snapshots", "Registry snapshots built", m.snapshots.clone());
+        r.register("skein_status_writes", "Status writes on Istio resources", m.status_writes.clone());
         r.register("skein_snapshot_build_seconds", "Seconds to build a snapshot", m.snapshot_time.clone());
         r.register("citadel_server_success_cert_issuance_count", "Certificates signed", m.certs_signed.clone());
         r.register("skein_cert_requests_refused", "Certificate requests refused", m.certs_refused.clone());

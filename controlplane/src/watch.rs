@@ -219,7 +219,7 @@ pub async fn run(
     stores.ready().await;
     info!("initial lists loaded");
     let mut last_good = LastGood::default();
-    let mut status = StatusWriter::new(client);
+    let mut status = StatusWriter::new(client, metrics.clone());
     let mut dns = DnsCache::default();
     let mut generation = 0u64;
     loop {
@@ -307,15 +307,16 @@ impl DnsCache {
 struct StatusWriter {
     client: Client,
     recorder: Recorder,
+    metrics: Metrics,
 }
 
 /// The condition type Skein writes on Istio resources.
 pub const ACCEPTED: &str = "Accepted";
 
 impl StatusWriter {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: "skein-controlplane".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client }
+        Self { recorder: Recorder::new(client.clone(), reporter), client, metrics }
     }
 
     async fn write(&mut self, cur: &Current, verdicts: &[Verdict]) {
@@ -369,6 +370,7 @@ impl StatusWriter {
                 }],
             }});
             let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+            self.metrics.status_writes.inc();
             if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 warn!(kind = %kind, %ns, %name, error = %e, "status not written");
             }

@@ -45,9 +45,9 @@ pub struct SyncStatus {
 /// Sync state of all connected proxies, by node id.
 pub type SyncTable = Arc<Mutex<BTreeMap<String, SyncStatus>>>;
 
-/// Configs in flight (sent, not yet acknowledged) across all proxies. Each holds an encode
-/// buffer the size of a config until the proxy reads it; the limit bounds that memory when
-/// many proxies are pushed at once (Istio's push throttle).
+/// Configs in flight (sent, not yet acknowledged) across all proxies: the limit bounds the
+/// transport buffers and the CPU a change spends at once when many proxies are pushed
+/// (Istio's push throttle).
 pub const DEFAULT_PUSH_LIMIT: usize = 100;
 /// A push not acknowledged within this long frees its slot (and is re-sent on the next change).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::{metrics::Metrics, store::Store};
 
-/// Largest config message accepted (a mesh of 10 000 services fits well within it).
+/// Largest config accepted, all chunks together (a mesh of 10 000 services fits well within it).
 const MAX_MESSAGE: usize = 64 << 20;
 /// File names in the certificate directory (Istio's names).
 pub const CERT_CHAIN: &str = "cert-chain.pem";
@@ -154,20 +154,23 @@ async fn stream(
     tx.send(hello).await.map_err(|_| tonic::Status::internal("request channel closed"))?;
     let mut responses = client.stream_config(ReceiverStream::new(rx)).await?.into_inner();
     info!(node = node_id, "discovery stream open");
-    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    // A config may come in chunks with the same nonce; it is applied (or refused as too
+    // large, without keeping the excess) once the last chunk has arrived.
+    let (mut chunks, mut size) = (Vec::<bytes::Bytes>::new(), 0usize);
     while let Some(resp) = responses.message().await? {
         *backoff = Backoff::default();
-        // A config may come in chunks with the same nonce; apply once the last has arrived.
-        chunks.push(resp.config.clone());
-        if resp.more && chunks.iter().map(bytes::Bytes::len).sum::<usize>() <= MAX_MESSAGE {
+        size += resp.config.len();
+        if size <= MAX_MESSAGE {
+            chunks.push(resp.config);
+        }
+        if resp.more {
             continue;
         }
-        let result = if chunks.iter().map(bytes::Bytes::len).sum::<usize>() > MAX_MESSAGE {
-            Err(format!("config larger than {MAX_MESSAGE} bytes"))
-        } else {
-            apply(std::mem::take(&mut chunks).concat().into(), &resp.version_info, identity, store)
+        let result = match size {
+            s if s > MAX_MESSAGE => Err(format!("config larger than {MAX_MESSAGE} bytes")),
+            _ => apply(chunks.concat().into(), &resp.version_info, identity, store),
         };
-        chunks.clear();
+        (chunks, size) = (Vec::new(), 0);
         let answer = match result {
             Ok(()) => {
                 *running = resp.version_info.clone();

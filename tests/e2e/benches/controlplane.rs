@@ -164,19 +164,22 @@ async fn connect_proxies(cp: &ControlPlane, m: usize, receipts: Receipts) -> Vec
     tasks
 }
 
+/// Each proxy's first receipt at or after `since`.
+fn first_receipts(receipts: &Receipts, m: usize, since: Instant) -> Vec<Option<Instant>> {
+    let mut first = vec![None::<Instant>; m];
+    for (i, _, t) in receipts.lock().unwrap().iter().filter(|(_, _, t)| *t >= since) {
+        first[*i] = Some(first[*i].map_or(*t, |x: Instant| x.min(*t)));
+    }
+    first
+}
+
 /// Waits until every proxy has received something after `since`; returns when the last did.
 async fn all_received_after(receipts: &Receipts, m: usize, since: Instant, limit: Duration) -> Option<Instant> {
     let start = Instant::now();
     loop {
-        {
-            let r = receipts.lock().unwrap();
-            let mut last = vec![None::<Instant>; m];
-            for (i, _, t) in r.iter().filter(|(_, _, t)| *t >= since) {
-                last[*i] = Some(last[*i].map_or(*t, |x: Instant| x.min(*t)));
-            }
-            if last.iter().all(Option::is_some) {
-                return last.into_iter().flatten().max();
-            }
+        let first = first_receipts(receipts, m, since);
+        if first.iter().all(Option::is_some) {
+            return first.into_iter().flatten().max();
         }
         if start.elapsed() > limit {
             return None;
@@ -257,14 +260,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
             eprintln!("  change {c}: not every proxy got it within 120 s");
             continue;
         };
-        {
-            let r = receipts.lock().unwrap();
-            let mut first = vec![None::<Instant>; m];
-            for (i, _, t) in r.iter().filter(|(_, _, t)| *t >= t0) {
-                first[*i] = Some(first[*i].map_or(*t, |x: Instant| x.min(*t)));
-            }
-            latencies.extend(first.into_iter().flatten().map(|t| t - t0));
-        }
+        latencies.extend(first_receipts(&receipts, m, t0).into_iter().flatten().map(|t| t - t0));
         if let Some((_, t)) = seen.lock().unwrap().iter().find(|(v, _)| *v == rv) {
             watch.push(*t - t0);
         }

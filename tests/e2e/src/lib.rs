@@ -82,42 +82,34 @@ impl Cluster {
     /// Polls the Established condition itself: `kubectl wait` fails outright when it looks
     /// before the apiserver has written any condition.
     pub async fn install_crds(&self) -> anyhow::Result<()> {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let dir = repo_root().join("config/crd");
         let out = self.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
         anyhow::ensure!(out.status.success(), "install CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_established("meshcontrolplanes.mesh.skein.dev").await
+    }
+
+    /// Waits until the apiserver serves CRD `name` (its Established condition is True).
+    pub async fn wait_established(&self, name: &str) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
-        let established = || async {
-            let crd = api.get_opt("meshcontrolplanes.mesh.skein.dev").await.ok()??;
-            let conds = crd.status?.conditions?;
-            conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        };
         let start = Instant::now();
-        while established().await.is_none() {
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "CRD not Established after 30s");
+        loop {
+            let conds = api.get_opt(name).await?.and_then(|c| c.status?.conditions).unwrap_or_default();
+            if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                return Ok(());
+            }
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "{name} not Established after 30s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
     /// Installs the Istio API CRDs (`config/crd/istio`) and waits until each is Established.
     pub async fn install_istio_crds(&self) -> anyhow::Result<()> {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let dir = repo_root().join("config/crd/istio");
         let out = self.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
         anyhow::ensure!(out.status.success(), "install Istio CRDs: {}", String::from_utf8_lossy(&out.stderr));
-        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
         for crd in skein_api::istio::crds() {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            let start = Instant::now();
-            loop {
-                let conds = api.get_opt(&name).await?.and_then(|c| c.status?.conditions).unwrap_or_default();
-                if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
-                    break;
-                }
-                anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "{name} not Established after 30s");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            self.wait_established(&crd.metadata.name.unwrap_or_default()).await?;
         }
         Ok(())
     }
@@ -259,10 +251,7 @@ impl Operator {
 
     /// Value of an unlabelled metric sample (`name` exactly as exposed), if present.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(self.metrics_port, "/metrics").await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        scrape(self.metrics_port, name).await
     }
 }
 
@@ -371,10 +360,7 @@ impl ControlPlane {
 
     /// Value of a metric sample whose line starts with `prefix` (name plus labels, if any).
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let body = http_get(self.monitoring_port, "/metrics").await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        scrape(self.monitoring_port, prefix).await
     }
 }
 
@@ -383,6 +369,15 @@ impl Drop for ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the first sample on `port`'s `/metrics` whose line starts with `prefix`
+/// (the metric name, plus its labels if any) followed by a space.
+pub async fn scrape(port: u16, prefix: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics").await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Minimal HTTP/1.1 GET on loopback, returning the body of a 2xx answer.

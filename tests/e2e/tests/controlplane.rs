@@ -299,6 +299,16 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     let err = ProxyDiscoveryClient::new(ch.clone()).stream_config(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("node.id"), "{}", err.message());
+
+    // Steady state writes no status: new snapshots (a Service change that every proxy sees) judge the same verdicts.
+    let writes = cp.metric("skein_status_writes_total").await.unwrap();
+    let snapshots = cp.metric("skein_snapshots_total").await.unwrap();
+    cluster.apply("apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: default}\nspec: {ports: [{name: http, port: 80}]}\n");
+    eventually("a new snapshot", Duration::from_secs(5), || async {
+        (cp.metric("skein_snapshots_total").await? > snapshots).then_some(())
+    })
+    .await;
+    assert_eq!(cp.metric("skein_status_writes_total").await, Some(writes), "status rewritten without a verdict change");
 }
 
 #[tokio::test]
