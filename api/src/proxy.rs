@@ -37,6 +37,38 @@ pub struct ProxyConfig {
     pub access_log: Option<AccessLog>,
 }
 
+/// An incremental update of a [`ProxyConfig`]: clusters added or replaced by name, and
+/// removed. The control plane sends one instead of a whole config when only clusters changed
+/// (an endpoint change), checked against the version it applies to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigDelta {
+    /// Clusters added, or replacing the one with the same name.
+    pub clusters: Vec<Cluster>,
+    /// Names of clusters removed.
+    pub removed_clusters: Vec<String>,
+}
+
+impl ConfigDelta {
+    /// `base` with this delta applied (cluster order: the base's, new ones appended). The
+    /// result is validated like any config when applied.
+    pub fn apply_to(self, base: &ProxyConfig) -> ProxyConfig {
+        let mut replace: std::collections::HashMap<String, Cluster> =
+            self.clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
+        let removed: std::collections::HashSet<&str> = self.removed_clusters.iter().map(String::as_str).collect();
+        let mut clusters = Vec::with_capacity(base.clusters.len() + replace.len());
+        for c in &base.clusters {
+            if removed.contains(c.name.as_str()) {
+                continue;
+            }
+            clusters.push(replace.remove(&c.name).unwrap_or_else(|| c.clone()));
+        }
+        let mut added: Vec<Cluster> = replace.into_values().collect();
+        added.sort_by(|a, b| a.name.cmp(&b.name));
+        clusters.extend(added);
+        ProxyConfig { clusters, ..base.clone() }
+    }
+}
+
 /// Where and how requests are logged, one line per request or TCP connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -9,6 +9,7 @@ pub mod inject;
 pub mod mesh;
 pub mod metrics;
 pub mod registry;
+pub mod render;
 pub mod rootcert;
 pub mod snapshot;
 pub mod translate;

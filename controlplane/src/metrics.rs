@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 /// Labels of `pilot_xds_pushes`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PushLabels {
-    /// `sent`, `unchanged` (computed but identical), `error`.
+    /// `full` (whole config), `delta` (changed clusters only), `unchanged` (computed but identical).
     pub r#type: &'static str,
 }
 

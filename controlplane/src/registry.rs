@@ -134,6 +134,19 @@ impl ServiceInfo {
         exported_to(&self.export_to, &self.namespace, client_ns)
     }
 
+    /// Whether `other` differs from this at most in its endpoints.
+    pub fn same_but_endpoints(&self, other: &ServiceInfo) -> bool {
+        // Destructured so a new field must be considered here.
+        let ServiceInfo { host, namespace, k8s_name, resolution, vips, ports, export_to, endpoints: _ } = self;
+        *host == other.host
+            && *namespace == other.namespace
+            && *k8s_name == other.k8s_name
+            && *resolution == other.resolution
+            && *vips == other.vips
+            && *ports == other.ports
+            && *export_to == other.export_to
+    }
+
     /// The port numbered `number`.
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
@@ -174,6 +187,25 @@ pub struct Registry {
     pub by_host: BTreeMap<String, Vec<Arc<ServiceInfo>>>,
 }
 
+/// A pod a Service's endpoints referred to, and what was found under that name.
+type PodRef = ((String, String), Option<Arc<Pod>>);
+
+/// What a Service's registry entry was built from.
+struct Built {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    pods: Vec<PodRef>,
+    info: Option<Arc<ServiceInfo>>,
+}
+
+/// The Services' entries of the previous build, reused while the Service, its EndpointSlices
+/// and the pods they name are the same objects: after one change, only the services it
+/// touched are translated again (the watch keeps unchanged objects as the same `Arc`).
+#[derive(Default)]
+pub struct RegistryCache {
+    by_service: HashMap<(String, String), Built>,
+}
+
 impl Registry {
     /// Builds the registry from the watched objects.
     pub fn build(
@@ -184,20 +216,60 @@ impl Registry {
         entries: &[Arc<ServiceEntry>],
         dns: &HashMap<String, Vec<IpAddr>>,
     ) -> Self {
-        let pods_by_name: HashMap<(String, String), &Pod> =
-            pods.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.as_ref())).collect();
-        let mut slices_by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        Self::build_cached(mesh, services, slices, pods, entries, dns, &mut RegistryCache::default())
+    }
+
+    /// [`Registry::build`], reusing what `cache` has from the previous build and leaving this
+    /// build's entries in it.
+    pub fn build_cached(
+        mesh: &MeshSettings,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        pods: &[Arc<Pod>],
+        entries: &[Arc<ServiceEntry>],
+        dns: &HashMap<String, Vec<IpAddr>>,
+        cache: &mut RegistryCache,
+    ) -> Self {
+        let pods_by_name: HashMap<(String, String), &Arc<Pod>> =
+            pods.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
+        let mut slices_by_service: HashMap<(String, String), Vec<&Arc<EndpointSlice>>> = HashMap::new();
         for s in slices {
             if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
                 slices_by_service.entry((s.namespace().unwrap_or_default(), svc.clone())).or_default().push(s);
             }
         }
         let mut by_host: BTreeMap<String, Vec<Arc<ServiceInfo>>> = BTreeMap::new();
+        let mut next = HashMap::with_capacity(services.len());
         for svc in services {
-            if let Some(info) = from_service(mesh, svc, &slices_by_service, &pods_by_name) {
-                by_host.entry(info.host.clone()).or_default().push(Arc::new(info));
+            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let mut own = slices_by_service.remove(&key).unwrap_or_default();
+            // Watch order is arbitrary; endpoints come in slice-name order so an unchanged
+            // service keeps the same endpoint order (and its proxies the same config).
+            own.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            let reusable = cache.by_service.remove(&key).filter(|b| {
+                Arc::ptr_eq(&b.service, svc)
+                    && b.slices.len() == own.len()
+                    && b.slices.iter().zip(&own).all(|(x, y)| Arc::ptr_eq(x, y))
+                    && b.pods.iter().all(|(k, found)| match (pods_by_name.get(k), found) {
+                        (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+                        (None, None) => true,
+                        _ => false,
+                    })
+            });
+            let built = match reusable {
+                Some(b) => b,
+                None => {
+                    let mut used = Vec::new();
+                    let info = from_service(mesh, svc, &own, &pods_by_name, &mut used).map(Arc::new);
+                    Built { service: svc.clone(), slices: own.into_iter().cloned().collect(), pods: used, info }
+                }
+            };
+            if let Some(info) = &built.info {
+                by_host.entry(info.host.clone()).or_default().push(info.clone());
             }
+            next.insert(key, built);
         }
+        cache.by_service = next;
         let mut entries: Vec<&Arc<ServiceEntry>> = entries.iter().collect();
         entries.sort_by_key(|e| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.namespace(), e.name_any()));
         for se in entries {
@@ -219,11 +291,13 @@ impl Registry {
     }
 }
 
+/// The entry of one Service; `used` gets every pod its endpoints name, found or not.
 fn from_service(
     mesh: &MeshSettings,
     svc: &Service,
-    slices: &HashMap<(String, String), Vec<&EndpointSlice>>,
-    pods: &HashMap<(String, String), &Pod>,
+    slices: &[&Arc<EndpointSlice>],
+    pods: &HashMap<(String, String), &Arc<Pod>>,
+    used: &mut Vec<PodRef>,
 ) -> Option<ServiceInfo> {
     let ns = svc.namespace()?;
     let name = svc.name_any();
@@ -270,7 +344,7 @@ fn from_service(
         .unwrap_or_default();
     let mut endpoints = Vec::new();
     let mut seen = BTreeSet::new();
-    for slice in slices.get(&(ns.clone(), name.clone())).into_iter().flatten() {
+    for slice in slices {
         let slice_ports: BTreeMap<String, u16> = slice
             .ports
             .iter()
@@ -282,11 +356,15 @@ fn from_service(
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            let pod = ep
+            let pod_key = ep
                 .target_ref
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| pods.get(&(r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone()?)));
+                .and_then(|r| Some((r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone()?)));
+            let pod = pod_key.as_ref().and_then(|k| pods.get(k).copied());
+            if let Some(k) = pod_key {
+                used.push((k, pod.cloned()));
+            }
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<IpAddr>() else { continue };
                 if !seen.insert(ip) {

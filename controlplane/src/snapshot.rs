@@ -4,7 +4,7 @@
 //! it and compared with what they were last sent.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -38,6 +38,37 @@ pub struct IstioResources {
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
 }
 
+/// Kind, namespace, name, uid, generation.
+pub type Fingerprint = (&'static str, String, String, String, String);
+
+impl IstioResources {
+    /// What identifies the accepted resources' content: kind, namespace, name, uid and
+    /// generation of each (status updates do not change it), sorted. An object without a
+    /// generation (never from an apiserver) is identified by its address.
+    pub fn fingerprint(&self) -> Vec<Fingerprint> {
+        fn of<'a, K: kube::Resource>(kind: &'static str, v: &'a [Arc<K>]) -> impl Iterator<Item = Fingerprint> + 'a {
+            v.iter().map(move |o| {
+                let m = o.meta();
+                let version = match m.generation {
+                    Some(g) => g.to_string(),
+                    None => format!("{:p}", Arc::as_ptr(o)),
+                };
+                let name = m.name.clone().unwrap_or_default();
+                (kind, m.namespace.clone().unwrap_or_default(), name, m.uid.clone().unwrap_or_default(), version)
+            })
+        }
+        let mut all: Vec<_> = of("VirtualService", &self.virtual_services)
+            .chain(of("DestinationRule", &self.destination_rules))
+            .chain(of("ServiceEntry", &self.service_entries))
+            .chain(of("Gateway", &self.gateways))
+            .chain(of("PeerAuthentication", &self.peer_authentications))
+            .chain(of("AuthorizationPolicy", &self.authorization_policies))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
 /// Everything a translation reads.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -66,7 +97,16 @@ pub struct Snapshot {
     /// Encoded configs computed from this snapshot, one per distinct workload, computed once
     /// (concurrent requests for the same one wait for it) and sent to every proxy it fits.
     pub(crate) rendered:
-        std::sync::Mutex<HashMap<crate::translate::Workload, Arc<tokio::sync::OnceCell<Arc<crate::xds::Rendered>>>>>,
+        std::sync::Mutex<HashMap<crate::translate::Workload, Arc<tokio::sync::OnceCell<Arc<crate::render::Rendered>>>>>,
+    /// What this snapshot may reuse from the previous one (see [`Snapshot::reuse_from`]).
+    pub(crate) reuse: Option<Reuse>,
+}
+
+/// The previous snapshot's outbound parts, and the only hosts whose endpoints changed since.
+#[derive(Debug)]
+pub(crate) struct Reuse {
+    pub(crate) outbound: HashMap<crate::translate::OutboundKey, Arc<crate::translate::Outbound>>,
+    pub(crate) changed_hosts: BTreeSet<String>,
 }
 
 /// Creation order, then namespace and name: Istio's tie-break for conflicting resources.
@@ -130,7 +170,45 @@ impl Snapshot {
             source_label_keys,
             outbound_cache: Default::default(),
             rendered: Default::default(),
+            reuse: None,
         }
+    }
+
+    /// Lets this snapshot patch `prev`'s outbound parts instead of translating the mesh again,
+    /// when the only difference between the two is the endpoints of some services (the common
+    /// change: a pod starts, stops or moves). Returns the hosts whose endpoints changed, or
+    /// `None` when anything else changed (then everything is translated anew).
+    pub fn reuse_from(&mut self, prev: &Snapshot) -> Option<&BTreeSet<String>> {
+        let changed_hosts = self.endpoint_only_changes(prev)?;
+        let outbound = prev.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.reuse = Some(Reuse { outbound, changed_hosts });
+        self.reuse.as_ref().map(|r| &r.changed_hosts)
+    }
+
+    fn endpoint_only_changes(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
+        if self.mesh != prev.mesh || self.istio.fingerprint() != prev.istio.fingerprint() {
+            return None;
+        }
+        let (new, old) = (&self.registry.by_host, &prev.registry.by_host);
+        if new.len() != old.len() {
+            return None;
+        }
+        let mut changed = BTreeSet::new();
+        for ((host, a), (old_host, b)) in new.iter().zip(old) {
+            if host != old_host || a.len() != b.len() {
+                return None;
+            }
+            for (x, y) in a.iter().zip(b) {
+                if Arc::ptr_eq(x, y) || x == y {
+                    continue;
+                }
+                if !x.same_but_endpoints(y) {
+                    return None;
+                }
+                changed.insert(host.clone());
+            }
+        }
+        Some(changed)
     }
 
     /// The VirtualService routing `host` for a sidecar in `client_ns`: one in the client's

@@ -49,8 +49,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Quiet time for the first change after a calm period: a lone endpoint change is pushed
 /// without waiting the full debounce.
 pub const DEBOUNCE_CALM: Duration = Duration::from_millis(10);
-/// How long without a snapshot makes the system calm.
-const CALM_AFTER: Duration = Duration::from_secs(1);
+/// How long without a snapshot makes the system calm: at most one snapshot per this long is
+/// built on the short quiet time, so a storm of changes still costs one build per 100 ms.
+const CALM_AFTER: Duration = Duration::from_millis(100);
 /// A stream of changes never delays a snapshot longer than this.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 /// How long a DNS answer for a ServiceEntry host is reused.
@@ -222,6 +223,8 @@ pub async fn run(
     let mut status = StatusWriter::new(client, metrics.clone());
     let mut dns = DnsCache::default();
     let mut generation = 0u64;
+    let mut prev: Option<Arc<Snapshot>> = None;
+    let mut registry_cache = registry::RegistryCache::default();
     loop {
         let changed_at = changes.take();
         let start = Instant::now();
@@ -229,19 +232,26 @@ pub async fn run(
         let (istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
         let names = registry::dns_names(&istio.service_entries);
         let resolved = dns.resolve(&names).await;
-        let registry = Registry::build(
+        let pods = stores.pods.state();
+        let registry = Registry::build_cached(
             &mesh,
             &stores.services.state(),
             &stores.slices.state(),
-            &stores.pods.state(),
+            &pods,
             &istio.service_entries,
             &resolved,
+            &mut registry_cache,
         );
-        let mut snap = Snapshot::new(mesh.clone(), registry, istio, stores.pods.state());
+        let mut snap = Snapshot::new(mesh.clone(), registry, istio, pods);
         generation += 1;
         snap.generation = generation;
         snap.changed_at = changed_at;
-        tx.send_replace(Arc::new(snap));
+        if let Some(hosts) = prev.as_ref().and_then(|p| snap.reuse_from(p)) {
+            debug!(generation, hosts = hosts.len(), "only endpoints changed; translation is patched");
+        }
+        let snap = Arc::new(snap);
+        prev = Some(snap.clone());
+        tx.send_replace(snap);
         metrics.snapshots.inc();
         metrics.snapshot_time.observe(start.elapsed().as_secs_f64());
         debug!(generation, elapsed = ?start.elapsed(), "snapshot built");

@@ -1,21 +1,22 @@
 //! The discovery server: one bidirectional stream per proxy, ADS-like. The server pushes a
 //! config whenever the proxy's computed config changes; each push carries a version (a hash
-//! of the config, so it is the same across control plane restarts) and a nonce; the proxy
-//! answers with the nonce and either the version it applied (ACK) or an error (NACK, the
-//! proxy keeps its last good config). A proxy that reconnects sends the version it runs; if
-//! that is still current nothing is re-sent.
+//! of the config's content, so it is the same across control plane restarts) and a nonce;
+//! the proxy answers with the nonce and either the version it applied (ACK) or an error
+//! (NACK, the proxy keeps its last good config). A proxy that reconnects sends the version it
+//! runs; if that is still current nothing is re-sent.
+//!
+//! Incremental updates: when the proxy has acknowledged a config and the new one differs only
+//! in clusters (an endpoint change), the push is a delta against the acknowledged version
+//! (`base_version`); a proxy that does not run that base NACKs and gets the whole config.
 
 use std::{
     collections::BTreeMap,
-    hash::{Hash, Hasher},
     pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures::Stream;
-use prost::Message;
 use skein_api::proxy::wire::pb::{self, proxy_discovery_server::ProxyDiscovery};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,8 +25,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, PushLabels},
+    render::{Chunks, Rendered, rendered},
     snapshot::Snapshot,
-    translate::{self, Node, NodeKind, Workload},
+    translate::{Node, NodeKind, Workload},
 };
 
 /// What one connected proxy has been sent and has acknowledged (`/debug/syncz`).
@@ -51,15 +53,6 @@ pub type SyncTable = Arc<Mutex<BTreeMap<String, SyncStatus>>>;
 pub const DEFAULT_PUSH_LIMIT: usize = 100;
 /// A push not acknowledged within this long frees its slot (and is re-sent on the next change).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One config, encoded once.
-#[derive(Debug)]
-pub struct Rendered {
-    /// Content version.
-    pub version: String,
-    /// Encoded `ProxyConfig`.
-    pub bytes: Bytes,
-}
 
 /// The `ProxyDiscovery` service.
 #[derive(Clone)]
@@ -87,24 +80,6 @@ impl Discovery {
 
 /// Default largest chunk of a config in one response.
 pub const DEFAULT_CHUNK: usize = 256 << 10;
-
-/// The config of `workload`, encoded, with its version: a hash of the encoding, so equal
-/// configs get equal versions in every control plane process.
-fn render(snap: &Snapshot, workload: &Workload) -> Rendered {
-    let out = translate::outbound(snap, &translate::OutboundKey::of(workload, snap));
-    let cfg = translate::assemble(snap, workload, &out);
-    let bytes = Bytes::from(pb::ProxyConfig::from(&cfg).encode_to_vec());
-    // DefaultHasher::new() uses fixed keys, so the hash is stable across processes.
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    Rendered { version: format!("{:016x}", h.finish()), bytes }
-}
-
-/// The encoded config of `workload`, computed once per snapshot however many proxies ask.
-pub async fn rendered(snap: &Arc<Snapshot>, workload: &Workload) -> Arc<Rendered> {
-    let cell = snap.rendered.lock().unwrap_or_else(|e| e.into_inner()).entry(workload.clone()).or_default().clone();
-    cell.get_or_init(|| async { Arc::new(render(snap, workload)) }).await.clone()
-}
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
 
@@ -134,6 +109,8 @@ impl ProxyDiscovery for Discovery {
             chunk: self.chunk,
             tx,
             current: first.version_info,
+            running: None,
+            full_next: false,
         };
         tokio::spawn(conn.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -150,12 +127,17 @@ struct Connection {
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     /// Version the proxy runs (said when it connected, then what it acknowledged).
     current: String,
+    /// The config the proxy runs, when it is one this stream sent (base of deltas).
+    running: Option<Arc<Rendered>>,
+    /// The proxy refused a delta: send the whole config next.
+    full_next: bool,
 }
 
 /// A push awaiting its ACK or NACK; holds a throttle slot until then.
 struct Pending {
     nonce: String,
-    version: String,
+    config: Arc<Rendered>,
+    delta: bool,
     changed_at: Instant,
     deadline: tokio::time::Instant,
     _slot: OwnedSemaphorePermit,
@@ -197,15 +179,23 @@ impl Connection {
                         Err(e) => { debug!(node = %id, error = %e, "stream error"); break; }
                     };
                     let Some(p) = pending.take_if(|p| p.nonce == req.response_nonce) else { continue };
+                    let version = p.config.version.clone();
                     if req.error_detail.is_empty() {
                         self.metrics.convergence.observe(p.changed_at.elapsed().as_secs_f64());
-                        self.current = p.version.clone();
-                        self.update(|s| { s.acked = p.version.clone(); s.nack = None; });
+                        self.current = version.clone();
+                        self.running = Some(p.config);
+                        self.update(|s| { s.acked = version; s.nack = None; });
                     } else {
                         self.metrics.xds_rejects.inc();
-                        warn!(node = %id, version = p.version, error = req.error_detail, "proxy rejected config (NACK); it keeps its last good config");
+                        warn!(node = %id, version, delta = p.delta, error = req.error_detail, "proxy rejected config (NACK); it keeps its last good config");
                         self.update(|s| s.nack = Some(req.error_detail.clone()));
                         self.current = req.version_info;
+                        self.running = self.running.take().filter(|r| r.version == self.current);
+                        // A refused delta is retried once as the whole config.
+                        if p.delta {
+                            self.full_next = true;
+                            dirty = true;
+                        }
                     }
                 }
             }
@@ -215,8 +205,8 @@ impl Connection {
         info!(node = %id, "proxy disconnected");
     }
 
-    /// Sends the latest config if it differs from what the proxy runs. `Err` when the stream
-    /// is gone.
+    /// Sends the latest config if it differs from what the proxy runs: as a delta against the
+    /// config it runs when only clusters changed, else whole. `Err` when the stream is gone.
     async fn push(&mut self, nonce: &mut u64) -> Result<Option<Pending>, ()> {
         let snap = self.snapshots.borrow_and_update().clone();
         let start = Instant::now();
@@ -226,35 +216,55 @@ impl Connection {
             self.metrics.pushes.get_or_create(&PushLabels { r#type: "unchanged" }).inc();
             return Ok(None);
         }
+        let base = self.running.as_ref().filter(|r| r.version == self.current && !self.full_next);
+        let delta = base.and_then(|b| Some((b.version.clone(), cfg.delta_from(b)?)));
+        self.full_next = false;
         let slot = self.throttle.clone().acquire_owned().await.map_err(|_| ())?;
         *nonce += 1;
-        // Slices of the shared bytes: no copy until the transport encodes a chunk.
-        let total = cfg.bytes.len();
-        let mut at = 0;
-        loop {
-            let end = (at + self.chunk).min(total);
+        let (base_version, total) = match &delta {
+            Some((base, bytes)) => (base.clone(), bytes.len()),
+            None => (String::new(), cfg.len()),
+        };
+        let chunks: Box<dyn Iterator<Item = bytes::Bytes> + Send + '_> = match &delta {
+            Some((_, bytes)) => Box::new(Chunks::new(std::iter::once(bytes), self.chunk)),
+            None => Box::new(Chunks::new(cfg.parts(), self.chunk)),
+        };
+        // Chunks are made as they are sent: large parts are slices of the shared encoding, small
+        // ones are gathered into one chunk-sized copy at a time.
+        let mut sent = 0;
+        for chunk in chunks {
+            sent += chunk.len();
             let response = pb::DiscoveryResponse {
                 version_info: cfg.version.clone(),
                 nonce: nonce.to_string(),
-                config: cfg.bytes.slice(at..end),
-                more: end < total,
+                config: chunk,
+                more: sent < total,
+                base_version: base_version.clone(),
             };
             self.tx.send(Ok(response)).await.map_err(|_| ())?;
-            if end == total {
-                break;
-            }
-            at = end;
+        }
+        if total == 0 {
+            // An empty delta (only possible if two contents hash alike) still needs an answer.
+            let response = pb::DiscoveryResponse {
+                version_info: cfg.version.clone(),
+                nonce: nonce.to_string(),
+                base_version,
+                ..Default::default()
+            };
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
         }
         self.metrics.push_time.observe(start.elapsed().as_secs_f64());
-        self.metrics.pushes.get_or_create(&PushLabels { r#type: "sent" }).inc();
-        debug!(node = %self.node.id, version = cfg.version, nonce, "config pushed");
+        let kind = if delta.is_some() { "delta" } else { "full" };
+        self.metrics.pushes.get_or_create(&PushLabels { r#type: kind }).inc();
+        debug!(node = %self.node.id, version = cfg.version, nonce, kind, bytes = total, "config pushed");
         self.update(|s| {
             s.sent = cfg.version.clone();
             s.pushes += 1;
         });
         Ok(Some(Pending {
             nonce: nonce.to_string(),
-            version: cfg.version.clone(),
+            delta: delta.is_some(),
+            config: cfg,
             changed_at: snap.changed_at.unwrap_or(start),
             deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
             _slot: slot,
@@ -273,7 +283,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_config_is_encoded_once_per_snapshot_and_workload() {
+    async fn a_config_is_rendered_once_per_snapshot_and_workload() {
         let snap = Arc::new(Snapshot::default());
         let w = Workload { namespace: "default".into(), ..Default::default() };
         let (a, b) = tokio::join!(rendered(&snap, &w), rendered(&snap, &w));
@@ -283,6 +293,5 @@ mod tests {
         // Same content, same version, in any process: the version is a content hash.
         let again = rendered(&Arc::new(Snapshot::default()), &w).await;
         assert_eq!(again.version, a.version);
-        assert!(pb::ProxyConfig::decode(a.bytes.clone()).is_ok());
     }
 }

@@ -10,7 +10,8 @@
 //! the local certificate files, and applied; the answer is an ACK with the version, or a
 //! NACK with the reason while the last good config stays in force. A broken stream is
 //! re-opened with backoff, sending the version the proxy runs so an unchanged config is not
-//! re-sent.
+//! re-sent. A delta (changed clusters only) is applied to the running config when that is the
+//! delta's base, and NACKed otherwise, upon which the control plane sends the whole config.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,7 +19,7 @@ use std::{
 };
 
 use skein_api::proxy::{
-    IdentityFiles, ProxyConfig,
+    ConfigDelta, IdentityFiles, ProxyConfig,
     wire::pb::{
         self, certificate_service_client::CertificateServiceClient, proxy_discovery_client::ProxyDiscoveryClient,
     },
@@ -168,6 +169,9 @@ async fn stream(
         }
         let result = match size {
             s if s > MAX_MESSAGE => Err(format!("config larger than {MAX_MESSAGE} bytes")),
+            _ if !resp.base_version.is_empty() => {
+                apply_delta(chunks.concat().into(), &resp.base_version, running, &resp.version_info, store)
+            }
             _ => apply(chunks.concat().into(), &resp.version_info, identity, store),
         };
         (chunks, size) = (Vec::new(), 0);
@@ -207,6 +211,19 @@ fn apply(config: bytes::Bytes, version: &str, identity: &IdentityFiles, store: &
     cfg.version = version.to_string();
     // The identity is this proxy's own: key material is never sent over the wire.
     cfg.identity = Some(identity.clone());
+    store.apply(cfg).map_err(|e| e.to_string())
+}
+
+/// Applies an incremental update to the running config, which must be the delta's base.
+fn apply_delta(delta: bytes::Bytes, base: &str, running: &str, version: &str, store: &Store) -> Result<(), String> {
+    use prost::Message as _;
+    if base != running || !store.is_configured() {
+        return Err(format!("delta against version {base:?}, but this proxy runs {running:?}"));
+    }
+    let wire = pb::ConfigDelta::decode(delta).map_err(|e| format!("delta: not a ConfigDelta message: {e}"))?;
+    let delta = ConfigDelta::try_from(wire).map_err(|e| e.to_string())?;
+    let mut cfg = delta.apply_to(&store.current().config);
+    cfg.version = version.to_string();
     store.apply(cfg).map_err(|e| e.to_string())
 }
 
@@ -300,6 +317,31 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delta_applies_only_to_its_base_and_keeps_the_rest_of_the_config() {
+        use prost::Message as _;
+        let cfg: ProxyConfig = serde_yaml::from_str(
+            "version: v1\nvirtualHosts: [{name: a, domains: [a], routes: [{route: [{cluster: c}]}]}]\nclusters: [{name: c, endpoints: ['127.0.0.1:1']}, {name: d}]\n",
+        )
+        .unwrap();
+        let store = Store::new(cfg.clone()).unwrap();
+        let mut c = cfg.clusters[0].clone();
+        c.endpoints = vec!["127.0.0.1:2".parse().unwrap()];
+        let delta = |d: ConfigDelta| bytes::Bytes::from(pb::ConfigDelta::from(&d).encode_to_vec());
+        let change = delta(ConfigDelta { clusters: vec![c.clone()], removed_clusters: vec!["d".into()] });
+        let err = apply_delta(change.clone(), "v0", "v1", "v2", &store).unwrap_err();
+        assert!(err.contains("runs \"v1\""), "{err}");
+        assert_eq!(store.current().config.version, "v1");
+        apply_delta(change, "v1", "v1", "v2", &store).unwrap();
+        let now = &store.current().config;
+        assert_eq!((now.version.as_str(), now.clusters.clone()), ("v2", vec![c]));
+        assert_eq!(now.virtual_hosts, cfg.virtual_hosts);
+        // A delta leaving a route without its cluster is refused; the config stays.
+        let bad = delta(ConfigDelta { removed_clusters: vec!["c".into()], ..Default::default() });
+        assert!(apply_delta(bad, "v2", "v2", "v3", &store).is_err());
+        assert_eq!(store.current().config.version, "v2");
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_seconds() {

@@ -155,3 +155,24 @@ fn listener_fields_that_do_not_fit_the_protocol_are_rejected() {
         "listeners[g].serverTls.credentials: at least one certificate is required"
     );
 }
+
+#[test]
+fn a_delta_replaces_adds_and_removes_clusters_by_name_and_keeps_the_rest() {
+    let base = bookinfo();
+    let mut v1 = base.clusters[0].clone();
+    v1.endpoints = vec!["127.0.0.1:9999".parse().unwrap()];
+    let added = Cluster { name: "outbound|9080|v4|reviews".into(), ..base.clusters[1].clone() };
+    let delta = ConfigDelta {
+        clusters: vec![added.clone(), v1.clone()],
+        removed_clusters: vec!["outbound|9080|v3|reviews".into()],
+    };
+    // Through the wire, as the control plane sends it.
+    let wire = wire::pb::ConfigDelta::from(&delta);
+    let delta = ConfigDelta::try_from(wire).unwrap();
+    let out = delta.apply_to(&base);
+    assert_eq!(out.clusters, vec![v1, base.clusters[1].clone(), added]);
+    assert_eq!(out.virtual_hosts, base.virtual_hosts);
+    assert_eq!(out.listeners, base.listeners);
+    // Removing a cluster a route still names is a config error when applied, not silently kept.
+    assert!(out.validate().unwrap_err().to_string().contains("v3"), "{:?}", out.validate());
+}

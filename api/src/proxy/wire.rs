@@ -474,6 +474,26 @@ fn pb_route(r: &Route) -> pb::Route {
     }
 }
 
+impl TryFrom<pb::ConfigDelta> for ConfigDelta {
+    type Error = InvalidConfig;
+
+    fn try_from(d: pb::ConfigDelta) -> Result<Self, InvalidConfig> {
+        Ok(ConfigDelta {
+            clusters: d.clusters.into_iter().map(Cluster::try_from).collect::<Result<_, _>>()?,
+            removed_clusters: d.removed_clusters,
+        })
+    }
+}
+
+impl From<&ConfigDelta> for pb::ConfigDelta {
+    fn from(d: &ConfigDelta) -> Self {
+        pb::ConfigDelta {
+            clusters: d.clusters.iter().map(pb::Cluster::from).collect(),
+            removed_clusters: d.removed_clusters.clone(),
+        }
+    }
+}
+
 impl TryFrom<pb::Cluster> for Cluster {
     type Error = InvalidConfig;
 

@@ -119,8 +119,13 @@ pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> std::sync::Arc<Outbound> 
         return hit.clone();
     }
     // Computed outside the lock: two proxies racing on one key may both compute it, which
-    // costs time once but never blocks every other proxy behind one computation.
-    let built = std::sync::Arc::new(outbound::build(snap, key));
+    // costs time once but never blocks every other proxy behind one computation. After an
+    // endpoint-only change the previous snapshot's part is patched instead of rebuilt.
+    let prev = snap.reuse.as_ref().and_then(|r| Some((r.outbound.get(key)?, &r.changed_hosts)));
+    let built = std::sync::Arc::new(match prev {
+        Some((prev, hosts)) => outbound::rebuild(snap, key, prev, hosts),
+        None => outbound::build(snap, key),
+    });
     snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(built).clone()
 }
 
@@ -130,8 +135,8 @@ pub fn assemble(snap: &Snapshot, workload: &Workload, out: &Outbound) -> ProxyCo
         version: String::new(),
         outbound_traffic_policy: snap.mesh.outbound_policy,
         listeners: vec![inbound::listener(snap, workload), outbound::listener()],
-        virtual_hosts: out.virtual_hosts.clone(),
-        clusters: out.clusters.clone(),
+        virtual_hosts: out.virtual_hosts.value.clone(),
+        clusters: out.clusters.values().map(|c| c.value.clone()).collect(),
         identity: None,
         access_log: snap.mesh.access_log.clone(),
     }

@@ -19,6 +19,7 @@ use skein_api::{
 use super::{OUTBOUND_PORT, Workload};
 use crate::{
     registry::{Resolution, ServiceInfo, ServicePort, resolve_host},
+    render::Encoded,
     snapshot::{Snapshot, selects},
 };
 
@@ -46,13 +47,25 @@ impl OutboundKey {
     }
 }
 
-/// Virtual hosts and clusters of a sidecar.
+/// Virtual hosts and clusters of a sidecar, each kept with its encoding so a config is
+/// assembled (and a delta between two configs computed) without encoding again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outbound {
     /// One per visible service with HTTP ports.
-    pub virtual_hosts: Vec<VirtualHost>,
-    /// One per service port and subset.
-    pub clusters: Vec<Cluster>,
+    pub virtual_hosts: Arc<Encoded<Vec<VirtualHost>>>,
+    /// One per service port and subset, by name.
+    pub clusters: BTreeMap<String, Arc<Encoded<Cluster>>>,
+    /// Sum of the clusters' hashes (part of the config's version).
+    pub clusters_hash: u64,
+}
+
+impl Outbound {
+    fn new(virtual_hosts: Vec<VirtualHost>, clusters: BTreeMap<String, Cluster>) -> Self {
+        let clusters: BTreeMap<String, Arc<Encoded<Cluster>>> =
+            clusters.into_iter().map(|(n, c)| (n, Arc::new(Encoded::cluster(c)))).collect();
+        let clusters_hash = clusters.values().fold(0u64, |h, c| h.wrapping_add(c.hash));
+        Self { virtual_hosts: Arc::new(Encoded::virtual_hosts(virtual_hosts)), clusters, clusters_hash }
+    }
 }
 
 /// The outbound capture listener.
@@ -94,12 +107,13 @@ struct Builder<'a> {
 /// Builds the outbound part for `key`.
 pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
     let mut b = Builder { snap, key, clusters: BTreeMap::new() };
+    // Every service's clusters first, so a route naming another service's cluster finds the
+    // real one rather than leaving an empty placeholder in its place.
+    for svc in snap.registry.visible(&key.namespace) {
+        b.clusters_of(svc);
+    }
     let mut virtual_hosts = Vec::new();
     for svc in snap.registry.visible(&key.namespace) {
-        let dr = snap.destination_rule_for(&svc.host, &key.namespace, &svc.namespace);
-        for port in &svc.ports {
-            b.service_clusters(svc, port, dr.map(Arc::as_ref));
-        }
         let http_ports: Vec<&ServicePort> = svc.ports.iter().filter(|p| p.protocol.is_http()).collect();
         // Resolution NONE has no endpoints to route to: such hosts pass through to the
         // address the client dialled (allowed because they are registered).
@@ -122,7 +136,31 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
         }
         virtual_hosts.push(VirtualHost { name: svc.host.clone(), domains: domains(svc, &key.namespace), routes });
     }
-    Outbound { virtual_hosts, clusters: b.clusters.into_values().collect() }
+    Outbound::new(virtual_hosts, b.clusters)
+}
+
+/// The outbound part for `key` after a change that touched only the endpoints of `hosts`
+/// (everything else as when `prev` was built): `prev` with those hosts' clusters rebuilt.
+/// Virtual hosts and every other cluster are shared with `prev`, so the cost is the size of
+/// the change, not of the mesh.
+pub fn rebuild(snap: &Snapshot, key: &OutboundKey, prev: &Outbound, hosts: &BTreeSet<String>) -> Outbound {
+    let mut b = Builder { snap, key, clusters: BTreeMap::new() };
+    for host in hosts {
+        if let Some(svc) = snap.registry.lookup(host, &key.namespace) {
+            b.clusters_of(svc);
+        }
+    }
+    let mut out = prev.clone();
+    for (name, cluster) in b.clusters {
+        let built = Encoded::cluster(cluster);
+        let old = out.clusters.get(&name);
+        if old.is_some_and(|o| o.bytes == built.bytes) {
+            continue;
+        }
+        out.clusters_hash = out.clusters_hash.wrapping_sub(old.map_or(0, |o| o.hash)).wrapping_add(built.hash);
+        out.clusters.insert(name, Arc::new(built));
+    }
+    out
 }
 
 /// The names a client may use for a service: Kubernetes short forms (the bare name only in the
@@ -142,6 +180,14 @@ fn domains(svc: &ServiceInfo, client_ns: &str) -> Vec<String> {
 }
 
 impl Builder<'_> {
+    /// The clusters of every port of `svc`.
+    fn clusters_of(&mut self, svc: &ServiceInfo) {
+        let dr = self.snap.destination_rule_for(&svc.host, &self.key.namespace, &svc.namespace);
+        for port in &svc.ports {
+            self.service_clusters(svc, port, dr.map(Arc::as_ref));
+        }
+    }
+
     /// The cluster for every subset of `svc`:`port`, plus the subset-less one.
     fn service_clusters(&mut self, svc: &ServiceInfo, port: &ServicePort, dr: Option<&DestinationRule>) {
         self.add_cluster(svc, port, None, dr);

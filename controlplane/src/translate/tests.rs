@@ -104,6 +104,12 @@ fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
                 .unwrap();
         let mut value = value;
         value["metadata"]["creationTimestamp"] = serde_yaml::Value::String(t.to_string());
+        // As the apiserver sets them: the same object in two snapshots has the same identity.
+        let id = format!("{kind}/{:?}/{:?}", value["metadata"]["namespace"], value["metadata"]["name"]);
+        value["metadata"]["uid"] = serde_yaml::Value::String(id);
+        if value["metadata"]["generation"].is_null() {
+            value["metadata"]["generation"] = serde_yaml::Value::Number(1.into());
+        }
         match kind.as_str() {
             "Service" => services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(value).unwrap())),
@@ -478,4 +484,100 @@ fn gateway_bound_virtual_services_do_not_change_sidecars() {
         targets(&vhost(&cfg, REVIEWS).routes[0]),
         vec![("outbound|9080||reviews.default.svc.cluster.local", 100)]
     );
+}
+
+const REVIEWS_TO_V3: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v3}\n";
+
+fn bookinfo_docs(workloads: &str, extra: &str) -> String {
+    format!("{BOOKINFO}\n---\n{workloads}\n---\n{DESTINATION_RULES}\n---\n{extra}")
+}
+
+#[test]
+fn an_endpoint_change_patches_the_previous_translation_and_equals_a_fresh_one() {
+    let before = snapshot(MeshSettings::default(), &bookinfo_docs(&bookinfo_workloads(), REVIEWS_TO_V3));
+    let old = config_for(&before, "productpage-v1-1");
+    // reviews-v3 moves to another address: only the reviews endpoints change.
+    let moved = bookinfo_workloads().replace("{addresses: [10.0.0.5]", "{addresses: [10.0.0.15]");
+    let docs = bookinfo_docs(&moved, REVIEWS_TO_V3);
+    let mut after = snapshot(MeshSettings::default(), &docs);
+    let hosts = after.reuse_from(&before).cloned();
+    assert_eq!(hosts, Some([REVIEWS.to_string()].into()));
+    let patched = config_for(&after, "productpage-v1-1");
+    let fresh = config_for(&snapshot(MeshSettings::default(), &docs), "productpage-v1-1");
+    assert_eq!(patched, fresh);
+    assert_ne!(patched, old);
+    let v3 = cluster(&patched, "outbound|9080|v3|reviews.default.svc.cluster.local");
+    assert_eq!(v3.endpoints, vec!["10.0.0.15:9080".parse().unwrap()]);
+    assert_eq!(
+        cluster(&patched, "outbound|9080||details.default.svc.cluster.local"),
+        cluster(&old, "outbound|9080||details.default.svc.cluster.local")
+    );
+}
+
+#[test]
+fn any_change_beyond_endpoints_is_translated_anew() {
+    let base = bookinfo_docs(&bookinfo_workloads(), REVIEWS_TO_V3);
+    let before = snapshot(MeshSettings::default(), &base);
+    // A new VirtualService.
+    let mut vs = snapshot(
+        MeshSettings::default(),
+        &format!(
+            "{base}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec: {{hosts: [ratings], http: [{{route: [{{destination: {{host: ratings}}}}]}}]}}\n"
+        ),
+    );
+    assert_eq!(vs.reuse_from(&before), None);
+    // A VirtualService edited (the apiserver bumps its generation).
+    let edited = base.replace("subset: v3}", "subset: v2}").replace(
+        "metadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http",
+        "metadata: {name: reviews, namespace: default, generation: 2}\nspec:\n  hosts: [reviews]\n  http",
+    );
+    assert!(edited.contains("generation: 2"));
+    assert_eq!(snapshot(MeshSettings::default(), &edited).reuse_from(&before), None);
+    // A Service's port.
+    let port = base.replace(
+        "spec: {clusterIP: 198.19.0.11, ports: [{name: http, port: 9080}]}",
+        "spec: {clusterIP: 198.19.0.11, ports: [{name: http, port: 9081}]}",
+    );
+    assert_ne!(port, base);
+    assert_eq!(snapshot(MeshSettings::default(), &port).reuse_from(&before), None);
+    // Nothing at all: reusable, nothing to patch.
+    assert_eq!(snapshot(MeshSettings::default(), &base).reuse_from(&before).cloned(), Some(Default::default()));
+}
+
+#[test]
+fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
+    use k8s_openapi::api::core::v1::Pod;
+    let docs = format!("{BOOKINFO}\n---\n{}", bookinfo_workloads());
+    let (mut services, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::<Arc<Pod>>::new());
+    for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
+        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "Service" => services.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+            "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+            _ => pods.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+        }
+    }
+    let mesh = MeshSettings::default();
+    let mut cache = crate::registry::RegistryCache::default();
+    let build = |pods: &[Arc<Pod>], cache: &mut crate::registry::RegistryCache| {
+        Registry::build_cached(&mesh, &services, &slices, pods, &[], &HashMap::new(), cache)
+    };
+    let first = build(&pods, &mut cache);
+    let same = build(&pods, &mut cache);
+    for (host, infos) in &first.by_host {
+        assert!(Arc::ptr_eq(&infos[0], &same.by_host[host][0]), "{host} rebuilt although nothing changed");
+    }
+    // reviews-v3's pod loses its sidecar: only reviews (whose endpoint names it) is rebuilt.
+    let i = pods.iter().position(|p| p.metadata.name.as_deref() == Some("reviews-v3-1")).unwrap();
+    let mut p = (*pods[i]).clone();
+    p.metadata.labels.as_mut().unwrap().remove("security.istio.io/tlsMode");
+    pods[i] = Arc::new(p);
+    let next = build(&pods, &mut cache);
+    for (host, infos) in &first.by_host {
+        assert_eq!(Arc::ptr_eq(&infos[0], &next.by_host[host][0]), host != REVIEWS, "{host}");
+    }
+    let v3 = next.by_host[REVIEWS][0].endpoints.iter().find(|e| e.ip.to_string() == "10.0.0.5").unwrap();
+    assert!(!v3.mtls_ready);
+    // And the result equals a build from scratch.
+    assert_eq!(next.by_host, Registry::build(&mesh, &services, &slices, &pods, &[], &HashMap::new()).by_host);
 }

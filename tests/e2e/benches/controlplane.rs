@@ -197,6 +197,7 @@ struct Row {
     change_p99: Duration,
     watch_p50: Duration,
     watch_p99: Duration,
+    snapshot_mean: Duration,
     rss_mib: u64,
     peak_mib: u64,
 }
@@ -247,6 +248,9 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "bench-0");
     let (mut latencies, mut watch) = (Vec::new(), Vec::new());
+    let snapshot_sum = || cp.metric("skein_snapshot_build_seconds_sum");
+    let snapshot_count = || cp.metric("skein_snapshot_build_seconds_count");
+    let (sum0, count0) = (snapshot_sum().await.unwrap_or(0.0), snapshot_count().await.unwrap_or(0.0));
     for c in 0..changes {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let patch = json!({"endpoints": [
@@ -266,6 +270,8 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
         }
     }
     watch_task.abort();
+    let builds = snapshot_count().await.unwrap_or(0.0) - count0;
+    let snapshot_mean = Duration::from_secs_f64((snapshot_sum().await.unwrap_or(0.0) - sum0) / builds.max(1.0));
     latencies.sort();
     watch.sort();
     let pid = cp.pid();
@@ -278,6 +284,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
         change_p99: percentile(&latencies, 0.99),
         watch_p50: percentile(&watch, 0.50),
         watch_p99: percentile(&watch, 0.99),
+        snapshot_mean,
         rss_mib: status_kib(pid, "VmRSS:") / 1024,
         peak_mib: status_kib(pid, "VmHWM:") / 1024,
     }
@@ -296,12 +303,12 @@ fn main() {
         }
     }
     println!(
-        "| services | proxies | all configured | full push | endpoint change → proxy p50 / p99 | watch baseline p50 / p99 | p99 ratio | RSS | peak RSS |"
+        "| services | proxies | all configured | full push | endpoint change → proxy p50 / p99 | watch baseline p50 / p99 | p99 ratio | snapshot build (mean) | RSS | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1}× | {} MiB | {} MiB |",
+            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1}× | {:.1} ms | {} MiB | {} MiB |",
             r.services,
             r.proxies,
             r.first_config.as_secs_f64(),
@@ -311,6 +318,7 @@ fn main() {
             ms(r.watch_p50),
             ms(r.watch_p99),
             ms(r.change_p99) / ms(r.watch_p99).max(0.001),
+            ms(r.snapshot_mean),
             r.rss_mib,
             r.peak_mib,
         );

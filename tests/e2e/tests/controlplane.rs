@@ -13,7 +13,7 @@ use kube::{Api, api::ListParams};
 use skein_api::{
     istio::networking::VirtualService,
     proxy::{
-        ProxyConfig,
+        ConfigDelta, ProxyConfig,
         wire::pb::{
             self, certificate_service_client::CertificateServiceClient, proxy_discovery_client::ProxyDiscoveryClient,
         },
@@ -95,6 +95,8 @@ async fn channel(cp: &ControlPlane) -> Channel {
 struct TestProxy {
     tx: mpsc::Sender<pb::DiscoveryRequest>,
     responses: tonic::Streaming<pb::DiscoveryResponse>,
+    /// The config applied last (what a delta applies to).
+    running: Option<ProxyConfig>,
 }
 
 impl TestProxy {
@@ -110,7 +112,24 @@ impl TestProxy {
             .await
             .expect("stream accepted")
             .into_inner();
-        Self { tx, responses }
+        Self { tx, responses, running: None }
+    }
+
+    /// The config `r` gives this proxy: a whole config, or a delta applied to the running one
+    /// (which must be the delta's base).
+    fn apply(&mut self, r: &pb::DiscoveryResponse) -> ProxyConfig {
+        use prost::Message as _;
+        let mut cfg = if r.base_version.is_empty() {
+            decode(r)
+        } else {
+            let base = self.running.as_ref().expect("a delta before any whole config");
+            assert_eq!(base.version, r.base_version, "delta against a version this proxy does not run");
+            let wire = pb::ConfigDelta::decode(r.config.clone()).expect("a ConfigDelta message");
+            ConfigDelta::try_from(wire).expect("converts").apply_to(base)
+        };
+        cfg.version = r.version_info.clone();
+        self.running = Some(cfg.clone());
+        cfg
     }
 
     /// The next config, reassembled from its chunks.
@@ -163,7 +182,7 @@ impl TestProxy {
                 .unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
             let r = self.next(left).await.unwrap_or_else(|| panic!("no config with {what} within {timeout:?}"));
             self.ack(&r).await;
-            let cfg = decode(&r);
+            let cfg = self.apply(&r);
             if want(&cfg) {
                 return (cfg, start.elapsed());
             }
@@ -171,9 +190,10 @@ impl TestProxy {
     }
 }
 
-/// The config a response carries (encoded bytes on the wire).
+/// The whole config a response carries (encoded bytes on the wire).
 fn decode(r: &pb::DiscoveryResponse) -> ProxyConfig {
     use prost::Message as _;
+    assert!(r.base_version.is_empty(), "a delta where a whole config was expected");
     ProxyConfig::try_from(pb::ProxyConfig::decode(r.config.clone()).expect("a ProxyConfig message")).expect("converts")
 }
 
@@ -309,6 +329,44 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     })
     .await;
     assert_eq!(cp.metric("skein_status_writes_total").await, Some(writes), "status rewritten without a verdict change");
+
+    // Incremental updates: an endpoint change reaches a proxy as a delta of the changed
+    // clusters only, against the version it acknowledged.
+    let ip = pod_ip(&cluster, "reviews-v1").await;
+    let mut p2 =
+        TestProxy::connect(&ch, &format!("sidecar~{ip}~reviews-v1.default~default.svc.cluster.local"), "").await;
+    let (whole, _) = p2.until("3 reviews endpoints", Duration::from_secs(10), |c| endpoints(c, &all) == 3).await;
+    let deltas = cp.metric("pilot_xds_pushes_total{type=\"delta\"}").await.unwrap_or(0.0);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    pods.delete("reviews-v3", &Default::default()).await.unwrap();
+    let r = p2.next(Duration::from_secs(5)).await.expect("the endpoint change is pushed");
+    assert_eq!(r.base_version, whole.version, "a delta against the acknowledged config");
+    let delta = {
+        use prost::Message as _;
+        ConfigDelta::try_from(pb::ConfigDelta::decode(r.config.clone()).unwrap()).unwrap()
+    };
+    let changed: Vec<&str> = delta.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert!(changed.iter().all(|n| n.ends_with(REVIEWS)), "only reviews clusters change: {changed:?}");
+    assert!(changed.contains(&all.as_str()) && changed.contains(&format!("outbound|9080|v3|{REVIEWS}").as_str()));
+    let cfg = p2.apply(&r);
+    p2.ack(&r).await;
+    assert_eq!(endpoints(&cfg, &all), 2);
+    assert_eq!(endpoints(&cfg, &format!("outbound|9080|v3|{REVIEWS}")), 0);
+    assert_eq!(cfg.virtual_hosts, whole.virtual_hosts);
+    eventually("the delta counted", Duration::from_secs(5), || async {
+        (cp.metric("pilot_xds_pushes_total{type=\"delta\"}").await? > deltas).then_some(())
+    })
+    .await;
+
+    // A proxy that cannot apply a delta (NACK) gets the whole config, same version.
+    pods.delete("reviews-v2", &Default::default()).await.unwrap();
+    let r = p2.next(Duration::from_secs(5)).await.expect("the endpoint change is pushed");
+    assert_eq!(r.base_version, cfg.version);
+    p2.nack(&r, &cfg.version, "test: base not found").await;
+    let again = p2.next(Duration::from_secs(5)).await.expect("the whole config follows a refused delta");
+    assert!(again.base_version.is_empty(), "a whole config, not another delta");
+    assert_eq!(again.version_info, r.version_info);
+    assert_eq!(endpoints(&decode(&again), &all), 1);
 }
 
 #[tokio::test]
