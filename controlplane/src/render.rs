@@ -24,7 +24,7 @@ use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost, wire::pb};
 
 use crate::{
     snapshot::Snapshot,
-    translate::{self, Outbound, OutboundKey, Workload},
+    translate::{self, Outbound, Workload},
 };
 
 /// Stable hash of bytes (`DefaultHasher::new()` uses fixed keys: the same in every process).
@@ -85,8 +85,7 @@ pub struct Rendered {
 impl Rendered {
     /// Renders `workload`'s config from `snap`.
     pub fn new(snap: &Snapshot, workload: &Workload) -> Self {
-        let outbound = translate::outbound(snap, &OutboundKey::of(workload, snap));
-        let own = translate::assemble(snap, workload, &Outbound::default());
+        let (own, outbound) = translate::parts(snap, workload);
         Self::from_parts(&own, outbound)
     }
 
@@ -128,14 +127,41 @@ impl Rendered {
         if self.own != base.own || !same_hosts {
             return None;
         }
+        // One pass over both name-ordered maps; shared clusters (the same `Arc`) are skipped
+        // without comparing bytes.
         let mut out = BytesMut::new();
-        for (name, c) in &new.clusters {
-            let unchanged = old.clusters.get(name).is_some_and(|o| Arc::ptr_eq(o, c) || o.bytes == c.bytes);
-            if !unchanged {
-                out.extend_from_slice(&c.bytes);
+        let mut removed = Vec::new();
+        let (mut a, mut b) = (new.clusters.iter().peekable(), old.clusters.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((_, c)), None) => {
+                    out.extend_from_slice(&c.bytes);
+                    a.next();
+                }
+                (None, Some((n, _))) => {
+                    removed.push((*n).clone());
+                    b.next();
+                }
+                (Some((na, ca)), Some((nb, cb))) => match na.cmp(nb) {
+                    std::cmp::Ordering::Less => {
+                        out.extend_from_slice(&ca.bytes);
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        removed.push((*nb).clone());
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !Arc::ptr_eq(ca, cb) && ca.bytes != cb.bytes {
+                            out.extend_from_slice(&ca.bytes);
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
             }
         }
-        let removed: Vec<String> = old.clusters.keys().filter(|n| !new.clusters.contains_key(*n)).cloned().collect();
         out.extend_from_slice(&pb::ConfigDelta { removed_clusters: removed, ..Default::default() }.encode_to_vec());
         Some(out.freeze())
     }

@@ -27,7 +27,7 @@ use crate::{
     metrics::{Metrics, PushLabels},
     render::{Chunks, Rendered, rendered},
     snapshot::Snapshot,
-    translate::{Node, NodeKind, Workload},
+    translate::{Node, Workload},
 };
 
 /// What one connected proxy has been sent and has acknowledged (`/debug/syncz`).
@@ -96,9 +96,6 @@ impl ProxyDiscovery for Discovery {
             inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream closed before a request"))?;
         let id = first.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
         let node = Node::parse(&id).map_err(|e| Status::invalid_argument(format!("node.id: {e}")))?;
-        if node.kind != NodeKind::Sidecar {
-            return Err(Status::unimplemented("only sidecar proxies are configured by this control plane so far"));
-        }
         let (tx, rx) = mpsc::channel(1);
         let conn = Connection {
             node,

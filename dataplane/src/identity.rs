@@ -49,6 +49,7 @@ pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     roots: Arc<RootCertStore>,
+    root_certs: Vec<CertificateDer<'static>>,
     /// This workload's SPIFFE id, from its certificate.
     pub spiffe_id: String,
 }
@@ -86,14 +87,21 @@ impl Identity {
             reason: "leaf certificate has no spiffe:// URI SAN".into(),
         })?;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(pem_err("privateKey"))?;
+        let root_certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(roots).collect::<Result<_, _>>().map_err(pem_err("rootCert"))?;
         let mut store = RootCertStore::empty();
-        for root in CertificateDer::pem_slice_iter(roots) {
-            store.add(root.map_err(pem_err("rootCert"))?)?;
+        for root in &root_certs {
+            store.add(root.clone())?;
         }
         if store.is_empty() {
             return Err(IdentityError::Pem { what: "rootCert", reason: "no certificate".into() });
         }
-        Ok(Self { chain, key: Arc::new(key), roots: Arc::new(store), spiffe_id })
+        Ok(Self { chain, key: Arc::new(key), roots: Arc::new(store), root_certs, spiffe_id })
+    }
+
+    /// Whether `other` is the same certificate chain and roots (the key belongs to the chain).
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self.chain == other.chain && self.root_certs == other.root_certs
     }
 
     /// Server side. `require_client_cert`: STRICT (a peer without a valid mesh certificate

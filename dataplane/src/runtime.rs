@@ -181,6 +181,14 @@ pub enum Routed<'a> {
 impl Runtime {
     /// Validates and compiles `config`.
     pub fn compile(config: ProxyConfig) -> Result<Self, InvalidConfig> {
+        Self::compile_from(config, None)
+    }
+
+    /// Validates and compiles `config`, keeping from `prev` every cluster whose settings and
+    /// TLS identity are unchanged: its connection pool, load-balancing position, outlier
+    /// ejections and circuit-breaker counters carry over (an endpoint change elsewhere in the
+    /// mesh does not reset them).
+    pub fn compile_from(config: ProxyConfig, prev: Option<&Runtime>) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
         for vh in &config.virtual_hosts {
@@ -215,11 +223,29 @@ impl Runtime {
             vhosts.push(VirtualHost { domains, routes });
         }
         let identity = config.identity.as_ref().map(load_identity).transpose()?;
+        let reusable: HashMap<&str, (&Cluster, &Arc<Upstream>)> = match prev {
+            Some(p)
+                if match (&p.identity, &identity) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.same_as(b),
+                    _ => false,
+                } =>
+            {
+                p.config
+                    .clusters
+                    .iter()
+                    .filter_map(|c| Some((c.name.as_str(), (c, p.clusters.get(&c.name)?))))
+                    .collect()
+            }
+            _ => HashMap::new(),
+        };
         let mut clusters = HashMap::with_capacity(config.clusters.len());
         let mut by_service_address = HashMap::new();
         for c in &config.clusters {
-            let tls = client_tls(c, identity.as_ref())?;
-            let up = Arc::new(Upstream::new(c, tls));
+            let up = match reusable.get(c.name.as_str()) {
+                Some((old, up)) if *old == c => Arc::clone(up),
+                _ => Arc::new(Upstream::new(c, client_tls(c, identity.as_ref())?)),
+            };
             for a in &c.service_addresses {
                 if by_service_address.insert(*a, up.clone()).is_some() {
                     return Err(InvalidConfig {
@@ -415,5 +441,18 @@ clusters:
         let rt = rt(CFG);
         assert_eq!(rt.cluster("v1").unwrap().service(), "v1");
         assert!(rt.cluster("v3").is_none());
+    }
+
+    #[test]
+    fn a_new_config_keeps_the_state_of_unchanged_clusters() {
+        let two = "clusters: [{name: a, endpoints: ['127.0.0.1:1']}, {name: b, endpoints: ['127.0.0.1:2']}]\n";
+        let old = rt(two);
+        let changed = two.replace("127.0.0.1:2", "127.0.0.1:3");
+        let new = Runtime::compile_from(serde_yaml::from_str(&changed).unwrap(), Some(&old)).unwrap();
+        assert!(Arc::ptr_eq(old.cluster("a").unwrap(), new.cluster("a").unwrap()), "unchanged cluster rebuilt");
+        assert!(!Arc::ptr_eq(old.cluster("b").unwrap(), new.cluster("b").unwrap()), "changed cluster kept");
+        // Without a previous runtime every cluster is new.
+        let fresh = Runtime::compile_from(serde_yaml::from_str(two).unwrap(), None).unwrap();
+        assert!(!Arc::ptr_eq(old.cluster("a").unwrap(), fresh.cluster("a").unwrap()));
     }
 }

@@ -47,7 +47,7 @@ impl Store {
     /// Replaces the active configuration if `config` is valid; otherwise keeps the current one
     /// and returns why.
     pub fn apply(&self, config: ProxyConfig) -> Result<(), InvalidConfig> {
-        let rt = Runtime::compile(config)?;
+        let rt = Runtime::compile_from(config, Some(&self.current()))?;
         self.tx.send_replace(Arc::new(rt));
         self.configured.store(true, Ordering::Relaxed);
         Ok(())

@@ -8,6 +8,7 @@
 //! inbound traffic (15006) carrying the workload's PeerAuthentication mode and
 //! AuthorizationPolicies.
 
+pub mod gateway;
 mod inbound;
 mod outbound;
 #[cfg(test)]
@@ -85,11 +86,14 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// ServiceAccount.
     pub service_account: String,
+    /// A gateway (`router` node) rather than a sidecar.
+    pub router: bool,
 }
 
 impl Workload {
     /// The workload of `node` in `snap`; a pod not (yet) known gets its namespace only.
     pub fn of(snap: &Snapshot, node: &Node) -> Self {
+        let router = node.kind == NodeKind::Router;
         match snap.pod(&node.namespace, &node.pod) {
             Some(pod) => Self {
                 namespace: node.namespace.clone(),
@@ -99,15 +103,54 @@ impl Workload {
                     .as_ref()
                     .and_then(|s| s.service_account_name.clone())
                     .unwrap_or_else(|| "default".into()),
+                router,
             },
-            None => Self { namespace: node.namespace.clone(), service_account: "default".into(), ..Default::default() },
+            None => Self {
+                namespace: node.namespace.clone(),
+                service_account: "default".into(),
+                router,
+                ..Default::default()
+            },
         }
+    }
+}
+
+/// The full configuration of a sidecar or gateway.
+pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
+    let (own, out) = parts(snap, workload);
+    ProxyConfig {
+        virtual_hosts: out.virtual_hosts.value.clone(),
+        clusters: out.clusters.values().map(|c| c.value.clone()).collect(),
+        ..own
     }
 }
 
 /// The full configuration of a sidecar.
 pub fn sidecar(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
-    assemble(snap, workload, &outbound(snap, &OutboundKey::of(workload, snap)))
+    config(snap, workload)
+}
+
+/// A proxy's config in two parts: its own (listeners and settings, no virtual hosts or
+/// clusters), and the outbound part (virtual hosts and clusters), shared by every sidecar
+/// with the same outbound key. A gateway's outbound part is the mesh's clusters (shared, so
+/// patched incrementally like a sidecar's) with its own virtual hosts.
+pub fn parts(snap: &Snapshot, workload: &Workload) -> (ProxyConfig, std::sync::Arc<Outbound>) {
+    let key = OutboundKey::of(workload, snap);
+    let mesh = outbound(snap, &key);
+    if !workload.router {
+        return (assemble(snap, workload, &Outbound::default()), mesh);
+    }
+    let gw = gateway::build(snap, workload, &key);
+    let own = ProxyConfig {
+        version: String::new(),
+        outbound_traffic_policy: snap.mesh.outbound_policy,
+        listeners: gw.listeners,
+        virtual_hosts: Vec::new(),
+        clusters: Vec::new(),
+        identity: None,
+        access_log: snap.mesh.access_log.clone(),
+    };
+    (own, std::sync::Arc::new(Outbound::for_gateway(&mesh, gw.virtual_hosts, gw.clusters)))
 }
 
 pub use outbound::Outbound;

@@ -68,6 +68,22 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// A gateway's: the mesh's clusters (shared), the clusters its routes add where the mesh
+    /// has none of that name, and its own virtual hosts.
+    pub fn for_gateway(mesh: &Outbound, virtual_hosts: Vec<VirtualHost>, extra: BTreeMap<String, Cluster>) -> Self {
+        let mut out = Outbound { virtual_hosts: Arc::new(Encoded::virtual_hosts(virtual_hosts)), ..mesh.clone() };
+        for (name, c) in extra {
+            if !out.clusters.contains_key(&name) {
+                let c = Encoded::cluster(c);
+                out.clusters_hash = out.clusters_hash.wrapping_add(c.hash);
+                out.clusters.insert(name, Arc::new(c));
+            }
+        }
+        out
+    }
+}
+
 /// The outbound capture listener.
 pub fn listener() -> Listener {
     Listener {
@@ -98,15 +114,38 @@ fn dur(s: Option<&String>) -> Option<Duration> {
     s.and_then(|s| proxy::duration::parse(s).ok())
 }
 
-struct Builder<'a> {
-    snap: &'a Snapshot,
-    key: &'a OutboundKey,
-    clusters: BTreeMap<String, Cluster>,
+/// Whose routes are built: a sidecar's (rules bound to `mesh`) or a gateway's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Sidecars: VirtualServices and match rules bound to `mesh` (the default).
+    Mesh,
+    /// One gateway, as `<namespace>/<name>`.
+    Gateway(String),
+}
+
+impl Scope {
+    /// Whether a `gateways` list written in namespace `vs_ns` names this scope (empty: `mesh`).
+    pub(super) fn named_by(&self, gateways: &[String], vs_ns: &str) -> bool {
+        match self {
+            Scope::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
+            Scope::Gateway(full) => gateways.iter().any(|g| match g.split_once('/') {
+                Some(_) => g == full,
+                None => format!("{vs_ns}/{g}") == *full,
+            }),
+        }
+    }
+}
+
+pub(super) struct Builder<'a> {
+    pub(super) snap: &'a Snapshot,
+    pub(super) key: &'a OutboundKey,
+    pub(super) clusters: BTreeMap<String, Cluster>,
+    pub(super) scope: Scope,
 }
 
 /// Builds the outbound part for `key`.
 pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
-    let mut b = Builder { snap, key, clusters: BTreeMap::new() };
+    let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
     // Every service's clusters first, so a route naming another service's cluster finds the
     // real one rather than leaving an empty placeholder in its place.
     for svc in snap.registry.visible(&key.namespace) {
@@ -144,7 +183,7 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
 /// Virtual hosts and every other cluster are shared with `prev`, so the cost is the size of
 /// the change, not of the mesh.
 pub fn rebuild(snap: &Snapshot, key: &OutboundKey, prev: &Outbound, hosts: &BTreeSet<String>) -> Outbound {
-    let mut b = Builder { snap, key, clusters: BTreeMap::new() };
+    let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
     for host in hosts {
         if let Some(svc) = snap.registry.lookup(host, &key.namespace) {
             b.clusters_of(svc);
@@ -273,7 +312,7 @@ impl Builder<'_> {
     /// Makes sure a route's destination cluster exists. Unknown hosts or subsets get an
     /// empty cluster, so the route answers 503 (as Envoy does for a missing cluster) rather
     /// than the whole config being refused.
-    fn destination(&mut self, d: &istio::Destination, vs_ns: &str, default_port: u16) -> String {
+    pub(super) fn destination(&mut self, d: &istio::Destination, vs_ns: &str, default_port: u16) -> String {
         let domain = &self.snap.mesh.cluster_domain;
         let host = resolve_host(&d.host, vs_ns, domain);
         let svc = self.snap.registry.lookup(&host, &self.key.namespace).cloned();
@@ -306,11 +345,11 @@ impl Builder<'_> {
 
     /// The rules of `vs` that apply to `port` of `svc`, in order. A VirtualService replaces
     /// the default route: requests matching none of its rules get 404, as in Istio.
-    fn vs_routes(&mut self, vs: &VirtualService, port: &ServicePort) -> Vec<Route> {
+    pub(super) fn vs_routes(&mut self, vs: &VirtualService, port: &ServicePort) -> Vec<Route> {
         let vs_ns = vs.namespace().unwrap_or_default();
         let mut routes = Vec::new();
         for (i, rule) in vs.spec.http.iter().enumerate() {
-            let Some(matches) = self.matches(rule, port.number) else { continue };
+            let Some(matches) = self.matches(rule, port.number, &vs_ns) else { continue };
             let name = rule.name.clone().unwrap_or_else(|| format!("{vs_ns}/{}[{i}]", vs.name_any()));
             let route = rule
                 .route
@@ -354,7 +393,7 @@ impl Builder<'_> {
     /// The rule's matches narrowed to `port` and to this client; `None` when none can match.
     /// `sourceLabels`, `sourceNamespace` and `gateways` are decided here, per client, as Istio
     /// does when it builds a sidecar's routes.
-    fn matches(&self, rule: &HttpRoute, port: u16) -> Option<Vec<RouteMatch>> {
+    fn matches(&self, rule: &HttpRoute, port: u16, vs_ns: &str) -> Option<Vec<RouteMatch>> {
         if rule.matches.is_empty() {
             return Some(vec![RouteMatch { port: Some(port), ..Default::default() }]);
         }
@@ -364,7 +403,8 @@ impl Builder<'_> {
             .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
             .filter(|m| selects(&m.source_labels, &self.key.labels))
             .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| *ns == self.key.namespace))
-            .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+            // A match without `gateways` applies wherever its VirtualService does.
+            .filter(|m| m.gateways.is_empty() || self.scope.named_by(&m.gateways, vs_ns))
             .map(|m| RouteMatch {
                 uri: m.uri.as_ref().and_then(string_match),
                 method: m.method.as_ref().and_then(string_match),

@@ -1,7 +1,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use skein_api::proxy::{
-    ClientTlsMode, Cluster, IdentityFiles, OutboundPolicy, PeerAuthMode, ProxyConfig, Route, StringMatch, VirtualHost,
+    ClientTlsMode, Cluster, IdentityFiles, ListenerProtocol, OutboundPolicy, PeerAuthMode, ProxyConfig, Route,
+    StringMatch, VirtualHost,
 };
 
 use super::*;
@@ -117,6 +118,7 @@ fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
             "VirtualService" => istio.virtual_services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "DestinationRule" => istio.destination_rules.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "ServiceEntry" => istio.service_entries.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "Gateway" => istio.gateways.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "PeerAuthentication" => istio.peer_authentications.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "AuthorizationPolicy" => {
                 istio.authorization_policies.push(Arc::new(serde_yaml::from_value(value).unwrap()))
@@ -580,4 +582,141 @@ fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
     assert!(!v3.mtls_ready);
     // And the result equals a build from scratch.
     assert_eq!(next.by_host, Registry::build(&mesh, &services, &slices, &pods, &[], &HashMap::new()).by_host);
+}
+
+const INGRESS_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway}}\nspec: {serviceAccountName: istio-ingressgateway, containers: [{name: proxy, image: x}]}\nstatus: {podIP: 10.0.9.1}\n";
+
+/// Istio's Bookinfo ingress (samples/bookinfo/networking/bookinfo-gateway.yaml), as written.
+const BOOKINFO_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match:
+    - uri: {exact: /productpage}
+    - uri: {prefix: /static}
+    route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#;
+
+fn gateway_config(snap: &Snapshot) -> ProxyConfig {
+    let node =
+        Node::parse("router~10.0.9.1~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local").unwrap();
+    let w = Workload::of(snap, &node);
+    assert!(w.router);
+    let mut cfg = config(snap, &w);
+    cfg.identity = Some(IdentityFiles { cert_chain: "c".into(), private_key: "k".into(), root_cert: "r".into() });
+    cfg.validate().unwrap_or_else(|e| panic!("translated gateway config is invalid: {e}\n{cfg:#?}"));
+    cfg
+}
+
+#[test]
+fn an_ingress_gateway_serves_the_virtual_services_bound_to_its_gateways() {
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{BOOKINFO_GATEWAY}"));
+    let cfg = gateway_config(&snap);
+    assert_eq!(cfg.listeners.len(), 1, "{:?}", cfg.listeners);
+    let l = &cfg.listeners[0];
+    assert_eq!((l.name.as_str(), l.address.port(), l.protocol), ("0.0.0.0_80", 80, ListenerProtocol::Http));
+    assert!(l.capture.is_none() && l.server_tls.is_none());
+    assert_eq!(cfg.virtual_hosts.len(), 1);
+    let vh = vhost(&cfg, "*");
+    assert_eq!(vh.domains, vec!["*".to_string()]);
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080||productpage.default.svc.cluster.local", 100)]);
+    let m = &vh.routes[0].matches;
+    assert_eq!(m[0].uri, Some(StringMatch::Exact("/productpage".into())));
+    assert_eq!(m[1].uri, Some(StringMatch::Prefix("/static".into())));
+    assert!(m.iter().all(|m| m.port == Some(80)));
+    // The gateway reaches the mesh with mesh mTLS, like any client.
+    let pp = cluster(&cfg, "outbound|9080||productpage.default.svc.cluster.local");
+    assert_eq!(pp.endpoints, vec!["10.0.0.1:9080".parse().unwrap()]);
+    assert_eq!(pp.tls.as_ref().map(|t| t.mode), Some(ClientTlsMode::IstioMutual));
+    // Sidecars do not get the gateway's routes.
+    assert!(config_for(&snap, "productpage-v1-1").virtual_hosts.iter().all(|v| v.name != "*"));
+}
+
+#[test]
+fn gateway_servers_become_https_passthrough_and_east_west_listeners() {
+    let gw = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}
+    hosts: ["default/app.example.com"]
+  - port: {number: 8443, name: tls, protocol: TLS}
+    tls: {mode: PASSTHROUGH}
+    hosts: ["*.secure.example.com"]
+  - port: {number: 15443, name: tls-ew, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 9999, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: default}
+spec:
+  hosts: [app.example.com]
+  gateways: [istio-system/edge]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+  tls:
+  - match: [{sniHosts: [db.secure.example.com]}]
+    route:
+    - destination: {host: details, port: {number: 9080}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [app.example.com]
+  gateways: [istio-system/edge]
+  http:
+  - route:
+    - destination: {host: ratings.default.svc.cluster.local}
+"#;
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{DESTINATION_RULES}\n---\n{gw}"));
+    let cfg = gateway_config(&snap);
+    let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, vec!["0.0.0.0_443", "0.0.0.0_8443", "0.0.0.0_15443"], "the egress gateway's server is not here");
+    let https = &cfg.listeners[0];
+    assert_eq!(https.protocol, ListenerProtocol::Http);
+    let cred = &https.server_tls.as_ref().expect("TLS terminated").credentials[0];
+    assert_eq!(cred.hosts, vec!["app.example.com".to_string()]);
+    assert_eq!(cred.cert_chain, std::path::PathBuf::from("/etc/certs/tls.crt"));
+    // Only the VirtualService in the namespace the server's host admits (`default/`) is served.
+    let vh = vhost(&cfg, "app.example.com");
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080|v2|reviews.default.svc.cluster.local", 100)]);
+    assert_eq!(vh.routes.len(), 1, "{:?}", vh.routes);
+    let pass = &cfg.listeners[1];
+    assert_eq!(pass.protocol, ListenerProtocol::Tls);
+    assert_eq!(pass.tls_routes.len(), 1);
+    assert_eq!(pass.tls_routes[0].sni_hosts, vec!["db.secure.example.com".to_string()]);
+    assert_eq!(pass.tls_routes[0].cluster, "outbound|9080||details.default.svc.cluster.local");
+    assert_eq!(cfg.listeners[2].protocol, ListenerProtocol::AutoPassthrough);
+    // East-west passthrough finds every subset cluster by its Istio SNI name.
+    assert!(!cluster(&cfg, "outbound|9080|v3|reviews.default.svc.cluster.local").endpoints.is_empty());
 }

@@ -1,0 +1,283 @@
+//! Gateways (`router` proxies): Istio `Gateway` servers selecting the gateway's pod become
+//! listeners, and the VirtualServices bound to those Gateways become its virtual hosts.
+//!
+//! Per server: HTTP (and HTTP2/GRPC) is routed by Host; HTTPS with tls mode SIMPLE or MUTUAL
+//! is terminated with the certificate files named in the server and then routed like HTTP;
+//! TLS/HTTPS with PASSTHROUGH goes by SNI to the VirtualServices' `tls` routes, still
+//! encrypted; TLS with AUTO_PASSTHROUGH (the east-west gateway on 15443) sends each
+//! connection to the local endpoints its Istio SNI names; TCP goes to the first bound
+//! VirtualService's `tcp` route. Servers are grouped by port, as Istio does: on one port the
+//! first server's protocol wins and the others' hosts and certificates join it.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use kube::ResourceExt;
+use skein_api::{
+    istio::networking::{Gateway, Server, VirtualService},
+    proxy::{
+        Cluster, Listener, ListenerProtocol, PeerAuthMode, Route, ServerCredential, ServerTls, TlsRoute, VirtualHost,
+    },
+};
+use tracing::debug;
+
+use super::{
+    OutboundKey, Workload, inbound,
+    outbound::{Builder, Scope},
+};
+use crate::{
+    registry::{Protocol, ServicePort},
+    snapshot::{Snapshot, age_key, selects},
+};
+
+/// What a gateway serves: listeners, virtual hosts, and the clusters its routes name that
+/// the mesh-wide cluster set may not have (unknown hosts or subsets, as empty clusters).
+#[derive(Debug, Default)]
+pub struct GatewayConfig {
+    /// One listener per server port.
+    pub listeners: Vec<Listener>,
+    /// Virtual hosts of the HTTP(S) servers, by domain.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Clusters routes name.
+    pub clusters: BTreeMap<String, Cluster>,
+}
+
+/// How one server port is served.
+enum PortKind {
+    Http { tls: Option<ServerTls> },
+    Passthrough,
+    AutoPassthrough,
+    Tcp,
+}
+
+struct PortPlan {
+    kind: PortKind,
+    /// (gateway `<ns>/<name>`, gateway namespace, server) on this port.
+    servers: Vec<(String, String, Server)>,
+}
+
+/// Gateways whose selector matches the workload's labels, oldest first (Istio looks for them
+/// in every namespace).
+fn selected<'a>(snap: &'a Snapshot, w: &Workload) -> Vec<&'a Arc<Gateway>> {
+    let mut v: Vec<&Arc<Gateway>> =
+        snap.istio.gateways.iter().filter(|g| selects(&g.spec.selector, &w.labels)).collect();
+    v.sort_by_key(|g| age_key(g.as_ref()));
+    v
+}
+
+fn kind_of(server: &Server) -> Option<PortKind> {
+    let protocol = server.port.protocol.as_deref().unwrap_or("HTTP").to_ascii_uppercase();
+    let mode = server.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("").to_ascii_uppercase();
+    Some(match (protocol.as_str(), mode.as_str()) {
+        (_, "AUTO_PASSTHROUGH") => PortKind::AutoPassthrough,
+        ("HTTPS" | "TLS", "PASSTHROUGH") => PortKind::Passthrough,
+        ("HTTPS", "SIMPLE" | "MUTUAL") => PortKind::Http { tls: Some(server_tls(server)?) },
+        ("HTTP" | "HTTP2" | "GRPC", _) => PortKind::Http { tls: None },
+        ("TCP" | "MONGO" | "MYSQL" | "REDIS", _) => PortKind::Tcp,
+        _ => return None,
+    })
+}
+
+/// The certificate of a SIMPLE/MUTUAL server, from the files it names on the gateway's disk.
+/// (`credentialName`, a Secret, is refused by validation until secrets are served.)
+fn server_tls(server: &Server) -> Option<ServerTls> {
+    let tls = server.tls.as_ref()?;
+    let credential = ServerCredential {
+        hosts: server.hosts.iter().map(|h| host_part(h).to_string()).collect(),
+        cert_chain: tls.server_certificate.clone()?.into(),
+        private_key: tls.private_key.clone()?.into(),
+    };
+    let mutual = tls.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("MUTUAL"));
+    Some(ServerTls {
+        credentials: vec![credential],
+        ca_certificates: tls.ca_certificates.clone().filter(|_| mutual).map(Into::into),
+    })
+}
+
+/// `ns/host` → `host`.
+fn host_part(h: &str) -> &str {
+    h.split_once('/').map_or(h, |(_, host)| host)
+}
+
+/// Whether server host `pattern` (`[ns/]host`, wildcards allowed) admits VirtualService host
+/// `vs_host` of a VirtualService in `vs_ns`; returns the domain to serve it under (the more
+/// specific of the two).
+fn admits(pattern: &str, gw_ns: &str, vs_ns: &str, vs_host: &str) -> Option<String> {
+    let (ns, host) = pattern.split_once('/').unwrap_or(("*", pattern));
+    let ns_ok = match ns {
+        "*" => true,
+        "." => vs_ns == gw_ns,
+        other => other == vs_ns,
+    };
+    if !ns_ok {
+        return None;
+    }
+    if wildcard_covers(host, vs_host) {
+        Some(vs_host.to_ascii_lowercase())
+    } else if wildcard_covers(vs_host, host) {
+        Some(host.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
+
+/// Whether host pattern `wide` covers every name `narrow` does (`*` covers all, `*.a.com`
+/// covers `b.a.com` and `*.b.a.com`).
+pub fn wildcard_covers(wide: &str, narrow: &str) -> bool {
+    if wide == "*" {
+        return true;
+    }
+    match wide.strip_prefix('*') {
+        Some(suffix) => {
+            narrow.len() > suffix.len() && narrow.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase())
+        }
+        None => wide.eq_ignore_ascii_case(narrow),
+    }
+}
+
+/// The configuration of the gateway `w`. `key` is its outbound key (for `sourceLabels`).
+pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig {
+    let mut ports: BTreeMap<u16, PortPlan> = BTreeMap::new();
+    for gw in selected(snap, w) {
+        let gw_ns = gw.namespace().unwrap_or_default();
+        let full = format!("{gw_ns}/{}", gw.name_any());
+        for server in &gw.spec.servers {
+            let Ok(number) = u16::try_from(server.port.number) else { continue };
+            let Some(kind) = kind_of(server) else {
+                debug!(gateway = full, port = number, "server not served (protocol/tls mode)");
+                continue;
+            };
+            let plan = ports.entry(number).or_insert_with(|| PortPlan { kind, servers: Vec::new() });
+            // A later HTTPS server on a port brings its certificate along.
+            if let (PortKind::Http { tls: Some(existing) }, Some(PortKind::Http { tls: Some(more) })) =
+                (&mut plan.kind, kind_of(server))
+                && !plan.servers.is_empty()
+            {
+                existing.credentials.extend(more.credentials);
+            }
+            plan.servers.push((full.clone(), gw_ns.clone(), server.clone()));
+        }
+    }
+
+    let authorization = inbound::authorization(snap, w);
+    let mut out = GatewayConfig::default();
+    let mut vhosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    for (number, plan) in &ports {
+        let mut listener = Listener {
+            name: format!("0.0.0.0_{number}"),
+            address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, *number)),
+            protocol: ListenerProtocol::Http,
+            cluster: None,
+            peer_authentication: PeerAuthMode::Disable,
+            authorization: authorization.clone(),
+            capture: None,
+            server_tls: None,
+            tls_routes: Vec::new(),
+        };
+        let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
+        match &plan.kind {
+            PortKind::Http { tls } => {
+                listener.server_tls = tls.clone();
+                let port =
+                    ServicePort { number: *number, name: String::new(), protocol: Protocol::Http, target: *number };
+                for (full, gw_ns, server) in &plan.servers {
+                    b.scope = Scope::Gateway(full.clone());
+                    for vs in bound(snap, &b.scope) {
+                        let vs_ns = vs.namespace().unwrap_or_default();
+                        let domains: Vec<String> = vs
+                            .spec
+                            .hosts
+                            .iter()
+                            .flat_map(|h| server.hosts.iter().filter_map(|p| admits(p, gw_ns, &vs_ns, h)))
+                            .collect();
+                        if domains.is_empty() {
+                            continue;
+                        }
+                        let routes = b.vs_routes(vs, &port);
+                        for d in domains {
+                            vhosts.entry(d).or_default().extend(routes.iter().cloned());
+                        }
+                    }
+                }
+            }
+            PortKind::Passthrough => {
+                listener.protocol = ListenerProtocol::Tls;
+                for (full, gw_ns, server) in &plan.servers {
+                    b.scope = Scope::Gateway(full.clone());
+                    for vs in bound(snap, &b.scope) {
+                        let vs_ns = vs.namespace().unwrap_or_default();
+                        for rule in &vs.spec.tls {
+                            let sni: Vec<String> = rule
+                                .matches
+                                .iter()
+                                .filter(|m| m.port.is_none_or(|p| p == u32::from(*number)))
+                                .filter(|m| m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
+                                .flat_map(|m| m.sni_hosts.iter())
+                                .filter(|h| server.hosts.iter().any(|p| admits(p, gw_ns, &vs_ns, h).is_some()))
+                                .cloned()
+                                .collect();
+                            let Some(dest) = rule.route.first() else { continue };
+                            if sni.is_empty() {
+                                continue;
+                            }
+                            let cluster = b.destination(&dest.destination, &vs_ns, *number);
+                            listener.tls_routes.push(TlsRoute { sni_hosts: sni, cluster });
+                        }
+                    }
+                }
+            }
+            PortKind::AutoPassthrough => {
+                listener.protocol = ListenerProtocol::AutoPassthrough;
+                // The connection's destination is in its SNI; authorization is the workload's.
+                listener.authorization = Vec::new();
+            }
+            PortKind::Tcp => {
+                listener.protocol = ListenerProtocol::Tcp;
+                'found: for (full, _, _) in &plan.servers {
+                    b.scope = Scope::Gateway(full.clone());
+                    for vs in bound(snap, &b.scope) {
+                        let vs_ns = vs.namespace().unwrap_or_default();
+                        for rule in &vs.spec.tcp {
+                            let applies = rule.matches.is_empty()
+                                || rule.matches.iter().any(|m| {
+                                    m.port.is_none_or(|p| p == u32::from(*number))
+                                        && (m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
+                                });
+                            if let (true, Some(dest)) = (applies, rule.route.first()) {
+                                listener.cluster = Some(b.destination(&dest.destination, &vs_ns, *number));
+                                break 'found;
+                            }
+                        }
+                    }
+                }
+                if listener.cluster.is_none() {
+                    debug!(port = number, "TCP server without a bound VirtualService tcp route; not served");
+                    continue;
+                }
+            }
+        }
+        out.clusters.append(&mut b.clusters);
+        out.listeners.push(listener);
+    }
+    out.virtual_hosts = vhosts
+        .into_iter()
+        .map(|(domain, routes)| VirtualHost { name: domain.clone(), domains: vec![domain], routes })
+        .collect();
+    out
+}
+
+/// VirtualServices bound to the gateway `scope`, oldest first.
+fn bound<'a>(snap: &'a Snapshot, scope: &Scope) -> Vec<&'a Arc<VirtualService>> {
+    let mut v: Vec<&Arc<VirtualService>> = snap
+        .istio
+        .virtual_services
+        .iter()
+        .filter(|vs| scope.named_by(&vs.spec.gateways, &vs.namespace().unwrap_or_default()))
+        .filter(|vs| !vs.spec.gateways.is_empty())
+        .collect();
+    v.sort_by_key(|vs| age_key(vs.as_ref()));
+    v
+}
