@@ -59,6 +59,8 @@ struct Mesh {
     /// A host outside the mesh (no sidecar, no capture): plays "a workload without a sidecar"
     /// and the external service of the ServiceEntry.
     ext: Netns,
+    /// The ingress gateway.
+    gateway: Netns,
     vips: BTreeMap<String, String>,
     pods: BTreeMap<String, Netns>,
     cert_dirs: BTreeMap<String, PathBuf>,
@@ -162,48 +164,8 @@ async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: 
             "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default, labels: {{app: {svc}, version: {version}, security.istio.io/tlsMode: istio}}}}\nspec: {{nodeName: netns-node, serviceAccountName: {sa}, containers: [{{name: app, image: bookinfo/{svc}}}]}}\n"
         ));
         let ns = Netns::new(&format!("sk{tag}{host}"), bridge, host);
-        let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#,
-            ip = ns.ip
-        );
-        let out = cluster.kubectl(
-            &["patch", "pod", pod, "-n", "default", "--subresource=status", "--type=merge", "-p", &status],
-            None,
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-        // The pod's identity: a projected-style token for the CA, and a cert dir the sidecar owns.
-        let out = cluster
-            .kubectl(&["create", "token", sa, "-n", "default", "--audience", "istio-ca", "--duration", "1h"], None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let token = dir.join(format!("{pod}.token"));
-        std::fs::write(&token, &out.stdout).unwrap();
-        let certs = dir.join(format!("{pod}-certs"));
-        std::fs::create_dir_all(&certs).unwrap();
-        nix::unistd::chown(&certs, Some(nix::unistd::Uid::from_raw(1337)), Some(nix::unistd::Gid::from_raw(1337)))
-            .unwrap();
-
+        let (args, certs) = proxy_args(cluster, cp, bridge, &ns, "sidecar", "default", pod, sa);
         ns.exec(&[proxy.to_str().unwrap(), "init-iptables"]);
-        let node_id = format!("sidecar~{}~{pod}.default~default.svc.cluster.local", ns.ip);
-        let args: Vec<String> = [
-            "run",
-            "--discovery-address",
-            &format!("{}:{}", bridge.gateway(), cp.grpc_port),
-            "--discovery-root-cert",
-            cp.root_cert.to_str().unwrap(),
-            "--token-file",
-            token.to_str().unwrap(),
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            // Short-lived certificates: every sidecar rotates several times during the test.
-            "--cert-ttl",
-            "20s",
-            "--node-id",
-            &node_id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
         procs.push(ns.spawn(Some(1337), &proxy, &args, &dir.join(format!("logs/{pod}-proxy.log"))));
         if svc != "sleep" {
             let mut app_args = vec![svc.to_string(), version.to_string(), "0.0.0.0:9080".to_string()];
@@ -218,8 +180,23 @@ async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: 
         cert_dirs.insert(pod.to_string(), certs);
         pods.insert(pod.to_string(), ns);
     }
-    // Every sidecar ready (it has its certificate and first config).
-    for (pod, ns) in &pods {
+    // The ingress gateway (Istio's istio-ingressgateway): a `router` proxy, no capture; root
+    // in its network namespace so it may bind port 80, as the Gateway's server says.
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway, app: istio-ingressgateway}}\nspec: {nodeName: netns-node, serviceAccountName: istio-ingressgateway, containers: [{name: istio-proxy, image: skein-proxy}]}\n");
+    let gateway = Netns::new(&format!("sk{tag}gw"), bridge, 30);
+    let (args, _) = proxy_args(
+        cluster,
+        cp,
+        bridge,
+        &gateway,
+        "router",
+        "istio-system",
+        "istio-ingressgateway-1",
+        "istio-ingressgateway",
+    );
+    procs.push(gateway.spawn(None, &proxy, &args, &dir.join("logs/istio-ingressgateway-proxy.log")));
+    // Every proxy ready (it has its certificate and first config).
+    for (pod, ns) in pods.iter().chain([(&"istio-ingressgateway".to_string(), &gateway)]) {
         let addr: SocketAddr = format!("{}:15021", ns.ip).parse().unwrap();
         let start = Instant::now();
         loop {
@@ -236,7 +213,62 @@ async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: 
         }
     }
     let sleep = pods.remove("sleep").unwrap();
-    Mesh { sleep, ext, vips, pods, cert_dirs, _procs: procs }
+    Mesh { sleep, ext, gateway, vips, pods, cert_dirs, _procs: procs }
+}
+
+/// Reports `pod` running at the address of `ns` (the test plays kubelet), gives it a token
+/// for the CA and a certificate directory; returns the `skein-proxy run` arguments of its
+/// `kind` (`sidecar` or `router`) proxy, and the certificate directory.
+#[allow(clippy::too_many_arguments)]
+fn proxy_args(
+    cluster: &Cluster,
+    cp: &ControlPlane,
+    bridge: &Bridge,
+    ns: &Netns,
+    kind: &str,
+    namespace: &str,
+    pod: &str,
+    sa: &str,
+) -> (Vec<String>, PathBuf) {
+    let dir = cluster.scratch_dir();
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#,
+        ip = ns.ip
+    );
+    let out = cluster
+        .kubectl(&["patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", &status], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The pod's identity: a projected-style token for the CA, and a cert dir the proxy owns.
+    let out =
+        cluster.kubectl(&["create", "token", sa, "-n", namespace, "--audience", "istio-ca", "--duration", "1h"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = dir.join(format!("{pod}.token"));
+    std::fs::write(&token, &out.stdout).unwrap();
+    let certs = dir.join(format!("{pod}-certs"));
+    std::fs::create_dir_all(&certs).unwrap();
+    nix::unistd::chown(&certs, Some(nix::unistd::Uid::from_raw(1337)), Some(nix::unistd::Gid::from_raw(1337))).unwrap();
+    let node_id = format!("{kind}~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", ns.ip);
+    let args = [
+        "run",
+        "--discovery-address",
+        &format!("{}:{}", bridge.gateway(), cp.grpc_port),
+        "--discovery-root-cert",
+        cp.root_cert.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        // Short-lived certificates: every proxy rotates several times during the test.
+        "--cert-ttl",
+        "20s",
+        "--node-id",
+        &node_id,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (args, certs)
 }
 
 const MESH_CONFIG: &str = "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
@@ -283,6 +315,51 @@ const ALL_V1: [(&str, &str); 4] = [
     ("ratings", "  - route: [{destination: {host: ratings, subset: v1}}]\n"),
 ];
 
+/// Istio's samples/bookinfo/networking/bookinfo-gateway.yaml, unchanged.
+const BOOKINFO_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - match:
+    - uri:
+        exact: /productpage
+    - uri:
+        prefix: /static
+    - uri:
+        exact: /login
+    - uri:
+        exact: /logout
+    - uri:
+        prefix: /api/v1/products
+    route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+"#;
+
 const JASON_V2: &str = "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +396,30 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         let (s, b) = mesh.page(None);
         assert_eq!((s, reviews_version(&b)), (200, Some("v1")), "{b}");
     }
+
+    // Istio's bookinfo-gateway.yaml: the ingress gateway serves /productpage to the outside
+    // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
+    cluster.apply(BOOKINFO_GATEWAY);
+    let ingress: SocketAddr = format!("{}:80", mesh.gateway.ip).parse().unwrap();
+    let start = Instant::now();
+    let body = loop {
+        match get_path(&mesh.ext, ingress, "bookinfo.example.com", "/productpage", None) {
+            Ok((200, body)) => break body,
+            other => assert!(start.elapsed() < Duration::from_secs(10), "ingress /productpage: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["service"], "productpage", "{page}");
+    assert!(
+        page["xfcc"]
+            .as_str()
+            .unwrap_or("")
+            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"),
+        "productpage sees the gateway's identity: {page}"
+    );
+    assert_eq!(reviews_version(&page), Some("v1"), "{page}");
+    assert_eq!(get_path(&mesh.ext, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
 
     // 50/50 v1/v3, visible within a second of kubectl apply.
     cluster.apply(&vs(
