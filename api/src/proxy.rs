@@ -124,10 +124,51 @@ pub struct ServerTls {
 pub struct ServerCredential {
     /// Server names (exact, or `*.example.com`) this certificate answers for.
     pub hosts: Vec<String>,
-    /// Certificate chain (PEM), leaf first.
+    /// Certificate chain file (PEM), leaf first. Unused when `inline` is set.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub cert_chain: std::path::PathBuf,
-    /// Private key (PEM).
+    /// Private key file (PEM). Unused when `inline` is set.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub private_key: std::path::PathBuf,
+    /// The certificate and key themselves: a Secret named by a Gateway's `credentialName`,
+    /// sent by the control plane to the gateway it authenticated. Used instead of the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<InlineCredential>,
+}
+
+fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// A certificate chain and key carried in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InlineCredential {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_chain: String,
+    /// Private key (PEM); never shown in config dumps or logs.
+    pub private_key: SecretPem,
+    /// CA bundle (PEM) client certificates must chain to (mode MUTUAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
+/// Key material: compared and used like a string, but printed (Debug, config dump) as
+/// `<redacted>` so it never reaches a log or an admin page.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretPem(pub String);
+
+impl std::fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretPem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 /// A TLS passthrough route (VirtualService `tls` rule): connections whose server name matches

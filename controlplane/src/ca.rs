@@ -24,20 +24,38 @@ pub const TOKEN_AUDIENCE: &str = "istio-ca";
 #[derive(Clone)]
 pub struct Ca {
     bundle: Arc<CaBundle>,
-    client: Client,
+    reviewer: TokenReviewer,
     trust_domain: String,
-    audience: String,
     metrics: Metrics,
 }
 
 impl Ca {
     /// A CA signing with `bundle` for `trust_domain`.
-    pub fn new(bundle: CaBundle, client: Client, trust_domain: String, audience: String, metrics: Metrics) -> Self {
-        Self { bundle: Arc::new(bundle), client, trust_domain, audience, metrics }
+    pub fn new(bundle: CaBundle, reviewer: TokenReviewer, trust_domain: String, metrics: Metrics) -> Self {
+        Self { bundle: Arc::new(bundle), reviewer, trust_domain, metrics }
+    }
+}
+
+/// Checks ServiceAccount tokens with the apiserver (TokenReview).
+#[derive(Clone)]
+pub struct TokenReviewer {
+    client: Client,
+    audience: String,
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_string)
+}
+
+impl TokenReviewer {
+    /// Reviews tokens issued for `audience`.
+    pub fn new(client: Client, audience: String) -> Self {
+        Self { client, audience }
     }
 
     /// Who the token belongs to: `(namespace, service account)`.
-    async fn authenticate(&self, token: &str) -> Result<(String, String), Status> {
+    pub async fn authenticate(&self, token: &str) -> Result<(String, String), Status> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_string()), audiences: Some(vec![self.audience.clone()]) },
             ..Default::default()
@@ -77,17 +95,11 @@ impl CertificateService for Ca {
         &self,
         request: Request<pb::CertificateRequest>,
     ) -> Result<Response<pb::CertificateResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let Some(token) = token else {
+        let Some(token) = bearer(request.metadata()) else {
             self.metrics.certs_refused.inc();
             return Err(Status::unauthenticated("authorization: Bearer <ServiceAccount token> is required"));
         };
-        let (ns, sa) = match self.authenticate(&token).await {
+        let (ns, sa) = match self.reviewer.authenticate(&token).await {
             Ok(id) => id,
             Err(e) => {
                 self.metrics.certs_refused.inc();

@@ -13,7 +13,7 @@ use skein_api::{
     },
 };
 use skein_controlplane::{
-    ca::{Ca, TOKEN_AUDIENCE},
+    ca::{Ca, TOKEN_AUDIENCE, TokenReviewer},
     inject,
     mesh::MeshSettings,
     metrics::{self, Metrics},
@@ -122,11 +122,13 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let metrics = Metrics::default();
 
     let changes = Arc::new(Changes::default());
-    let stores = Stores::start(&client, &changes);
+    let stores = Stores::start(&client, &changes, &args.namespace);
     let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone()));
 
-    let discovery = Discovery::new(rx.clone(), metrics.clone(), args.push_limit, args.push_chunk_bytes);
+    let reviewer = TokenReviewer::new(client.clone(), args.token_audience.clone());
+    let discovery =
+        Discovery::new(rx.clone(), metrics.clone(), args.push_limit, args.push_chunk_bytes, Some(reviewer.clone()));
     let sync = discovery.sync_table();
     let syncz: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
         let table = sync.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -164,8 +166,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let ca =
-        Ca::new(ca_bundle, client.clone(), mesh.trust_domain.clone(), args.token_audience.clone(), metrics.clone());
+    let ca = Ca::new(ca_bundle, reviewer, mesh.trust_domain.clone(), metrics.clone());
 
     let tls_listener = TcpListener::bind(args.grpc_addr).await.with_context(|| format!("bind {}", args.grpc_addr))?;
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(chain, key));

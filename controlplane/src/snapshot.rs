@@ -100,6 +100,39 @@ pub struct Snapshot {
         std::sync::Mutex<HashMap<crate::translate::Workload, Arc<tokio::sync::OnceCell<Arc<crate::render::Rendered>>>>>,
     /// What this snapshot may reuse from the previous one (see [`Snapshot::reuse_from`]).
     pub(crate) reuse: Option<Reuse>,
+    /// TLS Secrets gateways may name in `credentialName`, by (namespace, name).
+    pub tls_secrets: BTreeMap<(String, String), Arc<TlsSecret>>,
+}
+
+/// A `kubernetes.io/tls` Secret: what a gateway serves with `credentialName`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsSecret {
+    /// `tls.crt`.
+    pub cert_chain: String,
+    /// `tls.key`.
+    pub private_key: skein_api::proxy::SecretPem,
+    /// `ca.crt`, for mode MUTUAL.
+    pub ca_certificates: Option<String>,
+}
+
+impl std::fmt::Debug for TlsSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSecret").finish_non_exhaustive()
+    }
+}
+
+impl TlsSecret {
+    /// `((namespace, name), secret)` of a Secret carrying `tls.crt` and `tls.key` as UTF-8 PEM.
+    pub fn from_secret(s: &k8s_openapi::api::core::v1::Secret) -> Option<((String, String), Arc<Self>)> {
+        let data = s.data.as_ref()?;
+        let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok());
+        let secret = TlsSecret {
+            cert_chain: text("tls.crt")?,
+            private_key: skein_api::proxy::SecretPem(text("tls.key")?),
+            ca_certificates: text("ca.crt"),
+        };
+        Some(((s.namespace()?, s.name_any()), Arc::new(secret)))
+    }
 }
 
 /// The previous snapshot's outbound parts, and the only hosts whose endpoints changed since.
@@ -171,6 +204,7 @@ impl Snapshot {
             outbound_cache: Default::default(),
             rendered: Default::default(),
             reuse: None,
+            tls_secrets: BTreeMap::new(),
         }
     }
 
@@ -186,7 +220,10 @@ impl Snapshot {
     }
 
     fn endpoint_only_changes(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
-        if self.mesh != prev.mesh || self.istio.fingerprint() != prev.istio.fingerprint() {
+        if self.mesh != prev.mesh
+            || self.istio.fingerprint() != prev.istio.fingerprint()
+            || self.tls_secrets != prev.tls_secrets
+        {
             return None;
         }
         let (new, old) = (&self.registry.by_host, &prev.registry.by_host);

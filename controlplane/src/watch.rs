@@ -12,7 +12,7 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Pod, Service},
+    core::v1::{Pod, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -40,7 +40,7 @@ use crate::{
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
     registry::{self, Registry},
-    snapshot::Snapshot,
+    snapshot::{Snapshot, TlsSecret},
 };
 
 /// Quiet time after a change before a snapshot is built while changes keep coming: a burst
@@ -105,15 +105,24 @@ pub struct Stores {
     gateways: Store<Gateway>,
     peer_authentications: Store<PeerAuthentication>,
     authorization_policies: Store<AuthorizationPolicy>,
+    /// `kubernetes.io/tls` Secrets in the control plane's namespace (gateway `credentialName`).
+    tls_secrets: Store<Secret>,
 }
 
 fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    reflect_with(api, watcher::Config::default(), changes, strip)
+}
+
+fn reflect_with<K>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).to_string();
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -132,6 +141,15 @@ fn strip_meta<K: Resource>(o: &mut K) {
     if let Some(a) = o.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// Of a TLS Secret only what a gateway serves is kept.
+fn strip_secret(s: &mut Secret) {
+    strip_meta(s);
+    if let Some(data) = s.data.as_mut() {
+        data.retain(|k, _| matches!(k.as_str(), "tls.crt" | "tls.key" | "ca.crt"));
+    }
+    s.string_data = None;
 }
 
 /// Pods are the largest objects watched; translation needs their labels, ServiceAccount and IP.
@@ -155,10 +173,13 @@ fn strip_pod(p: &mut Pod) {
 }
 
 impl Stores {
-    /// Starts watching everything, cluster-wide.
-    pub fn start(client: &Client, changes: &Arc<Changes>) -> Self {
+    /// Starts watching everything, cluster-wide; TLS Secrets only in `namespace` (the control
+    /// plane reads Secrets nowhere else; gateways run there).
+    pub fn start(client: &Client, changes: &Arc<Changes>, namespace: &str) -> Self {
         let c = || changes.clone();
+        let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
         Self {
+            tls_secrets: reflect_with(Api::namespaced(client.clone(), namespace), tls_only, c(), strip_secret),
             services: reflect(Api::all(client.clone()), c(), strip_meta),
             slices: reflect(Api::all(client.clone()), c(), strip_meta),
             pods: reflect(Api::all(client.clone()), c(), strip_pod),
@@ -243,6 +264,7 @@ pub async fn run(
             &mut registry_cache,
         );
         let mut snap = Snapshot::new(mesh.clone(), registry, istio, pods);
+        snap.tls_secrets = stores.tls_secrets.state().iter().filter_map(|s| TlsSecret::from_secret(s)).collect();
         generation += 1;
         snap.generation = generation;
         snap.changed_at = changed_at;

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::{
+    ca::{TokenReviewer, bearer},
     metrics::{Metrics, PushLabels},
     render::{Chunks, Rendered, rendered},
     snapshot::Snapshot,
@@ -62,14 +63,22 @@ pub struct Discovery {
     sync: SyncTable,
     throttle: Arc<Semaphore>,
     chunk: usize,
+    reviewer: Option<TokenReviewer>,
 }
 
 impl Discovery {
     /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit`
-    /// unacknowledged at a time, in responses of at most `chunk` config bytes.
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Metrics, push_limit: usize, chunk: usize) -> Self {
+    /// unacknowledged at a time, in responses of at most `chunk` config bytes. Proxies that
+    /// send a ServiceAccount token are authenticated with `reviewer`.
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: Metrics,
+        push_limit: usize,
+        chunk: usize,
+        reviewer: Option<TokenReviewer>,
+    ) -> Self {
         let throttle = Arc::new(Semaphore::new(push_limit.max(1)));
-        Self { snapshots, metrics, sync: SyncTable::default(), throttle, chunk: chunk.max(1) }
+        Self { snapshots, metrics, sync: SyncTable::default(), throttle, chunk: chunk.max(1), reviewer }
     }
 
     /// The sync table, for `/debug/syncz`.
@@ -91,6 +100,11 @@ impl ProxyDiscovery for Discovery {
         &self,
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        // A token is optional (sidecars need no secrets), but one that is sent must be valid.
+        let identity = match (bearer(request.metadata()), &self.reviewer) {
+            (Some(token), Some(reviewer)) => Some(reviewer.authenticate(&token).await?),
+            _ => None,
+        };
         let mut inbound = request.into_inner();
         let first =
             inbound.message().await?.ok_or_else(|| Status::invalid_argument("stream closed before a request"))?;
@@ -108,6 +122,7 @@ impl ProxyDiscovery for Discovery {
             current: first.version_info,
             running: None,
             full_next: false,
+            identity,
         };
         tokio::spawn(conn.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -128,6 +143,8 @@ struct Connection {
     running: Option<Arc<Rendered>>,
     /// The proxy refused a delta: send the whole config next.
     full_next: bool,
+    /// `(namespace, service account)` the proxy proved with its token.
+    identity: Option<(String, String)>,
 }
 
 /// A push awaiting its ACK or NACK; holds a throttle slot until then.
@@ -207,7 +224,10 @@ impl Connection {
     async fn push(&mut self, nonce: &mut u64) -> Result<Option<Pending>, ()> {
         let snap = self.snapshots.borrow_and_update().clone();
         let start = Instant::now();
-        let workload = Workload::of(&snap, &self.node);
+        let mut workload = Workload::of(&snap, &self.node);
+        workload.authenticated = self.identity.as_ref().is_some_and(|(ns, sa)| {
+            *ns == workload.namespace && *sa == workload.service_account && snap.pod(ns, &self.node.pod).is_some()
+        });
         let cfg = rendered(&snap, &workload).await;
         if cfg.version == self.current {
             self.metrics.pushes.get_or_create(&PushLabels { r#type: "unchanged" }).inc();

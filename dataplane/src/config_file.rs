@@ -56,7 +56,7 @@ fn fingerprint(path: &Path, store: &Store) -> Vec<Option<SystemTime>> {
         files.extend([id.cert_chain.as_path(), id.private_key.as_path(), id.root_cert.as_path()]);
     }
     for tls in cfg.listeners.iter().filter_map(|l| l.server_tls.as_ref()) {
-        for c in &tls.credentials {
+        for c in tls.credentials.iter().filter(|c| c.inline.is_none()) {
             files.extend([c.cert_chain.as_path(), c.private_key.as_path()]);
         }
         files.extend(tls.ca_certificates.as_deref());

@@ -120,7 +120,9 @@ pub async fn run(args: DiscoveryArgs, store: Store, metrics: Metrics) -> Result<
     let mut backoff = Backoff::default();
     let mut running = String::new();
     loop {
-        match stream(&channel, &node_id, &identity, &store, &metrics, &mut running, &mut backoff).await {
+        match stream(&channel, &node_id, &args.token_file, &identity, &store, &metrics, &mut running, &mut backoff)
+            .await
+        {
             Ok(()) => info!("discovery stream closed by the control plane; reconnecting"),
             Err(e) => warn!(error = %e, "discovery stream failed; reconnecting"),
         }
@@ -139,9 +141,11 @@ impl Backoff {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     channel: &Channel,
     node_id: &str,
+    token_file: &Path,
     identity: &IdentityFiles,
     store: &Store,
     metrics: &Metrics,
@@ -153,7 +157,15 @@ async fn stream(
     let node = pb::Node { id: node_id.to_string(), ..Default::default() };
     let hello = pb::DiscoveryRequest { node: Some(node), version_info: running.clone(), ..Default::default() };
     tx.send(hello).await.map_err(|_| tonic::Status::internal("request channel closed"))?;
-    let mut responses = client.stream_config(ReceiverStream::new(rx)).await?.into_inner();
+    // The ServiceAccount token proves who this proxy is: a gateway is sent the TLS Secrets of
+    // its namespace only when it does. Read anew on every connection (tokens are rotated).
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Ok(token) = std::fs::read_to_string(token_file)
+        && let Ok(value) = format!("Bearer {}", token.trim()).parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut responses = client.stream_config(request).await?.into_inner();
     info!(node = node_id, "discovery stream open");
     // A config may come in chunks with the same nonce; it is applied (or refused as too
     // large, without keeping the excess) once the last chunk has arrived.

@@ -74,26 +74,36 @@ pub fn server_config(listener: &str, tls: &ServerTls) -> Result<Arc<ServerConfig
     let mut certs = Vec::with_capacity(tls.credentials.len());
     for (i, c) in tls.credentials.iter().enumerate() {
         let at = |f: &str| format!("listeners[{listener}].serverTls.credentials[{i}].{f}");
-        let chain = CertificateDer::pem_slice_iter(&read(at("certChain"), &c.cert_chain)?)
+        let (chain_pem, key_pem) = match &c.inline {
+            Some(inline) => (inline.cert_chain.as_bytes().to_vec(), inline.private_key.0.as_bytes().to_vec()),
+            None => (read(at("certChain"), &c.cert_chain)?, read(at("privateKey"), &c.private_key)?),
+        };
+        let chain = CertificateDer::pem_slice_iter(&chain_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(at("certChain"), e))?;
         if chain.is_empty() {
-            return Err(bad(at("certChain"), "no certificate in the file"));
+            return Err(bad(at("certChain"), "no certificate"));
         }
-        let key = PrivateKeyDer::from_pem_slice(&read(at("privateKey"), &c.private_key)?)
-            .map_err(|e| bad(at("privateKey"), e))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(at("privateKey"), e))?;
         let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| bad(at("privateKey"), e))?;
         certs.push((c.hosts.clone(), Arc::new(key)));
     }
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| bad(format!("listeners[{listener}].serverTls"), e))?;
-    let builder = match &tls.ca_certificates {
+    // MUTUAL: the CA from the file, or from the (first) inline credential that carries one.
+    let inline_ca = tls.credentials.iter().find_map(|c| c.inline.as_ref()?.ca_certificates.clone());
+    let ca_pem = match (&tls.ca_certificates, inline_ca) {
+        (Some(file), _) => Some(read(format!("listeners[{listener}].serverTls.caCertificates"), file)?),
+        (None, Some(pem)) => Some(pem.into_bytes()),
+        (None, None) => None,
+    };
+    let builder = match ca_pem {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let at = format!("listeners[{listener}].serverTls.caCertificates");
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&read(at.clone(), ca)?) {
+            for cert in CertificateDer::pem_slice_iter(&ca) {
                 roots.add(cert.map_err(|e| bad(at.clone(), e))?).map_err(|e| bad(at.clone(), e))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

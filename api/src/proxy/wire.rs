@@ -131,6 +131,11 @@ impl TryFrom<pb::Listener> for Listener {
                         hosts: c.hosts,
                         cert_chain: c.cert_chain.into(),
                         private_key: c.private_key.into(),
+                        inline: c.inline.map(|i| InlineCredential {
+                            cert_chain: i.cert_chain,
+                            private_key: SecretPem(i.private_key),
+                            ca_certificates: i.ca_certificates,
+                        }),
                     })
                     .collect(),
                 ca_certificates: t.ca_certificates.map(PathBuf::from),
@@ -234,6 +239,11 @@ impl From<&Listener> for pb::Listener {
                         hosts: c.hosts.clone(),
                         cert_chain: path_str(&c.cert_chain),
                         private_key: path_str(&c.private_key),
+                        inline: c.inline.as_ref().map(|i| pb::InlineCredential {
+                            cert_chain: i.cert_chain.clone(),
+                            private_key: i.private_key.0.clone(),
+                            ca_certificates: i.ca_certificates.clone(),
+                        }),
                     })
                     .collect(),
                 ca_certificates: t.ca_certificates.as_deref().map(path_str),

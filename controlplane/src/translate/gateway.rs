@@ -2,7 +2,9 @@
 //! listeners, and the VirtualServices bound to those Gateways become its virtual hosts.
 //!
 //! Per server: HTTP (and HTTP2/GRPC) is routed by Host; HTTPS with tls mode SIMPLE or MUTUAL
-//! is terminated with the certificate files named in the server and then routed like HTTP;
+//! is terminated — with the `credentialName` Secret (sent only to a gateway that proved, with
+//! its ServiceAccount token, that it runs in the Secret's namespace) or the certificate files
+//! the server names — and then routed like HTTP;
 //! TLS/HTTPS with PASSTHROUGH goes by SNI to the VirtualServices' `tls` routes, still
 //! encrypted; TLS with AUTO_PASSTHROUGH (the east-west gateway on 15443) sends each
 //! connection to the local endpoints its Istio SNI names; TCP goes to the first bound
@@ -19,7 +21,8 @@ use kube::ResourceExt;
 use skein_api::{
     istio::networking::{Gateway, Server, VirtualService},
     proxy::{
-        Cluster, Listener, ListenerProtocol, PeerAuthMode, Route, ServerCredential, ServerTls, TlsRoute, VirtualHost,
+        Cluster, InlineCredential, Listener, ListenerProtocol, PeerAuthMode, Route, ServerCredential, ServerTls,
+        TlsRoute, VirtualHost,
     },
 };
 use tracing::debug;
@@ -68,29 +71,55 @@ fn selected<'a>(snap: &'a Snapshot, w: &Workload) -> Vec<&'a Arc<Gateway>> {
     v
 }
 
-fn kind_of(server: &Server) -> Option<PortKind> {
+fn kind_of(snap: &Snapshot, w: &Workload, server: &Server) -> Option<PortKind> {
     let protocol = server.port.protocol.as_deref().unwrap_or("HTTP").to_ascii_uppercase();
     let mode = server.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("").to_ascii_uppercase();
     Some(match (protocol.as_str(), mode.as_str()) {
         (_, "AUTO_PASSTHROUGH") => PortKind::AutoPassthrough,
         ("HTTPS" | "TLS", "PASSTHROUGH") => PortKind::Passthrough,
-        ("HTTPS", "SIMPLE" | "MUTUAL") => PortKind::Http { tls: Some(server_tls(server)?) },
+        ("HTTPS", "SIMPLE" | "MUTUAL") => PortKind::Http { tls: Some(server_tls(snap, w, server)?) },
         ("HTTP" | "HTTP2" | "GRPC", _) => PortKind::Http { tls: None },
         ("TCP" | "MONGO" | "MYSQL" | "REDIS", _) => PortKind::Tcp,
         _ => return None,
     })
 }
 
-/// The certificate of a SIMPLE/MUTUAL server, from the files it names on the gateway's disk.
-/// (`credentialName`, a Secret, is refused by validation until secrets are served.)
-fn server_tls(server: &Server) -> Option<ServerTls> {
+/// The certificate of a SIMPLE/MUTUAL server: the `credentialName` Secret (in the gateway's
+/// namespace, only for a gateway that proved its ServiceAccount there), or the files named
+/// on the gateway's disk.
+fn server_tls(snap: &Snapshot, w: &Workload, server: &Server) -> Option<ServerTls> {
     let tls = server.tls.as_ref()?;
-    let credential = ServerCredential {
-        hosts: server.hosts.iter().map(|h| host_part(h).to_string()).collect(),
-        cert_chain: tls.server_certificate.clone()?.into(),
-        private_key: tls.private_key.clone()?.into(),
-    };
     let mutual = tls.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("MUTUAL"));
+    let hosts: Vec<String> = server.hosts.iter().map(|h| host_part(h).to_string()).collect();
+    let secret_name = tls.credential_name.as_ref().or(tls.credential_names.first());
+    let credential = match secret_name {
+        Some(name) => {
+            if !w.authenticated {
+                debug!(secret = name, "gateway did not authenticate; credentialName not served");
+                return None;
+            }
+            let Some(secret) = snap.tls_secrets.get(&(w.namespace.clone(), name.clone())) else {
+                debug!(namespace = w.namespace, secret = name, "credentialName: no such kubernetes.io/tls Secret");
+                return None;
+            };
+            ServerCredential {
+                hosts,
+                cert_chain: Default::default(),
+                private_key: Default::default(),
+                inline: Some(InlineCredential {
+                    cert_chain: secret.cert_chain.clone(),
+                    private_key: secret.private_key.clone(),
+                    ca_certificates: secret.ca_certificates.clone().filter(|_| mutual),
+                }),
+            }
+        }
+        None => ServerCredential {
+            hosts,
+            cert_chain: tls.server_certificate.clone()?.into(),
+            private_key: tls.private_key.clone()?.into(),
+            inline: None,
+        },
+    };
     Some(ServerTls {
         credentials: vec![credential],
         ca_certificates: tls.ca_certificates.clone().filter(|_| mutual).map(Into::into),
@@ -146,14 +175,14 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
         let full = format!("{gw_ns}/{}", gw.name_any());
         for server in &gw.spec.servers {
             let Ok(number) = u16::try_from(server.port.number) else { continue };
-            let Some(kind) = kind_of(server) else {
+            let Some(kind) = kind_of(snap, w, server) else {
                 debug!(gateway = full, port = number, "server not served (protocol/tls mode)");
                 continue;
             };
             let plan = ports.entry(number).or_insert_with(|| PortPlan { kind, servers: Vec::new() });
             // A later HTTPS server on a port brings its certificate along.
             if let (PortKind::Http { tls: Some(existing) }, Some(PortKind::Http { tls: Some(more) })) =
-                (&mut plan.kind, kind_of(server))
+                (&mut plan.kind, kind_of(snap, w, server))
                 && !plan.servers.is_empty()
             {
                 existing.credentials.extend(more.credentials);

@@ -88,6 +88,9 @@ pub struct Workload {
     pub service_account: String,
     /// A gateway (`router` node) rather than a sidecar.
     pub router: bool,
+    /// The proxy proved (ServiceAccount token) that it runs as this workload's ServiceAccount:
+    /// it may be sent TLS Secrets of its namespace.
+    pub authenticated: bool,
 }
 
 impl Workload {
@@ -104,6 +107,7 @@ impl Workload {
                     .and_then(|s| s.service_account_name.clone())
                     .unwrap_or_else(|| "default".into()),
                 router,
+                authenticated: false,
             },
             None => Self {
                 namespace: node.namespace.clone(),

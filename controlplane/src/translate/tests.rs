@@ -720,3 +720,36 @@ spec:
     // East-west passthrough finds every subset cluster by its Istio SNI name.
     assert!(!cluster(&cfg, "outbound|9080|v3|reviews.default.svc.cluster.local").endpoints.is_empty());
 }
+
+#[test]
+fn credential_name_serves_the_secret_only_to_a_gateway_that_authenticated_in_its_namespace() {
+    // security.yaml's bookinfo-gateway-https, as written (the Secret lives with the gateway).
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: bookinfo-gateway-https, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    tls: {mode: SIMPLE, credentialName: bookinfo-credential}\n    hosts: [bookinfo.example.com]\n";
+    let mut snap = bookinfo(&format!("{INGRESS_POD}\n---\n{gw}"));
+    let secret = crate::snapshot::TlsSecret {
+        cert_chain: "-----BEGIN CERTIFICATE-----\nchain\n".into(),
+        private_key: skein_api::proxy::SecretPem("-----BEGIN PRIVATE KEY-----\nKEY-MATERIAL\n".into()),
+        ca_certificates: None,
+    };
+    snap.tls_secrets.insert(("istio-system".into(), "bookinfo-credential".into()), Arc::new(secret));
+    let node =
+        Node::parse("router~10.0.9.1~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local").unwrap();
+    let mut w = Workload::of(&snap, &node);
+    // Not authenticated: the server is not served (no key material leaves the control plane).
+    let anonymous = config(&snap, &w);
+    assert!(anonymous.listeners.is_empty(), "{:?}", anonymous.listeners);
+    w.authenticated = true;
+    let cfg = config(&snap, &w);
+    let tls = cfg.listeners[0].server_tls.as_ref().expect("HTTPS terminated");
+    let inline = tls.credentials[0].inline.as_ref().expect("the Secret's certificate");
+    assert!(inline.private_key.0.contains("KEY-MATERIAL"));
+    assert_eq!(tls.credentials[0].hosts, vec!["bookinfo.example.com".to_string()]);
+    // Never printed: not in Debug output, not in a config dump.
+    assert!(!format!("{cfg:?}").contains("KEY-MATERIAL"));
+    assert!(!serde_json::to_string(&cfg).unwrap().contains("KEY-MATERIAL"));
+    // A Secret of another namespace is not served, even to an authenticated gateway.
+    let mut other = snap.tls_secrets.clone();
+    let s = other.remove(&("istio-system".into(), "bookinfo-credential".into())).unwrap();
+    snap.tls_secrets = [(("default".to_string(), "bookinfo-credential".to_string()), s)].into();
+    assert!(config(&snap, &w).listeners.is_empty());
+}

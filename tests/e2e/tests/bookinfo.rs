@@ -54,6 +54,41 @@ fn get_path(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&
     })
 }
 
+/// One HTTPS GET from inside `ns`: TLS to `addr` with server name `sni`, verified against
+/// `ca` (PEM); (status, body).
+fn https_get(ns: &Netns, addr: SocketAddr, sni: &str, ca: &str, path: &str) -> Result<(u16, String), String> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let (sni, ca, path) = (sni.to_string(), ca.to_string(), path.to_string());
+    ns.run(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(sni.clone()).map_err(|e| e.to_string())?;
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).map_err(|e| e.to_string())?;
+        let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        write!(tls, "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        // A peer closing without close_notify still delivered the whole response.
+        if let Err(e) = tls.read_to_end(&mut out)
+            && e.kind() != std::io::ErrorKind::UnexpectedEof
+        {
+            return Err(e.to_string());
+        }
+        let out = String::from_utf8_lossy(&out).to_string();
+        let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
+        Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    })
+}
+
 struct Mesh {
     sleep: Netns,
     /// A host outside the mesh (no sidecar, no capture): plays "a workload without a sidecar"
@@ -360,6 +395,42 @@ spec:
           number: 9080
 "#;
 
+/// The HTTPS Gateway of ../shared/examples/security.yaml, unchanged.
+const BOOKINFO_GATEWAY_HTTPS: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway-https
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: SIMPLE
+      credentialName: bookinfo-credential   # a kubernetes.io/tls Secret in the gateway's namespace
+    hosts:
+    - bookinfo.example.com
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: bookinfo-https
+spec:
+  hosts:
+  - "bookinfo.example.com"
+  gateways:
+  - bookinfo-gateway-https
+  http:
+  - route:
+    - destination:
+        host: productpage
+        subset: v1
+"#;
+
 const JASON_V2: &str = "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +491,41 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     );
     assert_eq!(reviews_version(&page), Some("v1"), "{page}");
     assert_eq!(get_path(&mesh.ext, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
+
+    // security.yaml's HTTPS Gateway: `credentialName` names a kubernetes.io/tls Secret next to
+    // the gateway; the gateway (which proved its ServiceAccount) terminates TLS with it.
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["bookinfo.example.com".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "bookinfo-credential", "namespace": "istio-system"},
+        "stringData": {"tls.crt": leaf.pem(), "tls.key": leaf_key.serialize_pem()},
+    });
+    cluster.apply(&serde_json::to_string(&secret).unwrap());
+    cluster.apply(BOOKINFO_GATEWAY_HTTPS);
+    let secure: SocketAddr = format!("{}:443", mesh.gateway.ip).parse().unwrap();
+    let start = Instant::now();
+    let body = loop {
+        match https_get(&mesh.ext, secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage") {
+            Ok((200, body)) => break body,
+            other => assert!(start.elapsed() < Duration::from_secs(10), "ingress https /productpage: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["service"], "productpage", "{page}");
+    // The key never appears in the gateway's config dump.
+    let dump = get_path(&mesh.gateway, "127.0.0.1:15000".parse().unwrap(), "x", "/config_dump", None).unwrap();
+    assert_eq!(dump.0, 200);
+    assert!(dump.1.contains("<redacted>") && !dump.1.contains("PRIVATE KEY"), "{}", dump.1);
 
     // 50/50 v1/v3, visible within a second of kubectl apply.
     cluster.apply(&vs(
