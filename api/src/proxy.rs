@@ -268,6 +268,10 @@ pub struct Listener {
     /// Inbound mTLS mode (PeerAuthentication). Default DISABLE.
     #[serde(default)]
     pub peer_authentication: PeerAuthMode,
+    /// Modes for some destination ports instead (PeerAuthentication `portLevelMtls`): the
+    /// port the client dialled (the original destination on a capture listener).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub port_peer_authentication: std::collections::BTreeMap<u16, PeerAuthMode>,
     /// AuthorizationPolicies applying to traffic arriving here. Empty: everything allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationPolicy>,

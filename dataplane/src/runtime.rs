@@ -318,9 +318,15 @@ impl Runtime {
             .or_else(|| self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any))))
     }
 
-    /// The PeerAuthentication mode of a listener (DISABLE for a listener not in the config).
-    pub fn peer_authentication(&self, listener: &str) -> skein_api::proxy::PeerAuthMode {
-        self.config.listeners.iter().find(|l| l.name == listener).map(|l| l.peer_authentication).unwrap_or_default()
+    /// The PeerAuthentication mode of a listener for connections to `port` (its port-level
+    /// mode if it has one; DISABLE for a listener not in the config).
+    pub fn peer_authentication(&self, listener: &str, port: u16) -> skein_api::proxy::PeerAuthMode {
+        self.config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .map(|l| l.port_peer_authentication.get(&port).copied().unwrap_or(l.peer_authentication))
+            .unwrap_or_default()
     }
 
     /// The authorization policies of a listener, if it has any.

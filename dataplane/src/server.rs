@@ -88,7 +88,7 @@ async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &H
         serve_conn(tls, proxy, Arc::new(conn(None))).await;
         return Ok(());
     }
-    let mode = spec.mode.unwrap_or_else(|| rt.peer_authentication(&spec.name));
+    let mode = spec.mode.unwrap_or_else(|| rt.peer_authentication(&spec.name, port));
     match inbound_tls(stream, mode, &rt).await? {
         Inbound::Plain(s) => dispatch(s, proxy, conn(None)).await,
         Inbound::Tls(s, identity) => dispatch(s, proxy, conn(identity)).await,

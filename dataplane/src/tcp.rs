@@ -80,7 +80,7 @@ async fn handle(
     match mode {
         Mode::Cluster { cluster, listener } => {
             let up = rt.cluster(&cluster).cloned().ok_or_else(not_found)?;
-            let peer_auth = peer_auth.unwrap_or_else(|| rt.peer_authentication(&listener));
+            let peer_auth = peer_auth.unwrap_or_else(|| rt.peer_authentication(&listener, local_port));
             let inbound = inbound_tls(client, peer_auth, &rt).await?;
             let identity = match &inbound {
                 Inbound::Plain(_) => None,

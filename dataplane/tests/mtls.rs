@@ -137,6 +137,23 @@ async fn strict_refuses_plaintext() {
 }
 
 #[tokio::test]
+async fn a_port_level_mode_overrides_the_workload_mode_for_that_port_only() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("portlevel");
+    let (app_addr, seen) = app().await;
+    let (open, strict) = (free_port(), free_port());
+    // PeerAuthentication STRICT with portLevelMtls {open: DISABLE}, on two inbound listeners.
+    let cfg = format!(
+        "{}listeners:\n- {{name: inbound, address: '127.0.0.1:{open}', peerAuthentication: STRICT, portPeerAuthentication: {{{open}: DISABLE, {strict}: DISABLE}}}}\n- {{name: other, address: '127.0.0.1:{strict}', peerAuthentication: STRICT, portPeerAuthentication: {{{open}: DISABLE}}}}\nvirtualHosts: [{{name: in, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{app_addr}']}}]\n",
+        ca.identity_files(&dir, "default", "reviews")
+    );
+    let _b = proxy(&cfg).await;
+    assert_eq!(get(open, "reviews").await, Some((200, "app".into())), "the DISABLE port takes plaintext");
+    assert_eq!(get(strict, "reviews").await.map(|r| r.0), None, "another port keeps STRICT");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn permissive_accepts_mtls_and_plaintext_on_one_port() {
     let p = pair("permissive", "PERMISSIVE", "", "[]").await;
     assert_eq!(get(p.a_port, "reviews").await, Some((200, "app".into())), "mTLS");

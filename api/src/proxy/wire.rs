@@ -117,6 +117,15 @@ impl TryFrom<pb::Listener> for Listener {
             protocol,
             cluster: l.cluster,
             peer_authentication: peer_auth(at("peerAuthentication"), l.peer_authentication)?,
+            port_peer_authentication: l
+                .port_peer_authentication
+                .into_iter()
+                .map(|(port, mode)| {
+                    let at = at(&format!("portPeerAuthentication[{port}]"));
+                    let port = u16::try_from(port).map_err(|_| invalid(at.clone(), "not a port number"))?;
+                    Ok((port, peer_auth(at, mode)?))
+                })
+                .collect::<Result<_, InvalidConfig>>()?,
             authorization: l
                 .authorization
                 .into_iter()
@@ -156,6 +165,14 @@ fn peer_auth(path: String, v: i32) -> Result<PeerAuthMode, InvalidConfig> {
         pb::PeerAuthMode::Permissive => PeerAuthMode::Permissive,
         pb::PeerAuthMode::Strict => PeerAuthMode::Strict,
     })
+}
+
+fn pb_peer_auth(m: PeerAuthMode) -> i32 {
+    (match m {
+        PeerAuthMode::Disable => pb::PeerAuthMode::Disable,
+        PeerAuthMode::Permissive => pb::PeerAuthMode::Permissive,
+        PeerAuthMode::Strict => pb::PeerAuthMode::Strict,
+    }) as i32
 }
 
 fn authz_policy(at: &str, p: pb::AuthorizationPolicy) -> Result<AuthorizationPolicy, InvalidConfig> {
@@ -220,11 +237,12 @@ impl From<&Listener> for pb::Listener {
                 ListenerProtocol::Auto => pb::ListenerProtocol::Auto,
             } as i32,
             cluster: l.cluster.clone(),
-            peer_authentication: match l.peer_authentication {
-                PeerAuthMode::Disable => pb::PeerAuthMode::Disable,
-                PeerAuthMode::Permissive => pb::PeerAuthMode::Permissive,
-                PeerAuthMode::Strict => pb::PeerAuthMode::Strict,
-            } as i32,
+            peer_authentication: pb_peer_auth(l.peer_authentication),
+            port_peer_authentication: l
+                .port_peer_authentication
+                .iter()
+                .map(|(port, mode)| (u32::from(*port), pb_peer_auth(*mode)))
+                .collect(),
             authorization: l.authorization.iter().map(Into::into).collect(),
             capture: match l.capture {
                 None => pb::Capture::Unspecified,

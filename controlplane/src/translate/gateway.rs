@@ -201,6 +201,7 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
             protocol: ListenerProtocol::Http,
             cluster: None,
             peer_authentication: PeerAuthMode::Disable,
+            port_peer_authentication: Default::default(),
             authorization: authorization.clone(),
             capture: None,
             server_tls: None,

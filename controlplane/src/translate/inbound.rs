@@ -19,6 +19,7 @@ pub fn listener(snap: &Snapshot, workload: &Workload) -> Listener {
         protocol: ListenerProtocol::Auto,
         cluster: None,
         peer_authentication: peer_authentication(snap, workload),
+        port_peer_authentication: port_peer_authentication(snap, workload),
         authorization: authorization(snap, workload),
         capture: Some(Capture::Inbound),
         server_tls: None,
@@ -58,6 +59,35 @@ pub fn peer_authentication(snap: &Snapshot, w: &Workload) -> PeerAuthMode {
         Some(MtlsMode::DISABLE) => PeerAuthMode::Disable,
         _ => PeerAuthMode::Permissive,
     }
+}
+
+/// Per-port modes (`portLevelMtls`) of the oldest policy selecting the workload; a port set
+/// to `UNSET` keeps the workload's mode.
+pub fn port_peer_authentication(snap: &Snapshot, w: &Workload) -> std::collections::BTreeMap<u16, PeerAuthMode> {
+    let mut selecting: Vec<&PeerAuthentication> = snap
+        .istio
+        .peer_authentications
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| p.namespace().as_deref() == Some(w.namespace.as_str()))
+        .filter(|p| p.spec.selector.as_ref().is_some_and(|s| selects(&s.match_labels, &w.labels)))
+        .collect();
+    selecting.sort_by_key(|p| age_key(*p));
+    let Some(policy) = selecting.first() else { return Default::default() };
+    policy
+        .spec
+        .port_level_mtls
+        .iter()
+        .filter_map(|(port, m)| {
+            let mode = match m.mode? {
+                MtlsMode::STRICT => PeerAuthMode::Strict,
+                MtlsMode::PERMISSIVE => PeerAuthMode::Permissive,
+                MtlsMode::DISABLE => PeerAuthMode::Disable,
+                MtlsMode::UNSET => return None,
+            };
+            Some((port.parse().ok()?, mode))
+        })
+        .collect()
 }
 
 /// The AuthorizationPolicies applying to `w`: the root namespace's (mesh-wide, or selecting

@@ -92,6 +92,7 @@ pub fn listener() -> Listener {
         protocol: ListenerProtocol::Auto,
         cluster: None,
         peer_authentication: proxy::PeerAuthMode::Disable,
+        port_peer_authentication: Default::default(),
         authorization: Vec::new(),
         capture: Some(Capture::Outbound),
         server_tls: None,

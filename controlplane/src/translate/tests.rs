@@ -753,3 +753,18 @@ fn credential_name_serves_the_secret_only_to_a_gateway_that_authenticated_in_its
     snap.tls_secrets = [(("default".to_string(), "bookinfo-credential".to_string()), s)].into();
     assert!(config(&snap, &w).listeners.is_empty());
 }
+
+#[test]
+fn port_level_mtls_of_the_selecting_policy_overrides_the_mode_per_port() {
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    \"9080\": {mode: DISABLE}\n    \"9090\": {mode: UNSET}\n";
+    let snap = bookinfo(pa);
+    let inbound = |pod: &str| {
+        let cfg = config_for(&snap, pod);
+        cfg.listeners.into_iter().find(|l| l.name == "virtualInbound").unwrap()
+    };
+    let reviews = inbound("reviews-v1-1");
+    assert_eq!(reviews.peer_authentication, PeerAuthMode::Strict);
+    // UNSET keeps the workload's mode: no entry.
+    assert_eq!(reviews.port_peer_authentication, [(9080, PeerAuthMode::Disable)].into());
+    assert!(inbound("ratings-v1-1").port_peer_authentication.is_empty(), "not selected");
+}
