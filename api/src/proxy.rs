@@ -10,6 +10,11 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+/// A route destination meaning "where the client was going": the original destination of a
+/// captured connection (or the Host, resolved), as for unknown hosts under ALLOW_ANY. Istio's
+/// name; used for registered hosts with `resolution: NONE`, so REGISTRY_ONLY lets them pass.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
 /// Everything one proxy needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -1032,7 +1037,13 @@ impl Route {
             ));
         }
         for (i, d) in self.route.iter().enumerate() {
-            if !clusters.contains(d.cluster.as_str()) {
+            if d.cluster == PASSTHROUGH_CLUSTER && self.route.len() > 1 {
+                return Err(invalid(
+                    format!("{at}.route[{i}].cluster"),
+                    "PassthroughCluster is a route's only destination",
+                ));
+            }
+            if !clusters.contains(d.cluster.as_str()) && d.cluster != PASSTHROUGH_CLUSTER {
                 return Err(invalid(format!("{at}.route[{i}].cluster"), format!("unknown cluster {:?}", d.cluster)));
             }
         }

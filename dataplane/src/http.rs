@@ -22,7 +22,7 @@ use hyper_util::{
     client::legacy::{Client, connect::capture_connection},
     rt::TokioExecutor,
 };
-use skein_api::proxy::{Capture, OutboundPolicy, RetryPolicy, Route};
+use skein_api::proxy::{Capture, OutboundPolicy, PASSTHROUGH_CLUSTER, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
@@ -310,6 +310,20 @@ impl Proxy {
                 };
             }
         };
+        if route.route.route.first().is_some_and(|d| d.cluster == PASSTHROUGH_CLUSTER) {
+            // A registered host without endpoints of its own (ServiceEntry resolution NONE).
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(o) => return (o, Attribution::service(host)),
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            let attribution = Attribution {
+                service: host.to_string(),
+                cluster: Some(PASSTHROUGH_CLUSTER.into()),
+                route: Some(route.route.name.clone()),
+            };
+            return (self.passthrough(&authority, conn, parts, body).await, attribution);
+        }
         let service = route
             .route
             .route

@@ -235,6 +235,22 @@ async fn registry_only_refuses_unknown_hosts_with_502_and_allow_any_passes_them_
 }
 
 #[tokio::test]
+async fn registry_only_passes_registered_hosts_without_endpoints_through() {
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    let outside = upstream("outside", 0).await;
+    // A ServiceEntry with resolution NONE for 127.0.0.1: registered, no endpoints of its own.
+    let routes = format!(
+        "      - {{route: [{{cluster: \"{V1}\"}}]}}\n  - name: external\n    domains: ['127.0.0.1']\n    routes: [{{route: [{{cluster: PassthroughCluster}}]}}]\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let (status, body, _) = h.get(&outside.addr.to_string(), "/", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "outside"), "registered: passes under REGISTRY_ONLY");
+    let (status, _, _) = h.get(&format!("localhost:{}", outside.addr.port()), "/", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "another name for the same address is not registered");
+    assert_eq!(outside.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn rewrite_replaces_prefix_and_authority_and_redirect_answers_301() {
     let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
     let routes = format!(

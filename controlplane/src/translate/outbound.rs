@@ -155,9 +155,22 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
     let mut virtual_hosts = Vec::new();
     for svc in snap.registry.visible(&key.namespace) {
         let http_ports: Vec<&ServicePort> = svc.ports.iter().filter(|p| p.protocol.is_http()).collect();
-        // Resolution NONE has no endpoints to route to: such hosts pass through to the
-        // address the client dialled (allowed because they are registered).
-        if http_ports.is_empty() || svc.resolution == Resolution::None {
+        if http_ports.is_empty() {
+            continue;
+        }
+        // Resolution NONE has no endpoints to route to: requests pass through to the address
+        // the client dialled — allowed, also under REGISTRY_ONLY, because the host is registered.
+        if svc.resolution == Resolution::None {
+            let routes = http_ports
+                .iter()
+                .map(|port| Route {
+                    name: "passthrough".into(),
+                    matches: vec![RouteMatch { port: Some(port.number), ..Default::default() }],
+                    route: vec![WeightedDestination { cluster: proxy::PASSTHROUGH_CLUSTER.into(), weight: 100 }],
+                    ..Default::default()
+                })
+                .collect();
+            virtual_hosts.push(VirtualHost { name: svc.host.clone(), domains: domains(svc, &key.namespace), routes });
             continue;
         }
         let vs = snap.virtual_service_for(&svc.host, &key.namespace);

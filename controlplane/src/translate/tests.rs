@@ -768,3 +768,14 @@ fn port_level_mtls_of_the_selecting_policy_overrides_the_mode_per_port() {
     assert_eq!(reviews.port_peer_authentication, [(9080, PeerAuthMode::Disable)].into());
     assert!(inbound("ratings-v1-1").port_peer_authentication.is_empty(), "not selected");
 }
+
+#[test]
+fn resolution_none_hosts_pass_through_to_where_the_client_was_going() {
+    let mesh = MeshSettings { outbound_policy: OutboundPolicy::RegistryOnly, ..Default::default() };
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wiki, namespace: default}\nspec:\n  hosts: ['*.wikipedia.org']\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: NONE\n  location: MESH_EXTERNAL\n";
+    let cfg = config_for(&snapshot(mesh, se), "client-1");
+    let vh = vhost(&cfg, "*.wikipedia.org");
+    assert_eq!(vh.domains, vec!["*.wikipedia.org".to_string()]);
+    assert_eq!(targets(&vh.routes[0]), vec![(skein_api::proxy::PASSTHROUGH_CLUSTER, 100)]);
+    assert_eq!(vh.routes[0].matches[0].port, Some(80));
+}
