@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod istio;
+pub mod leader;
 pub mod mesh;
 pub mod pki;
 

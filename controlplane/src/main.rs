@@ -1,12 +1,22 @@
 //! `skein-controlplane`: Skein's istiod.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use skein_api::{
+    leader::{Elector, LeaseConfig},
     pki::CaBundle,
     proxy::wire::pb::{
         certificate_service_server::CertificateServiceServer, proxy_discovery_server::ProxyDiscoveryServer,
@@ -89,6 +99,16 @@ struct DiscoveryArgs {
     /// Control plane address injected sidecars dial. Default: `skein-controlplane.<namespace>.svc:15012`.
     #[arg(long)]
     injected_discovery_address: Option<String>,
+    /// Elect one replica (Lease `<lease-name>` in `--namespace`) to write status and Events;
+    /// every replica serves proxies either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "skein-controlplane-leader")]
+    lease_name: String,
+    /// How long a leader's Lease lasts without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,7 +144,23 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let changes = Arc::new(Changes::default());
     let stores = Stores::start(&client, &changes, &args.namespace);
     let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone()));
+    let leader = Arc::new(AtomicBool::new(!args.leader_elect));
+    metrics.leader.set(i64::from(!args.leader_elect));
+    if args.leader_elect {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        let elector = Elector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.namespace.clone(),
+                name: args.lease_name.clone(),
+                identity,
+                lease_duration: Duration::from_secs(args.lease_duration_seconds),
+                renew_period: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+            },
+        );
+        tokio::spawn(lead(elector, leader.clone(), changes.clone(), metrics.clone()));
+    }
+    tokio::spawn(watch::run(client.clone(), stores, changes, mesh.clone(), tx, metrics.clone(), leader));
 
     let reviewer = TokenReviewer::new(client.clone(), args.token_audience.clone());
     let discovery =
@@ -211,6 +247,31 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
         _ = terminate() => info!("terminated"),
     }
     Ok(())
+}
+
+/// Terms of leadership, forever: while this replica holds the Lease it writes status and
+/// Events; on winning, a snapshot is built so verdicts the last leader left unwritten are.
+async fn lead(elector: Elector, leader: Arc<AtomicBool>, changes: Arc<Changes>, metrics: Metrics) {
+    loop {
+        if let Err(e) = elector.acquire().await {
+            warn!(error = %e, "leader election failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        leader.store(true, Ordering::Relaxed);
+        metrics.leader.set(1);
+        changes.mark();
+        let why = elector.hold().await;
+        leader.store(false, Ordering::Relaxed);
+        metrics.leader.set(0);
+        warn!(error = %why, "leadership lost; status writes stop until it is won again");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "skein".into())
 }
 
 async fn terminate() {

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Time to build a snapshot, seconds.
     pub snapshot_time: Histogram,
+    /// 1 while this replica is the leader (writes status and Events).
+    pub leader: Gauge,
     /// Certificates signed.
     pub certs_signed: Counter,
     /// Certificate requests refused (authentication or CSR errors).
@@ -85,6 +87,7 @@ impl Default for Metrics {
             snapshots: Counter::default(),
             status_writes: Counter::default(),
             snapshot_time: Histogram::new(latency_buckets()),
+            leader: Gauge::default(),
             certs_signed: Counter::default(),
             certs_refused: Counter::default(),
             injections: Counter::default(),
@@ -103,6 +106,7 @@ impl Default for Metrics {
         r.register("skein_snapshots", "Registry snapshots built", m.snapshots.clone());
         r.register("skein_status_writes", "Status writes on Istio resources", m.status_writes.clone());
         r.register("skein_snapshot_build_seconds", "Seconds to build a snapshot", m.snapshot_time.clone());
+        r.register("skein_leader", "1 while this replica writes status and Events", m.leader.clone());
         r.register("citadel_server_success_cert_issuance_count", "Certificates signed", m.certs_signed.clone());
         r.register("skein_cert_requests_refused", "Certificate requests refused", m.certs_refused.clone());
         r.register("sidecar_injection_success", "Pods given a sidecar", m.injections.clone());

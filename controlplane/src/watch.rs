@@ -229,7 +229,7 @@ impl Stores {
 }
 
 /// Builds snapshots from the stores and publishes them on `tx`, one per debounced burst of
-/// changes; writes verdicts as it goes. Runs forever.
+/// changes; writes verdicts as it goes while `leader` is set. Runs forever.
 pub async fn run(
     client: Client,
     stores: Stores,
@@ -237,6 +237,7 @@ pub async fn run(
     mesh: MeshSettings,
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Metrics,
+    leader: Arc<std::sync::atomic::AtomicBool>,
 ) {
     stores.ready().await;
     info!("initial lists loaded");
@@ -288,7 +289,10 @@ pub async fn run(
             let n = verdicts.iter().filter(|v| v.kind == kind && !v.accepted()).count();
             metrics.rejected.get_or_create(&KindLabels { kind }).set(n as i64);
         }
-        status.write(&current, &verdicts).await;
+        // One replica writes verdicts; the others judge the same and keep quiet.
+        if leader.load(std::sync::atomic::Ordering::Relaxed) {
+            status.write(&current, &verdicts).await;
+        }
 
         // Wait for a change, then for quiet.
         let built = Instant::now();

@@ -4,7 +4,7 @@
 
 pub mod apply;
 pub mod catalog;
-pub mod leader;
+pub use skein_api::leader;
 pub mod reconcile;
 pub mod render;
 pub mod status;

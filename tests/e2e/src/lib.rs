@@ -276,6 +276,8 @@ pub struct ControlPlane {
     /// The CA it signs with.
     pub ca: skein_api::pki::CaBundle,
     log: PathBuf,
+    mesh: PathBuf,
+    bind_ip: String,
 }
 
 /// Namespace the e2e control plane runs in.
@@ -285,10 +287,16 @@ impl ControlPlane {
     /// Starts `skein-controlplane` (built by `cargo build -p skein-controlplane`) listening on
     /// `bind_ip` with `mesh_config` (Istio MeshConfig YAML); returns once `/ready` answers.
     pub async fn start(cluster: &Cluster, bind_ip: &str, mesh_config: &str) -> anyhow::Result<Self> {
-        let bin = std::env::var_os("SKEIN_CONTROLPLANE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| target_dir().join("debug/skein-controlplane"));
-        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-controlplane` first", bin.display());
+        Self::start_with(cluster, bind_ip, mesh_config, &[]).await
+    }
+
+    /// [`ControlPlane::start`] with extra command-line arguments.
+    pub async fn start_with(
+        cluster: &Cluster,
+        bind_ip: &str,
+        mesh_config: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         cluster.install_istio_crds().await?;
         let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local")?;
         let data: std::collections::BTreeMap<String, String> =
@@ -305,14 +313,35 @@ impl ControlPlane {
         std::fs::write(&root_cert, &ca.root_cert_pem)?;
         let mesh = dir.join("mesh.yaml");
         std::fs::write(&mesh, mesh_config)?;
+        Self::spawn(cluster, bind_ip, mesh, ca, root_cert, extra).await
+    }
+
+    /// Another replica of this control plane (same CA Secret and mesh config, its own ports).
+    pub async fn replica(&self, cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(cluster, &self.bind_ip, self.mesh.clone(), self.ca.clone(), self.root_cert.clone(), extra).await
+    }
+
+    async fn spawn(
+        cluster: &Cluster,
+        bind_ip: &str,
+        mesh: PathBuf,
+        ca: skein_api::pki::CaBundle,
+        root_cert: PathBuf,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = std::env::var_os("SKEIN_CONTROLPLANE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("debug/skein-controlplane"));
+        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p skein-controlplane` first", bin.display());
+        let dir = cluster.scratch_dir();
         let (grpc_port, plain_port, monitoring_port, webhook_port) =
             (free_port(), free_port(), free_port(), free_port());
-        let webhook_tls = dir.join("webhook-tls");
+        let webhook_tls = dir.join(format!("webhook-tls-{webhook_port}"));
         std::fs::create_dir_all(&webhook_tls)?;
         let (chain, key) = ca.issue_serving_cert(&["127.0.0.1".to_string()])?;
         std::fs::write(webhook_tls.join("tls.crt"), chain)?;
         std::fs::write(webhook_tls.join("tls.key"), key)?;
-        let log = dir.join("logs/controlplane.log");
+        let log = dir.join(format!("logs/controlplane-{monitoring_port}.log"));
         let child = Command::new(bin)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info,skein_controlplane=debug")
@@ -330,11 +359,22 @@ impl ControlPlane {
             // Small chunks, so every config the tests push arrives in several pieces and the
             // proxies' reassembly is exercised.
             .args(["--push-chunk-bytes", &std::env::var("SKEIN_E2E_PUSH_CHUNK").unwrap_or_else(|_| "1024".into())])
+            .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
             .spawn()
             .context("spawn skein-controlplane")?;
-        let mut cp = Self { child, grpc_port, monitoring_port, webhook_port, root_cert, ca, log };
+        let mut cp = Self {
+            child,
+            grpc_port,
+            monitoring_port,
+            webhook_port,
+            root_cert,
+            ca,
+            log,
+            mesh,
+            bind_ip: bind_ip.to_string(),
+        };
         let start = Instant::now();
         while http_get(cp.monitoring_port, "/ready").await.is_err() {
             if !matches!(cp.child.try_wait(), Ok(None)) {
@@ -346,6 +386,12 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(cp)
+    }
+
+    /// Stops the process now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its log so far.

@@ -501,3 +501,47 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
+    let cluster = Cluster::start("cpleader").await.unwrap();
+    let lease = ["--lease-duration-seconds", "3"];
+    let mut first = ControlPlane::start_with(&cluster, "127.0.0.1", "", &lease).await.unwrap();
+    eventually("the first replica leads", Duration::from_secs(10), || async {
+        (first.metric("skein_leader").await? == 1.0).then_some(())
+    })
+    .await;
+    let second = first.replica(&cluster, &lease).await.unwrap();
+    // Both serve; only the leader writes verdicts.
+    cluster.apply(REVIEWS_DR);
+    cluster.apply(&reviews_vs("[{destination: {host: reviews, subset: v9}}]"));
+    let vss: Api<VirtualService> = Api::namespaced(cluster.client.clone(), "default");
+    eventually("VirtualService rejected on its status", Duration::from_secs(10), || async {
+        let st = vss.get("reviews").await.ok()?.status?;
+        st.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "False").then_some(())
+    })
+    .await;
+    eventually("the second replica has judged it too", Duration::from_secs(10), || async {
+        (second.metric("skein_rejected_resources{kind=\"VirtualService\"}").await? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(second.metric("skein_leader").await, Some(0.0));
+    assert_eq!(second.metric("skein_status_writes_total").await, Some(0.0), "a follower wrote status");
+    assert!(first.metric("skein_status_writes_total").await.unwrap() >= 1.0);
+
+    // The leader dies: the other takes the Lease once it expires and writes from then on.
+    first.kill();
+    eventually("the second replica leads", Duration::from_secs(15), || async {
+        (second.metric("skein_leader").await? == 1.0).then_some(())
+    })
+    .await;
+    cluster.apply(&reviews_vs("[{destination: {host: reviews, subset: v1}}]"));
+    eventually("the fix accepted on its status", Duration::from_secs(10), || async {
+        let vs = vss.get("reviews").await.ok()?;
+        let st = vs.status?;
+        let ok = st.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True");
+        (ok && st.observed_generation == vs.metadata.generation).then_some(())
+    })
+    .await;
+    assert!(second.metric("skein_status_writes_total").await.unwrap() >= 1.0);
+}

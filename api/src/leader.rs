@@ -1,5 +1,5 @@
 //! Leader election through a `coordination.k8s.io` Lease, so two operator replicas never
-//! reconcile at once. Same protocol as client-go's leaderelection: the holder renews
+//! reconcile at once, and one control plane replica writes status. Same protocol as client-go's leaderelection: the holder renews
 //! `renewTime`; anyone may take a lease whose `renewTime + leaseDurationSeconds` has passed.
 //! Writes use the lease's resourceVersion, so two candidates cannot both win.
 
