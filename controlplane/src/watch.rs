@@ -255,6 +255,7 @@ pub async fn run(
         let names = registry::dns_names(&istio.service_entries);
         let resolved = dns.resolve(&names).await;
         let pods = stores.pods.state();
+        let inputs = start.elapsed();
         let registry = Registry::build_cached(
             &mesh,
             &stores.services.state(),
@@ -264,20 +265,25 @@ pub async fn run(
             &resolved,
             &mut registry_cache,
         );
+        let registered = start.elapsed();
         let mut snap = Snapshot::new(mesh.clone(), registry, istio, pods);
         snap.tls_secrets = stores.tls_secrets.state().iter().filter_map(|s| TlsSecret::from_secret(s)).collect();
         generation += 1;
         snap.generation = generation;
         snap.changed_at = changed_at;
+        let indexed = start.elapsed();
         if let Some(hosts) = prev.as_ref().and_then(|p| snap.reuse_from(p)) {
             debug!(generation, hosts = hosts.len(), "only endpoints changed; translation is patched");
         }
         let snap = Arc::new(snap);
         prev = Some(snap.clone());
-        tx.send_replace(snap);
+        let compared = start.elapsed();
+        let replaced = tx.send_replace(snap);
+        let published = start.elapsed();
+        drop(replaced);
         metrics.snapshots.inc();
         metrics.snapshot_time.observe(start.elapsed().as_secs_f64());
-        debug!(generation, elapsed = ?start.elapsed(), "snapshot built");
+        debug!(generation, ?inputs, ?registered, ?indexed, ?compared, ?published, elapsed = ?start.elapsed(), "snapshot built");
         for kind in [
             "VirtualService",
             "DestinationRule",

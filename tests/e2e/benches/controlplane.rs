@@ -8,7 +8,8 @@
 //! plain Kubernetes watch (what any controller pays before it can react); the ratio shows
 //! what the control plane adds on top.
 //!
-//!   make bench-controlplane      (release build; SKEIN_BENCH_SERVICES=1000,10000
+//!   make bench-controlplane      (release build; SKEIN_BENCH_LOG=1 prints the control plane's
+//!                                 snapshot phase timings; SKEIN_BENCH_SERVICES=1000,10000
 //!                                 SKEIN_BENCH_PROXIES=1000 SKEIN_BENCH_CHANGES=20)
 //!
 //! The simulated proxies decode only each response's version and nonce (a real proxy's cost
@@ -274,6 +275,11 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
     let snapshot_mean = Duration::from_secs_f64((snapshot_sum().await.unwrap_or(0.0) - sum0) / builds.max(1.0));
     latencies.sort();
     watch.sort();
+    if std::env::var_os("SKEIN_BENCH_LOG").is_some() {
+        for l in cp.log().lines().filter(|l| l.contains("snapshot built")).rev().take(8) {
+            eprintln!("{l}");
+        }
+    }
     let pid = cp.pid();
     Row {
         services: n,
