@@ -184,26 +184,38 @@ pub fn resolve_host(host: &str, namespace: &str, cluster_domain: &str) -> String
 pub struct Registry {
     /// Services by fully qualified host. One host may have entries from several namespaces
     /// (ServiceEntries); the Kubernetes Service, or the oldest entry, comes first.
-    pub by_host: BTreeMap<String, Vec<Arc<ServiceInfo>>>,
+    pub by_host: BTreeMap<Arc<str>, Vec<Arc<ServiceInfo>>>,
 }
 
 /// A pod a Service's endpoints referred to, and what was found under that name.
 type PodRef = ((String, String), Option<Arc<Pod>>);
 
+/// (namespace, name) of an object, borrowed.
+fn names(m: &kube::api::ObjectMeta) -> (&str, &str) {
+    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+}
+
+/// Pods by (namespace, name), borrowing the names from the pods.
+type PodIndex<'a> = HashMap<(&'a str, &'a str), &'a Arc<Pod>>;
+
 /// What a Service's registry entry was built from.
 struct Built {
-    service: Arc<Service>,
+    /// Held so that the address keying this entry is not reused by another object.
+    _service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
     pods: Vec<PodRef>,
     info: Option<Arc<ServiceInfo>>,
+    /// `info.host`, shared by every registry this entry goes into.
+    host: Arc<str>,
 }
 
 /// The Services' entries of the previous build, reused while the Service, its EndpointSlices
 /// and the pods they name are the same objects: after one change, only the services it
-/// touched are translated again (the watch keeps unchanged objects as the same `Arc`).
+/// touched are translated again (the watch keeps unchanged objects as the same `Arc`). Keyed
+/// by the Service object's address, which cannot be reused while the entry holds the object.
 #[derive(Default)]
 pub struct RegistryCache {
-    by_service: HashMap<(String, String), Built>,
+    by_service: HashMap<usize, Built>,
 }
 
 impl Registry {
@@ -220,7 +232,7 @@ impl Registry {
     }
 
     /// [`Registry::build`], reusing what `cache` has from the previous build and leaving this
-    /// build's entries in it.
+    /// build's entries in it. Allocates only for the services it translates again.
     pub fn build_cached(
         mesh: &MeshSettings,
         services: &[Arc<Service>],
@@ -230,30 +242,31 @@ impl Registry {
         dns: &HashMap<String, Vec<IpAddr>>,
         cache: &mut RegistryCache,
     ) -> Self {
-        let pods_by_name: HashMap<(String, String), &Arc<Pod>> =
-            pods.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
-        let mut slices_by_service: HashMap<(String, String), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+        let pods_by_name: PodIndex<'_> = pods.iter().map(|p| (names(&p.metadata), p)).collect();
+        let mut slices_by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
         for s in slices {
-            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
-                slices_by_service.entry((s.namespace().unwrap_or_default(), svc.clone())).or_default().push(s);
+            if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
+                let ns = s.metadata.namespace.as_deref().unwrap_or("");
+                slices_by_service.entry((ns, svc.as_str())).or_default().push(s);
             }
         }
-        let mut by_host: BTreeMap<String, Vec<Arc<ServiceInfo>>> = BTreeMap::new();
+        let mut by_host: BTreeMap<Arc<str>, Vec<Arc<ServiceInfo>>> = BTreeMap::new();
         let mut next = HashMap::with_capacity(services.len());
         for svc in services {
-            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-            let mut own = slices_by_service.remove(&key).unwrap_or_default();
+            let mut own = slices_by_service.remove(&names(&svc.metadata)).unwrap_or_default();
             // Watch order is arbitrary; endpoints come in slice-name order so an unchanged
             // service keeps the same endpoint order (and its proxies the same config).
             own.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            let key = Arc::as_ptr(svc) as usize;
             let reusable = cache.by_service.remove(&key).filter(|b| {
-                Arc::ptr_eq(&b.service, svc)
-                    && b.slices.len() == own.len()
+                b.slices.len() == own.len()
                     && b.slices.iter().zip(&own).all(|(x, y)| Arc::ptr_eq(x, y))
-                    && b.pods.iter().all(|(k, found)| match (pods_by_name.get(k), found) {
-                        (Some(now), Some(then)) => Arc::ptr_eq(now, then),
-                        (None, None) => true,
-                        _ => false,
+                    && b.pods.iter().all(|((ns, name), found)| {
+                        match (pods_by_name.get(&(ns.as_str(), name.as_str())), found) {
+                            (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+                            (None, None) => true,
+                            _ => false,
+                        }
                     })
             });
             let built = match reusable {
@@ -261,20 +274,22 @@ impl Registry {
                 None => {
                     let mut used = Vec::new();
                     let info = from_service(mesh, svc, &own, &pods_by_name, &mut used).map(Arc::new);
-                    Built { service: svc.clone(), slices: own.into_iter().cloned().collect(), pods: used, info }
+                    let host = Arc::from(info.as_ref().map_or("", |i| i.host.as_str()));
+                    Built { _service: svc.clone(), slices: own.into_iter().cloned().collect(), pods: used, info, host }
                 }
             };
             if let Some(info) = &built.info {
-                by_host.entry(info.host.clone()).or_default().push(info.clone());
+                by_host.entry(built.host.clone()).or_default().push(info.clone());
             }
             next.insert(key, built);
         }
+        // What is left in the old cache is dropped here: services deleted or changed.
         cache.by_service = next;
         let mut entries: Vec<&Arc<ServiceEntry>> = entries.iter().collect();
         entries.sort_by_key(|e| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.namespace(), e.name_any()));
         for se in entries {
             for info in from_service_entry(se, dns) {
-                by_host.entry(info.host.clone()).or_default().push(Arc::new(info));
+                by_host.entry(Arc::from(info.host.as_str())).or_default().push(Arc::new(info));
             }
         }
         Self { by_host }
@@ -296,7 +311,7 @@ fn from_service(
     mesh: &MeshSettings,
     svc: &Service,
     slices: &[&Arc<EndpointSlice>],
-    pods: &HashMap<(String, String), &Arc<Pod>>,
+    pods: &PodIndex<'_>,
     used: &mut Vec<PodRef>,
 ) -> Option<ServiceInfo> {
     let ns = svc.namespace()?;
@@ -361,7 +376,7 @@ fn from_service(
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| Some((r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone()?)));
-            let pod = pod_key.as_ref().and_then(|k| pods.get(k).copied());
+            let pod = pod_key.as_ref().and_then(|(ns, name)| pods.get(&(ns.as_str(), name.as_str())).copied());
             if let Some(k) = pod_key {
                 used.push((k, pod.cloned()));
             }

@@ -140,26 +140,28 @@ impl Rendered {
                     a.next();
                 }
                 (None, Some((n, _))) => {
-                    removed.push((*n).clone());
+                    removed.push(n.to_string());
                     b.next();
                 }
-                (Some((na, ca)), Some((nb, cb))) => match na.cmp(nb) {
-                    std::cmp::Ordering::Less => {
-                        out.extend_from_slice(&ca.bytes);
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        removed.push((*nb).clone());
-                        b.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if !Arc::ptr_eq(ca, cb) && ca.bytes != cb.bytes {
+                (Some((na, ca)), Some((nb, cb))) => {
+                    match if Arc::ptr_eq(na, nb) { std::cmp::Ordering::Equal } else { na.cmp(nb) } {
+                        std::cmp::Ordering::Less => {
                             out.extend_from_slice(&ca.bytes);
+                            a.next();
                         }
-                        a.next();
-                        b.next();
+                        std::cmp::Ordering::Greater => {
+                            removed.push(nb.to_string());
+                            b.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if !Arc::ptr_eq(ca, cb) && ca.bytes != cb.bytes {
+                                out.extend_from_slice(&ca.bytes);
+                            }
+                            a.next();
+                            b.next();
+                        }
                     }
-                },
+                }
             }
         }
         out.extend_from_slice(&pb::ConfigDelta { removed_clusters: removed, ..Default::default() }.encode_to_vec());
@@ -235,7 +237,8 @@ mod tests {
 
     fn outbound(clusters: &[Cluster]) -> Arc<Outbound> {
         let vh = VirtualHost { name: "a".into(), domains: vec!["a".into()], routes: Vec::new() };
-        let map = clusters.iter().map(|c| (c.name.clone(), Arc::new(Encoded::cluster(c.clone())))).collect();
+        let map =
+            clusters.iter().map(|c| (Arc::from(c.name.as_str()), Arc::new(Encoded::cluster(c.clone())))).collect();
         let clusters_hash = clusters.iter().fold(0u64, |h, c| h.wrapping_add(Encoded::cluster(c.clone()).hash));
         Arc::new(Outbound { virtual_hosts: Arc::new(Encoded::virtual_hosts(vec![vh])), clusters: map, clusters_hash })
     }

@@ -232,7 +232,7 @@ impl Snapshot {
         }
         let mut changed = BTreeSet::new();
         for ((host, a), (old_host, b)) in new.iter().zip(old) {
-            if host != old_host || a.len() != b.len() {
+            if !(Arc::ptr_eq(host, old_host) || host == old_host) || a.len() != b.len() {
                 return None;
             }
             for (x, y) in a.iter().zip(b) {
@@ -242,7 +242,7 @@ impl Snapshot {
                 if !x.same_but_endpoints(y) {
                     return None;
                 }
-                changed.insert(host.clone());
+                changed.insert(host.to_string());
             }
         }
         Some(changed)

@@ -53,16 +53,17 @@ impl OutboundKey {
 pub struct Outbound {
     /// One per visible service with HTTP ports.
     pub virtual_hosts: Arc<Encoded<Vec<VirtualHost>>>,
-    /// One per service port and subset, by name.
-    pub clusters: BTreeMap<String, Arc<Encoded<Cluster>>>,
+    /// One per service port and subset, by name. Names are shared (`Arc<str>`), so copying
+    /// the map for a patched snapshot, and dropping an old one, costs no string copies.
+    pub clusters: BTreeMap<Arc<str>, Arc<Encoded<Cluster>>>,
     /// Sum of the clusters' hashes (part of the config's version).
     pub clusters_hash: u64,
 }
 
 impl Outbound {
     fn new(virtual_hosts: Vec<VirtualHost>, clusters: BTreeMap<String, Cluster>) -> Self {
-        let clusters: BTreeMap<String, Arc<Encoded<Cluster>>> =
-            clusters.into_iter().map(|(n, c)| (n, Arc::new(Encoded::cluster(c)))).collect();
+        let clusters: BTreeMap<Arc<str>, Arc<Encoded<Cluster>>> =
+            clusters.into_iter().map(|(n, c)| (Arc::from(n), Arc::new(Encoded::cluster(c)))).collect();
         let clusters_hash = clusters.values().fold(0u64, |h, c| h.wrapping_add(c.hash));
         Self { virtual_hosts: Arc::new(Encoded::virtual_hosts(virtual_hosts)), clusters, clusters_hash }
     }
@@ -74,10 +75,10 @@ impl Outbound {
     pub fn for_gateway(mesh: &Outbound, virtual_hosts: Vec<VirtualHost>, extra: BTreeMap<String, Cluster>) -> Self {
         let mut out = Outbound { virtual_hosts: Arc::new(Encoded::virtual_hosts(virtual_hosts)), ..mesh.clone() };
         for (name, c) in extra {
-            if !out.clusters.contains_key(&name) {
+            if !out.clusters.contains_key(name.as_str()) {
                 let c = Encoded::cluster(c);
                 out.clusters_hash = out.clusters_hash.wrapping_add(c.hash);
-                out.clusters.insert(name, Arc::new(c));
+                out.clusters.insert(Arc::from(name), Arc::new(c));
             }
         }
         out
@@ -206,12 +207,12 @@ pub fn rebuild(snap: &Snapshot, key: &OutboundKey, prev: &Outbound, hosts: &BTre
     let mut out = prev.clone();
     for (name, cluster) in b.clusters {
         let built = Encoded::cluster(cluster);
-        let old = out.clusters.get(&name);
+        let old = out.clusters.get(name.as_str());
         if old.is_some_and(|o| o.bytes == built.bytes) {
             continue;
         }
         out.clusters_hash = out.clusters_hash.wrapping_sub(old.map_or(0, |o| o.hash)).wrapping_add(built.hash);
-        out.clusters.insert(name, Arc::new(built));
+        out.clusters.insert(Arc::from(name), Arc::new(built));
     }
     out
 }

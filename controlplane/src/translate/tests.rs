@@ -576,7 +576,7 @@ fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
     pods[i] = Arc::new(p);
     let next = build(&pods, &mut cache);
     for (host, infos) in &first.by_host {
-        assert_eq!(Arc::ptr_eq(&infos[0], &next.by_host[host][0]), host != REVIEWS, "{host}");
+        assert_eq!(Arc::ptr_eq(&infos[0], &next.by_host[host][0]), &**host != REVIEWS, "{host}");
     }
     let v3 = next.by_host[REVIEWS][0].endpoints.iter().find(|e| e.ip.to_string() == "10.0.0.5").unwrap();
     assert!(!v3.mtls_ready);
