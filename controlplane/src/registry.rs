@@ -179,12 +179,16 @@ pub fn resolve_host(host: &str, namespace: &str, cluster_domain: &str) -> String
     }
 }
 
-/// All services, by host.
+/// Services of one host: the Kubernetes Service (or the oldest entry) first.
+pub type HostServices = Arc<[Arc<ServiceInfo>]>;
+
+/// All services, by host. A persistent map: a snapshot's registry shares all but the changed
+/// entries with the previous one, so copying it is free and patching it costs the change.
 #[derive(Debug, Default)]
 pub struct Registry {
     /// Services by fully qualified host. One host may have entries from several namespaces
     /// (ServiceEntries); the Kubernetes Service, or the oldest entry, comes first.
-    pub by_host: BTreeMap<Arc<str>, Vec<Arc<ServiceInfo>>>,
+    pub by_host: imbl::OrdMap<Arc<str>, HostServices>,
 }
 
 /// A pod a Service's endpoints referred to, and what was found under that name.
@@ -216,6 +220,32 @@ struct Built {
 #[derive(Default)]
 pub struct RegistryCache {
     by_service: HashMap<usize, Built>,
+    /// The registry last built, patched by the next build.
+    by_host: imbl::OrdMap<Arc<str>, HostServices>,
+    /// ServiceEntry entries of the last build (few; replaced whole every build).
+    entry_infos: Vec<(Arc<str>, Arc<ServiceInfo>)>,
+}
+
+/// Adds `info` to its host, first (a Kubernetes Service) or last (a ServiceEntry).
+fn add(by_host: &mut imbl::OrdMap<Arc<str>, HostServices>, host: &Arc<str>, info: &Arc<ServiceInfo>, first: bool) {
+    let mut v: Vec<Arc<ServiceInfo>> = by_host.get(host).map(|s| s.to_vec()).unwrap_or_default();
+    if first {
+        v.insert(0, info.clone());
+    } else {
+        v.push(info.clone());
+    }
+    by_host.insert(host.clone(), v.into());
+}
+
+/// Removes exactly `info` (by identity) from its host.
+fn remove(by_host: &mut imbl::OrdMap<Arc<str>, HostServices>, host: &Arc<str>, info: &Arc<ServiceInfo>) {
+    let Some(current) = by_host.get(host) else { return };
+    let v: Vec<Arc<ServiceInfo>> = current.iter().filter(|i| !Arc::ptr_eq(i, info)).cloned().collect();
+    if v.is_empty() {
+        by_host.remove(host);
+    } else {
+        by_host.insert(host.clone(), v.into());
+    }
 }
 
 impl Registry {
@@ -250,7 +280,12 @@ impl Registry {
                 slices_by_service.entry((ns, svc.as_str())).or_default().push(s);
             }
         }
-        let mut by_host: BTreeMap<Arc<str>, Vec<Arc<ServiceInfo>>> = BTreeMap::new();
+        // The last registry, patched: its ServiceEntry entries come out (they are re-added
+        // below), changed and deleted Services' entries are replaced or removed by identity.
+        let mut by_host = cache.by_host.clone();
+        for (host, info) in std::mem::take(&mut cache.entry_infos) {
+            remove(&mut by_host, &host, &info);
+        }
         let mut next = HashMap::with_capacity(services.len());
         for svc in services {
             let mut own = slices_by_service.remove(&names(&svc.metadata)).unwrap_or_default();
@@ -258,7 +293,7 @@ impl Registry {
             // service keeps the same endpoint order (and its proxies the same config).
             own.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             let key = Arc::as_ptr(svc) as usize;
-            let reusable = cache.by_service.remove(&key).filter(|b| {
+            let unchanged = |b: &Built| {
                 b.slices.len() == own.len()
                     && b.slices.iter().zip(&own).all(|(x, y)| Arc::ptr_eq(x, y))
                     && b.pods.iter().all(|((ns, name), found)| {
@@ -268,30 +303,40 @@ impl Registry {
                             _ => false,
                         }
                     })
-            });
-            let built = match reusable {
-                Some(b) => b,
-                None => {
+            };
+            let built = match cache.by_service.remove(&key) {
+                Some(b) if unchanged(&b) => b,
+                old => {
+                    if let Some(info) = old.as_ref().and_then(|b| Some((&b.host, b.info.as_ref()?))) {
+                        remove(&mut by_host, info.0, info.1);
+                    }
                     let mut used = Vec::new();
                     let info = from_service(mesh, svc, &own, &pods_by_name, &mut used).map(Arc::new);
-                    let host = Arc::from(info.as_ref().map_or("", |i| i.host.as_str()));
+                    let host: Arc<str> = Arc::from(info.as_ref().map_or("", |i| i.host.as_str()));
+                    if let Some(info) = &info {
+                        add(&mut by_host, &host, info, true);
+                    }
                     Built { _service: svc.clone(), slices: own.into_iter().cloned().collect(), pods: used, info, host }
                 }
             };
-            if let Some(info) = &built.info {
-                by_host.entry(built.host.clone()).or_default().push(info.clone());
-            }
             next.insert(key, built);
         }
-        // What is left in the old cache is dropped here: services deleted or changed.
-        cache.by_service = next;
+        // What is left in the old cache: Services deleted, or replaced by a new object.
+        for b in std::mem::replace(&mut cache.by_service, next).into_values() {
+            if let Some(info) = &b.info {
+                remove(&mut by_host, &b.host, info);
+            }
+        }
         let mut entries: Vec<&Arc<ServiceEntry>> = entries.iter().collect();
         entries.sort_by_key(|e| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.namespace(), e.name_any()));
         for se in entries {
             for info in from_service_entry(se, dns) {
-                by_host.entry(Arc::from(info.host.as_str())).or_default().push(Arc::new(info));
+                let (host, info) = (Arc::from(info.host.as_str()), Arc::new(info));
+                add(&mut by_host, &host, &info, false);
+                cache.entry_infos.push((host, info));
             }
         }
+        cache.by_host = by_host.clone();
         Self { by_host }
     }
 

@@ -19,6 +19,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use imbl::ordmap::DiffItem;
 use prost::Message;
 use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost, wire::pb};
 
@@ -127,41 +128,13 @@ impl Rendered {
         if self.own != base.own || !same_hosts {
             return None;
         }
-        // One pass over both name-ordered maps; shared clusters (the same `Arc`) are skipped
-        // without comparing bytes.
+        // The maps share every unchanged node, so the diff visits only what changed.
         let mut out = BytesMut::new();
         let mut removed = Vec::new();
-        let (mut a, mut b) = (new.clusters.iter().peekable(), old.clusters.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((_, c)), None) => {
-                    out.extend_from_slice(&c.bytes);
-                    a.next();
-                }
-                (None, Some((n, _))) => {
-                    removed.push(n.to_string());
-                    b.next();
-                }
-                (Some((na, ca)), Some((nb, cb))) => {
-                    match if Arc::ptr_eq(na, nb) { std::cmp::Ordering::Equal } else { na.cmp(nb) } {
-                        std::cmp::Ordering::Less => {
-                            out.extend_from_slice(&ca.bytes);
-                            a.next();
-                        }
-                        std::cmp::Ordering::Greater => {
-                            removed.push(nb.to_string());
-                            b.next();
-                        }
-                        std::cmp::Ordering::Equal => {
-                            if !Arc::ptr_eq(ca, cb) && ca.bytes != cb.bytes {
-                                out.extend_from_slice(&ca.bytes);
-                            }
-                            a.next();
-                            b.next();
-                        }
-                    }
-                }
+        for item in old.clusters.diff(&new.clusters) {
+            match item {
+                DiffItem::Add(_, c) | DiffItem::Update { new: (_, c), .. } => out.extend_from_slice(&c.bytes),
+                DiffItem::Remove(name, _) => removed.push(name.to_string()),
             }
         }
         out.extend_from_slice(&pb::ConfigDelta { removed_clusters: removed, ..Default::default() }.encode_to_vec());

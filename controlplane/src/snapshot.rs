@@ -226,16 +226,16 @@ impl Snapshot {
         {
             return None;
         }
-        let (new, old) = (&self.registry.by_host, &prev.registry.by_host);
-        if new.len() != old.len() {
-            return None;
-        }
+        // The registries share every unchanged entry: the diff visits only what changed.
         let mut changed = BTreeSet::new();
-        for ((host, a), (old_host, b)) in new.iter().zip(old) {
-            if !(Arc::ptr_eq(host, old_host) || host == old_host) || a.len() != b.len() {
+        for item in prev.registry.by_host.diff(&self.registry.by_host) {
+            let imbl::ordmap::DiffItem::Update { old: (host, old), new: (_, new) } = item else {
+                return None; // a host added or removed
+            };
+            if old.len() != new.len() {
                 return None;
             }
-            for (x, y) in a.iter().zip(b) {
+            for (x, y) in new.iter().zip(old.iter()) {
                 if Arc::ptr_eq(x, y) || x == y {
                     continue;
                 }

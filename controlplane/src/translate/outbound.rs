@@ -53,16 +53,17 @@ impl OutboundKey {
 pub struct Outbound {
     /// One per visible service with HTTP ports.
     pub virtual_hosts: Arc<Encoded<Vec<VirtualHost>>>,
-    /// One per service port and subset, by name. Names are shared (`Arc<str>`), so copying
-    /// the map for a patched snapshot, and dropping an old one, costs no string copies.
-    pub clusters: BTreeMap<Arc<str>, Arc<Encoded<Cluster>>>,
+    /// One per service port and subset, by name. A persistent map: a patched snapshot's
+    /// shares every unchanged node with the previous one (copying it is free, and the delta
+    /// between the two visits only what differs).
+    pub clusters: imbl::OrdMap<Arc<str>, Arc<Encoded<Cluster>>>,
     /// Sum of the clusters' hashes (part of the config's version).
     pub clusters_hash: u64,
 }
 
 impl Outbound {
     fn new(virtual_hosts: Vec<VirtualHost>, clusters: BTreeMap<String, Cluster>) -> Self {
-        let clusters: BTreeMap<Arc<str>, Arc<Encoded<Cluster>>> =
+        let clusters: imbl::OrdMap<Arc<str>, Arc<Encoded<Cluster>>> =
             clusters.into_iter().map(|(n, c)| (Arc::from(n), Arc::new(Encoded::cluster(c)))).collect();
         let clusters_hash = clusters.values().fold(0u64, |h, c| h.wrapping_add(c.hash));
         Self { virtual_hosts: Arc::new(Encoded::virtual_hosts(virtual_hosts)), clusters, clusters_hash }

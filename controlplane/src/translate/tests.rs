@@ -779,3 +779,43 @@ fn resolution_none_hosts_pass_through_to_where_the_client_was_going() {
     assert_eq!(targets(&vh.routes[0]), vec![(skein_api::proxy::PASSTHROUGH_CLUSTER, 100)]);
     assert_eq!(vh.routes[0].matches[0].port, Some(80));
 }
+
+#[test]
+fn a_patched_registry_equals_one_built_from_scratch_after_deletes_edits_and_entries() {
+    let docs = format!("{BOOKINFO}\n---\n{}", bookinfo_workloads());
+    let (mut services, slices, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slices = slices;
+    for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
+        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "Service" => {
+                services.push(Arc::new(serde_yaml::from_value::<k8s_openapi::api::core::v1::Service>(v).unwrap()))
+            }
+            "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+            _ => pods.push(Arc::new(serde_yaml::from_value(v).unwrap())),
+        }
+    }
+    let entry = |host: &str| -> Arc<skein_api::istio::networking::ServiceEntry> {
+        Arc::new(serde_yaml::from_str(&format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: default}}\nspec: {{hosts: [{host}, {REVIEWS}], ports: [{{number: 80, name: http, protocol: HTTP}}], resolution: STATIC, endpoints: [{{address: 192.0.2.1}}]}}\n")).unwrap())
+    };
+    let mesh = MeshSettings::default();
+    let mut cache = crate::registry::RegistryCache::default();
+    let mut entries = vec![entry("a.example.com")];
+    Registry::build_cached(&mesh, &services, &slices, &pods, &entries, &HashMap::new(), &mut cache);
+    // details deleted, ratings edited (a new object), the entry replaced by another.
+    services.retain(|s| s.metadata.name.as_deref() != Some("details"));
+    let i = services.iter().position(|s| s.metadata.name.as_deref() == Some("ratings")).unwrap();
+    let mut ratings = (*services[i]).clone();
+    ratings.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 9081;
+    services[i] = Arc::new(ratings);
+    pods.pop();
+    entries = vec![entry("b.example.com")];
+    let patched = Registry::build_cached(&mesh, &services, &slices, &pods, &entries, &HashMap::new(), &mut cache);
+    let fresh = Registry::build(&mesh, &services, &slices, &pods, &entries, &HashMap::new());
+    assert_eq!(patched.by_host, fresh.by_host);
+    assert!(patched.by_host.get("details.default.svc.cluster.local").is_none());
+    assert!(patched.by_host.get("a.example.com").is_none());
+    // reviews: the Service first, then the entry that also names it.
+    let reviews = patched.by_host.get(REVIEWS).unwrap();
+    assert_eq!((reviews.len(), reviews[0].k8s_name.as_deref()), (2, Some("reviews")));
+}
