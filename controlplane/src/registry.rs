@@ -199,8 +199,12 @@ fn names(m: &kube::api::ObjectMeta) -> (&str, &str) {
     (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
 }
 
+/// A fast hasher for the per-build indexes (their keys are names from the apiserver's own
+/// objects, not attacker-chosen lookups).
+type Fast = foldhash::fast::RandomState;
+
 /// Pods by (namespace, name), borrowing the names from the pods.
-type PodIndex<'a> = HashMap<(&'a str, &'a str), &'a Arc<Pod>>;
+type PodIndex<'a> = HashMap<(&'a str, &'a str), &'a Arc<Pod>, Fast>;
 
 /// What a Service's registry entry was built from.
 struct Built {
@@ -219,7 +223,7 @@ struct Built {
 /// by the Service object's address, which cannot be reused while the entry holds the object.
 #[derive(Default)]
 pub struct RegistryCache {
-    by_service: HashMap<usize, Built>,
+    by_service: HashMap<usize, Built, Fast>,
     /// The registry last built, patched by the next build.
     by_host: imbl::OrdMap<Arc<str>, HostServices>,
     /// ServiceEntry entries of the last build (few; replaced whole every build).
@@ -273,7 +277,7 @@ impl Registry {
         cache: &mut RegistryCache,
     ) -> Self {
         let pods_by_name: PodIndex<'_> = pods.iter().map(|p| (names(&p.metadata), p)).collect();
-        let mut slices_by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+        let mut slices_by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>, Fast> = HashMap::default();
         for s in slices {
             if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
                 let ns = s.metadata.namespace.as_deref().unwrap_or("");
@@ -286,7 +290,7 @@ impl Registry {
         for (host, info) in std::mem::take(&mut cache.entry_infos) {
             remove(&mut by_host, &host, &info);
         }
-        let mut next = HashMap::with_capacity(services.len());
+        let mut next = HashMap::with_capacity_and_hasher(services.len(), Fast::default());
         for svc in services {
             let mut own = slices_by_service.remove(&names(&svc.metadata)).unwrap_or_default();
             // Watch order is arbitrary; endpoints come in slice-name order so an unchanged
