@@ -88,7 +88,7 @@ impl Discovery {
 }
 
 /// Default largest chunk of a config in one response.
-pub const DEFAULT_CHUNK: usize = 256 << 10;
+pub const DEFAULT_CHUNK: usize = 32 << 10;
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
 
