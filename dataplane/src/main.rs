@@ -150,10 +150,10 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) ->
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    // Drain: readiness fails from now on, no new connections are accepted, open ones finish
-    // what they are doing.
+    // Drain: no new connections are accepted (the sockets are closed before anything else
+    // happens), readiness fails from now on, open connections finish what they are doing.
+    listeners.close().await;
     drain.start();
-    drop(listeners);
     info!(open = drain.active(), timeout = ?drain_timeout, "draining");
     if tokio::time::timeout(drain_timeout, drain.idle()).await.is_err() {
         warn!(open = drain.active(), "drain timeout: closing remaining connections");

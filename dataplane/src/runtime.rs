@@ -68,6 +68,9 @@ pub struct Runtime {
     /// TLS server config verifying a client certificate when sent (PERMISSIVE).
     pub permissive_tls: Option<Arc<rustls::ServerConfig>>,
     vhosts: Vec<VirtualHost>,
+    /// Virtual host index by domain, so a request finds its host in O(1) however large the
+    /// mesh: exact names, then wildcard suffixes longest first, then `*` (Envoy's order).
+    by_domain: DomainIndex,
     authorizers: HashMap<String, Authorizer>,
     clusters: HashMap<String, Arc<Upstream>>,
     /// Clusters by the service addresses captured TCP is matched on.
@@ -77,8 +80,43 @@ pub struct Runtime {
 }
 
 struct VirtualHost {
-    domains: Vec<Domain>,
     routes: Vec<CompiledRoute>,
+}
+
+/// Where each domain's virtual host is. The first virtual host naming a domain wins.
+#[derive(Default)]
+struct DomainIndex {
+    exact: HashMap<String, usize>,
+    /// `(".example.com", index)`, longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl DomainIndex {
+    fn add(&mut self, domain: Domain, index: usize) {
+        match domain {
+            Domain::Exact(d) => {
+                self.exact.entry(d).or_insert(index);
+            }
+            Domain::Suffix(s) => self.suffixes.push((s, index)),
+            Domain::Any => {
+                self.any.get_or_insert(index);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        // Stable: among equal lengths the earlier virtual host stays first.
+        self.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    }
+
+    fn find(&self, host: &str) -> Option<usize> {
+        self.exact
+            .get(host)
+            .copied()
+            .or_else(|| self.suffixes.iter().find(|(s, _)| host.ends_with(s.as_str())).map(|(_, i)| *i))
+            .or(self.any)
+    }
 }
 
 enum Domain {
@@ -191,16 +229,18 @@ impl Runtime {
     pub fn compile_from(config: ProxyConfig, prev: Option<&Runtime>) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
-        for vh in &config.virtual_hosts {
-            let domains = vh
-                .domains
-                .iter()
-                .map(|d| match d.as_str() {
-                    "*" => Domain::Any,
-                    d if d.starts_with("*.") => Domain::Suffix(d[1..].to_ascii_lowercase()),
-                    d => Domain::Exact(d.to_ascii_lowercase()),
-                })
-                .collect();
+        let mut by_domain = DomainIndex::default();
+        for (index, vh) in config.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                by_domain.add(
+                    match d.as_str() {
+                        "*" => Domain::Any,
+                        d if d.starts_with("*.") => Domain::Suffix(d[1..].to_ascii_lowercase()),
+                        d => Domain::Exact(d.to_ascii_lowercase()),
+                    },
+                    index,
+                );
+            }
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (i, r) in vh.routes.iter().enumerate() {
                 let at = format!("virtualHosts[{}].routes[{i}]", vh.name);
@@ -220,8 +260,9 @@ impl Runtime {
                 }
                 routes.push(CompiledRoute { route: r.clone(), matches });
             }
-            vhosts.push(VirtualHost { domains, routes });
+            vhosts.push(VirtualHost { routes });
         }
+        by_domain.finish();
         let identity = config.identity.as_ref().map(load_identity).transpose()?;
         let reusable: HashMap<&str, (&Cluster, &Arc<Upstream>)> = match prev {
             Some(p)
@@ -274,6 +315,7 @@ impl Runtime {
             strict_tls: strict,
             permissive_tls: permissive,
             vhosts,
+            by_domain,
             authorizers,
             clusters,
             by_service_address,
@@ -295,27 +337,7 @@ impl Runtime {
     }
 
     fn find_vhost(&self, host: &str) -> Option<&VirtualHost> {
-        // Exact names beat wildcards, longer suffixes beat shorter ones, `*` comes last — the
-        // order Envoy uses.
-        let exact = self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Exact(e) if e == host)));
-        exact
-            .or_else(|| {
-                self.vhosts
-                    .iter()
-                    .filter_map(|v| {
-                        v.domains
-                            .iter()
-                            .filter_map(|d| match d {
-                                Domain::Suffix(s) if host.ends_with(s.as_str()) => Some(s.len()),
-                                _ => None,
-                            })
-                            .max()
-                            .map(|len| (len, v))
-                    })
-                    .max_by_key(|(len, _)| *len)
-                    .map(|(_, v)| v)
-            })
-            .or_else(|| self.vhosts.iter().find(|v| v.domains.iter().any(|d| matches!(d, Domain::Any))))
+        self.by_domain.find(host).map(|i| &self.vhosts[i])
     }
 
     /// The PeerAuthentication mode of a listener for connections to `port` (its port-level

@@ -289,6 +289,17 @@ fn same_socket(a: &Listener, b: &Listener) -> bool {
         && a.server_tls.is_some() == b.server_tls.is_some()
 }
 
+impl Listeners {
+    /// Closes every listener and returns once their sockets are gone (an aborted task drops
+    /// its socket only when the runtime next polls it): nothing is accepted after this.
+    pub async fn close(mut self) {
+        for (_, (_, _, task)) in self.open.drain() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for Listeners {
     fn drop(&mut self) {
         for (_, (_, _, task)) in self.open.drain() {
