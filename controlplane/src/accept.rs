@@ -70,22 +70,9 @@ pub struct LastGood {
 
 type Key = (String, String);
 
-/// The current objects of every Istio kind, as the apiserver has them.
-#[derive(Default, Clone)]
-pub struct Current {
-    /// VirtualServices.
-    pub virtual_services: Vec<Arc<VirtualService>>,
-    /// DestinationRules.
-    pub destination_rules: Vec<Arc<DestinationRule>>,
-    /// ServiceEntries.
-    pub service_entries: Vec<Arc<ServiceEntry>>,
-    /// Gateways.
-    pub gateways: Vec<Arc<Gateway>>,
-    /// PeerAuthentications.
-    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
-    /// AuthorizationPolicies.
-    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
-}
+/// The current objects of every Istio kind, as the apiserver has them (the same shape as what
+/// is accepted from them).
+pub type Current = IstioResources;
 
 fn key<K: Resource>(o: &K) -> Key {
     (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())

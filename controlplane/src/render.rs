@@ -217,7 +217,7 @@ mod tests {
     }
 
     fn own() -> ProxyConfig {
-        translate::assemble(&Snapshot::default(), &Workload::default(), &Outbound::default())
+        translate::parts(&Snapshot::default(), &Workload::default()).0
     }
 
     fn whole(r: &Rendered) -> ProxyConfig {

@@ -179,14 +179,19 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
                 debug!(gateway = full, port = number, "server not served (protocol/tls mode)");
                 continue;
             };
-            let plan = ports.entry(number).or_insert_with(|| PortPlan { kind, servers: Vec::new() });
-            // A later HTTPS server on a port brings its certificate along.
-            if let (PortKind::Http { tls: Some(existing) }, Some(PortKind::Http { tls: Some(more) })) =
-                (&mut plan.kind, kind_of(snap, w, server))
-                && !plan.servers.is_empty()
-            {
-                existing.credentials.extend(more.credentials);
-            }
+            let plan = match ports.entry(number) {
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(PortPlan { kind, servers: Vec::new() }),
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    let plan = e.into_mut();
+                    // A later HTTPS server on a port brings its certificate along.
+                    if let (PortKind::Http { tls: Some(existing) }, PortKind::Http { tls: Some(more) }) =
+                        (&mut plan.kind, kind)
+                    {
+                        existing.credentials.extend(more.credentials);
+                    }
+                    plan
+                }
+            };
             plan.servers.push((full.clone(), gw_ns.clone(), server.clone()));
         }
     }
@@ -306,7 +311,6 @@ fn bound<'a>(snap: &'a Snapshot, scope: &Scope) -> Vec<&'a Arc<VirtualService>> 
         .virtual_services
         .iter()
         .filter(|vs| scope.named_by(&vs.spec.gateways, &vs.namespace().unwrap_or_default()))
-        .filter(|vs| !vs.spec.gateways.is_empty())
         .collect();
     v.sort_by_key(|vs| age_key(vs.as_ref()));
     v

@@ -129,11 +129,6 @@ pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
     }
 }
 
-/// The full configuration of a sidecar.
-pub fn sidecar(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
-    config(snap, workload)
-}
-
 /// A proxy's config in two parts: its own (listeners and settings, no virtual hosts or
 /// clusters), and the outbound part (virtual hosts and clusters), shared by every sidecar
 /// with the same outbound key. A gateway's outbound part is the mesh's clusters (shared, so
@@ -142,19 +137,10 @@ pub fn parts(snap: &Snapshot, workload: &Workload) -> (ProxyConfig, std::sync::A
     let key = OutboundKey::of(workload, snap);
     let mesh = outbound(snap, &key);
     if !workload.router {
-        return (assemble(snap, workload, &Outbound::default()), mesh);
+        return (own(snap, vec![inbound::listener(snap, workload), outbound::listener()]), mesh);
     }
     let gw = gateway::build(snap, workload, &key);
-    let own = ProxyConfig {
-        version: String::new(),
-        outbound_traffic_policy: snap.mesh.outbound_policy,
-        listeners: gw.listeners,
-        virtual_hosts: Vec::new(),
-        clusters: Vec::new(),
-        identity: None,
-        access_log: snap.mesh.access_log.clone(),
-    };
-    (own, std::sync::Arc::new(Outbound::for_gateway(&mesh, gw.virtual_hosts, gw.clusters)))
+    (own(snap, gw.listeners), std::sync::Arc::new(Outbound::for_gateway(&mesh, gw.virtual_hosts, gw.clusters)))
 }
 
 pub use outbound::Outbound;
@@ -176,14 +162,14 @@ pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> std::sync::Arc<Outbound> 
     snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(built).clone()
 }
 
-/// Assembles a sidecar config from a (possibly shared) outbound part.
-pub fn assemble(snap: &Snapshot, workload: &Workload, out: &Outbound) -> ProxyConfig {
+/// A proxy's own part: its listeners and the mesh settings, no virtual hosts or clusters.
+pub fn own(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> ProxyConfig {
     ProxyConfig {
         version: String::new(),
         outbound_traffic_policy: snap.mesh.outbound_policy,
-        listeners: vec![inbound::listener(snap, workload), outbound::listener()],
-        virtual_hosts: out.virtual_hosts.value.clone(),
-        clusters: out.clusters.values().map(|c| c.value.clone()).collect(),
+        listeners,
+        virtual_hosts: Vec::new(),
+        clusters: Vec::new(),
         identity: None,
         access_log: snap.mesh.access_log.clone(),
     }

@@ -136,7 +136,7 @@ fn bookinfo(extra: &str) -> Snapshot {
 
 fn config_for(snap: &Snapshot, pod: &str) -> ProxyConfig {
     let node = Node::parse(&format!("sidecar~10.0.0.1~{pod}.default~default.svc.cluster.local")).unwrap();
-    let mut cfg = sidecar(snap, &Workload::of(snap, &node));
+    let mut cfg = config(snap, &Workload::of(snap, &node));
     // The proxy supplies its own certificate files; the control plane never sends key paths.
     assert!(cfg.identity.is_none());
     cfg.identity = Some(IdentityFiles { cert_chain: "c".into(), private_key: "k".into(), root_cert: "r".into() });
@@ -201,7 +201,7 @@ fn a_service_exported_to_its_own_namespace_is_invisible_elsewhere() {
     assert!(!cfg.clusters.iter().any(|c| c.name.contains("db.backend")), "db leaked into default");
     // A TCP service seen from its own namespace: a cluster reachable by VIP, no HTTP routes.
     let w = Workload { namespace: "backend".into(), ..Default::default() };
-    let backend = sidecar(&snap, &w);
+    let backend = config(&snap, &w);
     let db = backend.clusters.iter().find(|c| c.name == "outbound|5432||db.backend.svc.cluster.local").unwrap();
     assert_eq!(db.service_addresses, vec!["198.19.0.20:5432".parse().unwrap()]);
     assert_eq!(db.endpoints, vec!["10.0.1.1:5432".parse().unwrap()]);
@@ -471,7 +471,7 @@ fn a_virtual_service_in_the_clients_namespace_wins_over_an_older_one_elsewhere()
     );
     // From a namespace without its own, the other one (exported everywhere) applies.
     let w = Workload { namespace: "backend".into(), ..Default::default() };
-    let from_backend = sidecar(&snap, &w);
+    let from_backend = config(&snap, &w);
     let vh = from_backend.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap();
     assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080|v3|reviews.default.svc.cluster.local", 100)]);
 }

@@ -89,6 +89,18 @@ fn https_get(ns: &Netns, addr: SocketAddr, sni: &str, ca: &str, path: &str) -> R
     })
 }
 
+/// Repeats `get` until it answers 200 (for 10 s at most); the body.
+fn until_ok(what: &str, get: impl Fn() -> Result<(u16, String), String>) -> String {
+    let start = Instant::now();
+    loop {
+        match get() {
+            Ok((200, body)) => return body,
+            other => assert!(start.elapsed() < Duration::from_secs(10), "{what}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Mesh {
     sleep: Netns,
     /// A host outside the mesh (no sidecar, no capture): plays "a workload without a sidecar"
@@ -472,14 +484,8 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
     cluster.apply(BOOKINFO_GATEWAY);
     let ingress: SocketAddr = format!("{}:80", mesh.gateway.ip).parse().unwrap();
-    let start = Instant::now();
-    let body = loop {
-        match get_path(&mesh.ext, ingress, "bookinfo.example.com", "/productpage", None) {
-            Ok((200, body)) => break body,
-            other => assert!(start.elapsed() < Duration::from_secs(10), "ingress /productpage: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let body =
+        until_ok("ingress /productpage", || get_path(&mesh.ext, ingress, "bookinfo.example.com", "/productpage", None));
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
     assert!(
@@ -512,14 +518,9 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     cluster.apply(&serde_json::to_string(&secret).unwrap());
     cluster.apply(BOOKINFO_GATEWAY_HTTPS);
     let secure: SocketAddr = format!("{}:443", mesh.gateway.ip).parse().unwrap();
-    let start = Instant::now();
-    let body = loop {
-        match https_get(&mesh.ext, secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage") {
-            Ok((200, body)) => break body,
-            other => assert!(start.elapsed() < Duration::from_secs(10), "ingress https /productpage: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let body = until_ok("ingress https /productpage", || {
+        https_get(&mesh.ext, secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage")
+    });
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
     // The key never appears in the gateway's config dump.
