@@ -58,7 +58,7 @@ bench-operator: tools
 ## Control plane: N services x M simulated proxies, push times, endpoint change latency, memory.
 bench-controlplane: tools
 	$(CARGO) build --release -p skein-controlplane --bin skein-controlplane
-	SKEIN_E2E_PUSH_CHUNK=32768 SKEIN_CONTROLPLANE_BIN=$(CURDIR)/target/release/skein-controlplane $(CARGO) bench -p skein-e2e --bench controlplane
+	SKEIN_E2E_PUSH_CHUNK=32768 SKEIN_E2E_CP_LOG=info,skein_controlplane::watch=debug SKEIN_CONTROLPLANE_BIN=$(CURDIR)/target/release/skein-controlplane $(CARGO) bench -p skein-e2e --bench controlplane
 
 ## Proxy latency/throughput/CPU/RSS vs a direct connection and Debian's HAProxy (installed if missing).
 bench-proxy:

@@ -59,7 +59,7 @@ fn snapshot(
     let t = Instant::now();
     let mesh = MeshSettings::default();
     let registry = Registry::build_cached(&mesh, services, slices, &[], &[], &HashMap::new(), cache);
-    let snap = Snapshot::new(mesh, registry, IstioResources::default(), Vec::new());
+    let snap = Snapshot::new(mesh, registry, IstioResources::default(), Default::default());
     (snap, t.elapsed())
 }
 

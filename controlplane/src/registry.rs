@@ -191,25 +191,51 @@ pub struct Registry {
     pub by_host: imbl::OrdMap<Arc<str>, HostServices>,
 }
 
-/// A pod a Service's endpoints referred to, and what was found under that name.
-type PodRef = ((String, String), Option<Arc<Pod>>);
+/// (namespace, name) of an object.
+pub type Key = (String, String);
 
-/// (namespace, name) of an object, borrowed.
-fn names(m: &kube::api::ObjectMeta) -> (&str, &str) {
-    (m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""))
+/// Pods by (namespace, name). A persistent map: the registry cache patches it with the pods
+/// the watch reported and every snapshot shares it, so neither copies the whole.
+pub type Pods = imbl::OrdMap<Key, Arc<Pod>>;
+
+/// Indexes `pods` by (namespace, name).
+pub fn index_pods(pods: &[Arc<Pod>]) -> Pods {
+    pods.iter().map(|p| (key_of(&p.metadata), p.clone())).collect()
 }
 
-/// A fast hasher for the per-build indexes (their keys are names from the apiserver's own
+/// A pod a Service's endpoints referred to, and what was found under that name.
+type PodRef = (Key, Option<Arc<Pod>>);
+
+/// (namespace, name) of an object.
+pub fn key_of(m: &kube::api::ObjectMeta) -> Key {
+    (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+}
+
+/// A fast hasher for the cache's indexes (their keys are names from the apiserver's own
 /// objects, not attacker-chosen lookups).
 type Fast = foldhash::fast::RandomState;
 
-/// Pods by (namespace, name), borrowing the names from the pods.
-type PodIndex<'a> = HashMap<(&'a str, &'a str), &'a Arc<Pod>, Fast>;
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+fn owner_of(slice: &EndpointSlice) -> Option<Key> {
+    let svc = slice.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    Some((slice.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+}
+
+/// Objects the watches reported since the last build, as they are now (`None`: deleted).
+/// An object reported twice, or reported but unchanged, costs a comparison.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// Services.
+    pub services: Vec<(Key, Option<Arc<Service>>)>,
+    /// EndpointSlices.
+    pub slices: Vec<(Key, Option<Arc<EndpointSlice>>)>,
+    /// Pods.
+    pub pods: Vec<(Key, Option<Arc<Pod>>)>,
+}
 
 /// What a Service's registry entry was built from.
 struct Built {
-    /// Held so that the address keying this entry is not reused by another object.
-    _service: Arc<Service>,
+    service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
     pods: Vec<PodRef>,
     info: Option<Arc<ServiceInfo>>,
@@ -217,13 +243,21 @@ struct Built {
     host: Arc<str>,
 }
 
-/// The Services' entries of the previous build, reused while the Service, its EndpointSlices
-/// and the pods they name are the same objects: after one change, only the services it
-/// touched are translated again (the watch keeps unchanged objects as the same `Arc`). Keyed
-/// by the Service object's address, which cannot be reused while the entry holds the object.
+/// The service registry kept up to date from watch events: a change costs the Services it
+/// touches (the Service itself, the Service an EndpointSlice belongs to, the Services whose
+/// endpoints name a Pod), never a pass over all of them. The watch keeps unchanged objects as
+/// the same `Arc`, so "changed" is a pointer comparison.
 #[derive(Default)]
 pub struct RegistryCache {
-    by_service: HashMap<usize, Built, Fast>,
+    by_service: HashMap<Key, Built, Fast>,
+    /// EndpointSlices by the Service they belong to, by slice name (endpoints come in
+    /// slice-name order, so an unchanged service keeps the same endpoint order).
+    slices: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>, Fast>,
+    /// The Service each EndpointSlice was filed under (a slice's label may change).
+    slice_owner: HashMap<Key, Key, Fast>,
+    pods: Pods,
+    /// Services whose endpoints name each pod.
+    pod_users: HashMap<Key, BTreeSet<Key>, Fast>,
     /// The registry last built, patched by the next build.
     by_host: imbl::OrdMap<Arc<str>, HostServices>,
     /// ServiceEntry entries of the last build (few; replaced whole every build).
@@ -252,6 +286,175 @@ fn remove(by_host: &mut imbl::OrdMap<Arc<str>, HostServices>, host: &Arc<str>, i
     }
 }
 
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl RegistryCache {
+    /// Takes in what the watches reported and re-translates the Services it touches.
+    pub fn update(&mut self, mesh: &MeshSettings, changed: Changed) {
+        let mut dirty: BTreeSet<Key> = BTreeSet::new();
+        for (key, pod) in changed.pods {
+            let old = match &pod {
+                Some(p) => self.pods.insert(key.clone(), p.clone()),
+                None => self.pods.remove(&key),
+            };
+            if !same(old.as_ref(), pod.as_ref()) {
+                dirty.extend(self.pod_users.get(&key).into_iter().flatten().cloned());
+            }
+        }
+        for (key, slice) in changed.slices {
+            let owner = slice.as_deref().and_then(owner_of);
+            let filed = self.slice_owner.get(&key).and_then(|o| Some((o, self.slices.get(o)?.get(&key.1)?)));
+            if let (Some((was, old)), Some(new)) = (filed, &slice)
+                && Some(was) == owner.as_ref()
+                && Arc::ptr_eq(old, new)
+            {
+                continue;
+            }
+            if let Some(was) = self.slice_owner.remove(&key) {
+                if let Some(m) = self.slices.get_mut(&was) {
+                    m.remove(&key.1);
+                    if m.is_empty() {
+                        self.slices.remove(&was);
+                    }
+                }
+                dirty.insert(was);
+            }
+            if let (Some(slice), Some(owner)) = (slice, owner) {
+                self.slices.entry(owner.clone()).or_default().insert(key.1.clone(), slice);
+                self.slice_owner.insert(key, owner.clone());
+                dirty.insert(owner);
+            }
+        }
+        let mut services: HashMap<Key, Option<Arc<Service>>, Fast> = changed.services.into_iter().collect();
+        dirty.extend(services.keys().cloned());
+        for key in dirty {
+            let svc = match services.remove(&key) {
+                Some(reported) => reported,
+                None => self.by_service.get(&key).map(|b| b.service.clone()),
+            };
+            self.rebuild(mesh, key, svc);
+        }
+    }
+
+    /// Replaces everything with these lists (the first build, or after a watch listed again):
+    /// what is not listed is deleted; listed objects that are the same `Arc` as before cost
+    /// a comparison.
+    pub fn resync(
+        &mut self,
+        mesh: &MeshSettings,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        pods: &[Arc<Pod>],
+    ) {
+        fn listing<K: kube::Resource>(objs: &[Arc<K>], known: impl Iterator<Item = Key>) -> Vec<(Key, Option<Arc<K>>)> {
+            let listed: HashMap<Key, Arc<K>, Fast> = objs.iter().map(|o| (key_of(o.meta()), o.clone())).collect();
+            let gone: Vec<(Key, Option<Arc<K>>)> =
+                known.filter(|k| !listed.contains_key(k)).map(|k| (k, None)).collect();
+            listed.into_iter().map(|(k, o)| (k, Some(o))).chain(gone).collect()
+        }
+        let changed = Changed {
+            services: listing(services, self.by_service.keys().cloned()),
+            slices: listing(slices, self.slice_owner.keys().cloned()),
+            pods: listing(pods, self.pods.keys().cloned()),
+        };
+        self.update(mesh, changed);
+    }
+
+    /// The registry: the Services' entries plus those of `entries` (translated every time;
+    /// they are few and their DNS answers change).
+    pub fn registry(&mut self, entries: &[Arc<ServiceEntry>], dns: &HashMap<String, Vec<IpAddr>>) -> Registry {
+        for (host, info) in std::mem::take(&mut self.entry_infos) {
+            remove(&mut self.by_host, &host, &info);
+        }
+        let mut entries: Vec<&Arc<ServiceEntry>> = entries.iter().collect();
+        entries.sort_by_key(|e| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.namespace(), e.name_any()));
+        for se in entries {
+            for info in from_service_entry(se, dns) {
+                let (host, info) = (Arc::from(info.host.as_str()), Arc::new(info));
+                add(&mut self.by_host, &host, &info, false);
+                self.entry_infos.push((host, info));
+            }
+        }
+        Registry { by_host: self.by_host.clone() }
+    }
+
+    /// The pods, as of the last update.
+    pub fn pods(&self) -> Pods {
+        self.pods.clone()
+    }
+
+    /// Brings the entry of Service `key` (now `svc`; `None`: gone) up to date.
+    fn rebuild(&mut self, mesh: &MeshSettings, key: Key, svc: Option<Arc<Service>>) {
+        let own: Vec<Arc<EndpointSlice>> =
+            self.slices.get(&key).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let old = self.by_service.remove(&key);
+        if let (Some(b), Some(svc)) = (&old, &svc) {
+            let unchanged = Arc::ptr_eq(&b.service, svc)
+                && b.slices.len() == own.len()
+                && b.slices.iter().zip(&own).all(|(x, y)| Arc::ptr_eq(x, y))
+                && b.pods.iter().all(|(k, found)| same(self.pods.get(k), found.as_ref()));
+            if unchanged {
+                self.by_service.insert(key, old.expect("matched above"));
+                return;
+            }
+        }
+        let (old_info, old_host) = match old {
+            Some(b) => {
+                self.unuse(&key, &b.pods);
+                (b.info, b.host)
+            }
+            None => (None, Arc::from("")),
+        };
+        let Some(svc) = svc else {
+            if let Some(info) = &old_info {
+                remove(&mut self.by_host, &old_host, info);
+            }
+            return;
+        };
+        let mut used = Vec::new();
+        let pods = &self.pods;
+        let fresh = from_service(mesh, &svc, &own, |k| pods.get(k).cloned(), &mut used);
+        let (info, host) = match (old_info, fresh) {
+            // Same content (say, a pod's status changed but not its IP or labels): the same
+            // entry, so nothing downstream sees a change.
+            (Some(old), Some(fresh)) if *old == fresh => (Some(old), old_host),
+            (old, fresh) => {
+                if let Some(old) = &old {
+                    remove(&mut self.by_host, &old_host, old);
+                }
+                let info = fresh.map(Arc::new);
+                let host: Arc<str> = Arc::from(info.as_ref().map_or("", |i| i.host.as_str()));
+                if let Some(info) = &info {
+                    add(&mut self.by_host, &host, info, true);
+                }
+                (info, host)
+            }
+        };
+        for (pod, _) in &used {
+            self.pod_users.entry(pod.clone()).or_default().insert(key.clone());
+        }
+        self.by_service.insert(key, Built { service: svc, slices: own, pods: used, info, host });
+    }
+
+    /// Forgets that Service `key` uses `pods`.
+    fn unuse(&mut self, key: &Key, pods: &[PodRef]) {
+        for (pod, _) in pods {
+            if let Some(users) = self.pod_users.get_mut(pod) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.pod_users.remove(pod);
+                }
+            }
+        }
+    }
+}
+
 impl Registry {
     /// Builds the registry from the watched objects.
     pub fn build(
@@ -265,8 +468,8 @@ impl Registry {
         Self::build_cached(mesh, services, slices, pods, entries, dns, &mut RegistryCache::default())
     }
 
-    /// [`Registry::build`], reusing what `cache` has from the previous build and leaving this
-    /// build's entries in it. Allocates only for the services it translates again.
+    /// [`Registry::build`] through `cache`: a resync with these lists, so only what differs
+    /// from the cache's last state is translated again.
     pub fn build_cached(
         mesh: &MeshSettings,
         services: &[Arc<Service>],
@@ -276,72 +479,8 @@ impl Registry {
         dns: &HashMap<String, Vec<IpAddr>>,
         cache: &mut RegistryCache,
     ) -> Self {
-        let pods_by_name: PodIndex<'_> = pods.iter().map(|p| (names(&p.metadata), p)).collect();
-        let mut slices_by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>, Fast> = HashMap::default();
-        for s in slices {
-            if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-                let ns = s.metadata.namespace.as_deref().unwrap_or("");
-                slices_by_service.entry((ns, svc.as_str())).or_default().push(s);
-            }
-        }
-        // The last registry, patched: its ServiceEntry entries come out (they are re-added
-        // below), changed and deleted Services' entries are replaced or removed by identity.
-        let mut by_host = cache.by_host.clone();
-        for (host, info) in std::mem::take(&mut cache.entry_infos) {
-            remove(&mut by_host, &host, &info);
-        }
-        let mut next = HashMap::with_capacity_and_hasher(services.len(), Fast::default());
-        for svc in services {
-            let mut own = slices_by_service.remove(&names(&svc.metadata)).unwrap_or_default();
-            // Watch order is arbitrary; endpoints come in slice-name order so an unchanged
-            // service keeps the same endpoint order (and its proxies the same config).
-            own.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            let key = Arc::as_ptr(svc) as usize;
-            let unchanged = |b: &Built| {
-                b.slices.len() == own.len()
-                    && b.slices.iter().zip(&own).all(|(x, y)| Arc::ptr_eq(x, y))
-                    && b.pods.iter().all(|((ns, name), found)| {
-                        match (pods_by_name.get(&(ns.as_str(), name.as_str())), found) {
-                            (Some(now), Some(then)) => Arc::ptr_eq(now, then),
-                            (None, None) => true,
-                            _ => false,
-                        }
-                    })
-            };
-            let built = match cache.by_service.remove(&key) {
-                Some(b) if unchanged(&b) => b,
-                old => {
-                    if let Some(info) = old.as_ref().and_then(|b| Some((&b.host, b.info.as_ref()?))) {
-                        remove(&mut by_host, info.0, info.1);
-                    }
-                    let mut used = Vec::new();
-                    let info = from_service(mesh, svc, &own, &pods_by_name, &mut used).map(Arc::new);
-                    let host: Arc<str> = Arc::from(info.as_ref().map_or("", |i| i.host.as_str()));
-                    if let Some(info) = &info {
-                        add(&mut by_host, &host, info, true);
-                    }
-                    Built { _service: svc.clone(), slices: own.into_iter().cloned().collect(), pods: used, info, host }
-                }
-            };
-            next.insert(key, built);
-        }
-        // What is left in the old cache: Services deleted, or replaced by a new object.
-        for b in std::mem::replace(&mut cache.by_service, next).into_values() {
-            if let Some(info) = &b.info {
-                remove(&mut by_host, &b.host, info);
-            }
-        }
-        let mut entries: Vec<&Arc<ServiceEntry>> = entries.iter().collect();
-        entries.sort_by_key(|e| (e.metadata.creation_timestamp.clone().map(|t| t.0), e.namespace(), e.name_any()));
-        for se in entries {
-            for info in from_service_entry(se, dns) {
-                let (host, info) = (Arc::from(info.host.as_str()), Arc::new(info));
-                add(&mut by_host, &host, &info, false);
-                cache.entry_infos.push((host, info));
-            }
-        }
-        cache.by_host = by_host.clone();
-        Self { by_host }
+        cache.resync(mesh, services, slices, pods);
+        cache.registry(entries, dns)
     }
 
     /// The service for `host` as seen from `client_ns`.
@@ -359,8 +498,8 @@ impl Registry {
 fn from_service(
     mesh: &MeshSettings,
     svc: &Service,
-    slices: &[&Arc<EndpointSlice>],
-    pods: &PodIndex<'_>,
+    slices: &[Arc<EndpointSlice>],
+    pod_named: impl Fn(&Key) -> Option<Arc<Pod>>,
     used: &mut Vec<PodRef>,
 ) -> Option<ServiceInfo> {
     let ns = svc.namespace()?;
@@ -425,7 +564,8 @@ fn from_service(
                 .as_ref()
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| Some((r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone()?)));
-            let pod = pod_key.as_ref().and_then(|(ns, name)| pods.get(&(ns.as_str(), name.as_str())).copied());
+            let pod = pod_key.as_ref().and_then(&pod_named);
+            let pod = pod.as_ref();
             if let Some(k) = pod_key {
                 used.push((k, pod.cloned()));
             }

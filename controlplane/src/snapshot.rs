@@ -79,7 +79,7 @@ pub struct Snapshot {
     /// Accepted Istio resources.
     pub istio: IstioResources,
     /// Pods by (namespace, name).
-    pub pods: HashMap<(String, String), Arc<Pod>>,
+    pub pods: registry::Pods,
     /// VirtualServices bound to sidecars (`gateways` empty or naming `mesh`), by resolved
     /// host, oldest first.
     pub mesh_virtual_services: HashMap<String, Vec<Arc<VirtualService>>>,
@@ -159,7 +159,7 @@ pub fn binds_to_mesh(vs: &VirtualService) -> bool {
 
 impl Snapshot {
     /// Indexes the inputs.
-    pub fn new(mesh: MeshSettings, registry: Registry, istio: IstioResources, pods: Vec<Arc<Pod>>) -> Self {
+    pub fn new(mesh: MeshSettings, registry: Registry, istio: IstioResources, pods: registry::Pods) -> Self {
         let domain = mesh.cluster_domain.clone();
         let mut mesh_virtual_services: HashMap<String, Vec<Arc<VirtualService>>> = HashMap::new();
         for vs in &istio.virtual_services {
@@ -190,7 +190,6 @@ impl Snapshot {
                 vs.spec.http.iter().flat_map(|r| r.matches.iter().flat_map(|m| m.source_labels.keys().cloned()))
             })
             .collect();
-        let pods = pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p)).collect();
         Self {
             mesh,
             registry,

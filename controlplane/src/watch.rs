@@ -21,7 +21,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -39,7 +39,7 @@ use crate::{
     accept::{Current, LastGood, Verdict},
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
-    registry::{self, Registry},
+    registry::{self, Changed, Key},
     snapshot::{Snapshot, TlsSecret},
 };
 
@@ -48,7 +48,7 @@ use crate::{
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Quiet time for the first change after a calm period: a lone endpoint change is pushed
 /// without waiting the full debounce.
-pub const DEBOUNCE_CALM: Duration = Duration::from_millis(10);
+pub const DEBOUNCE_CALM: Duration = Duration::from_millis(3);
 /// How long without a snapshot makes the system calm: at most one snapshot per this long is
 /// built on the short quiet time, so a storm of changes still costs one build per 100 ms.
 const CALM_AFTER: Duration = Duration::from_millis(100);
@@ -57,22 +57,47 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 /// How long a DNS answer for a ServiceEntry host is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
-/// "Something changed", with the time of the first change not yet in a snapshot.
+/// "Something changed": the time of the first change not yet in a snapshot, and which
+/// registry objects changed (the registry re-translates only the Services they touch).
 #[derive(Default)]
 pub struct Changes {
     notify: Notify,
-    since: Mutex<Option<Instant>>,
+    pending: Mutex<(Option<Instant>, Touched)>,
 }
+
+/// Registry objects the watches reported since the last snapshot, by (namespace, name).
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// A watch (re)listed: its store was replaced, so everything is compared.
+    pub all: bool,
+    /// Services.
+    pub services: BTreeSet<Key>,
+    /// EndpointSlices.
+    pub slices: BTreeSet<Key>,
+    /// Pods.
+    pub pods: BTreeSet<Key>,
+}
+
+/// Which set of [`Touched`] a watched kind's events go to.
+type TouchedSet = fn(&mut Touched) -> &mut BTreeSet<Key>;
 
 impl Changes {
     /// Records a change.
     pub fn mark(&self) {
-        self.since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+        self.touch(|_| {});
+    }
+
+    /// Records a change to registry objects.
+    fn touch(&self, f: impl FnOnce(&mut Touched)) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.0.get_or_insert_with(Instant::now);
+        f(&mut pending.1);
+        drop(pending);
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Option<Instant> {
-        self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn take(&self) -> (Option<Instant>, Touched) {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -113,10 +138,18 @@ fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    reflect_with(api, watcher::Config::default(), changes, strip)
+    reflect_with(api, watcher::Config::default(), changes, strip, None)
 }
 
-fn reflect_with<K>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
+/// Watches `api` into a store, recording every event in `changes` (object keys in the
+/// `touched` set, when given).
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: Arc<Changes>,
+    strip: fn(&mut K),
+    touched: Option<TouchedSet>,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -127,7 +160,15 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => changes.mark(),
+                Ok(ev) => changes.touch(|t| {
+                    let Some(set) = touched else { return };
+                    match ev {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            set(t).insert(registry::key_of(o.meta()));
+                        }
+                        watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => t.all = true,
+                    }
+                }),
                 Err(e) => warn!(kind, error = %e, "watch failed; retrying with backoff"),
             }
         }
@@ -178,11 +219,12 @@ impl Stores {
     pub fn start(client: &Client, changes: &Arc<Changes>, namespace: &str) -> Self {
         let c = || changes.clone();
         let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
+        let all = watcher::Config::default;
         Self {
-            tls_secrets: reflect_with(Api::namespaced(client.clone(), namespace), tls_only, c(), strip_secret),
-            services: reflect(Api::all(client.clone()), c(), strip_meta),
-            slices: reflect(Api::all(client.clone()), c(), strip_meta),
-            pods: reflect(Api::all(client.clone()), c(), strip_pod),
+            tls_secrets: reflect_with(Api::namespaced(client.clone(), namespace), tls_only, c(), strip_secret, None),
+            services: reflect_with(Api::all(client.clone()), all(), c(), strip_meta, Some(|t| &mut t.services)),
+            slices: reflect_with(Api::all(client.clone()), all(), c(), strip_meta, Some(|t| &mut t.slices)),
+            pods: reflect_with(Api::all(client.clone()), all(), c(), strip_pod, Some(|t| &mut t.pods)),
             virtual_services: reflect(Api::all(client.clone()), c(), strip_meta),
             destination_rules: reflect(Api::all(client.clone()), c(), strip_meta),
             service_entries: reflect(Api::all(client.clone()), c(), strip_meta),
@@ -213,6 +255,26 @@ impl Stores {
                     Err(_) => warn!(what, "still waiting for the initial list (are the Istio CRDs installed?)"),
                 }
             }
+        }
+    }
+
+    /// The touched registry objects as they are now.
+    fn changed(&self, touched: Touched) -> Changed {
+        fn now<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            keys: BTreeSet<Key>,
+        ) -> Vec<(Key, Option<Arc<K>>)> {
+            keys.into_iter()
+                .map(|(ns, name)| {
+                    let obj = store.get(&ObjectRef::new(&name).within(&ns));
+                    ((ns, name), obj)
+                })
+                .collect()
+        }
+        Changed {
+            services: now(&self.services, touched.services),
+            slices: now(&self.slices, touched.slices),
+            pods: now(&self.pods, touched.pods),
         }
     }
 
@@ -247,26 +309,27 @@ pub async fn run(
     let mut generation = 0u64;
     let mut prev: Option<Arc<Snapshot>> = None;
     let mut registry_cache = registry::RegistryCache::default();
+    let mut synced = false;
     loop {
-        let changed_at = changes.take();
+        // Taken before the stores are read: whatever the stores hold is at least as new as
+        // what this names (a change that lands in between is also named next time).
+        let (changed_at, touched) = changes.take();
         let start = Instant::now();
         let current = stores.current();
         let (istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
         let names = registry::dns_names(&istio.service_entries);
         let resolved = dns.resolve(&names).await;
-        let pods = stores.pods.state();
         let inputs = start.elapsed();
-        let registry = Registry::build_cached(
-            &mesh,
-            &stores.services.state(),
-            &stores.slices.state(),
-            &pods,
-            &istio.service_entries,
-            &resolved,
-            &mut registry_cache,
-        );
+        if touched.all || !synced {
+            let (services, slices, pods) = (stores.services.state(), stores.slices.state(), stores.pods.state());
+            registry_cache.resync(&mesh, &services, &slices, &pods);
+            synced = true;
+        } else {
+            registry_cache.update(&mesh, stores.changed(touched));
+        }
+        let registry = registry_cache.registry(&istio.service_entries, &resolved);
         let registered = start.elapsed();
-        let mut snap = Snapshot::new(mesh.clone(), registry, istio, pods);
+        let mut snap = Snapshot::new(mesh.clone(), registry, istio, registry_cache.pods());
         snap.tls_secrets = stores.tls_secrets.state().iter().filter_map(|s| TlsSecret::from_secret(s)).collect();
         generation += 1;
         snap.generation = generation;

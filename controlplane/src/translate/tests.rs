@@ -127,7 +127,7 @@ fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
         }
     }
     let registry = Registry::build(&mesh, &services, &slices, &pods, &istio.service_entries, &HashMap::new());
-    Snapshot::new(mesh, registry, istio, pods)
+    Snapshot::new(mesh, registry, istio, crate::registry::index_pods(&pods))
 }
 
 fn bookinfo(extra: &str) -> Snapshot {
@@ -546,11 +546,16 @@ fn any_change_beyond_endpoints_is_translated_anew() {
     assert_eq!(snapshot(MeshSettings::default(), &base).reuse_from(&before).cloned(), Some(Default::default()));
 }
 
-#[test]
-fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
-    use k8s_openapi::api::core::v1::Pod;
+type RegistryObjects = (
+    Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    Vec<Arc<k8s_openapi::api::core::v1::Pod>>,
+);
+
+/// Bookinfo's Services, EndpointSlices and Pods.
+fn registry_objects() -> RegistryObjects {
     let docs = format!("{BOOKINFO}\n---\n{}", bookinfo_workloads());
-    let (mut services, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::<Arc<Pod>>::new());
+    let (mut services, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::new());
     for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
         let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
         match v["kind"].as_str().unwrap() {
@@ -559,6 +564,13 @@ fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
             _ => pods.push(Arc::new(serde_yaml::from_value(v).unwrap())),
         }
     }
+    (services, slices, pods)
+}
+
+#[test]
+fn the_registry_cache_rebuilds_only_services_whose_objects_changed() {
+    use k8s_openapi::api::core::v1::Pod;
+    let (services, slices, mut pods) = registry_objects();
     let mesh = MeshSettings::default();
     let mut cache = crate::registry::RegistryCache::default();
     let build = |pods: &[Arc<Pod>], cache: &mut crate::registry::RegistryCache| {
@@ -782,19 +794,7 @@ fn resolution_none_hosts_pass_through_to_where_the_client_was_going() {
 
 #[test]
 fn a_patched_registry_equals_one_built_from_scratch_after_deletes_edits_and_entries() {
-    let docs = format!("{BOOKINFO}\n---\n{}", bookinfo_workloads());
-    let (mut services, slices, mut pods) = (Vec::new(), Vec::new(), Vec::new());
-    let mut slices = slices;
-    for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
-        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
-        match v["kind"].as_str().unwrap() {
-            "Service" => {
-                services.push(Arc::new(serde_yaml::from_value::<k8s_openapi::api::core::v1::Service>(v).unwrap()))
-            }
-            "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(v).unwrap())),
-            _ => pods.push(Arc::new(serde_yaml::from_value(v).unwrap())),
-        }
-    }
+    let (mut services, slices, mut pods) = registry_objects();
     let entry = |host: &str| -> Arc<skein_api::istio::networking::ServiceEntry> {
         Arc::new(serde_yaml::from_str(&format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: default}}\nspec: {{hosts: [{host}, {REVIEWS}], ports: [{{number: 80, name: http, protocol: HTTP}}], resolution: STATIC, endpoints: [{{address: 192.0.2.1}}]}}\n")).unwrap())
     };
@@ -818,4 +818,93 @@ fn a_patched_registry_equals_one_built_from_scratch_after_deletes_edits_and_entr
     // reviews: the Service first, then the entry that also names it.
     let reviews = patched.by_host.get(REVIEWS).unwrap();
     assert_eq!((reviews.len(), reviews[0].k8s_name.as_deref()), (2, Some("reviews")));
+}
+
+/// The registry kept from watch events, step by step, against a build from scratch of the
+/// same objects; `unchanged` hosts must keep their very entries (nothing downstream re-sent).
+#[test]
+fn the_registry_follows_watch_events_and_equals_a_fresh_build() {
+    use crate::registry::{Changed, RegistryCache, key_of};
+    let (mut services, mut slices, mut pods) = registry_objects();
+    let mesh = MeshSettings::default();
+    let mut cache = RegistryCache::default();
+    cache.resync(&mesh, &services, &slices, &pods);
+    let mut last = cache.registry(&[], &HashMap::new());
+    let mut step = |cache: &mut RegistryCache, changed: Changed, objs: &RegistryObjects, changed_hosts: &[&str]| {
+        cache.update(&mesh, changed);
+        let next = cache.registry(&[], &HashMap::new());
+        let fresh = Registry::build(&mesh, &objs.0, &objs.1, &objs.2, &[], &HashMap::new());
+        assert_eq!(next.by_host, fresh.by_host);
+        assert_eq!(next.by_host.keys().collect::<Vec<_>>(), last.by_host.keys().collect::<Vec<_>>());
+        for (host, infos) in &next.by_host {
+            let kept = Arc::ptr_eq(&infos[0], &last.by_host[host][0]);
+            assert_eq!(kept, !changed_hosts.contains(&&**host), "{host}");
+        }
+        last = next;
+    };
+    let pod_at = |pods: &[Arc<k8s_openapi::api::core::v1::Pod>], name: &str| {
+        pods.iter().position(|p| p.metadata.name.as_deref() == Some(name)).unwrap()
+    };
+    const RATINGS: &str = "ratings.default.svc.cluster.local";
+
+    // A pod status update that changes nothing the registry reads: every entry kept.
+    let i = pod_at(&pods, "reviews-v3-1");
+    let mut p = (*pods[i]).clone();
+    p.status.get_or_insert_default().phase = Some("Running".into());
+    pods[i] = Arc::new(p);
+    let changed = Changed { pods: vec![(key_of(&pods[i].metadata), Some(pods[i].clone()))], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[]);
+
+    // The pod loses its sidecar: reviews (whose endpoint names it) changes, nothing else.
+    let mut p = (*pods[i]).clone();
+    p.metadata.labels.as_mut().unwrap().remove("security.istio.io/tlsMode");
+    pods[i] = Arc::new(p);
+    let changed = Changed { pods: vec![(key_of(&pods[i].metadata), Some(pods[i].clone()))], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]);
+
+    // The pod is deleted (its endpoint stays, without pod metadata).
+    let gone = pods.remove(i);
+    let changed = Changed { pods: vec![(key_of(&gone.metadata), None)], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]);
+
+    // ratings' EndpointSlice is relabelled to reviews: both change.
+    let j = slices.iter().position(|s| s.metadata.name.as_deref() == Some("ratings-abc")).unwrap();
+    let mut moved = (*slices[j]).clone();
+    moved.metadata.labels.as_mut().unwrap().insert("kubernetes.io/service-name".into(), "reviews".into());
+    slices[j] = Arc::new(moved);
+    let changed =
+        Changed { slices: vec![(key_of(&slices[j].metadata), Some(slices[j].clone()))], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS, RATINGS]);
+
+    // It is deleted.
+    let gone = slices.remove(j);
+    let changed = Changed { slices: vec![(key_of(&gone.metadata), None)], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]);
+
+    // ratings is deleted, then created again: its EndpointSlice (recreated first) is found.
+    let k = services.iter().position(|s| s.metadata.name.as_deref() == Some("ratings")).unwrap();
+    let ratings = services.remove(k);
+    cache.update(&mesh, Changed { services: vec![(key_of(&ratings.metadata), None)], ..Default::default() });
+    assert!(cache.registry(&[], &HashMap::new()).by_host.get(RATINGS).is_none());
+    slices.push(gone.clone());
+    let mut back = (*gone).clone();
+    back.metadata.labels.as_mut().unwrap().insert("kubernetes.io/service-name".into(), "ratings".into());
+    let back = Arc::new(back);
+    *slices.last_mut().unwrap() = back.clone();
+    cache.update(&mesh, Changed { slices: vec![(key_of(&back.metadata), Some(back.clone()))], ..Default::default() });
+    services.push(Arc::new((*ratings).clone()));
+    let changed =
+        Changed { services: vec![(key_of(&ratings.metadata), services.last().cloned())], ..Default::default() };
+    step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[RATINGS]);
+    assert_eq!(last.by_host[RATINGS][0].endpoints.len(), 1);
+
+    // A resync with the same objects changes nothing; one with ratings gone removes it.
+    cache.resync(&mesh, &services, &slices, &pods);
+    assert_eq!(cache.registry(&[], &HashMap::new()).by_host, last.by_host);
+    services.retain(|s| s.metadata.name.as_deref() != Some("ratings"));
+    cache.resync(&mesh, &services, &slices, &pods);
+    let after = cache.registry(&[], &HashMap::new());
+    assert_eq!(after.by_host, Registry::build(&mesh, &services, &slices, &pods, &[], &HashMap::new()).by_host);
+    assert!(after.by_host.get(RATINGS).is_none());
+    assert_eq!(cache.pods().len(), pods.len());
 }

@@ -10,7 +10,8 @@
 //!
 //!   make bench-controlplane      (release build; SKEIN_BENCH_LOG=1 prints the control plane's
 //!                                 snapshot phase timings; SKEIN_BENCH_SERVICES=1000,10000
-//!                                 SKEIN_BENCH_PROXIES=1000 SKEIN_BENCH_CHANGES=20)
+//!                                 SKEIN_BENCH_PROXIES=1000 SKEIN_BENCH_CHANGES=20;
+//!                                 SKEIN_BENCH_CP_ARGS="--flag value" adds control plane flags)
 //!
 //! The simulated proxies decode only each response's version and nonce (a real proxy's cost
 //! is not the control plane's) and ACK at once.
@@ -205,7 +206,9 @@ struct Row {
 
 async fn run(n: usize, m: usize, changes: usize) -> Row {
     let cluster = Cluster::start("cpbench").await.unwrap();
-    let cp = ControlPlane::start(&cluster, "127.0.0.1", "").await.unwrap();
+    let extra = std::env::var("SKEIN_BENCH_CP_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let cp = ControlPlane::start_with(&cluster, "127.0.0.1", "", &extra).await.unwrap();
     let client = cluster.client.clone();
     for i in 0..NAMESPACES {
         cluster.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench-{i}}}\n"));

@@ -344,7 +344,12 @@ impl ControlPlane {
         let log = dir.join(format!("logs/controlplane-{monitoring_port}.log"));
         let child = Command::new(bin)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,skein_controlplane=debug")
+            // Benchmarks run it at the production level (SKEIN_E2E_CP_LOG): a debug line per push
+            // is a cost real deployments do not pay.
+            .env(
+                "RUST_LOG",
+                std::env::var("SKEIN_E2E_CP_LOG").unwrap_or_else(|_| "info,skein_controlplane=debug".into()),
+            )
             .args(["discovery", "--namespace", CONTROL_PLANE_NS, "--ca-secret", "cacerts"])
             .arg("--mesh-config")
             .arg(&mesh)
