@@ -83,7 +83,8 @@ struct DiscoveryArgs {
     /// Audience ServiceAccount tokens must carry to get a certificate.
     #[arg(long, default_value = TOKEN_AUDIENCE)]
     token_audience: String,
-    /// Configs in flight (sent, not yet acknowledged) at most, across all proxies.
+    /// Configs larger than one chunk in flight (sent, not yet acknowledged) at most, across
+    /// all proxies; smaller ones (deltas) are not held back.
     #[arg(long, default_value_t = skein_controlplane::xds::DEFAULT_PUSH_LIMIT)]
     push_limit: usize,
     /// Largest piece of a config in one response (configs are split so no stream keeps a
@@ -166,10 +167,8 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let discovery =
         Discovery::new(rx.clone(), metrics.clone(), args.push_limit, args.push_chunk_bytes, Some(reviewer.clone()));
     let sync = discovery.sync_table();
-    let syncz: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-        let table = sync.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        serde_json::to_string_pretty(&table).unwrap_or_default()
-    });
+    let syncz: Arc<dyn Fn() -> String + Send + Sync> =
+        Arc::new(move || serde_json::to_string_pretty(&sync.snapshot()).unwrap_or_default());
     let monitoring =
         metrics::bind(args.monitoring_addr).await.with_context(|| format!("bind {}", args.monitoring_addr))?;
     tokio::spawn(metrics::serve(monitoring, metrics.clone(), syncz));

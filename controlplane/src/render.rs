@@ -118,6 +118,9 @@ impl Rendered {
     /// The encoded `ConfigDelta` turning `base` into this config, when only clusters differ.
     pub fn delta_from(&self, base: &Rendered) -> Option<Bytes> {
         let mut deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = deltas.get(&base.version) {
+            return d.clone();
+        }
         deltas.entry(base.version.clone()).or_insert_with(|| self.compute_delta(base)).clone()
     }
 
@@ -144,7 +147,13 @@ impl Rendered {
 
 /// The config of `workload`, computed once per snapshot however many proxies ask.
 pub async fn rendered(snap: &Arc<Snapshot>, workload: &Workload) -> Arc<Rendered> {
-    let cell = snap.rendered.lock().unwrap_or_else(|e| e.into_inner()).entry(workload.clone()).or_default().clone();
+    let cell = {
+        let mut cells = snap.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        match cells.get(workload) {
+            Some(c) => c.clone(),
+            None => cells.entry(workload.clone()).or_default().clone(),
+        }
+    };
     cell.get_or_init(|| async { Arc::new(Rendered::new(snap, workload)) }).await.clone()
 }
 

@@ -48,7 +48,7 @@ use crate::{
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Quiet time for the first change after a calm period: a lone endpoint change is pushed
 /// without waiting the full debounce.
-pub const DEBOUNCE_CALM: Duration = Duration::from_millis(3);
+pub const DEBOUNCE_CALM: Duration = Duration::from_millis(1);
 /// How long without a snapshot makes the system calm: at most one snapshot per this long is
 /// built on the short quiet time, so a storm of changes still costs one build per 100 ms.
 const CALM_AFTER: Duration = Duration::from_millis(100);

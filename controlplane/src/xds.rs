@@ -17,6 +17,8 @@ use std::{
 };
 
 use futures::Stream;
+use k8s_openapi::api::core::v1::Pod;
+use prometheus_client::metrics::counter::Counter;
 use skein_api::proxy::wire::pb::{self, proxy_discovery_server::ProxyDiscovery};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,12 +47,36 @@ pub struct SyncStatus {
     pub pushes: u64,
 }
 
-/// Sync state of all connected proxies, by node id.
-pub type SyncTable = Arc<Mutex<BTreeMap<String, SyncStatus>>>;
+/// Sync state of all connected proxies, by node id. Each connection updates its own entry, so
+/// a push takes no lock shared with other proxies.
+#[derive(Clone, Default)]
+pub struct SyncTable(Arc<Mutex<BTreeMap<String, Arc<Mutex<SyncStatus>>>>>);
 
-/// Configs in flight (sent, not yet acknowledged) across all proxies: the limit bounds the
-/// transport buffers and the CPU a change spends at once when many proxies are pushed
-/// (Istio's push throttle).
+impl SyncTable {
+    /// A copy of every proxy's state.
+    pub fn snapshot(&self) -> BTreeMap<String, SyncStatus> {
+        let table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        table.iter().map(|(id, s)| (id.clone(), s.lock().unwrap_or_else(|e| e.into_inner()).clone())).collect()
+    }
+
+    fn join(&self, id: &str) -> Arc<Mutex<SyncStatus>> {
+        let entry = Arc::new(Mutex::new(SyncStatus::default()));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), entry.clone());
+        entry
+    }
+
+    /// Removes `entry`, unless a newer stream of the same proxy replaced it.
+    fn leave(&self, id: &str, entry: &Arc<Mutex<SyncStatus>>) {
+        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if table.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            table.remove(id);
+        }
+    }
+}
+
+/// Configs larger than one chunk in flight (sent, not yet acknowledged) across all proxies:
+/// the limit bounds the transport buffers and the CPU a change spends at once when many
+/// proxies are pushed (Istio's push throttle). Smaller pushes (deltas) are not held back.
 pub const DEFAULT_PUSH_LIMIT: usize = 100;
 /// A push not acknowledged within this long frees its slot (and is re-sent on the next change).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,8 +93,8 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit`
-    /// unacknowledged at a time, in responses of at most `chunk` config bytes. Proxies that
+    /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit` of
+    /// those larger than one chunk unacknowledged at a time, in responses of at most `chunk` config bytes. Proxies that
     /// send a ServiceAccount token are authenticated with `reviewer`.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -111,7 +137,11 @@ impl ProxyDiscovery for Discovery {
         let id = first.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
         let node = Node::parse(&id).map_err(|e| Status::invalid_argument(format!("node.id: {e}")))?;
         let (tx, rx) = mpsc::channel(1);
+        let pushed = |t| self.metrics.pushes.get_or_create(&PushLabels { r#type: t }).clone();
         let conn = Connection {
+            status: self.sync.join(&node.id),
+            pushed: Pushed { full: pushed("full"), delta: pushed("delta"), unchanged: pushed("unchanged") },
+            workload: None,
             node,
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
@@ -134,6 +164,12 @@ struct Connection {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Metrics,
     sync: SyncTable,
+    /// This proxy's entry in `sync`.
+    status: Arc<Mutex<SyncStatus>>,
+    /// `pilot_xds_pushes` by type, looked up once.
+    pushed: Pushed,
+    /// The workload last computed, and the pod it was computed from.
+    workload: Option<(Option<Arc<Pod>>, Workload)>,
     throttle: Arc<Semaphore>,
     chunk: usize,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
@@ -147,6 +183,13 @@ struct Connection {
     identity: Option<(String, String)>,
 }
 
+/// `pilot_xds_pushes` counters.
+struct Pushed {
+    full: Counter,
+    delta: Counter,
+    unchanged: Counter,
+}
+
 /// A push awaiting its ACK or NACK; holds a throttle slot until then.
 struct Pending {
     nonce: String,
@@ -154,7 +197,7 @@ struct Pending {
     delta: bool,
     changed_at: Instant,
     deadline: tokio::time::Instant,
-    _slot: OwnedSemaphorePermit,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -164,7 +207,6 @@ impl Connection {
         let id = self.node.id.clone();
         info!(node = %id, "proxy connected");
         self.metrics.connected.inc();
-        self.sync.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), SyncStatus::default());
         let mut pending: Option<Pending> = None;
         let mut nonce = 0u64;
         let mut dirty = true;
@@ -215,7 +257,7 @@ impl Connection {
             }
         }
         self.metrics.connected.dec();
-        self.sync.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.sync.leave(&id, &self.status);
         info!(node = %id, "proxy disconnected");
     }
 
@@ -224,24 +266,37 @@ impl Connection {
     async fn push(&mut self, nonce: &mut u64) -> Result<Option<Pending>, ()> {
         let snap = self.snapshots.borrow_and_update().clone();
         let start = Instant::now();
-        let mut workload = Workload::of(&snap, &self.node);
-        workload.authenticated = self.identity.as_ref().is_some_and(|(ns, sa)| {
-            *ns == workload.namespace && *sa == workload.service_account && snap.pod(ns, &self.node.pod).is_some()
-        });
+        // The workload follows from the pod alone: recomputed when the pod object changes.
+        let pod = snap.pod(&self.node.namespace, &self.node.pod).cloned();
+        let workload = match self.workload.take() {
+            Some((seen, w)) if seen.as_ref().map(Arc::as_ptr) == pod.as_ref().map(Arc::as_ptr) => w,
+            _ => {
+                let mut w = Workload::of(&snap, &self.node);
+                w.authenticated = pod.is_some()
+                    && self.identity.as_ref().is_some_and(|(ns, sa)| *ns == w.namespace && *sa == w.service_account);
+                w
+            }
+        };
         let cfg = rendered(&snap, &workload).await;
+        self.workload = Some((pod, workload));
         if cfg.version == self.current {
-            self.metrics.pushes.get_or_create(&PushLabels { r#type: "unchanged" }).inc();
+            self.pushed.unchanged.inc();
             return Ok(None);
         }
         let base = self.running.as_ref().filter(|r| r.version == self.current && !self.full_next);
         let delta = base.and_then(|b| Some((b.version.clone(), cfg.delta_from(b)?)));
         self.full_next = false;
-        let slot = self.throttle.clone().acquire_owned().await.map_err(|_| ())?;
-        *nonce += 1;
         let (base_version, total) = match &delta {
             Some((base, bytes)) => (base.clone(), bytes.len()),
             None => (String::new(), cfg.len()),
         };
+        // A config of one chunk or less (a delta, a small mesh) holds no more transport
+        // memory than any stream may anyway: only larger ones wait for a slot.
+        let slot = match total > self.chunk {
+            true => Some(self.throttle.clone().acquire_owned().await.map_err(|_| ())?),
+            false => None,
+        };
+        *nonce += 1;
         let chunks: Box<dyn Iterator<Item = bytes::Bytes> + Send + '_> = match &delta {
             Some((_, bytes)) => Box::new(Chunks::new(std::iter::once(bytes), self.chunk)),
             None => Box::new(Chunks::new(cfg.parts(), self.chunk)),
@@ -272,7 +327,7 @@ impl Connection {
         }
         self.metrics.push_time.observe(start.elapsed().as_secs_f64());
         let kind = if delta.is_some() { "delta" } else { "full" };
-        self.metrics.pushes.get_or_create(&PushLabels { r#type: kind }).inc();
+        if delta.is_some() { &self.pushed.delta } else { &self.pushed.full }.inc();
         debug!(node = %self.node.id, version = cfg.version, nonce, kind, bytes = total, "config pushed");
         self.update(|s| {
             s.sent = cfg.version.clone();
@@ -289,9 +344,7 @@ impl Connection {
     }
 
     fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
-        if let Some(s) = self.sync.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.node.id) {
-            f(s);
-        }
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
