@@ -330,7 +330,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
     latencies.sort();
     watch.sort();
     if std::env::var_os("SKEIN_BENCH_LOG").is_some() {
-        for l in cp.log().lines().filter(|l| l.contains("snapshot built")).rev().take(8) {
+        for l in cp.log().lines().filter(|l| l.contains("snapshot built")).rev().take(changes + 4) {
             eprintln!("{l}");
         }
     }
