@@ -346,7 +346,9 @@ pub async fn run(
         drop(replaced);
         metrics.snapshots.inc();
         metrics.snapshot_time.observe(start.elapsed().as_secs_f64());
-        debug!(generation, ?inputs, ?registered, ?indexed, ?compared, ?published, elapsed = ?start.elapsed(), "snapshot built");
+        // `since_change`: from the first watch event this snapshot includes to its publication.
+        let since_change = changed_at.map(|t| t.elapsed());
+        debug!(generation, ?since_change, ?inputs, ?registered, ?indexed, ?compared, ?published, elapsed = ?start.elapsed(), "snapshot built");
         for kind in [
             "VirtualService",
             "DestinationRule",
