@@ -94,8 +94,8 @@ pub struct Discovery {
 
 impl Discovery {
     /// Serves configs computed from the snapshots on `snapshots`, at most `push_limit` of
-    /// those larger than one chunk unacknowledged at a time, in responses of at most `chunk` config bytes. Proxies that
-    /// send a ServiceAccount token are authenticated with `reviewer`.
+    /// those larger than one chunk unacknowledged at a time, in responses of at most `chunk`
+    /// config bytes. Proxies that send a ServiceAccount token are authenticated with `reviewer`.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         metrics: Metrics,
@@ -190,7 +190,7 @@ struct Pushed {
     unchanged: Counter,
 }
 
-/// A push awaiting its ACK or NACK; holds a throttle slot until then.
+/// A push awaiting its ACK or NACK; holds its throttle slot (if it needed one) until then.
 struct Pending {
     nonce: String,
     config: Arc<Rendered>,
