@@ -134,11 +134,11 @@ pub struct Stores {
     tls_secrets: Store<Secret>,
 }
 
-fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K)) -> Store<K>
+fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K), touched: Option<TouchedSet>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    reflect_with(api, watcher::Config::default(), changes, strip, None)
+    reflect_with(api, watcher::Config::default(), changes, strip, touched)
 }
 
 /// Watches `api` into a store, recording every event in `changes` (object keys in the
@@ -219,18 +219,17 @@ impl Stores {
     pub fn start(client: &Client, changes: &Arc<Changes>, namespace: &str) -> Self {
         let c = || changes.clone();
         let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
-        let all = watcher::Config::default;
         Self {
             tls_secrets: reflect_with(Api::namespaced(client.clone(), namespace), tls_only, c(), strip_secret, None),
-            services: reflect_with(Api::all(client.clone()), all(), c(), strip_meta, Some(|t| &mut t.services)),
-            slices: reflect_with(Api::all(client.clone()), all(), c(), strip_meta, Some(|t| &mut t.slices)),
-            pods: reflect_with(Api::all(client.clone()), all(), c(), strip_pod, Some(|t| &mut t.pods)),
-            virtual_services: reflect(Api::all(client.clone()), c(), strip_meta),
-            destination_rules: reflect(Api::all(client.clone()), c(), strip_meta),
-            service_entries: reflect(Api::all(client.clone()), c(), strip_meta),
-            gateways: reflect(Api::all(client.clone()), c(), strip_meta),
-            peer_authentications: reflect(Api::all(client.clone()), c(), strip_meta),
-            authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta),
+            services: reflect(Api::all(client.clone()), c(), strip_meta, Some(|t| &mut t.services)),
+            slices: reflect(Api::all(client.clone()), c(), strip_meta, Some(|t| &mut t.slices)),
+            pods: reflect(Api::all(client.clone()), c(), strip_pod, Some(|t| &mut t.pods)),
+            virtual_services: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            destination_rules: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            service_entries: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            gateways: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            peer_authentications: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta, None),
         }
     }
 

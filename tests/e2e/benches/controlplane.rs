@@ -145,10 +145,8 @@ async fn dial(cp: &ControlPlane, tls: &tokio_rustls::TlsConnector) -> h2::client
 }
 
 /// M simulated proxies, each a discovery stream that records when a whole config arrived and
-/// ACKs it. They speak the protocol directly on HTTP/2 (gRPC framing by hand, only each
-/// response's version and nonce decoded): on this shared machine every cycle a simulated proxy
-/// spends is taken from the control plane being measured, and a real proxy's cost is not
-/// the control plane's.
+/// ACKs it (gRPC framing by hand: every cycle they spend is taken from the control plane
+/// measured on the same cores).
 async fn connect_proxies(cp: &ControlPlane, m: usize, receipts: Receipts) -> Vec<tokio::task::JoinHandle<()>> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
