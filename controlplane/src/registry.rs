@@ -566,8 +566,17 @@ fn from_service(
                 .and_then(|r| Some((r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone()?)));
             let pod = pod_key.as_ref().and_then(&pod_named);
             let pod = pod.as_ref();
+            let missing = pod_key.is_some() && pod.is_none();
             if let Some(k) = pod_key {
                 used.push((k, pod.cloned()));
+            }
+            // Like istiod, an endpoint whose Pod is not (or no longer) known is left out: it
+            // would carry no labels, service account or sidecar mark, so it would fall out of
+            // every subset and fail mTLS identity checks. When a Pod is deleted its watch event
+            // usually arrives before the EndpointSlice update; the reverse index above brings
+            // the endpoint back when a late Pod arrives.
+            if missing {
+                continue;
             }
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<IpAddr>() else { continue };

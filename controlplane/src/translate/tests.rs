@@ -841,6 +841,7 @@ fn the_registry_follows_watch_events_and_equals_a_fresh_build() {
             assert_eq!(kept, !changed_hosts.contains(&&**host), "{host}");
         }
         last = next;
+        last.by_host[REVIEWS][0].endpoints.len()
     };
     let pod_at = |pods: &[Arc<k8s_openapi::api::core::v1::Pod>], name: &str| {
         pods.iter().position(|p| p.metadata.name.as_deref() == Some(name)).unwrap()
@@ -862,7 +863,16 @@ fn the_registry_follows_watch_events_and_equals_a_fresh_build() {
     let changed = Changed { pods: vec![(key_of(&pods[i].metadata), Some(pods[i].clone()))], ..Default::default() };
     step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]);
 
-    // The pod is deleted (its endpoint stays, without pod metadata).
+    // The pod is deleted before its EndpointSlice is updated: its endpoint leaves reviews at
+    // once (as in istiod, an endpoint whose Pod is unknown is not sent).
+    let gone = pods.remove(i);
+    let changed = Changed { pods: vec![(key_of(&gone.metadata), None)], ..Default::default() };
+    assert_eq!(step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]), 2);
+
+    // A Pod that arrives after the EndpointSlice naming it brings its endpoint back.
+    pods.insert(i, gone.clone());
+    let changed = Changed { pods: vec![(key_of(&gone.metadata), Some(gone.clone()))], ..Default::default() };
+    assert_eq!(step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]), 3);
     let gone = pods.remove(i);
     let changed = Changed { pods: vec![(key_of(&gone.metadata), None)], ..Default::default() };
     step(&mut cache, changed, &(services.clone(), slices.clone(), pods.clone()), &[REVIEWS]);
