@@ -124,6 +124,9 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     /// Namespaces the service is visible to (`*`, `.`, or names); empty means everywhere.
     pub export_to: Vec<String>,
+    /// The Kubernetes Service's pod selector (empty: none, or a ServiceEntry). Gateways find
+    /// the Services in front of them with it, to listen on their target ports.
+    pub selector: BTreeMap<String, String>,
     /// Backends.
     pub endpoints: Vec<Endpoint>,
 }
@@ -137,7 +140,8 @@ impl ServiceInfo {
     /// Whether `other` differs from this at most in its endpoints.
     pub fn same_but_endpoints(&self, other: &ServiceInfo) -> bool {
         // Destructured so a new field must be considered here.
-        let ServiceInfo { host, namespace, k8s_name, resolution, vips, ports, export_to, endpoints: _ } = self;
+        let ServiceInfo { host, namespace, k8s_name, resolution, vips, ports, export_to, selector, endpoints: _ } =
+            self;
         *host == other.host
             && *namespace == other.namespace
             && *k8s_name == other.k8s_name
@@ -145,6 +149,7 @@ impl ServiceInfo {
             && *vips == other.vips
             && *ports == other.ports
             && *export_to == other.export_to
+            && *selector == other.selector
     }
 
     /// The port numbered `number`.
@@ -604,6 +609,7 @@ fn from_service(
         vips,
         ports,
         export_to,
+        selector: spec.selector.clone().unwrap_or_default(),
         endpoints,
     })
 }
@@ -673,6 +679,7 @@ fn from_service_entry(se: &ServiceEntry, dns: &HashMap<String, Vec<IpAddr>>) -> 
                 vips: vips.clone(),
                 ports: ports.clone(),
                 export_to: spec.export_to.clone(),
+                selector: BTreeMap::new(),
                 endpoints,
             }
         })

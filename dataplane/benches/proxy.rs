@@ -7,7 +7,9 @@
 //! - Saturation: 32 closed-loop clients for a few seconds; requests/s and requests/s per core
 //!   of proxy CPU.
 //!
-//! Run with `make bench-proxy`; `BENCH_SECONDS` sets the length of each phase (default 5).
+//! Run with `make bench-proxy`; `BENCH_SECONDS` sets the length of each phase (default 5);
+//! `BENCH_ONLY` (comma-separated: `skein-1`, `mtls`, `haproxy`) runs only those setups after the
+//! direct baseline, e.g. to attach a profiler to one of them.
 
 use std::{
     convert::Infallible,
@@ -268,43 +270,51 @@ fn main() {
         eprintln!("direct");
         rows.push(measure("direct", up, &[], seconds).await);
 
-        let p1 = free_port();
-        let one = skein(
-            &dir,
-            "skein-1",
-            &format!(
-                "listeners: [{{name: http, address: '127.0.0.1:{p1}'}}]\nvirtualHosts: [{{name: b, domains: [bench], routes: [{{route: [{{cluster: up}}]}}]}}]\nclusters: [{{name: up, endpoints: ['{up}']}}]\n"
-            ),
-        );
-        eprintln!("{}", one.name);
-        rows.push(measure("1 skein-proxy", addr(p1), &[&one], seconds).await);
-        drop(one);
+        let only = std::env::var("BENCH_ONLY").ok();
+        let wanted = |setup: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w.trim() == setup));
+        if wanted("skein-1") {
+            let p1 = free_port();
+            let one = skein(
+                &dir,
+                "skein-1",
+                &format!(
+                    "listeners: [{{name: http, address: '127.0.0.1:{p1}'}}]\nvirtualHosts: [{{name: b, domains: [bench], routes: [{{route: [{{cluster: up}}]}}]}}]\nclusters: [{{name: up, endpoints: ['{up}']}}]\n"
+                ),
+            );
+            eprintln!("{}", one.name);
+            rows.push(measure("1 skein-proxy", addr(p1), &[&one], seconds).await);
+            drop(one);
+        }
 
-        let (pa, pb) = (free_port(), free_port());
-        let (client_id, server_id) = mesh_certs(&dir);
-        let server = skein(
-            &dir,
-            "skein-server",
-            &format!(
-                "{server_id}listeners: [{{name: inbound, address: '127.0.0.1:{pb}', peerAuthentication: STRICT}}]\nvirtualHosts: [{{name: b, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{up}']}}]\n"
-            ),
-        );
-        let client_side = skein(
-            &dir,
-            "skein-client",
-            &format!(
-                "{client_id}listeners: [{{name: outbound, address: '127.0.0.1:{pa}'}}]\nvirtualHosts: [{{name: b, domains: [bench], routes: [{{route: [{{cluster: 'outbound|80||bench'}}]}}]}}]\nclusters: [{{name: 'outbound|80||bench', endpoints: ['127.0.0.1:{pb}'], tls: {{mode: ISTIO_MUTUAL}}}}]\n"
-            ),
-        );
-        eprintln!("2 skein-proxies, mTLS");
-        rows.push(measure("2 skein-proxies, mTLS", addr(pa), &[&client_side, &server], seconds).await);
-        drop((client_side, server));
+        if wanted("mtls") {
+            let (pa, pb) = (free_port(), free_port());
+            let (client_id, server_id) = mesh_certs(&dir);
+            let server = skein(
+                &dir,
+                "skein-server",
+                &format!(
+                    "{server_id}listeners: [{{name: inbound, address: '127.0.0.1:{pb}', peerAuthentication: STRICT}}]\nvirtualHosts: [{{name: b, domains: ['*'], routes: [{{route: [{{cluster: app}}]}}]}}]\nclusters: [{{name: app, endpoints: ['{up}']}}]\n"
+                ),
+            );
+            let client_side = skein(
+                &dir,
+                "skein-client",
+                &format!(
+                    "{client_id}listeners: [{{name: outbound, address: '127.0.0.1:{pa}'}}]\nvirtualHosts: [{{name: b, domains: [bench], routes: [{{route: [{{cluster: 'outbound|80||bench'}}]}}]}}]\nclusters: [{{name: 'outbound|80||bench', endpoints: ['127.0.0.1:{pb}'], tls: {{mode: ISTIO_MUTUAL}}}}]\n"
+                ),
+            );
+            eprintln!("2 skein-proxies, mTLS");
+            rows.push(measure("2 skein-proxies, mTLS", addr(pa), &[&client_side, &server], seconds).await);
+            drop((client_side, server));
+        }
 
-        let ph = free_port();
-        let ha = haproxy(&dir, ph, up);
-        eprintln!("{}", ha.name);
-        rows.push(measure("HAProxy (Debian)", addr(ph), &[&ha], seconds).await);
-        drop(ha);
+        if wanted("haproxy") {
+            let ph = free_port();
+            let ha = haproxy(&dir, ph, up);
+            eprintln!("{}", ha.name);
+            rows.push(measure("HAProxy (Debian)", addr(ph), &[&ha], seconds).await);
+            drop(ha);
+        }
         render(&rows, seconds)
     });
     print!("{report}");

@@ -10,6 +10,11 @@
 //! connection to the local endpoints its Istio SNI names; TCP goes to the first bound
 //! VirtualService's `tcp` route. Servers are grouped by port, as Istio does: on one port the
 //! first server's protocol wins and the others' hosts and certificates join it.
+//!
+//! A server's port number is the port of the gateway's Service, as in Istio: the listener
+//! binds that Service port's `targetPort` (the operator's gateway Service maps 80 → 8080 and
+//! 443 → 8443, so the gateway runs without the right to bind ports below 1024). Without a
+//! Service in front of the gateway, the listener binds the number as written.
 
 use std::{
     collections::BTreeMap,
@@ -199,109 +204,162 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
     let authorization = inbound::authorization(snap, w);
     let mut out = GatewayConfig::default();
     let mut vhosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    let mut bound_ports = BTreeMap::new();
     for (number, plan) in &ports {
-        let mut listener = Listener {
-            name: format!("0.0.0.0_{number}"),
-            address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, *number)),
-            protocol: ListenerProtocol::Http,
-            cluster: None,
-            peer_authentication: PeerAuthMode::Disable,
-            port_peer_authentication: Default::default(),
-            authorization: authorization.clone(),
-            capture: None,
-            server_tls: None,
-            tls_routes: Vec::new(),
-        };
-        let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
-        match &plan.kind {
-            PortKind::Http { tls } => {
-                listener.server_tls = tls.clone();
-                let port =
-                    ServicePort { number: *number, name: String::new(), protocol: Protocol::Http, target: *number };
-                for (full, gw_ns, server) in &plan.servers {
-                    b.scope = Scope::Gateway(full.clone());
-                    for vs in bound(snap, &b.scope) {
-                        let vs_ns = vs.namespace().unwrap_or_default();
-                        let domains: Vec<String> = vs
-                            .spec
-                            .hosts
-                            .iter()
-                            .flat_map(|h| server.hosts.iter().filter_map(|p| admits(p, gw_ns, &vs_ns, h)))
-                            .collect();
-                        if domains.is_empty() {
-                            continue;
-                        }
-                        let routes = b.vs_routes(vs, &port);
-                        for d in domains {
-                            vhosts.entry(d).or_default().extend(routes.iter().cloned());
-                        }
-                    }
-                }
+        for bind in listen_ports(snap, w, *number) {
+            if let Some(first) = bound_ports.get(&bind) {
+                debug!(server_port = number, other = first, bind, "two server ports listen on one port; first kept");
+                continue;
             }
-            PortKind::Passthrough => {
-                listener.protocol = ListenerProtocol::Tls;
-                for (full, gw_ns, server) in &plan.servers {
-                    b.scope = Scope::Gateway(full.clone());
-                    for vs in bound(snap, &b.scope) {
-                        let vs_ns = vs.namespace().unwrap_or_default();
-                        for rule in &vs.spec.tls {
-                            let sni: Vec<String> = rule
-                                .matches
-                                .iter()
-                                .filter(|m| m.port.is_none_or(|p| p == u32::from(*number)))
-                                .filter(|m| m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
-                                .flat_map(|m| m.sni_hosts.iter())
-                                .filter(|h| server.hosts.iter().any(|p| admits(p, gw_ns, &vs_ns, h).is_some()))
-                                .cloned()
-                                .collect();
-                            let Some(dest) = rule.route.first() else { continue };
-                            if sni.is_empty() {
-                                continue;
-                            }
-                            let cluster = b.destination(&dest.destination, &vs_ns, *number);
-                            listener.tls_routes.push(TlsRoute { sni_hosts: sni, cluster });
-                        }
-                    }
-                }
-            }
-            PortKind::AutoPassthrough => {
-                listener.protocol = ListenerProtocol::AutoPassthrough;
-                // The connection's destination is in its SNI; authorization is the workload's.
-                listener.authorization = Vec::new();
-            }
-            PortKind::Tcp => {
-                listener.protocol = ListenerProtocol::Tcp;
-                'found: for (full, _, _) in &plan.servers {
-                    b.scope = Scope::Gateway(full.clone());
-                    for vs in bound(snap, &b.scope) {
-                        let vs_ns = vs.namespace().unwrap_or_default();
-                        for rule in &vs.spec.tcp {
-                            let applies = rule.matches.is_empty()
-                                || rule.matches.iter().any(|m| {
-                                    m.port.is_none_or(|p| p == u32::from(*number))
-                                        && (m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
-                                });
-                            if let (true, Some(dest)) = (applies, rule.route.first()) {
-                                listener.cluster = Some(b.destination(&dest.destination, &vs_ns, *number));
-                                break 'found;
-                            }
-                        }
-                    }
-                }
-                if listener.cluster.is_none() {
-                    debug!(port = number, "TCP server without a bound VirtualService tcp route; not served");
-                    continue;
-                }
+            bound_ports.insert(bind, *number);
+            if let Some(l) = listener_for(snap, key, *number, bind, plan, &authorization, &mut vhosts, &mut out) {
+                out.listeners.push(l);
             }
         }
-        out.clusters.append(&mut b.clusters);
-        out.listeners.push(listener);
     }
     out.virtual_hosts = vhosts
         .into_iter()
         .map(|(domain, routes)| VirtualHost { name: domain.clone(), domains: vec![domain], routes })
         .collect();
     out
+}
+
+/// The ports the gateway listens on for server port `number`: the target ports of that port
+/// of the Services selecting the gateway's pod (Istio's port translation), else `number`.
+/// A named `targetPort` is resolved through the Service's endpoints (their port of that name).
+fn listen_ports(snap: &Snapshot, w: &Workload, number: u16) -> Vec<u16> {
+    let mut out: Vec<u16> = snap
+        .registry
+        .by_host
+        .values()
+        .flat_map(|v| v.iter())
+        .filter(|s| s.k8s_name.is_some() && s.namespace == w.namespace)
+        .filter(|s| !s.selector.is_empty() && selects(&s.selector, &w.labels))
+        .filter_map(|s| {
+            let port = s.port(number)?;
+            Some(s.endpoints.iter().find_map(|e| e.ports.get(&port.name).copied()).unwrap_or(port.target))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        out.push(number);
+    }
+    out
+}
+
+/// The listener on `bind` serving server port `number`; its HTTP routes join `vhosts` (route
+/// matches name the listener's port, which is what the proxy sees) and the clusters they name
+/// join `out`. `None` for a TCP server without a route.
+#[allow(clippy::too_many_arguments)]
+fn listener_for(
+    snap: &Snapshot,
+    key: &OutboundKey,
+    number: u16,
+    bind: u16,
+    plan: &PortPlan,
+    authorization: &[skein_api::proxy::AuthorizationPolicy],
+    vhosts: &mut BTreeMap<String, Vec<Route>>,
+    out: &mut GatewayConfig,
+) -> Option<Listener> {
+    let mut listener = Listener {
+        name: format!("0.0.0.0_{bind}"),
+        address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, bind)),
+        protocol: ListenerProtocol::Http,
+        cluster: None,
+        peer_authentication: PeerAuthMode::Disable,
+        port_peer_authentication: Default::default(),
+        authorization: authorization.to_vec(),
+        capture: None,
+        server_tls: None,
+        tls_routes: Vec::new(),
+    };
+    let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
+    match &plan.kind {
+        PortKind::Http { tls } => {
+            listener.server_tls = tls.clone();
+            let port = ServicePort { number, name: String::new(), protocol: Protocol::Http, target: number };
+            for (full, gw_ns, server) in &plan.servers {
+                b.scope = Scope::Gateway(full.clone());
+                for vs in bound(snap, &b.scope) {
+                    let vs_ns = vs.namespace().unwrap_or_default();
+                    let domains: Vec<String> = vs
+                        .spec
+                        .hosts
+                        .iter()
+                        .flat_map(|h| server.hosts.iter().filter_map(|p| admits(p, gw_ns, &vs_ns, h)))
+                        .collect();
+                    if domains.is_empty() {
+                        continue;
+                    }
+                    let mut routes = b.vs_routes(vs, &port);
+                    for m in routes.iter_mut().flat_map(|r| r.matches.iter_mut()) {
+                        m.port = m.port.map(|_| bind);
+                    }
+                    for d in domains {
+                        vhosts.entry(d).or_default().extend(routes.iter().cloned());
+                    }
+                }
+            }
+        }
+        PortKind::Passthrough => {
+            listener.protocol = ListenerProtocol::Tls;
+            for (full, gw_ns, server) in &plan.servers {
+                b.scope = Scope::Gateway(full.clone());
+                for vs in bound(snap, &b.scope) {
+                    let vs_ns = vs.namespace().unwrap_or_default();
+                    for rule in &vs.spec.tls {
+                        let sni: Vec<String> = rule
+                            .matches
+                            .iter()
+                            .filter(|m| m.port.is_none_or(|p| p == u32::from(number)))
+                            .filter(|m| m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
+                            .flat_map(|m| m.sni_hosts.iter())
+                            .filter(|h| server.hosts.iter().any(|p| admits(p, gw_ns, &vs_ns, h).is_some()))
+                            .cloned()
+                            .collect();
+                        let Some(dest) = rule.route.first() else { continue };
+                        if sni.is_empty() {
+                            continue;
+                        }
+                        let cluster = b.destination(&dest.destination, &vs_ns, number);
+                        listener.tls_routes.push(TlsRoute { sni_hosts: sni, cluster });
+                    }
+                }
+            }
+        }
+        PortKind::AutoPassthrough => {
+            listener.protocol = ListenerProtocol::AutoPassthrough;
+            // The connection's destination is in its SNI; authorization is the workload's.
+            listener.authorization = Vec::new();
+        }
+        PortKind::Tcp => {
+            listener.protocol = ListenerProtocol::Tcp;
+            'found: for (full, _, _) in &plan.servers {
+                b.scope = Scope::Gateway(full.clone());
+                for vs in bound(snap, &b.scope) {
+                    let vs_ns = vs.namespace().unwrap_or_default();
+                    for rule in &vs.spec.tcp {
+                        let applies = rule.matches.is_empty()
+                            || rule.matches.iter().any(|m| {
+                                m.port.is_none_or(|p| p == u32::from(number))
+                                    && (m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
+                            });
+                        if let (true, Some(dest)) = (applies, rule.route.first()) {
+                            listener.cluster = Some(b.destination(&dest.destination, &vs_ns, number));
+                            break 'found;
+                        }
+                    }
+                }
+            }
+            if listener.cluster.is_none() {
+                debug!(port = number, "TCP server without a bound VirtualService tcp route; not served");
+                return None;
+            }
+        }
+    }
+    out.clusters.append(&mut b.clusters);
+    Some(listener)
 }
 
 /// VirtualServices bound to the gateway `scope`, oldest first.

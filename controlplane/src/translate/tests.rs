@@ -659,6 +659,56 @@ fn an_ingress_gateway_serves_the_virtual_services_bound_to_its_gateways() {
 }
 
 #[test]
+fn a_gateway_listens_on_the_target_port_of_its_service() {
+    // The operator's (and Istio's) ingress Service: 80 → 8080, 443 → 8443, selecting the
+    // gateway's pod. A Service elsewhere or selecting other pods changes nothing.
+    let services = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unrelated, namespace: istio-system}
+spec:
+  selector: {app: something-else}
+  ports: [{name: http, port: 80, targetPort: 9999}]
+"#;
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{BOOKINFO_GATEWAY}\n---\n{services}"));
+    let cfg = gateway_config(&snap);
+    let l: Vec<(&str, u16)> = cfg.listeners.iter().map(|l| (l.name.as_str(), l.address.port())).collect();
+    assert_eq!(l, vec![("0.0.0.0_8080", 8080)]);
+    // Routes match the port the proxy accepts on.
+    let vh = vhost(&cfg, "*");
+    assert!(vh.routes.iter().flat_map(|r| &r.matches).all(|m| m.port == Some(8080)), "{:?}", vh.routes);
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080||productpage.default.svc.cluster.local", 100)]);
+
+    // A named targetPort is the port the Service's endpoints give that name.
+    let named = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: http-alt}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {kubernetes.io/service-name: istio-ingressgateway}}
+addressType: IPv4
+ports: [{name: http2, port: 8081}]
+endpoints: [{addresses: [10.0.9.1], conditions: {ready: true}, targetRef: {kind: Pod, name: istio-ingressgateway-1, namespace: istio-system}}]
+"#;
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{BOOKINFO_GATEWAY}\n---\n{named}"));
+    assert_eq!(gateway_config(&snap).listeners[0].address.port(), 8081);
+}
+
+#[test]
 fn gateway_servers_become_https_passthrough_and_east_west_listeners() {
     let gw = r#"
 apiVersion: networking.istio.io/v1

@@ -227,9 +227,11 @@ async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: 
         cert_dirs.insert(pod.to_string(), certs);
         pods.insert(pod.to_string(), ns);
     }
-    // The ingress gateway (Istio's istio-ingressgateway): a `router` proxy, no capture; root
-    // in its network namespace so it may bind port 80, as the Gateway's server says.
-    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway, app: istio-ingressgateway}}\nspec: {nodeName: netns-node, serviceAccountName: istio-ingressgateway, containers: [{name: istio-proxy, image: skein-proxy}]}\n");
+    // The ingress gateway (Istio's istio-ingressgateway): a `router` proxy, no capture, not
+    // root (uid 1337, as the operator runs it). Its Service maps 80 → 8080 and 443 → 8443 as
+    // the operator's and Istio's do; the Gateway's servers say 80 and 443, so the gateway
+    // must listen on the target ports (it could not bind 80 anyway).
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway, app: istio-ingressgateway}}\nspec: {nodeName: netns-node, serviceAccountName: istio-ingressgateway, containers: [{name: istio-proxy, image: skein-proxy}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  ports:\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n");
     let gateway = Netns::new(&format!("sk{tag}gw"), bridge, 30);
     let (args, _) = proxy_args(
         cluster,
@@ -241,7 +243,7 @@ async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: 
         "istio-ingressgateway-1",
         "istio-ingressgateway",
     );
-    procs.push(gateway.spawn(None, &proxy, &args, &dir.join("logs/istio-ingressgateway-proxy.log")));
+    procs.push(gateway.spawn(Some(1337), &proxy, &args, &dir.join("logs/istio-ingressgateway-proxy.log")));
     // Every proxy ready (it has its certificate and first config).
     for (pod, ns) in pods.iter().chain([(&"istio-ingressgateway".to_string(), &gateway)]) {
         let addr: SocketAddr = format!("{}:15021", ns.ip).parse().unwrap();
@@ -483,7 +485,8 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     // Istio's bookinfo-gateway.yaml: the ingress gateway serves /productpage to the outside
     // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
     cluster.apply(BOOKINFO_GATEWAY);
-    let ingress: SocketAddr = format!("{}:80", mesh.gateway.ip).parse().unwrap();
+    // The Service's port 80 reaches the pod on its targetPort 8080 (kube-proxy's DNAT).
+    let ingress: SocketAddr = format!("{}:8080", mesh.gateway.ip).parse().unwrap();
     let body =
         until_ok("ingress /productpage", || get_path(&mesh.ext, ingress, "bookinfo.example.com", "/productpage", None));
     let page: Value = serde_json::from_str(&body).unwrap();
@@ -517,7 +520,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     });
     cluster.apply(&serde_json::to_string(&secret).unwrap());
     cluster.apply(BOOKINFO_GATEWAY_HTTPS);
-    let secure: SocketAddr = format!("{}:443", mesh.gateway.ip).parse().unwrap();
+    let secure: SocketAddr = format!("{}:8443", mesh.gateway.ip).parse().unwrap();
     let body = until_ok("ingress https /productpage", || {
         https_get(&mesh.ext, secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage")
     });
