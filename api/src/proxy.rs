@@ -592,6 +592,13 @@ pub struct Redirect {
     /// Status code; default 301.
     #[serde(default = "default_redirect_code")]
     pub redirect_code: u16,
+    /// Replacement scheme (`http` or `https`); unset keeps the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Replacement port; unset keeps the request's (none when the scheme changes: the new
+    /// scheme's default port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 fn default_redirect_code() -> u16 {
@@ -1035,6 +1042,14 @@ impl Route {
                 format!("{at}.redirect.redirectCode"),
                 format!("{} is not a 3xx status", r.redirect_code),
             ));
+        }
+        if let Some(s) =
+            self.redirect.as_ref().and_then(|r| r.scheme.as_deref()).filter(|s| !matches!(*s, "http" | "https"))
+        {
+            return Err(invalid(format!("{at}.redirect.scheme"), format!("{s:?} is not http or https")));
+        }
+        if self.redirect.as_ref().is_some_and(|r| r.port == Some(0)) {
+            return Err(invalid(format!("{at}.redirect.port"), "0 is not a port"));
         }
         for (i, d) in self.route.iter().enumerate() {
             if d.cluster == PASSTHROUGH_CLUSTER && self.route.len() > 1 {

@@ -87,6 +87,22 @@ fn http_route(errs: &mut Errors, path: &str, r: &HttpRoute) {
     if r.redirect.is_none() && r.route.is_empty() && r.direct_response.is_none() && r.delegate.is_none() {
         errs.push(format!("{path}: needs a route or a redirect"));
     }
+    if let Some(rd) = &r.redirect {
+        if let Some(s) = rd.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+            errs.push(format!("{path}.redirect.scheme: {s:?} is not http or https"));
+        }
+        if let Some(p) = rd.port.filter(|p| !(1..=65535).contains(p)) {
+            errs.push(format!("{path}.redirect.port: {p} is not a port number"));
+        }
+        if let Some(d) =
+            rd.derive_port.as_deref().filter(|d| !matches!(*d, "FROM_PROTOCOL_DEFAULT" | "FROM_REQUEST_PORT"))
+        {
+            errs.push(format!("{path}.redirect.derivePort: {d:?} is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"));
+        }
+        if let Some(c) = rd.redirect_code.filter(|c| !(300..=399).contains(c)) {
+            errs.push(format!("{path}.redirect.redirectCode: {c} is not a 3xx status"));
+        }
+    }
     for (i, d) in r.route.iter().enumerate() {
         if d.destination.host.is_empty() {
             errs.push(format!("{path}.route[{i}].destination.host: required"));

@@ -67,12 +67,15 @@ pub struct ConnInfo {
     /// Set on connections redirected by iptables: which capture, and where the client was
     /// really going (`SO_ORIGINAL_DST`).
     pub captured: Option<(Capture, SocketAddr)>,
+    /// The client spoke HTTPS to this proxy (a gateway terminating TLS; mesh mTLS does not
+    /// count: the application's scheme under it is http). Redirects keep the scheme.
+    pub https: bool,
 }
 
 impl ConnInfo {
     /// A connection accepted on a plain (not capture) listener.
     pub fn new(listener: Arc<str>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>) -> Self {
-        Self { listener, port, peer, identity, captured: None }
+        Self { listener, port, peer, identity, captured: None, https: false }
     }
 }
 
@@ -362,7 +365,7 @@ impl Proxy {
             }
         }
         if let Some(redirect) = &r.redirect {
-            return (self.redirect(redirect, &authority, &parts.uri), service);
+            return (redirect_to(redirect, &authority, &parts.uri, conn.https), service);
         }
 
         // Rewrite before mirroring, so the shadow sees what the primary sees.
@@ -415,16 +418,6 @@ impl Proxy {
         };
         let outcome = self.forward(&upstream, fwd, r.retries.as_ref(), deadline).await;
         (outcome, service)
-    }
-
-    fn redirect(&self, redirect: &skein_api::proxy::Redirect, authority: &str, uri: &Uri) -> Outcome {
-        let host = redirect.authority.as_deref().unwrap_or(authority);
-        let path = redirect.uri.as_deref().unwrap_or_else(|| uri.path());
-        let mut r = full(StatusCode::from_u16(redirect.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
-        if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{path}")) {
-            r.headers_mut().insert(header::LOCATION, v);
-        }
-        Outcome { response: r, flags: "-", upstream: None }
     }
 
     /// ALLOW_ANY: a captured request goes where the client was sending it; a request to an
@@ -610,6 +603,50 @@ async fn send(
     }
 }
 
+fn redirect_to(redirect: &skein_api::proxy::Redirect, authority: &str, uri: &Uri, https: bool) -> Outcome {
+    let mut r = full(StatusCode::from_u16(redirect.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
+    if let Ok(v) = HeaderValue::from_str(&location(redirect, authority, uri, https)) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Outcome { response: r, flags: "-", upstream: None }
+}
+
+/// `host:port` → (`host`, port); an authority without a numeric port (or `[v6]`) → no port.
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// The `Location` of a redirect, as Envoy builds it: the scheme, host, port and path the
+/// redirect names replace the request's. A scheme change without a port drops the request's
+/// port (the new scheme's default); a default port is not written. A path without a query
+/// keeps the request's query.
+fn location(redirect: &skein_api::proxy::Redirect, authority: &str, uri: &Uri, https: bool) -> String {
+    let from = if https { "https" } else { "http" };
+    let scheme = redirect.scheme.as_deref().unwrap_or(from);
+    let (req_host, req_port) = split_port(authority);
+    let (host, authority_port) = match redirect.authority.as_deref() {
+        Some(a) => split_port(a),
+        None => (req_host, None),
+    };
+    let port = redirect.port.or(authority_port).or(if scheme == from { req_port } else { None });
+    let port = port.filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+    let path = match &redirect.uri {
+        Some(p) if p.contains('?') => p.clone(),
+        Some(p) => uri.query().map_or_else(|| p.clone(), |q| format!("{p}?{q}")),
+        None => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    };
+    match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    }
+}
+
 fn has_condition(retry_on: &str, any: &[&str]) -> bool {
     retry_on.split(',').map(str::trim).any(|c| any.contains(&c))
 }
@@ -734,6 +771,30 @@ mod tests {
     fn shadow_host_is_suffixed_before_the_port() {
         assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
         assert_eq!(shadow_authority("reviews"), "reviews-shadow");
+    }
+
+    #[test]
+    fn redirects_replace_scheme_host_port_and_path_as_envoy_does() {
+        use skein_api::proxy::Redirect;
+        let uri: Uri = "/a?x=1".parse().unwrap();
+        let r = |scheme: Option<&str>, authority: Option<&str>, port: Option<u16>, path: Option<&str>| Redirect {
+            scheme: scheme.map(Into::into),
+            authority: authority.map(Into::into),
+            port,
+            uri: path.map(Into::into),
+            redirect_code: 301,
+        };
+        // httpsRedirect: the scheme changes, the request's port goes, path and query stay.
+        assert_eq!(location(&r(Some("https"), None, None, None), "shop:8080", &uri, false), "https://shop/a?x=1");
+        assert_eq!(location(&r(None, None, None, None), "shop:8080", &uri, false), "http://shop:8080/a?x=1");
+        assert_eq!(location(&r(None, None, None, None), "shop", &uri, true), "https://shop/a?x=1");
+        assert_eq!(
+            location(&r(None, Some("new"), None, Some("/b")), "shop:8080", &uri, false),
+            "http://new:8080/b?x=1"
+        );
+        assert_eq!(location(&r(None, None, Some(9443), Some("/b?y")), "shop", &uri, false), "http://shop:9443/b?y");
+        assert_eq!(location(&r(Some("https"), None, Some(443), None), "shop", &uri, false), "https://shop/a?x=1");
+        assert_eq!(location(&r(Some("http"), None, None, None), "[::1]:8443", &uri, true), "http://[::1]/a?x=1");
     }
 
     #[test]

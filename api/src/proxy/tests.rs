@@ -88,6 +88,12 @@ fn out_of_range_percentages_and_statuses_are_rejected() {
         err(|c| c.virtual_hosts[0].routes[0].redirect = Some(Redirect { redirect_code: 301, ..Default::default() }))
             .contains("mutually exclusive")
     );
+    let scheme = err(|c| {
+        let r = &mut c.virtual_hosts[0].routes[0];
+        r.route.clear();
+        r.redirect = Some(Redirect { redirect_code: 301, scheme: Some("ftp".into()), ..Default::default() });
+    });
+    assert!(scheme.contains("redirect.scheme") && scheme.contains("not http or https"), "{scheme}");
 }
 
 #[test]

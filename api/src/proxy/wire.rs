@@ -416,7 +416,17 @@ fn route(at: &str, r: pb::Route) -> Result<Route, InvalidConfig> {
                     c => u16::try_from(c)
                         .map_err(|_| invalid(format!("{at}.redirect.redirectCode"), "not a 3xx status"))?,
                 };
-                Ok::<_, InvalidConfig>(Redirect { uri: d.uri, authority: d.authority, redirect_code: code })
+                let port = match d.port {
+                    0 => None,
+                    p => Some(u16::try_from(p).map_err(|_| invalid(format!("{at}.redirect.port"), "not a port"))?),
+                };
+                Ok::<_, InvalidConfig>(Redirect {
+                    uri: d.uri,
+                    authority: d.authority,
+                    redirect_code: code,
+                    scheme: d.scheme,
+                    port,
+                })
             })
             .transpose()?;
     let retries = r
@@ -479,6 +489,8 @@ fn pb_route(r: &Route) -> pb::Route {
             uri: d.uri.clone(),
             authority: d.authority.clone(),
             redirect_code: u32::from(d.redirect_code),
+            scheme: d.scheme.clone(),
+            port: d.port.map_or(0, u32::from),
         }),
         rewrite: r.rewrite.as_ref().map(|w| pb::Rewrite { uri: w.uri.clone(), authority: w.authority.clone() }),
         timeout: pb_dur(r.timeout),

@@ -26,8 +26,8 @@ use kube::ResourceExt;
 use skein_api::{
     istio::networking::{Gateway, Server, VirtualService},
     proxy::{
-        Cluster, InlineCredential, Listener, ListenerProtocol, PeerAuthMode, Route, ServerCredential, ServerTls,
-        TlsRoute, VirtualHost,
+        Cluster, InlineCredential, Listener, ListenerProtocol, PeerAuthMode, Redirect, Route, RouteMatch,
+        ServerCredential, ServerTls, TlsRoute, VirtualHost,
     },
 };
 use tracing::debug;
@@ -280,6 +280,15 @@ fn listener_for(
             listener.server_tls = tls.clone();
             let port = ServicePort { number, name: String::new(), protocol: Protocol::Http, target: number };
             for (full, gw_ns, server) in &plan.servers {
+                if server.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
+                    // Every request to the server's hosts on this port is told to use HTTPS
+                    // (301), whether or not a VirtualService is bound.
+                    for host in &server.hosts {
+                        let domain = host_part(host).to_ascii_lowercase();
+                        vhosts.entry(domain).or_default().insert(0, https_redirect(bind));
+                    }
+                    continue;
+                }
                 b.scope = Scope::Gateway(full.clone());
                 for vs in bound(snap, &b.scope) {
                     let vs_ns = vs.namespace().unwrap_or_default();
@@ -360,6 +369,22 @@ fn listener_for(
     }
     out.clusters.append(&mut b.clusters);
     Some(listener)
+}
+
+/// The route of an `httpsRedirect` server on listener port `bind`.
+fn https_redirect(bind: u16) -> Route {
+    Route {
+        name: format!("https-redirect-{bind}"),
+        matches: vec![RouteMatch { port: Some(bind), ..Default::default() }],
+        redirect: Some(Redirect {
+            scheme: Some("https".into()),
+            redirect_code: 301,
+            uri: None,
+            authority: None,
+            port: None,
+        }),
+        ..Default::default()
+    }
 }
 
 /// VirtualServices bound to the gateway `scope`, oldest first.

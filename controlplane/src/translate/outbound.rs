@@ -386,11 +386,7 @@ impl Builder<'_> {
                 name,
                 matches,
                 route,
-                redirect: rule.redirect.as_ref().map(|r| proxy::Redirect {
-                    uri: r.uri.clone(),
-                    authority: r.authority.clone(),
-                    redirect_code: r.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
-                }),
+                redirect: rule.redirect.as_ref().map(redirect),
                 rewrite: rule
                     .rewrite
                     .as_ref()
@@ -433,6 +429,28 @@ impl Builder<'_> {
             })
             .collect();
         (!out.is_empty()).then_some(out)
+    }
+}
+
+/// A VirtualService redirect. `derivePort: FROM_PROTOCOL_DEFAULT` is the scheme's default port
+/// (80, or 443 for https; without a scheme, 80), `FROM_REQUEST_PORT` (or nothing) keeps the
+/// request's.
+fn redirect(r: &istio::HttpRedirect) -> proxy::Redirect {
+    let default_port = match r.scheme.as_deref() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let port = match (r.port, r.derive_port.as_deref()) {
+        (Some(p), _) => u16::try_from(p).ok(),
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => Some(default_port),
+        _ => None,
+    };
+    proxy::Redirect {
+        uri: r.uri.clone(),
+        authority: r.authority.clone(),
+        redirect_code: r.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
+        scheme: r.scheme.clone(),
+        port,
     }
 }
 

@@ -709,6 +709,51 @@ endpoints: [{addresses: [10.0.9.1], conditions: {ready: true}, targetRef: {kind:
 }
 
 #[test]
+fn https_redirect_servers_and_redirect_routes_keep_istio_semantics() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+    hosts: [shop.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/shop]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}
+  - route:
+    - destination: {host: productpage}
+"#;
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{yaml}"));
+    let cfg = gateway_config(&snap);
+    let vh = vhost(&cfg, "shop.example.com");
+    // Port 80: one route, a 301 to https whatever the path; no VirtualService route there.
+    let on80: Vec<&Route> = vh.routes.iter().filter(|r| r.matches.iter().any(|m| m.port == Some(80))).collect();
+    assert_eq!(on80.len(), 1, "{:?}", vh.routes);
+    let rd = on80[0].redirect.as_ref().expect("a redirect");
+    assert_eq!((rd.scheme.as_deref(), rd.redirect_code, rd.port), (Some("https"), 301, None));
+    assert!(on80[0].matches.iter().all(|m| m.uri.is_none()));
+    // Port 443: the VirtualService, its redirect with scheme and the scheme's default port.
+    let on443: Vec<&Route> = vh.routes.iter().filter(|r| r.matches.iter().any(|m| m.port == Some(443))).collect();
+    assert_eq!(on443.len(), 2, "{:?}", vh.routes);
+    let rd = on443[0].redirect.as_ref().expect("the VirtualService redirect");
+    assert_eq!((rd.uri.as_deref(), rd.scheme.as_deref(), rd.port), (Some("/new"), Some("https"), Some(443)));
+    assert!(on443[1].redirect.is_none());
+}
+
+#[test]
 fn gateway_servers_become_https_passthrough_and_east_west_listeners() {
     let gw = r#"
 apiVersion: networking.istio.io/v1

@@ -36,6 +36,17 @@ fn virtual_service_errors_name_the_field() {
     );
     assert!(has(&errs, "spec.http[0].match[0].queryParams: not supported by Skein yet"), "{errs:?}");
     assert!(has(&vs("http: []"), "spec.hosts"));
+    let errs =
+        vs("hosts: [shop]\nhttp:\n- redirect: {scheme: ftp, port: 70000, derivePort: SOMEHOW, redirectCode: 200}\n");
+    for e in [
+        "spec.http[0].redirect.scheme: \"ftp\" is not http or https",
+        "spec.http[0].redirect.port: 70000",
+        "spec.http[0].redirect.derivePort: \"SOMEHOW\"",
+        "spec.http[0].redirect.redirectCode: 200",
+    ] {
+        assert!(has(&errs, e), "{e}: {errs:?}");
+    }
+    assert!(vs("hosts: [shop]\nhttp:\n- redirect: {scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}\n").is_empty());
 }
 
 #[test]

@@ -40,6 +40,13 @@ fn get(ns: &Netns, addr: SocketAddr, host: &str, user: Option<&str>) -> Result<(
 }
 
 fn get_path(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&str>) -> Result<(u16, String), String> {
+    let out = get_raw(ns, addr, host, path, user)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
+    Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// One HTTP/1.1 GET from inside `ns`; the whole response, head included.
+fn get_raw(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&str>) -> Result<String, String> {
     let (host, path, user) = (host.to_string(), path.to_string(), user.map(str::to_string));
     ns.run(move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
@@ -49,8 +56,7 @@ fn get_path(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&
             .map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
-        Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+        Ok(out)
     })
 }
 
@@ -409,6 +415,26 @@ spec:
           number: 9080
 "#;
 
+/// Istio's documented HTTP → HTTPS redirect server.
+const HTTPS_REDIRECT_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-redirect
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - bookinfo.example.com
+    tls:
+      httpsRedirect: true
+"#;
+
 /// The HTTPS Gateway of ../shared/examples/security.yaml, unchanged.
 const BOOKINFO_GATEWAY_HTTPS: &str = r#"
 apiVersion: networking.istio.io/v1beta1
@@ -530,6 +556,24 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     let dump = get_path(&mesh.gateway, "127.0.0.1:15000".parse().unwrap(), "x", "/config_dump", None).unwrap();
     assert_eq!(dump.0, 200);
     assert!(dump.1.contains("<redacted>") && !dump.1.contains("PRIVATE KEY"), "{}", dump.1);
+
+    // Istio's HTTP → HTTPS redirect (a port-80 server with `tls.httpsRedirect`): plain HTTP for
+    // bookinfo.example.com is told to use HTTPS; other hosts on port 80 are served as before.
+    cluster.apply(HTTPS_REDIRECT_GATEWAY);
+    let start = Instant::now();
+    loop {
+        let r = get_raw(&mesh.ext, ingress, "bookinfo.example.com", "/productpage?u=1", None).unwrap_or_default();
+        if r.starts_with("HTTP/1.1 301") {
+            assert!(
+                r.to_ascii_lowercase().contains("location: https://bookinfo.example.com/productpage?u=1\r\n"),
+                "{r}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no HTTPS redirect: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get_path(&mesh.ext, ingress, "other.example.com", "/productpage", None).map(|r| r.0), Ok(200));
 
     // 50/50 v1/v3, visible within a second of kubectl apply.
     cluster.apply(&vs(
