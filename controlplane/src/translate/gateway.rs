@@ -226,7 +226,8 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
 
 /// The ports the gateway listens on for server port `number`: the target ports of that port
 /// of the Services selecting the gateway's pod (Istio's port translation), else `number`.
-/// A named `targetPort` is resolved through the Service's endpoints (their port of that name).
+/// A named `targetPort` is resolved through the Service's endpoints (their port of that name;
+/// until the gateway's endpoint is listed, the number itself).
 fn listen_ports(snap: &Snapshot, w: &Workload, number: u16) -> Vec<u16> {
     let mut out: Vec<u16> = snap
         .registry
@@ -237,7 +238,12 @@ fn listen_ports(snap: &Snapshot, w: &Workload, number: u16) -> Vec<u16> {
         .filter(|s| !s.selector.is_empty() && selects(&s.selector, &w.labels))
         .filter_map(|s| {
             let port = s.port(number)?;
-            Some(s.endpoints.iter().find_map(|e| e.ports.get(&port.name).copied()).unwrap_or(port.target))
+            // A numeric targetPort is known without endpoints (the gateway's own endpoint
+            // appears only once it is ready, i.e. after it got this config).
+            if port.target != number {
+                return Some(port.target);
+            }
+            Some(s.endpoints.iter().find_map(|e| e.ports.get(&port.name).copied()).unwrap_or(number))
         })
         .collect();
     out.sort_unstable();
