@@ -223,29 +223,46 @@ impl Upstream {
     /// Picks an endpoint by the cluster's load-balancing policy, skipping ejected endpoints
     /// (all of them, if every endpoint is ejected: better a likely failure than certain one).
     pub fn pick(&self, input: &HashInput<'_>) -> Option<EndpointGuard<'_>> {
-        let now = Instant::now();
-        let healthy: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !e.ejected(now)).collect();
-        let pool: Vec<&Endpoint> = if healthy.is_empty() { self.endpoints.iter().collect() } else { healthy };
-        if pool.is_empty() {
+        let ep = if self.outlier.is_none() {
+            // Without outlier detection nothing is ever ejected: choose among all endpoints
+            // without building a candidate list (this runs on every request).
+            let all = &self.endpoints[..];
+            self.choose(all.len(), |i| &all[i], input)?
+        } else {
+            let now = Instant::now();
+            let healthy: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !e.ejected(now)).collect();
+            let pool: Vec<&Endpoint> = if healthy.is_empty() { self.endpoints.iter().collect() } else { healthy };
+            self.choose(pool.len(), |i| pool[i], input)?
+        };
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        Some(EndpointGuard { ep, addr: ep.addr })
+    }
+
+    /// The load balancer's choice among `len` candidates (`at(i)` is the i-th).
+    fn choose<'a>(
+        &self,
+        len: usize,
+        at: impl Fn(usize) -> &'a Endpoint,
+        input: &HashInput<'_>,
+    ) -> Option<&'a Endpoint> {
+        if len == 0 {
             return None;
         }
-        let ep = match &self.lb {
-            LoadBalancer::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
-            LoadBalancer::Random => pool[fastrand::usize(..pool.len())],
+        Some(match &self.lb {
+            LoadBalancer::RoundRobin => at(self.next.fetch_add(1, Ordering::Relaxed) % len),
+            LoadBalancer::Random => at(fastrand::usize(..len)),
             LoadBalancer::LeastRequest => {
                 // Power of two choices: near-optimal spread without scanning every endpoint.
-                let (a, b) = (pool[fastrand::usize(..pool.len())], pool[fastrand::usize(..pool.len())]);
+                let (a, b) = (at(fastrand::usize(..len)), at(fastrand::usize(..len)));
                 if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) { b } else { a }
             }
             LoadBalancer::ConsistentHash(key) => match hash_key(key, input) {
                 // Rendezvous hashing: each endpoint scores the key; highest wins. Removing an
                 // endpoint moves only the keys it owned.
-                Some(k) => *pool.iter().max_by_key(|e| hash_of(&(k, e.addr))).unwrap_or(&pool[0]),
-                None => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
+                Some(k) => (0..len).map(&at).max_by_key(|e| hash_of(&(k, e.addr))).unwrap_or_else(|| at(0)),
+                None => at(self.next.fetch_add(1, Ordering::Relaxed) % len),
             },
-        };
-        ep.active.fetch_add(1, Ordering::Relaxed);
-        Some(EndpointGuard { ep, addr: ep.addr })
+        })
     }
 
     /// Records how a request to `addr` went and ejects the endpoint if it crossed a threshold.
