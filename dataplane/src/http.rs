@@ -31,7 +31,7 @@ use crate::{
     connect::{MeshConnector, RequestCount},
     drain::Drain,
     identity,
-    metrics::{ClusterLabel, Metrics, RequestLabels},
+    metrics::{ClusterLabel, Metrics, RequestKey},
     runtime::{RequestView, Routed, Runtime},
     store::Store,
     upstream::{self, HashInput, HttpClient, Upstream},
@@ -214,7 +214,6 @@ impl Proxy {
         };
         let (outcome, attribution) = self.route_request(&rt, req, &conn).await;
         let service = attribution.service;
-        let service_name = service.split('.').next().unwrap_or("unknown").to_string();
         let elapsed = start.elapsed();
         if let Some((cfg, mut entry)) = log {
             entry.response_code = outcome.response.status().as_u16();
@@ -226,15 +225,13 @@ impl Proxy {
             entry.route_name = attribution.route;
             self.access_log.log(&cfg, &entry);
         }
-        let labels = RequestLabels {
+        let key = RequestKey {
             reporter,
-            destination_service: service,
-            destination_service_name: service_name,
+            destination_service: &service,
             response_code: outcome.response.status().as_u16(),
             response_flags: outcome.flags,
-            request_protocol: "http",
         };
-        self.metrics.record(labels, elapsed.as_secs_f64() * 1000.0);
+        self.metrics.record(key, elapsed.as_secs_f64() * 1000.0);
         Ok(outcome.response)
     }
 

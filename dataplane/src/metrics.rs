@@ -1,7 +1,11 @@
 //! Istio-compatible telemetry: `istio_requests_total` and `istio_request_duration_milliseconds`
 //! with Istio's label names, plus the proxy's own counters.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{Arc, RwLock},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -25,6 +29,54 @@ pub struct RequestLabels {
     pub response_flags: &'static str,
     /// `http`.
     pub request_protocol: &'static str,
+}
+
+/// What a finished request is counted under, borrowed from the request (see `Metrics::record`).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestKey<'a> {
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+    /// Destination service host.
+    pub destination_service: &'a str,
+    /// HTTP status sent to the client.
+    pub response_code: u16,
+    /// Envoy-style response flags.
+    pub response_flags: &'static str,
+}
+
+impl RequestKey<'_> {
+    fn matches(&self, l: &RequestLabels) -> bool {
+        self.reporter == l.reporter
+            && self.destination_service == l.destination_service
+            && self.response_code == l.response_code
+            && self.response_flags == l.response_flags
+    }
+
+    fn labels(&self) -> RequestLabels {
+        RequestLabels {
+            reporter: self.reporter,
+            destination_service: self.destination_service.to_string(),
+            destination_service_name: self.destination_service.split('.').next().unwrap_or("unknown").to_string(),
+            response_code: self.response_code,
+            response_flags: self.response_flags,
+            request_protocol: "http",
+        }
+    }
+}
+
+/// The two request metrics of one label set.
+struct RequestHandles {
+    labels: RequestLabels,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Handles by a hash of the borrowed key: a request is counted with one hash and a read lock,
+/// without building label Strings (the families would hash them twice, with SipHash).
+#[derive(Default)]
+struct RequestCache {
+    hasher: foldhash::fast::RandomState,
+    by_hash: RwLock<HashMap<u64, Vec<RequestHandles>>>,
 }
 
 /// Label of Envoy-style per-cluster stats.
@@ -63,6 +115,7 @@ pub struct Metrics {
     pub tcp_received: Family<TcpLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    request_cache: Arc<RequestCache>,
 }
 
 impl Default for Metrics {
@@ -108,15 +161,39 @@ impl Default for Metrics {
             tcp_sent,
             tcp_received,
             access_log_dropped,
+            request_cache: Arc::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Records one finished request.
-    pub fn record(&self, labels: RequestLabels, millis: f64) {
-        self.duration.get_or_create(&labels).observe(millis);
-        self.requests.get_or_create(&labels).inc();
+    /// Records one finished request (`istio_requests_total` and its duration).
+    pub fn record(&self, key: RequestKey<'_>, millis: f64) {
+        let cache = &self.request_cache;
+        let hash =
+            cache.hasher.hash_one((key.reporter, key.destination_service, key.response_code, key.response_flags));
+        {
+            let map = cache.by_hash.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = map.get(&hash).and_then(|v| v.iter().find(|h| key.matches(&h.labels))) {
+                h.duration.observe(millis);
+                h.requests.inc();
+                return;
+            }
+        }
+        let labels = key.labels();
+        let handles = RequestHandles {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            labels,
+        };
+        handles.duration.observe(millis);
+        handles.requests.inc();
+        let mut map = cache.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        let bucket = map.entry(hash).or_default();
+        // Another request may have added it meanwhile; its handles share the same metrics.
+        if !bucket.iter().any(|h| key.matches(&h.labels)) {
+            bucket.push(handles);
+        }
     }
 
     /// Prometheus text exposition.
@@ -124,5 +201,41 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_with_equal_labels_share_a_series_and_others_get_their_own() {
+        let m = Metrics::default();
+        let key = |service, code| RequestKey {
+            reporter: "source",
+            destination_service: service,
+            response_code: code,
+            response_flags: "-",
+        };
+        for _ in 0..3 {
+            m.record(key("reviews.default.svc.cluster.local", 200), 1.0);
+        }
+        m.record(key("reviews.default.svc.cluster.local", 503), 1.0);
+        m.record(key("ratings.default.svc.cluster.local", 200), 1.0);
+        let out = m.render();
+        let total = |service: &str, code: u16| {
+            out.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("destination_service=\"{service}\""))
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        assert_eq!(total("reviews.default.svc.cluster.local", 200), Some(3), "{out}");
+        assert_eq!(total("reviews.default.svc.cluster.local", 503), Some(1), "{out}");
+        assert_eq!(total("ratings.default.svc.cluster.local", 200), Some(1), "{out}");
+        assert!(out.contains("destination_service_name=\"ratings\""), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("istio_request_duration_milliseconds_count{")).count(), 3);
     }
 }
