@@ -161,11 +161,9 @@ fn hit(percentage: f64) -> bool {
 
 /// `reviews:9080` → `reviews-shadow:9080`, as Envoy names mirrored requests.
 pub fn shadow_authority(authority: &str) -> String {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
-            format!("{host}-shadow:{port}")
-        }
-        _ => format!("{authority}-shadow"),
+    match split_port(authority) {
+        (host, Some(port)) => format!("{host}-shadow:{port}"),
+        (host, None) => format!("{host}-shadow"),
     }
 }
 
@@ -252,9 +250,7 @@ impl Proxy {
                 Attribution::service("unknown"),
             );
         };
-        let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) { h } else { authority.as_str() }
-        });
+        let host = split_port(&authority).0;
         let path = parts.uri.path().to_string();
         if let Some(az) = rt.authorizer(&conn.listener) {
             let req = authz::Request {
@@ -613,13 +609,15 @@ fn redirect_to(redirect: &skein_api::proxy::Redirect, authority: &str, uri: &Uri
     Outcome { response: r, flags: "-", upstream: None }
 }
 
-/// `host:port` → (`host`, port); an authority without a numeric port (or `[v6]`) → no port.
+/// `host:port` → (`host`, port). An authority whose text after the last `:` is not all
+/// digits (none, or a bare IPv6 address) has no port; `host:` is `host` without one.
 fn split_port(authority: &str) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => match p.parse() {
-            Ok(port) => (h, Some(port)),
-            Err(_) => (authority, None),
-        },
+        Some((h, p))
+            if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (h, p.parse().ok())
+        }
         _ => (authority, None),
     }
 }
@@ -704,10 +702,9 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 }
 
 fn authority_with_port(authority: &str) -> String {
-    if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+    match split_port(authority) {
+        (_, Some(_)) => authority.to_string(),
+        (host, None) => format!("{host}:80"),
     }
 }
 
@@ -773,6 +770,14 @@ mod tests {
     fn shadow_host_is_suffixed_before_the_port() {
         assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
         assert_eq!(shadow_authority("reviews"), "reviews-shadow");
+        assert_eq!(shadow_authority("[::1]:80"), "[::1]-shadow:80");
+        // One reading of `host[:port]` serves routing, mirroring, passthrough and redirects.
+        assert_eq!(split_port("reviews:9080"), ("reviews", Some(9080)));
+        assert_eq!(split_port("reviews:"), ("reviews", None));
+        assert_eq!(split_port("reviews:http"), ("reviews:http", None));
+        assert_eq!(split_port("::1"), ("::1", None));
+        assert_eq!(authority_with_port("reviews"), "reviews:80");
+        assert_eq!(authority_with_port("reviews:9080"), "reviews:9080");
     }
 
     #[test]
