@@ -60,6 +60,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) the process has used, from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -246,6 +255,7 @@ struct Row {
     added_p50: Duration,
     added_p99: Duration,
     snapshot_mean: Duration,
+    cpu_per_change: Duration,
     rss_mib: u64,
     peak_mib: u64,
 }
@@ -301,6 +311,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
     let snapshot_sum = || cp.metric("skein_snapshot_build_seconds_sum");
     let snapshot_count = || cp.metric("skein_snapshot_build_seconds_count");
     let (sum0, count0) = (snapshot_sum().await.unwrap_or(0.0), snapshot_count().await.unwrap_or(0.0));
+    let cpu0 = cpu_time(cp.pid());
     for c in 0..changes {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let patch = json!({"endpoints": [
@@ -329,6 +340,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
         }
         latencies.extend(these);
     }
+    let cpu_per_change = (cpu_time(cp.pid()) - cpu0) / changes.max(1) as u32;
     watch_task.abort();
     let builds = snapshot_count().await.unwrap_or(0.0) - count0;
     let snapshot_mean = Duration::from_secs_f64((snapshot_sum().await.unwrap_or(0.0) - sum0) / builds.max(1.0));
@@ -353,6 +365,7 @@ async fn run(n: usize, m: usize, changes: usize) -> Row {
         added_p50: percentile(&added, 0.50),
         added_p99: percentile(&added, 0.99),
         snapshot_mean,
+        cpu_per_change,
         rss_mib: status_kib(pid, "VmRSS:") / 1024,
         peak_mib: status_kib(pid, "VmHWM:") / 1024,
     }
@@ -373,12 +386,12 @@ fn main() {
         }
     }
     println!(
-        "| services | proxies | all configured | full push | endpoint change → proxy p50 / p99 | watch baseline p50 / p99 | after the watch p50 / p99 | snapshot build (mean) | RSS | peak RSS |"
+        "| services | proxies | all configured | full push | endpoint change → proxy p50 / p99 | watch baseline p50 / p99 | after the watch p50 / p99 | snapshot build (mean) | CPU per change | RSS | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} ms | {} MiB | {} MiB |",
+            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} ms | {:.0} ms | {} MiB | {} MiB |",
             r.services,
             r.proxies,
             r.first_config.as_secs_f64(),
@@ -390,6 +403,7 @@ fn main() {
             ms(r.added_p50),
             ms(r.added_p99),
             ms(r.snapshot_mean),
+            ms(r.cpu_per_change),
             r.rss_mib,
             r.peak_mib,
         );
