@@ -1,19 +1,16 @@
-//! Upstream connections: TCP, optionally wrapped in (m)TLS, as a connector for hyper's pooled
-//! client. One connector per cluster, so pooled connections never mix TLS settings.
+//! Upstream connections: TCP, optionally wrapped in (m)TLS. One connector per cluster, so
+//! pooled connections never mix TLS settings.
 
 use std::{
-    future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use hyper::{Uri, rt::ReadBufCursor};
-use hyper_util::{
-    client::legacy::connect::{Connected, Connection},
-    rt::TokioIo,
-};
+use hyper::rt::ReadBufCursor;
+use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 
@@ -35,10 +32,9 @@ pub struct MeshConnector {
     pub connect_timeout: Duration,
 }
 
-/// A plaintext or TLS connection, with the count of requests sent over it.
+/// A plaintext or TLS connection.
 pub struct MeshStream {
     io: MeshIo,
-    requests: RequestCount,
 }
 
 enum MeshIo {
@@ -46,52 +42,30 @@ enum MeshIo {
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
-/// Requests sent over one pooled connection; hyper copies it into every response's
-/// extensions, which is how `maxRequestsPerConnection` finds the connection's count.
-#[derive(Clone, Default, Debug)]
-pub struct RequestCount(pub Arc<std::sync::atomic::AtomicU32>);
-
 fn io_err(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
     std::io::Error::new(kind, msg.to_string())
 }
 
-impl tower_service::Service<Uri> for MeshConnector {
-    type Response = MeshStream;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<MeshStream, std::io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri.authority().ok_or_else(|| io_err(std::io::ErrorKind::InvalidInput, "no authority"))?;
-            let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-            let _ = tcp.set_nodelay(true);
-            match this.tls {
-                None => Ok(MeshStream { io: MeshIo::Plain(TokioIo::new(tcp)), requests: RequestCount::default() }),
-                Some(tls) => {
-                    let connector = tokio_rustls::TlsConnector::from(tls.config);
-                    // The handshake counts against the connect timeout too.
-                    let stream = tokio::time::timeout(this.connect_timeout, connector.connect(tls.server_name, tcp))
+impl MeshConnector {
+    /// Connects to `addr`, with the cluster's TLS if it has one; the TCP connect and the TLS
+    /// handshake each have the connect timeout.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<MeshStream> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        let _ = tcp.set_nodelay(true);
+        let io = match &self.tls {
+            None => MeshIo::Plain(TokioIo::new(tcp)),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream =
+                    tokio::time::timeout(self.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
                         .await
                         .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-                    let io = MeshIo::Tls(Box::new(TokioIo::new(stream)));
-                    Ok(MeshStream { io, requests: RequestCount::default() })
-                }
+                MeshIo::Tls(Box::new(TokioIo::new(stream)))
             }
-        })
-    }
-}
-
-impl Connection for MeshStream {
-    fn connected(&self) -> Connected {
-        Connected::new().extra(self.requests.clone())
+        };
+        Ok(MeshStream { io })
     }
 }
 

@@ -18,23 +18,20 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
 };
-use hyper_util::{
-    client::legacy::{Client, connect::capture_connection},
-    rt::TokioExecutor,
-};
 use skein_api::proxy::{Capture, OutboundPolicy, PASSTHROUGH_CLUSTER, RetryPolicy, Route};
 use tracing::debug;
 
 use crate::{
     accesslog::{AccessLogger, Entry},
     authz,
-    connect::{MeshConnector, RequestCount},
+    connect::MeshConnector,
     drain::Drain,
     identity,
     metrics::{ClusterLabel, Metrics, RequestKey},
+    pool::{Pool, PoolError},
     runtime::{RequestView, Routed, Runtime},
     store::Store,
-    upstream::{self, HashInput, HttpClient, Upstream},
+    upstream::{self, HashInput, Upstream},
 };
 
 /// Largest request body the proxy buffers.
@@ -46,8 +43,6 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Response body type of the proxy.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-type UpstreamClient = HttpClient;
 
 /// Connect timeout of passthrough traffic and inbound delivery, HTTP and TCP (Istio's default
 /// cluster connect timeout).
@@ -83,8 +78,8 @@ impl ConnInfo {
 pub struct Proxy {
     store: Store,
     metrics: Metrics,
-    /// Client for ALLOW_ANY passthrough and inbound delivery (clusters have their own).
-    passthrough: UpstreamClient,
+    /// Connections for ALLOW_ANY passthrough and inbound delivery (clusters have their own).
+    passthrough: Pool,
     access_log: AccessLogger,
     drain: Drain,
 }
@@ -185,9 +180,8 @@ impl Proxy {
 
     /// A proxy serving the configuration in `store`.
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
-        let passthrough = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT });
+        let passthrough =
+            Pool::new(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT }, false, None);
         let access_log = AccessLogger::start(metrics.clone());
         Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default() })
     }
@@ -377,13 +371,16 @@ impl Proxy {
                     headers.insert(header::HOST, v);
                 }
                 let req = (parts.method.clone(), path_and_query.clone(), headers, body.clone());
-                let (up, client) = (mirror.clone(), mirror.client.clone());
+                let up = mirror.clone();
                 // Fire and forget: the caller never waits for or sees the shadow's answer.
                 tokio::spawn(async move {
                     let addr = up.pick(&HashInput { headers: &req.2, source: Some(peer) }).map(|g| g.addr);
-                    if let Some(addr) = addr {
-                        let max = up.max_requests_per_connection;
-                        let _ = send(&client, addr, &req.0, &req.1, req.2, req.3, None, max).await;
+                    if let Some(addr) = addr
+                        && let Ok(resp) = send(&up.pool, addr, &req.0, &req.1, req.2, req.3, None).await
+                    {
+                        // Read (and discard) the answer to its end so the connection is reused.
+                        let mut body = resp.into_body();
+                        while let Some(Ok(_)) = body.frame().await {}
                     }
                 });
             }
@@ -449,7 +446,7 @@ impl Proxy {
     async fn deliver(&self, addr: SocketAddr, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
-        match send(client, addr, &parts.method, &pq, parts.headers, body, None, None).await {
+        match send(client, addr, &parts.method, &pq, parts.headers, body, None).await {
             Ok(r) => Outcome::upstream(r, addr),
             Err(_) => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -468,7 +465,6 @@ impl Proxy {
         retry: Option<&RetryPolicy>,
         deadline: Option<Instant>,
     ) -> Outcome {
-        let client = &up.client;
         let tries = 1 + retry.map_or(0, |r| r.attempts);
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let mut last = Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", "UH");
@@ -482,10 +478,9 @@ impl Proxy {
                 (None, t) => t,
             };
             let (method, pq, body) = (&fwd.method, &fwd.path_and_query, fwd.body.clone());
-            let max = up.max_requests_per_connection;
             // The last try takes the headers; earlier ones copy them for the next.
             let headers = if attempt + 1 == tries { std::mem::take(&mut fwd.headers) } else { fwd.headers.clone() };
-            let result = send(client, endpoint.addr, method, pq, headers, body, budget, max).await;
+            let result = send(&up.pool, endpoint.addr, method, pq, headers, body, budget).await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
                     up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
@@ -558,46 +553,34 @@ enum SendError {
     Timeout,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Sends one request to `addr` over `pool`, within `timeout` (until the response headers).
 async fn send(
-    client: &UpstreamClient,
+    pool: &Pool,
     addr: SocketAddr,
     method: &hyper::Method,
     path_and_query: &str,
     headers: HeaderMap,
     body: Bytes,
     timeout: Option<Duration>,
-    max_requests_per_connection: Option<u32>,
 ) -> Result<Response<Body>, SendError> {
-    let uri: Uri = format!("http://{addr}{path_and_query}").parse().map_err(|_| SendError::Connect)?;
-    let mut req =
-        Request::builder().method(method.clone()).uri(uri).body(Full::new(body)).map_err(|_| SendError::Connect)?;
+    let uri = Uri::try_from(path_and_query).map_err(|_| SendError::Connect)?;
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let captured = max_requests_per_connection.map(|_| capture_connection(&mut req));
-    let fut = client.request(req);
+    let fut = pool.send(addr, req);
     let resp = match timeout {
         Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| SendError::Timeout)?,
         None => fut.await,
     };
     match resp {
         Ok(r) => {
-            if let (Some(max), Some(conn), Some(count)) =
-                (max_requests_per_connection, captured, r.extensions().get::<RequestCount>())
-            {
-                // Retire the connection once it has carried `max` requests: a poisoned
-                // connection goes back to no one and closes when the response is done.
-                if count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= max
-                    && let Some(c) = conn.connection_metadata().as_ref()
-                {
-                    c.poison();
-                }
-            }
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as _).boxed()))
         }
-        Err(e) if e.is_connect() => Err(SendError::Connect),
-        Err(_) => Err(SendError::Reset),
+        Err(PoolError::Connect(_)) => Err(SendError::Connect),
+        Err(PoolError::Reset(_)) => Err(SendError::Reset),
     }
 }
 

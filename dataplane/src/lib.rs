@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod iptables;
 pub mod metrics;
+pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod sni;

@@ -15,7 +15,10 @@ use std::{
 use skein_api::proxy::{Cluster, ConnectionPool, HashKey, LoadBalancer, OutlierDetection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::connect::{ClientTls, MeshConnector};
+use crate::{
+    connect::{ClientTls, MeshConnector},
+    pool::Pool,
+};
 
 /// Istio's default connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,21 +52,16 @@ pub enum Outcome {
     ConnectFailure,
 }
 
-/// Pooled HTTP client of one cluster.
-pub type HttpClient = hyper_util::client::legacy::Client<MeshConnector, http_body_util::Full<bytes::Bytes>>;
-
 /// A cluster at run time.
 pub struct Upstream {
     /// Cluster name.
     pub name: String,
-    /// HTTP client whose pool holds this cluster's connections (TLS per the cluster's policy).
-    pub client: HttpClient,
+    /// This cluster's HTTP connections (TLS per the cluster's policy).
+    pub pool: Pool,
     /// TLS towards the endpoints, if any (TCP proxying uses it too).
     pub tls: Option<ClientTls>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// `maxRequestsPerConnection`: a pooled connection is retired after this many requests.
-    pub max_requests_per_connection: Option<u32>,
     endpoints: Vec<Endpoint>,
     lb: LoadBalancer,
     next: AtomicUsize,
@@ -132,9 +130,6 @@ impl Upstream {
     /// Builds the run-time state of `c`; `tls` carries the cluster's client TLS, if any.
     pub fn new(c: &Cluster, tls: Option<ClientTls>) -> Self {
         let connect_timeout = c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60)).http2_only(c.http2);
-        let client = builder.build(MeshConnector { tls: tls.clone(), connect_timeout });
         let pool = c.connection_pool.clone().unwrap_or_default();
         let ConnectionPool {
             max_connections,
@@ -145,10 +140,9 @@ impl Upstream {
         } = pool;
         Self {
             name: c.name.clone(),
-            client,
+            pool: Pool::new(MeshConnector { tls: tls.clone(), connect_timeout }, c.http2, max_requests_per_connection),
             tls,
             connect_timeout,
-            max_requests_per_connection: max_requests_per_connection.filter(|n| *n > 0),
             endpoints: c
                 .endpoints
                 .iter()
