@@ -9,7 +9,8 @@
 //!
 //! Run with `make bench-proxy`; `BENCH_SECONDS` sets the length of each phase (default 5);
 //! `BENCH_ONLY` (comma-separated: `skein-1`, `mtls`, `haproxy`) runs only those setups after the
-//! direct baseline, e.g. to attach a profiler to one of them.
+//! direct baseline, e.g. to attach a profiler to one of them; `BENCH_PROXY_BIN` runs another
+//! skein-proxy binary (e.g. an earlier commit's release build) for a side-by-side comparison.
 
 use std::{
     convert::Infallible,
@@ -100,7 +101,9 @@ impl Proc {
 fn skein(dir: &Path, name: &'static str, yaml: &str) -> Proc {
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
+    // BENCH_PROXY_BIN runs another build (e.g. the previous commit's) against the same baselines.
+    let bin = std::env::var("BENCH_PROXY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_skein-proxy").into());
+    let child = Command::new(bin)
         .args(["run", "--config", cfg.to_str().unwrap()])
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--status-addr", &format!("127.0.0.1:{}", free_port())])
