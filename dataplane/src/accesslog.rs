@@ -1,4 +1,5 @@
-//! Access log: one line per HTTP request (TCP connections are not logged yet), in Envoy's
+//! Access log: one line per HTTP request and per proxied TCP connection (Envoy's TCP form:
+//! `"- - -"`, response code 0, bytes received from and sent to the client), in Envoy's
 //! default text format (what `istioctl` users read) or as JSON. Lines go through a bounded
 //! queue to one writer task, so a slow disk never blocks a request; when the queue is full the
 //! line is dropped and counted (`skein_proxy_access_log_dropped_total`).

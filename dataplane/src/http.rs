@@ -178,6 +178,11 @@ impl Proxy {
         &self.metrics
     }
 
+    /// The access log writer (TCP connections are logged there too).
+    pub fn access_log(&self) -> &AccessLogger {
+        &self.access_log
+    }
+
     /// A proxy serving the configuration in `store`.
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
         let passthrough =

@@ -115,7 +115,7 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) ->
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
         tokio::spawn(server::serve_admin(sock, role, store.clone(), metrics.clone(), drain.clone()));
     }
-    let mut listeners = server::Listeners::new(proxy, store.clone(), metrics.clone());
+    let mut listeners = server::Listeners::new(proxy);
     for e in listeners.sync(&store.current().config.listeners).await {
         error!(error = %e, "listener not opened");
     }

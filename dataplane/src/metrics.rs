@@ -109,9 +109,9 @@ pub struct Metrics {
     pub tcp_opened: Family<TcpLabels, Counter>,
     /// `istio_tcp_connections_closed_total`.
     pub tcp_closed: Family<TcpLabels, Counter>,
-    /// `istio_tcp_sent_bytes_total` (client to upstream).
+    /// `istio_tcp_sent_bytes_total`: sent to the client (the response direction).
     pub tcp_sent: Family<TcpLabels, Counter>,
-    /// `istio_tcp_received_bytes_total` (upstream to client).
+    /// `istio_tcp_received_bytes_total`: received from the client (the request direction).
     pub tcp_received: Family<TcpLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
@@ -148,8 +148,9 @@ impl Default for Metrics {
         };
         let tcp_opened = tcp(&mut registry, "istio_tcp_connections_opened", "TCP connections opened");
         let tcp_closed = tcp(&mut registry, "istio_tcp_connections_closed", "TCP connections closed");
-        let tcp_sent = tcp(&mut registry, "istio_tcp_sent_bytes", "Bytes sent to the upstream");
-        let tcp_received = tcp(&mut registry, "istio_tcp_received_bytes", "Bytes received from the upstream");
+        let tcp_sent = tcp(&mut registry, "istio_tcp_sent_bytes", "Bytes sent to the client during the response");
+        let tcp_received =
+            tcp(&mut registry, "istio_tcp_received_bytes", "Bytes received from the client during the request");
         Self {
             registry: Arc::new(registry),
             requests,

@@ -111,7 +111,7 @@ where
             serve_conn(capture::Rewind::new(first, io), proxy, Arc::new(conn)).await;
             Ok(())
         }
-        capture::Sniffed::Tcp => tcp::captured(io, first, &conn, &proxy.current(), proxy.metrics()).await,
+        capture::Sniffed::Tcp => tcp::captured(io, first, &conn, &proxy).await,
     }
 }
 
@@ -190,16 +190,14 @@ where
 /// Keeps the open listeners equal to the configured ones.
 pub struct Listeners {
     proxy: Arc<Proxy>,
-    store: Store,
-    metrics: Metrics,
     /// Open listeners by name: the spec they were opened with, the bound address, the task.
     open: HashMap<String, (Listener, SocketAddr, JoinHandle<()>)>,
 }
 
 impl Listeners {
     /// No listeners yet.
-    pub fn new(proxy: Arc<Proxy>, store: Store, metrics: Metrics) -> Self {
-        Self { proxy, store, metrics, open: HashMap::new() }
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy, open: HashMap::new() }
     }
 
     /// Opens new listeners and closes removed or moved ones. A listener that cannot bind is
@@ -235,22 +233,19 @@ impl Listeners {
                             sock,
                             tcp::Mode::Cluster { cluster: c.clone(), listener: l.name.as_str().into() },
                             None,
-                            self.store.clone(),
-                            self.metrics.clone(),
+                            self.proxy.clone(),
                         )),
                         (ListenerProtocol::AutoPassthrough, _) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::SniPassthrough,
                             Some(PeerAuthMode::Disable),
-                            self.store.clone(),
-                            self.metrics.clone(),
+                            self.proxy.clone(),
                         )),
                         (ListenerProtocol::Tls, _) => tokio::spawn(tcp::serve(
                             sock,
                             tcp::Mode::TlsRoutes { listener: l.name.as_str().into() },
                             Some(PeerAuthMode::Disable),
-                            self.store.clone(),
-                            self.metrics.clone(),
+                            self.proxy.clone(),
                         )),
                         _ => tokio::spawn(serve_listener(
                             sock,
@@ -391,7 +386,7 @@ mod tests {
         let store = Store::new(config("")).unwrap();
         let metrics = Metrics::default();
         let proxy = crate::http::Proxy::new(store.clone(), metrics.clone());
-        let mut listeners = Listeners::new(proxy, store.clone(), metrics);
+        let mut listeners = Listeners::new(proxy);
         assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
         let addr = listeners.local_addr("web").unwrap();
         assert_eq!(status(addr).await, 301);

@@ -2,7 +2,11 @@
 //! on 15443): the ClientHello's server name picks the cluster and the bytes are forwarded
 //! untouched, so the workloads' mTLS runs end to end and the gateway never holds their keys.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use skein_api::proxy::{Capture, OutboundPolicy, PeerAuthMode};
 use tokio::{
@@ -12,14 +16,14 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    accesslog::Entry,
     authz,
-    http::ConnInfo,
+    http::{ConnInfo, Proxy},
     identity,
-    metrics::{Metrics, TcpLabels},
+    metrics::TcpLabels,
     runtime::Runtime,
     server::{Inbound, inbound_tls},
     sni::{self, Peek},
-    store::Store,
     upstream::{self, HashInput, Upstream},
 };
 
@@ -50,15 +54,15 @@ pub enum Mode {
 /// Serves `listener` until the task is aborted. `peer_auth` applies to `Mode::Cluster`
 /// listeners (inbound mTLS termination; `None`: the listener's mode in the running config,
 /// read per connection); passthrough never terminates TLS.
-pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: Option<PeerAuthMode>, store: Store, metrics: Metrics) {
+pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: Option<PeerAuthMode>, proxy: Arc<Proxy>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (mode, store, metrics) = (mode.clone(), store.clone(), metrics.clone());
+        let (mode, proxy) = (mode.clone(), proxy.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, mode, peer_auth, store, metrics).await {
+            if let Err(e) = handle(stream, peer, mode, peer_auth, proxy).await {
                 debug!(%peer, error = %e, "tcp connection closed");
             }
         });
@@ -70,13 +74,18 @@ async fn handle(
     peer: SocketAddr,
     mode: Mode,
     peer_auth: Option<PeerAuthMode>,
-    store: Store,
-    metrics: Metrics,
+    proxy: Arc<Proxy>,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
-    let local_port = client.local_addr().map(|a| a.port()).unwrap_or(0);
-    let rt = store.current();
-    let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection");
+    let local = client.local_addr().ok();
+    let local_port = local.map_or(0, |a| a.port());
+    let rt = proxy.current();
+    let session = Session::new(&proxy, &rt, peer, local);
+    // No route: logged with Envoy's NR flag, then closed.
+    let not_found = || {
+        session.refused(None, "NR");
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection")
+    };
     match mode {
         Mode::Cluster { cluster, listener } => {
             let up = rt.cluster(&cluster).cloned().ok_or_else(not_found)?;
@@ -86,14 +95,17 @@ async fn handle(
                 Inbound::Plain(_) => None,
                 Inbound::Tls(_, id) => id.clone(),
             };
-            authorize(&rt, &listener, identity.as_deref(), peer, local_port)?;
+            if let Err(e) = authorize(&rt, &listener, identity.as_deref(), peer, local_port) {
+                session.refused(Some(&up.name), "RBAC");
+                return Err(e);
+            }
             match inbound {
-                Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, peer, &metrics).await,
-                Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, peer, &metrics).await,
+                Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, &session).await,
+                Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, &session).await,
             }
         }
         Mode::SniPassthrough => {
-            let (sni, first) = client_hello(&mut client).await?;
+            let (sni, first) = client_hello(&mut client).await.inspect_err(|_| session.refused(None, "NR"))?;
             // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
             let up = sni
                 .as_deref()
@@ -103,12 +115,12 @@ async fn handle(
                 })
                 .cloned()
                 .ok_or_else(not_found)?;
-            proxy_to(client, first, &up, peer, &metrics).await
+            proxy_to(client, first, &up, &session).await
         }
         Mode::TlsRoutes { listener } => {
-            let (sni, first) = client_hello(&mut client).await?;
+            let (sni, first) = client_hello(&mut client).await.inspect_err(|_| session.refused(None, "NR"))?;
             let up = sni.as_deref().and_then(|n| rt.tls_route(&listener, n)).cloned().ok_or_else(not_found)?;
-            proxy_to(client, first, &up, peer, &metrics).await
+            proxy_to(client, first, &up, &session).await
         }
     }
 }
@@ -116,30 +128,31 @@ async fn handle(
 /// A captured connection that is not HTTP. Outbound: to the cluster whose service address the
 /// client dialled, else per `outboundTrafficPolicy` (ALLOW_ANY: to the original destination;
 /// REGISTRY_ONLY: closed). Inbound: authorized, then delivered to the original destination.
-pub async fn captured<C>(
-    client: C,
-    first: Vec<u8>,
-    conn: &ConnInfo,
-    rt: &Runtime,
-    metrics: &Metrics,
-) -> std::io::Result<()>
+pub async fn captured<C>(client: C, first: Vec<u8>, conn: &ConnInfo, proxy: &Proxy) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let Some((capture, dst)) = conn.captured else { return Err(std::io::Error::other("not a captured connection")) };
+    let rt = proxy.current();
+    let session = Session::new(proxy, &rt, conn.peer, Some(dst));
     match capture {
         Capture::Outbound => {
             if let Some(up) = rt.cluster_for_address(dst) {
-                return proxy_to(client, first, up, conn.peer, metrics).await;
+                return proxy_to(client, first, up, &session).await;
             }
             if rt.config.outbound_traffic_policy == OutboundPolicy::RegistryOnly {
+                session.refused(Some("BlackHoleCluster"), "NR");
                 return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "not in the registry"));
             }
-            relay_to(client, first, dst, "PassthroughCluster", metrics).await
+            relay_to(client, first, dst, "PassthroughCluster", "PassthroughCluster", &session).await
         }
         Capture::Inbound => {
-            authorize(rt, &conn.listener, conn.identity.as_deref(), conn.peer, dst.port())?;
-            relay_to(client, first, dst, &format!("inbound|{}||", dst.port()), metrics).await
+            let cluster = format!("inbound|{}||", dst.port());
+            if let Err(e) = authorize(&rt, &conn.listener, conn.identity.as_deref(), conn.peer, dst.port()) {
+                session.refused(Some(&cluster), "RBAC");
+                return Err(e);
+            }
+            relay_to(client, first, dst, &cluster, &cluster, &session).await
         }
     }
 }
@@ -150,33 +163,95 @@ async fn relay_to<C>(
     first: Vec<u8>,
     dst: SocketAddr,
     service: &str,
-    metrics: &Metrics,
+    cluster: &str,
+    session: &Session<'_>,
 ) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let tcp = tokio::time::timeout(crate::http::PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
+    let connected = tokio::time::timeout(crate::http::PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
+        .and_then(|r| r);
+    let tcp = match connected {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            session.failed(cluster, Some(dst));
+            return Err(e);
+        }
+    };
     let _ = tcp.set_nodelay(true);
-    counted(metrics, service, relay(&mut client, tcp, &first)).await
+    session.relayed(service, cluster, dst, relay(&mut client, tcp, &first)).await
 }
 
-/// Runs a relay under Istio's TCP metrics for `service`.
-async fn counted(
-    metrics: &Metrics,
-    service: &str,
-    relay: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-) -> std::io::Result<()> {
-    let labels = TcpLabels { destination_service: service.to_string() };
-    metrics.tcp_opened.get_or_create(&labels).inc();
-    let result = relay.await;
-    if let Ok((sent, received)) = result {
-        metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
-        metrics.tcp_received.get_or_create(&labels).inc_by(received);
+/// One proxied TCP connection's telemetry: Istio's TCP metrics, and an access log line in
+/// Envoy's TCP form (`"- - -"`, response code 0) when the access log is on.
+struct Session<'a> {
+    proxy: &'a Proxy,
+    rt: &'a Runtime,
+    peer: SocketAddr,
+    /// The address the client connected to (the original destination when captured).
+    local: Option<SocketAddr>,
+    start: Instant,
+    start_time: jiff::Timestamp,
+}
+
+impl<'a> Session<'a> {
+    fn new(proxy: &'a Proxy, rt: &'a Runtime, peer: SocketAddr, local: Option<SocketAddr>) -> Self {
+        Self { proxy, rt, peer, local, start: Instant::now(), start_time: jiff::Timestamp::now() }
     }
-    metrics.tcp_closed.get_or_create(&labels).inc();
-    result.map(|_| ())
+
+    /// Runs `relay` counted under `service`. Istio's `sent` bytes are those sent to the client
+    /// (the response direction), `received` those received from it.
+    async fn relayed(
+        &self,
+        service: &str,
+        cluster: &str,
+        upstream: SocketAddr,
+        relay: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+    ) -> std::io::Result<()> {
+        let metrics = self.proxy.metrics();
+        let labels = TcpLabels { destination_service: service.to_string() };
+        metrics.tcp_opened.get_or_create(&labels).inc();
+        let result = relay.await;
+        let (from_client, to_client) = *result.as_ref().unwrap_or(&(0, 0));
+        metrics.tcp_received.get_or_create(&labels).inc_by(from_client);
+        metrics.tcp_sent.get_or_create(&labels).inc_by(to_client);
+        metrics.tcp_closed.get_or_create(&labels).inc();
+        self.log(Some(cluster), Some(upstream), "-", (from_client, to_client));
+        result.map(|_| ())
+    }
+
+    /// No connection to the upstream could be made (Envoy's `UF`).
+    fn failed(&self, cluster: &str, upstream: Option<SocketAddr>) {
+        self.log(Some(cluster), upstream, "UF", (0, 0));
+    }
+
+    /// Closed before any upstream was chosen (`flags`: `NR` no route, `RBAC`, `UO` overflow).
+    fn refused(&self, cluster: Option<&str>, flags: &'static str) {
+        self.log(cluster, None, flags, (0, 0));
+    }
+
+    fn log(&self, cluster: Option<&str>, upstream: Option<SocketAddr>, flags: &str, (received, sent): (u64, u64)) {
+        let Some(cfg) = &self.rt.config.access_log else { return };
+        let entry = Entry {
+            start_time: self.start_time.to_string(),
+            method: "-".into(),
+            path: "-".into(),
+            protocol: "-".into(),
+            response_code: 0,
+            response_flags: flags.into(),
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: self.start.elapsed().as_millis() as u64,
+            upstream_host: upstream,
+            upstream_cluster: cluster.map(str::to_string),
+            downstream_local_address: self.local,
+            downstream_remote_address: Some(self.peer),
+            ..Default::default()
+        };
+        self.proxy.access_log().log(cfg, &entry);
+    }
 }
 
 /// Istio's RBAC for a TCP connection: a denied one is closed, as Envoy's RBAC filter does.
@@ -192,20 +267,21 @@ fn authorize(rt: &Runtime, listener: &str, identity: Option<&str>, peer: SocketA
 }
 
 /// Connects to `up` (with its client TLS, if any), sends `first`, then relays both ways.
-async fn proxy_to<C>(
-    mut client: C,
-    first: Vec<u8>,
-    up: &Arc<Upstream>,
-    peer: SocketAddr,
-    metrics: &Metrics,
-) -> std::io::Result<()>
+async fn proxy_to<C>(mut client: C, first: Vec<u8>, up: &Arc<Upstream>, session: &Session<'_>) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(_admission) = up.admit().await else {
+        session.refused(Some(&up.name), "UO");
         return Err(std::io::Error::other("cluster overflow"));
     };
-    let tcp = connect(up, peer).await?;
+    let (tcp, addr) = match connect(up, session.peer).await {
+        Ok(c) => c,
+        Err((e, addr)) => {
+            session.failed(&up.name, addr);
+            return Err(e);
+        }
+    };
     let relay = async {
         match &up.tls {
             None => relay(&mut client, tcp, &first).await,
@@ -218,7 +294,7 @@ where
             }
         }
     };
-    counted(metrics, up.service(), relay).await
+    session.relayed(up.service(), &up.name, addr, relay).await
 }
 
 async fn relay<C, U>(client: &mut C, mut upstream: U, first: &[u8]) -> std::io::Result<(u64, u64)>
@@ -233,23 +309,28 @@ where
     Ok((sent + first.len() as u64, received))
 }
 
-async fn connect(up: &Arc<Upstream>, peer: SocketAddr) -> std::io::Result<TcpStream> {
+/// A TCP connection to an endpoint of `up`, and the endpoint; on failure, the endpoint tried.
+async fn connect(
+    up: &Arc<Upstream>,
+    peer: SocketAddr,
+) -> Result<(TcpStream, SocketAddr), (std::io::Error, Option<SocketAddr>)> {
     let headers = hyper::HeaderMap::new();
-    let guard = up
-        .pick(&HashInput { headers: &headers, source: Some(peer) })
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "cluster has no endpoints"))?;
-    match tokio::time::timeout(up.connect_timeout, TcpStream::connect(guard.addr)).await {
+    let Some(guard) = up.pick(&HashInput { headers: &headers, source: Some(peer) }) else {
+        return Err((std::io::Error::new(std::io::ErrorKind::NotFound, "cluster has no endpoints"), None));
+    };
+    let addr = guard.addr;
+    match tokio::time::timeout(up.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
-            Ok(s)
+            Ok((s, addr))
         }
         Ok(Err(e)) => {
-            up.report(guard.addr, upstream::Outcome::ConnectFailure);
-            Err(e)
+            up.report(addr, upstream::Outcome::ConnectFailure);
+            Err((e, Some(addr)))
         }
         Err(_) => {
-            up.report(guard.addr, upstream::Outcome::ConnectFailure);
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
+            up.report(addr, upstream::Outcome::ConnectFailure);
+            Err((std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"), Some(addr)))
         }
     }
 }

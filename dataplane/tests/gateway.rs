@@ -44,7 +44,7 @@ async fn app(name: &'static str) -> SocketAddr {
 async fn gateway(yaml: &str) -> Listeners {
     let store = Store::new(serde_yaml::from_str(yaml).unwrap()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let metrics = Metrics::default();
-    let mut listeners = Listeners::new(Proxy::new(store.clone(), metrics.clone()), store.clone(), metrics);
+    let mut listeners = Listeners::new(Proxy::new(store.clone(), metrics));
     let errors = listeners.sync(&store.current().config.listeners).await;
     assert!(errors.is_empty(), "{errors:?}");
     listeners

@@ -53,7 +53,7 @@ async fn app() -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
 async fn proxy(yaml: &str) -> (Listeners, Metrics) {
     let store = Store::new(serde_yaml::from_str(yaml).unwrap()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let metrics = Metrics::default();
-    let mut listeners = Listeners::new(Proxy::new(store.clone(), metrics.clone()), store.clone(), metrics.clone());
+    let mut listeners = Listeners::new(Proxy::new(store.clone(), metrics.clone()));
     let errors = listeners.sync(&store.current().config.listeners).await;
     assert!(errors.is_empty(), "{errors:?}");
     (listeners, metrics)

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use skein_proxy::{metrics::Metrics, sni::testing::client_hello, store::Store, tcp};
+use skein_proxy::{http::Proxy, metrics::Metrics, sni::testing::client_hello, store::Store, tcp};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -43,7 +43,8 @@ async fn start(yaml: &str, mode: tcp::Mode) -> (SocketAddr, Metrics) {
     let metrics = Metrics::default();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(tcp::serve(l, mode, Some(skein_api::proxy::PeerAuthMode::Disable), store, metrics.clone()));
+    let proxy = Proxy::new(store, metrics.clone());
+    tokio::spawn(tcp::serve(l, mode, Some(skein_api::proxy::PeerAuthMode::Disable), proxy));
     (addr, metrics)
 }
 
@@ -55,29 +56,52 @@ async fn read_some(s: &mut TcpStream) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn tcp_listener_forwards_bytes_both_ways_and_counts_them() {
+async fn tcp_listener_forwards_bytes_both_ways_counts_and_logs_them() {
     let (db, _) = echo("db").await;
-    let cfg = format!("clusters: [{{name: 'outbound|3306||mysqldb.prod.svc.cluster.local', endpoints: ['{db}']}}]\n");
+    let log = std::env::temp_dir().join(format!("skein-tcp-accesslog-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let cfg = format!(
+        "clusters: [{{name: 'outbound|3306||mysqldb.prod.svc.cluster.local', endpoints: ['{db}']}}]\naccessLog: {{path: '{}'}}\n",
+        log.display()
+    );
     let (addr, metrics) = start(
         &cfg,
         tcp::Mode::Cluster { cluster: "outbound|3306||mysqldb.prod.svc.cluster.local".into(), listener: "db".into() },
     )
     .await;
     let mut c = TcpStream::connect(addr).await.unwrap();
+    let client = c.local_addr().unwrap();
     c.write_all(b"hello").await.unwrap();
     assert_eq!(read_some(&mut c).await, b"db:hello");
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = metrics.render();
-    assert!(m.contains("istio_tcp_sent_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 5"), "{m}");
+    // Istio: "sent" is what went to the client (the response), "received" what came from it.
+    assert!(m.contains("istio_tcp_sent_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 8"), "{m}");
     assert!(
-        m.contains("istio_tcp_received_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 8"),
+        m.contains("istio_tcp_received_bytes_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 5"),
         "{m}"
     );
     assert!(
         m.contains("istio_tcp_connections_closed_total{destination_service=\"mysqldb.prod.svc.cluster.local\"} 1"),
         "{m}"
     );
+    // Envoy's TCP access log line: no request line, code 0, bytes received then sent.
+    let mut line = String::new();
+    for _ in 0..50 {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(line.contains("\"- - -\" 0 - 5 8 "), "{line}");
+    assert!(
+        line.contains(&format!("\"{db}\" outbound|3306||mysqldb.prod.svc.cluster.local {addr} {client} -")),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+    std::fs::remove_file(&log).ok();
 }
 
 #[tokio::test]
@@ -105,8 +129,12 @@ async fn east_west_passthrough_routes_by_sni_and_forwards_the_client_hello_untou
 #[tokio::test]
 async fn east_west_closes_unknown_names_and_non_tls() {
     let (reviews, seen) = echo("reviews").await;
-    let cfg =
-        format!("clusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}]\n");
+    let log = std::env::temp_dir().join(format!("skein-ew-accesslog-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let cfg = format!(
+        "clusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}]\naccessLog: {{path: '{}'}}\n",
+        log.display()
+    );
     let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough).await;
     for first in [client_hello(Some("outbound_.9080_._.unknown.default.global")), b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
         let mut c = TcpStream::connect(gw).await.unwrap();
@@ -116,4 +144,15 @@ async fn east_west_closes_unknown_names_and_non_tls() {
         assert_eq!(n, 0, "connection closed without an answer");
     }
     assert!(seen.lock().await.is_empty());
+    // Both refusals are logged as Envoy does: no route (NR), nothing relayed.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(text.lines().filter(|l| l.contains("\"- - -\" 0 NR 0 0 ")).count(), 2, "{text}");
+    std::fs::remove_file(&log).ok();
 }
