@@ -274,9 +274,11 @@ impl Connection {
         mut self,
         mut inbound: Streaming<pb::DiscoveryRequest>,
     ) -> impl Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send + 'static {
+        let id = self.node.id.clone();
+        // Made here, not in the stream, so a stream dropped before its first poll still leaves.
+        let joined = Joined::new(&id, &self.metrics, &self.sync, &self.status);
         async_stream::stream! {
-            let id = self.node.id.clone();
-            let _joined = Joined::new(&id, &self.metrics, &self.sync, &self.status);
+            let _joined = joined;
             let mut pending: Option<Pending> = None;
             let mut nonce = 0u64;
             let mut dirty = true;

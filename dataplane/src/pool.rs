@@ -95,9 +95,13 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI: path and query) to `addr`. Without a `Host` header the
-    /// endpoint's address is used, as a client addressing it directly would.
-    pub async fn send(
+    /// Sends `req` (origin-form URI: path and query) to `addr`. An HTTP/1.1 request without a
+    /// `Host` header gets the endpoint's address, as a client addressing it directly would.
+    pub async fn send(&self, addr: SocketAddr, req: Request<RequestBody>) -> Result<Response<PooledBody>, PoolError> {
+        if self.inner.http2 { self.send_h2(addr, req).await } else { self.send_h1(addr, req).await }
+    }
+
+    async fn send_h1(
         &self,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
@@ -107,14 +111,6 @@ impl Pool {
         {
             req.headers_mut().insert(header::HOST, v);
         }
-        if self.inner.http2 { self.send_h2(addr, req).await } else { self.send_h1(addr, req).await }
-    }
-
-    async fn send_h1(
-        &self,
-        addr: SocketAddr,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
         // A pooled connection may have been closed by the server while idle; that shows when
         // it is used. A request not yet written goes to the next one, and at the latest to a
         // new connection, so this loop ends.
