@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -23,11 +23,34 @@ pub struct ClientTls {
     pub server_name: ServerName<'static>,
 }
 
+/// A cluster's client TLS, replaceable in place. A renewed workload certificate (same identity,
+/// same root) reaches the cluster's new connections through it, so the cluster keeps its pool,
+/// balancer position, outlier ejections and breaker counters; connections already open keep
+/// the certificate they were made with, as Envoy's do.
+pub struct TlsSlot(RwLock<ClientTls>);
+
+impl TlsSlot {
+    /// A slot holding `tls`.
+    pub fn new(tls: ClientTls) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(tls)))
+    }
+
+    /// The settings for a new connection (read once per connection, not per request).
+    pub fn get(&self) -> ClientTls {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the settings for connections made from now on.
+    pub fn set(&self, tls: ClientTls) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+}
+
 /// Connects to the endpoint named by the request URI's authority.
 #[derive(Clone)]
 pub struct MeshConnector {
     /// TLS, if the cluster uses it.
-    pub tls: Option<ClientTls>,
+    pub tls: Option<Arc<TlsSlot>>,
     /// Connect timeout.
     pub connect_timeout: Duration,
 }
@@ -56,12 +79,12 @@ impl MeshConnector {
         let _ = tcp.set_nodelay(true);
         let io = match &self.tls {
             None => MeshIo::Plain(TokioIo::new(tcp)),
-            Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-                let stream =
-                    tokio::time::timeout(self.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
-                        .await
-                        .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+            Some(slot) => {
+                let tls = slot.get();
+                let connector = tokio_rustls::TlsConnector::from(tls.config);
+                let stream = tokio::time::timeout(self.connect_timeout, connector.connect(tls.server_name, tcp))
+                    .await
+                    .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
                 MeshIo::Tls(Box::new(TokioIo::new(stream)))
             }
         };

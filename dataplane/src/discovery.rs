@@ -4,7 +4,8 @@
 //! Certificates: the proxy makes its own key (it never leaves the process's files), sends a
 //! CSR with its ServiceAccount token to the CA, writes the signed chain next to the key, and
 //! renews at half the lifetime. A renewal re-applies the running config, so new connections
-//! use the new certificate while open ones finish with the old (no request fails).
+//! use the new certificate while open ones finish with the old (no request fails); clusters
+//! keep their pools and load-balancing, outlier and breaker state.
 //!
 //! Discovery: one stream; every pushed config is converted (`TryFrom`, typed errors), given
 //! the local certificate files, and applied; the answer is an ACK with the version, or a

@@ -104,6 +104,13 @@ impl Identity {
         self.chain == other.chain && self.root_certs == other.root_certs
     }
 
+    /// Whether `other` is this identity or a renewal of it: the same SPIFFE id under the same
+    /// roots, perhaps with a new certificate and key. Peers verified against these roots stay
+    /// verified, and connections made with either certificate speak for the same workload.
+    pub fn renewal_of(&self, other: &Identity) -> bool {
+        self.spiffe_id == other.spiffe_id && self.root_certs == other.root_certs
+    }
+
     /// Server side. `require_client_cert`: STRICT (a peer without a valid mesh certificate
     /// fails the handshake); otherwise a client certificate is verified if sent.
     pub fn server_config(&self, require_client_cert: bool) -> Result<Arc<ServerConfig>, IdentityError> {

@@ -222,10 +222,10 @@ impl Runtime {
         Self::compile_from(config, None)
     }
 
-    /// Validates and compiles `config`, keeping from `prev` every cluster whose settings and
-    /// TLS identity are unchanged: its connection pool, load-balancing position, outlier
-    /// ejections and circuit-breaker counters carry over (an endpoint change elsewhere in the
-    /// mesh does not reset them).
+    /// Validates and compiles `config`, keeping from `prev` every cluster whose settings are
+    /// unchanged and whose TLS identity is the same or renewed: its connection pool,
+    /// load-balancing position, outlier ejections and circuit-breaker counters carry over (an
+    /// endpoint change elsewhere in the mesh or a certificate renewal does not reset them).
     pub fn compile_from(config: ProxyConfig, prev: Option<&Runtime>) -> Result<Self, InvalidConfig> {
         config.validate()?;
         let mut vhosts = Vec::with_capacity(config.virtual_hosts.len());
@@ -264,11 +264,19 @@ impl Runtime {
         }
         by_domain.finish();
         let identity = config.identity.as_ref().map(load_identity).transpose()?;
+        // Clusters carry over when the identity is unchanged or renewed (same SPIFFE id, same
+        // roots). A renewal reaches the kept clusters' new connections through their TLS
+        // slots, set only once this config is known to be good.
+        let renewed = match (prev.and_then(|p| p.identity.as_ref()), &identity) {
+            (Some(a), Some(b)) => !a.same_as(b),
+            _ => false,
+        };
+        let mut renewals = Vec::new();
         let reusable: HashMap<&str, (&Cluster, &Arc<Upstream>)> = match prev {
             Some(p)
                 if match (&p.identity, &identity) {
                     (None, None) => true,
-                    (Some(a), Some(b)) => a.same_as(b),
+                    (Some(a), Some(b)) => a.renewal_of(b),
                     _ => false,
                 } =>
             {
@@ -284,7 +292,12 @@ impl Runtime {
         let mut by_service_address = HashMap::new();
         for c in &config.clusters {
             let up = match reusable.get(c.name.as_str()) {
-                Some((old, up)) if *old == c => Arc::clone(up),
+                Some((old, up)) if *old == c => {
+                    if renewed && let (Some(slot), Some(tls)) = (&up.tls, client_tls(c, identity.as_ref())?) {
+                        renewals.push((Arc::clone(slot), tls));
+                    }
+                    Arc::clone(up)
+                }
                 _ => Arc::new(Upstream::new(c, client_tls(c, identity.as_ref())?)),
             };
             for a in &c.service_addresses {
@@ -308,6 +321,9 @@ impl Runtime {
         let mut authorizers = HashMap::new();
         for l in config.listeners.iter().filter(|l| !l.authorization.is_empty()) {
             authorizers.insert(l.name.clone(), Authorizer::new(&l.authorization, &format!("listeners[{}]", l.name))?);
+        }
+        for (slot, tls) in renewals {
+            slot.set(tls);
         }
         Ok(Self {
             config,

@@ -285,11 +285,13 @@ where
     let relay = async {
         match &up.tls {
             None => relay(&mut client, tcp, &first).await,
-            Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-                let stream = tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name.clone(), tcp))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+            Some(slot) => {
+                let tls = slot.get();
+                let connector = tokio_rustls::TlsConnector::from(tls.config);
+                let stream =
+                    tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name, tcp))
+                        .await
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
                 relay(&mut client, stream, &first).await
             }
         }

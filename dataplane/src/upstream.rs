@@ -16,7 +16,7 @@ use skein_api::proxy::{Cluster, ConnectionPool, HashKey, LoadBalancer, OutlierDe
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    connect::{ClientTls, MeshConnector},
+    connect::{ClientTls, MeshConnector, TlsSlot},
     pool::Pool,
 };
 
@@ -58,8 +58,8 @@ pub struct Upstream {
     pub name: String,
     /// This cluster's HTTP connections (TLS per the cluster's policy).
     pub pool: Pool,
-    /// TLS towards the endpoints, if any (TCP proxying uses it too).
-    pub tls: Option<ClientTls>,
+    /// TLS towards the endpoints, if any (TCP proxying uses it too); shared with the pool.
+    pub tls: Option<Arc<TlsSlot>>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     endpoints: Vec<Endpoint>,
@@ -138,6 +138,7 @@ impl Upstream {
             max_retries,
             max_requests_per_connection,
         } = pool;
+        let tls = tls.map(TlsSlot::new);
         Self {
             name: c.name.clone(),
             pool: Pool::new(MeshConnector { tls: tls.clone(), connect_timeout }, c.http2, max_requests_per_connection),

@@ -303,3 +303,89 @@ async fn rotated_certificate_files_are_picked_up_without_a_config_change() {
     }
     assert_eq!(store.current().config.version, "1", "same config, new certificate");
 }
+
+/// A STRICT mesh server (the CA's `reviews` identity) answering "app" over HTTP/1.1 after
+/// 200 ms; records the leaf certificate the client presented on each connection.
+async fn recording_server(ca: &Ca) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.identity("default", "reviews").server_config(true).unwrap());
+    let leaves = Arc::new(Mutex::new(Vec::new()));
+    let seen = leaves.clone();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(c).await else { return };
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                seen.lock().unwrap().push(leaf.unwrap_or_default());
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"app"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, leaves)
+}
+
+fn leaf_der(chain_pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(chain_pem.as_bytes()).next().unwrap().unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_keeps_the_cluster_and_reaches_new_connections() {
+    let ca = Ca::new("cluster.local");
+    let dir = tmp("renewal");
+    let (dest, leaves) = recording_server(&ca).await;
+    let (a_port, name) = (free_port(), "outbound|9080||reviews.default.svc.cluster.local");
+    let yaml = client_side(&ca, &dir, a_port, name, dest, "");
+    let first_leaf = leaf_der(&std::fs::read_to_string(dir.join("productpage.crt")).unwrap());
+    let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    let mut listeners = Listeners::new(Proxy::new(store.clone(), Metrics::default()));
+    assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())));
+    let seen = |first: &[u8], renewed: &[u8]| -> Vec<&'static str> {
+        let l = leaves.lock().unwrap();
+        l.iter()
+            .map(|c| {
+                if c == first {
+                    "first"
+                } else if c == renewed {
+                    "renewed"
+                } else {
+                    "other"
+                }
+            })
+            .collect()
+    };
+    assert_eq!(seen(&first_leaf, &[]), ["first"]);
+    let cluster = store.current().cluster(name).unwrap().clone();
+
+    // Renewal: a new key and certificate for the same ServiceAccount, same root.
+    let (chain, key) = ca.issue("default", "productpage");
+    std::fs::write(dir.join("productpage.key"), key).unwrap();
+    std::fs::write(dir.join("productpage.crt"), &chain).unwrap();
+    store.apply(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    let renewed_leaf = leaf_der(&chain);
+    assert_ne!(renewed_leaf, first_leaf);
+    assert!(Arc::ptr_eq(&cluster, store.current().cluster(name).unwrap()), "renewal rebuilt the cluster");
+
+    // The kept pool's idle connection carries the next request (no new handshake) ...
+    assert_eq!(get(a_port, "reviews").await, Some((200, "app".into())));
+    assert_eq!(seen(&first_leaf, &renewed_leaf), ["first"], "the pool did not survive the renewal");
+    // ... and a connection made now presents the renewed certificate: two requests at once
+    // need a second connection.
+    let (r1, r2) = tokio::join!(get(a_port, "reviews"), get(a_port, "reviews"));
+    assert_eq!((r1, r2), (Some((200, "app".into())), Some((200, "app".into()))));
+    assert_eq!(seen(&first_leaf, &renewed_leaf), ["first", "renewed"]);
+
+    // Another identity (a different ServiceAccount) is not a renewal: the cluster starts afresh.
+    let (chain, key) = ca.issue("default", "ratings");
+    std::fs::write(dir.join("productpage.key"), key).unwrap();
+    std::fs::write(dir.join("productpage.crt"), &chain).unwrap();
+    store.apply(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    assert!(!Arc::ptr_eq(&cluster, store.current().cluster(name).unwrap()), "a new identity kept old connections");
+}
