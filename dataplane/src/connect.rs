@@ -35,9 +35,18 @@ impl TlsSlot {
         Arc::new(Self(RwLock::new(tls)))
     }
 
-    /// The settings for a new connection (read once per connection, not per request).
-    pub fn get(&self) -> ClientTls {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The TLS handshake over `tcp` with the settings current now (read once per connection,
+    /// not per request), within `timeout`.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tls = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let connector = tokio_rustls::TlsConnector::from(tls.config);
+        tokio::time::timeout(timeout, connector.connect(tls.server_name, tcp))
+            .await
+            .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))?
     }
 
     /// Replaces the settings for connections made from now on.
@@ -69,24 +78,23 @@ fn io_err(kind: std::io::ErrorKind, msg: &str) -> std::io::Error {
     std::io::Error::new(kind, msg.to_string())
 }
 
+/// A TCP connection to `addr` (Nagle off: the proxy writes whole messages), within `timeout`.
+pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 impl MeshConnector {
     /// Connects to `addr`, with the cluster's TLS if it has one; the TCP connect and the TLS
     /// handshake each have the connect timeout.
     pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<MeshStream> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, self.connect_timeout).await?;
         let io = match &self.tls {
             None => MeshIo::Plain(TokioIo::new(tcp)),
-            Some(slot) => {
-                let tls = slot.get();
-                let connector = tokio_rustls::TlsConnector::from(tls.config);
-                let stream = tokio::time::timeout(self.connect_timeout, connector.connect(tls.server_name, tcp))
-                    .await
-                    .map_err(|_| io_err(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-                MeshIo::Tls(Box::new(TokioIo::new(stream)))
-            }
+            Some(slot) => MeshIo::Tls(Box::new(TokioIo::new(slot.handshake(tcp, self.connect_timeout).await?))),
         };
         Ok(MeshStream { io })
     }

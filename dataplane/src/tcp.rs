@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::{
     accesslog::Entry,
     authz,
+    connect::tcp_connect,
     http::{ConnInfo, Proxy},
     identity,
     metrics::TcpLabels,
@@ -169,18 +170,13 @@ async fn relay_to<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let connected = tokio::time::timeout(crate::http::PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))
-        .and_then(|r| r);
-    let tcp = match connected {
+    let tcp = match tcp_connect(dst, crate::http::PASSTHROUGH_CONNECT_TIMEOUT).await {
         Ok(tcp) => tcp,
         Err(e) => {
             session.failed(cluster, Some(dst));
             return Err(e);
         }
     };
-    let _ = tcp.set_nodelay(true);
     session.relayed(service, cluster, dst, relay(&mut client, tcp, &first)).await
 }
 
@@ -285,15 +281,7 @@ where
     let relay = async {
         match &up.tls {
             None => relay(&mut client, tcp, &first).await,
-            Some(slot) => {
-                let tls = slot.get();
-                let connector = tokio_rustls::TlsConnector::from(tls.config);
-                let stream =
-                    tokio::time::timeout(up.connect_timeout, connector.connect(tls.server_name, tcp))
-                        .await
-                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-                relay(&mut client, stream, &first).await
-            }
+            Some(slot) => relay(&mut client, slot.handshake(tcp, up.connect_timeout).await?, &first).await,
         }
     };
     session.relayed(up.service(), &up.name, addr, relay).await
@@ -321,18 +309,11 @@ async fn connect(
         return Err((std::io::Error::new(std::io::ErrorKind::NotFound, "cluster has no endpoints"), None));
     };
     let addr = guard.addr;
-    match tokio::time::timeout(up.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok((s, addr))
-        }
-        Ok(Err(e)) => {
+    match tcp_connect(addr, up.connect_timeout).await {
+        Ok(s) => Ok((s, addr)),
+        Err(e) => {
             up.report(addr, upstream::Outcome::ConnectFailure);
             Err((e, Some(addr)))
-        }
-        Err(_) => {
-            up.report(addr, upstream::Outcome::ConnectFailure);
-            Err((std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"), Some(addr)))
         }
     }
 }
