@@ -6,9 +6,11 @@
 //! the generated schema, so a bad object is refused at `kubectl apply` with the field named.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod istio;
 pub mod leader;
 pub mod mesh;
+pub mod names;
 pub mod pki;
 
 pub use mesh::*;

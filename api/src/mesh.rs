@@ -6,14 +6,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Condition type: the last reconcile applied the spec (False names the reason, e.g. an unknown
-/// version).
-pub const CONDITION_RECONCILED: &str = "Reconciled";
-/// Condition type: every installed component is available.
-pub const CONDITION_READY: &str = "Ready";
-/// Condition type: the Istio API CRDs are installed and kept by Skein (`False` when another
-/// installation, e.g. Istio, owns them; Skein then uses them as they are).
-pub const CONDITION_ISTIO_CRDS: &str = "IstioCRDsManaged";
 /// Namespace used when `spec.namespace` is not set.
 pub const DEFAULT_NAMESPACE: &str = "skein-system";
 /// Trust domain used when `meshConfig.trustDomain` is not set.

@@ -16,7 +16,7 @@ use serde_json::json;
 use skein_controlplane::{
     mesh::MeshSettings,
     registry::{self, Changed, Registry, RegistryCache},
-    render::Rendered,
+    render::Configs,
     snapshot::{IstioResources, Snapshot},
     translate::Workload,
 };
@@ -84,7 +84,8 @@ fn main() {
         let (before, scratch_build) = snapshot(&services, &slices, &mut cache);
         let before = Arc::new(before);
         let t = Instant::now();
-        let old = Rendered::new(&before, &workload);
+        let before = Configs::new(before, None);
+        let old = before.render(&workload);
         let scratch = t.elapsed();
 
         // One EndpointSlice changes, and the watch reports it.
@@ -94,12 +95,13 @@ fn main() {
         let mesh = MeshSettings::default();
         cache.update(&mesh, Changed { slices: vec![(key, Some(changed[0].clone()))], ..Default::default() });
         let registry = cache.registry(&[], &HashMap::new());
-        let mut after = Snapshot::new(mesh, registry, IstioResources::default(), cache.pods());
+        let after = Snapshot::new(mesh, registry, IstioResources::default(), cache.pods());
         let build = t.elapsed();
-        let hosts = after.reuse_from(&before).map(|h| h.len());
+        let after = Configs::new(Arc::new(after), Some(&before));
+        let hosts = after.patched_hosts().map(|h| h.len());
         assert_eq!(hosts, Some(1), "an endpoint-only change must be recognised");
         let t = Instant::now();
-        let new = Rendered::new(&after, &workload);
+        let new = after.render(&workload);
         let delta = new.delta_from(&old).expect("delta");
         let patched = t.elapsed();
         assert_ne!(new.version, old.version);

@@ -114,7 +114,7 @@ fn sidecar(t: &Template) -> Value {
         "args": [
             "run",
             "--discovery-address", t.discovery_address,
-            "--discovery-root-cert", "/var/run/secrets/istio/root-cert.pem",
+            "--discovery-root-cert", &format!("/var/run/secrets/istio/{}", skein_api::names::ROOT_CERT_FILE),
             "--token-file", "/var/run/secrets/tokens/istio-token",
             "--cert-dir", "/var/run/skein/certs",
         ],

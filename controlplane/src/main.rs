@@ -27,8 +27,8 @@ use skein_controlplane::{
     inject,
     mesh::MeshSettings,
     metrics::{self, Metrics},
+    render::Configs,
     rootcert,
-    snapshot::Snapshot,
     watch::{self, Changes, Stores},
     webhook,
     xds::Discovery,
@@ -144,7 +144,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
 
     let changes = Arc::new(Changes::default());
     let stores = Stores::start(&client, &changes, &args.namespace);
-    let (tx, rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
+    let (tx, rx) = tokio_watch::channel(Arc::new(Configs::default()));
     let leader = Arc::new(AtomicBool::new(!args.leader_elect));
     metrics.leader.set(i64::from(!args.leader_elect));
     if args.leader_elect {
@@ -225,7 +225,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let mut first = rx.clone();
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
-        while first.borrow_and_update().generation == 0 {
+        while first.borrow_and_update().snapshot().generation == 0 {
             if first.changed().await.is_err() {
                 return;
             }

@@ -1,4 +1,5 @@
-//! Configs as sent: encoded in parts, versioned by content, and sent whole or as a delta.
+//! Configs as sent: encoded in parts, versioned by content, sent whole or as a delta, and
+//! cached per snapshot.
 //!
 //! A sidecar's config is three parts: its own (listeners, policies, settings), the virtual
 //! hosts and the clusters of its outbound view (shared by every workload with the same
@@ -11,9 +12,14 @@
 //! A delta (`ConfigDelta`) between two configs with the same own part and virtual hosts is the
 //! clusters that differ: what EDS is to xDS. It is computed once per (new config, base
 //! version) and shared by every proxy at that base.
+//!
+//! The caches live here, not in the snapshot (the input): [`Configs`] holds one snapshot's
+//! encoded outbound parts and rendered configs, and is made from the previous [`Configs`] so
+//! that an endpoint-only change patches the previous parts instead of translating the mesh
+//! again (istiod's ConfigGenerator, which takes its cache as an argument, is the model).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
 };
@@ -25,7 +31,7 @@ use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost, wire::pb};
 
 use crate::{
     snapshot::Snapshot,
-    translate::{self, Outbound, Workload},
+    translate::{self, Outbound, OutboundKey, Workload},
 };
 
 /// Stable hash of bytes (`DefaultHasher::new()` uses fixed keys: the same in every process).
@@ -35,38 +41,82 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// A value with its encoding as `ProxyConfig` field(s) and the hash of that encoding.
+/// Encoded `ProxyConfig` field(s) and the hash of that encoding.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Encoded<T> {
-    /// The value.
-    pub value: T,
-    /// Its encoding as fields of `ProxyConfig`.
+pub struct Part {
+    /// The encoding, as fields of `ProxyConfig`.
     pub bytes: Bytes,
     /// Hash of `bytes`.
     pub hash: u64,
 }
 
-impl<T> Encoded<T> {
-    fn new(value: T, fields: pb::ProxyConfig) -> Self {
+impl Part {
+    fn of(fields: pb::ProxyConfig) -> Self {
         let bytes = Bytes::from(fields.encode_to_vec());
-        Self { hash: hash(&bytes), value, bytes }
+        Self { hash: hash(&bytes), bytes }
     }
-}
 
-impl Encoded<Cluster> {
     /// A cluster as one `ProxyConfig.clusters` (= `ConfigDelta.clusters`) field.
-    pub fn cluster(c: Cluster) -> Self {
-        let fields = pb::ProxyConfig { clusters: vec![pb::Cluster::from(&c)], ..Default::default() };
-        Self::new(c, fields)
+    pub fn cluster(c: &Cluster) -> Self {
+        Self::of(pb::ProxyConfig { clusters: vec![pb::Cluster::from(c)], ..Default::default() })
+    }
+
+    /// Virtual hosts as `ProxyConfig.virtual_hosts` fields.
+    pub fn virtual_hosts(v: &[VirtualHost]) -> Self {
+        Self::of(pb::ProxyConfig { virtual_hosts: v.iter().map(pb::VirtualHost::from).collect(), ..Default::default() })
     }
 }
 
-impl Encoded<Vec<VirtualHost>> {
-    /// Virtual hosts as `ProxyConfig.virtual_hosts` fields.
-    pub fn virtual_hosts(v: Vec<VirtualHost>) -> Self {
-        let fields =
-            pb::ProxyConfig { virtual_hosts: v.iter().map(pb::VirtualHost::from).collect(), ..Default::default() };
-        Self::new(v, fields)
+/// An outbound part (translation's plain values) with the encoding of each virtual-host list
+/// and cluster, so a config is assembled (and a delta between two configs computed) without
+/// encoding again.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedOutbound {
+    /// What was encoded.
+    pub plain: Outbound,
+    /// The virtual hosts, encoded.
+    pub virtual_hosts: Arc<Part>,
+    /// Each cluster, encoded, by name (shares nodes with the part it was patched from).
+    pub clusters: imbl::OrdMap<Arc<str>, Arc<Part>>,
+    /// Sum of the clusters' hashes (part of the config's version).
+    pub clusters_hash: u64,
+}
+
+impl EncodedOutbound {
+    /// Encodes every virtual host and cluster of `plain`.
+    pub fn new(plain: Outbound) -> Self {
+        let clusters: imbl::OrdMap<Arc<str>, Arc<Part>> =
+            plain.clusters.iter().map(|(n, c)| (n.clone(), Arc::new(Part::cluster(c)))).collect();
+        let clusters_hash = clusters.values().fold(0u64, |h, c| h.wrapping_add(c.hash));
+        Self { virtual_hosts: Arc::new(Part::virtual_hosts(&plain.virtual_hosts)), clusters, clusters_hash, plain }
+    }
+
+    /// The encoding of `plain`, reusing this one's for everything `plain` shares with what
+    /// this one encodes: only added or changed clusters are encoded (the persistent maps'
+    /// diff visits only what differs), and the virtual hosts only when they are not the same
+    /// list.
+    pub fn patched(&self, plain: Outbound) -> Self {
+        let virtual_hosts = if Arc::ptr_eq(&self.plain.virtual_hosts, &plain.virtual_hosts) {
+            self.virtual_hosts.clone()
+        } else {
+            Arc::new(Part::virtual_hosts(&plain.virtual_hosts))
+        };
+        let (mut clusters, mut clusters_hash) = (self.clusters.clone(), self.clusters_hash);
+        for item in self.plain.clusters.diff(&plain.clusters) {
+            let (name, new) = match item {
+                DiffItem::Add(name, c) | DiffItem::Update { new: (name, c), .. } => (name, Some(c)),
+                DiffItem::Remove(name, _) => (name, None),
+            };
+            if let Some(old) = clusters.remove(name) {
+                clusters_hash = clusters_hash.wrapping_sub(old.hash);
+            }
+            if let Some(c) = new {
+                let part = Part::cluster(c);
+                clusters_hash = clusters_hash.wrapping_add(part.hash);
+                clusters.insert(name.clone(), Arc::new(part));
+            }
+        }
+        Self { plain, virtual_hosts, clusters, clusters_hash }
     }
 }
 
@@ -77,20 +127,14 @@ pub struct Rendered {
     pub version: String,
     /// The workload's own part: everything but virtual hosts and clusters.
     own: Bytes,
-    outbound: Arc<Outbound>,
+    outbound: Arc<EncodedOutbound>,
     /// Deltas from other versions of the same workload's config, by base version (`None`:
     /// no delta possible from that base).
     deltas: Mutex<HashMap<String, Option<Bytes>>>,
 }
 
 impl Rendered {
-    /// Renders `workload`'s config from `snap`.
-    pub fn new(snap: &Snapshot, workload: &Workload) -> Self {
-        let (own, outbound) = translate::parts(snap, workload);
-        Self::from_parts(&own, outbound)
-    }
-
-    fn from_parts(own: &ProxyConfig, outbound: Arc<Outbound>) -> Self {
+    fn from_parts(own: &ProxyConfig, outbound: Arc<EncodedOutbound>) -> Self {
         let own = Bytes::from(pb::ProxyConfig::from(own).encode_to_vec());
         let sum = hash(&own).wrapping_add(outbound.virtual_hosts.hash).wrapping_add(outbound.clusters_hash);
         Self { version: format!("{sum:016x}"), own, outbound, deltas: Mutex::default() }
@@ -145,16 +189,88 @@ impl Rendered {
     }
 }
 
-/// The config of `workload`, computed once per snapshot however many proxies ask.
-pub async fn rendered(snap: &Arc<Snapshot>, workload: &Workload) -> Arc<Rendered> {
-    let cell = {
-        let mut cells = snap.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        match cells.get(workload) {
-            Some(c) => c.clone(),
-            None => cells.entry(workload.clone()).or_default().clone(),
+/// The configs of one snapshot: computed on demand, once per outbound key and once per
+/// distinct workload however many proxies ask, and shared by every proxy they fit.
+#[derive(Debug, Default)]
+pub struct Configs {
+    snap: Arc<Snapshot>,
+    /// Encoded outbound parts computed so far, by key.
+    outbound: Mutex<HashMap<OutboundKey, Arc<EncodedOutbound>>>,
+    /// Rendered configs by workload (concurrent requests for one wait for its computation).
+    rendered: Mutex<HashMap<Workload, Arc<tokio::sync::OnceCell<Arc<Rendered>>>>>,
+    /// What may be reused from the previous snapshot's configs.
+    reuse: Option<Reuse>,
+}
+
+/// The previous snapshot's outbound parts, and the only hosts whose endpoints changed since.
+#[derive(Debug)]
+struct Reuse {
+    outbound: HashMap<OutboundKey, Arc<EncodedOutbound>>,
+    changed_hosts: BTreeSet<String>,
+}
+
+impl Configs {
+    /// The configs of `snap`. When the only difference from `prev`'s snapshot is the
+    /// endpoints of some services (the common change: a pod starts, stops or moves), the
+    /// outbound parts `prev` computed are patched instead of translated again.
+    pub fn new(snap: Arc<Snapshot>, prev: Option<&Configs>) -> Self {
+        let reuse = prev.and_then(|p| {
+            let changed_hosts = snap.endpoint_only_changes(&p.snap)?;
+            let outbound = p.outbound.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Some(Reuse { outbound, changed_hosts })
+        });
+        Self { snap, outbound: Mutex::default(), rendered: Mutex::default(), reuse }
+    }
+
+    /// The snapshot these configs are computed from.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// The hosts whose endpoints alone changed since the previous configs, when translation
+    /// is patched; `None` when everything is translated anew.
+    pub fn patched_hosts(&self) -> Option<&BTreeSet<String>> {
+        self.reuse.as_ref().map(|r| &r.changed_hosts)
+    }
+
+    /// The encoded outbound part for `key`, computed once per snapshot and key.
+    pub fn outbound(&self, key: &OutboundKey) -> Arc<EncodedOutbound> {
+        if let Some(hit) = self.outbound.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return hit.clone();
         }
-    };
-    cell.get_or_init(|| async { Arc::new(Rendered::new(snap, workload)) }).await.clone()
+        // Computed outside the lock: two proxies racing on one key may both compute it, which
+        // costs time once but never blocks every other proxy behind one computation.
+        let prev = self.reuse.as_ref().and_then(|r| Some((r.outbound.get(key)?, &r.changed_hosts)));
+        let built = Arc::new(match prev {
+            Some((prev, hosts)) => prev.patched(translate::patch_outbound(&self.snap, key, &prev.plain, hosts)),
+            None => EncodedOutbound::new(translate::outbound(&self.snap, key)),
+        });
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(built).clone()
+    }
+
+    /// `workload`'s config, rendered once per snapshot however many proxies ask.
+    pub async fn rendered(&self, workload: &Workload) -> Arc<Rendered> {
+        let cell = {
+            let mut cells = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+            match cells.get(workload) {
+                Some(c) => c.clone(),
+                None => cells.entry(workload.clone()).or_default().clone(),
+            }
+        };
+        cell.get_or_init(|| async { Arc::new(self.render(workload)) }).await.clone()
+    }
+
+    /// Renders `workload`'s config: its own part, and the outbound part of its key (for a
+    /// gateway, patched with the gateway's own routes and clusters).
+    pub fn render(&self, workload: &Workload) -> Rendered {
+        let own = translate::own(&self.snap, workload);
+        let mesh = self.outbound(&OutboundKey::of(workload, &self.snap));
+        let outbound = match own.gateway {
+            None => mesh,
+            Some(_) => Arc::new(mesh.patched(own.outbound(&mesh.plain))),
+        };
+        Rendered::from_parts(&own.config, outbound)
+    }
 }
 
 /// Splits a sequence of parts into chunks of at most `max` bytes: a part larger than a chunk
@@ -217,16 +333,18 @@ mod tests {
         }
     }
 
-    fn outbound(clusters: &[Cluster]) -> Arc<Outbound> {
+    fn plain(clusters: &[Cluster]) -> Outbound {
         let vh = VirtualHost { name: "a".into(), domains: vec!["a".into()], routes: Vec::new() };
-        let map =
-            clusters.iter().map(|c| (Arc::from(c.name.as_str()), Arc::new(Encoded::cluster(c.clone())))).collect();
-        let clusters_hash = clusters.iter().fold(0u64, |h, c| h.wrapping_add(Encoded::cluster(c.clone()).hash));
-        Arc::new(Outbound { virtual_hosts: Arc::new(Encoded::virtual_hosts(vec![vh])), clusters: map, clusters_hash })
+        let clusters = clusters.iter().map(|c| (Arc::from(c.name.as_str()), Arc::new(c.clone()))).collect();
+        Outbound { virtual_hosts: Arc::new(vec![vh]), clusters }
+    }
+
+    fn outbound(clusters: &[Cluster]) -> Arc<EncodedOutbound> {
+        Arc::new(EncodedOutbound::new(plain(clusters)))
     }
 
     fn own() -> ProxyConfig {
-        translate::parts(&Snapshot::default(), &Workload::default()).0
+        translate::own(&Snapshot::default(), &Workload::default()).config
     }
 
     fn whole(r: &Rendered) -> ProxyConfig {
@@ -272,6 +390,24 @@ mod tests {
         other_own.outbound_traffic_policy = skein_api::proxy::OutboundPolicy::RegistryOnly;
         let new = Rendered::from_parts(&other_own, outbound(&[a]));
         assert_eq!(new.delta_from(&old), None);
+    }
+
+    #[test]
+    fn a_patched_encoding_equals_a_fresh_one_and_shares_what_did_not_change() {
+        let (a, b, c) = (cluster("a", 1), cluster("b", 2), cluster("c", 3));
+        let old = EncodedOutbound::new(plain(&[a.clone(), b.clone(), c]));
+        // b changed, c removed, d added; the virtual hosts are the same list.
+        let mut next = old.plain.clone();
+        next.clusters.insert(Arc::from("b"), Arc::new(cluster("b", 20)));
+        next.clusters.remove("c");
+        next.clusters.insert(Arc::from("d"), Arc::new(cluster("d", 4)));
+        let patched = old.patched(next.clone());
+        let fresh = EncodedOutbound::new(next);
+        assert_eq!(patched.clusters, fresh.clusters);
+        assert_eq!(patched.clusters_hash, fresh.clusters_hash);
+        assert_eq!(patched.virtual_hosts, fresh.virtual_hosts);
+        assert!(Arc::ptr_eq(&patched.virtual_hosts, &old.virtual_hosts), "same list, encoding reused");
+        assert!(Arc::ptr_eq(&patched.clusters["a"], &old.clusters["a"]), "unchanged cluster not encoded again");
     }
 
     #[test]

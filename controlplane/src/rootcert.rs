@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::inject::ROOT_CERT_CONFIGMAP;
 
 /// Key of the root certificate in the ConfigMap.
-pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+pub const ROOT_CERT_KEY: &str = skein_api::names::ROOT_CERT_FILE;
 const MANAGER: &str = "skein-controlplane";
 
 /// Keeps the ConfigMap in every namespace until the task is dropped.

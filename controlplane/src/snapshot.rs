@@ -1,7 +1,7 @@
 //! One consistent view of everything the control plane translates: the accepted Istio
 //! resources, the service registry and the pods, indexed the way translation looks them up.
-//! A new snapshot is built after every (debounced) change; proxies' configs are computed from
-//! it and compared with what they were last sent.
+//! A new snapshot is built after every (debounced) change. It holds inputs and indexes only:
+//! what is computed from it (and cached) lives with the renderer.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -91,15 +91,6 @@ pub struct Snapshot {
     pub changed_at: Option<std::time::Instant>,
     /// Label keys any sidecar-bound VirtualService matches `sourceLabels` on.
     pub source_label_keys: std::collections::BTreeSet<String>,
-    /// Outbound parts computed from this snapshot, shared by workloads with the same key.
-    pub(crate) outbound_cache:
-        std::sync::Mutex<HashMap<crate::translate::OutboundKey, Arc<crate::translate::Outbound>>>,
-    /// Encoded configs computed from this snapshot, one per distinct workload, computed once
-    /// (concurrent requests for the same one wait for it) and sent to every proxy it fits.
-    pub(crate) rendered:
-        std::sync::Mutex<HashMap<crate::translate::Workload, Arc<tokio::sync::OnceCell<Arc<crate::render::Rendered>>>>>,
-    /// What this snapshot may reuse from the previous one (see [`Snapshot::reuse_from`]).
-    pub(crate) reuse: Option<Reuse>,
     /// TLS Secrets gateways may name in `credentialName`, by (namespace, name).
     pub tls_secrets: BTreeMap<(String, String), Arc<TlsSecret>>,
 }
@@ -133,13 +124,6 @@ impl TlsSecret {
         };
         Some(((s.namespace()?, s.name_any()), Arc::new(secret)))
     }
-}
-
-/// The previous snapshot's outbound parts, and the only hosts whose endpoints changed since.
-#[derive(Debug)]
-pub(crate) struct Reuse {
-    pub(crate) outbound: HashMap<crate::translate::OutboundKey, Arc<crate::translate::Outbound>>,
-    pub(crate) changed_hosts: BTreeSet<String>,
 }
 
 /// Creation order, then namespace and name: Istio's tie-break for conflicting resources.
@@ -200,25 +184,13 @@ impl Snapshot {
             generation: 0,
             changed_at: None,
             source_label_keys,
-            outbound_cache: Default::default(),
-            rendered: Default::default(),
-            reuse: None,
             tls_secrets: BTreeMap::new(),
         }
     }
 
-    /// Lets this snapshot patch `prev`'s outbound parts instead of translating the mesh again,
-    /// when the only difference between the two is the endpoints of some services (the common
-    /// change: a pod starts, stops or moves). Returns the hosts whose endpoints changed, or
-    /// `None` when anything else changed (then everything is translated anew).
-    pub fn reuse_from(&mut self, prev: &Snapshot) -> Option<&BTreeSet<String>> {
-        let changed_hosts = self.endpoint_only_changes(prev)?;
-        let outbound = prev.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.reuse = Some(Reuse { outbound, changed_hosts });
-        self.reuse.as_ref().map(|r| &r.changed_hosts)
-    }
-
-    fn endpoint_only_changes(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
+    /// The hosts whose endpoints changed since `prev`, when nothing else did (the common
+    /// change: a pod starts, stops or moves); `None` when anything else changed.
+    pub fn endpoint_only_changes(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
         if self.mesh != prev.mesh
             || self.istio.fingerprint() != prev.istio.fingerprint()
             || self.tls_secrets != prev.tls_secrets

@@ -40,6 +40,7 @@ use crate::{
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
     registry::{self, Changed, Key},
+    render::Configs,
     snapshot::{Snapshot, TlsSecret},
 };
 
@@ -296,7 +297,7 @@ pub async fn run(
     stores: Stores,
     changes: Arc<Changes>,
     mesh: MeshSettings,
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: watch::Sender<Arc<Configs>>,
     metrics: Metrics,
     leader: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -306,7 +307,7 @@ pub async fn run(
     let mut status = StatusWriter::new(client, metrics.clone());
     let mut dns = DnsCache::default();
     let mut generation = 0u64;
-    let mut prev: Option<Arc<Snapshot>> = None;
+    let mut prev: Option<Arc<Configs>> = None;
     let mut registry_cache = registry::RegistryCache::default();
     let mut synced = false;
     loop {
@@ -334,13 +335,13 @@ pub async fn run(
         snap.generation = generation;
         snap.changed_at = changed_at;
         let indexed = start.elapsed();
-        if let Some(hosts) = prev.as_ref().and_then(|p| snap.reuse_from(p)) {
+        let configs = Arc::new(Configs::new(Arc::new(snap), prev.as_deref()));
+        if let Some(hosts) = configs.patched_hosts() {
             debug!(generation, hosts = hosts.len(), "only endpoints changed; translation is patched");
         }
-        let snap = Arc::new(snap);
-        prev = Some(snap.clone());
+        prev = Some(configs.clone());
         let compared = start.elapsed();
-        let replaced = tx.send_replace(snap);
+        let replaced = tx.send_replace(configs);
         let published = start.elapsed();
         drop(replaced);
         metrics.snapshots.inc();

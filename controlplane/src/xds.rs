@@ -27,8 +27,7 @@ use tracing::{debug, info, warn};
 use crate::{
     ca::{TokenReviewer, bearer},
     metrics::{Metrics, PushLabels},
-    render::{Chunks, Rendered, rendered},
-    snapshot::Snapshot,
+    render::{Chunks, Configs, Rendered},
     translate::{Node, Workload},
 };
 
@@ -83,7 +82,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `ProxyDiscovery` service.
 #[derive(Clone)]
 pub struct Discovery {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Configs>>,
     metrics: Metrics,
     sync: SyncTable,
     throttle: Arc<Semaphore>,
@@ -96,7 +95,7 @@ impl Discovery {
     /// those larger than one chunk unacknowledged at a time, in responses of at most `chunk`
     /// config bytes. Proxies that send a ServiceAccount token are authenticated with `reviewer`.
     pub fn new(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        snapshots: watch::Receiver<Arc<Configs>>,
         metrics: Metrics,
         push_limit: usize,
         chunk: usize,
@@ -157,7 +156,7 @@ impl ProxyDiscovery for Discovery {
 
 struct Connection {
     node: Node,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Configs>>,
     metrics: Metrics,
     sync: SyncTable,
     /// This proxy's entry in `sync`.
@@ -350,20 +349,21 @@ impl Connection {
     /// the config it runs when only clusters changed, else whole. `Err` when the control plane
     /// is shutting down.
     async fn prepare(&mut self, nonce: &mut u64) -> Result<Option<Push>, ()> {
-        let snap = self.snapshots.borrow_and_update().clone();
+        let configs = self.snapshots.borrow_and_update().clone();
+        let snap = configs.snapshot();
         let start = Instant::now();
         // The workload follows from the pod alone: recomputed when the pod object changes.
         let pod = snap.pod(&self.node.namespace, &self.node.pod).cloned();
         let workload = match self.workload.take() {
             Some((seen, w)) if seen.as_ref().map(Arc::as_ptr) == pod.as_ref().map(Arc::as_ptr) => w,
             _ => {
-                let mut w = Workload::of(&snap, &self.node);
+                let mut w = Workload::of(snap, &self.node);
                 w.authenticated = pod.is_some()
                     && self.identity.as_ref().is_some_and(|(ns, sa)| *ns == w.namespace && *sa == w.service_account);
                 w
             }
         };
-        let cfg = rendered(&snap, &workload).await;
+        let cfg = configs.rendered(&workload).await;
         self.workload = Some((pod, workload));
         if cfg.version == self.current {
             self.pushed.unchanged.inc();
@@ -422,14 +422,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_config_is_rendered_once_per_snapshot_and_workload() {
-        let snap = Arc::new(Snapshot::default());
+        let configs = Configs::default();
         let w = Workload { namespace: "default".into(), ..Default::default() };
-        let (a, b) = tokio::join!(rendered(&snap, &w), rendered(&snap, &w));
+        let (a, b) = tokio::join!(configs.rendered(&w), configs.rendered(&w));
         assert!(Arc::ptr_eq(&a, &b), "computed twice");
-        let other = rendered(&snap, &Workload { namespace: "other".into(), ..Default::default() }).await;
+        let other = configs.rendered(&Workload { namespace: "other".into(), ..Default::default() }).await;
         assert!(!Arc::ptr_eq(&a, &other));
         // Same content, same version, in any process: the version is a content hash.
-        let again = rendered(&Arc::new(Snapshot::default()), &w).await;
+        let again = Configs::default().rendered(&w).await;
         assert_eq!(again.version, a.version);
     }
 }

@@ -34,12 +34,8 @@ use crate::{metrics::Metrics, store::Store};
 
 /// Largest config accepted, all chunks together (a mesh of 10 000 services fits well within it).
 const MAX_MESSAGE: usize = 64 << 20;
-/// File names in the certificate directory (Istio's names).
-pub const CERT_CHAIN: &str = "cert-chain.pem";
-/// Private key file.
-pub const KEY: &str = "key.pem";
-/// Mesh root file.
-pub const ROOT_CERT: &str = "root-cert.pem";
+/// File names in the certificate directory (Istio's names, shared with the control plane).
+pub use skein_api::names::{CERT_CHAIN_FILE as CERT_CHAIN, KEY_FILE as KEY, ROOT_CERT_FILE as ROOT_CERT};
 
 /// How to reach the control plane and who this proxy is.
 #[derive(Debug, Clone, clap::Args)]

@@ -280,7 +280,7 @@ impl Proxy {
             };
             strip_hop_by_hop(&mut parts.headers);
             set_client_cert_header(&mut parts.headers, rt, peer_identity.as_deref());
-            let cluster = format!("inbound|{}||", dst.port());
+            let cluster = skein_api::names::inbound_cluster(dst.port());
             let outcome = self.deliver(dst, parts, body).await;
             return (outcome, Attribution { service: host.to_string(), cluster: Some(cluster), route: None });
         }

@@ -1,6 +1,6 @@
 //! skein-proxy: Skein's data plane. This crate holds the request path (`http`), the compiled
 //! configuration it reads (`runtime`), the one place configuration changes (`store`),
-//! listeners and admin endpoints (`server`), and Istio-named telemetry (`metrics`).
+//! listeners, the inbound handshake and what a connection becomes (`listener`: `http`, `tcp`, `admin`), and Istio-named telemetry (`metrics`).
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
@@ -14,13 +14,12 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod iptables;
+pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
-pub mod server;
 pub mod sni;
 pub mod store;
-pub mod tcp;
 pub mod upstream;
 
 /// Parses a duration flag (`5s`, `100ms`, `24h`).

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use skein_proxy::{config_file, discovery, http::Proxy, metrics::Metrics, server, store::Store};
+use skein_proxy::{config_file, discovery, http::Proxy, listener, metrics::Metrics, store::Store};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -110,12 +110,13 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) ->
     let proxy = Proxy::new(store.clone(), metrics.clone());
     let drain = proxy.drain().clone();
 
-    let roles = [server::AdminRole::Admin, server::AdminRole::Status, server::AdminRole::Metrics];
+    let roles =
+        [listener::admin::AdminRole::Admin, listener::admin::AdminRole::Status, listener::admin::AdminRole::Metrics];
     for (addr, role) in admin.into_iter().zip(roles) {
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
-        tokio::spawn(server::serve_admin(sock, role, store.clone(), metrics.clone(), drain.clone()));
+        tokio::spawn(listener::admin::serve_admin(sock, role, store.clone(), metrics.clone(), drain.clone()));
     }
-    let mut listeners = server::Listeners::new(proxy);
+    let mut listeners = listener::Listeners::new(proxy);
     for e in listeners.sync(&store.current().config.listeners).await {
         error!(error = %e, "listener not opened");
     }

@@ -122,10 +122,11 @@ pub fn cluster_for_sni(sni: &str) -> Option<String> {
     let rest = sni.strip_prefix("outbound_.")?;
     let (port, rest) = rest.split_once("_.")?;
     let (subset, host) = rest.split_once("_.")?;
-    if port.parse::<u16>().is_err() || host.is_empty() {
+    let Ok(port) = port.parse::<u16>() else { return None };
+    if host.is_empty() {
         return None;
     }
-    Some(format!("outbound|{port}|{subset}|{host}"))
+    Some(skein_api::names::outbound_cluster(port, subset, host))
 }
 
 /// Where a `.global` name lives in the cluster that serves it: `reviews.default.global` →

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-use skein_proxy::{http::Proxy, metrics::Metrics, server::Listeners, store::Store};
+use skein_proxy::{http::Proxy, listener::Listeners, metrics::Metrics, store::Store};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use skein_api::proxy::PeerAuthMode;
-use skein_proxy::{http::Proxy, metrics::Metrics, server, store::Store};
+use skein_proxy::{http::Proxy, listener, metrics::Metrics, store::Store};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -84,7 +84,7 @@ async fn proxy_to(upstream: SocketAddr) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = Proxy::new(store, Metrics::default());
-    tokio::spawn(server::serve_http(listener, proxy, PeerAuthMode::Disable, "h2".into()));
+    tokio::spawn(listener::serve_http(listener, proxy, PeerAuthMode::Disable, "h2".into()));
     addr
 }
 

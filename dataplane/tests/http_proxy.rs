@@ -19,7 +19,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use skein_api::proxy::PeerAuthMode;
-use skein_proxy::{http::Proxy, metrics::Metrics, server, store::Store};
+use skein_proxy::{http::Proxy, listener, metrics::Metrics, store::Store};
 use tokio::net::TcpListener;
 
 /// What an upstream saw: (host header, path and query, end-user header).
@@ -81,7 +81,7 @@ async fn proxy(yaml: &str) -> Harness {
     let metrics = Metrics::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_http(
+    tokio::spawn(listener::serve_http(
         listener,
         Proxy::new(store.clone(), metrics.clone()),
         PeerAuthMode::Disable,

@@ -17,7 +17,7 @@ use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use skein_proxy::identity::Identity;
-use skein_proxy::{http::Proxy, identity::principal, metrics::Metrics, server::Listeners, store::Store};
+use skein_proxy::{http::Proxy, identity::principal, listener::Listeners, metrics::Metrics, store::Store};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use skein_proxy::{http::Proxy, metrics::Metrics, sni::testing::client_hello, store::Store, tcp};
+use skein_proxy::{http::Proxy, listener::tcp, metrics::Metrics, sni::testing::client_hello, store::Store};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -12,8 +12,8 @@ use std::{
 use libfuzzer_sys::fuzz_target;
 use skein_proxy::{
     http::{ConnInfo, Proxy},
+    listener,
     metrics::Metrics,
-    server,
     store::Store,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         let (mut client, server_io) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "10.0.0.1:40000".parse().unwrap();
         let conn = Arc::new(ConnInfo::new("fuzz".into(), 9080, peer, None));
-        let served = tokio::spawn(server::serve_conn(server_io, proxy, conn));
+        let served = tokio::spawn(listener::http::serve_conn(server_io, proxy, conn));
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut out = Vec::new();

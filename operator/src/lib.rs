@@ -1,11 +1,18 @@
 //! skein-operator: installs, upgrades and federates Skein's mesh control plane from
 //! `MeshControlPlane` objects.
+//!
+//! Layout: [`controllers`] (one kube-runtime Controller per concern) use [`render`] (pure:
+//! spec → objects), [`pki`] (the mesh's certificates) and [`kube`] (shared I/O: the applier,
+//! conditions, Events); [`upgrade`] is the release catalog; [`context`] and [`error`] are what
+//! every controller shares.
 #![forbid(unsafe_code)]
 
-pub mod apply;
-pub mod catalog;
+pub mod context;
+pub mod controllers;
+pub mod error;
+pub mod kube;
 pub use skein_api::leader;
-pub mod reconcile;
+pub mod pki;
 pub mod render;
-pub mod status;
 pub mod telemetry;
+pub mod upgrade;

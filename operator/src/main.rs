@@ -1,14 +1,15 @@
 //! `skein-operator`: runs in-cluster or against a kubeconfig (`KUBECONFIG`).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use skein_operator::{
-    catalog::Catalog,
+    context::Context,
+    controllers,
     leader::{Elector, LeaseConfig},
-    reconcile::{self, Context},
     telemetry::{self, Health, Metrics},
+    upgrade::catalog::Catalog,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     });
-    let ctx = Arc::new(Context { client, catalog, metrics: metrics.clone() });
+    let ctx = Context::new(client, catalog, metrics.clone());
     // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
     // unreachable for longer than the lease) stops the controller and makes this replica a
     // candidate again, within the same process: no restart needed to recover.
@@ -107,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         };
-        let mut controller = std::pin::pin!(reconcile::run(ctx.clone(), shutdown));
+        let mut controller = std::pin::pin!(controllers::run(ctx.clone(), shutdown));
         let Some(e) = &elector else {
             controller.await;
             break;

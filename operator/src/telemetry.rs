@@ -13,8 +13,8 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 pub struct Metrics {
     registry: Arc<Registry>,
     reconciles: Counter,
-    reconcile_errors: Counter,
+    reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
     objects_applied: Counter,
     status_writes: Counter,
@@ -36,7 +36,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("skein_operator");
         let reconciles = Counter::default();
-        let reconcile_errors = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let objects_applied = Counter::default();
         let status_writes = Counter::default();
@@ -44,7 +44,7 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconcile passes of MeshControlPlanes", reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Reconcile passes that failed and were requeued",
+            "Reconcile passes that failed, by error kind (transient ones are requeued with back-off)",
             reconcile_errors.clone(),
         );
         registry.register("reconcile_duration_seconds", "Duration of a reconcile pass", reconcile_duration.clone());
@@ -67,6 +67,13 @@ impl Default for Metrics {
     }
 }
 
+/// Labels of a failed reconcile: what kind of error it was.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// [`crate::error::Error::metric_label`].
+    pub error: &'static str,
+}
+
 /// Observes a reconcile's duration when dropped.
 pub struct ReconcileTimer {
     start: Instant,
@@ -86,9 +93,9 @@ impl Metrics {
         ReconcileTimer { start: Instant::now(), histogram: self.reconcile_duration.clone() }
     }
 
-    /// Counts a failed reconcile.
-    pub fn reconcile_error(&self) {
-        self.reconcile_errors.inc();
+    /// Counts a failed reconcile under its error kind.
+    pub fn reconcile_error(&self, error: &'static str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { error }).inc();
     }
 
     /// Counts managed objects written by one pass.

@@ -33,8 +33,10 @@ use skein_api::{
 use tracing::debug;
 
 use super::{
-    OutboundKey, Workload, inbound,
-    outbound::{Builder, Scope},
+    OutboundKey, Workload,
+    clusters::Clusters,
+    inbound,
+    routes::{Routes, Scope},
 };
 use crate::{
     registry::{Protocol, ServicePort},
@@ -280,7 +282,7 @@ fn listener_for(
         server_tls: None,
         tls_routes: Vec::new(),
     };
-    let mut b = Builder { snap, key, clusters: BTreeMap::new(), scope: Scope::Mesh };
+    let mut b = Routes::new(Clusters::new(snap, &key.namespace), key, Scope::Mesh);
     match &plan.kind {
         PortKind::Http { tls } => {
             listener.server_tls = tls.clone();
@@ -337,7 +339,7 @@ fn listener_for(
                         if sni.is_empty() {
                             continue;
                         }
-                        let cluster = b.destination(&dest.destination, &vs_ns, number);
+                        let cluster = b.clusters.destination(&dest.destination, &vs_ns, number);
                         listener.tls_routes.push(TlsRoute { sni_hosts: sni, cluster });
                     }
                 }
@@ -361,7 +363,7 @@ fn listener_for(
                                     && (m.gateways.is_empty() || b.scope.named_by(&m.gateways, &vs_ns))
                             });
                         if let (true, Some(dest)) = (applies, rule.route.first()) {
-                            listener.cluster = Some(b.destination(&dest.destination, &vs_ns, number));
+                            listener.cluster = Some(b.clusters.destination(&dest.destination, &vs_ns, number));
                             break 'found;
                         }
                     }
@@ -373,7 +375,7 @@ fn listener_for(
             }
         }
     }
-    out.clusters.append(&mut b.clusters);
+    out.clusters.append(&mut b.clusters.map);
     Some(listener)
 }
 

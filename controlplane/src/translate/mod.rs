@@ -8,19 +8,21 @@
 //! inbound traffic (15006) carrying the workload's PeerAuthentication mode and
 //! AuthorizationPolicies.
 
+mod clusters;
 pub mod gateway;
 mod inbound;
 mod outbound;
+mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use skein_api::proxy::ProxyConfig;
+use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost};
 
 use crate::snapshot::Snapshot;
 
-pub use outbound::OutboundKey;
+pub use outbound::{Outbound, rebuild as patch_outbound};
 
 /// Port of the outbound capture listener.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -119,51 +121,84 @@ impl Workload {
     }
 }
 
-/// The full configuration of a sidecar or gateway.
-pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
-    let (own, out) = parts(snap, workload);
-    ProxyConfig {
-        virtual_hosts: out.virtual_hosts.value.clone(),
-        clusters: out.clusters.values().map(|c| c.value.clone()).collect(),
-        ..own
+/// What the outbound part depends on: the namespace (visibility) and the labels (`sourceLabels`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutboundKey {
+    /// Client namespace.
+    pub namespace: String,
+    /// Client labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl OutboundKey {
+    /// The key of a workload: its namespace and only the labels some VirtualService's
+    /// `sourceLabels` look at, so every workload of a namespace usually shares one outbound
+    /// config.
+    pub fn of(w: &Workload, snap: &Snapshot) -> Self {
+        let labels = w
+            .labels
+            .iter()
+            .filter(|(k, _)| snap.source_label_keys.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self { namespace: w.namespace.clone(), labels }
     }
 }
 
-/// A proxy's config in two parts: its own (listeners and settings, no virtual hosts or
-/// clusters), and the outbound part (virtual hosts and clusters), shared by every sidecar
-/// with the same outbound key. A gateway's outbound part is the mesh's clusters (shared, so
-/// patched incrementally like a sidecar's) with its own virtual hosts.
-pub fn parts(snap: &Snapshot, workload: &Workload) -> (ProxyConfig, std::sync::Arc<Outbound>) {
-    let key = OutboundKey::of(workload, snap);
-    let mesh = outbound(snap, &key);
+/// A proxy's own part of its config: its listeners and the mesh settings (no virtual hosts or
+/// clusters), and for a gateway the routes that replace the mesh's virtual hosts.
+#[derive(Debug)]
+pub struct Own {
+    /// Listeners and settings.
+    pub config: ProxyConfig,
+    /// A gateway's virtual hosts and the clusters its routes name (added to the mesh's where
+    /// the mesh has none of that name); `None` for a sidecar.
+    pub gateway: Option<(Vec<VirtualHost>, BTreeMap<String, Cluster>)>,
+}
+
+impl Own {
+    /// The outbound part this proxy gets, given the mesh's part for its key.
+    pub fn outbound(&self, mesh: &Outbound) -> Outbound {
+        match &self.gateway {
+            None => mesh.clone(),
+            Some((virtual_hosts, extra)) => Outbound::for_gateway(mesh, virtual_hosts.clone(), extra.clone()),
+        }
+    }
+}
+
+/// The own part of `workload`'s config (see [`Own`]).
+pub fn own(snap: &Snapshot, workload: &Workload) -> Own {
     if !workload.router {
-        return (own(snap, vec![inbound::listener(snap, workload), outbound::listener()]), mesh);
+        return Own {
+            config: settings(snap, vec![inbound::listener(snap, workload), outbound::listener()]),
+            gateway: None,
+        };
     }
-    let gw = gateway::build(snap, workload, &key);
-    (own(snap, gw.listeners), std::sync::Arc::new(Outbound::for_gateway(&mesh, gw.virtual_hosts, gw.clusters)))
+    let gw = gateway::build(snap, workload, &OutboundKey::of(workload, snap));
+    Own { config: settings(snap, gw.listeners), gateway: Some((gw.virtual_hosts, gw.clusters)) }
 }
 
-pub use outbound::Outbound;
-
-/// The outbound part of a sidecar's config, shared by every workload with the same key (the
-/// expensive part: all visible services). Computed once per snapshot and key.
-pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> std::sync::Arc<Outbound> {
-    if let Some(hit) = snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
-        return hit.clone();
-    }
-    // Computed outside the lock: two proxies racing on one key may both compute it, which
-    // costs time once but never blocks every other proxy behind one computation. After an
-    // endpoint-only change the previous snapshot's part is patched instead of rebuilt.
-    let prev = snap.reuse.as_ref().and_then(|r| Some((r.outbound.get(key)?, &r.changed_hosts)));
-    let built = std::sync::Arc::new(match prev {
-        Some((prev, hosts)) => outbound::rebuild(snap, key, prev, hosts),
-        None => outbound::build(snap, key),
-    });
-    snap.outbound_cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_insert(built).clone()
+/// The outbound part of a sidecar's config for `key`, shared by every workload with that key
+/// (the expensive part: all visible services), translated from scratch. [`patch_outbound`]
+/// patches a previous one after an endpoint-only change.
+pub fn outbound(snap: &Snapshot, key: &OutboundKey) -> Outbound {
+    outbound::build(snap, key)
 }
 
-/// A proxy's own part: its listeners and the mesh settings, no virtual hosts or clusters.
-pub fn own(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> ProxyConfig {
+/// The full configuration of a sidecar or gateway, translated from scratch (what the
+/// renderer's cached and patched parts add up to).
+pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
+    let own = own(snap, workload);
+    let out = own.outbound(&outbound(snap, &OutboundKey::of(workload, snap)));
+    ProxyConfig {
+        virtual_hosts: out.virtual_hosts.as_ref().clone(),
+        clusters: out.clusters.values().map(|c| c.as_ref().clone()).collect(),
+        ..own.config
+    }
+}
+
+/// A proxy's listeners with the mesh settings, no virtual hosts or clusters.
+fn settings(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> ProxyConfig {
     ProxyConfig {
         version: String::new(),
         outbound_traffic_policy: snap.mesh.outbound_policy,
@@ -173,4 +208,9 @@ pub fn own(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> Proxy
         identity: None,
         access_log: snap.mesh.access_log.clone(),
     }
+}
+
+/// A duration as Istio writes it; validation has refused unparsable ones already.
+fn dur(s: Option<&String>) -> Option<Duration> {
+    s.and_then(|s| skein_api::proxy::duration::parse(s).ok())
 }

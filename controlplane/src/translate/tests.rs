@@ -497,23 +497,29 @@ fn bookinfo_docs(workloads: &str, extra: &str) -> String {
 #[test]
 fn an_endpoint_change_patches_the_previous_translation_and_equals_a_fresh_one() {
     let before = snapshot(MeshSettings::default(), &bookinfo_docs(&bookinfo_workloads(), REVIEWS_TO_V3));
-    let old = config_for(&before, "productpage-v1-1");
+    let node = Node::parse("sidecar~10.0.0.1~productpage-v1-1.default~default.svc.cluster.local").unwrap();
+    let key = OutboundKey::of(&Workload::of(&before, &node), &before);
+    let old = outbound(&before, &key);
     // reviews-v3 moves to another address: only the reviews endpoints change.
     let moved = bookinfo_workloads().replace("{addresses: [10.0.0.5]", "{addresses: [10.0.0.15]");
     let docs = bookinfo_docs(&moved, REVIEWS_TO_V3);
-    let mut after = snapshot(MeshSettings::default(), &docs);
-    let hosts = after.reuse_from(&before).cloned();
+    let after = snapshot(MeshSettings::default(), &docs);
+    let hosts = after.endpoint_only_changes(&before);
     assert_eq!(hosts, Some([REVIEWS.to_string()].into()));
-    let patched = config_for(&after, "productpage-v1-1");
-    let fresh = config_for(&snapshot(MeshSettings::default(), &docs), "productpage-v1-1");
+    let patched = patch_outbound(&after, &key, &old, &hosts.unwrap());
+    let fresh = outbound(&snapshot(MeshSettings::default(), &docs), &key);
     assert_eq!(patched, fresh);
     assert_ne!(patched, old);
-    let v3 = cluster(&patched, "outbound|9080|v3|reviews.default.svc.cluster.local");
+    let v3 = &patched.clusters["outbound|9080|v3|reviews.default.svc.cluster.local"];
     assert_eq!(v3.endpoints, vec!["10.0.0.15:9080".parse().unwrap()]);
-    assert_eq!(
-        cluster(&patched, "outbound|9080||details.default.svc.cluster.local"),
-        cluster(&old, "outbound|9080||details.default.svc.cluster.local")
-    );
+    // What did not change is shared, not rebuilt: the renderer's diff visits only the change.
+    let details = "outbound|9080||details.default.svc.cluster.local";
+    assert!(Arc::ptr_eq(&patched.clusters[details], &old.clusters[details]));
+    let v1 = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    assert!(Arc::ptr_eq(&patched.clusters[v1], &old.clusters[v1]), "an equal rebuilt cluster keeps the old one");
+    assert!(Arc::ptr_eq(&patched.virtual_hosts, &old.virtual_hosts));
+    let changed: Vec<_> = old.clusters.diff(&patched.clusters).map(|d| format!("{d:?}")).collect();
+    assert_eq!(changed.len(), 2, "the v3 subset and the whole-service cluster: {changed:?}");
 }
 
 #[test]
@@ -521,29 +527,29 @@ fn any_change_beyond_endpoints_is_translated_anew() {
     let base = bookinfo_docs(&bookinfo_workloads(), REVIEWS_TO_V3);
     let before = snapshot(MeshSettings::default(), &base);
     // A new VirtualService.
-    let mut vs = snapshot(
+    let vs = snapshot(
         MeshSettings::default(),
         &format!(
             "{base}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec: {{hosts: [ratings], http: [{{route: [{{destination: {{host: ratings}}}}]}}]}}\n"
         ),
     );
-    assert_eq!(vs.reuse_from(&before), None);
+    assert_eq!(vs.endpoint_only_changes(&before), None);
     // A VirtualService edited (the apiserver bumps its generation).
     let edited = base.replace("subset: v3}", "subset: v2}").replace(
         "metadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http",
         "metadata: {name: reviews, namespace: default, generation: 2}\nspec:\n  hosts: [reviews]\n  http",
     );
     assert!(edited.contains("generation: 2"));
-    assert_eq!(snapshot(MeshSettings::default(), &edited).reuse_from(&before), None);
+    assert_eq!(snapshot(MeshSettings::default(), &edited).endpoint_only_changes(&before), None);
     // A Service's port.
     let port = base.replace(
         "spec: {clusterIP: 198.19.0.11, ports: [{name: http, port: 9080}]}",
         "spec: {clusterIP: 198.19.0.11, ports: [{name: http, port: 9081}]}",
     );
     assert_ne!(port, base);
-    assert_eq!(snapshot(MeshSettings::default(), &port).reuse_from(&before), None);
+    assert_eq!(snapshot(MeshSettings::default(), &port).endpoint_only_changes(&before), None);
     // Nothing at all: reusable, nothing to patch.
-    assert_eq!(snapshot(MeshSettings::default(), &base).reuse_from(&before).cloned(), Some(Default::default()));
+    assert_eq!(snapshot(MeshSettings::default(), &base).endpoint_only_changes(&before), Some(Default::default()));
 }
 
 type RegistryObjects = (

@@ -1,5 +1,5 @@
 use super::*;
-use crate::catalog::Catalog;
+use crate::upgrade::catalog::Catalog;
 use serde_json::Value;
 use skein_api::MeshControlPlaneSpec;
 
@@ -13,7 +13,7 @@ fn mcp(spec: &str) -> MeshControlPlane {
 fn rendered(spec: &str) -> Vec<Desired> {
     let catalog = Catalog::builtin().unwrap();
     let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
-    render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM" })
+    render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION })
 }
 
 fn find<'a>(objs: &'a [Desired], kind: &str, name: &str) -> &'a Value {

@@ -23,6 +23,14 @@ pub struct ApplyError {
     pub source: kube::Error,
 }
 
+impl ApplyError {
+    /// Wraps a failed call `action` on `what` (`Kind/name`), for `map_err`.
+    pub fn during(action: &'static str, what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApplyError {
+        let what = what.into();
+        move |source| ApplyError { action, what, source }
+    }
+}
+
 /// Writes desired objects into the cluster.
 #[derive(Clone)]
 pub struct Applier {

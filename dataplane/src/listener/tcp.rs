@@ -15,6 +15,7 @@ use tokio::{
 };
 use tracing::debug;
 
+use super::{Inbound, inbound_tls};
 use crate::{
     accesslog::Entry,
     authz,
@@ -23,7 +24,6 @@ use crate::{
     identity,
     metrics::TcpLabels,
     runtime::Runtime,
-    server::{Inbound, inbound_tls},
     sni::{self, Peek},
     upstream::{self, HashInput, Upstream},
 };
@@ -148,7 +148,7 @@ where
             relay_to(client, first, dst, "PassthroughCluster", "PassthroughCluster", &session).await
         }
         Capture::Inbound => {
-            let cluster = format!("inbound|{}||", dst.port());
+            let cluster = skein_api::names::inbound_cluster(dst.port());
             if let Err(e) = authorize(&rt, &conn.listener, conn.identity.as_deref(), conn.peer, dst.port()) {
                 session.refused(Some(&cluster), "RBAC");
                 return Err(e);

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use skein_api::Channel;
 
 /// The catalog shipped with this operator build.
-const CATALOG_YAML: &str = include_str!("../../config/versions.yaml");
+const CATALOG_YAML: &str = include_str!("../../../config/versions.yaml");
 
 /// Why a spec's `version`/`channel` cannot be resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,12 +1,16 @@
-//! Listeners: the configured HTTP listeners (opened and closed as the config changes) and the
-//! admin endpoints (`/healthz/ready`, `/stats/prometheus`, `/config_dump`).
+//! Listeners: the configured listeners opened and closed as the config changes, the accept
+//! loop of listeners that may carry HTTP, and the inbound handshake (PeerAuthentication) every
+//! listener shares. What a connection then becomes is a sibling's job: [`http`] serves HTTP/1.1
+//! and HTTP/2 on it, [`tcp`] proxies it as bytes, [`admin`] serves the admin endpoints; the
+//! siblings do not import each other, and only this module decides which one gets a
+//! connection.
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+pub mod admin;
+pub mod http;
+pub mod tcp;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
 use skein_api::proxy::{Capture, Listener, ListenerProtocol, PeerAuthMode};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -16,19 +20,13 @@ use tracing::{debug, info, warn};
 
 use crate::{
     capture,
-    drain::Drain,
-    http::{Body, ConnInfo, Proxy},
+    http::{ConnInfo, Proxy},
     identity,
-    metrics::Metrics,
     runtime::Runtime,
-    store::Store,
-    tcp,
 };
 
-/// Largest request head (request line and headers) accepted; a larger one gets 431.
-const MAX_HEAD: usize = 64 * 1024;
-/// Time a client has to send a complete request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to complete the TLS handshake or send a complete request head.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a listener that may carry HTTP treats its connections.
 #[derive(Debug, Clone)]
@@ -86,7 +84,7 @@ async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &H
         let tls = tokio::time::timeout(HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        serve_conn(tls, proxy, Arc::new(conn(None))).await;
+        http::serve_conn(tls, proxy, Arc::new(conn(None))).await;
         return Ok(());
     }
     let mode = spec.mode.unwrap_or_else(|| rt.peer_authentication(&spec.name, port));
@@ -102,13 +100,13 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if conn.captured.is_none() {
-        serve_conn(io, proxy, Arc::new(conn)).await;
+        http::serve_conn(io, proxy, Arc::new(conn)).await;
         return Ok(());
     }
     let (kind, first) = capture::sniff(&mut io).await?;
     match kind {
         capture::Sniffed::Http => {
-            serve_conn(capture::Rewind::new(first, io), proxy, Arc::new(conn)).await;
+            http::serve_conn(capture::Rewind::new(first, io), proxy, Arc::new(conn)).await;
             Ok(())
         }
         capture::Sniffed::Tcp => tcp::captured(io, first, &conn, &proxy).await,
@@ -147,44 +145,6 @@ pub async fn inbound_tls(stream: TcpStream, mode: PeerAuthMode, rt: &Runtime) ->
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
     let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(identity::spiffe_id);
     Ok(Inbound::Tls(Box::new(tls), identity.map(Arc::from)))
-}
-
-/// Most concurrent HTTP/2 streams per connection (Envoy's default is 2^31; 100 bounds memory).
-const MAX_STREAMS: u32 = 100;
-/// HTTP/2 streams a client may reset before the connection is closed (rapid-reset defence).
-const MAX_PENDING_RESETS: usize = 20;
-
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
-/// Public so the request path can be fuzzed over an in-memory stream.
-pub async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = conn.peer;
-    let drain = proxy.drain().clone();
-    let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, conn.clone()));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).max_buf_size(MAX_HEAD);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_header_list_size(MAX_HEAD as u32)
-        .keep_alive_interval(Duration::from_secs(60));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.signaled() => {
-            // Finish what is in flight, then close (HTTP/2: GOAWAY).
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "connection ended");
-    }
 }
 
 /// Keeps the open listeners equal to the configured ones.
@@ -301,62 +261,6 @@ impl Drop for Listeners {
         for (_, (_, _, task)) in self.open.drain() {
             task.abort();
         }
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-    *r.status_mut() = status;
-    r
-}
-
-/// Which endpoints an admin listener serves. The config dump stays on the loopback admin
-/// address; the status and metrics ports, reachable from outside the pod, serve only their one
-/// path each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminRole {
-    /// `/config_dump`, plus readiness and metrics (Envoy's 15000).
-    Admin,
-    /// `/healthz/ready` (Istio's 15021).
-    Status,
-    /// `/stats/prometheus` (Istio's 15090).
-    Metrics,
-}
-
-/// Serves the endpoints of `role` on `listener` until aborted.
-pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics, drain: Drain) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (store, metrics, drain) = (store.clone(), metrics.clone(), drain.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = match (role, req.uri().path()) {
-                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
-                        match (drain.is_draining(), store.is_configured()) {
-                            (true, _) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-                            (false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n".into()),
-                            (false, true) => text(StatusCode::OK, "ready\n".into()),
-                        }
-                    }
-                    (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
-                        text(StatusCode::OK, metrics.render())
-                    }
-                    (AdminRole::Admin, "/config_dump") => {
-                        let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
-                        text(StatusCode::OK, dump)
-                    }
-                    _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-                };
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
     }
 }
 

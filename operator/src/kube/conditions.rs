@@ -1,35 +1,38 @@
-//! Status of a `MeshControlPlane`: conditions with stable transition times, and readiness of
+//! Status of a `MeshControlPlane`: typed conditions with stable transition times, and readiness of
 //! each installed component read from its Deployment.
 
 use k8s_openapi::{
     api::apps::v1::Deployment,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
-use skein_api::ComponentStatus;
+use skein_api::{
+    ComponentStatus,
+    conditions::{ConditionType, Reason},
+};
 
 /// A condition to record; `lastTransitionTime` is filled in by [`upsert_condition`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConditionUpdate<'a> {
-    /// Condition type (`Ready`, `Reconciled`).
-    pub type_: &'a str,
+pub struct ConditionUpdate {
+    /// Condition type.
+    pub type_: ConditionType,
     /// Whether it holds.
     pub status: bool,
-    /// CamelCase machine-readable reason.
-    pub reason: &'a str,
+    /// Why.
+    pub reason: Reason,
     /// Human-readable detail.
     pub message: String,
 }
 
+/// Whether `conditions` has a condition of `type_`.
+pub fn has_condition(conditions: &[Condition], type_: ConditionType) -> bool {
+    conditions.iter().any(|c| c.type_ == type_.as_str())
+}
+
 /// Sets a condition in `conditions`. `lastTransitionTime` changes only when the status flips, so
 /// re-asserting the same state writes nothing new.
-pub fn upsert_condition(
-    conditions: &mut Vec<Condition>,
-    update: ConditionUpdate<'_>,
-    generation: Option<i64>,
-    now: Time,
-) {
+pub fn upsert_condition(conditions: &mut Vec<Condition>, update: ConditionUpdate, generation: Option<i64>, now: Time) {
     let status = if update.status { "True" } else { "False" }.to_string();
-    let existing = conditions.iter().position(|c| c.type_ == update.type_);
+    let existing = conditions.iter().position(|c| c.type_ == update.type_.as_str());
     let last_transition_time = match existing {
         Some(i) if conditions[i].status == status => conditions[i].last_transition_time.clone(),
         _ => now,
@@ -37,7 +40,7 @@ pub fn upsert_condition(
     let cond = Condition {
         type_: update.type_.to_string(),
         status,
-        reason: update.reason.to_string(),
+        reason: update.reason.as_str().to_string(),
         message: update.message,
         observed_generation: generation,
         last_transition_time,
@@ -78,20 +81,20 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
 
-    fn update(status: bool, reason: &str) -> ConditionUpdate<'_> {
-        ConditionUpdate { type_: "Ready", status, reason, message: String::new() }
+    fn update(status: bool, reason: Reason) -> ConditionUpdate {
+        ConditionUpdate { type_: ConditionType::Ready, status, reason, message: String::new() }
     }
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut conds = Vec::new();
-        upsert_condition(&mut conds, update(false, "Installing"), Some(1), t(100));
-        upsert_condition(&mut conds, update(false, "ComponentsNotReady"), Some(2), t(200));
+        upsert_condition(&mut conds, update(false, Reason::Installing), Some(1), t(100));
+        upsert_condition(&mut conds, update(false, Reason::ComponentsNotReady), Some(2), t(200));
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, t(100));
         assert_eq!(conds[0].reason, "ComponentsNotReady");
         assert_eq!(conds[0].observed_generation, Some(2));
-        upsert_condition(&mut conds, update(true, "ComponentsReady"), Some(2), t(300));
+        upsert_condition(&mut conds, update(true, Reason::ComponentsReady), Some(2), t(300));
         assert_eq!(conds[0].last_transition_time, t(300));
         assert_eq!(conds[0].status, "True");
     }

@@ -1,0 +1,92 @@
+//! Condition types and reasons of `MeshControlPlane` status, typed so the operator cannot
+//! misspell one and users (and GitOps health checks) can rely on the exact strings.
+
+use std::fmt;
+
+/// A condition type on `MeshControlPlane.status.conditions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// Every installed component is available.
+    Ready,
+    /// The last reconcile applied the spec (`False` names the reason, e.g. an unknown version).
+    Reconciled,
+    /// The Istio API CRDs are installed and kept by Skein (`False` when another installation,
+    /// e.g. Istio, owns them; Skein then uses them as they are).
+    IstioCrdsManaged,
+}
+
+impl ConditionType {
+    /// The type as written in status.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Reconciled => "Reconciled",
+            ConditionType::IstioCrdsManaged => "IstioCRDsManaged",
+        }
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a condition has its status (CamelCase, as Kubernetes writes reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// `Ready=False` on a new object: installation has started.
+    Installing,
+    /// `Ready=False`: nothing is installed until the spec can be reconciled.
+    NotInstalled,
+    /// `Ready=True`: every component is available.
+    ComponentsReady,
+    /// `Ready=False`: some component is not available yet.
+    ComponentsNotReady,
+    /// `Reconciled=True`: the spec was applied.
+    Applied,
+    /// `Reconciled=False`: `spec.version`/`spec.channel` name no known release.
+    InvalidVersion,
+    /// `Reconciled=False`: the root CA Secret is missing or not in Istio's `cacerts` layout.
+    InvalidRootCa,
+    /// `IstioCRDsManaged=True`: Skein installed the Istio API CRDs.
+    Installed,
+    /// `IstioCRDsManaged=False`: another installation owns the Istio API CRDs.
+    OwnedByAnother,
+}
+
+impl Reason {
+    /// The reason as written in status and Events.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Installing => "Installing",
+            Reason::NotInstalled => "NotInstalled",
+            Reason::ComponentsReady => "ComponentsReady",
+            Reason::ComponentsNotReady => "ComponentsNotReady",
+            Reason::Applied => "Applied",
+            Reason::InvalidVersion => "InvalidVersion",
+            Reason::InvalidRootCa => "InvalidRootCA",
+            Reason::Installed => "Installed",
+            Reason::OwnedByAnother => "OwnedByAnother",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_strings_are_the_documented_ones() {
+        // Users, the e2e tests and GitOps health checks match on these exact strings.
+        assert_eq!(ConditionType::IstioCrdsManaged.to_string(), "IstioCRDsManaged");
+        assert_eq!(Reason::InvalidRootCa.to_string(), "InvalidRootCA");
+        assert_eq!(Reason::OwnedByAnother.as_str(), "OwnedByAnother");
+    }
+}

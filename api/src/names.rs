@@ -1,0 +1,36 @@
+//! Names both planes must agree on: cluster names (the control plane writes them, the proxy
+//! reads them back from SNI and reports them in metrics) and the certificate files of a
+//! workload's identity (Istio's names, so tools that read Istio's layout read Skein's).
+
+/// `outbound|<port>|<subset>|<host>`: the cluster of one service port and subset (`subset`
+/// empty for the whole service), Istio's name.
+pub fn outbound_cluster(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// `inbound|<port>||`: the cluster delivering to the local workload on `port`, Istio's name.
+pub fn inbound_cluster(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// The certificate chain file of a workload's identity.
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+/// The private key file of a workload's identity.
+pub const KEY_FILE: &str = "key.pem";
+/// The mesh root certificate file (also the `istio-ca-root-cert` ConfigMap's key).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_have_istios_form() {
+        assert_eq!(
+            outbound_cluster(9080, "v1", "reviews.default.svc.cluster.local"),
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(outbound_cluster(80, "", "a"), "outbound|80||a");
+        assert_eq!(inbound_cluster(9080), "inbound|9080||");
+    }
+}

@@ -1,0 +1,69 @@
+//! Admin endpoints: readiness (`/healthz/ready`), Prometheus metrics (`/stats/prometheus`)
+//! and the config dump (`/config_dump`), each on the listeners of its role.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use super::HEAD_TIMEOUT;
+use crate::{drain::Drain, http::Body, metrics::Metrics, store::Store};
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// Which endpoints an admin listener serves. The config dump stays on the loopback admin
+/// address; the status and metrics ports, reachable from outside the pod, serve only their one
+/// path each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// `/config_dump`, plus readiness and metrics (Envoy's 15000).
+    Admin,
+    /// `/healthz/ready` (Istio's 15021).
+    Status,
+    /// `/stats/prometheus` (Istio's 15090).
+    Metrics,
+}
+
+/// Serves the endpoints of `role` on `listener` until aborted.
+pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics, drain: Drain) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (store, metrics, drain) = (store.clone(), metrics.clone(), drain.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = match (role, req.uri().path()) {
+                    (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
+                        match (drain.is_draining(), store.is_configured()) {
+                            (true, _) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+                            (false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n".into()),
+                            (false, true) => text(StatusCode::OK, "ready\n".into()),
+                        }
+                    }
+                    (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
+                        text(StatusCode::OK, metrics.render())
+                    }
+                    (AdminRole::Admin, "/config_dump") => {
+                        let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
+                        text(StatusCode::OK, dump)
+                    }
+                    _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

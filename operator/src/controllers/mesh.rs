@@ -1,0 +1,415 @@
+//! The `MeshControlPlane` controller: resolves the release, makes sure the CA exists, applies the
+//! rendered objects, prunes what is no longer wanted and reports status and Events.
+//!
+//! Level-based and idempotent: every pass recomputes everything from the spec and the cluster,
+//! and a pass over a converged installation writes nothing.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    core::ApiResource,
+    runtime::{
+        Controller,
+        controller::Action,
+        finalizer::{self, Event},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+use skein_api::{
+    ComponentStatus, MeshControlPlane, MeshControlPlaneStatus,
+    conditions::{ConditionType, Reason},
+};
+use tracing::{info, warn};
+
+use crate::{
+    context::Context,
+    error::{Error, SpecError, backoff},
+    kube::{
+        apply::{Applier, ApplyError, Outcome},
+        conditions::{ConditionUpdate, component_status, has_condition, upsert_condition},
+    },
+    pki,
+    render::{
+        self, CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL,
+        meta::{MANAGED_BY_LABEL, object_meta},
+    },
+};
+
+/// The one finalizer the operator puts on a `MeshControlPlane`.
+pub const FINALIZER: &str = "mesh.skein.dev/cleanup";
+/// Annotation on a namespace the operator created (so deletion removes only such namespaces).
+pub const CREATED_BY_ANNOTATION: &str = "mesh.skein.dev/created-by";
+
+/// How often a converged installation is re-checked without any event (drift the watches
+/// missed). Events drive everything else.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check interval while components are still becoming ready.
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Runs the `MeshControlPlane` controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    // Children are watched by label only, so the operator caches its own objects and not every
+    // Secret or Deployment of the cluster. `watches` with the owner label rather than `owns`:
+    // `owns` would key a namespaced child's owner as <namespace>/<name>, a second key for the
+    // same cluster-scoped MeshControlPlane, and two reconciles of one object could then run at
+    // once.
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let mcps: Api<MeshControlPlane> = Api::all(client.clone());
+    Controller::new(mcps, watcher::Config::default())
+        .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ServiceAccount>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ConfigMap>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Secret>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<Role>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<RoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRole>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone(), owner_of)
+        .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned, owner_of)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// The `MeshControlPlane` a managed object belongs to (cluster-scoped, so no namespace).
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<MeshControlPlane>> {
+    obj.labels().get(OWNER_LABEL).map(|name| ObjectRef::new(name))
+}
+
+/// Reconciles one `MeshControlPlane`.
+pub async fn reconcile(mcp: Arc<MeshControlPlane>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let name = mcp.name_any();
+    let api: Api<MeshControlPlane> = Api::all(ctx.client.clone());
+    let result = finalizer::finalizer(&api, FINALIZER, mcp, |event| async {
+        match event {
+            Event::Apply(mcp) => apply(&mcp, &ctx).await,
+            Event::Cleanup(mcp) => cleanup(&mcp, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.succeeded(&name);
+    }
+    result
+}
+
+/// The one place a failed reconcile is judged: counted under its kind, and retried with
+/// back-off (a spec error never gets here: it becomes a condition in [`apply`]).
+pub fn error_policy(mcp: Arc<MeshControlPlane>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(err.metric_label());
+    let delay = backoff(ctx.failed(&mcp.name_any()));
+    warn!(name = %mcp.name_any(), error = %err, retry_in = ?delay, "reconcile error");
+    Action::requeue(delay)
+}
+
+/// Installs what the spec asks for. A spec the operator cannot act on is reported as a
+/// condition (and a Warning Event) and waits for a change; nothing installed is touched.
+async fn apply(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
+    let previous = mcp.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = mcp.metadata.generation;
+    status.channel = Some(mcp.spec.channel.to_string());
+
+    // A new object says Ready=False before anything else, so kstatus (Flux) and Argo CD see it
+    // as in progress rather than as a resource without status.
+    if !has_condition(&previous.conditions, ConditionType::Ready) {
+        set(&mut status, mcp, ConditionType::Ready, false, Reason::Installing, "installation has started".into());
+        write_status(mcp, ctx, &previous, status.clone()).await?;
+    }
+    match install(mcp, ctx, &mut status).await {
+        Ok(action) => {
+            write_status(mcp, ctx, &previous, status).await?;
+            Ok(action)
+        }
+        Err(Error::InvalidSpec(e)) => refuse(mcp, ctx, &previous, status, e).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The install steps, recording conditions in `status` as they go.
+async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControlPlaneStatus) -> Result<Action, Error> {
+    let name = mcp.name_any();
+    let ns = render::namespace(mcp).to_string();
+    // 1. Which release. An unknown one is refused and nothing installed is touched.
+    let release = ctx
+        .catalog
+        .resolve(mcp.spec.version.as_deref(), mcp.spec.channel)
+        .map_err(|e| SpecError { reason: Reason::InvalidVersion, message: e.to_string() })?
+        .clone();
+
+    // 2. The CA: a bad user Secret is also refused without touching anything.
+    ensure_namespace(mcp, ctx).await?;
+    let (ca, issued) = pki::ensure_ca(mcp, ctx).await?;
+    if issued == pki::Issued::Root {
+        let note = format!("generated the self-signed mesh root CA in Secret {ns}/{}", render::ca_secret_name(mcp));
+        ctx.events.normal(&mcp.object_ref(&()), "GeneratedRootCA", "Install", note).await;
+    }
+    let applier = Applier::new(ctx.client.clone());
+    let mut applied = u64::from(pki::ensure_webhook_cert(mcp, ctx, &applier, &ca).await?);
+
+    // 3. The Istio API CRDs, unless another installation owns them.
+    let foreign = ensure_istio_crds(&applier, ctx, &mut applied).await?;
+    match foreign.is_empty() {
+        true => set(
+            status,
+            mcp,
+            ConditionType::IstioCrdsManaged,
+            true,
+            Reason::Installed,
+            "the Istio API CRDs are installed by Skein".into(),
+        ),
+        false => set(
+            status,
+            mcp,
+            ConditionType::IstioCrdsManaged,
+            false,
+            Reason::OwnedByAnother,
+            format!("left as they are (not installed by Skein): {}", foreign.join(", ")),
+        ),
+    }
+
+    // 4. Everything else, rendered from the spec.
+    let facts = Facts { release: &release, root_cert_pem: &ca.root_cert_pem, revision: DEFAULT_REVISION };
+    let desired = render::render(mcp, facts);
+    let mut written = Vec::new();
+    for d in &desired {
+        if applier.ensure(d, &ns).await? == Outcome::Applied {
+            info!(name, object = %d.describe(), "applied");
+            written.push(d.describe());
+        }
+    }
+    let pruned = prune(mcp, &applier, &desired).await?;
+    applied += written.len() as u64;
+    ctx.metrics.objects_applied(applied);
+    if !written.is_empty() || !pruned.is_empty() {
+        let mut note = format!("release {}: applied {}", release.version, list(&written));
+        if !pruned.is_empty() {
+            note.push_str(&format!("; pruned {}", list(&pruned)));
+        }
+        ctx.events.normal(&mcp.object_ref(&()), Reason::Applied.as_str(), "Install", note).await;
+    }
+
+    // 5. Status from what is really running.
+    status.version = Some(release.version.to_string());
+    status.active_revision = Some(DEFAULT_REVISION.to_string());
+    status.components = components_status(mcp, ctx).await?;
+    let not_ready: Vec<String> = status.components.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect();
+    let message = format!("release {} applied to namespace {ns}", release.version);
+    set(status, mcp, ConditionType::Reconciled, true, Reason::Applied, message);
+    let ready = not_ready.is_empty();
+    let (reason, message) = match ready {
+        true => (Reason::ComponentsReady, "all components are available".to_string()),
+        false => (Reason::ComponentsNotReady, format!("waiting for {}", not_ready.join(", "))),
+    };
+    set(status, mcp, ConditionType::Ready, ready, reason, message);
+    Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
+}
+
+/// `a, b and 2 more`: a short list for an Event note (Events hold at most 1 kB).
+fn list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// Sets one condition of `status` for the object's current generation.
+fn set(
+    status: &mut MeshControlPlaneStatus,
+    mcp: &MeshControlPlane,
+    type_: ConditionType,
+    ok: bool,
+    reason: Reason,
+    message: String,
+) {
+    let update = ConditionUpdate { type_, status: ok, reason, message };
+    upsert_condition(&mut status.conditions, update, mcp.metadata.generation, now());
+}
+
+/// Installs or updates the Istio API CRDs Skein manages; returns the ones another installation
+/// owns (`name (managed by X)`), which are left untouched.
+async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) -> Result<Vec<String>, Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let mut foreign = Vec::new();
+    for d in render::istio_crds() {
+        let existing = api.get_opt(&d.name).await.map_err(ApplyError::during("get", d.describe()))?;
+        if let Some(crd) = existing {
+            let manager = crd.labels().get(MANAGED_BY_LABEL).cloned();
+            if manager.as_deref() != Some(render::MANAGED_BY) {
+                foreign.push(format!("{} (managed by {})", d.name, manager.as_deref().unwrap_or("unknown")));
+                continue;
+            }
+        }
+        if applier.ensure(&d, "").await? == Outcome::Applied {
+            info!(object = %d.describe(), "applied");
+            *applied += 1;
+        }
+    }
+    Ok(foreign)
+}
+
+/// Reports a spec the operator cannot act on: `Reconciled=False` with the reason and a Warning
+/// Event (once, when the condition changes); `Ready` keeps describing what is installed
+/// (False if nothing is).
+async fn refuse(
+    mcp: &MeshControlPlane,
+    ctx: &Context,
+    previous: &MeshControlPlaneStatus,
+    mut status: MeshControlPlaneStatus,
+    e: SpecError,
+) -> Result<Action, Error> {
+    warn!(name = %mcp.name_any(), reason = %e.reason, message = e.message, "spec refused");
+    let retry = e.recheck();
+    set(&mut status, mcp, ConditionType::Reconciled, false, e.reason, e.message.clone());
+    if !has_condition(&status.conditions, ConditionType::Ready) {
+        let message = "nothing is installed until the spec can be reconciled".into();
+        set(&mut status, mcp, ConditionType::Ready, false, Reason::NotInstalled, message);
+    }
+    let changed = previous.conditions.iter().find(|c| c.type_ == ConditionType::Reconciled.as_str()).is_none_or(|c| {
+        c.reason != e.reason.as_str() || c.message != e.message || c.observed_generation != mcp.metadata.generation
+    });
+    if changed {
+        ctx.events.warning(&mcp.object_ref(&()), e.reason.as_str(), "Install", e.message).await;
+    }
+    write_status(mcp, ctx, previous, status).await?;
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn write_status(
+    mcp: &MeshControlPlane,
+    ctx: &Context,
+    previous: &MeshControlPlaneStatus,
+    status: MeshControlPlaneStatus,
+) -> Result<(), Error> {
+    if *previous == status && mcp.status.is_some() {
+        return Ok(());
+    }
+    let api: Api<MeshControlPlane> = Api::all(ctx.client.clone());
+    api.patch_status(&mcp.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .map_err(ApplyError::during("patch status of", format!("MeshControlPlane/{}", mcp.name_any())))?;
+    ctx.metrics.status_written();
+    Ok(())
+}
+
+/// Creates `spec.namespace` if it is missing, marked as ours so deletion can remove it. A
+/// namespace that existed before is never modified.
+async fn ensure_namespace(mcp: &MeshControlPlane, ctx: &Context) -> Result<(), Error> {
+    let ns = render::namespace(mcp);
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    if api.get_opt(ns).await.map_err(ApplyError::during("get", format!("Namespace/{ns}")))?.is_some() {
+        return Ok(());
+    }
+    let mut meta = object_meta(mcp, ns, false, CONTROL_PLANE);
+    meta.annotations = Some(BTreeMap::from([(CREATED_BY_ANNOTATION.to_string(), mcp.name_any())]));
+    let obj = Namespace { metadata: meta, ..Default::default() };
+    let params = PostParams { field_manager: Some(render::FIELD_MANAGER.into()), ..Default::default() };
+    match api.create(&params, &obj).await {
+        Ok(_) => {
+            info!(namespace = ns, "created namespace");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        Err(e) => Err(ApplyError::during("create", format!("Namespace/{ns}"))(e).into()),
+    }
+}
+
+/// Deletes namespaced objects this installation made earlier but no longer wants (a gateway
+/// turned off, the PDB when replicas drop to 1).
+async fn prune(mcp: &MeshControlPlane, applier: &Applier, desired: &[Desired]) -> Result<Vec<String>, Error> {
+    let ns = render::namespace(mcp);
+    let selector = format!("{OWNER_LABEL}={}", mcp.name_any());
+    let mut pruned = Vec::new();
+    for resource in [
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+    ] {
+        let keep: Vec<&str> = desired
+            .iter()
+            .filter(|d| d.namespaced && d.resource.kind == resource.kind)
+            .map(|d| d.name.as_str())
+            .collect();
+        for gone in applier.prune(&resource, ns, &selector, &keep).await? {
+            let what = format!("{}/{gone}", resource.kind);
+            info!(object = %what, "pruned");
+            pruned.push(what);
+        }
+    }
+    Ok(pruned)
+}
+
+async fn components_status(mcp: &MeshControlPlane, ctx: &Context) -> Result<Vec<ComponentStatus>, Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), render::namespace(mcp));
+    let mut wanted = vec![("controlPlane", CONTROL_PLANE)];
+    wanted.extend(Gateway::ALL.into_iter().filter(|g| g.enabled(mcp)).map(|g| (g.component(), g.name())));
+    let mut out = Vec::with_capacity(wanted.len());
+    for (component, deployment) in wanted {
+        let d = api.get_opt(deployment).await.map_err(ApplyError::during("get", format!("Deployment/{deployment}")))?;
+        out.push(component_status(component, d.as_ref()));
+    }
+    Ok(out)
+}
+
+/// Removes what owner references cannot: cluster-scoped objects are deleted explicitly (so the
+/// result does not depend on garbage-collector timing) and the namespace goes only if the
+/// operator created it.
+async fn cleanup(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let cluster_role = render::cluster_scoped_name(CONTROL_PLANE, mcp);
+    delete_if_present(Api::<ClusterRoleBinding>::all(client.clone()), &cluster_role).await?;
+    delete_if_present(Api::<ClusterRole>::all(client.clone()), &cluster_role).await?;
+    delete_if_present(Api::<MutatingWebhookConfiguration>::all(client.clone()), &render::webhook_name(mcp)).await?;
+    let ns = render::namespace(mcp);
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let live = ns_api.get_opt(ns).await.map_err(ApplyError::during("get", format!("Namespace/{ns}")))?;
+    if live.is_some_and(|n| n.annotations().get(CREATED_BY_ANNOTATION) == Some(&mcp.name_any())) {
+        delete_if_present(ns_api, ns).await?;
+    }
+    info!(name = %mcp.name_any(), "cleaned up");
+    ctx.events.normal(&mcp.object_ref(&()), "CleanedUp", "Delete", format!("removed the installation in {ns}")).await;
+    Ok(Action::await_change())
+}
+
+async fn delete_if_present<K>(api: Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(ApplyError::during("delete", name.to_string())(e).into()),
+    }
+}
