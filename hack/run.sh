@@ -89,6 +89,11 @@ until [ -n "$(k get virtualservice reviews -o jsonpath='{.status.conditions[?(@.
   sleep 0.5
 done
 k get virtualservices,destinationrules -o custom-columns='KIND:.kind,NAME:.metadata.name,ACCEPTED:.status.conditions[0].status,MESSAGE:.status.conditions[0].message'
+# The sample is valid Istio YAML: anything but Accepted=True on every object is a failure.
+rejected=$(k get virtualservices,destinationrules -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Accepted")].status}{"\n"}{end}' | grep -v '=True$' || true)
+if [ -n "$rejected" ]; then
+  echo "sample not accepted: $rejected; log:"; tail -n 30 "$cp_log"; exit 1
+fi
 echo
 echo "Skein is running. Try:  export KUBECONFIG=$kubeconfig; kubectl get mcp -o yaml"
 [ "${SKEIN_RUN_EXIT_WHEN_READY:-}" = 1 ] && exit 0

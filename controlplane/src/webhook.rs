@@ -27,20 +27,54 @@ use crate::{inject, metrics::Metrics};
 /// Largest AdmissionReview accepted (a pod spec is far smaller).
 const MAX_BODY: usize = 4 << 20;
 
+/// The serving certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is missing or unreadable.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate and key do not make a TLS server configuration.
+    #[error("webhook certificate: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// An AdmissionReview that cannot be answered (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is not JSON.
+    #[error("not an AdmissionReview: {0}")]
+    NotJson(String),
+    /// A required field is missing or wrong; names the field.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Path of the field (`kind`, `request.uid`, ...).
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The response could not be encoded.
+    #[error("encoding the response: {0}")]
+    Encode(String),
+}
+
 /// Loads the serving certificate from `dir` (`tls.crt`, `tls.key`).
-pub fn load(dir: &std::path::Path) -> Result<Arc<ServerConfig>, String> {
+pub fn load(dir: &std::path::Path) -> Result<Arc<ServerConfig>, TlsError> {
     let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
         .and_then(Iterator::collect)
-        .map_err(|e| format!("{}: {e}", crt.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+        .map_err(|source| TlsError::Pem { path: crt.clone(), source })?;
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|source| TlsError::Pem { path: key.clone(), source })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("webhook certificate: {e}"))?;
+        .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -55,7 +89,7 @@ pub async fn serve(
     tls_dir: PathBuf,
     template: inject::Template,
     metrics: Metrics,
-) -> Result<(), String> {
+) -> Result<(), TlsError> {
     let tls = Arc::new(RwLock::new(load(&tls_dir)?));
     // Certificate reload: the operator renews the Secret, the kubelet updates the files.
     {
@@ -125,25 +159,26 @@ async fn handle(
             }
             reply(StatusCode::OK, response.to_string())
         }
-        Err(e) => reply(StatusCode::BAD_REQUEST, json!({"error": e}).to_string()),
+        Err(e) => reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}).to_string()),
     }
 }
 
 /// Answers one AdmissionReview: (response review, whether a sidecar was injected).
-pub fn review(body: &[u8], template: &inject::Template) -> Result<(Value, bool), String> {
-    let review: Value = serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+pub fn review(body: &[u8], template: &inject::Template) -> Result<(Value, bool), ReviewError> {
+    let review: Value = serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
     if review["kind"] != "AdmissionReview" {
-        return Err("kind: expected AdmissionReview".into());
+        return Err(ReviewError::Field { field: "kind", reason: "expected AdmissionReview" });
     }
     let request = &review["request"];
-    let uid = request["uid"].as_str().ok_or("request.uid: missing")?;
-    let object = request.get("object").ok_or("request.object: missing")?;
+    let uid = request["uid"].as_str().ok_or(ReviewError::Field { field: "request.uid", reason: "missing" })?;
+    let object = request.get("object").ok_or(ReviewError::Field { field: "request.object", reason: "missing" })?;
     let mut response = json!({"uid": uid, "allowed": true});
     let injected = match inject::patch(object, template) {
         Ok(Some(ops)) => {
-            let patch = serde_json::to_vec(&ops).map_err(|e| e.to_string())?;
+            let patch = serde_json::to_vec(&ops).map_err(|e| ReviewError::Encode(e.to_string()))?;
             // ByteString serializes as base64, the wire form of `patch`.
-            response["patch"] = serde_json::to_value(k8s_openapi::ByteString(patch)).map_err(|e| e.to_string())?;
+            response["patch"] =
+                serde_json::to_value(k8s_openapi::ByteString(patch)).map_err(|e| ReviewError::Encode(e.to_string()))?;
             response["patchType"] = json!("JSONPatch");
             true
         }
@@ -182,10 +217,14 @@ mod tests {
 
     #[test]
     fn malformed_reviews_are_refused_with_the_reason() {
-        assert!(review(b"{", &template()).unwrap_err().contains("not an AdmissionReview"));
-        assert!(review(br#"{"kind": "Pod"}"#, &template()).unwrap_err().contains("kind"));
-        assert!(
-            review(br#"{"kind": "AdmissionReview", "request": {}}"#, &template()).unwrap_err().contains("request.uid")
+        assert!(review(b"{", &template()).unwrap_err().to_string().contains("not an AdmissionReview"));
+        assert_eq!(
+            review(br#"{"kind": "Pod"}"#, &template()).unwrap_err(),
+            ReviewError::Field { field: "kind", reason: "expected AdmissionReview" }
+        );
+        assert_eq!(
+            review(br#"{"kind": "AdmissionReview", "request": {}}"#, &template()).unwrap_err(),
+            ReviewError::Field { field: "request.uid", reason: "missing" }
         );
         // A pod without a spec is admitted unchanged, with a warning.
         let (resp, injected) =

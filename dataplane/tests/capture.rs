@@ -24,6 +24,8 @@ const VIP: &str = "10.96.0.10";
 
 fn prerequisites() -> bool {
     if std::env::var("SKEIN_SKIP_NETNS").is_ok_and(|v| v == "1") {
+        // CI must prove transparent capture: a skip there would turn this test into a pass.
+        assert!(std::env::var_os("CI").is_none(), "SKEIN_SKIP_NETNS=1 is refused under CI");
         eprintln!("SKEIN_SKIP_NETNS=1: skipping network namespace test");
         return false;
     }

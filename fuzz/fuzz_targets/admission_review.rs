@@ -9,7 +9,7 @@ use skein_controlplane::{inject::Template, webhook::review};
 fuzz_target!(|data: &[u8]| {
     let t = Template { proxy_image: "p".into(), discovery_address: "cp:15012".into(), revision: "default".into() };
     match review(data, &t) {
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => assert!(!e.to_string().is_empty()),
         Ok((resp, injected)) => {
             assert_eq!(resp["kind"], "AdmissionReview");
             assert!(resp["response"]["uid"].is_string());

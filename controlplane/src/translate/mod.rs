@@ -53,27 +53,38 @@ pub struct Node {
     pub namespace: String,
 }
 
+/// A node id that is not Istio's `<type>~<ip>~<pod>.<namespace>~<domain>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id {id:?}: {reason}")]
+pub struct InvalidNodeId {
+    /// The id as sent.
+    pub id: String,
+    /// Which part is wrong.
+    pub reason: String,
+}
+
 impl Node {
     /// Parses a node id; the error says which part is wrong.
-    pub fn parse(id: &str) -> Result<Self, String> {
+    pub fn parse(id: &str) -> Result<Self, InvalidNodeId> {
+        let bad = |reason: String| InvalidNodeId { id: id.to_string(), reason };
         let parts: Vec<&str> = id.split('~').collect();
         let [kind, ip, pod_ns, _domain] = parts[..] else {
-            return Err(format!("node id {id:?}: expected <type>~<ip>~<pod>.<namespace>~<domain>"));
+            return Err(bad("expected <type>~<ip>~<pod>.<namespace>~<domain>".into()));
         };
         let kind = match kind {
             "sidecar" => NodeKind::Sidecar,
             "router" => NodeKind::Router,
-            other => return Err(format!("node id {id:?}: unknown proxy type {other:?} (sidecar or router)")),
+            other => return Err(bad(format!("unknown proxy type {other:?} (sidecar or router)"))),
         };
         let ip = if ip.is_empty() {
             None
         } else {
-            Some(ip.parse().map_err(|_| format!("node id {id:?}: {ip:?} is not an IP address"))?)
+            Some(ip.parse().map_err(|_| bad(format!("{ip:?} is not an IP address")))?)
         };
         let (pod, namespace) =
-            pod_ns.rsplit_once('.').ok_or_else(|| format!("node id {id:?}: {pod_ns:?} is not <pod>.<namespace>"))?;
+            pod_ns.rsplit_once('.').ok_or_else(|| bad(format!("{pod_ns:?} is not <pod>.<namespace>")))?;
         if pod.is_empty() || namespace.is_empty() {
-            return Err(format!("node id {id:?}: empty pod name or namespace"));
+            return Err(bad("empty pod name or namespace".into()));
         }
         Ok(Self { id: id.to_string(), kind, ip, pod: pod.into(), namespace: namespace.into() })
     }

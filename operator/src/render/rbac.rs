@@ -1,7 +1,7 @@
 //! RBAC of the control plane: what it reads cluster-wide, the Secrets of its own namespace.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use serde_json::json;
+use serde_json::{Value, json};
 use skein_api::MeshControlPlane;
 
 use super::{CONTROL_PLANE, Desired, cluster_scoped_name, meta::metadata, namespace};
@@ -10,7 +10,6 @@ use super::{CONTROL_PLANE, Desired, cluster_scoped_name, meta::metadata, namespa
 pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
     let name = cluster_scoped_name(CONTROL_PLANE, mcp);
     let ns = namespace(mcp);
-    let read = json!(["get", "list", "watch"]);
     let subject = json!([{"kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": ns}]);
     vec![
         Desired::new::<ClusterRole>(
@@ -19,19 +18,7 @@ pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRole",
                 "metadata": metadata(mcp, &name, false, CONTROL_PLANE),
-                "rules": [
-                    // Service discovery: what the proxies route to.
-                    {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": read},
-                    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
-                    // The Istio API users write; status carries validation results.
-                    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": read},
-                    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*/status"], "verbs": ["update", "patch"]},
-                    // Authenticates proxies asking for certificates by their ServiceAccount token.
-                    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-                    // Publishes the root certificate to every namespace (istio-ca-root-cert).
-                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-                    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-                ],
+                "rules": control_plane_cluster_rules(),
             }),
         ),
         Desired::new::<ClusterRoleBinding>(
@@ -52,10 +39,7 @@ pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
                 "metadata": metadata(mcp, CONTROL_PLANE, true, CONTROL_PLANE),
-                "rules": [
-                    {"apiGroups": [""], "resources": ["secrets"], "verbs": read},
-                    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-                ],
+                "rules": control_plane_namespace_rules(),
             }),
         ),
         Desired::new::<RoleBinding>(
@@ -68,5 +52,84 @@ pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
                 "subjects": subject,
             }),
         ),
+    ]
+}
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+
+/// What the control plane may do cluster-wide.
+pub fn control_plane_cluster_rules() -> Value {
+    json!([
+        // Service discovery: what the proxies route to.
+        {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": READ},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        // The Istio API users write; status carries validation results.
+        {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": READ},
+        {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*/status"], "verbs": ["update", "patch"]},
+        // Authenticates proxies asking for certificates by their ServiceAccount token.
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        // Publishes the root certificate to every namespace (istio-ca-root-cert).
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ])
+}
+
+/// What the control plane may do in its own namespace: read Secrets (the CA and the webhook
+/// certificate, which the operator writes) and hold its leader Lease.
+pub fn control_plane_namespace_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": READ},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    ])
+}
+
+/// What the operator itself does cluster-wide (its own API, the objects an installation is
+/// made of, the Istio API CRDs, Events).
+fn operator_own_rules() -> Value {
+    let manage = json!(["get", "list", "watch", "create", "patch", "update", "delete"]);
+    json!([
+        {"apiGroups": [skein_api::GROUP], "resources": ["meshcontrolplanes"], "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": [skein_api::GROUP], "resources": ["meshcontrolplanes/status"], "verbs": ["get", "patch", "update"]},
+        {"apiGroups": [skein_api::GROUP], "resources": ["meshcontrolplanes/finalizers"], "verbs": ["update"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts", "services", "configmaps", "secrets"], "verbs": manage},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": manage},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": manage},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles", "clusterrolebindings", "roles", "rolebindings"], "verbs": manage},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": manage},
+        // The Istio API CRDs: installed and updated, never deleted (they hold users' resources).
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ])
+}
+
+/// The operator's ClusterRole and its binding (`config/rbac/role.yaml`, written by `make
+/// generate`). Kubernetes lets the operator grant the control plane only permissions it holds
+/// itself, so the control plane's rules are part of it, from the same functions that render
+/// the control plane's roles; a change to either shows up here and as generated-file drift.
+pub fn operator_cluster_role(service_account_namespace: &str) -> Vec<Value> {
+    let labels = json!({"app.kubernetes.io/name": "skein-operator", "app.kubernetes.io/part-of": "skein"});
+    let mut rules: Vec<Value> = Vec::new();
+    for set in [operator_own_rules(), control_plane_cluster_rules(), control_plane_namespace_rules()] {
+        for rule in set.as_array().into_iter().flatten() {
+            if !rules.contains(rule) {
+                rules.push(rule.clone());
+            }
+        }
+    }
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "skein-operator", "labels": labels},
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "skein-operator", "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "skein-operator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "skein-operator", "namespace": service_account_namespace}],
+        }),
     ]
 }
