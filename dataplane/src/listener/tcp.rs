@@ -20,7 +20,7 @@ use crate::{
     accesslog::Entry,
     authz,
     connect::tcp_connect,
-    http::{ConnInfo, Proxy},
+    http::{ConnInfo, Proxy, ResponseFlag},
     identity,
     metrics::TcpLabels,
     runtime::Runtime,
@@ -84,7 +84,7 @@ async fn handle(
     let session = Session::new(&proxy, &rt, peer, local);
     // No route: logged with Envoy's NR flag, then closed.
     let not_found = || {
-        session.refused(None, "NR");
+        session.refused(None, ResponseFlag::NoRoute);
         std::io::Error::new(std::io::ErrorKind::NotFound, "no cluster for connection")
     };
     match mode {
@@ -97,7 +97,7 @@ async fn handle(
                 Inbound::Tls(_, id) => id.clone(),
             };
             if let Err(e) = authorize(&rt, &listener, identity.as_deref(), peer, local_port) {
-                session.refused(Some(&up.name), "RBAC");
+                session.refused(Some(&up.name), ResponseFlag::Rbac);
                 return Err(e);
             }
             match inbound {
@@ -106,7 +106,8 @@ async fn handle(
             }
         }
         Mode::SniPassthrough => {
-            let (sni, first) = client_hello(&mut client).await.inspect_err(|_| session.refused(None, "NR"))?;
+            let (sni, first) =
+                client_hello(&mut client).await.inspect_err(|_| session.refused(None, ResponseFlag::NoRoute))?;
             // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
             let up = sni
                 .as_deref()
@@ -119,7 +120,8 @@ async fn handle(
             proxy_to(client, first, &up, &session).await
         }
         Mode::TlsRoutes { listener } => {
-            let (sni, first) = client_hello(&mut client).await.inspect_err(|_| session.refused(None, "NR"))?;
+            let (sni, first) =
+                client_hello(&mut client).await.inspect_err(|_| session.refused(None, ResponseFlag::NoRoute))?;
             let up = sni.as_deref().and_then(|n| rt.tls_route(&listener, n)).cloned().ok_or_else(not_found)?;
             proxy_to(client, first, &up, &session).await
         }
@@ -142,7 +144,7 @@ where
                 return proxy_to(client, first, up, &session).await;
             }
             if rt.config.outbound_traffic_policy == OutboundPolicy::RegistryOnly {
-                session.refused(Some("BlackHoleCluster"), "NR");
+                session.refused(Some("BlackHoleCluster"), ResponseFlag::NoRoute);
                 return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "not in the registry"));
             }
             relay_to(client, first, dst, "PassthroughCluster", "PassthroughCluster", &session).await
@@ -150,7 +152,7 @@ where
         Capture::Inbound => {
             let cluster = skein_api::names::inbound_cluster(dst.port());
             if let Err(e) = authorize(&rt, &conn.listener, conn.identity.as_deref(), conn.peer, dst.port()) {
-                session.refused(Some(&cluster), "RBAC");
+                session.refused(Some(&cluster), ResponseFlag::Rbac);
                 return Err(e);
             }
             relay_to(client, first, dst, &cluster, &cluster, &session).await
@@ -214,21 +216,27 @@ impl<'a> Session<'a> {
         metrics.tcp_received.get_or_create(&labels).inc_by(from_client);
         metrics.tcp_sent.get_or_create(&labels).inc_by(to_client);
         metrics.tcp_closed.get_or_create(&labels).inc();
-        self.log(Some(cluster), Some(upstream), "-", (from_client, to_client));
+        self.log(Some(cluster), Some(upstream), ResponseFlag::None, (from_client, to_client));
         result.map(|_| ())
     }
 
     /// No connection to the upstream could be made (Envoy's `UF`).
     fn failed(&self, cluster: &str, upstream: Option<SocketAddr>) {
-        self.log(Some(cluster), upstream, "UF", (0, 0));
+        self.log(Some(cluster), upstream, ResponseFlag::UpstreamConnectFailure, (0, 0));
     }
 
-    /// Closed before any upstream was chosen (`flags`: `NR` no route, `RBAC`, `UO` overflow).
-    fn refused(&self, cluster: Option<&str>, flags: &'static str) {
+    /// Closed before any upstream was chosen (`NR` no route, `RBAC`, `UO` overflow).
+    fn refused(&self, cluster: Option<&str>, flags: ResponseFlag) {
         self.log(cluster, None, flags, (0, 0));
     }
 
-    fn log(&self, cluster: Option<&str>, upstream: Option<SocketAddr>, flags: &str, (received, sent): (u64, u64)) {
+    fn log(
+        &self,
+        cluster: Option<&str>,
+        upstream: Option<SocketAddr>,
+        flags: ResponseFlag,
+        (received, sent): (u64, u64),
+    ) {
         let Some(cfg) = &self.rt.config.access_log else { return };
         let entry = Entry {
             start_time: self.start_time.to_string(),
@@ -236,7 +244,7 @@ impl<'a> Session<'a> {
             path: "-".into(),
             protocol: "-".into(),
             response_code: 0,
-            response_flags: flags.into(),
+            response_flags: flags.as_str().into(),
             bytes_received: received,
             bytes_sent: sent,
             duration: self.start.elapsed().as_millis() as u64,
@@ -268,7 +276,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(_admission) = up.admit().await else {
-        session.refused(Some(&up.name), "UO");
+        session.refused(Some(&up.name), ResponseFlag::UpstreamOverflow);
         return Err(std::io::Error::other("cluster overflow"));
     };
     let (tcp, addr) = match connect(up, session.peer).await {

@@ -1,0 +1,369 @@
+//! The HTTP request path, by stage: admission and headers ([`headers`]), authorization and
+//! routing (here), per-route filters — faults, redirect, rewrite ([`filters`]) — mirroring
+//! ([`mirror`]), then circuit breaking, destination choice and forwarding with timeouts and
+//! retries ([`forward`]). Why the proxy answered as it did is a [`ResponseFlag`].
+//!
+//! Request bodies are buffered up to `MAX_BODY` so a retry or a mirror can resend them (Envoy
+//! buffers for the same reason); a larger body is refused with 413 rather than held unbounded.
+
+mod filters;
+mod flags;
+mod forward;
+mod headers;
+mod mirror;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    http::request::Parts,
+};
+use skein_api::proxy::{Capture, OutboundPolicy, PASSTHROUGH_CLUSTER};
+use tracing::debug;
+
+pub use flags::ResponseFlag;
+pub use mirror::shadow_authority;
+
+use self::{
+    forward::{Forward, pick_destination, read_body},
+    headers::{ensure_request_id, entry_for, set_client_cert_header, split_port, strip_hop_by_hop},
+};
+use crate::{
+    accesslog::AccessLogger,
+    authz,
+    connect::MeshConnector,
+    drain::Drain,
+    identity,
+    metrics::{Metrics, RequestKey},
+    pool::Pool,
+    runtime::{RequestView, Routed, Runtime},
+    store::Store,
+};
+
+/// Largest request body the proxy buffers.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest total size of request header names and values (Envoy's default, 60 KiB).
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+/// Most request headers accepted (Envoy's default).
+pub const MAX_HEADERS: usize = 100;
+
+/// Response body type of the proxy.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Connect timeout of passthrough traffic and inbound delivery, HTTP and TCP (Istio's default
+/// cluster connect timeout).
+pub(crate) const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the proxy knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Name of the listener that accepted it (selects its authorization policies).
+    pub listener: Arc<str>,
+    /// Listener port.
+    pub port: u16,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Peer SPIFFE id, when the peer authenticated with mTLS.
+    pub identity: Option<Arc<str>>,
+    /// Set on connections redirected by iptables: which capture, and where the client was
+    /// really going (`SO_ORIGINAL_DST`).
+    pub captured: Option<(Capture, SocketAddr)>,
+    /// The client spoke HTTPS to this proxy (a gateway terminating TLS; mesh mTLS does not
+    /// count: the application's scheme under it is http). Redirects keep the scheme.
+    pub https: bool,
+}
+
+impl ConnInfo {
+    /// A connection accepted on a plain (not capture) listener.
+    pub fn new(listener: Arc<str>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>) -> Self {
+        Self { listener, port, peer, identity, captured: None, https: false }
+    }
+}
+
+/// Everything a request handler needs; shared by all connections.
+pub struct Proxy {
+    store: Store,
+    metrics: Metrics,
+    /// Connections for ALLOW_ANY passthrough and inbound delivery (clusters have their own).
+    passthrough: Pool,
+    access_log: AccessLogger,
+    drain: Drain,
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// Outcome of the request path, before it becomes a response.
+struct Outcome {
+    response: Response<Body>,
+    flag: ResponseFlag,
+    /// Endpoint that answered, if the request was sent anywhere.
+    upstream: Option<SocketAddr>,
+}
+
+impl Outcome {
+    fn local(status: StatusCode, body: &'static str, flag: ResponseFlag) -> Self {
+        Self { response: full(status, body), flag, upstream: None }
+    }
+
+    fn upstream(response: Response<Body>, addr: SocketAddr) -> Self {
+        Self { response, flag: ResponseFlag::None, upstream: Some(addr) }
+    }
+
+    /// 504 `UT`: the route timeout passed.
+    fn timeout() -> Self {
+        Self::local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", ResponseFlag::UpstreamTimeout)
+    }
+
+    /// 503 `UH`: no endpoint to send to.
+    fn no_healthy_upstream() -> Self {
+        Self::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", ResponseFlag::NoHealthyUpstream)
+    }
+
+    /// 503 with Envoy's body for a failed (`UF`) or reset (`UR`) upstream connection.
+    fn connect_error(flag: ResponseFlag) -> Self {
+        Self::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers\n",
+            flag,
+        )
+    }
+}
+
+/// Where a request was attributed, for metrics and the access log.
+#[derive(Default)]
+struct Attribution {
+    service: String,
+    cluster: Option<String>,
+    route: Option<String>,
+}
+
+impl Attribution {
+    fn service(service: impl Into<String>) -> Self {
+        Self { service: service.into(), ..Default::default() }
+    }
+}
+
+impl Proxy {
+    /// The active configuration.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.store.current()
+    }
+
+    /// Drain state shared by all of this proxy's connections.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// The metrics this proxy records to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The access log writer (TCP connections are logged there too).
+    pub fn access_log(&self) -> &AccessLogger {
+        &self.access_log
+    }
+
+    /// A proxy serving the configuration in `store`.
+    pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
+        let passthrough =
+            Pool::new(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT }, false, None);
+        let access_log = AccessLogger::start(metrics.clone());
+        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default() })
+    }
+
+    /// Handles one request that arrived on a listener bound to `port`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let mut req = req;
+        // Trace context: traceparent/tracestate and b3 headers pass through untouched (they are
+        // not hop-by-hop); x-request-id is kept or created here so every hop, retry and mirror
+        // of this request carries the same one.
+        ensure_request_id(req.headers_mut());
+        let rt = self.store.current();
+        let log = rt.config.access_log.clone().map(|cfg| (cfg, entry_for(&req, &conn)));
+        let reporter = match conn.captured {
+            Some((Capture::Inbound, _)) => "destination",
+            _ => "source",
+        };
+        let (outcome, attribution) = self.route_request(&rt, req, &conn).await;
+        let service = attribution.service;
+        let elapsed = start.elapsed();
+        if let Some((cfg, mut entry)) = log {
+            entry.response_code = outcome.response.status().as_u16();
+            entry.response_flags = outcome.flag.as_str().to_string();
+            entry.bytes_sent = hyper::body::Body::size_hint(outcome.response.body()).exact().unwrap_or(0);
+            entry.duration = elapsed.as_millis() as u64;
+            entry.upstream_host = outcome.upstream;
+            entry.upstream_cluster = attribution.cluster;
+            entry.route_name = attribution.route;
+            self.access_log.log(&cfg, &entry);
+        }
+        let key = RequestKey {
+            reporter,
+            destination_service: &service,
+            response_code: outcome.response.status().as_u16(),
+            response_flags: outcome.flag.as_str(),
+        };
+        self.metrics.record(key, elapsed.as_secs_f64() * 1000.0);
+        Ok(outcome.response)
+    }
+
+    /// The request path, stage by stage; returns the outcome and where it was attributed.
+    async fn route_request(&self, rt: &Runtime, req: Request<Incoming>, conn: &ConnInfo) -> (Outcome, Attribution) {
+        let (mut parts, body) = req.into_parts();
+        // Admission: header limits and an authority.
+        let authority = match headers::admit(&parts) {
+            Ok(a) => a,
+            Err((status, why)) => {
+                return (Outcome::local(status, why, ResponseFlag::None), Attribution::service("unknown"));
+            }
+        };
+        let host = split_port(&authority).0;
+        // Authorization, for every request whatever happens next.
+        if let Some(denied) = authorize(rt, conn, &parts, host) {
+            return (denied, Attribution::service(host));
+        }
+        // Inbound capture delivers to the workload the client addressed; outbound routing rules
+        // are the caller's business and do not apply here.
+        if let Some((Capture::Inbound, dst)) = conn.captured {
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(o) => return (o, Attribution::service(host)),
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
+            let cluster = skein_api::names::inbound_cluster(dst.port());
+            let outcome = self.deliver(dst, parts, body).await;
+            return (outcome, Attribution { service: host.to_string(), cluster: Some(cluster), route: None });
+        }
+        // Routing: the virtual host and the first matching rule.
+        let view =
+            RequestView { path: parts.uri.path(), method: &parts.method, headers: &parts.headers, port: conn.port };
+        let (route, prefix) = match rt.route(host, &view) {
+            Routed::Route(r, prefix) => (r, prefix.map(str::to_string)),
+            Routed::NoRoute => {
+                let o = Outcome::local(StatusCode::NOT_FOUND, "no route\n", ResponseFlag::NoRoute);
+                return (o, Attribution::service(host));
+            }
+            Routed::UnknownHost => return self.unknown_host(rt, conn, &authority, parts, body).await,
+        };
+        let r = &route.route;
+        if r.route.first().is_some_and(|d| d.cluster == PASSTHROUGH_CLUSTER) {
+            // A registered host without endpoints of its own (ServiceEntry resolution NONE).
+            let attribution = Attribution {
+                service: host.to_string(),
+                cluster: Some(PASSTHROUGH_CLUSTER.into()),
+                route: Some(r.name.clone()),
+            };
+            return match read_body(body).await {
+                Ok(body) => {
+                    strip_hop_by_hop(&mut parts.headers);
+                    (self.passthrough(&authority, conn, parts, body).await, attribution)
+                }
+                Err(o) => (o, attribution),
+            };
+        }
+        let service = r
+            .route
+            .first()
+            .and_then(|d| rt.cluster(&d.cluster))
+            .map_or_else(|| host.to_string(), |c| c.service().to_string());
+        let mut attribution = Attribution { service, cluster: None, route: Some(r.name.clone()) };
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(o) => return (o, attribution),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
+        let deadline = r.timeout.map(|t| Instant::now() + t);
+
+        // Filters: faults, then a redirect answers here.
+        if let Some(o) = filters::fault(r, deadline).await {
+            return (o, attribution);
+        }
+        if let Some(redirect) = &r.redirect {
+            return (filters::redirect_to(redirect, &authority, &parts.uri, conn.https), attribution);
+        }
+        // Rewrite before mirroring, so the shadow sees what the primary sees.
+        let (path_and_query, authority) = filters::rewrite(r, &parts.uri, prefix.as_deref(), authority);
+        mirror::spawn(rt, r, &parts, &path_and_query, &authority, &body, conn.peer);
+
+        // Forwarding: a weighted destination, circuit breaking, retries.
+        let Some(upstream) = pick_destination(r, rt) else {
+            return (Outcome::no_healthy_upstream(), attribution);
+        };
+        attribution.cluster = Some(upstream.name.to_string());
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+        let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer: conn.peer };
+        (self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline).await, attribution)
+    }
+
+    /// A host no virtual host serves: refused under REGISTRY_ONLY (502 `NR`), passed through
+    /// under ALLOW_ANY.
+    async fn unknown_host(
+        &self,
+        rt: &Runtime,
+        conn: &ConnInfo,
+        authority: &str,
+        mut parts: Parts,
+        body: Incoming,
+    ) -> (Outcome, Attribution) {
+        match rt.config.outbound_traffic_policy {
+            OutboundPolicy::RegistryOnly => (
+                Outcome::local(StatusCode::BAD_GATEWAY, "host is not in the mesh registry\n", ResponseFlag::NoRoute),
+                Attribution::service("BlackHoleCluster"),
+            ),
+            OutboundPolicy::AllowAny => {
+                let body = match read_body(body).await {
+                    Ok(b) => b,
+                    Err(o) => return (o, Attribution::service("PassthroughCluster")),
+                };
+                strip_hop_by_hop(&mut parts.headers);
+                (self.passthrough(authority, conn, parts, body).await, Attribution::service("PassthroughCluster"))
+            }
+        }
+    }
+}
+
+/// The listener's authorization policies for this request; `Some` is the 403 `RBAC` answer.
+fn authorize(rt: &Runtime, conn: &ConnInfo, parts: &Parts, host: &str) -> Option<Outcome> {
+    let az = rt.authorizer(&conn.listener)?;
+    let req = authz::Request {
+        principal: conn.identity.as_deref().map(identity::principal),
+        source_ip: conn.peer.ip(),
+        port: conn.port,
+        http: Some(authz::HttpAttrs {
+            host,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        }),
+    };
+    match az.check(&req) {
+        authz::Decision::Deny(policy) => {
+            debug!(peer = %conn.peer, policy, "denied by authorization policy");
+            Some(Outcome::local(StatusCode::FORBIDDEN, "RBAC: access denied", ResponseFlag::Rbac))
+        }
+        _ => None,
+    }
+}
