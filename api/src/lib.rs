@@ -8,10 +8,8 @@
 
 pub mod conditions;
 pub mod istio;
-pub mod leader;
 pub mod mesh;
 pub mod names;
-pub mod pki;
 
 pub use mesh::*;
 

@@ -8,10 +8,8 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, Client, api::PostParams};
-use skein_api::{
-    pki::{CaBundle, MAX_WORKLOAD_TTL},
-    proxy::wire::pb::{self, certificate_service_server::CertificateService},
-};
+use skein_api::proxy::wire::pb::{self, certificate_service_server::CertificateService};
+use skein_support::pki::{CaBundle, MAX_WORKLOAD_TTL};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 

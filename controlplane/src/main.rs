@@ -15,12 +15,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use skein_api::{
-    leader::{Elector, LeaseConfig},
-    pki::CaBundle,
-    proxy::wire::pb::{
-        certificate_service_server::CertificateServiceServer, proxy_discovery_server::ProxyDiscoveryServer,
-    },
+use skein_api::proxy::wire::pb::{
+    certificate_service_server::CertificateServiceServer, proxy_discovery_server::ProxyDiscoveryServer,
 };
 use skein_controlplane::{
     ca::{Ca, TOKEN_AUDIENCE, TokenReviewer},
@@ -32,6 +28,10 @@ use skein_controlplane::{
     watch::{self, Changes, Stores},
     webhook,
     xds::Discovery,
+};
+use skein_support::{
+    leader::{Elector, LeaseConfig},
+    pki::CaBundle,
 };
 use tokio::{net::TcpListener, sync::watch as tokio_watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -148,7 +148,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let leader = Arc::new(AtomicBool::new(!args.leader_elect));
     metrics.leader.set(i64::from(!args.leader_elect));
     if args.leader_elect {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        let identity = skein_support::process::replica_identity();
         let elector = Elector::new(
             client.clone(),
             LeaseConfig {
@@ -242,8 +242,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = secure => r.context("gRPC (TLS) server")?,
         r = plaintext => r.context("gRPC (plaintext) server")?,
-        _ = tokio::signal::ctrl_c() => warn!("interrupted"),
-        _ = terminate() => info!("terminated"),
+        () = skein_support::process::shutdown_signal() => info!("stopping"),
     }
     Ok(())
 }
@@ -264,20 +263,5 @@ async fn lead(elector: Elector, leader: Arc<AtomicBool>, changes: Arc<Changes>, 
         leader.store(false, Ordering::Relaxed);
         metrics.leader.set(0);
         warn!(error = %why, "leadership lost; status writes stop until it is won again");
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "skein".into())
-}
-
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
     }
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use kube::runtime::finalizer;
-use skein_api::{conditions::Reason, pki::PkiError};
+use skein_api::conditions::Reason;
+use skein_support::pki::PkiError;
 
 use crate::kube::apply::ApplyError;
 

@@ -11,7 +11,7 @@ pub mod context;
 pub mod controllers;
 pub mod error;
 pub mod kube;
-pub use skein_api::leader;
+pub use skein_support::leader;
 pub mod pki;
 pub mod render;
 pub mod telemetry;

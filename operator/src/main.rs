@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     // One shutdown signal for everything: SIGTERM (kubelet) or Ctrl-C.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        skein_support::process::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     health.set_ready(true);
 
     let elector = args.leader_elect.then(|| {
-        let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        let identity = args.identity.clone().unwrap_or_else(skein_support::process::replica_identity);
         Elector::new(
             client.clone(),
             LeaseConfig {
@@ -128,30 +128,4 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "skein-operator".into())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -6,11 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, ResourceExt, api::PostParams};
-use skein_api::{
-    MeshControlPlane, RootCaType,
-    conditions::Reason,
-    pki::{CaBundle, SERVING_DAYS},
-};
+use skein_api::{MeshControlPlane, RootCaType, conditions::Reason};
+use skein_support::pki::{CaBundle, SERVING_DAYS};
 use tracing::info;
 
 use crate::{

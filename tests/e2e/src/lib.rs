@@ -274,7 +274,7 @@ pub struct ControlPlane {
     /// The mesh root certificate (PEM), as proxies are given it.
     pub root_cert: PathBuf,
     /// The CA it signs with.
-    pub ca: skein_api::pki::CaBundle,
+    pub ca: skein_support::pki::CaBundle,
     log: PathBuf,
     mesh: PathBuf,
     bind_ip: String,
@@ -298,7 +298,7 @@ impl ControlPlane {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         cluster.install_istio_crds().await?;
-        let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local")?;
+        let ca = skein_support::pki::CaBundle::generate_self_signed("cluster.local")?;
         let data: std::collections::BTreeMap<String, String> =
             ca.to_secret_data().into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap_or_default())).collect();
         let secret = serde_json::json!({
@@ -325,7 +325,7 @@ impl ControlPlane {
         cluster: &Cluster,
         bind_ip: &str,
         mesh: PathBuf,
-        ca: skein_api::pki::CaBundle,
+        ca: skein_support::pki::CaBundle,
         root_cert: PathBuf,
         extra: &[&str],
     ) -> anyhow::Result<Self> {

@@ -51,7 +51,7 @@ async fn operator_with_only_its_declared_rbac_installs_and_removes_a_mesh() {
     let c = cluster.client.clone();
     let production = std::fs::read_to_string(repo_root().join("config/samples/production.yaml")).unwrap();
     // The production sample uses a user CA: provide one in Istio's layout.
-    let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
+    let ca = skein_support::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
     let ns = Namespace {
         metadata: kube::api::ObjectMeta { name: Some("skein-system".into()), ..Default::default() },
         ..Default::default()

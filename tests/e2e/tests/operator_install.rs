@@ -335,7 +335,7 @@ async fn user_provided_root_ca_is_used_and_a_missing_one_is_reported() {
     );
 
     // Provide the Secret (Istio's layout); the operator installs with it and never writes it.
-    let ca = skein_api::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
+    let ca = skein_support::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
     let secrets: Api<Secret> = Api::namespaced(c.clone(), "skein-system");
     let secret = Secret {
         metadata: kube::api::ObjectMeta { name: Some("cacerts".into()), ..Default::default() },

@@ -15,9 +15,9 @@ pub const CA_CERT: &str = "ca-cert.pem";
 /// Signing key of `ca-cert.pem`.
 pub const CA_KEY: &str = "ca-key.pem";
 /// The mesh's root of trust.
-pub const ROOT_CERT: &str = crate::names::ROOT_CERT_FILE;
+pub const ROOT_CERT: &str = skein_api::names::ROOT_CERT_FILE;
 /// Chain from `ca-cert.pem` up to the root.
-pub const CERT_CHAIN: &str = crate::names::CERT_CHAIN_FILE;
+pub const CERT_CHAIN: &str = skein_api::names::CERT_CHAIN_FILE;
 
 /// Lifetime of a generated root: ten years, like Istio's self-signed root.
 const ROOT_DAYS: i64 = 3650;
