@@ -303,6 +303,28 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     assert_eq!(condition(&m, "Ready").unwrap().0, "True", "the installed release keeps serving");
     let after = deployments.get("skein-controlplane").await.unwrap();
     assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched");
+    // `kubectl describe mcp mesh` tells the story: what was applied, and why the spec was refused.
+    let events = eventually("Warning InvalidVersion event", WAIT, || async {
+        let out = cluster.kubectl(
+            &[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "involvedObject.name=mesh",
+                "-o",
+                "jsonpath={range .items[*]}{.type} {.reason} {.note}{.message}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().any(|l| l.starts_with("Warning InvalidVersion") && l.contains("9.9.9")).then_some(text)
+    })
+    .await;
+    assert!(
+        events.lines().any(|l| l.starts_with("Normal Applied") && l.contains("release 1.0.1: applied")),
+        "{events}"
+    );
 
     // An in-place version change rolls the images forward.
     apply(&cluster, &mcp_yaml("mesh", "  version: v1.0-latest\n")).unwrap();
