@@ -8,9 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::free_port;
 
 /// Upstream answering every request with `name`, on a thread; runs for the test's lifetime.
 fn upstream(name: &'static str) -> SocketAddr {
@@ -101,6 +100,31 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
     // Valid again: all traffic to `b`.
     std::fs::write(&path, config(listen, (0, 100), a, b)).unwrap();
     eventually("proxy serving b", || get(listen, "/").is_some_and(|r| r.1 == "b"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_reloads_a_change_the_file_watch_cannot_see() {
+    let (a, b) = (upstream("a"), upstream("b"));
+    let dir = std::env::temp_dir().join(format!("skein-proxy-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&path, config(listen, (100, 0), a, b)).unwrap();
+    let proxy = start_proxy(&path, [admin, status, metrics], &[]);
+    eventually("proxy serving a", || get(listen, "/").is_some_and(|r| r.1 == "a"));
+
+    // New content under the old modification time: the periodic check sees no change.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, config(listen, (0, 100), a, b)).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(listen, "/").map(|r| r.1).as_deref(), Some("a"), "reloaded without a signal");
+
+    // SIGHUP: read now.
+    let pid = proxy.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    eventually("proxy serving b after SIGHUP", || get(listen, "/").is_some_and(|r| r.1 == "b"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

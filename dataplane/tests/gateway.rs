@@ -6,7 +6,7 @@ mod common;
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use common::ca::Ca;
+use common::{ca::Ca, free_port};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -19,10 +19,6 @@ use tokio::{
 
 fn tmp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("skein-gateway-{}-{name}", std::process::id()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn app(name: &'static str) -> SocketAddr {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::ca::Ca;
+use common::{ca::Ca, free_port};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -22,10 +22,6 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The application behind proxy B: answers "app" and records the XFCC header it got.
 async fn app() -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
