@@ -350,10 +350,12 @@ mod tests {
         let up = cluster("{name: c, loadBalancer: {simple: LEAST_REQUEST}, endpoints: ['127.0.0.1:1', '127.0.0.1:2']}");
         let busy: Vec<_> = (0..50).map(|_| up.pick(&none()).unwrap()).filter(|g| g.addr.port() == 1).take(1).collect();
         assert_eq!(busy.len(), 1, "port 1 picked at least once");
-        // Port 1 now has one request in flight: whenever both candidates differ, 2 wins.
-        let picks: Vec<u16> = (0..200).map(|_| up.pick(&none()).unwrap().addr.port()).collect();
+        // Port 1 now has one request in flight: whenever both candidates differ, 2 wins, so port
+        // 1 is picked only when both draws are 1: p = 1/4 (a random picker: 1/2). Binomial(400):
+        // mean 100, sd 8.7 vs mean 200, sd 10; the cut at 150 is over 5 sd from both.
+        let picks: Vec<u16> = (0..400).map(|_| up.pick(&none()).unwrap().addr.port()).collect();
         let ones = picks.iter().filter(|p| **p == 1).count();
-        assert!(ones < 100, "busy endpoint got {ones} of 200");
+        assert!((50..150).contains(&ones), "busy endpoint got {ones} of 400");
     }
 
     #[test]
@@ -381,13 +383,28 @@ mod tests {
                 .port()
         };
         assert_eq!(from("127.0.0.9"), from("127.0.0.9"));
+        // The source port does not count (every new connection has another one); the IP does.
+        let at =
+            |addr: &str| up.pick(&HashInput { headers: &h, source: Some(addr.parse().unwrap()) }).unwrap().addr.port();
+        let first = at("127.0.0.9:5000");
+        assert!((5001..5050).all(|port| at(&format!("127.0.0.9:{port}")) == first), "source port changed the endpoint");
+        let ips: std::collections::BTreeSet<u16> = (1..60).map(|i| at(&format!("127.0.1.{i}:5000"))).collect();
+        assert!(ips.len() >= 3, "source IPs spread over endpoints: {ips:?}");
         let up = cluster(&format!(
             "{{name: c, loadBalancer: {{consistentHash: {{httpCookie: {{name: session}}}}}}, {EPS}}}"
         ));
-        let mut h = hyper::HeaderMap::new();
-        h.insert("cookie", "a=1; session=xyz".parse().unwrap());
-        let p = up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port();
-        assert!((0..10).all(|_| up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port() == p));
+        let with_cookie = |cookie: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("cookie", cookie.parse().unwrap());
+            up.pick(&HashInput { headers: &h, source: None }).unwrap().addr.port()
+        };
+        let p = with_cookie("a=1; session=xyz");
+        assert!((0..10).all(|_| with_cookie("a=1; session=xyz") == p));
+        // Only the named cookie counts: other cookies may change freely.
+        assert!((0..30).all(|i| with_cookie(&format!("a={i}; session=xyz; b={i}")) == p), "another cookie moved it");
+        let sessions: std::collections::BTreeSet<u16> =
+            (0..60).map(|i| with_cookie(&format!("session=s{i}"))).collect();
+        assert!(sessions.len() >= 3, "sessions spread over endpoints: {sessions:?}");
     }
 
     #[test]

@@ -128,6 +128,40 @@ fn sighup_reloads_a_change_the_file_watch_cannot_see() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn readiness_fails_until_the_control_plane_has_sent_a_config() {
+    // A control plane that never answers: the sidecar must not report ready with no config.
+    let dir = std::env::temp_dir().join(format!("skein-proxy-unready-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (root, token) = (dir.join("root-cert.pem"), dir.join("token"));
+    let ca = rcgen::CertifiedKey::from(rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap());
+    std::fs::write(&root, ca.cert.pem()).unwrap();
+    std::fs::write(&token, "t").unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (admin, status, metrics) = (free_port(), free_port(), free_port());
+    let _proxy = Proc(
+        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
+            .args(["run", "--discovery-address", &silent.local_addr().unwrap().to_string()])
+            .args(["--discovery-root-cert", root.to_str().unwrap(), "--token-file", token.to_str().unwrap()])
+            .args(["--cert-dir", dir.join("certs").to_str().unwrap()])
+            .args(["--node-id", "sidecar~127.0.0.1~p.ns~ns.svc.cluster.local"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--status-addr", &format!("127.0.0.1:{status}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("status port up", || get(status, "/healthz/ready").is_some());
+    for _ in 0..10 {
+        let (code, body) = get(status, "/healthz/ready").unwrap();
+        assert_eq!((code, body.as_str()), (503, "no configuration yet\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Upstream that answers after `delay`.
 fn slow_upstream(delay: Duration) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

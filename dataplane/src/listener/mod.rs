@@ -306,12 +306,32 @@ mod tests {
         tcp.listeners[0].address = addr;
         store.apply(tcp.clone()).unwrap();
         assert!(listeners.sync(&store.current().config.listeners).await.is_empty());
+        // The new socket proxies TCP to an upstream that answers with a banner.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let _ = s.write_all(b"tcp-upstream\n").await;
+            }
+        });
         tcp.listeners[0].protocol = skein_api::proxy::ListenerProtocol::Tcp;
         tcp.listeners[0].cluster = Some("c".into());
-        tcp.clusters.push(serde_yaml::from_str("{name: c, endpoints: ['127.0.0.1:9']}").unwrap());
+        tcp.clusters.push(serde_yaml::from_str(&format!("{{name: c, endpoints: ['{up_addr}']}}")).unwrap());
         store.apply(tcp).unwrap();
         let errors = listeners.sync(&store.current().config.listeners).await;
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(listeners.local_addr("web"), Some(addr));
+        // Traffic proves the socket was reopened as TCP: the HTTP listener would answer 301.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut banner = vec![0u8; 13];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut banner),
+        )
+        .await
+        .expect("banner in time")
+        .unwrap();
+        assert_eq!(banner, b"tcp-upstream\n");
     }
 }

@@ -552,6 +552,34 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
     })
     .await;
+    let health = |path: &'static str| async move { skein_e2e::http_get(standby.metrics_port, path).await.is_ok() };
+    assert!(health("/healthz").await && health("/readyz").await, "the leader's /healthz and /readyz answer 200");
+
+    // Another holder takes the Lease (as after a partition): the replica notices at its next
+    // renewal, stops leading, and stands again in the same process once that holder lapses.
+    let pid = standby.pid();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(c.clone(), "default");
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .unwrap();
+    let steal = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 6}});
+    leases.patch("skein-operator-leader", &PatchParams::default(), &Patch::Merge(steal)).await.unwrap();
+    eventually("the replica notices it lost the lease", WAIT, || async {
+        (standby.metric("skein_operator_leader").await? == 0.0).then_some(())
+    })
+    .await;
+    assert!(health("/healthz").await, "a replica that lost the lease stays alive");
+    eventually("the same replica leads again once the intruder lapses", WAIT, || async {
+        (standby.metric("skein_operator_leader").await? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(standby.pid(), pid, "no restart");
+    apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n")).unwrap();
+    eventually("the re-elected replica acts on changes", WAIT, || async {
+        get_opt(&deployments, "skein-egressgateway").await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
