@@ -134,7 +134,7 @@ fn readiness_fails_until_the_control_plane_has_sent_a_config() {
     let dir = std::env::temp_dir().join(format!("skein-proxy-unready-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (root, token) = (dir.join("root-cert.pem"), dir.join("token"));
-    let ca = rcgen::CertifiedKey::from(rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap());
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
     std::fs::write(&root, ca.cert.pem()).unwrap();
     std::fs::write(&token, "t").unwrap();
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
