@@ -1,7 +1,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use skein_api::proxy::{
-    ClientTlsMode, Cluster, IdentityFiles, ListenerProtocol, OutboundPolicy, PeerAuthMode, ProxyConfig, Route,
+    self, ClientTlsMode, Cluster, IdentityFiles, ListenerProtocol, OutboundPolicy, PeerAuthMode, ProxyConfig, Route,
     StringMatch, VirtualHost,
 };
 
@@ -1018,4 +1018,51 @@ fn the_registry_follows_watch_events_and_equals_a_fresh_build() {
     assert_eq!(after.by_host, Registry::build(&mesh, &services, &slices, &pods, &[], &HashMap::new()).by_host);
     assert!(after.by_host.get(RATINGS).is_none());
     assert_eq!(cache.pods().len(), pods.len());
+}
+
+#[test]
+fn export_to_on_virtual_services_and_destination_rules_limits_who_sees_them() {
+    // Both exported only to their own namespace: a client in `backend` gets neither the route
+    // nor the DestinationRule's policy; a client in `default` gets both.
+    let snap = bookinfo(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  exportTo: [\".\"]\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  exportTo: [\".\"]\n  http: [{route: [{destination: {host: reviews, subset: v1}}]}]\n",
+    );
+    let local = config_for(&snap, "productpage-v1-1");
+    assert_eq!(
+        targets(&vhost(&local, REVIEWS).routes[0]),
+        vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]
+    );
+    assert_eq!(
+        cluster(&local, "outbound|9080||reviews.default.svc.cluster.local").load_balancer,
+        proxy::LoadBalancer::Random
+    );
+    let remote = config(&snap, &Workload { namespace: "backend".into(), ..Default::default() });
+    let vh = remote.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap();
+    assert_eq!(vh.routes[0].name, "default", "the VirtualService is not visible from backend");
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080||reviews.default.svc.cluster.local", 100)]);
+    let c = remote.clusters.iter().find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local").unwrap();
+    assert_eq!(c.load_balancer, proxy::LoadBalancer::RoundRobin, "the DestinationRule is not visible from backend");
+    assert!(remote.clusters.iter().all(|c| c.name != "outbound|9080|v1|reviews.default.svc.cluster.local"));
+}
+
+#[test]
+fn source_namespace_matches_and_rewrites_reach_the_route() {
+    let snap = bookinfo(&format!(
+        "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{sourceNamespace: backend, uri: {{prefix: /api/}}}}]\n    rewrite: {{uri: /v2/, authority: reviews-internal}}\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"
+    ));
+    // From `backend` the first rule applies, with its prefix match and rewrite.
+    let from_backend = config(&snap, &Workload { namespace: "backend".into(), ..Default::default() });
+    let vh = from_backend.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap();
+    assert_eq!(vh.routes.len(), 2);
+    assert_eq!(vh.routes[0].matches[0].uri, Some(StringMatch::Prefix("/api/".into())));
+    assert_eq!(
+        vh.routes[0].rewrite,
+        Some(proxy::Rewrite { uri: Some("/v2/".into()), authority: Some("reviews-internal".into()) })
+    );
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080|v2|reviews.default.svc.cluster.local", 100)]);
+    // From `default` the rule cannot match: only the catch-all is left.
+    let local = config_for(&snap, "productpage-v1-1");
+    let routes = &vhost(&local, REVIEWS).routes;
+    assert_eq!(routes.len(), 1, "{routes:#?}");
+    assert_eq!(targets(&routes[0]), vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]);
 }
