@@ -423,6 +423,30 @@ async fn the_ca_signs_only_for_the_service_account_the_token_proves() {
     let err = client.create_certificate(request(Some(&token(Some("istio-ca"))), "garbage")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(cp.metric("citadel_server_success_cert_issuance_count_total").await, Some(1.0));
+
+    // The discovery stream: a proxy that presents a token is authenticated; a bad one is refused.
+    let ch = channel(&cp).await;
+    let open = |token: String| {
+        let ch = ch.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(1);
+            let node =
+                pb::Node { id: "sidecar~10.0.0.9~p.default~default.svc.cluster.local".into(), ..Default::default() };
+            tx.send(pb::DiscoveryRequest { node: Some(node), ..Default::default() }).await.unwrap();
+            let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let first = async {
+                let mut stream = ProxyDiscoveryClient::new(ch).stream_config(req).await?.into_inner();
+                stream.message().await
+            };
+            let result = tokio::time::timeout(Duration::from_secs(10), first).await.expect("an answer in time");
+            drop(tx);
+            result.map(|m| m.is_some()).map_err(|s| s.code())
+        }
+    };
+    assert_eq!(open("not-a-token".into()).await, Err(tonic::Code::Unauthenticated), "a bad token opens no stream");
+    assert_eq!(open(token(None)).await, Err(tonic::Code::Unauthenticated), "a token for another audience");
+    assert_eq!(open(token(Some("istio-ca"))).await, Ok(true), "a valid token gets a config");
     assert!(!cp.log().contains("eyJ"), "a JWT reached the control plane log");
 }
 
