@@ -10,6 +10,8 @@
 pub mod context;
 pub mod controllers;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod kube;
 pub use skein_support::leader;
 pub mod pki;

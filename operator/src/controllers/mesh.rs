@@ -413,3 +413,6 @@ where
         Err(e) => Err(ApplyError::during("delete", name.to_string())(e).into()),
     }
 }
+
+#[cfg(test)]
+mod tests;
