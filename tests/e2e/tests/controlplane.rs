@@ -457,22 +457,25 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
     let cp = ControlPlane::start(&cluster, "127.0.0.1", "").await.unwrap();
     // The operator registers the webhook by Service; here the apiserver calls it by URL (no
     // kube-proxy routes Service IPs on this machine). Selectors as the operator writes them.
-    let ca_bundle = serde_json::to_value(k8s_openapi::ByteString(cp.ca.root_cert_pem.clone().into_bytes())).unwrap();
-    let webhook = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "skein-sidecar-injector"},
-        "webhooks": [{
-            "name": "istio-namespace.sidecar-injector.skein.dev",
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/inject", cp.webhook_port), "caBundle": ca_bundle},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
-            "objectSelector": {"matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]},
-        }],
-    });
+    // The webhook configuration exactly as the operator renders it (all three opt-in selectors:
+    // skein-injection, istio-injection, istio.io/rev), pointed at the test's control plane.
+    let catalog = skein_operator::upgrade::catalog::Catalog::builtin().unwrap();
+    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let spec: skein_api::MeshControlPlaneSpec = serde_yaml::from_str("{}").unwrap();
+    let mcp = skein_api::MeshControlPlane::new("e2e", spec);
+    let facts = skein_operator::render::Facts {
+        release: &release,
+        root_cert_pem: &cp.ca.root_cert_pem,
+        revision: skein_operator::render::DEFAULT_REVISION,
+    };
+    let mut webhook = skein_operator::render::webhook::injection_webhook(&mcp, facts).body;
+    for hook in webhook["webhooks"].as_array_mut().unwrap() {
+        hook["clientConfig"]["url"] = serde_json::json!(format!("https://127.0.0.1:{}/inject", cp.webhook_port));
+        hook["clientConfig"].as_object_mut().unwrap().remove("service");
+    }
+    webhook["metadata"].as_object_mut().unwrap().remove("ownerReferences");
     cluster.apply(&webhook.to_string());
-    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n");
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: by-rev, labels: {istio.io/rev: default}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other-rev, labels: {istio.io/rev: canary}}\n");
     let pod = |name: &str, ns: &str, extra: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}{extra}}}\nspec: {{containers: [{{name: app, image: app:1}}]}}\n"
@@ -499,9 +502,15 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
     let labels = injected.metadata.labels.unwrap_or_default();
     assert_eq!(labels.get("security.istio.io/tlsMode").map(String::as_str), Some("istio"));
 
+    // A namespace that names this revision (istio.io/rev=default) is injected too.
+    cluster.apply(&pod("web", "by-rev", ""));
+    let p = Api::<Pod>::namespaced(cluster.client.clone(), "by-rev").get("web").await.unwrap();
+    assert!(p.spec.unwrap().containers.iter().any(|c| c.name == "skein-proxy"), "istio.io/rev=default not injected");
+
     cluster.apply(&pod("opted-out", "mesh", ", annotations: {sidecar.istio.io/inject: 'false'}"));
     cluster.apply(&pod("web", "plain", ""));
-    for (ns, name) in [("mesh", "opted-out"), ("plain", "web")] {
+    cluster.apply(&pod("web", "other-rev", ""));
+    for (ns, name) in [("mesh", "opted-out"), ("plain", "web"), ("other-rev", "web")] {
         let p = Api::<Pod>::namespaced(cluster.client.clone(), ns).get(name).await.unwrap();
         let names: Vec<String> = p.spec.unwrap().containers.into_iter().map(|c| c.name).collect();
         assert_eq!(names, vec!["app".to_string()], "{ns}/{name} must not be injected");
