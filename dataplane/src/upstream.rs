@@ -432,6 +432,37 @@ mod tests {
         assert_eq!(up.ejections.load(Ordering::Relaxed), 2);
     }
 
+    #[test]
+    fn consecutive_gateway_errors_eject_on_502_to_504_only() {
+        let up = cluster(&format!(
+            "{{name: c, {EPS}, outlierDetection: {{consecutive5xxErrors: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 60s}}}}"
+        ));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..5 {
+            up.report(a, Outcome::Status(500)); // a 5xx, but not a gateway error
+        }
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 0, "500s do not count (consecutive5xxErrors is off)");
+        up.report(a, Outcome::Status(502));
+        up.report(a, Outcome::Status(500)); // breaks the run of gateway errors
+        up.report(a, Outcome::Status(503));
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 0, "not consecutive");
+        up.report(a, Outcome::Status(504));
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 1, "503 then 504: two gateway errors in a row");
+        assert!((0..12).all(|_| up.pick(&none()).unwrap().addr != a));
+    }
+
+    #[tokio::test]
+    async fn http2_max_requests_bounds_concurrent_requests_and_frees_on_completion() {
+        let up = cluster("{name: c, http2: true, endpoints: ['127.0.0.1:1'], connectionPool: {http2MaxRequests: 2}}");
+        let (first, second) = (up.admit().await.expect("first"), up.admit().await.expect("second"));
+        assert!(up.admit().await.is_none(), "a third concurrent request overflows");
+        assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
+        drop(first);
+        let third = up.admit().await;
+        assert!(third.is_some(), "a finished request frees its slot");
+        drop((second, third));
+    }
+
     #[tokio::test]
     async fn max_connections_one_and_one_pending_overflows_the_third_request() {
         let up = cluster(

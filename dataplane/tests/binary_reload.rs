@@ -208,3 +208,32 @@ fn sigterm_drains_in_flight_requests_fails_readiness_and_exits() {
     assert!(start.elapsed() < Duration::from_secs(2), "exits once idle, not at the drain timeout");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_drain_timeout_bounds_how_long_a_stuck_request_holds_the_exit() {
+    let stuck = slow_upstream(Duration::from_secs(20));
+    let dir = std::env::temp_dir().join(format!("skein-drain-timeout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&file, config(listen, (100, 0), stuck, stuck)).unwrap();
+    let mut proxy = start_proxy(&file, [admin, status, metrics], &["--drain-timeout", "1s"]);
+    eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
+    let in_flight = std::thread::spawn(move || get(listen, "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = proxy.0.id().to_string();
+    let start = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = loop {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "proxy still running past its drain timeout");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "exited before the drain timeout: {took:?}");
+    assert!(exit.success(), "{exit}");
+    assert_ne!(in_flight.join().unwrap().map(|r| r.0), Some(200), "the stuck request cannot have completed");
+    std::fs::remove_dir_all(&dir).ok();
+}

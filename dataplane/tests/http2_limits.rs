@@ -134,3 +134,69 @@ async fn a_rapid_reset_flood_gets_goaway_enhance_your_calm_and_reaches_few_upstr
     let reached = upstream_requests.load(Ordering::SeqCst);
     assert!(reached < (STREAMS as usize) / 4, "{reached} of {STREAMS} reset streams still reached the upstream");
 }
+
+/// An HTTP/1.1 upstream that answers `slow` after `delay`.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"slow"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn draining_sends_goaway_and_still_answers_the_stream_in_flight() {
+    const DATA: u8 = 0x0;
+    const PING: u8 = 0x6;
+    let up = slow_upstream(Duration::from_millis(500)).await;
+    let yaml = format!(
+        "virtualHosts: [{{name: rr, domains: [rr.example], routes: [{{route: [{{cluster: up}}]}}]}}]\nclusters: [{{name: up, endpoints: ['{up}']}}]"
+    );
+    let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(store, Metrics::default());
+    tokio::spawn(listener::serve_http(listener, proxy.clone(), PeerAuthMode::Disable, "h2".into()));
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s.write_all(&frame(HEADERS, 0x5, 1, &request_block())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.drain().start();
+    // Frames in order: GOAWAY (NO_ERROR) while stream 1 is still open, then its answer.
+    let (mut goaway, mut answered, mut body) = (None, false, Vec::new());
+    let read = async {
+        while let Some((kind, flags, stream, payload)) = read_frame(&mut s).await {
+            match kind {
+                SETTINGS if flags & 0x1 == 0 => s.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap(),
+                PING if flags & 0x1 == 0 => s.write_all(&frame(PING, 0x1, 0, &payload)).await.unwrap(),
+                GOAWAY if goaway.is_none() => {
+                    assert!(!answered, "GOAWAY must come while the request is in flight");
+                    goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+                }
+                HEADERS if stream == 1 => answered = true,
+                DATA if stream == 1 => {
+                    body.extend_from_slice(&payload);
+                    if flags & 0x1 != 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("the drained connection answers in time");
+    assert_eq!(goaway, Some(0), "GOAWAY with NO_ERROR on drain");
+    assert!(answered, "the request in flight is answered");
+    assert_eq!(body, b"slow");
+}

@@ -385,3 +385,29 @@ async fn a_renewed_certificate_keeps_the_cluster_and_reaches_new_connections() {
     store.apply(serde_yaml::from_str(&yaml).unwrap()).unwrap();
     assert!(!Arc::ptr_eq(&cluster, store.current().cluster(name).unwrap()), "a new identity kept old connections");
 }
+
+#[tokio::test]
+async fn a_strict_listener_speaks_http2_when_the_peer_negotiates_h2_with_alpn() {
+    let ca = Ca::new("cluster.local");
+    let (app_addr, seen) = app().await;
+    let b_port = free_port();
+    let _b = proxy(&server_side(&ca, &tmp("alpn"), b_port, "STRICT", app_addr)).await;
+    // A mesh client offering only h2, as a sidecar does towards an HTTP/2 (gRPC) cluster.
+    let mut cfg = (*ca.identity("default", "productpage").client_config(vec![]).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", b_port)).await.unwrap();
+    let name = ServerName::try_from("outbound_.9080_._.reviews.default.svc.cluster.local").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("mTLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server chose h2");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    let req = Request::builder().uri("http://reviews/").body(Full::new(Bytes::new())).unwrap();
+    let resp = send.send_request(req).await.expect("an HTTP/2 answer");
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"app");
+    assert!(seen.lock().unwrap()[0].as_deref().is_some_and(|x| x.ends_with("sa/productpage")), "caller identity");
+}
