@@ -499,3 +499,20 @@ impl StatusWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn service_entry_hosts_resolve_through_the_system_resolver_and_unknown_ones_resolve_to_nothing() {
+        let mut dns = DnsCache::default();
+        let names: BTreeSet<String> = ["localhost".to_string(), "no-such-host.invalid".to_string()].into();
+        let got = dns.resolve(&names).await;
+        assert!(got["localhost"].iter().all(|ip| ip.is_loopback()) && !got["localhost"].is_empty(), "{got:?}");
+        assert_eq!(got["no-such-host.invalid"], Vec::<IpAddr>::new(), "an unresolvable host has no endpoints");
+        // Names no ServiceEntry asks for any more are forgotten.
+        let got = dns.resolve(&["localhost".to_string()].into()).await;
+        assert_eq!(got.keys().collect::<Vec<_>>(), vec!["localhost"]);
+    }
+}

@@ -93,6 +93,11 @@ spec:
 
 /// Builds a snapshot from YAML documents of any of the watched kinds.
 fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
+    snapshot_resolved(mesh, docs, &HashMap::new())
+}
+
+/// [`snapshot`], with DNS answers for ServiceEntry hosts.
+fn snapshot_resolved(mesh: MeshSettings, docs: &str, resolved: &HashMap<String, Vec<std::net::IpAddr>>) -> Snapshot {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut pods = Vec::new();
@@ -126,7 +131,7 @@ fn snapshot(mesh: MeshSettings, docs: &str) -> Snapshot {
             other => panic!("fixture kind {other}"),
         }
     }
-    let registry = Registry::build(&mesh, &services, &slices, &pods, &istio.service_entries, &HashMap::new());
+    let registry = Registry::build(&mesh, &services, &slices, &pods, &istio.service_entries, resolved);
     Snapshot::new(mesh, registry, istio, crate::registry::index_pods(&pods))
 }
 
@@ -1065,4 +1070,22 @@ fn source_namespace_matches_and_rewrites_reach_the_route() {
     let routes = &vhost(&local, REVIEWS).routes;
     assert_eq!(routes.len(), 1, "{routes:#?}");
     assert_eq!(targets(&routes[0]), vec![("outbound|9080|v1|reviews.default.svc.cluster.local", 100)]);
+}
+
+#[test]
+fn a_dns_service_entry_gets_the_addresses_its_host_resolves_to() {
+    let docs = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  ports: [{name: https, number: 443, protocol: TLS}]\n  resolution: DNS\n";
+    let resolved = HashMap::from([(
+        "api.example.com".to_string(),
+        vec!["192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap()],
+    )]);
+    let snap = snapshot_resolved(MeshSettings::default(), docs, &resolved);
+    let cfg = config(&snap, &Workload { namespace: "default".into(), ..Default::default() });
+    let c = cfg.clusters.iter().find(|c| c.name == "outbound|443||api.example.com").expect("cluster");
+    assert_eq!(c.endpoints, vec!["192.0.2.7:443".parse().unwrap(), "192.0.2.8:443".parse().unwrap()]);
+    // Not resolved (yet, or at all): a cluster without endpoints, so requests fail instead of
+    // going somewhere else.
+    let unresolved = snapshot(MeshSettings::default(), docs);
+    let cfg = config(&unresolved, &Workload { namespace: "default".into(), ..Default::default() });
+    assert!(cfg.clusters.iter().find(|c| c.name == "outbound|443||api.example.com").unwrap().endpoints.is_empty());
 }
