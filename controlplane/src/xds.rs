@@ -432,4 +432,87 @@ mod tests {
         let again = Configs::default().rendered(&w).await;
         assert_eq!(again.version, a.version);
     }
+
+    /// A discovery server on loopback serving `configs`, and a way to open streams to it.
+    async fn server(
+        configs: Arc<Configs>,
+        push_limit: usize,
+        chunk: usize,
+    ) -> (tonic::transport::Channel, Metrics, watch::Sender<Arc<Configs>>) {
+        use skein_api::proxy::wire::pb::proxy_discovery_server::ProxyDiscoveryServer;
+        let (tx, rx) = watch::channel(configs);
+        let metrics = Metrics::default();
+        let discovery = Discovery::new(rx, metrics.clone(), push_limit, chunk, None);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ProxyDiscoveryServer::new(discovery))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        (ch, metrics, tx)
+    }
+
+    /// Opens a stream as `pod` (in namespace `default`), saying it runs `running`.
+    async fn open(
+        ch: &tonic::transport::Channel,
+        pod: &str,
+        running: &str,
+    ) -> (tokio::sync::mpsc::Sender<pb::DiscoveryRequest>, Streaming<pb::DiscoveryResponse>) {
+        use skein_api::proxy::wire::pb::proxy_discovery_client::ProxyDiscoveryClient;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node =
+            pb::Node { id: format!("sidecar~10.0.0.1~{pod}.default~default.svc.cluster.local"), ..Default::default() };
+        tx.send(pb::DiscoveryRequest { node: Some(node), version_info: running.into(), ..Default::default() })
+            .await
+            .unwrap();
+        let stream = ProxyDiscoveryClient::new(ch.clone())
+            .stream_config(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, stream)
+    }
+
+    /// The next whole push (all its chunks), within `within`.
+    async fn next(s: &mut Streaming<pb::DiscoveryResponse>, within: Duration) -> Option<pb::DiscoveryResponse> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let r = tokio::time::timeout_at(deadline, s.message()).await.ok()?.ok()??;
+            if !r.more {
+                return Some(r);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_push_limit_holds_large_pushes_until_earlier_ones_are_acknowledged() {
+        // One byte chunks: every config needs a throttle slot, and there is one.
+        let (ch, _metrics, _tx) = server(Arc::new(Configs::default()), 1, 1).await;
+        let (a_tx, mut a) = open(&ch, "a", "").await;
+        let first = next(&mut a, Duration::from_secs(5)).await.expect("a gets its config");
+        let (_b_tx, mut b) = open(&ch, "b", "").await;
+        assert!(next(&mut b, Duration::from_millis(500)).await.is_none(), "b waits while a's push is unacknowledged");
+        a_tx.send(pb::DiscoveryRequest {
+            version_info: first.version_info,
+            response_nonce: first.nonce,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(next(&mut b, Duration::from_secs(5)).await.is_some(), "a's ACK frees the slot for b");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_runs_the_current_config_is_not_sent_it_again() {
+        let (ch, metrics, _tx) = server(Arc::new(Configs::default()), 100, DEFAULT_CHUNK).await;
+        let (_a_tx, mut a) = open(&ch, "a", "").await;
+        let current = next(&mut a, Duration::from_secs(5)).await.expect("a config").version_info;
+        let (_b_tx, mut b) = open(&ch, "b", &current).await;
+        assert!(next(&mut b, Duration::from_millis(500)).await.is_none(), "re-sent an unchanged config");
+        let text = metrics.render();
+        assert!(text.contains("pilot_xds_pushes_total{type=\"unchanged\"} 1"), "{text}");
+        assert!(text.contains("pilot_xds_pushes_total{type=\"full\"} 1"), "{text}");
+    }
 }
