@@ -320,7 +320,16 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("node.id"), "{}", err.message());
 
-    // Steady state writes no status: new snapshots (a Service change that every proxy sees) judge the same verdicts.
+    // Steady state writes no status: new snapshots (a Service change that every proxy sees) judge
+    // the same verdicts. First the fixed VirtualService's own verdict must be on its status, so
+    // the counter read below already includes that write.
+    eventually("the fixed VirtualService is Accepted on its status", Duration::from_secs(10), || async {
+        let vs = vss.get("reviews").await.ok()?;
+        let st = vs.status?;
+        let accepted = st.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True");
+        (accepted && st.observed_generation == vs.metadata.generation).then_some(())
+    })
+    .await;
     let writes = cp.metric("skein_status_writes_total").await.unwrap();
     let snapshots = cp.metric("skein_snapshots_total").await.unwrap();
     cluster.apply("apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: default}\nspec: {ports: [{name: http, port: 80}]}\n");
