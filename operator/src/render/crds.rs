@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::{Desired, MANAGED_BY};
+use super::{
+    Desired, MANAGED_BY,
+    meta::{MANAGED_BY_LABEL, PART_OF_LABEL},
+};
 
 /// The Istio API CRDs (`networking.istio.io`, `security.istio.io`) the control plane reads.
 /// Shared by every MeshControlPlane and never owned by one: deleting a mesh must not delete
@@ -16,10 +19,7 @@ pub fn istio_crds() -> Vec<Desired> {
             let mut body = serde_json::to_value(&crd).unwrap_or(Value::Null);
             body["apiVersion"] = json!("apiextensions.k8s.io/v1");
             body["kind"] = json!("CustomResourceDefinition");
-            body["metadata"]["labels"] = json!({
-                "app.kubernetes.io/part-of": "skein",
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-            });
+            body["metadata"]["labels"] = json!({PART_OF_LABEL: "skein", MANAGED_BY_LABEL: MANAGED_BY});
             Desired::new::<CustomResourceDefinition>(false, body)
         })
         .collect()
