@@ -119,17 +119,22 @@ async fn a_rapid_reset_flood_gets_goaway_enhance_your_calm_and_reaches_few_upstr
     }
     // The server may close mid-write once it has seen enough; that is the point.
     let _ = s.write_all(&flood).await;
-    let mut goaway = None;
+    let (mut goaway, mut last_stream) = (None, u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some((kind, _, _, payload)) = read_frame(&mut s).await {
             if kind == GOAWAY && payload.len() >= 8 {
                 goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+                last_stream = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
                 break;
             }
         }
     })
     .await;
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "GOAWAY error code");
+    // Skein allows 10 streams reset before they are accepted (h2's default is 20): the 11th
+    // closes the connection, so the last stream processed is the 11th client stream (id 21).
+    // Dropping Skein's setting makes this 41.
+    assert_eq!(last_stream, 21, "last stream id in GOAWAY");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reached = upstream_requests.load(Ordering::SeqCst);
     assert!(reached < (STREAMS as usize) / 4, "{reached} of {STREAMS} reset streams still reached the upstream");

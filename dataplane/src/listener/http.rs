@@ -14,8 +14,11 @@ use crate::http::{ConnInfo, Proxy};
 const MAX_HEAD: usize = 64 * 1024;
 /// Most concurrent HTTP/2 streams per connection (Envoy's default is 2^31; 100 bounds memory).
 const MAX_STREAMS: u32 = 100;
-/// HTTP/2 streams a client may reset before the connection is closed (rapid-reset defence).
-const MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams a client may reset before the server accepted them, before the connection is
+/// closed with GOAWAY ENHANCE_YOUR_CALM (rapid-reset defence, CVE-2023-44487). Half h2's default
+/// of 20: a legitimate client cancels streams it has seen answered, not ones still queued. (A
+/// flood spread over time is the data-plane hardening issue's: this bounds bursts only.)
+const MAX_PENDING_RESETS: usize = 10;
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
 /// Public so the request path can be fuzzed over an in-memory stream.
