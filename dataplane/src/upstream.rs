@@ -463,7 +463,7 @@ mod tests {
         drop((second, third));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn max_connections_one_and_one_pending_overflows_the_third_request() {
         let up = cluster(
             "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
