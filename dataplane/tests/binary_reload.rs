@@ -179,58 +179,63 @@ fn slow_upstream(delay: Duration) -> SocketAddr {
     addr
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests_fails_readiness_and_exits() {
-    let slow = slow_upstream(Duration::from_millis(1500));
-    let dir = std::env::temp_dir().join(format!("skein-drain-{}", std::process::id()));
+/// A proxy serving one request in flight to an upstream that answers after `delay`, with
+/// `--drain-timeout drain`: (proxy, the request's thread, status port, scratch dir).
+fn one_request_in_flight(
+    tag: &str,
+    delay: Duration,
+    drain: &str,
+) -> (Proc, std::thread::JoinHandle<Option<(u16, String)>>, u16, u16, std::path::PathBuf) {
+    let slow = slow_upstream(delay);
+    let dir = std::env::temp_dir().join(format!("skein-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("proxy.yaml");
     let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
     std::fs::write(&file, config(listen, (100, 0), slow, slow)).unwrap();
-    let mut proxy = start_proxy(&file, [admin, status, metrics], &["--drain-timeout", "5s"]);
+    let proxy = start_proxy(&file, [admin, status, metrics], &["--drain-timeout", drain]);
     eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
     let in_flight = std::thread::spawn(move || get(listen, "/"));
     std::thread::sleep(Duration::from_millis(300));
+    (proxy, in_flight, status, listen, dir)
+}
+
+/// Sends SIGTERM.
+fn sigterm(proxy: &Proc) {
     let pid = proxy.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+/// Waits at most `limit` for the proxy to exit: its status and how long that took.
+fn wait_exit(proxy: &mut Proc, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            return (s, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "proxy still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_fails_readiness_and_exits() {
+    let (mut proxy, in_flight, status, listen, dir) = one_request_in_flight("drain", Duration::from_millis(1500), "5s");
+    sigterm(&proxy);
     eventually("readiness to fail while draining", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 503));
     assert!(TcpStream::connect(("127.0.0.1", listen)).is_err(), "no new connections while draining");
     assert_eq!(in_flight.join().unwrap(), Some((200, "slow".into())), "the in-flight request completes");
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(s) = proxy.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "proxy did not exit after draining");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (exit, took) = wait_exit(&mut proxy, Duration::from_secs(5));
     assert!(exit.success(), "{exit}");
-    assert!(start.elapsed() < Duration::from_secs(2), "exits once idle, not at the drain timeout");
+    assert!(took < Duration::from_secs(2), "exits once idle, not at the drain timeout");
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn the_drain_timeout_bounds_how_long_a_stuck_request_holds_the_exit() {
-    let stuck = slow_upstream(Duration::from_secs(20));
-    let dir = std::env::temp_dir().join(format!("skein-drain-timeout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("proxy.yaml");
-    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
-    std::fs::write(&file, config(listen, (100, 0), stuck, stuck)).unwrap();
-    let mut proxy = start_proxy(&file, [admin, status, metrics], &["--drain-timeout", "1s"]);
-    eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
-    let in_flight = std::thread::spawn(move || get(listen, "/"));
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = proxy.0.id().to_string();
+    let (mut proxy, in_flight, _, _, dir) = one_request_in_flight("drain-timeout", Duration::from_secs(20), "1s");
     let start = Instant::now();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exit = loop {
-        if let Some(s) = proxy.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "proxy still running past its drain timeout");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    sigterm(&proxy);
+    let (exit, _) = wait_exit(&mut proxy, Duration::from_secs(5));
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "exited before the drain timeout: {took:?}");
     assert!(exit.success(), "{exit}");
