@@ -179,13 +179,12 @@ fn slow_upstream(delay: Duration) -> SocketAddr {
     addr
 }
 
+/// A request on its way, on a thread of its own: its answer, if any.
+type InFlight = std::thread::JoinHandle<Option<(u16, String)>>;
+
 /// A proxy serving one request in flight to an upstream that answers after `delay`, with
-/// `--drain-timeout drain`: (proxy, the request's thread, status port, scratch dir).
-fn one_request_in_flight(
-    tag: &str,
-    delay: Duration,
-    drain: &str,
-) -> (Proc, std::thread::JoinHandle<Option<(u16, String)>>, u16, u16, std::path::PathBuf) {
+/// `--drain-timeout drain`: (proxy, the request, status port, listener port, scratch dir).
+fn one_request_in_flight(tag: &str, delay: Duration, drain: &str) -> (Proc, InFlight, u16, u16, std::path::PathBuf) {
     let slow = slow_upstream(delay);
     let dir = std::env::temp_dir().join(format!("skein-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
