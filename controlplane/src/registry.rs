@@ -169,19 +169,16 @@ pub fn exported_to(export_to: &[String], owner_ns: &str, client_ns: &str) -> boo
         })
 }
 
-/// Istio's short-name resolution: `reviews` written in namespace `default` means
-/// `reviews.default.svc.<domain>`; `reviews.prod` means `reviews.prod.svc.<domain>`; names
-/// with more dots, or wildcards, are taken as written.
+/// Istio's short-name resolution (`ResolveShortnameToFQDN`): a name without a dot, written in
+/// namespace `default`, means `<name>.default.svc.<domain>`; any name with a dot (`httpbin.org`,
+/// `reviews.prod.svc.cluster.local`) and wildcards are taken as written. Istio does not expand
+/// `reviews.prod`: doing so would turn every two-label external name into a Kubernetes one.
 pub fn resolve_host(host: &str, namespace: &str, cluster_domain: &str) -> String {
     let host = host.to_ascii_lowercase();
-    if host.starts_with('*') {
+    if host.starts_with('*') || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
         return host;
     }
-    match host.matches('.').count() {
-        0 => format!("{host}.{namespace}.svc.{cluster_domain}"),
-        1 => format!("{host}.svc.{cluster_domain}"),
-        _ => host,
-    }
+    format!("{host}.{namespace}.svc.{cluster_domain}")
 }
 
 /// Services of one host: the Kubernetes Service (or the oldest entry) first.

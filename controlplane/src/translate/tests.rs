@@ -1089,3 +1089,66 @@ fn a_dns_service_entry_gets_the_addresses_its_host_resolves_to() {
     let cfg = config(&unresolved, &Workload { namespace: "default".into(), ..Default::default() });
     assert!(cfg.clusters.iter().find(|c| c.name == "outbound|443||api.example.com").unwrap().endpoints.is_empty());
 }
+
+#[test]
+fn only_names_without_a_dot_are_kubernetes_short_names() {
+    use crate::registry::resolve_host;
+    let r = |h: &str| resolve_host(h, "default", "cluster.local");
+    assert_eq!(r("reviews"), "reviews.default.svc.cluster.local");
+    assert_eq!(r("Reviews"), "reviews.default.svc.cluster.local");
+    assert_eq!(r("httpbin.org"), "httpbin.org", "an external name with one dot");
+    assert_eq!(r("reviews.prod"), "reviews.prod", "Istio does not expand <name>.<namespace>");
+    assert_eq!(r("reviews.prod.svc.cluster.local"), "reviews.prod.svc.cluster.local");
+    assert_eq!(r("*.example.com"), "*.example.com");
+    assert_eq!(r("*"), "*");
+}
+
+/// Istio's egress task "Manage traffic to external services": a 3 s timeout on httpbin.org.
+const HTTPBIN_EXT: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext, namespace: default}
+spec:
+  hosts:
+  - httpbin.org
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-ext, namespace: default}
+spec:
+  hosts:
+    - httpbin.org
+  http:
+  - timeout: 3s
+    route:
+      - destination:
+          host: httpbin.org
+        weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin-ext, namespace: default}
+spec:
+  host: httpbin.org
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+"#;
+
+#[test]
+fn rules_for_an_external_host_with_one_dot_reach_its_routes_and_cluster() {
+    let resolved = HashMap::from([("httpbin.org".to_string(), vec!["192.0.2.80".parse().unwrap()])]);
+    let snap = snapshot_resolved(MeshSettings::default(), HTTPBIN_EXT, &resolved);
+    let cfg = config(&snap, &Workload { namespace: "default".into(), ..Default::default() });
+    let vh = cfg.virtual_hosts.iter().find(|v| v.name == "httpbin.org").expect("httpbin.org virtual host");
+    assert_eq!(vh.routes.len(), 1, "{:#?}", vh.routes);
+    assert_eq!(vh.routes[0].timeout, Some(std::time::Duration::from_secs(3)), "the VirtualService's timeout");
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|80||httpbin.org", 100)]);
+    let c = cfg.clusters.iter().find(|c| c.name == "outbound|80||httpbin.org").unwrap();
+    assert_eq!(c.load_balancer, proxy::LoadBalancer::Random, "the DestinationRule's policy");
+    assert_eq!(c.endpoints, vec!["192.0.2.80:80".parse().unwrap()]);
+    assert!(cfg.clusters.iter().all(|c| !c.name.contains("httpbin.org.svc")), "no Kubernetes twin of the host");
+}
