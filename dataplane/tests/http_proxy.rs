@@ -353,16 +353,21 @@ async fn max_connections_one_with_one_pending_request_overflows_with_503() {
     let clients: Vec<_> = (0..3)
         .map(|_| {
             let h = h.clone();
-            tokio::spawn(async move { h.get("reviews", "/", &[]).await.0 })
+            tokio::spawn(async move { h.get("reviews", "/", &[]).await })
         })
         .collect();
-    let mut codes = Vec::new();
+    let mut answers = Vec::new();
     for c in clients {
-        codes.push(c.await.unwrap());
+        answers.push(c.await.unwrap());
     }
+    let codes: Vec<StatusCode> = answers.iter().map(|a| a.0).collect();
     let overflowed = codes.iter().filter(|c| **c == StatusCode::SERVICE_UNAVAILABLE).count();
     let ok = codes.iter().filter(|c| **c == StatusCode::OK).count();
     assert_eq!((ok, overflowed), (2, 1), "{codes:?}: one in flight, one queued, one refused");
+    // What Envoy answers on overflow, so clients and dashboards keyed on it work.
+    let (_, body, headers) = answers.iter().find(|a| a.0 == StatusCode::SERVICE_UNAVAILABLE).unwrap();
+    assert_eq!(headers.get("x-envoy-overloaded").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: overflow");
     let m = h.metrics.render();
     assert!(m.contains(&format!("envoy_cluster_upstream_rq_pending_overflow_total{{cluster_name=\"{V1}\"}} 1")), "{m}");
     assert!(m.contains("response_flags=\"UO\""), "{m}");

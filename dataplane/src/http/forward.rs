@@ -45,11 +45,7 @@ impl Proxy {
         let Some(_admission) = admission else {
             let label = ClusterLabel { cluster_name: upstream.name.clone() };
             self.metrics.pending_overflow.get_or_create(&label).inc();
-            return Outcome::local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream overflow\n",
-                ResponseFlag::UpstreamOverflow,
-            );
+            return Outcome::overflow();
         };
         self.forward(upstream, fwd, retry, deadline).await
     }

@@ -132,6 +132,18 @@ impl Outcome {
         Self::local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n", ResponseFlag::NoHealthyUpstream)
     }
 
+    /// 503 `UO`: refused by the circuit breaker, with what Envoy sends (`x-envoy-overloaded`,
+    /// its body), which clients and dashboards key on.
+    fn overflow() -> Self {
+        let mut o = Self::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ResponseFlag::UpstreamOverflow,
+        );
+        o.response.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        o
+    }
+
     /// 503 with Envoy's body for a failed (`UF`) or reset (`UR`) upstream connection.
     fn connect_error(flag: ResponseFlag) -> Self {
         Self::local(
