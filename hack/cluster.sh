@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One isolated local Kubernetes cluster per NAME: etcd, kube-apiserver (own CA and certs, on a
-# free loopback port), kube-controller-manager (garbage collection, Deployments), kube-scheduler
-# and kwok with one fake node, so Pods of Deployments become Running/Ready without a kubelet.
+# free port), kube-controller-manager (garbage collection, Deployments), kube-scheduler, and a node:
+#   SKEIN_NODE=real (default): a real node in its own network namespace (hack/node.sh):
+#     containerd, kubelet, kube-proxy, CoreDNS, a CNI bridge, LoadBalancer addresses; the images
+#     in target/images (hack/images.sh) are imported, so pods really run.
+#   SKEIN_NODE=kwok: one fake kwok node, so Pods become Running/Ready without any process
+#     (benchmarks with thousands of pods, tests that only need the objects).
 #
 #   hack/cluster.sh up NAME     start it; writes $dir/NAME/kubeconfig
 #   hack/cluster.sh down NAME   stop it and remove its state
@@ -14,12 +18,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 clusters="${SKEIN_CLUSTERS_DIR:-$root/.skein/clusters}"
+node_kind=${SKEIN_NODE:-real}
+case "$node_kind" in real|kwok) ;; *) echo "SKEIN_NODE must be real or kwok, not $node_kind" >&2; exit 2;; esac
 
 usage() { echo "usage: $0 up|down|kubeconfig|stop-apiserver|start-apiserver NAME" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 cmd=$1 name=$2
 case "$name" in *[!a-z0-9-]*|"") echo "cluster name must match [a-z0-9-]+" >&2; exit 2;; esac
 dir="$clusters/$name"
+# shellcheck source=hack/node.sh
+. "$here/node.sh"
 
 free_ports() { # N free loopback TCP ports
   python3 - "$1" <<'PY'
@@ -84,7 +92,11 @@ certs() {
     openssl x509 -req -in "$c/$1.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
       -days 3650 -extfile "$ext" -out "$c/$1.crt" 2>/dev/null
   }
-  leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc"
+  # A real node's components and pods reach the apiserver over the node link and through the
+  # `kubernetes` Service (its first Service address).
+  local extra=""
+  [ -f "$dir/slot" ] && extra=",IP:$host_ip,IP:198.19.$((16 * slot)).1"
+  leaf apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local$extra"
   leaf admin "/O=system:masters/CN=skein-admin"
   openssl genrsa -out "$c/sa.key" 2048 2>/dev/null
   openssl rsa -in "$c/sa.key" -pubout -out "$c/sa.pub" 2>/dev/null
@@ -114,18 +126,24 @@ KC
 
 start_apiserver() {
   local c="$dir/pki"
-  start kube-apiserver "$bin/kube-apiserver" \
+  # kwok clusters: loopback only, no `kubernetes` Endpoints (nothing in the cluster dials it).
+  # Real nodes: every address (the node reaches it over its link), advertised on the link.
+  local net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
+    --service-cluster-ip-range=198.19.0.0/16)
+  if [ -f "$dir/slot" ]; then
+    node_vars "$(cat "$dir/slot")"
+    net=(--bind-address=0.0.0.0 --advertise-address="$host_ip" --service-cluster-ip-range="$svc_cidr"
+      --kubelet-client-certificate="$c/admin.crt" --kubelet-client-key="$c/admin.key")
+  fi
+  start kube-apiserver "$bin/kube-apiserver" "${net[@]}" \
     --etcd-servers="http://127.0.0.1:$(cat "$dir/port.etcd")" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
     --secure-port="$(cat "$dir/port.apiserver")" \
     --cert-dir="$c" --tls-cert-file="$c/apiserver.crt" --tls-private-key-file="$c/apiserver.key" \
     --client-ca-file="$c/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$c/sa.pub" --service-account-signing-key-file="$c/sa.key" \
-    --service-cluster-ip-range=198.19.0.0/16 \
     --authorization-mode=Node,RBAC --allow-privileged=true \
-    --enable-priority-and-fairness=false --profiling=false \
-    --endpoint-reconciler-type=none
+    --enable-priority-and-fairness=false --profiling=false
   wait_for kube-apiserver 90 curl -sf --cacert "$c/ca.crt" --cert "$c/admin.crt" --key "$c/admin.key" \
     "https://127.0.0.1:$(cat "$dir/port.apiserver")/readyz"
 }
@@ -134,9 +152,16 @@ up() {
   if [ -f "$dir/kubeconfig" ] && kill -0 "$(cat "$dir/pids/kube-apiserver" 2>/dev/null)" 2>/dev/null; then
     echo "$dir/kubeconfig"; return 0
   fi
-  rm -rf "$dir"; mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
+  [ -d "$dir" ] && down
+  mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
   read -r p_etcd p_peer p_api p_kcm p_sched p_kwok < <(free_ports 6)
   echo "$p_etcd" >"$dir/port.etcd"; echo "$p_api" >"$dir/port.apiserver"
+  if [ "$node_kind" = real ]; then
+    node_prereqs
+    claim_slot
+    node_vars "$(cat "$dir/slot")"
+    node_net_up
+  fi
   certs
   start etcd "$bin/etcd" --name "$name" --data-dir "$dir/etcd" --unsafe-no-fsync \
     --listen-client-urls "http://127.0.0.1:$p_etcd" --advertise-client-urls "http://127.0.0.1:$p_etcd" \
@@ -156,12 +181,18 @@ up() {
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig="$dir/kubeconfig" --leader-elect=false \
     --bind-address=127.0.0.1 --secure-port="$p_sched"
+  local k=("$bin/kubectl" --kubeconfig="$dir/kubeconfig")
+  if [ "$node_kind" = real ]; then
+    node_up
+    wait_for "default ServiceAccount" 60 "${k[@]}" get serviceaccount default -n default
+    echo "$dir/kubeconfig"
+    return 0
+  fi
   start kwok "$bin/kwok" \
     --kubeconfig="$dir/kubeconfig" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --server-address="127.0.0.1:$p_kwok" --cidr=198.18.0.1/16 --node-ip=198.18.255.254 \
     --node-lease-duration-seconds=40
-  local k=("$bin/kubectl" --kubeconfig="$dir/kubeconfig")
   "${k[@]}" apply -f - >/dev/null <<NODE
 apiVersion: v1
 kind: Node
@@ -180,6 +211,7 @@ NODE
 
 down() {
   [ -d "$dir" ] || return 0
+  node_down
   stop kwok kube-scheduler kube-controller-manager kube-apiserver etcd
   rm -rf "$dir"
 }

@@ -4,16 +4,18 @@
 #
 #   hack/tools.sh            build if needed, print the bin directory
 #
-# Pins live in hack/tools/*/go.mod (Kubernetes v1.34.4, etcd v3.6.16, kwok v0.7.0).
+# Pins live in hack/tools/*/go.mod (Kubernetes v1.34.4 incl. kubelet and kube-proxy, etcd v3.6.16,
+# kwok v0.7.0, CoreDNS v1.12.4 with the plugins a test cluster needs, and a static pause program
+# for the pod sandbox image).
 # SKEIN_TOOLS_CACHE overrides the cache root (default ~/.cache/skein).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 tools="$here/tools"
 
 # The cache key is a digest of the pins, so changing a go.mod rebuilds into a fresh directory.
-key=$(cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/etcd/main.go | sha256sum | cut -c1-16)
+key=$(cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/main.go | sha256sum | cut -c1-16)
 bin="${SKEIN_TOOLS_CACHE:-$HOME/.cache/skein}/k8s-$key/bin"
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns pause)
 
 missing=()
 for b in "${want[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
@@ -28,10 +30,14 @@ echo "tools.sh: building ${missing[*]} into $bin (first run takes several minute
 export GOFLAGS=-mod=readonly
 (cd "$tools/etcd" && go build -o "$bin.partial/etcd" .)
 (cd "$tools/kwok" && go build -o "$bin.partial/" sigs.k8s.io/kwok/cmd/kwok)
+(cd "$tools/coredns" && go build -o "$bin.partial/coredns" .)
+(cd "$tools/pause" && CGO_ENABLED=0 go build -ldflags=-s -o "$bin.partial/pause" .)
 (cd "$tools/kube" && go build -o "$bin.partial/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \
-  k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy)
 rm -rf "$bin" && mv "$bin.partial" "$bin"
 echo "$bin"

@@ -44,6 +44,18 @@ pub struct MeshControlPlaneSpec {
     #[serde(default)]
     pub channel: Channel,
 
+    /// Registry and path the control-plane and proxy images come from, like Istio's `hub`
+    /// (`<hub>/skein-controlplane:<tag>`, `<hub>/skein-proxy:<tag>`). Unset: the operator's
+    /// default registry (its `--image-registry`, else the release catalog's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?(/[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)*$"))]
+    pub hub: Option<String>,
+
+    /// Image tag, like Istio's `tag`. Unset: the resolved release's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))]
+    pub tag: Option<String>,
+
     /// Namespace the control plane and gateways are installed in. Default `skein-system`;
     /// immutable once set.
     #[serde(default = "default_namespace")]

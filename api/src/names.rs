@@ -19,6 +19,9 @@ pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 pub const KEY_FILE: &str = "key.pem";
 /// The mesh root certificate file (also the `istio-ca-root-cert` ConfigMap's key).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// The ConfigMap the control plane publishes the mesh root certificate in, in every namespace
+/// (Istio's name; sidecars and gateways mount it).
+pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@ pub const SIDECAR: &str = "skein-proxy";
 /// Name of the injected init container.
 pub const INIT: &str = "skein-init";
 /// ConfigMap with the mesh root, published in every namespace.
-pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub use skein_api::names::ROOT_CERT_CONFIGMAP;
 
 /// What the injected containers look like for this control plane.
 #[derive(Debug, Clone)]

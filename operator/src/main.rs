@@ -33,6 +33,10 @@ struct Args {
     /// This replica's identity in the Lease (pod name in-cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Registry the control-plane and proxy images come from when a MeshControlPlane names no
+    /// `spec.hub` (default: the release catalog's).
+    #[arg(long, env = "SKEIN_IMAGE_REGISTRY")]
+    image_registry: Option<String>,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
@@ -47,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let catalog = Catalog::builtin().context("release catalog")?;
+    let catalog = Catalog::builtin_with_registry(args.image_registry.as_deref()).context("release catalog")?;
     let client = kube::Client::try_default().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
     let metrics = Metrics::default();
     let health = Health::default();

@@ -86,15 +86,37 @@ pub struct DiscoveryArgs {
     /// Requested certificate lifetime (the CA caps it at 24 h).
     #[arg(long, default_value = "24h", value_parser = crate::parse_duration_arg)]
     pub cert_ttl: Duration,
-    /// Istio node id. Default: `sidecar~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`.
+    /// Istio node id. Default: `<proxy-type>~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`.
     #[arg(long)]
     pub node_id: Option<String>,
+    /// What this proxy is when the node id comes from the pod's environment: `sidecar` (beside
+    /// a workload, traffic captured) or `router` (a gateway), as Istio's `proxy sidecar|router`.
+    #[arg(long, value_enum, default_value_t = ProxyType::Sidecar)]
+    pub proxy_type: ProxyType,
+}
+
+/// The proxy's role, Istio's node-id prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyType {
+    /// Beside a workload.
+    Sidecar,
+    /// A gateway.
+    Router,
+}
+
+impl ProxyType {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProxyType::Sidecar => "sidecar",
+            ProxyType::Router => "router",
+        }
+    }
 }
 
 impl DiscoveryArgs {
     /// The node id, from the flag or the pod's environment (what injected sidecars use).
     pub fn node_id(&self) -> Result<String, DiscoveryError> {
-        node_id(self.node_id.as_deref(), |k| std::env::var(k).ok())
+        node_id(self.node_id.as_deref(), self.proxy_type, |k| std::env::var(k).ok())
     }
 
     fn identity_files(&self) -> IdentityFiles {
@@ -122,15 +144,19 @@ impl DiscoveryArgs {
     }
 }
 
-/// `flag`, else Istio's sidecar id from the pod's downward-API environment:
-/// `sidecar~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`.
-fn node_id(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<String, DiscoveryError> {
+/// `flag`, else Istio's node id from the pod's downward-API environment:
+/// `<kind>~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`.
+fn node_id(
+    flag: Option<&str>,
+    kind: ProxyType,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, DiscoveryError> {
     if let Some(id) = flag {
         return Ok(id.to_string());
     }
     let var = |k: &'static str| env(k).filter(|v| !v.is_empty()).ok_or(DiscoveryError::NoNodeId(k));
     let (ip, pod, ns) = (var("INSTANCE_IP")?, var("POD_NAME")?, var("POD_NAMESPACE")?);
-    Ok(format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"))
+    Ok(format!("{}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local", kind.as_str()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DiscoveryError> {
@@ -185,7 +211,7 @@ mod tests {
     fn node_id_comes_from_the_flag_else_from_the_pods_environment() {
         let none = |_: &str| None;
         let id = "sidecar~1.2.3.4~a.b~b.svc.cluster.local";
-        assert_eq!(node_id(Some(id), none).unwrap(), id);
+        assert_eq!(node_id(Some(id), ProxyType::Router, none).unwrap(), id);
         // What an injected sidecar has: the downward API's INSTANCE_IP, POD_NAME, POD_NAMESPACE.
         let pod = |k: &str| match k {
             "INSTANCE_IP" => Some("10.1.2.3".to_string()),
@@ -193,9 +219,20 @@ mod tests {
             "POD_NAMESPACE" => Some("bookinfo".to_string()),
             _ => None,
         };
-        assert_eq!(node_id(None, pod).unwrap(), "sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local");
+        assert_eq!(
+            node_id(None, ProxyType::Sidecar, pod).unwrap(),
+            "sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local"
+        );
+        // A gateway pod (the operator runs gateways with --proxy-type=router).
+        assert_eq!(
+            node_id(None, ProxyType::Router, pod).unwrap(),
+            "router~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local"
+        );
         let no_ns = |k: &str| if k == "POD_NAMESPACE" { Some(String::new()) } else { pod(k) };
-        assert_eq!(node_id(None, no_ns).unwrap_err().to_string(), "--node-id or $POD_NAMESPACE is required");
-        assert!(matches!(node_id(None, none), Err(DiscoveryError::NoNodeId("INSTANCE_IP"))));
+        assert_eq!(
+            node_id(None, ProxyType::Sidecar, no_ns).unwrap_err().to_string(),
+            "--node-id or $POD_NAMESPACE is required"
+        );
+        assert!(matches!(node_id(None, ProxyType::Sidecar, none), Err(DiscoveryError::NoNodeId("INSTANCE_IP"))));
     }
 }

@@ -163,7 +163,8 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         .catalog
         .resolve(mcp.spec.version.as_deref(), mcp.spec.channel)
         .map_err(|e| SpecError { reason: Reason::InvalidVersion, message: e.to_string() })?
-        .clone();
+        .clone()
+        .with_image_overrides(mcp.spec.hub.as_deref(), mcp.spec.tag.as_deref());
 
     // 2. The CA: a bad user Secret is also refused without touching anything.
     ensure_namespace(mcp, ctx).await?;

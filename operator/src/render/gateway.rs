@@ -2,7 +2,10 @@
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use serde_json::{Value, json};
-use skein_api::{GatewayComponent, MeshControlPlane, ServiceType};
+use skein_api::{
+    GatewayComponent, MeshControlPlane, ServiceType,
+    names::{self, ROOT_CERT_CONFIGMAP},
+};
 
 use super::{
     Desired, Facts, PORT_EAST_WEST, PORT_GATEWAY_STATUS, PORT_PROXY_METRICS, control_plane,
@@ -88,16 +91,21 @@ impl Gateway {
     }
 }
 
+/// Where a gateway pod's identity lives: Istio's paths, which injected sidecars use too.
+const IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/tokens";
+const IDENTITY_TOKEN: &str = "istio-token";
+const IDENTITY_ROOT_DIR: &str = "/var/run/secrets/istio";
+const IDENTITY_CERT_DIR: &str = "/var/run/skein/certs";
+
 /// A gateway's Deployment.
 pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desired {
     let spec = gw.spec(mcp);
     let mut pod_labels = selector_labels(gw.name(), facts.revision);
     pod_labels["istio"] = json!(gw.istio_label());
     pod_labels["sidecar.istio.io/inject"] = json!("false");
-    let mode = match gw {
-        Gateway::Ingress | Gateway::Egress => "gateway",
-        Gateway::EastWest => "east-west",
-    };
+    let mut env = control_plane::cluster_env(mcp);
+    env.push(json!({"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}));
+    env.push(json!({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}));
     let mut ports: Vec<Value> = gw
         .ports()
         .iter()
@@ -121,12 +129,18 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
                         "containers": [{
                             "name": "proxy",
                             "image": facts.release.proxy_image,
+                            // A `router` proxy (Istio's `proxy router`): no capture, its node
+                            // id from the downward API, its identity from the same token and
+                            // root-certificate volumes an injected sidecar has.
                             "args": [
-                                mode.to_string(),
+                                "run",
+                                "--proxy-type=router",
                                 format!("--discovery-address={}", control_plane::discovery_address(mcp)),
-                                format!("--trust-domain={}", mcp.spec.mesh_config.trust_domain),
+                                format!("--discovery-root-cert={IDENTITY_ROOT_DIR}/{}", names::ROOT_CERT_FILE),
+                                format!("--token-file={IDENTITY_TOKEN_DIR}/{IDENTITY_TOKEN}"),
+                                format!("--cert-dir={IDENTITY_CERT_DIR}"),
                             ],
-                            "env": control_plane::cluster_env(mcp),
+                            "env": env,
                             "ports": ports,
                             "readinessProbe": {
                                 "httpGet": {"path": "/healthz/ready", "port": PORT_GATEWAY_STATUS},
@@ -134,9 +148,20 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
                             },
                             "resources": control_plane::resources(spec.and_then(|s| s.resources.as_ref())),
                             "securityContext": control_plane::container_security(),
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                            "volumeMounts": [
+                                {"name": "istio-token", "mountPath": IDENTITY_TOKEN_DIR, "readOnly": true},
+                                {"name": "istiod-ca-cert", "mountPath": IDENTITY_ROOT_DIR, "readOnly": true},
+                                {"name": "skein-certs", "mountPath": IDENTITY_CERT_DIR},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
                         }],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                        "volumes": [
+                            {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                                "audience": "istio-ca", "expirationSeconds": 43200, "path": IDENTITY_TOKEN}}]}},
+                            {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+                            {"name": "skein-certs", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                        ],
                     },
                 },
             },

@@ -105,7 +105,14 @@ fn east_west_gateway_exposes_15443_and_carries_the_network() {
     let dep = find(&objs, "Deployment", "skein-eastwestgateway");
     let pod = &dep["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["istio"], "eastwestgateway");
-    assert_eq!(pod["spec"]["containers"][0]["args"][0], "east-west");
+    // skein-proxy's `run` as a router (it has no `gateway` subcommand), with a pod identity.
+    let args = &pod["spec"]["containers"][0]["args"];
+    assert_eq!(args[0], "run");
+    assert_eq!(args[1], "--proxy-type=router");
+    assert_eq!(args[2], "--discovery-address=skein-controlplane.skein-system.svc:15012");
+    let volumes: Vec<&str> =
+        pod["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, ["istio-token", "istiod-ca-cert", "skein-certs", "tmp"]);
     assert_eq!(pod["spec"]["containers"][0]["image"], "registry.skein.dev/skein/skein-proxy:1.0.2");
     let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "ISTIO_META_NETWORK" && e["value"] == "net1"));

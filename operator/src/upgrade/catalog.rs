@@ -50,7 +50,29 @@ pub struct Release {
     pub control_plane_image: String,
     /// Image of `skein-proxy` (sidecars and gateways).
     pub proxy_image: String,
+    /// Registry the images above come from (the catalog's, or the operator's override).
+    pub registry: String,
 }
+
+impl Release {
+    /// The release with its images taken from `hub` and/or tagged `tag` (a MeshControlPlane's
+    /// `spec.hub`/`spec.tag`, Istio's values of the same names). Neither: unchanged.
+    pub fn with_image_overrides(mut self, hub: Option<&str>, tag: Option<&str>) -> Self {
+        if hub.is_none() && tag.is_none() {
+            return self;
+        }
+        let hub = hub.unwrap_or(&self.registry).trim_end_matches('/').to_string();
+        let tag = tag.map_or_else(|| self.version.to_string(), str::to_string);
+        self.control_plane_image = format!("{hub}/{CONTROL_PLANE_IMAGE}:{tag}");
+        self.proxy_image = format!("{hub}/{PROXY_IMAGE}:{tag}");
+        self.registry = hub;
+        self
+    }
+}
+
+/// Image names under a registry.
+const CONTROL_PLANE_IMAGE: &str = "skein-controlplane";
+const PROXY_IMAGE: &str = "skein-proxy";
 
 /// All known releases, sorted oldest first.
 #[derive(Debug, Clone)]
@@ -73,17 +95,32 @@ impl Catalog {
         Self::parse(CATALOG_YAML)
     }
 
+    /// The catalog compiled into this binary, its default registry replaced by `registry`
+    /// (the operator's `--image-registry`) when given.
+    pub fn builtin_with_registry(registry: Option<&str>) -> Result<Self, CatalogError> {
+        Self::parse_with_registry(CATALOG_YAML, registry)
+    }
+
     /// Parses a catalog document.
     pub fn parse(yaml: &str) -> Result<Self, CatalogError> {
-        let file: CatalogFile = serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        Self::parse_with_registry(yaml, None)
+    }
+
+    fn parse_with_registry(yaml: &str, registry: Option<&str>) -> Result<Self, CatalogError> {
+        let mut file: CatalogFile =
+            serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        if let Some(r) = registry {
+            file.registry = r.trim_end_matches('/').to_string();
+        }
         let mut releases = Vec::with_capacity(file.releases.len());
         for r in file.releases {
             let version = Version::parse(&r.version)
                 .map_err(|e| CatalogError::Invalid(format!("release {:?}: {e}", r.version)))?;
             let image = |name: &str| format!("{}/{name}:{version}", file.registry);
             releases.push(Release {
-                control_plane_image: r.control_plane_image.unwrap_or_else(|| image("skein-controlplane")),
-                proxy_image: r.proxy_image.unwrap_or_else(|| image("skein-proxy")),
+                control_plane_image: r.control_plane_image.unwrap_or_else(|| image(CONTROL_PLANE_IMAGE)),
+                proxy_image: r.proxy_image.unwrap_or_else(|| image(PROXY_IMAGE)),
+                registry: file.registry.clone(),
                 version,
                 channel: r.channel,
             });
@@ -197,5 +234,24 @@ mod tests {
             .is_err()
         );
         assert!(Catalog::parse("registry: r\nreleases:\n  - {version: one, channel: stable}\n").is_err());
+    }
+
+    #[test]
+    fn images_come_from_the_operators_registry_then_the_specs_hub_and_tag() {
+        let shipped = catalog().resolve(Some("1.0.2"), Channel::Stable).unwrap().clone();
+        assert_eq!(shipped.proxy_image, "registry.skein.dev/skein/skein-proxy:1.0.2");
+        // The operator's --image-registry replaces the catalog's registry.
+        let local = Catalog::builtin_with_registry(Some("skein.local/skein/")).unwrap();
+        let r = local.resolve(Some("1.0.2"), Channel::Stable).unwrap().clone();
+        assert_eq!(r.control_plane_image, "skein.local/skein/skein-controlplane:1.0.2");
+        // spec.tag alone keeps the registry; spec.hub alone keeps the version as tag.
+        let tagged = r.clone().with_image_overrides(None, Some("dev"));
+        assert_eq!(tagged.proxy_image, "skein.local/skein/skein-proxy:dev");
+        assert_eq!(tagged.control_plane_image, "skein.local/skein/skein-controlplane:dev");
+        let hub = r.clone().with_image_overrides(Some("docker.io/me"), None);
+        assert_eq!(hub.proxy_image, "docker.io/me/skein-proxy:1.0.2");
+        assert_eq!(r.clone().with_image_overrides(None, None), r);
+        // The version stays the release's: the tag changes images, not what is installed.
+        assert_eq!(tagged.version, r.version);
     }
 }

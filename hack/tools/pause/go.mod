@@ -1,0 +1,3 @@
+module skein.dev/hack/tools/pause
+
+go 1.24.0
