@@ -133,7 +133,8 @@ start_apiserver() {
   if [ -f "$dir/slot" ]; then
     node_vars "$(cat "$dir/slot")"
     net=(--bind-address=0.0.0.0 --advertise-address="$host_ip" --service-cluster-ip-range="$svc_cidr"
-      --kubelet-client-certificate="$c/admin.crt" --kubelet-client-key="$c/admin.key")
+      --kubelet-client-certificate="$c/admin.crt" --kubelet-client-key="$c/admin.key"
+      --kubelet-preferred-address-types=InternalIP)
   fi
   start kube-apiserver "$bin/kube-apiserver" "${net[@]}" \
     --etcd-servers="http://127.0.0.1:$(cat "$dir/port.etcd")" \
@@ -152,7 +153,7 @@ up() {
   if [ -f "$dir/kubeconfig" ] && kill -0 "$(cat "$dir/pids/kube-apiserver" 2>/dev/null)" 2>/dev/null; then
     echo "$dir/kubeconfig"; return 0
   fi
-  [ -d "$dir" ] && down
+  if [ -d "$dir" ]; then down; fi
   mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
   read -r p_etcd p_peer p_api p_kcm p_sched p_kwok < <(free_ports 6)
   echo "$p_etcd" >"$dir/port.etcd"; echo "$p_api" >"$dir/port.apiserver"

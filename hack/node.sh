@@ -84,7 +84,11 @@ node_net_down() {
     done
   fi
   pkill -f "containerd-shim-runc-v2 .*-address $rd/containerd.sock" 2>/dev/null || true
-  findmnt -rn -o TARGET | grep -E "^($rd|${2:-/nonexistent})(/|$)" | sort -r | while read -r m; do
+  # Pod network namespaces (containerd's cni-*): the ones whose veth peers are on this node.
+  { ip -n "skein-node-$n" -o link show type veth 2>/dev/null | grep -o 'link-netns [^ ]*' || true; } | while read -r _ pod_ns; do
+    ip netns del "$pod_ns" 2>/dev/null || true
+  done
+  { findmnt -rn -o TARGET | grep -E "^($rd|${2:-/nonexistent})(/|$)" || true; } | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
   ip netns del "skein-node-$n" 2>/dev/null || true

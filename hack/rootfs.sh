@@ -26,7 +26,7 @@ strip --strip-debug -o "$dir/usr/local/bin/$image" "$binary"
 
 # copy_libs FILE...: every shared library the files load, at its own path, symlinks resolved.
 copy_libs() {
-  ldd "$@" 2>/dev/null | awk '/=> \//{print $3} /^\s*\/[^ ]+ \(/{print $1}' | sort -u | while read -r lib; do
+  ldd "$@" 2>/dev/null | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' | sort -u | while read -r lib; do
     mkdir -p "$dir$(dirname "$lib")"
     cp -L "$lib" "$dir$lib"
   done
@@ -62,3 +62,11 @@ if [ "$image" = skein-proxy ]; then
   ext=/usr/lib/x86_64-linux-gnu/xtables
   [ -d "$ext" ] && { mkdir -p "$dir$ext"; cp "$ext"/*.so "$dir$ext/"; copy_libs "$ext"/*.so; }
 fi
+
+# The root must be self-contained: the binary starts with only what was copied here.
+case $image in
+  bookinfo-app) { chroot "$dir" /usr/local/bin/bookinfo-app 2>&1 || true; } | grep -q usage ||
+    { echo "rootfs.sh: $image does not start inside its root" >&2; exit 1; } ;;
+  *) chroot "$dir" "/usr/local/bin/$image" --version >/dev/null ||
+    { echo "rootfs.sh: $image does not start inside its root" >&2; exit 1; } ;;
+esac

@@ -48,7 +48,10 @@ pub struct MeshControlPlaneSpec {
     /// (`<hub>/skein-controlplane:<tag>`, `<hub>/skein-proxy:<tag>`). Unset: the operator's
     /// default registry (its `--image-registry`, else the release catalog's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?(/[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?(/[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)*$")
+    )]
     pub hub: Option<String>,
 
     /// Image tag, like Istio's `tag`. Unset: the resolved release's version.

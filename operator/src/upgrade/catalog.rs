@@ -107,8 +107,7 @@ impl Catalog {
     }
 
     fn parse_with_registry(yaml: &str, registry: Option<&str>) -> Result<Self, CatalogError> {
-        let mut file: CatalogFile =
-            serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        let mut file: CatalogFile = serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         if let Some(r) = registry {
             file.registry = r.trim_end_matches('/').to_string();
         }

@@ -3,11 +3,10 @@
 //! answers of the services it calls in turn (forwarding `end-user`, as Bookinfo does).
 //! `GET /count` reports how many requests it served (mirroring shows up there).
 //!
-//! `bookinfo-app <service> <version> <listen addr> [<name>=<ip:port> ...]`: each call goes to
-//! the given address (what DNS would have answered) with `Host: <name>:<port>`.
+//! `bookinfo-app <service> <version> <listen addr> [<name>=<host:port> ...]`: each call goes to
+//! the given address (an IP, or a name resolved by the pod's DNS) with `Host: <name>:<port>`.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -23,17 +22,18 @@ use serde_json::{Value, json};
 struct App {
     service: String,
     version: String,
-    calls: Vec<(String, SocketAddr)>,
+    calls: Vec<(String, String)>,
     served: AtomicU64,
 }
 
-async fn call(name: &str, addr: SocketAddr, end_user: Option<&str>) -> Value {
+async fn call(name: &str, addr: &str, end_user: Option<&str>) -> Value {
+    let port = addr.rsplit_once(':').map_or("80", |(_, p)| p);
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let mut req = Request::get("/").header("host", format!("{name}:{}", addr.port()));
+        let mut req = Request::get("/").header("host", format!("{name}:{port}"));
         if let Some(u) = end_user {
             req = req.header("end-user", u);
         }
@@ -62,7 +62,7 @@ async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Result<Re
     let end_user = header("end-user");
     let mut calls = serde_json::Map::new();
     for (name, addr) in &app.calls {
-        calls.insert(name.clone(), call(name, *addr, end_user.as_deref()).await);
+        calls.insert(name.clone(), call(name, addr, end_user.as_deref()).await);
     }
     let body = json!({
         "service": app.service,
@@ -78,14 +78,14 @@ async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Result<Re
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [service, version, listen, calls @ ..] = &args[..] else {
-        eprintln!("usage: bookinfo-app <service> <version> <listen addr> [<name>=<ip:port> ...]");
+        eprintln!("usage: bookinfo-app <service> <version> <listen addr> [<name>=<host:port> ...]");
         std::process::exit(2);
     };
     let calls = calls
         .iter()
         .map(|c| {
-            let (n, a) = c.split_once('=').expect("call is <name>=<ip:port>");
-            (n.to_string(), a.parse().expect("call address is ip:port"))
+            let (n, a) = c.split_once('=').expect("call is <name>=<host:port>");
+            (n.to_string(), a.to_string())
         })
         .collect();
     let app = Arc::new(App { service: service.clone(), version: version.clone(), calls, served: AtomicU64::new(0) });
