@@ -399,6 +399,9 @@ pub struct ComponentStatus {
     pub replicas: i32,
     /// Ready replicas.
     pub ready_replicas: i32,
+    /// Why it is not ready, from its pods (`pod <name>: container <c>: CrashLoopBackOff ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
@@ -19,7 +19,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     core::ApiResource,
     runtime::{
         Controller,
@@ -41,7 +41,7 @@ use crate::{
     error::{Error, SpecError, backoff},
     kube::{
         apply::{Applier, ApplyError, Outcome},
-        conditions::{ConditionUpdate, component_status, has_condition, upsert_condition},
+        conditions::{ConditionUpdate, component_status, has_condition, pod_problem, upsert_condition},
     },
     pki,
     render::{
@@ -228,7 +228,18 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     let ready = not_ready.is_empty();
     let (reason, message) = match ready {
         true => (Reason::ComponentsReady, "all components are available".to_string()),
-        false => (Reason::ComponentsNotReady, format!("waiting for {}", not_ready.join(", "))),
+        false => {
+            let why: Vec<String> = status
+                .components
+                .iter()
+                .filter(|c| !c.ready)
+                .map(|c| match &c.message {
+                    Some(m) => format!("{} ({m})", c.name),
+                    None => c.name.clone(),
+                })
+                .collect();
+            (Reason::ComponentsNotReady, format!("waiting for {}", why.join(", ")))
+        }
     };
     set(status, mcp, ConditionType::Ready, ready, reason, message);
     Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
@@ -379,9 +390,27 @@ async fn components_status(mcp: &MeshControlPlane, ctx: &Context) -> Result<Vec<
     let mut out = Vec::with_capacity(wanted.len());
     for (component, deployment) in wanted {
         let d = api.get_opt(deployment).await.map_err(ApplyError::during("get", format!("Deployment/{deployment}")))?;
-        out.push(component_status(component, d.as_ref()));
+        let mut status = component_status(component, d.as_ref());
+        if let (false, Some(d)) = (status.ready, &d) {
+            status.message = pods_problem(ctx, d).await?;
+        }
+        out.push(status);
     }
     Ok(out)
+}
+
+/// Why a not-ready Deployment's pods are not ready (their containers' waiting reasons).
+async fn pods_problem(ctx: &Context, d: &Deployment) -> Result<Option<String>, Error> {
+    let ns = d.metadata.namespace.as_deref().unwrap_or_default();
+    let labels = d.spec.as_ref().and_then(|s| s.selector.match_labels.as_ref());
+    let Some(selector) = labels.filter(|l| !l.is_empty()) else { return Ok(None) };
+    let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(ApplyError::during("list", format!("Pods of Deployment/{}", d.name_any())))?;
+    Ok(pod_problem(&list.items))
 }
 
 /// Removes what owner references cannot: cluster-scoped objects are deleted explicitly (so the

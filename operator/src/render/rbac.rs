@@ -94,6 +94,8 @@ fn operator_own_rules() -> Value {
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create", "delete"]},
         {"apiGroups": [""], "resources": ["serviceaccounts", "services", "configmaps", "secrets"], "verbs": manage},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": manage},
+        // Why a component is not ready: its pods' container states.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": manage},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles", "clusterrolebindings", "roles", "rolebindings"], "verbs": manage},
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": manage},
