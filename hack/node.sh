@@ -261,5 +261,8 @@ node_down() {
   stop loadbalancer coredns kube-proxy kubelet
   node_net_down "$slot" "$dir"
   stop containerd
+  # The kubelet's pod logs live in the host-wide /var/log/pods (<ns>_<pod>_<uid>).
+  local uid
+  for uid in $(ls "$dir/kubelet/pods" 2>/dev/null); do rm -rf /var/log/pods/*_"$uid"; done
   rm -rf "$slots_dir/$slot"
 }

@@ -1,6 +1,6 @@
 //! Harness for Skein's end-to-end tests: real local Kubernetes clusters (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, kwok) started through `hack/cluster.sh`, and the
-//! operator run as a real process against them.
+//! kube-controller-manager, kube-scheduler, and a real node or a kwok one) started through
+//! `hack/cluster.sh`, and the operator run as a real process or a pod against them.
 //!
 //! Every cluster and process is torn down on drop, including when a test panics.
 #![forbid(unsafe_code)]
@@ -30,6 +30,17 @@ fn target_dir() -> PathBuf {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// What runs the cluster's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// A kwok node: pods become Running/Ready with no process (tests that only need objects,
+    /// and benchmarks with thousands of pods).
+    Kwok,
+    /// A real node (containerd, kubelet, kube-proxy, CoreDNS) with the images of
+    /// `hack/images.sh` imported: pods really run.
+    Real,
+}
+
 /// One running local cluster.
 pub struct Cluster {
     /// Cluster name (unique per test process).
@@ -42,14 +53,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a new cluster named after `prefix`; ready when this returns (node Ready, default
-    /// ServiceAccount present).
+    /// Starts a new cluster with a kwok node, named after `prefix`; ready when this returns
+    /// (node Ready, default ServiceAccount present).
     pub async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with(prefix, Node::Kwok).await
+    }
+
+    /// Starts a new cluster with `node`, named after `prefix`.
+    pub async fn start_with(prefix: &str, node: Node) -> anyhow::Result<Self> {
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = target_dir().join("e2e-clusters");
         let out = Command::new(repo_root().join("hack/cluster.sh"))
             .args(["up", &name])
             .env("SKEIN_CLUSTERS_DIR", &dir)
+            .env("SKEIN_NODE", if node == Node::Real { "real" } else { "kwok" })
             .stderr(Stdio::inherit())
             .output()
             .context("run hack/cluster.sh up")?;
@@ -134,6 +151,17 @@ impl Cluster {
     /// Starts the kube-apiserver again on the same port with the same certificates.
     pub fn start_apiserver(&self) -> anyhow::Result<()> {
         self.script("start-apiserver")
+    }
+
+    /// Runs `ctr` against the real node's containerd (namespace `k8s.io`, where the kubelet's
+    /// images are), failing loudly.
+    pub fn node_ctr(&self, args: &[&str]) -> String {
+        let slot = std::fs::read_to_string(self.scratch_dir().join("slot")).expect("a real node's slot");
+        let socket = format!("/run/skein/node-{}/containerd.sock", slot.trim());
+        let out = Command::new("ctr").args(["--address", &socket, "--namespace", "k8s.io"]).args(args).output();
+        let out = out.expect("run ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Writes a kubeconfig that impersonates `user` (the admin may), so a process can be run with

@@ -1,0 +1,217 @@
+//! Skein as users run it, on a local cluster with a real node (containerd, kubelet, kube-proxy,
+//! CoreDNS; `hack/cluster.sh` with `SKEIN_NODE=real`): the operator is installed with
+//! `kubectl apply -k config/local` and runs from its image; the control plane and the ingress
+//! gateway it installs run as pods; Bookinfo in a namespace labeled `istio-injection=enabled`
+//! gets its sidecars and init step from the webhook, and Istio's own Bookinfo routing YAML
+//! decides what answers requests sent to the gateway's LoadBalancer address. Last, a
+//! control-plane image that crashes turns `Ready` False, naming the pod and the kubelet's reason.
+//!
+//! Needs the images of `hack/images.sh` (`make test-e2e` builds them first).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::ListParams};
+use serde_json::Value;
+use skein_api::MeshControlPlane;
+use skein_e2e::{Cluster, Node, repo_root};
+
+const SAMPLES: &str = "config/samples/bookinfo";
+
+fn kubectl_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.kubectl(args, None);
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sample(name: &str) -> String {
+    repo_root().join(SAMPLES).join(name).to_string_lossy().into_owned()
+}
+
+/// What the cluster shows when something does not come up: pods, events, the operator's log.
+fn diagnostics(cluster: &Cluster) -> String {
+    let run = |args: &[&str]| {
+        let out = cluster.kubectl(args, None);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    [
+        run(&["get", "pods", "-A", "-o", "wide"]),
+        run(&["get", "events", "-A", "--sort-by=.lastTimestamp"]),
+        run(&["logs", "-n", "skein-operator", "deploy/skein-operator", "--tail=40"]),
+        run(&["logs", "-n", "skein-system", "deploy/skein-controlplane", "--tail=40"]),
+    ]
+    .join("\n")
+}
+
+/// The `Ready` condition of MeshControlPlane `default`: (status, message).
+async fn ready(api: &Api<MeshControlPlane>) -> Option<(String, String)> {
+    let mcp = api.get_opt("default").await.ok()??;
+    let c = mcp.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.message))
+}
+
+/// Waits (bounded) until `check` holds for the `Ready` condition.
+async fn wait_ready(cluster: &Cluster, what: &str, check: impl Fn(&str, &str) -> bool) -> (String, String) {
+    let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
+    let start = Instant::now();
+    loop {
+        if let Some((status, message)) = ready(&api).await {
+            if check(&status, &message) {
+                return (status, message);
+            }
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            panic!("{what} not seen after 180 s; Ready = {:?}\n{}", ready(&api).await, diagnostics(cluster));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One HTTP/1.1 GET to `addr` (bounded by timeouts): (status, JSON body).
+fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> Result<(u16, Value), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let user = user.map(|u| format!("end-user: {u}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: bookinfo.example\r\n{user}Connection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_crashing_control_plane() {
+    let cluster = Cluster::start_with("real", Node::Real).await.expect("cluster with a real node starts");
+
+    // The operator, as users install it (the local overlay only swaps in the local images).
+    kubectl_ok(&cluster, &["apply", "-k", &repo_root().join("config/local").to_string_lossy()]);
+    let out = cluster
+        .kubectl(&["rollout", "status", "deployment/skein-operator", "-n", "skein-operator", "--timeout=120s"], None);
+    assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(&cluster));
+
+    // The smallest MeshControlPlane, tagged with the local build's images.
+    cluster.apply(
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec: {tag: dev}\n",
+    );
+    wait_ready(&cluster, "Ready=True", |s, _| s == "True").await;
+    // Ready came from real pods running the images the operator rendered.
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "skein-system");
+    let cp = pods.list(&ListParams::default().labels("app=skein-controlplane")).await.unwrap();
+    let cp_pod = cp.items.first().expect("a control-plane pod");
+    let st = cp_pod.status.as_ref().unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    let c = &st.container_statuses.as_ref().unwrap()[0];
+    assert!(c.ready, "{c:?}");
+    assert_eq!(c.image, "skein.local/skein/skein-controlplane:dev");
+    assert!(st.pod_ip.as_deref().is_some_and(|ip| ip.starts_with("198.18.")), "{st:?}");
+
+    // Bookinfo in an injected namespace, and Istio's routing for it.
+    kubectl_ok(&cluster, &["create", "namespace", "bookinfo"]);
+    kubectl_ok(&cluster, &["label", "namespace", "bookinfo", "istio-injection=enabled"]);
+    kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample("bookinfo.yaml")]);
+    for f in ["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample(f)]);
+    }
+    kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample("virtual-service-reviews-test-v2.yaml")]);
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster));
+    // Every pod was injected through the real apiserver, and its init step ran and succeeded.
+    let bookinfo: Api<Pod> = Api::namespaced(cluster.client.clone(), "bookinfo");
+    for pod in bookinfo.list(&ListParams::default()).await.unwrap() {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref().unwrap();
+        let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert!(containers.contains(&"skein-proxy"), "{name} has no sidecar: {containers:?}");
+        let init = &pod.status.as_ref().unwrap().init_container_statuses.as_ref().expect("init statuses")[0];
+        let done = init.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("init step finished");
+        assert_eq!((init.name.as_str(), done.exit_code), ("skein-init", 0), "{name}");
+    }
+
+    // Through the gateway's LoadBalancer address, as a client outside the cluster.
+    let lb = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "service",
+            "skein-ingressgateway",
+            "-n",
+            "skein-system",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ],
+    );
+    let lb: SocketAddr = format!("{}:80", lb.trim()).parse().expect("a LoadBalancer address");
+    // The first answer: config has reached the gateway and every sidecar.
+    let start = Instant::now();
+    loop {
+        match get(lb, "/productpage", None) {
+            Ok((200, body))
+                if body["calls"]["reviews"]["status"] == 200 && body["calls"]["details"]["status"] == 200 =>
+            {
+                break;
+            }
+            other => assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no Bookinfo answer through {lb}: {other:?}\n{}",
+                diagnostics(&cluster)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in 0..10 {
+        let (status, body) = get(lb, "/productpage", None).unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+        let reviews = &body["calls"]["reviews"]["body"];
+        assert_eq!(reviews["version"], "v1", "request {i}: others get reviews v1: {body}");
+        assert_eq!(reviews["calls"], serde_json::json!({}), "reviews v1 calls no ratings: {body}");
+        // Each hop is mutual TLS between the identities Istio would give them.
+        assert_eq!(
+            body["xfcc"],
+            "By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage;URI=spiffe://cluster.local/ns/skein-system/sa/skein-ingressgateway"
+        );
+        assert_eq!(
+            body["calls"]["details"]["body"]["xfcc"],
+            "By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-details;URI=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"
+        );
+
+        let (status, body) = get(lb, "/productpage", Some("jason")).unwrap();
+        assert_eq!(status, 200, "jason {i}: {body}");
+        let reviews = &body["calls"]["reviews"]["body"];
+        assert_eq!(reviews["version"], "v2", "jason {i} gets reviews v2: {body}");
+        assert_eq!(reviews["calls"]["ratings"]["status"], 200, "reviews v2 calls ratings: {body}");
+        assert_eq!(reviews["calls"]["ratings"]["body"]["version"], "v1");
+    }
+    // A path the gateway's VirtualService does not route.
+    let (status, _) = get(lb, "/not-bookinfo", None).unwrap();
+    assert_eq!(status, 404);
+
+    // A control-plane image that exits at start (the test app's image under the control plane's
+    // name: it refuses the control plane's arguments). Ready turns False with the pod's reason.
+    cluster.node_ctr(&[
+        "images",
+        "tag",
+        "skein.local/skein/bookinfo-app:dev",
+        "skein.local/skein/skein-controlplane:crash",
+    ]);
+    cluster.node_ctr(&["images", "tag", "skein.local/skein/skein-proxy:dev", "skein.local/skein/skein-proxy:crash"]);
+    kubectl_ok(&cluster, &["patch", "mcp", "default", "--type=merge", "-p", r#"{"spec":{"tag":"crash"}}"#]);
+    let (_, message) = wait_ready(&cluster, "Ready=False naming the crashing pod", |s, m| {
+        s == "False" && m.contains("controlPlane (pod skein-controlplane-") && m.contains("exit code")
+    })
+    .await;
+    assert!(message.contains("container discovery"), "{message}");
+}
