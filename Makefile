@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz
 
 all: build
 
@@ -21,11 +21,18 @@ verify-generate:
 	  diff -u config/$$f target/gen-check/$$f || { echo "config/$$f is stale: run 'make generate' and commit"; exit 1; }; \
 	done
 
+## OCI images (skein-operator, skein-controlplane, skein-proxy, bookinfo-app) from release
+## binaries, with umoci (no container daemon): target/images/*.tar, named skein.local/skein/NAME:dev
+## unless SKEIN_IMAGE_REGISTRY / SKEIN_IMAGE_TAG say otherwise.
+images:
+	hack/images.sh
+
 ## Build the pinned Kubernetes components (etcd, kube-apiserver, ...) from Go modules.
 tools:
 	@hack/tools.sh
 
-## Local demo: a real local apiserver, the operator, and the sample mesh. Ctrl-C stops it all.
+## Local demo: a local cluster with a real node, the operator from its image, the sample mesh and
+## Bookinfo with traffic through the ingress gateway. Ctrl-C stops it all.
 run: tools
 	hack/run.sh
 
@@ -47,6 +54,8 @@ test-unit:
 
 test-e2e: tools
 	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy --bins
+	@# The real-node tests run the images of this build (the test build's binaries, stripped).
+	SKEIN_IMAGE_PROFILE=dev hack/images.sh
 	$(CARGO) test -p skein-e2e -- --test-threads=2
 
 ## Everything CI runs: lint, generated-file drift, unit and e2e tests.
@@ -82,4 +91,5 @@ fuzz:
 
 clean:
 	-for d in .skein/clusters/*/; do [ -d "$$d" ] && hack/cluster.sh down "$$(basename "$$d")"; done
+	-for d in target/e2e-clusters/*/; do [ -d "$$d" ] && SKEIN_CLUSTERS_DIR=target/e2e-clusters hack/cluster.sh down "$$(basename "$$d")"; done
 	$(CARGO) clean

@@ -10,6 +10,11 @@
 #   LBs       198.19.(16N+1).0/24      LoadBalancer addresses the harness hands out
 #   link      198.19.(240+N).0/30      .1 the host (apiserver), .2 the node
 # The host routes the pod, Service and LoadBalancer ranges of the slot to the node.
+#
+# Networks: clusters on different networks (SKEIN_NETWORK; default the cluster's own name, so
+# each cluster is alone) reach only each other's LoadBalancer addresses, never pod or Service
+# addresses: the host's FORWARD chain sends node-to-node traffic through SKEIN-ISOLATE, which
+# accepts LoadBalancer ranges, replies, and clusters that share a network, and drops the rest.
 
 slots_dir=/run/skein/slots
 
@@ -70,6 +75,46 @@ node_net_up() {
   sysctl -qw net.ipv4.ip_forward=1
   ip route add "198.18.$((16 * slot)).0/20" via "$node_ip"
   ip route add "198.19.$((16 * slot)).0/23" via "$node_ip"
+  echo "${SKEIN_NETWORK:-$name}" >"$dir/network"
+  with_net_lock isolation_up
+}
+
+# Clusters start and stop concurrently; their rules in the shared chain change one at a time.
+with_net_lock() { (flock 9 && "$@") 9>/run/skein/net.lock; }
+
+ipt() { iptables -w 5 "$@"; }
+
+isolation_up() {
+  if ! ipt -n -L SKEIN-ISOLATE >/dev/null 2>&1; then
+    ipt -N SKEIN-ISOLATE
+    ipt -A SKEIN-ISOLATE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+    ipt -A SKEIN-ISOLATE -j DROP
+  fi
+  ipt -C FORWARD -i sknode+ -o sknode+ -j SKEIN-ISOLATE 2>/dev/null ||
+    ipt -I FORWARD 1 -i sknode+ -o sknode+ -j SKEIN-ISOLATE
+  ipt -I SKEIN-ISOLATE 1 -o "$veth" -d "$lb_prefix.0/24" -j ACCEPT
+  local network other peer
+  network=$(cat "$dir/network")
+  for other in "$slots_dir"/*/owner; do
+    peer=$(cat "$other" 2>/dev/null) || continue
+    [ "$peer" != "$dir" ] && [ -f "$peer/network" ] && [ -f "$peer/slot" ] || continue
+    [ "$(cat "$peer/network")" = "$network" ] || continue
+    ipt -I SKEIN-ISOLATE 1 -i "$veth" -o "sknode$(cat "$peer/slot")" -j ACCEPT
+    ipt -I SKEIN-ISOLATE 1 -i "sknode$(cat "$peer/slot")" -o "$veth" -j ACCEPT
+  done
+}
+
+isolation_down() { # isolation_down N: the rules naming slot N's link; the chain with the last one
+  local link="sknode$1" rule
+  ipt -S SKEIN-ISOLATE 2>/dev/null | grep -E -- "-[io] $link( |$)" | sed 's/^-A /-D /' | while read -r rule; do
+    # shellcheck disable=SC2086 # a rule is words
+    ipt $rule || true
+  done
+  if ! ipt -S SKEIN-ISOLATE 2>/dev/null | grep -q sknode; then
+    ipt -D FORWARD -i sknode+ -o sknode+ -j SKEIN-ISOLATE 2>/dev/null || true
+    ipt -F SKEIN-ISOLATE 2>/dev/null || true
+    ipt -X SKEIN-ISOLATE 2>/dev/null || true
+  fi
 }
 
 # node_net_down N: everything of slot N outside the cluster directory: the running pods
@@ -93,6 +138,7 @@ node_net_down() {
   done
   ip netns del "skein-node-$n" 2>/dev/null || true
   ip link del "sknode$n" 2>/dev/null || true
+  with_net_lock isolation_down "$n"
   rm -rf "$rd"
 }
 

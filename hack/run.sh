@@ -1,101 +1,103 @@
 #!/usr/bin/env bash
-# `make run`: a local Skein — a real local cluster (hack/cluster.sh), the CRDs, the operator
-# running on this machine against it, and the sample MeshControlPlane. Shows it become Ready,
-# then runs the control plane it installed as a local process (the local cluster's kwok pods
-# run no images) with the CA and mesh config the operator wrote, applies a sample
-# VirtualService and shows the control plane's verdict on it. Keeps running until Ctrl-C,
-# which stops everything.
+# `make run`: Skein as users run it, on this machine. Builds the images (hack/images.sh), starts a
+# local cluster with a real node (hack/cluster.sh: containerd, kubelet, kube-proxy, CoreDNS),
+# installs the operator from its image (`kubectl apply -k config/local`), applies the sample
+# MeshControlPlane and waits for Ready (real pods), deploys Bookinfo in an injected namespace
+# with Istio's routing YAML, and shows requests through the ingress gateway's LoadBalancer
+# address: everyone gets reviews v1, the user jason gets v2. Keeps running until Ctrl-C, which
+# stops everything.
 #
-# SKEIN_RUN_EXIT_WHEN_READY=1 stops as soon as the sample is Ready (used by CI as a smoke test).
+# SKEIN_RUN_EXIT_WHEN_READY=1 stops once the traffic was shown (CI's smoke test).
+# SKEIN_IMAGE_PROFILE=release builds optimized images (default dev: quicker, shared with tests).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 cd "$root"
 name=${SKEIN_RUN_CLUSTER:-local}
-sample=${SKEIN_RUN_SAMPLE:-config/samples/minimal.yaml}
+sample=${SKEIN_RUN_SAMPLE:-config/samples/local.yaml}
 
-cargo build -q -p skein-operator -p skein-controlplane --bins
+SKEIN_IMAGE_PROFILE=${SKEIN_IMAGE_PROFILE:-dev} "$here/images.sh" >/dev/null
 bin=$("$here/tools.sh")
-kubeconfig=$("$here/cluster.sh" up "$name")
+kubeconfig=$(SKEIN_NODE=real "$here/cluster.sh" up "$name")
 k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
-op_pid=""
-cp_pid=""
 cleanup() {
   trap '' INT TERM
   trap - EXIT
   echo
-  echo "stopping the control plane, the operator and cluster '$name'..."
-  [ -n "$cp_pid" ] && kill "$cp_pid" 2>/dev/null && wait "$cp_pid" 2>/dev/null || true
-  [ -n "$op_pid" ] && kill "$op_pid" 2>/dev/null && wait "$op_pid" 2>/dev/null || true
+  echo "stopping cluster '$name' (and everything running on it)..."
   "$here/cluster.sh" down "$name"
   echo "stopped."
 }
 trap cleanup INT TERM EXIT
 
-k apply --server-side -k config/crd >/dev/null
-# `kubectl wait` errors if it looks before the apiserver wrote any condition: poll instead.
-for _ in $(seq 1 300); do
-  [ "$(k get crd meshcontrolplanes.mesh.skein.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
-  sleep 0.2
-done
-log="$root/.skein/operator-$name.log"
-KUBECONFIG="$kubeconfig" "$root/target/debug/skein-operator" --metrics-addr 127.0.0.1:0 >"$log" 2>&1 &
-op_pid=$!
-echo "operator running (pid $op_pid), log: $log"
-k apply -f "$sample"
+fail() {
+  echo "$1" >&2
+  k get pods -A -o wide >&2 || true
+  k logs -n skein-operator deploy/skein-operator --tail=30 >&2 || true
+  exit 1
+}
 
-echo "waiting for the MeshControlPlane to become Ready..."
-deadline=$((SECONDS + 120))
+echo "== the operator, from its image (kubectl apply -k config/local)"
+k apply -k config/local >/dev/null
+k rollout status deployment/skein-operator -n skein-operator --timeout=120s >/dev/null ||
+  fail "the operator did not start"
+k get pods -n skein-operator
+
+echo
+echo "== the sample MeshControlPlane ($sample)"
+k apply -f "$sample" >/dev/null
+deadline=$((SECONDS + 180))
 until [ "$(k get mcp -o jsonpath='{.items[0].status.conditions[?(@.type=="Ready")].status}')" = True ]; do
-  [ $SECONDS -lt $deadline ] || { echo "not Ready after 120s; operator log:"; tail -n 50 "$log"; exit 1; }
+  [ $SECONDS -lt $deadline ] || fail "not Ready after 180s: $(k get mcp -o jsonpath='{.items[0].status.conditions[?(@.type=="Ready")].message}')"
   sleep 1
 done
 k get mcp
-echo
 ns=$(k get mcp -o jsonpath='{.items[0].spec.namespace}')
-k get deployments,services -n "$ns"
-echo
+k get pods,services -n "$ns"
 
-# The control plane, as the operator configured it: its mesh config and its CA Secret.
-state="$root/.skein/run-$name"
-mkdir -p "$state/webhook"
-k get configmap skein-mesh -n "$ns" -o jsonpath='{.data.mesh}' >"$state/mesh.yaml"
-k get secret skein-webhook-tls -n "$ns" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$state/webhook/tls.crt"
-k get secret skein-webhook-tls -n "$ns" -o jsonpath='{.data.tls\.key}' | base64 -d >"$state/webhook/tls.key"
-read -r p_grpc p_plain p_mon p_hook < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(4)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-ca_secret=$(k get deployment skein-controlplane -n "$ns" -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -o -- '--ca-secret=[^"]*' | cut -d= -f2)
-cp_log="$root/.skein/controlplane-$name.log"
-KUBECONFIG="$kubeconfig" "$root/target/debug/skein-controlplane" discovery --namespace "$ns" \
-  --mesh-config "$state/mesh.yaml" --ca-secret "$ca_secret" --webhook-tls-dir "$state/webhook" \
-  --grpc-addr "127.0.0.1:$p_grpc" --plaintext-grpc-addr "127.0.0.1:$p_plain" \
-  --monitoring-addr "127.0.0.1:$p_mon" --webhook-addr "127.0.0.1:$p_hook" >"$cp_log" 2>&1 &
-cp_pid=$!
+echo
+echo "== Bookinfo in namespace bookinfo (istio-injection=enabled), Istio's routing YAML"
+k create namespace bookinfo >/dev/null
+k label namespace bookinfo istio-injection=enabled >/dev/null
+k apply -n bookinfo -f config/samples/bookinfo/bookinfo.yaml >/dev/null
+for f in bookinfo-gateway destination-rule-all virtual-service-all-v1 virtual-service-reviews-test-v2; do
+  k apply -n bookinfo -f "config/samples/bookinfo/$f.yaml" >/dev/null
+done
+k wait --for=condition=Available deployment --all -n bookinfo --timeout=180s >/dev/null ||
+  fail "Bookinfo did not become available"
+k get pods -n bookinfo
+
+lb=$(k get service skein-ingressgateway -n "$ns" -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+[ -n "$lb" ] || fail "the ingress gateway has no LoadBalancer address"
+# summary USER: one request through the gateway, as "productpage v1 -> reviews vN (-> ratings)".
+summary() {
+  curl -sf -m 10 ${1:+-H "end-user: $1"} "http://$lb/productpage" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+r = d["calls"]["reviews"]["body"]
+hops = [d["service"] + " " + d["version"], "reviews " + r["version"]]
+if "ratings" in r["calls"]:
+    hops.append("ratings " + r["calls"]["ratings"]["body"]["version"])
+print(" -> ".join(hops) + "   (mTLS: productpage saw " + d["xfcc"].split("URI=")[1] + ")")'
+}
 deadline=$((SECONDS + 60))
-until curl -sf "http://127.0.0.1:$p_mon/ready" >/dev/null; do
-  kill -0 "$cp_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || { echo "control plane not ready; log:"; tail -n 30 "$cp_log"; exit 1; }
-  sleep 0.5
+until summary "" >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || fail "no answer from Bookinfo through http://$lb/productpage"
+  sleep 1
 done
-echo "control plane serving: gRPC 127.0.0.1:$p_grpc, metrics http://127.0.0.1:$p_mon/metrics, log: $cp_log"
-
-# Istio resources as users write them; the control plane judges each one.
-k apply -f config/samples/bookinfo-reviews.yaml
-deadline=$((SECONDS + 30))
-until [ -n "$(k get virtualservice reviews -o jsonpath='{.status.conditions[?(@.type=="Accepted")].status}')" ]; do
-  [ $SECONDS -lt $deadline ] || { echo "no verdict on the VirtualService; log:"; tail -n 30 "$cp_log"; exit 1; }
-  sleep 0.5
-done
-k get virtualservices,destinationrules -o custom-columns='KIND:.kind,NAME:.metadata.name,ACCEPTED:.status.conditions[0].status,MESSAGE:.status.conditions[0].message'
-# The sample is valid Istio YAML: anything but Accepted=True on every object is a failure.
-rejected=$(k get virtualservices,destinationrules -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Accepted")].status}{"\n"}{end}' | grep -v '=True$' || true)
-if [ -n "$rejected" ]; then
-  echo "sample not accepted: $rejected; log:"; tail -n 30 "$cp_log"; exit 1
-fi
 echo
-echo "Skein is running. Try:  export KUBECONFIG=$kubeconfig; kubectl get mcp -o yaml"
+echo "== traffic through the ingress gateway, http://$lb/productpage"
+for _ in 1 2 3; do echo "anonymous:       $(summary "")"; done
+for _ in 1 2 3; do echo "end-user: jason: $(summary jason)"; done
+case "$(summary jason)" in *"reviews v2"*) ;; *) fail "jason was not routed to reviews v2";; esac
+case "$(summary "")" in *"reviews v1"*) ;; *) fail "anonymous requests did not go to reviews v1";; esac
+
+echo
+echo "Skein is running. Try:"
+echo "  export KUBECONFIG=$kubeconfig"
+echo "  kubectl get mcp -o yaml; kubectl get pods -A"
+echo "  curl -H 'end-user: jason' http://$lb/productpage"
 [ "${SKEIN_RUN_EXIT_WHEN_READY:-}" = 1 ] && exit 0
 echo "Press Ctrl-C to stop."
-wait "$op_pid"
+while true; do sleep 3600; done

@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 tools="$here/tools"
 
 # The cache key is a digest of the pins, so changing a go.mod rebuilds into a fresh directory.
-key=$(cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/main.go | sha256sum | cut -c1-16)
+key=$(cat "$0" "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/main.go | sha256sum | cut -c1-16)
 bin="${SKEIN_TOOLS_CACHE:-$HOME/.cache/skein}/k8s-$key/bin"
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns pause)
 
@@ -32,7 +32,11 @@ export GOFLAGS=-mod=readonly
 (cd "$tools/kwok" && go build -o "$bin.partial/" sigs.k8s.io/kwok/cmd/kwok)
 (cd "$tools/coredns" && go build -o "$bin.partial/coredns" .)
 (cd "$tools/pause" && CGO_ENABLED=0 go build -ldflags=-s -o "$bin.partial/pause" .)
-(cd "$tools/kube" && go build -o "$bin.partial/" \
+# The version the components report (kubectl version, the node's kubeletVersion), which a build
+# from the module would otherwise leave as v0.0.0-master.
+kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/kube/go.mod")
+IFS=. read -r kube_major kube_minor _ <<<"${kube_version#v}"
+(cd "$tools/kube" && go build -ldflags "-X k8s.io/component-base/version.gitVersion=$kube_version -X k8s.io/component-base/version.gitMajor=$kube_major -X k8s.io/component-base/version.gitMinor=$kube_minor" -o "$bin.partial/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \

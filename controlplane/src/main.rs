@@ -114,6 +114,8 @@ struct DiscoveryArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colors only on a terminal: pod logs and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let Command::Discovery(args) = Args::parse().command;

@@ -61,12 +61,24 @@ impl Cluster {
 
     /// Starts a new cluster with `node`, named after `prefix`.
     pub async fn start_with(prefix: &str, node: Node) -> anyhow::Result<Self> {
+        Self::start_inner(prefix, node, None).await
+    }
+
+    /// Starts a cluster with a real node on network `network`: its pods reach the pod and
+    /// Service addresses of clusters on the same network, and only the LoadBalancer addresses
+    /// of clusters on other networks.
+    pub async fn start_real_on_network(prefix: &str, network: &str) -> anyhow::Result<Self> {
+        Self::start_inner(prefix, Node::Real, Some(network)).await
+    }
+
+    async fn start_inner(prefix: &str, node: Node, network: Option<&str>) -> anyhow::Result<Self> {
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = target_dir().join("e2e-clusters");
         let out = Command::new(repo_root().join("hack/cluster.sh"))
             .args(["up", &name])
             .env("SKEIN_CLUSTERS_DIR", &dir)
             .env("SKEIN_NODE", if node == Node::Real { "real" } else { "kwok" })
+            .env("SKEIN_NETWORK", network.unwrap_or(""))
             .stderr(Stdio::inherit())
             .output()
             .context("run hack/cluster.sh up")?;

@@ -5,6 +5,7 @@
 //! gets its sidecars and init step from the webhook, and Istio's own Bookinfo routing YAML
 //! decides what answers requests sent to the gateway's LoadBalancer address. Last, a
 //! control-plane image that crashes turns `Ready` False, naming the pod and the kubelet's reason.
+//! Clusters on separate networks reach only each other's LoadBalancer addresses.
 //!
 //! Needs the images of `hack/images.sh` (`make test-e2e` builds them first).
 
@@ -64,10 +65,10 @@ async fn wait_ready(cluster: &Cluster, what: &str, check: impl Fn(&str, &str) ->
     let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
     let start = Instant::now();
     loop {
-        if let Some((status, message)) = ready(&api).await {
-            if check(&status, &message) {
-                return (status, message);
-            }
+        if let Some((status, message)) = ready(&api).await
+            && check(&status, &message)
+        {
+            return (status, message);
         }
         if start.elapsed() > Duration::from_secs(180) {
             panic!("{what} not seen after 180 s; Ready = {:?}\n{}", ready(&api).await, diagnostics(cluster));
@@ -78,8 +79,12 @@ async fn wait_ready(cluster: &Cluster, what: &str, check: impl Fn(&str, &str) ->
 
 /// One HTTP/1.1 GET to `addr` (bounded by timeouts): (status, JSON body).
 fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> Result<(u16, Value), String> {
+    get_within(addr, path, user, Duration::from_secs(10))
+}
+
+fn get_within(addr: SocketAddr, path: &str, user: Option<&str>, read: Duration) -> Result<(u16, Value), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(read)).map_err(|e| e.to_string())?;
     let user = user.map(|u| format!("end-user: {u}\r\n")).unwrap_or_default();
     write!(s, "GET {path} HTTP/1.1\r\nHost: bookinfo.example\r\n{user}Connection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
@@ -214,4 +219,67 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
     })
     .await;
     assert!(message.contains("container discovery"), "{message}");
+}
+
+/// A pod running the test app (`args` after the image's entrypoint), and its address once Ready.
+fn app_pod(cluster: &Cluster, name: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\nspec:\n  containers:\n  - name: app\n    image: skein.local/skein/bookinfo-app:dev\n    args: [{}]\n    securityContext: {{runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n",
+        args.join(", ")
+    ));
+    let out = cluster.kubectl(&["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=90s"], None);
+    assert!(out.status.success(), "pod {name} not ready\n{}", diagnostics(cluster));
+    kubectl_ok(cluster, &["get", "pod", name, "-o", "jsonpath={.status.podIP}"])
+}
+
+/// `name`'s Service of type LoadBalancer: (ClusterIP, LoadBalancer address) once assigned.
+fn load_balancer(cluster: &Cluster, name: &str) -> (String, String) {
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: 9080}}]\n"
+    ));
+    let start = Instant::now();
+    loop {
+        let jsonpath = "jsonpath={.spec.clusterIP} {.status.loadBalancer.ingress[0].ip}";
+        let out = kubectl_ok(cluster, &["get", "service", name, "-o", jsonpath]);
+        if let Some((ip, lb)) = out.trim().split_once(' ') {
+            return (ip.to_string(), lb.to_string());
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{name} got no LoadBalancer address: {out:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_on_separate_networks_reach_only_each_others_load_balancers() {
+    // a and c share network "east"; b is alone on "west".
+    let a = Cluster::start_real_on_network("neta", "east").await.expect("cluster a");
+    let b = Cluster::start_real_on_network("netb", "west").await.expect("cluster b");
+    let c = Cluster::start_real_on_network("netc", "east").await.expect("cluster c");
+    let b_pod = app_pod(&b, "server", &["details", "v1", "0.0.0.0:9080"]);
+    let (b_cluster_ip, b_lb) = load_balancer(&b, "server");
+    let c_pod = app_pod(&c, "server", &["details", "v3", "0.0.0.0:9080"]);
+    assert!(b_pod.starts_with("198.18.") && c_pod.starts_with("198.18.") && b_pod != c_pod, "{b_pod} {c_pod}");
+    let targets = [
+        format!("b-pod={b_pod}:9080"),
+        format!("b-service={b_cluster_ip}:80"),
+        format!("b-lb={b_lb}:80"),
+        format!("c-pod={c_pod}:9080"),
+    ];
+    let mut args = vec!["productpage", "v1", "0.0.0.0:9080"];
+    args.extend(targets.iter().map(String::as_str));
+    let client = app_pod(&a, "client", &args);
+
+    // The client pod calls each target in turn (5 s timeout each) and reports what answered.
+    let (status, body) =
+        get_within(format!("{client}:9080").parse().unwrap(), "/", None, Duration::from_secs(30)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let calls = &body["calls"];
+    assert_eq!(calls["b-lb"]["status"], 200, "another network's LoadBalancer is reachable: {body}");
+    assert_eq!(calls["b-lb"]["body"]["version"], "v1");
+    assert_eq!(calls["c-pod"]["status"], 200, "the same network's pods are reachable: {body}");
+    assert_eq!(calls["c-pod"]["body"]["version"], "v3");
+    for hidden in ["b-pod", "b-service"] {
+        assert_eq!(calls[hidden]["status"], 0, "{hidden} must not be reachable from another network: {body}");
+    }
 }
