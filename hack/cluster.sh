@@ -150,7 +150,8 @@ start_apiserver() {
 }
 
 up() {
-  if [ -f "$dir/kubeconfig" ] && kill -0 "$(cat "$dir/pids/kube-apiserver" 2>/dev/null)" 2>/dev/null; then
+  if [ -f "$dir/kubeconfig" ] && kill -0 "$(cat "$dir/pids/kube-apiserver" 2>/dev/null)" 2>/dev/null &&
+    "$bin/kubectl" --kubeconfig="$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
     echo "$dir/kubeconfig"; return 0
   fi
   if [ -d "$dir" ]; then down; fi

@@ -165,6 +165,12 @@ impl Cluster {
         self.script("start-apiserver")
     }
 
+    /// Runs `hack/cluster.sh up` for this cluster again (after its processes were killed: a
+    /// new cluster under the same name, with fresh certificates and ports; `client` is stale).
+    pub fn up_again(&self) -> anyhow::Result<()> {
+        self.script("up")
+    }
+
     /// Runs `ctr` against the real node's containerd (namespace `k8s.io`, where the kubelet's
     /// images are), failing loudly.
     pub fn node_ctr(&self, args: &[&str]) -> String {

@@ -261,6 +261,8 @@ async fn invalid_specs_are_rejected_by_the_apiserver_naming_the_field() {
         ("  meshConfig: {enableTracing: true}\n", "tracing.address is required when enableTracing is true"),
         ("  updateStrategy: {type: BlueGreen}\n", "spec.updateStrategy.type"),
         ("  namespace: Not_A_Namespace\n", "spec.namespace"),
+        ("  tag: \"dev build\"\n", "spec.tag"),
+        ("  hub: \"registry.example/\"\n", "spec.hub"),
     ];
     for (spec, field) in cases {
         let err = apply(&cluster, &mcp_yaml("bad", spec)).expect_err(spec);

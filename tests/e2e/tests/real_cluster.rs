@@ -105,9 +105,9 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
         .kubectl(&["rollout", "status", "deployment/skein-operator", "-n", "skein-operator", "--timeout=120s"], None);
     assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(&cluster));
 
-    // The smallest MeshControlPlane, tagged with the local build's images.
+    // A small MeshControlPlane with the east-west gateway, tagged with the local build's images.
     cluster.apply(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec: {tag: dev}\n",
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec: {tag: dev, components: {eastWestGateway: {enabled: true}}}\n",
     );
     wait_ready(&cluster, "Ready=True", |s, _| s == "True").await;
     // Ready came from real pods running the images the operator rendered.
@@ -203,6 +203,31 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
     // A path the gateway's VirtualService does not route.
     let (status, _) = get(lb, "/not-bookinfo", None).unwrap();
     assert_eq!(status, 404);
+
+    // The east-west gateway behind its own LoadBalancer address: once Istio's cross-network
+    // Gateway (samples/multicluster/expose-services.yaml) is applied, it listens on 15443.
+    let ew = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "service",
+            "skein-eastwestgateway",
+            "-n",
+            "skein-system",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ],
+    );
+    let ew: SocketAddr = format!("{}:15443", ew.trim()).parse().expect("an east-west LoadBalancer address");
+    assert_ne!(ew.ip(), lb.ip());
+    cluster.apply(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: cross-network-gateway, namespace: skein-system}\nspec:\n  selector:\n    istio: eastwestgateway\n  servers:\n    - port:\n        number: 15443\n        name: tls\n        protocol: TLS\n      tls:\n        mode: AUTO_PASSTHROUGH\n      hosts:\n        - \"*.local\"\n",
+    );
+    let start = Instant::now();
+    while let Err(e) = TcpStream::connect_timeout(&ew, Duration::from_secs(2)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing listens on {ew}: {e}\n{}", diagnostics(&cluster));
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // A control-plane image that exits at start (the test app's image under the control plane's
     // name: it refuses the control plane's arguments). Ready turns False with the pod's reason.
