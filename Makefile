@@ -50,7 +50,7 @@ lint:
 ## crate needs real clusters and runs in test-e2e.
 test-unit:
 	$(CARGO) test --workspace --exclude skein-e2e
-	@[ "$${SKEIN_SKIP_NETNS:-}" != 1 ] || echo "NOTE: SKEIN_SKIP_NETNS=1: the transparent-capture and Bookinfo netns tests were skipped, not run"
+	@[ "$${SKEIN_SKIP_NETNS:-}" != 1 ] || echo "NOTE: SKEIN_SKIP_NETNS=1: the proxy's transparent-capture netns test was skipped, not run"
 
 test-e2e: tools
 	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy --bins

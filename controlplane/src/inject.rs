@@ -17,6 +17,10 @@ pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 pub const SIDECAR: &str = "skein-proxy";
 /// Name of the injected init container.
 pub const INIT: &str = "skein-init";
+/// Per-pod proxy settings (Istio's ProxyConfig, YAML); its `proxyMetadata` map becomes the
+/// sidecar's environment, as Istio's injector does (e.g. `SECRET_TTL` for the certificate
+/// lifetime the proxy asks for).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
 /// ConfigMap with the mesh root, published in every namespace.
 pub use skein_api::names::ROOT_CERT_CONFIGMAP;
 
@@ -47,13 +51,18 @@ pub fn patch(pod: &Value, t: &Template) -> Result<Option<Vec<Value>>, String> {
     if containers.iter().any(|c| matches!(c["name"].as_str(), Some(SIDECAR | "istio-proxy"))) {
         return Ok(None);
     }
+    let metadata_env = proxy_metadata(&meta["annotations"])?;
     let mut ops = Vec::new();
     let init = init_container(t);
     match spec.get("initContainers").and_then(Value::as_array) {
         Some(_) => ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init})),
         None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]})),
     }
-    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar(t)}));
+    let mut sidecar = sidecar(t);
+    if let Some(env) = sidecar["env"].as_array_mut() {
+        env.extend(metadata_env);
+    }
+    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
     let volumes = volumes();
     match spec.get("volumes").and_then(Value::as_array) {
         Some(_) => ops.extend(volumes.into_iter().map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v}))),
@@ -65,6 +74,24 @@ pub fn patch(pod: &Value, t: &Template) -> Result<Option<Vec<Value>>, String> {
         .to_string();
     add_map_entries(&mut ops, meta, "annotations", &[(STATUS_ANNOTATION, status.as_str())]);
     Ok(Some(ops))
+}
+
+/// The `proxyMetadata` of the pod's `proxy.istio.io/config` annotation, as env entries.
+fn proxy_metadata(annotations: &Value) -> Result<Vec<Value>, String> {
+    let Some(text) = annotations.get(PROXY_CONFIG_ANNOTATION).and_then(Value::as_str) else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| format!("annotation {PROXY_CONFIG_ANNOTATION}: {reason}");
+    let config: Value = serde_yaml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let Some(metadata) = config.get("proxyMetadata") else { return Ok(Vec::new()) };
+    let metadata = metadata.as_object().ok_or_else(|| bad("proxyMetadata: must be a map".into()))?;
+    metadata
+        .iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(v) => Ok(json!({"name": k, "value": v})),
+            None => Err(bad(format!("proxyMetadata.{k}: must be a string"))),
+        })
+        .collect()
 }
 
 /// JSON Pointer escaping (`/` → `~1`, `~` → `~0`).
@@ -234,5 +261,24 @@ mod tests {
             assert_eq!(patch(&pod, &t).unwrap(), None, "{pod}");
         }
         assert!(patch(&json!({"metadata": {}}), &t).unwrap_err().contains("spec"));
+    }
+
+    #[test]
+    fn proxy_metadata_of_the_proxy_config_annotation_becomes_the_sidecars_environment() {
+        let pod = |config: &str| {
+            json!({"metadata": {"name": "reviews-v2", "annotations": {PROXY_CONFIG_ANNOTATION: config}},
+                "spec": {"containers": [{"name": "reviews", "image": "reviews:2"}]}})
+        };
+        let p = pod("proxyMetadata:\n  SECRET_TTL: 20s\n");
+        let out = apply(p.clone(), &patch(&p, &template()).unwrap().unwrap());
+        let env = out["spec"]["containers"][1]["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "SECRET_TTL", "value": "20s"})), "{env:?}");
+        assert!(env.iter().any(|e| e["name"] == "POD_NAME"), "the downward-API entries stay");
+        // A value that is not a string, or YAML that does not parse, is refused by name.
+        let err = patch(&pod("proxyMetadata: {SECRET_TTL: [20s]}"), &template()).unwrap_err();
+        assert_eq!(err, "annotation proxy.istio.io/config: proxyMetadata.SECRET_TTL: must be a string");
+        assert!(
+            patch(&pod("proxyMetadata: ["), &template()).unwrap_err().starts_with("annotation proxy.istio.io/config: ")
+        );
     }
 }

@@ -83,8 +83,9 @@ pub struct DiscoveryArgs {
     /// Where the workload certificate and key are written.
     #[arg(long, default_value = "/var/run/skein/certs")]
     pub cert_dir: PathBuf,
-    /// Requested certificate lifetime (the CA caps it at 24 h).
-    #[arg(long, default_value = "24h", value_parser = crate::parse_duration_arg)]
+    /// Requested certificate lifetime (the CA caps it at 24 h). `SECRET_TTL` is Istio's name
+    /// for it (set per pod through the `proxy.istio.io/config` annotation's `proxyMetadata`).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = crate::parse_duration_arg)]
     pub cert_ttl: Duration,
     /// Istio node id. Default: `<proxy-type>~$INSTANCE_IP~$POD_NAME.$POD_NAMESPACE~$POD_NAMESPACE.svc.cluster.local`.
     #[arg(long)]

@@ -1,54 +1,70 @@
-//! The Bookinfo mesh, for real: productpage → details, reviews v1/v2/v3 → ratings run as
-//! processes in network namespaces (one per pod, on a bridge), each with `skein-proxy
-//! init-iptables` capture and a `skein-proxy` sidecar fed by `skein-controlplane`, whose
-//! Services, EndpointSlices and Pods live in a real apiserver. A `sleep` pod with a sidecar
-//! is the client. Istio's Bookinfo task YAML is applied with kubectl and traffic must follow.
+//! The Bookinfo mesh on real pods: a local cluster with a real node, the operator installed
+//! from its image, a MeshControlPlane in `istio-system` with REGISTRY_ONLY egress, Istio's
+//! Bookinfo (`config/samples/bookinfo/bookinfo.yaml`, played by the test app) and a `sleep`
+//! client in the injected `default` namespace, and a workload without a sidecar in namespace
+//! `external`. Istio's Bookinfo task YAML is applied with kubectl and traffic must follow:
+//! routing, the ingress gateway (HTTP, HTTPS with a credentialName Secret, the HTTPS redirect),
+//! weights, faults, timeouts, mirroring, STRICT mTLS, authorization, certificate rotation
+//! (`SECRET_TTL` through the `proxy.istio.io/config` annotation) and ServiceEntry egress.
 //!
-//! Needs root, `ip`, `iptables-restore`, `setpriv` (CI installs them); SKEIN_SKIP_NETNS=1 skips.
+//! Requests "from the sleep pod" run in the sleep pod's network namespace, so its sidecar's
+//! capture rules apply to them exactly as to the pod's own process.
 
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Service;
-use kube::Api;
 use serde_json::Value;
 use skein_e2e::{
-    Cluster, ControlPlane,
-    netns::{Bridge, Netns, Proc, prerequisites},
+    Cluster, Node,
+    netns::PodNetns,
+    real::{diagnostics, install_mesh, install_operator, kubectl_ok},
+    repo_root,
 };
 
-const PROXY: &str = "debug/skein-proxy";
-const APP: &str = env!("CARGO_BIN_EXE_bookinfo-app");
+/// The control plane's namespace: Istio's, so Istio's YAML (`-n istio-system`) applies as is.
+const MESH_NS: &str = "istio-system";
+const MESH: &str = "{tag: dev, namespace: istio-system, meshConfig: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}}";
 
-fn proxy_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| skein_e2e::repo_root().join("target"));
-    let bin = target.join(PROXY);
-    assert!(bin.exists(), "{} missing: run `cargo build -p skein-proxy` first", bin.display());
-    bin
+/// Where a request is sent from: this host (outside the cluster) or inside a pod.
+#[derive(Clone, Copy)]
+enum From<'a> {
+    Outside,
+    Pod(&'a PodNetns),
 }
 
-/// One HTTP/1.1 GET of `/` from inside `ns` to `addr` with `host` (and `end-user`); (status, body).
-fn get(ns: &Netns, addr: SocketAddr, host: &str, user: Option<&str>) -> Result<(u16, String), String> {
-    get_path(ns, addr, host, "/", user)
+fn within<T: Send + 'static>(from: From<'_>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    match from {
+        From::Outside => f(),
+        From::Pod(ns) => ns.run(f),
+    }
 }
 
-fn get_path(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&str>) -> Result<(u16, String), String> {
-    let out = get_raw(ns, addr, host, path, user)?;
+/// One HTTP/1.1 GET of `/` to `addr` with `host` (and `end-user`); (status, body).
+fn get(from: From<'_>, addr: SocketAddr, host: &str, user: Option<&str>) -> Result<(u16, String), String> {
+    get_path(from, addr, host, "/", user)
+}
+
+fn get_path(
+    from: From<'_>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    user: Option<&str>,
+) -> Result<(u16, String), String> {
+    let out = get_raw(from, addr, host, path, user)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
     Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-/// One HTTP/1.1 GET from inside `ns`; the whole response, head included.
-fn get_raw(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&str>) -> Result<String, String> {
+/// One HTTP/1.1 GET; the whole response, head included.
+fn get_raw(from: From<'_>, addr: SocketAddr, host: &str, path: &str, user: Option<&str>) -> Result<String, String> {
     let (host, path, user) = (host.to_string(), path.to_string(), user.map(str::to_string));
-    ns.run(move || {
+    within(from, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
         let user = user.map(|u| format!("end-user: {u}\r\n")).unwrap_or_default();
@@ -60,64 +76,55 @@ fn get_raw(ns: &Netns, addr: SocketAddr, host: &str, path: &str, user: Option<&s
     })
 }
 
-/// One HTTPS GET from inside `ns`: TLS to `addr` with server name `sni`, verified against
-/// `ca` (PEM); (status, body).
-fn https_get(ns: &Netns, addr: SocketAddr, sni: &str, ca: &str, path: &str) -> Result<(u16, String), String> {
+/// One HTTPS GET to `addr` with server name `sni`, verified against `ca` (PEM); (status, body).
+fn https_get(addr: SocketAddr, sni: &str, ca: &str, path: &str) -> Result<(u16, String), String> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    let (sni, ca, path) = (sni.to_string(), ca.to_string(), path.to_string());
-    ns.run(move || {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from(sni.clone()).map_err(|e| e.to_string())?;
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).map_err(|e| e.to_string())?;
-        let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        write!(tls, "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        // A peer closing without close_notify still delivered the whole response.
-        if let Err(e) = tls.read_to_end(&mut out)
-            && e.kind() != std::io::ErrorKind::UnexpectedEof
-        {
-            return Err(e.to_string());
-        }
-        let out = String::from_utf8_lossy(&out).to_string();
-        let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
-        Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-    })
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(8))).map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    match tls.read_to_string(&mut out) {
+        Ok(_) => {}
+        // The server may close without close_notify after Connection: close.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
+    Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-/// Repeats `get` until it answers 200 (for 10 s at most); the body.
+/// Polls `get` until it answers 200 (at most 20 s); the body.
 fn until_ok(what: &str, get: impl Fn() -> Result<(u16, String), String>) -> String {
     let start = Instant::now();
     loop {
         match get() {
             Ok((200, body)) => return body,
-            other => assert!(start.elapsed() < Duration::from_secs(10), "{what}: {other:?}"),
+            other => assert!(start.elapsed() < Duration::from_secs(20), "{what}: {other:?}"),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 struct Mesh {
-    sleep: Netns,
-    /// A host outside the mesh (no sidecar, no capture): plays "a workload without a sidecar"
+    sleep: PodNetns,
+    /// A pod without a sidecar (namespace `external`): plays "a workload without a sidecar"
     /// and the external service of the ServiceEntry.
-    ext: Netns,
-    /// The ingress gateway.
-    gateway: Netns,
+    ext: PodNetns,
+    /// The ingress gateway's pod.
+    gateway: PodNetns,
+    /// The ingress gateway's LoadBalancer address.
+    lb: String,
     vips: BTreeMap<String, String>,
-    pods: BTreeMap<String, Netns>,
-    cert_dirs: BTreeMap<String, PathBuf>,
-    _procs: Vec<Proc>,
+    /// Pod address by Deployment (`reviews-v1`, ...).
+    pods: BTreeMap<String, String>,
 }
 
 impl Mesh {
@@ -125,9 +132,17 @@ impl Mesh {
         format!("{}:9080", self.vips[svc]).parse().unwrap()
     }
 
+    fn pod(&self, deployment: &str) -> SocketAddr {
+        format!("{}:9080", self.pods[deployment]).parse().unwrap()
+    }
+
+    fn ingress(&self, port: u16) -> SocketAddr {
+        format!("{}:{port}", self.lb).parse().unwrap()
+    }
+
     /// productpage as the sleep pod sees it: (status, body).
     fn page(&self, user: Option<&str>) -> (u16, Value) {
-        match get(&self.sleep, self.vip("productpage"), "productpage:9080", user) {
+        match get(From::Pod(&self.sleep), self.vip("productpage"), "productpage:9080", user) {
             Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::String(body))),
             Err(e) => (0, Value::String(e)),
         }
@@ -169,164 +184,129 @@ fn ratings_status(body: &Value) -> Option<u64> {
     body["calls"]["reviews"]["body"]["calls"]["ratings"]["status"].as_u64()
 }
 
-const SERVICES: [&str; 4] = ["productpage", "details", "reviews", "ratings"];
-/// (pod, service, version, service account, host octet)
-const PODS: [(&str, &str, &str, &str, u8); 7] = [
-    ("productpage-v1", "productpage", "v1", "bookinfo-productpage", 10),
-    ("details-v1", "details", "v1", "bookinfo-details", 11),
-    ("reviews-v1", "reviews", "v1", "bookinfo-reviews", 12),
-    ("reviews-v2", "reviews", "v2", "bookinfo-reviews", 13),
-    ("reviews-v3", "reviews", "v3", "bookinfo-reviews", 14),
-    ("ratings-v1", "ratings", "v1", "bookinfo-ratings", 15),
-    ("sleep", "sleep", "v1", "sleep", 20),
-];
+/// Istio's sleep sample as far as the mesh is concerned (its own ServiceAccount, a sidecar),
+/// running the test app; and a workload without a sidecar in a namespace without injection,
+/// serving port 80 (as root: binding port 80 is all it does).
+const CLIENTS: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sleep, namespace: default}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: sleep}}
+  template:
+    metadata: {labels: {app: sleep}}
+    spec:
+      serviceAccountName: sleep
+      containers:
+      - {name: sleep, image: "skein.local/skein/bookinfo-app:dev", args: [sleep, v1, "0.0.0.0:9080"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: external}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ext, namespace: external}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: ext}}
+  template:
+    metadata: {labels: {app: ext}}
+    spec:
+      containers:
+      - name: ext
+        image: "skein.local/skein/bookinfo-app:dev"
+        args: [external, v1, "0.0.0.0:80"]
+        securityContext: {runAsUser: 0, runAsNonRoot: false}
+"#;
 
-async fn start_mesh(cluster: &Cluster, cp: &ControlPlane, bridge: &Bridge, tag: &str) -> Mesh {
-    let dir = cluster.scratch_dir();
-    // A node no kubelet or kwok manages: the test plays kubelet and reports the pods' status.
-    cluster.apply("apiVersion: v1\nkind: Node\nmetadata: {name: netns-node}\n");
-    let ready =
-        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"test"}]}}"#;
-    let out =
-        cluster.kubectl(&["patch", "node", "netns-node", "--subresource=status", "--type=merge", "-p", ready], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for svc in SERVICES {
-        cluster.apply(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: default, labels: {{app: {svc}}}}}\nspec: {{selector: {{app: {svc}}}, ports: [{{name: http, port: 9080}}]}}\n"
-        ));
+/// (uid, address) of the one pod with `labels` in `namespace`, once a rollout's old pods are
+/// gone.
+fn the_pod(cluster: &Cluster, namespace: &str, labels: &str) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        let jsonpath = "jsonpath={range .items[*]}{.metadata.uid} {.status.podIP}{\"\\n\"}{end}";
+        let out = kubectl_ok(cluster, &["get", "pods", "-n", namespace, "-l", labels, "-o", jsonpath]);
+        let pods: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        if let [pod] = pods[..]
+            && let Some((uid, ip)) = pod.split_once(' ')
+            && !ip.is_empty()
+        {
+            return (uid.to_string(), ip.to_string());
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "pods {labels} in {namespace}: {out:?}");
+        std::thread::sleep(Duration::from_millis(500));
     }
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+}
+
+fn pod_ip(cluster: &Cluster, namespace: &str, labels: &str) -> String {
+    the_pod(cluster, namespace, labels).1
+}
+
+async fn start_mesh(cluster: &Cluster) -> Mesh {
+    install_operator(cluster);
+    install_mesh(cluster, MESH).await;
+    kubectl_ok(cluster, &["label", "namespace", "default", "istio-injection=enabled"]);
+    let bookinfo = repo_root().join("config/samples/bookinfo/bookinfo.yaml");
+    kubectl_ok(cluster, &["apply", "-n", "default", "-f", &bookinfo.to_string_lossy()]);
+    // reviews v2's certificate lives 20 s, so it rotates during the test (Istio's knob).
+    let ttl = r#"{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"proxyMetadata: {SECRET_TTL: 20s}"}}}}}"#;
+    kubectl_ok(cluster, &["patch", "deployment", "reviews-v2", "-n", "default", "-p", ttl]);
+    cluster.apply(CLIENTS);
+    for ns in ["default", "external"] {
+        let out = cluster.kubectl(&["rollout", "status", "deployment", "-n", ns, "--timeout=180s"], None);
+        assert!(out.status.success(), "{ns} did not roll out\n{}", diagnostics(cluster, MESH_NS));
+    }
     let mut vips = BTreeMap::new();
-    for svc in SERVICES {
-        let ip = services.get(svc).await.unwrap().spec.unwrap().cluster_ip.unwrap();
-        vips.insert(svc.to_string(), ip);
+    for svc in ["productpage", "details", "reviews", "ratings"] {
+        vips.insert(svc.to_string(), kubectl_ok(cluster, &["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"]));
     }
     let mut pods = BTreeMap::new();
-    let mut cert_dirs = BTreeMap::new();
-    let mut procs = Vec::new();
-    let proxy = proxy_bin();
-    let ext = Netns::new(&format!("sk{tag}ext"), bridge, 200);
-    procs.push(ext.spawn(
-        None,
-        Path::new(APP),
-        &["external".into(), "v1".into(), "0.0.0.0:80".into()],
-        &dir.join("logs/ext-app.log"),
-    ));
-    for (pod, svc, version, sa, host) in PODS {
-        cluster.apply(&format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default, labels: {{app: {svc}, version: {version}, security.istio.io/tlsMode: istio}}}}\nspec: {{nodeName: netns-node, serviceAccountName: {sa}, containers: [{{name: app, image: bookinfo/{svc}}}]}}\n"
-        ));
-        let ns = Netns::new(&format!("sk{tag}{host}"), bridge, host);
-        let (args, certs) = proxy_args(cluster, cp, bridge, &ns, "sidecar", "default", pod, sa);
-        ns.exec(&[proxy.to_str().unwrap(), "init-iptables"]);
-        procs.push(ns.spawn(Some(1337), &proxy, &args, &dir.join(format!("logs/{pod}-proxy.log"))));
-        if svc != "sleep" {
-            let mut app_args = vec![svc.to_string(), version.to_string(), "0.0.0.0:9080".to_string()];
-            let calls: &[&str] = match (svc, version) {
-                ("productpage", _) => &["details", "reviews"],
-                ("reviews", "v2" | "v3") => &["ratings"],
-                _ => &[],
-            };
-            app_args.extend(calls.iter().map(|c| format!("{c}={}:9080", vips[*c])));
-            procs.push(ns.spawn(None, Path::new(APP), &app_args, &dir.join(format!("logs/{pod}-app.log"))));
-        }
-        cert_dirs.insert(pod.to_string(), certs);
-        pods.insert(pod.to_string(), ns);
+    for (svc, version) in [
+        ("productpage", "v1"),
+        ("details", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+        ("ratings", "v1"),
+    ] {
+        pods.insert(format!("{svc}-{version}"), pod_ip(cluster, "default", &format!("app={svc},version={version}")));
     }
-    // The ingress gateway (Istio's istio-ingressgateway): a `router` proxy, no capture, not
-    // root (uid 1337, as the operator runs it). Its Service maps 80 → 8080 and 443 → 8443 as
-    // the operator's and Istio's do; the Gateway's servers say 80 and 443, so the gateway
-    // must listen on the target ports (it could not bind 80 anyway).
-    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway-1, namespace: istio-system, labels: {istio: ingressgateway, app: istio-ingressgateway}}\nspec: {nodeName: netns-node, serviceAccountName: istio-ingressgateway, containers: [{name: istio-proxy, image: skein-proxy}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  ports:\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n");
-    let gateway = Netns::new(&format!("sk{tag}gw"), bridge, 30);
-    let (args, _) = proxy_args(
+    let lb = kubectl_ok(
         cluster,
-        cp,
-        bridge,
-        &gateway,
-        "router",
-        "istio-system",
-        "istio-ingressgateway-1",
-        "istio-ingressgateway",
+        &[
+            "get",
+            "service",
+            "skein-ingressgateway",
+            "-n",
+            MESH_NS,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ],
     );
-    procs.push(gateway.spawn(Some(1337), &proxy, &args, &dir.join("logs/istio-ingressgateway-proxy.log")));
-    // Every proxy ready (it has its certificate and first config).
-    for (pod, ns) in pods.iter().chain([(&"istio-ingressgateway".to_string(), &gateway)]) {
-        let addr: SocketAddr = format!("{}:15021", ns.ip).parse().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = get_path(&ext, addr, "x", "/healthz/ready", None) {
-                break;
-            }
-            let log = std::fs::read_to_string(dir.join(format!("logs/{pod}-proxy.log"))).unwrap_or_default();
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{pod} sidecar not ready:\n{log}\ncontrol plane:\n{}",
-                cp.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    Mesh {
+        sleep: PodNetns::of(&pod_ip(cluster, "default", "app=sleep")),
+        ext: PodNetns::of(&pod_ip(cluster, "external", "app=ext")),
+        gateway: PodNetns::of(&pod_ip(cluster, MESH_NS, "app=skein-ingressgateway")),
+        lb,
+        vips,
+        pods,
     }
-    let sleep = pods.remove("sleep").unwrap();
-    Mesh { sleep, ext, gateway, vips, pods, cert_dirs, _procs: procs }
 }
 
-/// Reports `pod` running at the address of `ns` (the test plays kubelet), gives it a token
-/// for the CA and a certificate directory; returns the `skein-proxy run` arguments of its
-/// `kind` (`sidecar` or `router`) proxy, and the certificate directory.
-#[allow(clippy::too_many_arguments)]
-fn proxy_args(
-    cluster: &Cluster,
-    cp: &ControlPlane,
-    bridge: &Bridge,
-    ns: &Netns,
-    kind: &str,
-    namespace: &str,
-    pod: &str,
-    sa: &str,
-) -> (Vec<String>, PathBuf) {
-    let dir = cluster.scratch_dir();
-    let status = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#,
-        ip = ns.ip
+/// The certificate chain reviews v2's sidecar holds: its in-memory volume, seen from the node.
+fn reviews_v2_chain(cluster: &Cluster) -> PathBuf {
+    let uid = kubectl_ok(
+        cluster,
+        &["get", "pods", "-l", "app=reviews,version=v2", "-o", "jsonpath={.items[0].metadata.uid}"],
     );
-    let out = cluster
-        .kubectl(&["patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", &status], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    // The pod's identity: a projected-style token for the CA, and a cert dir the proxy owns.
-    let out =
-        cluster.kubectl(&["create", "token", sa, "-n", namespace, "--audience", "istio-ca", "--duration", "1h"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = dir.join(format!("{pod}.token"));
-    std::fs::write(&token, &out.stdout).unwrap();
-    let certs = dir.join(format!("{pod}-certs"));
-    std::fs::create_dir_all(&certs).unwrap();
-    nix::unistd::chown(&certs, Some(nix::unistd::Uid::from_raw(1337)), Some(nix::unistd::Gid::from_raw(1337))).unwrap();
-    let node_id = format!("{kind}~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", ns.ip);
-    let args = [
-        "run",
-        "--discovery-address",
-        &format!("{}:{}", bridge.gateway(), cp.grpc_port),
-        "--discovery-root-cert",
-        cp.root_cert.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--cert-dir",
-        certs.to_str().unwrap(),
-        // Short-lived certificates: every proxy rotates several times during the test.
-        "--cert-ttl",
-        "20s",
-        "--node-id",
-        &node_id,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    (args, certs)
+    cluster.scratch_dir().join(format!("kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/skein-certs/cert-chain.pem"))
 }
-
-const MESH_CONFIG: &str = "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
 
 /// Istio's destination-rule-all-mtls.yaml (subsets + ISTIO_MUTUAL).
 const DESTINATION_RULES: &str = r#"
@@ -475,15 +455,8 @@ const JASON_V2: &str = "  - match: [{headers: {end-user: {exact: jason}}}]\n    
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
-    if !prerequisites() {
-        return;
-    }
-    let id = std::process::id();
-    let tag = format!("{}", id % 10_000);
-    let bridge = Bridge::new(&format!("skb{tag}"), &format!("10.77.{}", id % 200 + 20));
-    let cluster = Cluster::start("bookinfo").await.unwrap();
-    let cp = ControlPlane::start(&cluster, &bridge.gateway(), MESH_CONFIG).await.unwrap();
-    let mesh = start_mesh(&cluster, &cp, &bridge, &tag).await;
+    let cluster = Cluster::start_with("bookinfo", Node::Real).await.expect("cluster with a real node");
+    let mesh = start_mesh(&cluster).await;
 
     // Before any Istio resource: every service reachable, mTLS automatic, identities are the
     // ServiceAccounts' (the sidecars add the caller's SPIFFE id in XFCC).
@@ -494,8 +467,8 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     let reviews_xfcc = body["calls"]["reviews"]["body"]["xfcc"].as_str().unwrap_or("").to_string();
     assert!(reviews_xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage"), "{body}");
     // A workload without a sidecar (the test process) still gets in: PERMISSIVE by default.
-    let direct: SocketAddr = format!("{}:9080", mesh.pods["reviews-v1"].ip).parse().unwrap();
-    assert_eq!(get(&mesh.ext, direct, "reviews", None).map(|r| r.0), Ok(200));
+    let direct = mesh.pod("reviews-v1");
+    assert_eq!(get(From::Pod(&mesh.ext), direct, "reviews", None).map(|r| r.0), Ok(200));
 
     // All traffic to v1.
     cluster.apply(DESTINATION_RULES);
@@ -511,21 +484,23 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     // Istio's bookinfo-gateway.yaml: the ingress gateway serves /productpage to the outside
     // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
     cluster.apply(BOOKINFO_GATEWAY);
-    // The Service's port 80 reaches the pod on its targetPort 8080 (kube-proxy's DNAT).
-    let ingress: SocketAddr = format!("{}:8080", mesh.gateway.ip).parse().unwrap();
-    let body =
-        until_ok("ingress /productpage", || get_path(&mesh.ext, ingress, "bookinfo.example.com", "/productpage", None));
+    // From outside the cluster, through the gateway Service's LoadBalancer address (port 80,
+    // the pod's 8080).
+    let ingress = mesh.ingress(80);
+    let body = until_ok("ingress /productpage", || {
+        get_path(From::Outside, ingress, "bookinfo.example.com", "/productpage", None)
+    });
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
     assert!(
         page["xfcc"]
             .as_str()
             .unwrap_or("")
-            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"),
+            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway"),
         "productpage sees the gateway's identity: {page}"
     );
     assert_eq!(reviews_version(&page), Some("v1"), "{page}");
-    assert_eq!(get_path(&mesh.ext, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
+    assert_eq!(get_path(From::Outside, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
 
     // security.yaml's HTTPS Gateway: `credentialName` names a kubernetes.io/tls Secret next to
     // the gateway; the gateway (which proved its ServiceAccount) terminates TLS with it.
@@ -546,14 +521,15 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     });
     cluster.apply(&serde_json::to_string(&secret).unwrap());
     cluster.apply(BOOKINFO_GATEWAY_HTTPS);
-    let secure: SocketAddr = format!("{}:8443", mesh.gateway.ip).parse().unwrap();
+    let secure = mesh.ingress(443);
     let body = until_ok("ingress https /productpage", || {
-        https_get(&mesh.ext, secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage")
+        https_get(secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage")
     });
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
     // The key never appears in the gateway's config dump.
-    let dump = get_path(&mesh.gateway, "127.0.0.1:15000".parse().unwrap(), "x", "/config_dump", None).unwrap();
+    let admin = "127.0.0.1:15000".parse().unwrap();
+    let dump = get_path(From::Pod(&mesh.gateway), admin, "x", "/config_dump", None).unwrap();
     assert_eq!(dump.0, 200);
     assert!(dump.1.contains("<redacted>") && !dump.1.contains("PRIVATE KEY"), "{}", dump.1);
 
@@ -562,7 +538,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     cluster.apply(HTTPS_REDIRECT_GATEWAY);
     let start = Instant::now();
     loop {
-        let r = get_raw(&mesh.ext, ingress, "bookinfo.example.com", "/productpage?u=1", None).unwrap_or_default();
+        let r = get_raw(From::Outside, ingress, "bookinfo.example.com", "/productpage?u=1", None).unwrap_or_default();
         if r.starts_with("HTTP/1.1 301") {
             assert!(
                 r.to_ascii_lowercase().contains("location: https://bookinfo.example.com/productpage?u=1\r\n"),
@@ -573,7 +549,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         assert!(start.elapsed() < Duration::from_secs(10), "no HTTPS redirect: {r}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get_path(&mesh.ext, ingress, "other.example.com", "/productpage", None).map(|r| r.0), Ok(200));
+    assert_eq!(get_path(From::Outside, ingress, "other.example.com", "/productpage", None).map(|r| r.0), Ok(200));
 
     // 50/50 v1/v3 as Istio's task has it, visible within a second of kubectl apply. (That the
     // split follows the weights is proven at 80/20 with tight bounds in the proxy's tests: 50/50
@@ -633,8 +609,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
 
     // Mirror: everything to v1, a copy of each request to v2.
     let count = |pod: &str| -> u64 {
-        let addr: SocketAddr = format!("{}:9080", mesh.pods[pod].ip).parse().unwrap();
-        get_path(&mesh.ext, addr, "count", "/count", None)
+        get_path(From::Pod(&mesh.ext), mesh.pod(pod), "count", "/count", None)
             .ok()
             .and_then(|(_, b)| b.trim().parse().ok())
             .unwrap_or_else(|| panic!("count of {pod}"))
@@ -660,7 +635,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
     );
     let start = Instant::now();
-    while get(&mesh.ext, direct, "reviews", None).is_ok_and(|r| r.0 == 200) {
+    while get(From::Pod(&mesh.ext), direct, "reviews", None).is_ok_and(|r| r.0 == 200) {
         assert!(start.elapsed() < Duration::from_secs(5), "plaintext still accepted under STRICT");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -688,10 +663,10 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         s == 200 && b["calls"]["details"]["status"] == 200 && ratings_status(b) == Some(200)
     });
     // sleep may call productpage, but not details directly.
-    assert_eq!(get(&mesh.sleep, mesh.vip("details"), "details:9080", None).map(|r| r.0), Ok(403));
+    assert_eq!(get(From::Pod(&mesh.sleep), mesh.vip("details"), "details:9080", None).map(|r| r.0), Ok(403));
 
     // Certificates rotate (20 s lifetime, renewed at half) without a failed request.
-    let chain = mesh.cert_dirs["reviews-v2"].join("cert-chain.pem");
+    let chain = reviews_v2_chain(&cluster);
     let first = std::fs::read(&chain).unwrap();
     let start = Instant::now();
     let mut requests = 0;
@@ -711,18 +686,18 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     let ext = &mesh.ext;
     let ext_addr: SocketAddr = format!("{}:80", ext.ip).parse().unwrap();
     let start = Instant::now();
-    while get(ext, ext_addr, "api.external.test", None).is_err() {
+    while get(From::Pod(ext), ext_addr, "api.external.test", None).is_err() {
         assert!(start.elapsed() < Duration::from_secs(5), "external app not up");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(get(&mesh.sleep, ext_addr, "api.external.test", None).map(|r| r.0), Ok(502));
+    assert_eq!(get(From::Pod(&mesh.sleep), ext_addr, "api.external.test", None).map(|r| r.0), Ok(502));
     cluster.apply(&format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: external-api, namespace: default}}\nspec:\n  hosts: [api.external.test]\n  location: MESH_EXTERNAL\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: {}}}]\n",
         ext.ip
     ));
     let start = Instant::now();
     loop {
-        match get(&mesh.sleep, ext_addr, "api.external.test", None) {
+        match get(From::Pod(&mesh.sleep), ext_addr, "api.external.test", None) {
             Ok((200, body)) => {
                 assert!(body.contains("\"service\":\"external\""), "{body}");
                 break;
@@ -731,5 +706,5 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(get(&mesh.sleep, ext_addr, "other.external.test", None).map(|r| r.0), Ok(502));
+    assert_eq!(get(From::Pod(&mesh.sleep), ext_addr, "other.external.test", None).map(|r| r.0), Ok(502));
 }

@@ -18,63 +18,16 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use serde_json::Value;
-use skein_api::MeshControlPlane;
-use skein_e2e::{Cluster, Node, repo_root};
+use skein_e2e::{
+    Cluster, Node,
+    real::{diagnostics, install_mesh, install_operator, kubectl_ok, wait_ready},
+    repo_root,
+};
 
 const SAMPLES: &str = "config/samples/bookinfo";
 
-fn kubectl_ok(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster.kubectl(args, None);
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn sample(name: &str) -> String {
     repo_root().join(SAMPLES).join(name).to_string_lossy().into_owned()
-}
-
-/// What the cluster shows when something does not come up: pods, events, the operator's log.
-fn diagnostics(cluster: &Cluster) -> String {
-    let run = |args: &[&str]| {
-        let out = cluster.kubectl(args, None);
-        format!(
-            "$ kubectl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    [
-        run(&["get", "pods", "-A", "-o", "wide"]),
-        run(&["get", "events", "-A", "--sort-by=.lastTimestamp"]),
-        run(&["logs", "-n", "skein-operator", "deploy/skein-operator", "--tail=40"]),
-        run(&["logs", "-n", "skein-system", "deploy/skein-controlplane", "--tail=40"]),
-    ]
-    .join("\n")
-}
-
-/// The `Ready` condition of MeshControlPlane `default`: (status, message).
-async fn ready(api: &Api<MeshControlPlane>) -> Option<(String, String)> {
-    let mcp = api.get_opt("default").await.ok()??;
-    let c = mcp.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-    Some((c.status, c.message))
-}
-
-/// Waits (bounded) until `check` holds for the `Ready` condition.
-async fn wait_ready(cluster: &Cluster, what: &str, check: impl Fn(&str, &str) -> bool) -> (String, String) {
-    let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
-    let start = Instant::now();
-    loop {
-        if let Some((status, message)) = ready(&api).await
-            && check(&status, &message)
-        {
-            return (status, message);
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            panic!("{what} not seen after 180 s; Ready = {:?}\n{}", ready(&api).await, diagnostics(cluster));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// One HTTP/1.1 GET to `addr` (bounded by timeouts): (status, JSON body).
@@ -99,17 +52,10 @@ fn get_within(addr: SocketAddr, path: &str, user: Option<&str>, read: Duration) 
 async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_crashing_control_plane() {
     let cluster = Cluster::start_with("real", Node::Real).await.expect("cluster with a real node starts");
 
-    // The operator, as users install it (the local overlay only swaps in the local images).
-    kubectl_ok(&cluster, &["apply", "-k", &repo_root().join("config/local").to_string_lossy()]);
-    let out = cluster
-        .kubectl(&["rollout", "status", "deployment/skein-operator", "-n", "skein-operator", "--timeout=120s"], None);
-    assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(&cluster));
-
-    // A small MeshControlPlane with the east-west gateway, tagged with the local build's images.
-    cluster.apply(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec: {tag: dev, components: {eastWestGateway: {enabled: true}}}\n",
-    );
-    wait_ready(&cluster, "Ready=True", |s, _| s == "True").await;
+    // The operator, as users install it (the local overlay only swaps in the local images), and
+    // a small MeshControlPlane with the east-west gateway, tagged with the local build's images.
+    install_operator(&cluster);
+    install_mesh(&cluster, "{tag: dev, components: {eastWestGateway: {enabled: true}}}").await;
     // Ready came from real pods running the images the operator rendered.
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "skein-system");
     let cp = pods.list(&ListParams::default().labels("app=skein-controlplane")).await.unwrap();
@@ -133,7 +79,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
         &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
         None,
     );
-    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster));
+    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster, "skein-system"));
     // Every pod was injected through the real apiserver, and its init step ran and succeeded.
     let bookinfo: Api<Pod> = Api::namespaced(cluster.client.clone(), "bookinfo");
     for pod in bookinfo.list(&ListParams::default()).await.unwrap() {
@@ -172,7 +118,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
             other => assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "no Bookinfo answer through {lb}: {other:?}\n{}",
-                diagnostics(&cluster)
+                diagnostics(&cluster, "skein-system")
             ),
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -225,7 +171,11 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
     );
     let start = Instant::now();
     while let Err(e) = TcpStream::connect_timeout(&ew, Duration::from_secs(2)) {
-        assert!(start.elapsed() < Duration::from_secs(30), "nothing listens on {ew}: {e}\n{}", diagnostics(&cluster));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing listens on {ew}: {e}\n{}",
+            diagnostics(&cluster, "skein-system")
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -254,7 +204,7 @@ fn app_pod(cluster: &Cluster, name: &str, args: &[&str]) -> String {
         args.join(", ")
     ));
     let out = cluster.kubectl(&["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=90s"], None);
-    assert!(out.status.success(), "pod {name} not ready\n{}", diagnostics(cluster));
+    assert!(out.status.success(), "pod {name} not ready\n{}", diagnostics(cluster, "default"));
     kubectl_ok(cluster, &["get", "pod", name, "-o", "jsonpath={.status.podIP}"])
 }
 
