@@ -213,7 +213,8 @@ NODE
 
 down() {
   [ -d "$dir" ] || return 0
-  node_down
+  # Best effort: whatever of the node cannot be removed is said, and the rest still goes.
+  node_down || echo "cluster $name: the node was not removed completely" >&2
   stop kwok kube-scheduler kube-controller-manager kube-apiserver etcd
   rm -rf "$dir"
 }

@@ -105,11 +105,14 @@ isolation_up() {
 }
 
 isolation_down() { # isolation_down N: the rules naming slot N's link; the chain with the last one
-  local link="sknode$1" rule
-  ipt -S SKEIN-ISOLATE 2>/dev/null | grep -E -- "-[io] $link( |$)" | sed 's/^-A /-D /' | while read -r rule; do
+  local link="sknode$1" rules rule
+  # The chain may be gone already (another cluster removed it): nothing to do then.
+  rules=$(ipt -S SKEIN-ISOLATE 2>/dev/null | grep -E -- "-[io] $link( |$)" || true)
+  while read -r rule; do
+    [ -n "$rule" ] || continue
     # shellcheck disable=SC2086 # a rule is words
-    ipt $rule || true
-  done
+    ipt ${rule/#-A /-D } || true
+  done <<<"$rules"
   if ! ipt -S SKEIN-ISOLATE 2>/dev/null | grep -q sknode; then
     ipt -D FORWARD -i sknode+ -o sknode+ -j SKEIN-ISOLATE 2>/dev/null || true
     ipt -F SKEIN-ISOLATE 2>/dev/null || true
