@@ -6,8 +6,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Namespace used when `spec.namespace` is not set.
-pub const DEFAULT_NAMESPACE: &str = "skein-system";
+/// Namespace used when `spec.namespace` is not set: Istio's, so what Istio users write for it
+/// (`cacerts`, gateway credentials, mesh-wide policies in the root namespace, all
+/// `-n istio-system`) has its documented effect unchanged.
+pub const DEFAULT_NAMESPACE: &str = "istio-system";
 /// Trust domain used when `meshConfig.trustDomain` is not set.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -59,8 +61,9 @@ pub struct MeshControlPlaneSpec {
     #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))]
     pub tag: Option<String>,
 
-    /// Namespace the control plane and gateways are installed in. Default `skein-system`;
-    /// immutable once set.
+    /// Namespace the control plane and gateways are installed in; also the mesh's root
+    /// namespace unless `meshConfig.rootNamespace` says otherwise. Default `istio-system`
+    /// (Istio's); immutable once set.
     #[serde(default = "default_namespace")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
@@ -262,6 +265,12 @@ pub struct MeshConfig {
     /// Where spans are sent; required when `enableTracing` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// The root namespace (Istio's `rootNamespace`): PeerAuthentication, AuthorizationPolicy
+    /// and other policies without a workload selector there apply to the whole mesh. Unset:
+    /// `spec.namespace`, as in Istio, where it is the control plane's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub root_namespace: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -272,6 +281,7 @@ impl Default for MeshConfig {
             access_log_file: None,
             enable_tracing: false,
             tracing: None,
+            root_namespace: None,
         }
     }
 }

@@ -6,7 +6,7 @@ fn empty_spec_takes_documented_defaults() {
     let spec: MeshControlPlaneSpec = serde_json::from_str("{}").unwrap();
     assert_eq!(spec.version, None);
     assert_eq!(spec.channel, Channel::Stable);
-    assert_eq!(spec.namespace, "skein-system");
+    assert_eq!(spec.namespace, "istio-system");
     assert_eq!(spec.update_strategy.type_, UpdateStrategyType::InPlace);
     assert_eq!(spec.update_strategy.inactive_revision_deletion_grace_period_seconds, 30);
     assert_eq!(spec.components.control_plane.replicas, 1);

@@ -11,7 +11,7 @@ pub fn mesh_config_yaml(mcp: &MeshControlPlane) -> String {
     let mc = &mcp.spec.mesh_config;
     let mut mesh = json!({
         "trustDomain": mc.trust_domain,
-        "rootNamespace": namespace(mcp),
+        "rootNamespace": mc.root_namespace.as_deref().unwrap_or(namespace(mcp)),
         "outboundTrafficPolicy": {"mode": match mc.outbound_traffic_policy.mode {
             OutboundMode::AllowAny => "ALLOW_ANY",
             OutboundMode::RegistryOnly => "REGISTRY_ONLY",

@@ -109,7 +109,7 @@ fn east_west_gateway_exposes_15443_and_carries_the_network() {
     let args = &pod["spec"]["containers"][0]["args"];
     assert_eq!(args[0], "run");
     assert_eq!(args[1], "--proxy-type=router");
-    assert_eq!(args[2], "--discovery-address=skein-controlplane.skein-system.svc:15012");
+    assert_eq!(args[2], "--discovery-address=skein-controlplane.istio-system.svc:15012");
     let volumes: Vec<&str> =
         pod["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(volumes, ["istio-token", "istiod-ca-cert", "skein-certs", "tmp"]);
@@ -164,7 +164,21 @@ fn mesh_config_is_written_in_istio_format() {
     assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
     assert_eq!(mesh["accessLogFile"], "/dev/stdout");
     assert_eq!(mesh["defaultConfig"]["tracing"]["zipkin"]["address"], "zipkin.obs:9411");
-    assert_eq!(mesh["defaultConfig"]["discoveryAddress"], "skein-controlplane.skein-system.svc:15012");
+    assert_eq!(mesh["defaultConfig"]["discoveryAddress"], "skein-controlplane.istio-system.svc:15012");
+}
+
+#[test]
+fn the_root_namespace_is_istios_by_default_and_follows_the_spec() {
+    let root = |spec: &str| {
+        let objs = rendered(spec);
+        let cm = find(&objs, "ConfigMap", MESH_CONFIGMAP);
+        let mesh: Value = serde_yaml::from_str(cm["data"]["mesh"].as_str().unwrap()).unwrap();
+        mesh["rootNamespace"].as_str().unwrap().to_string()
+    };
+    // Istio's YAML puts mesh-wide policies in istio-system: by default that is where they apply.
+    assert_eq!(root("{}"), "istio-system");
+    assert_eq!(root("namespace: mesh\n"), "mesh");
+    assert_eq!(root("namespace: mesh\nmeshConfig: {rootNamespace: policies}\n"), "policies");
 }
 
 #[test]

@@ -38,7 +38,7 @@ pub fn install_operator(cluster: &Cluster) {
     kubectl_ok(cluster, &["apply", "-k", &repo_root().join("config/local").to_string_lossy()]);
     let rollout = ["rollout", "status", "deployment/skein-operator", "-n", "skein-operator", "--timeout=120s"];
     let out = cluster.kubectl(&rollout, None);
-    assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(cluster, "skein-system"));
+    assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(cluster, "istio-system"));
 }
 
 /// The `Ready` condition of MeshControlPlane `default`: (status, message).

@@ -26,9 +26,10 @@ use skein_e2e::{
     repo_root,
 };
 
-/// The control plane's namespace: Istio's, so Istio's YAML (`-n istio-system`) applies as is.
+/// The control plane's namespace: Skein's default is Istio's, so Istio's YAML
+/// (`-n istio-system`) applies as is.
 const MESH_NS: &str = "istio-system";
-const MESH: &str = "{tag: dev, namespace: istio-system, meshConfig: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}}";
+const MESH: &str = "{tag: dev, meshConfig: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}}";
 
 /// Where a request is sent from: this host (outside the cluster) or inside a pod.
 #[derive(Clone, Copy)]

@@ -188,7 +188,7 @@ async fn deleted_or_edited_children_are_repaired() {
     let c = cluster.client.clone();
     apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}}\n")).unwrap();
     wait_ready(&c, "mesh", &op).await;
-    let ns = "skein-system";
+    let ns = "istio-system";
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), ns);
     let ca_before = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca").await.unwrap().data;
 
@@ -284,7 +284,7 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     let c = cluster.client.clone();
     apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.1\n")).unwrap();
     wait_ready(&c, "mesh", &op).await;
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
     let before = deployments.get("skein-controlplane").await.unwrap();
     let image =
         |d: &Deployment| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
@@ -354,13 +354,13 @@ async fn user_provided_root_ca_is_used_and_a_missing_one_is_reported() {
     assert!(condition(&m, "Reconciled").unwrap().2.contains("cacerts"), "{:?}", condition(&m, "Reconciled"));
     assert_eq!(condition(&m, "Ready").unwrap().0, "False");
     assert!(
-        get_opt(&Api::<Deployment>::namespaced(c.clone(), "skein-system"), "skein-controlplane").await.is_none(),
+        get_opt(&Api::<Deployment>::namespaced(c.clone(), "istio-system"), "skein-controlplane").await.is_none(),
         "nothing installed"
     );
 
     // Provide the Secret (Istio's layout); the operator installs with it and never writes it.
     let ca = skein_support::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
-    let secrets: Api<Secret> = Api::namespaced(c.clone(), "skein-system");
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "istio-system");
     let secret = Secret {
         metadata: kube::api::ObjectMeta { name: Some("cacerts".into()), ..Default::default() },
         data: Some(ca.to_secret_data().into_iter().map(|(k, v)| (k, k8s_openapi::ByteString(v))).collect()),
@@ -466,7 +466,7 @@ async fn steady_state_writes_nothing() {
     wait_ready(&c, "mesh", &op).await;
     // Let the last status write and watch events settle, then measure a window.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = versions(&c, "skein-system").await;
+    let before = versions(&c, "istio-system").await;
     assert!(before.len() >= 15, "expected every managed object, got {before:?}");
     let applied = op.metric("skein_operator_objects_applied_total").await.expect("metric");
     let status_writes = op.metric("skein_operator_status_writes_total").await.expect("metric");
@@ -487,7 +487,7 @@ async fn steady_state_writes_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    let mut after = versions(&c, "skein-system").await;
+    let mut after = versions(&c, "istio-system").await;
     // Our own annotation patches bumped the MeshControlPlane; nothing else may move.
     after.remove("MeshControlPlane/mesh");
     let mut before = before;
@@ -516,7 +516,7 @@ async fn operator_converges_after_an_apiserver_restart_without_restarting_itself
     // A change made after the restart is acted on by the same process.
     apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n"))
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
     eventually("egress gateway installed after the restart", WAIT, || async {
         get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
     })
@@ -549,7 +549,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     apply(&cluster, &mcp_yaml("mesh", "  components: {controlPlane: {replicas: 1}, egressGateway: {enabled: true}}\n"))
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
     eventually("new leader acts on changes", WAIT, || async {
         get_opt(&deployments, "skein-egressgateway").await.map(|_| ())
     })

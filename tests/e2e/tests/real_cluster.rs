@@ -57,7 +57,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
     install_operator(&cluster);
     install_mesh(&cluster, "{tag: dev, components: {eastWestGateway: {enabled: true}}}").await;
     // Ready came from real pods running the images the operator rendered.
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "skein-system");
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "istio-system");
     let cp = pods.list(&ListParams::default().labels("app=skein-controlplane")).await.unwrap();
     let cp_pod = cp.items.first().expect("a control-plane pod");
     let st = cp_pod.status.as_ref().unwrap();
@@ -79,7 +79,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
         &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
         None,
     );
-    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster, "skein-system"));
+    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster, "istio-system"));
     // Every pod was injected through the real apiserver, and its init step ran and succeeded.
     let bookinfo: Api<Pod> = Api::namespaced(cluster.client.clone(), "bookinfo");
     for pod in bookinfo.list(&ListParams::default()).await.unwrap() {
@@ -100,7 +100,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
             "service",
             "skein-ingressgateway",
             "-n",
-            "skein-system",
+            "istio-system",
             "-o",
             "jsonpath={.status.loadBalancer.ingress[0].ip}",
         ],
@@ -118,7 +118,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
             other => assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "no Bookinfo answer through {lb}: {other:?}\n{}",
-                diagnostics(&cluster, "skein-system")
+                diagnostics(&cluster, "istio-system")
             ),
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -132,7 +132,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
         // Each hop is mutual TLS between the identities Istio would give them.
         assert_eq!(
             body["xfcc"],
-            "By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage;URI=spiffe://cluster.local/ns/skein-system/sa/skein-ingressgateway"
+            "By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage;URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway"
         );
         assert_eq!(
             body["calls"]["details"]["body"]["xfcc"],
@@ -159,7 +159,7 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
             "service",
             "skein-eastwestgateway",
             "-n",
-            "skein-system",
+            "istio-system",
             "-o",
             "jsonpath={.status.loadBalancer.ingress[0].ip}",
         ],
@@ -167,14 +167,14 @@ async fn skein_from_its_images_routes_bookinfo_between_real_pods_and_reports_a_c
     let ew: SocketAddr = format!("{}:15443", ew.trim()).parse().expect("an east-west LoadBalancer address");
     assert_ne!(ew.ip(), lb.ip());
     cluster.apply(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: cross-network-gateway, namespace: skein-system}\nspec:\n  selector:\n    istio: eastwestgateway\n  servers:\n    - port:\n        number: 15443\n        name: tls\n        protocol: TLS\n      tls:\n        mode: AUTO_PASSTHROUGH\n      hosts:\n        - \"*.local\"\n",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: cross-network-gateway, namespace: istio-system}\nspec:\n  selector:\n    istio: eastwestgateway\n  servers:\n    - port:\n        number: 15443\n        name: tls\n        protocol: TLS\n      tls:\n        mode: AUTO_PASSTHROUGH\n      hosts:\n        - \"*.local\"\n",
     );
     let start = Instant::now();
     while let Err(e) = TcpStream::connect_timeout(&ew, Duration::from_secs(2)) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "nothing listens on {ew}: {e}\n{}",
-            diagnostics(&cluster, "skein-system")
+            diagnostics(&cluster, "istio-system")
         );
         std::thread::sleep(Duration::from_millis(300));
     }

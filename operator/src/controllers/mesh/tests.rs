@@ -75,13 +75,13 @@ async fn a_new_mesh_says_not_ready_first_installs_everything_and_a_converged_pas
     // Ready=False is the very first write, so GitOps tools never see a status-less object.
     assert_eq!(writes[0], write("PATCH", &format!("{MCP}/status"), "merge"));
     // The namespace and the root CA are created (never applied over); everything else applied.
-    assert!(writes.contains(&write("POST", "/api/v1/namespaces/skein-system", "")), "{writes:#?}");
-    assert!(writes.contains(&write("POST", "/api/v1/namespaces/skein-system/secrets/skein-ca", "")));
+    assert!(writes.contains(&write("POST", "/api/v1/namespaces/istio-system", "")), "{writes:#?}");
+    assert!(writes.contains(&write("POST", "/api/v1/namespaces/istio-system/secrets/skein-ca", "")));
     let applied: BTreeSet<&str> = writes.iter().filter(|w| w.kind == "apply").map(|w| w.path.as_str()).collect();
     for path in [
-        "/api/v1/namespaces/skein-system/secrets/skein-webhook-tls",
-        "/apis/apps/v1/namespaces/skein-system/deployments/skein-controlplane",
-        "/apis/apps/v1/namespaces/skein-system/deployments/skein-ingressgateway",
+        "/api/v1/namespaces/istio-system/secrets/skein-webhook-tls",
+        "/apis/apps/v1/namespaces/istio-system/deployments/skein-controlplane",
+        "/apis/apps/v1/namespaces/istio-system/deployments/skein-ingressgateway",
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/skein-sidecar-injector-mesh",
         "/apis/rbac.authorization.k8s.io/v1/clusterroles/skein-controlplane-mesh",
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/virtualservices.networking.istio.io",
@@ -141,7 +141,7 @@ async fn a_missing_root_ca_secret_is_refused_and_looked_at_again_soon() {
 #[tokio::test]
 async fn apiserver_failures_are_counted_by_kind_and_retried_with_growing_back_off() {
     let (fake, ctx) = setup("version: 1.0.2\n");
-    fake.fail("/api/v1/namespaces/skein-system");
+    fake.fail("/api/v1/namespaces/istio-system");
     let err = pass(&fake, &ctx).await.unwrap_err();
     assert_eq!(err.metric_label(), "kube", "{err}");
     let m = stored(&fake);
