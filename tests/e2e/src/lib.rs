@@ -73,6 +73,14 @@ impl Cluster {
     }
 
     async fn start_inner(prefix: &str, node: Node, network: Option<&str>) -> anyhow::Result<Self> {
+        // A real node runs the images of this build; without them every pod would wait for a
+        // pull that cannot happen here.
+        if node == Node::Real && !target_dir().join("images/REF").exists() {
+            bail!(
+                "no images in {}: run `SKEIN_IMAGE_PROFILE=dev hack/images.sh` (make test-e2e does)",
+                target_dir().join("images").display()
+            );
+        }
         let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = target_dir().join("e2e-clusters");
         let out = Command::new(repo_root().join("hack/cluster.sh"))
