@@ -53,7 +53,7 @@ async fn operator_with_only_its_declared_rbac_installs_and_removes_a_mesh() {
     // The production sample uses a user CA: provide one in Istio's layout.
     let ca = skein_support::pki::CaBundle::generate_self_signed("cluster.local").unwrap();
     let ns = Namespace {
-        metadata: kube::api::ObjectMeta { name: Some("istio-system".into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta { name: Some("skein-system".into()), ..Default::default() },
         ..Default::default()
     };
     Api::<Namespace>::all(c.clone()).create(&Default::default(), &ns).await.unwrap();
@@ -62,7 +62,7 @@ async fn operator_with_only_its_declared_rbac_installs_and_removes_a_mesh() {
         data: Some(ca.to_secret_data().into_iter().map(|(k, v)| (k, k8s_openapi::ByteString(v))).collect()),
         ..Default::default()
     };
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), "istio-system")
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), "skein-system")
         .create(&Default::default(), &secret)
         .await
         .unwrap();
@@ -94,7 +94,7 @@ async fn operator_with_only_its_declared_rbac_installs_and_removes_a_mesh() {
         api.get_opt("production").await.ok()?.is_none().then_some(())
     })
     .await;
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "skein-system");
     eventually("children collected", WAIT, || async {
         deployments.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
     })
