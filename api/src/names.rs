@@ -19,6 +19,19 @@ pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 pub const KEY_FILE: &str = "key.pem";
 /// The mesh root certificate file (also the `istio-ca-root-cert` ConfigMap's key).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// Where a mesh pod (sidecar or gateway) finds its identity, Istio's paths: the projected
+/// ServiceAccount token for the CA, the mesh root, and the directory its certificate goes in.
+/// The operator's gateways and the injector's sidecars mount the same.
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The token's file name in [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "istio-token";
+/// The audience the CA accepts tokens for.
+pub const TOKEN_AUDIENCE: &str = "istio-ca";
+/// Where the mesh root ([`ROOT_CERT_FILE`]) is mounted.
+pub const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
+/// Where the proxy writes its certificate and key (an in-memory volume).
+pub const CERT_DIR: &str = "/var/run/skein/certs";
+
 /// The ConfigMap the control plane publishes the mesh root certificate in, in every namespace
 /// (Istio's name; sidecars and gateways mount it).
 pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";

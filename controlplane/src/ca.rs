@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 
 /// Audience a workload's token must be issued for (Istio's default).
-pub const TOKEN_AUDIENCE: &str = "istio-ca";
+pub use skein_api::names::TOKEN_AUDIENCE;
 
 /// The `CertificateService`.
 #[derive(Clone)]

@@ -8,6 +8,7 @@
 //! `security.istio.io/tlsMode: istio` label that turns on auto mTLS towards it.
 
 use serde_json::{Value, json};
+use skein_api::names::{CERT_DIR, ROOT_CERT_DIR, ROOT_CERT_FILE, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE};
 
 /// Annotation (or label) opting a pod out: `sidecar.istio.io/inject: "false"`.
 pub const INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
@@ -141,9 +142,9 @@ fn sidecar(t: &Template) -> Value {
         "args": [
             "run",
             "--discovery-address", t.discovery_address,
-            "--discovery-root-cert", &format!("/var/run/secrets/istio/{}", skein_api::names::ROOT_CERT_FILE),
-            "--token-file", "/var/run/secrets/tokens/istio-token",
-            "--cert-dir", "/var/run/skein/certs",
+            "--discovery-root-cert", &format!("{ROOT_CERT_DIR}/{ROOT_CERT_FILE}"),
+            "--token-file", &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+            "--cert-dir", CERT_DIR,
         ],
         "env": env,
         "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}],
@@ -155,9 +156,9 @@ fn sidecar(t: &Template) -> Value {
         },
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
         "volumeMounts": [
-            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true},
-            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio", "readOnly": true},
-            {"name": "skein-certs", "mountPath": "/var/run/skein/certs"},
+            {"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": "istiod-ca-cert", "mountPath": ROOT_CERT_DIR, "readOnly": true},
+            {"name": "skein-certs", "mountPath": CERT_DIR},
         ],
     })
 }
@@ -165,7 +166,7 @@ fn sidecar(t: &Template) -> Value {
 fn volumes() -> Vec<Value> {
     vec![
         json!({"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
-            "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}}),
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": 43200, "path": TOKEN_FILE}}]}}),
         json!({"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}}),
         json!({"name": "skein-certs", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ]

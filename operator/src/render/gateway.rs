@@ -4,7 +4,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use serde_json::{Value, json};
 use skein_api::{
     GatewayComponent, MeshControlPlane, ServiceType,
-    names::{self, ROOT_CERT_CONFIGMAP},
+    names::{CERT_DIR, ROOT_CERT_CONFIGMAP, ROOT_CERT_DIR, ROOT_CERT_FILE, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_FILE},
 };
 
 use super::{
@@ -91,12 +91,6 @@ impl Gateway {
     }
 }
 
-/// Where a gateway pod's identity lives: Istio's paths, which injected sidecars use too.
-const IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/tokens";
-const IDENTITY_TOKEN: &str = "istio-token";
-const IDENTITY_ROOT_DIR: &str = "/var/run/secrets/istio";
-const IDENTITY_CERT_DIR: &str = "/var/run/skein/certs";
-
 /// A gateway's Deployment.
 pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desired {
     let spec = gw.spec(mcp);
@@ -136,9 +130,9 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
                                 "run",
                                 "--proxy-type=router",
                                 format!("--discovery-address={}", control_plane::discovery_address(mcp)),
-                                format!("--discovery-root-cert={IDENTITY_ROOT_DIR}/{}", names::ROOT_CERT_FILE),
-                                format!("--token-file={IDENTITY_TOKEN_DIR}/{IDENTITY_TOKEN}"),
-                                format!("--cert-dir={IDENTITY_CERT_DIR}"),
+                                format!("--discovery-root-cert={ROOT_CERT_DIR}/{ROOT_CERT_FILE}"),
+                                format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
+                                format!("--cert-dir={CERT_DIR}"),
                             ],
                             "env": env,
                             "ports": ports,
@@ -149,15 +143,15 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
                             "resources": control_plane::resources(spec.and_then(|s| s.resources.as_ref())),
                             "securityContext": control_plane::container_security(),
                             "volumeMounts": [
-                                {"name": "istio-token", "mountPath": IDENTITY_TOKEN_DIR, "readOnly": true},
-                                {"name": "istiod-ca-cert", "mountPath": IDENTITY_ROOT_DIR, "readOnly": true},
-                                {"name": "skein-certs", "mountPath": IDENTITY_CERT_DIR},
+                                {"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": true},
+                                {"name": "istiod-ca-cert", "mountPath": ROOT_CERT_DIR, "readOnly": true},
+                                {"name": "skein-certs", "mountPath": CERT_DIR},
                                 {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }],
                         "volumes": [
                             {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
-                                "audience": "istio-ca", "expirationSeconds": 43200, "path": IDENTITY_TOKEN}}]}},
+                                "audience": TOKEN_AUDIENCE, "expirationSeconds": 43200, "path": TOKEN_FILE}}]}},
                             {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
                             {"name": "skein-certs", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
