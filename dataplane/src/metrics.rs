@@ -105,6 +105,9 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// Requests refused by circuit breakers (`envoy_cluster_upstream_rq_pending_overflow`).
     pub pending_overflow: Family<ClusterLabel, Counter>,
+    /// Retries and mirrors given up because the request body was too large to keep
+    /// (`envoy_cluster_retry_or_shadow_abandoned`).
+    pub retry_or_shadow_abandoned: Family<ClusterLabel, Counter>,
     /// `istio_tcp_connections_opened_total`.
     pub tcp_opened: Family<TcpLabels, Counter>,
     /// `istio_tcp_connections_closed_total`.
@@ -127,6 +130,12 @@ impl Default for Metrics {
         });
         let config_rejected = Counter::default();
         let pending_overflow = Family::<ClusterLabel, Counter>::default();
+        let retry_or_shadow_abandoned = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "envoy_cluster_retry_or_shadow_abandoned",
+            "Retries and mirrors abandoned because the request body outgrew the buffer limit",
+            retry_or_shadow_abandoned.clone(),
+        );
         registry.register(
             "envoy_cluster_upstream_rq_pending_overflow",
             "Requests refused because the cluster's circuit breakers were open",
@@ -157,6 +166,7 @@ impl Default for Metrics {
             duration,
             config_rejected,
             pending_overflow,
+            retry_or_shadow_abandoned,
             tcp_opened,
             tcp_closed,
             tcp_sent,

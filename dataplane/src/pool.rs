@@ -19,7 +19,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{
     Request, Response,
     body::{Body, Frame, Incoming, SizeHint},
@@ -28,16 +27,18 @@ use hyper::{
 };
 use hyper_util::rt::TokioExecutor;
 
+pub use crate::http::body::RequestBody;
 use crate::connect::{MeshConnector, MeshStream};
-
-/// Request bodies are buffered by the proxy (retries and mirrors resend them).
-pub type RequestBody = Full<Bytes>;
 
 /// Idle HTTP/1.1 connections kept per endpoint; one given back beyond that is closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// An idle connection unused this long is closed rather than reused (hyper-util's default
 /// was 90 s; upstream servers commonly close idle connections after 60 s or more).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pooled connection may take to be ready for its next request. Normally it is at
+/// once; one still sending an earlier request's body (the server answered before reading it
+/// all) is left to finish, and the request takes another connection.
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -119,7 +120,7 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.inner.connect_h1(addr).await?, false),
             };
-            if reused && conn.tx.ready().await.is_err() {
+            if reused && !matches!(tokio::time::timeout(READY_WAIT, conn.tx.ready()).await, Ok(Ok(()))) {
                 continue;
             }
             match conn.tx.try_send_request(req).await {
@@ -319,7 +320,7 @@ mod tests {
     }
 
     fn get(path: &str) -> Request<RequestBody> {
-        Request::get(path).body(Full::new(Bytes::new())).unwrap()
+        Request::get(path).body(RequestBody::empty()).unwrap()
     }
 
     /// An HTTP/1.1 server answering each request on a connection with `body`, counting

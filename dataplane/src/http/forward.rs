@@ -7,14 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{HeaderMap, Request, Response, StatusCode, Uri, body::Incoming};
+use http_body_util::BodyExt;
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
 use skein_api::proxy::{RetryPolicy, Route};
 use tracing::debug;
 
 use super::{
-    Body, ConnInfo, MAX_BODY, Outcome, PASSTHROUGH_CONNECT_TIMEOUT, Proxy, ResponseFlag,
+    Body, ConnInfo, Outcome, PASSTHROUGH_CONNECT_TIMEOUT, Proxy, ResponseFlag,
+    body::{Replay, RequestBody},
     headers::{authority_with_port, strip_hop_by_hop},
 };
 use crate::{
@@ -57,7 +57,7 @@ impl Proxy {
         authority: &str,
         conn: &ConnInfo,
         parts: hyper::http::request::Parts,
-        body: Bytes,
+        body: RequestBody,
     ) -> Outcome {
         let target = match conn.captured {
             Some((_, dst)) => Some(dst),
@@ -82,7 +82,12 @@ impl Proxy {
     }
 
     /// Sends a request as it is to `addr`, plaintext.
-    pub(super) async fn deliver(&self, addr: SocketAddr, parts: hyper::http::request::Parts, body: Bytes) -> Outcome {
+    pub(super) async fn deliver(
+        &self,
+        addr: SocketAddr,
+        parts: hyper::http::request::Parts,
+        body: RequestBody,
+    ) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
         match send(client, addr, &parts.method, &pq, parts.headers, body, None).await {
@@ -92,7 +97,8 @@ impl Proxy {
     }
 
     /// Sends with retries. Each try picks an endpoint afresh, so a retry can land elsewhere;
-    /// every answer feeds outlier detection.
+    /// every answer feeds outlier detection. A retry resends the recorded body and then the
+    /// rest of the client's; a body too large to have been kept ends the retries (counted).
     async fn forward(
         &self,
         up: &Upstream,
@@ -112,7 +118,19 @@ impl Proxy {
                 (Some(dl), None) => Some(dl.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let (method, pq, body) = (&fwd.method, &fwd.path_and_query, fwd.body.clone());
+            let body = match fwd.body.as_ref().map(Replay::reader) {
+                None => RequestBody::empty(),
+                Some(Ok(reader)) => RequestBody::Replay(reader),
+                Some(Err(e)) => {
+                    debug!(cluster = %up.name, error = %e, "not retried");
+                    if e == super::body::ReplayError::Abandoned {
+                        let label = ClusterLabel { cluster_name: up.name.clone() };
+                        self.metrics.retry_or_shadow_abandoned.get_or_create(&label).inc();
+                    }
+                    return last;
+                }
+            };
+            let (method, pq) = (&fwd.method, &fwd.path_and_query);
             // The last try takes the headers; earlier ones copy them for the next.
             let headers = if attempt + 1 == tries { std::mem::take(&mut fwd.headers) } else { fwd.headers.clone() };
             let result = send(&up.pool, endpoint.addr, method, pq, headers, body, budget).await;
@@ -169,7 +187,8 @@ pub(super) struct Forward {
     pub(super) method: hyper::Method,
     pub(super) path_and_query: String,
     pub(super) headers: HeaderMap,
-    pub(super) body: Bytes,
+    /// The client's body (`None`: empty).
+    pub(super) body: Option<Replay>,
     pub(super) peer: SocketAddr,
 }
 
@@ -187,11 +206,11 @@ pub(super) async fn send(
     method: &hyper::Method,
     path_and_query: &str,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
     timeout: Option<Duration>,
 ) -> Result<Response<Body>, SendError> {
     let uri = Uri::try_from(path_and_query).map_err(|_| SendError::Connect)?;
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -241,16 +260,6 @@ pub(super) fn pick_destination(r: &Route, rt: &Runtime) -> Option<Arc<Upstream>>
         })?
     };
     rt.cluster(&dest.cluster).cloned()
-}
-
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Outcome> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(Outcome::local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", ResponseFlag::None))
-        }
-        Err(_) => Err(Outcome::local(StatusCode::BAD_REQUEST, "malformed request body\n", ResponseFlag::None)),
-    }
 }
 
 #[cfg(test)]

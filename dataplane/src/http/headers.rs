@@ -4,7 +4,7 @@
 use hyper::{
     HeaderMap, Request, StatusCode, Uri,
     body::Incoming,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
     http::request::Parts,
 };
 
@@ -12,11 +12,16 @@ use super::{ConnInfo, MAX_HEADER_BYTES, MAX_HEADERS};
 use crate::{accesslog::Entry, runtime::Runtime};
 
 /// The request's authority, if its headers are within the limits and it names one; else the
-/// status and body of the local answer (431, 400).
-pub(super) fn admit(parts: &Parts) -> Result<String, (StatusCode, &'static str)> {
+/// status and body of the local answer (431, 400). `added` headers are the proxy's own (an
+/// `x-request-id` it created) and do not count against the client's limit.
+pub(super) fn admit(parts: &Parts, added: usize) -> Result<String, (StatusCode, &'static str)> {
     let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
-    if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS {
+    if header_bytes > MAX_HEADER_BYTES || parts.headers.len() > MAX_HEADERS + added {
         return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n"));
+    }
+    // Two Host headers could route one way and be read another way upstream (RFC 9112 §3.2).
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host header\n"));
     }
     authority_of(&parts.uri, &parts.headers).ok_or((StatusCode::BAD_REQUEST, "missing Host header\n"))
 }
@@ -41,6 +46,17 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     // `te: trailers` is the one TE value that survives: gRPC needs it end to end.
     let trailers = h.get("te").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // Headers the sender named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        h.remove(name);
+    }
     for name in HOP_BY_HOP {
         h.remove(name);
     }
@@ -110,13 +126,19 @@ pub(super) fn entry_for(req: &Request<Incoming>, conn: &ConnInfo) -> Entry {
     }
 }
 
-/// Keeps an incoming `x-request-id` (trace correlation) or adds one.
-pub(super) fn ensure_request_id(h: &mut HeaderMap) {
-    if !h.contains_key("x-request-id") {
-        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        if let Ok(v) = HeaderValue::from_str(&id) {
+/// Keeps an incoming `x-request-id` (trace correlation) or adds one; returns how many headers
+/// it added.
+pub(super) fn ensure_request_id(h: &mut HeaderMap) -> usize {
+    if h.contains_key("x-request-id") {
+        return 0;
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    match HeaderValue::from_str(&id) {
+        Ok(v) => {
             h.insert("x-request-id", v);
+            1
         }
+        Err(_) => 0,
     }
 }
 
@@ -150,5 +172,40 @@ mod tests {
         clean.insert("x-ok", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut clean);
         assert_eq!(clean.len(), 1);
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, X-Internal-Token ,x-debug"));
+        h.append("connection", HeaderValue::from_static("x-more"));
+        for k in ["x-internal-token", "x-debug", "x-more", "x-ok"] {
+            h.insert(k, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-ok"]);
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_duplicate_host_is_refused_and_the_proxys_own_request_id_does_not_count() {
+        let twice = parts(&[("host", "a"), ("host", "b")]);
+        assert_eq!(admit(&twice, 0).unwrap_err().0, StatusCode::BAD_REQUEST);
+        let names: Vec<String> = (0..MAX_HEADERS - 1).map(|i| format!("x-h{i}")).collect();
+        let mut many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        many.push(("host", "a"));
+        let mut p = parts(&many);
+        assert_eq!(p.headers.len(), MAX_HEADERS);
+        let added = ensure_request_id(&mut p.headers);
+        assert_eq!(admit(&p, added).unwrap(), "a", "exactly the limit from the client is admitted");
+        p.headers.insert("x-one-more", HeaderValue::from_static("1"));
+        assert_eq!(admit(&p, added).unwrap_err().0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 }

@@ -3,9 +3,10 @@
 //! ([`mirror`]), then circuit breaking, destination choice and forwarding with timeouts and
 //! retries ([`forward`]). Why the proxy answered as it did is a [`ResponseFlag`].
 //!
-//! Request bodies are buffered up to `MAX_BODY` so a retry or a mirror can resend them (Envoy
-//! buffers for the same reason); a larger body is refused with 413 rather than held unbounded.
+//! Bodies stream both ways; a bounded copy of the request body is kept for retries and
+//! mirrors ([`body`]).
 
+pub mod body;
 mod filters;
 mod flags;
 mod forward;
@@ -34,7 +35,8 @@ pub use flags::ResponseFlag;
 pub use mirror::shadow_authority;
 
 use self::{
-    forward::{Forward, pick_destination, read_body},
+    body::{BufferBudget, REPLAY_LIMIT, Replay, RequestBody},
+    forward::{Forward, pick_destination},
     headers::{ensure_request_id, entry_for, set_client_cert_header, split_port, strip_hop_by_hop},
 };
 use crate::{
@@ -49,8 +51,6 @@ use crate::{
     store::Store,
 };
 
-/// Largest request body the proxy buffers.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Largest total size of request header names and values (Envoy's default, 60 KiB).
 pub const MAX_HEADER_BYTES: usize = 60 * 1024;
 /// Most request headers accepted (Envoy's default).
@@ -97,6 +97,8 @@ pub struct Proxy {
     passthrough: Pool,
     access_log: AccessLogger,
     drain: Drain,
+    /// Bytes of request bodies all requests together keep for retries and mirrors.
+    budget: Arc<BufferBudget>,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -189,12 +191,24 @@ impl Proxy {
         &self.access_log
     }
 
-    /// A proxy serving the configuration in `store`.
+    /// A proxy serving the configuration in `store`, keeping at most the default budget of
+    /// request bodies for retries and mirrors.
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
+        Self::with_buffer_budget(store, metrics, body::DEFAULT_BUFFER_BUDGET)
+    }
+
+    /// A proxy keeping at most `budget` bytes of request bodies for retries and mirrors.
+    pub fn with_buffer_budget(store: Store, metrics: Metrics, budget: usize) -> Arc<Self> {
         let passthrough =
             Pool::new(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT }, false, None);
         let access_log = AccessLogger::start(metrics.clone());
-        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default() })
+        let budget = BufferBudget::new(budget);
+        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default(), budget })
+    }
+
+    /// Bytes of request bodies held for retries and mirrors now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     /// Handles one request that arrived on a listener bound to `port`.
@@ -208,14 +222,14 @@ impl Proxy {
         // Trace context: traceparent/tracestate and b3 headers pass through untouched (they are
         // not hop-by-hop); x-request-id is kept or created here so every hop, retry and mirror
         // of this request carries the same one.
-        ensure_request_id(req.headers_mut());
+        let added = ensure_request_id(req.headers_mut());
         let rt = self.store.current();
         let log = rt.config.access_log.clone().map(|cfg| (cfg, entry_for(&req, &conn)));
         let reporter = match conn.captured {
             Some((Capture::Inbound, _)) => "destination",
             _ => "source",
         };
-        let (outcome, attribution) = self.route_request(&rt, req, &conn).await;
+        let (outcome, attribution) = self.route_request(&rt, req, &conn, added).await;
         let service = attribution.service;
         let elapsed = start.elapsed();
         if let Some((cfg, mut entry)) = log {
@@ -239,10 +253,16 @@ impl Proxy {
     }
 
     /// The request path, stage by stage; returns the outcome and where it was attributed.
-    async fn route_request(&self, rt: &Runtime, req: Request<Incoming>, conn: &ConnInfo) -> (Outcome, Attribution) {
+    async fn route_request(
+        &self,
+        rt: &Runtime,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        added_headers: usize,
+    ) -> (Outcome, Attribution) {
         let (mut parts, body) = req.into_parts();
         // Admission: header limits and an authority.
-        let authority = match headers::admit(&parts) {
+        let authority = match headers::admit(&parts, added_headers) {
             Ok(a) => a,
             Err((status, why)) => {
                 return (Outcome::local(status, why, ResponseFlag::None), Attribution::service("unknown"));
@@ -256,10 +276,7 @@ impl Proxy {
         // Inbound capture delivers to the workload the client addressed; outbound routing rules
         // are the caller's business and do not apply here.
         if let Some((Capture::Inbound, dst)) = conn.captured {
-            let body = match read_body(body).await {
-                Ok(b) => b,
-                Err(o) => return (o, Attribution::service(host)),
-            };
+            let body = RequestBody::Direct(body);
             strip_hop_by_hop(&mut parts.headers);
             set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
             let cluster = skein_api::names::inbound_cluster(dst.port());
@@ -285,13 +302,8 @@ impl Proxy {
                 cluster: Some(PASSTHROUGH_CLUSTER.into()),
                 route: Some(r.name.clone()),
             };
-            return match read_body(body).await {
-                Ok(body) => {
-                    strip_hop_by_hop(&mut parts.headers);
-                    (self.passthrough(&authority, conn, parts, body).await, attribution)
-                }
-                Err(o) => (o, attribution),
-            };
+            strip_hop_by_hop(&mut parts.headers);
+            return (self.passthrough(&authority, conn, parts, RequestBody::Direct(body)).await, attribution);
         }
         let service = r
             .route
@@ -299,10 +311,9 @@ impl Proxy {
             .and_then(|d| rt.cluster(&d.cluster))
             .map_or_else(|| host.to_string(), |c| c.service().to_string());
         let mut attribution = Attribution { service, cluster: None, route: Some(r.name.clone()) };
-        let body = match read_body(body).await {
-            Ok(b) => b,
-            Err(o) => return (o, attribution),
-        };
+        // Streamed; a bounded copy is kept in case a retry or the mirror needs it.
+        let body = (!hyper::body::Body::is_end_stream(&body))
+            .then(|| Replay::new(body, REPLAY_LIMIT, self.budget.clone()));
         strip_hop_by_hop(&mut parts.headers);
         set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
         let deadline = r.timeout.map(|t| Instant::now() + t);
@@ -316,7 +327,8 @@ impl Proxy {
         }
         // Rewrite before mirroring, so the shadow sees what the primary sees.
         let (path_and_query, authority) = filters::rewrite(r, &parts.uri, prefix.as_deref(), authority);
-        mirror::spawn(rt, r, &parts, &path_and_query, &authority, &body, conn.peer);
+        let mirrored =
+            mirror::spawn(rt, r, &parts, &path_and_query, &authority, body.as_ref(), conn.peer, &self.metrics);
 
         // Forwarding: a weighted destination, circuit breaking, retries.
         let Some(upstream) = pick_destination(r, rt) else {
@@ -326,8 +338,15 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
+        let replay = body.clone();
         let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer: conn.peer };
-        (self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline).await, attribution)
+        let outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline).await;
+        // Nothing will resend the body now, unless a mirror still waits for it: free the copy
+        // (the rest of a long stream is not recorded).
+        if let Some(replay) = replay.filter(|_| !mirrored) {
+            replay.release();
+        }
+        (outcome, attribution)
     }
 
     /// A host no virtual host serves: refused under REGISTRY_ONLY (502 `NR`), passed through
@@ -346,11 +365,8 @@ impl Proxy {
                 Attribution::service("BlackHoleCluster"),
             ),
             OutboundPolicy::AllowAny => {
-                let body = match read_body(body).await {
-                    Ok(b) => b,
-                    Err(o) => return (o, Attribution::service("PassthroughCluster")),
-                };
                 strip_hop_by_hop(&mut parts.headers);
+                let body = RequestBody::Direct(body);
                 (self.passthrough(authority, conn, parts, body).await, Attribution::service("PassthroughCluster"))
             }
         }
