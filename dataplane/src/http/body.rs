@@ -310,6 +310,13 @@ impl ReplayReader {
                     s.trailers = Some(t.clone());
                     self.next = usize::MAX;
                 }
+                // A sender that knows the length stops polling at the last byte: the end is
+                // known now, not at a next poll that may never come.
+                if s.source.as_ref().is_some_and(Body::is_end_stream) {
+                    s.ended = true;
+                    s.source = None;
+                    finished = true;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
         };
