@@ -27,8 +27,8 @@ use hyper::{
 };
 use hyper_util::rt::TokioExecutor;
 
-pub use crate::http::body::RequestBody;
 use crate::connect::{MeshConnector, MeshStream};
+pub use crate::http::body::RequestBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint; one given back beyond that is closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -135,6 +135,26 @@ impl Pool {
                 },
             }
         }
+    }
+
+    /// Sends an HTTP/1.1 `Upgrade` request (WebSocket and the like) on a connection of its
+    /// own: after a `101` the connection belongs to the upgraded protocol and never returns to
+    /// the pool. The response keeps hyper's upgrade handle in its extensions.
+    pub async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&addr.to_string())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        let io = self.inner.connect(addr).await?;
+        let (mut tx, conn) = http1::handshake(io).await.map_err(PoolError::Reset)?;
+        drive(addr, conn.with_upgrades());
+        let resp = tx.send_request(req).await.map_err(PoolError::Reset)?;
+        Ok(resp.map(|body| PooledBody::new(body, None)))
     }
 
     async fn send_h2(&self, addr: SocketAddr, req: Request<RequestBody>) -> Result<Response<PooledBody>, PoolError> {

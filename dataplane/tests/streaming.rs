@@ -59,7 +59,8 @@ async fn echo_upstream(h2: bool) -> SocketAddr {
                 });
                 let io = TokioIo::new(stream);
                 if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                    let _ =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
                 } else {
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
                 }
@@ -218,7 +219,10 @@ async fn a_retry_resends_the_whole_body_and_a_body_past_the_limit_is_not_retried
     assert_eq!(*seen.lock().unwrap(), vec![3 << 20], "a body that was not kept is not resent");
     let exported = metrics2.render();
     assert!(exported.contains("envoy_cluster_retry_or_shadow_abandoned_total{cluster_name=\"c\"} 1"), "{exported}");
-    assert!(!metrics.render().contains("envoy_cluster_retry_or_shadow_abandoned_total{"), "nothing abandoned at 300 KiB");
+    assert!(
+        !metrics.render().contains("envoy_cluster_retry_or_shadow_abandoned_total{"),
+        "nothing abandoned at 300 KiB"
+    );
 }
 
 #[tokio::test]
@@ -324,4 +328,100 @@ async fn a_1_gib_upload_passes_the_proxy_binary_with_flat_memory() {
     // 4 MiB was the limit and a body held its full size).
     assert!(peak < before + 24 * 1024, "peak RSS {peak} KiB, {before} KiB before the upload");
     eprintln!("proxy peak RSS: {before} KiB before, {peak} KiB after a 1 GiB upload");
+}
+
+/// An HTTP/1.1 upstream that switches every `Upgrade` request to a byte echo after a `101`,
+/// as a WebSocket server switches to frames.
+async fn upgrade_echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: Request<Incoming>| async move {
+                    let protocol = req.headers().get("upgrade").cloned();
+                    let Some(protocol) = protocol else {
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"no upgrade"))));
+                    };
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                    resp.headers_mut().insert("upgrade", protocol);
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a response head from a raw connection.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut byte)).await.expect("a response head in time").unwrap();
+        assert_eq!(n, 1, "connection closed inside a head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_switches_and_carries_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upgrade_echo_upstream().await;
+    let (addr, metrics, _) = proxy(&one_route(up, false, ", retries: {attempts: 2, retryOn: 'connect-failure'}")).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"first frame"[..], b"second frame"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut got)).await.expect("echo through the tunnel").unwrap();
+        assert_eq!(got, msg);
+    }
+    assert!(metrics.render().contains("response_code=\"101\""));
+    // A plain request on the same route is not upgraded.
+    let (status, text) = post(addr, Bytes::new()).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "no upgrade"));
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_its_interim_answer_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, seen) = counting_upstream(0).await;
+    let (addr, _, _) = proxy(&one_route(up, false, "")).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The client waits for the 100 before it sends the body, as curl does for large uploads.
+    let interim = read_head(&mut s).await;
+    assert!(interim.starts_with("http/1.1 100"), "{interim}");
+    s.write_all(b"hello").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = [0u8; 1];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body)).await.unwrap().unwrap();
+    assert_eq!(&body, b"5");
+    assert_eq!(*seen.lock().unwrap(), vec![5]);
 }

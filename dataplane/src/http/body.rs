@@ -88,9 +88,9 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Bytes(data, trailers) => Poll::Ready(
-                data.take().map(Frame::data).or_else(|| trailers.take().map(Frame::trailers)).map(Ok),
-            ),
+            Self::Bytes(data, trailers) => {
+                Poll::Ready(data.take().map(Frame::data).or_else(|| trailers.take().map(Frame::trailers)).map(Ok))
+            }
             Self::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Replay(r) => r.poll(cx),
         }
@@ -257,7 +257,7 @@ struct Superseded;
 
 impl ReplayReader {
     fn size_hint(&self) -> SizeHint {
-        self.state.lock().map(|s| s.hint.clone()).unwrap_or_default()
+        self.state.lock().map(|s| s.hint).unwrap_or_default()
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -368,7 +368,12 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         // hyper sends HTTP/1.1 trailers only when the head announces them.
-        let req = Request::post("/").header("transfer-encoding", "chunked").header("te", "trailers").header("trailer", "grpc-status").body(body).unwrap();
+        let req = Request::post("/")
+            .header("transfer-encoding", "chunked")
+            .header("te", "trailers")
+            .header("trailer", "grpc-status")
+            .body(body)
+            .unwrap();
         tokio::spawn(async move {
             let _ = sender.send_request(req).await;
         });

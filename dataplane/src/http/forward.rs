@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{
     Body, ConnInfo, Outcome, PASSTHROUGH_CONNECT_TIMEOUT, Proxy, ResponseFlag,
     body::{Replay, RequestBody},
-    headers::{authority_with_port, strip_hop_by_hop},
+    headers::{authority_with_port, strip_for_forwarding, strip_hop_by_hop, upgrade_of},
 };
 use crate::{
     metrics::ClusterLabel,
@@ -214,7 +214,13 @@ pub(super) async fn send(
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    let fut = pool.send(addr, req);
+    let fut = async {
+        if upgrade_of(req.headers()).is_some() {
+            pool.send_upgrade(addr, req).await
+        } else {
+            pool.send(addr, req).await
+        }
+    };
     let resp = match timeout {
         Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| SendError::Timeout)?,
         None => fut.await,
@@ -222,7 +228,13 @@ pub(super) async fn send(
     match resp {
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            // A `101` keeps its Upgrade headers, and hyper's upgrade handle in the extensions
+            // for the request path to join the two connections.
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                strip_for_forwarding(&mut parts.headers);
+            } else {
+                strip_hop_by_hop(&mut parts.headers);
+            }
             Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as _).boxed()))
         }
         Err(PoolError::Connect(_)) => Err(SendError::Connect),

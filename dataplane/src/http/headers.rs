@@ -65,6 +65,30 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`),
+/// e.g. `websocket`. HTTP/2 has no such header (RFC 9113 §8.2.2).
+pub(super) fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Strips hop-by-hop headers from a message about to be forwarded, except the two an upgrade
+/// (`Connection: upgrade`, `Upgrade: <protocol>`) needs on the next hop too: a proxy passes
+/// the upgrade request on and the `101` back.
+pub(super) fn strip_for_forwarding(h: &mut HeaderMap) {
+    let upgrade = upgrade_of(h);
+    strip_hop_by_hop(h);
+    if let Some(protocol) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol);
+    }
+}
+
 /// `host:port` → (`host`, port). An authority whose text after the last `:` is not all
 /// digits (none, or a bare IPv6 address) has no port; `host:` is `host` without one.
 pub(super) fn split_port(authority: &str) -> (&str, Option<u16>) {

@@ -27,7 +27,9 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
     http::request::Parts,
+    upgrade::OnUpgrade,
 };
+use hyper_util::rt::TokioIo;
 use skein_api::proxy::{Capture, OutboundPolicy, PASSTHROUGH_CLUSTER};
 use tracing::debug;
 
@@ -37,7 +39,7 @@ pub use mirror::shadow_authority;
 use self::{
     body::{BufferBudget, REPLAY_LIMIT, Replay, RequestBody},
     forward::{Forward, pick_destination},
-    headers::{ensure_request_id, entry_for, set_client_cert_header, split_port, strip_hop_by_hop},
+    headers::{ensure_request_id, entry_for, set_client_cert_header, split_port, strip_for_forwarding},
 };
 use crate::{
     accesslog::AccessLogger,
@@ -229,7 +231,19 @@ impl Proxy {
             Some((Capture::Inbound, _)) => "destination",
             _ => "source",
         };
-        let (outcome, attribution) = self.route_request(&rt, req, &conn, added).await;
+        // Present only on an HTTP/1.1 upgrade request: the client's side of the tunnel.
+        let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+        let (mut outcome, attribution) = self.route_request(&rt, req, &conn, added).await;
+        if outcome.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = outcome.response.extensions_mut().remove::<OnUpgrade>();
+            match (client_upgrade, upstream_upgrade) {
+                (Some(client), Some(upstream)) => {
+                    tokio::spawn(tunnel(client, upstream, conn.peer));
+                }
+                // A 101 the client did not ask for cannot be honoured.
+                _ => outcome = Outcome::connect_error(ResponseFlag::UpstreamReset),
+            }
+        }
         let service = attribution.service;
         let elapsed = start.elapsed();
         if let Some((cfg, mut entry)) = log {
@@ -277,7 +291,7 @@ impl Proxy {
         // are the caller's business and do not apply here.
         if let Some((Capture::Inbound, dst)) = conn.captured {
             let body = RequestBody::Direct(body);
-            strip_hop_by_hop(&mut parts.headers);
+            strip_for_forwarding(&mut parts.headers);
             set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
             let cluster = skein_api::names::inbound_cluster(dst.port());
             let outcome = self.deliver(dst, parts, body).await;
@@ -302,7 +316,7 @@ impl Proxy {
                 cluster: Some(PASSTHROUGH_CLUSTER.into()),
                 route: Some(r.name.clone()),
             };
-            strip_hop_by_hop(&mut parts.headers);
+            strip_for_forwarding(&mut parts.headers);
             return (self.passthrough(&authority, conn, parts, RequestBody::Direct(body)).await, attribution);
         }
         let service = r
@@ -312,9 +326,9 @@ impl Proxy {
             .map_or_else(|| host.to_string(), |c| c.service().to_string());
         let mut attribution = Attribution { service, cluster: None, route: Some(r.name.clone()) };
         // Streamed; a bounded copy is kept in case a retry or the mirror needs it.
-        let body = (!hyper::body::Body::is_end_stream(&body))
-            .then(|| Replay::new(body, REPLAY_LIMIT, self.budget.clone()));
-        strip_hop_by_hop(&mut parts.headers);
+        let body =
+            (!hyper::body::Body::is_end_stream(&body)).then(|| Replay::new(body, REPLAY_LIMIT, self.budget.clone()));
+        strip_for_forwarding(&mut parts.headers);
         set_client_cert_header(&mut parts.headers, rt, conn.identity.as_deref());
         let deadline = r.timeout.map(|t| Instant::now() + t);
 
@@ -365,11 +379,26 @@ impl Proxy {
                 Attribution::service("BlackHoleCluster"),
             ),
             OutboundPolicy::AllowAny => {
-                strip_hop_by_hop(&mut parts.headers);
+                strip_for_forwarding(&mut parts.headers);
                 let body = RequestBody::Direct(body);
                 (self.passthrough(authority, conn, parts, body).await, Attribution::service("PassthroughCluster"))
             }
         }
+    }
+}
+
+/// Joins an upgraded client connection (WebSocket and the like) to the upstream's once both
+/// sides have switched, and copies bytes both ways until both close or the connection idles
+/// out, like a TCP connection through the proxy.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, peer: SocketAddr) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        debug!(%peer, "upgrade did not complete");
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = crate::listener::tcp::copy_with_idle_timeout(&mut client, &mut upstream).await {
+        debug!(%peer, error = %e, "upgraded connection ended");
     }
 }
 

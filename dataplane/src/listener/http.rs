@@ -38,7 +38,8 @@ where
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_header_list_size(MAX_HEAD as u32)
         .keep_alive_interval(Duration::from_secs(60));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a WebSocket (or any HTTP/1.1 `Upgrade`) switches after its 101.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -359,7 +359,7 @@ async fn read_client_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> std::io
 
 /// Copies both ways until both sides close, or nothing moves for `IDLE_TIMEOUT`. Returns bytes
 /// (client→upstream, upstream→client).
-async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+pub(crate) async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
