@@ -14,11 +14,13 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod iptables;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod sni;
+pub mod splice;
 pub mod store;
 pub mod upstream;
 

@@ -4,7 +4,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use skein_proxy::{config_file, discovery, http::Proxy, listener, metrics::Metrics, store::Store};
+use skein_proxy::{
+    config_file, discovery,
+    http::{Limits, Proxy},
+    limits::ConnectionLimits,
+    listener,
+    metrics::Metrics,
+    store::Store,
+};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -41,6 +48,8 @@ enum Command {
         /// per CPU.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Install the iptables rules that redirect the pod's TCP to the capture listeners
     /// (run once per pod, as root, before the workload starts).
@@ -51,6 +60,35 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// What the proxy may hold; beyond it new work is refused cleanly (a connection closed at
+/// accept, a request no longer retried), never by running out of memory or descriptors.
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Downstream connections open at once, all listeners together. 0: half the descriptor
+    /// limit (raised to its hard limit at start), less a reserve for the proxy itself.
+    #[arg(long, env = "SKEIN_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
+    /// Downstream connections open at once on one listener. 0: as `--max-connections`.
+    #[arg(long, env = "SKEIN_MAX_CONNECTIONS_PER_LISTENER", default_value_t = 0)]
+    max_connections_per_listener: usize,
+    /// Bytes of request bodies kept for retries and mirrors, all requests together.
+    #[arg(long, env = "SKEIN_REQUEST_BUFFER_BUDGET", default_value_t = skein_proxy::http::body::DEFAULT_BUFFER_BUDGET)]
+    request_buffer_budget: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let derived = ConnectionLimits::from_fd_limit(skein_proxy::limits::raise_fd_limit());
+        let connections = match (self.max_connections, self.max_connections_per_listener) {
+            (0, 0) => derived,
+            (0, per) => ConnectionLimits::new(derived.total(), per),
+            (total, 0) => ConnectionLimits::new(total, total),
+            (total, per) => ConnectionLimits::new(total, per),
+        };
+        Limits { connections, buffer_budget: self.request_buffer_budget }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -80,7 +118,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, discovery, admin_addr, status_addr, metrics_addr, drain_timeout, concurrency } => {
+        Command::Run {
+            config,
+            discovery,
+            admin_addr,
+            status_addr,
+            metrics_addr,
+            drain_timeout,
+            concurrency,
+            limits,
+        } => {
             let source = match config {
                 Some(path) => Source::File(path),
                 None => Source::ControlPlane(*discovery),
@@ -94,12 +141,20 @@ fn main() -> anyhow::Result<()> {
             if concurrency > 1 {
                 builder.worker_threads(concurrency);
             }
-            builder.enable_all().build()?.block_on(run(source, [admin_addr, status_addr, metrics_addr], drain_timeout))
+            let limits = limits.limits();
+            builder.enable_all().build()?.block_on(run(
+                source,
+                [admin_addr, status_addr, metrics_addr],
+                drain_timeout,
+                limits,
+            ))
         }
     }
 }
 
-async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) -> anyhow::Result<()> {
+async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, limits: Limits) -> anyhow::Result<()> {
+    // First of all: from here on a SIGHUP reloads instead of ending the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let store = match &source {
         Source::File(config) => {
             let initial = config_file::read(config)?;
@@ -109,7 +164,7 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) ->
         Source::ControlPlane(_) => Store::unconfigured(),
     };
     let metrics = Metrics::default();
-    let proxy = Proxy::new(store.clone(), metrics.clone());
+    let proxy = Proxy::with_limits(store.clone(), metrics.clone(), limits);
     let drain = proxy.drain().clone();
 
     let roles =
@@ -123,9 +178,13 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration) ->
         error!(error = %e, "listener not opened");
     }
     let mut feed = match source {
-        Source::File(config) => {
-            tokio::spawn(config_file::watch(config, store.clone(), metrics.clone(), Duration::from_secs(1)))
-        }
+        Source::File(config) => tokio::spawn(config_file::watch_with(
+            config,
+            store.clone(),
+            metrics.clone(),
+            Duration::from_secs(1),
+            Some(hup),
+        )),
         Source::ControlPlane(args) => tokio::spawn({
             let (store, metrics) = (store.clone(), metrics.clone());
             async move {

@@ -86,6 +86,13 @@ pub struct ClusterLabel {
     pub cluster_name: String,
 }
 
+/// Label of Envoy-style per-listener stats: the listener's address, as Envoy names them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `0.0.0.0:15006`.
+    pub listener_address: String,
+}
+
 /// Labels of Istio's TCP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -108,6 +115,9 @@ pub struct Metrics {
     /// Retries and mirrors given up because the request body was too large to keep
     /// (`envoy_cluster_retry_or_shadow_abandoned`).
     pub retry_or_shadow_abandoned: Family<ClusterLabel, Counter>,
+    /// Connections closed at accept because a connection cap was reached
+    /// (`envoy_listener_downstream_cx_overflow`).
+    pub cx_overflow: Family<ListenerLabel, Counter>,
     /// `istio_tcp_connections_opened_total`.
     pub tcp_opened: Family<TcpLabels, Counter>,
     /// `istio_tcp_connections_closed_total`.
@@ -131,6 +141,12 @@ impl Default for Metrics {
         let config_rejected = Counter::default();
         let pending_overflow = Family::<ClusterLabel, Counter>::default();
         let retry_or_shadow_abandoned = Family::<ClusterLabel, Counter>::default();
+        let cx_overflow = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "envoy_listener_downstream_cx_overflow",
+            "Connections closed at accept because the listener's or the proxy's connection cap was reached",
+            cx_overflow.clone(),
+        );
         registry.register(
             "envoy_cluster_retry_or_shadow_abandoned",
             "Retries and mirrors abandoned because the request body outgrew the buffer limit",
@@ -167,6 +183,7 @@ impl Default for Metrics {
             config_rejected,
             pending_overflow,
             retry_or_shadow_abandoned,
+            cx_overflow,
             tcp_opened,
             tcp_closed,
             tcp_sent,

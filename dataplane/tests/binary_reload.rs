@@ -97,6 +97,18 @@ fn config_file_reloads_on_change_and_keeps_the_last_good_config() {
     assert_eq!(get(listen, "/").map(|r| r.1).as_deref(), Some("a"));
     assert!(get(admin, "/config_dump").unwrap().1.contains("\"version\": \"100-0\""));
 
+    // Empty (a truncated write), then `{}`: refused like any invalid config. The listener
+    // stays open, readiness stays 200, and each refusal is counted.
+    for (n, text) in [(2, ""), (3, "{}\n")] {
+        std::fs::write(&path, text).unwrap();
+        eventually("empty config refused", || {
+            get(metrics, "/stats/prometheus")
+                .is_some_and(|r| r.1.contains(&format!("skein_proxy_config_rejected_total {n}")))
+        });
+        assert_eq!(get(listen, "/").map(|r| r.1).as_deref(), Some("a"), "{text:?} took the listener away");
+        assert_eq!(get(status, "/healthz/ready").map(|r| r.0), Some(200));
+    }
+
     // Valid again: all traffic to `b`.
     std::fs::write(&path, config(listen, (0, 100), a, b)).unwrap();
     eventually("proxy serving b", || get(listen, "/").is_some_and(|r| r.1 == "b"));
@@ -125,6 +137,25 @@ fn sighup_reloads_a_change_the_file_watch_cannot_see() {
     let pid = proxy.0.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     eventually("proxy serving b after SIGHUP", || get(listen, "/").is_some_and(|r| r.1 == "b"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_sighup_as_the_proxy_starts_does_not_end_it() {
+    let a = upstream("a");
+    let dir = std::env::temp_dir().join(format!("skein-proxy-early-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&path, config(listen, (100, 0), a, a)).unwrap();
+    let mut proxy = start_proxy(&path, [admin, status, metrics], &[]);
+    // Right after start, while the proxy reads its config and opens its listeners (a deploy
+    // tool that signals every process on a config change does this).
+    let pid = proxy.0.id().to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    eventually("proxy serving after an early SIGHUP", || get(listen, "/").is_some_and(|r| r.1 == "a"));
+    assert!(proxy.0.try_wait().unwrap().is_none(), "the proxy exited on SIGHUP");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -276,7 +276,7 @@ async fn rotated_certificate_files_are_picked_up_without_a_config_change() {
     let dir = tmp("rotation");
     let identity = ca.identity_files(&dir, "default", "reviews");
     let file = dir.join("proxy.yaml");
-    std::fs::write(&file, format!("version: '1'\n{identity}")).unwrap();
+    std::fs::write(&file, format!("version: '1'\nlisteners: []\n{identity}")).unwrap();
     let store = Store::new(skein_proxy::config_file::read(&file).unwrap()).unwrap();
     let spiffe = |s: &Store| s.current().identity.as_ref().map(|i| i.spiffe_id.clone()).unwrap_or_default();
     assert_eq!(spiffe(&store), "spiffe://cluster.local/ns/default/sa/reviews");

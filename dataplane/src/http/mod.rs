@@ -47,6 +47,7 @@ use crate::{
     connect::MeshConnector,
     drain::Drain,
     identity,
+    limits::ConnectionLimits,
     metrics::{Metrics, RequestKey},
     pool::Pool,
     runtime::{RequestView, Routed, Runtime},
@@ -101,6 +102,25 @@ pub struct Proxy {
     drain: Drain,
     /// Bytes of request bodies all requests together keep for retries and mirrors.
     budget: Arc<BufferBudget>,
+    connections: ConnectionLimits,
+}
+
+/// What a proxy may hold: connections and buffered request bytes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connection caps, total and per listener.
+    pub connections: ConnectionLimits,
+    /// Bytes of request bodies kept for retries and mirrors, all requests together.
+    pub buffer_budget: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: ConnectionLimits::from_fd_limit(crate::limits::fd_limit()),
+            buffer_budget: body::DEFAULT_BUFFER_BUDGET,
+        }
+    }
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -193,19 +213,25 @@ impl Proxy {
         &self.access_log
     }
 
-    /// A proxy serving the configuration in `store`, keeping at most the default budget of
-    /// request bodies for retries and mirrors.
+    /// A proxy serving the configuration in `store` with the default limits (connection caps
+    /// from the descriptor limit as it is, the default body budget).
     pub fn new(store: Store, metrics: Metrics) -> Arc<Self> {
-        Self::with_buffer_budget(store, metrics, body::DEFAULT_BUFFER_BUDGET)
+        Self::with_limits(store, metrics, Limits::default())
     }
 
-    /// A proxy keeping at most `budget` bytes of request bodies for retries and mirrors.
-    pub fn with_buffer_budget(store: Store, metrics: Metrics, budget: usize) -> Arc<Self> {
+    /// A proxy with these limits.
+    pub fn with_limits(store: Store, metrics: Metrics, limits: Limits) -> Arc<Self> {
         let passthrough =
             Pool::new(MeshConnector { tls: None, connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT }, false, None);
         let access_log = AccessLogger::start(metrics.clone());
-        let budget = BufferBudget::new(budget);
-        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default(), budget })
+        let budget = BufferBudget::new(limits.buffer_budget);
+        let connections = limits.connections;
+        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default(), budget, connections })
+    }
+
+    /// The connection caps every listener applies.
+    pub fn connection_limits(&self) -> &ConnectionLimits {
+        &self.connections
     }
 
     /// Bytes of request bodies held for retries and mirrors now.
@@ -397,7 +423,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, peer: SocketAddr) {
         return;
     };
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = crate::listener::tcp::copy_with_idle_timeout(&mut client, &mut upstream).await {
+    if let Err(e) = crate::splice::copy_with_idle_timeout(&mut client, &mut upstream).await {
         debug!(%peer, error = %e, "upgraded connection ended");
     }
 }

@@ -22,11 +22,25 @@ const MAX_PENDING_RESETS: usize = 10;
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
 /// Public so the request path can be fuzzed over an in-memory stream.
-pub async fn serve_conn<I>(io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
+pub async fn serve_conn<I>(mut io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    // Protocol detection is bounded like the request head: a client that connects and sends
+    // nothing, or part of the HTTP/2 preface, is closed at the head timeout.
+    let first = match tokio::time::timeout(HEAD_TIMEOUT, detect(&mut io)).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no request within the head timeout: closed");
+            return;
+        }
+    };
+    let io = crate::capture::Rewind::new(first, io);
     let drain = proxy.drain().clone();
     let svc = service_fn(move |req: Request<Incoming>| proxy.clone().handle(req, conn.clone()));
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -51,5 +65,48 @@ where
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the protocol is known: the whole HTTP/2 preface, or the first byte that
+/// differs from it (HTTP/1.x). Returns what was read, to be put back in front of the stream.
+async fn detect<I: tokio::io::AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; H2_PREFACE.len()];
+    let mut got = 0;
+    loop {
+        let n = io.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during protocol detection"));
+        }
+        got += n;
+        if got == H2_PREFACE.len() || buf[..got] != H2_PREFACE[..got] {
+            buf.truncate(got);
+            return Ok(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn detection_ends_at_the_first_difference_or_the_whole_preface() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"GET / HTTP/1.1\r\n").await.unwrap();
+        let got = detect(&mut b).await.unwrap();
+        assert!(!got.is_empty() && b"GET / HTTP/1.1\r\n".starts_with(&got));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // The preface in pieces: detection waits for all of it.
+        tokio::io::AsyncWriteExt::write_all(&mut a, &H2_PREFACE[..23]).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), detect(&mut b)).await;
+        assert!(pending.is_err(), "23 of 24 preface bytes are not a protocol yet");
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, H2_PREFACE).await.unwrap();
+        assert_eq!(detect(&mut b).await.unwrap(), H2_PREFACE);
     }
 }

@@ -16,12 +16,14 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
     capture,
     http::{ConnInfo, Proxy},
     identity,
+    limits::{AcceptErrors, Admitted, ConnectionLimits},
+    metrics::ListenerLabel,
     runtime::Runtime,
 };
 
@@ -50,22 +52,62 @@ pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, mode: PeerAuth
 /// Serves `listener` as `spec` says until the task is aborted.
 pub async fn serve_listener(listener: TcpListener, proxy: Arc<Proxy>, spec: HttpListener) {
     let spec = Arc::new(spec);
+    let mut gate = Gate::new(&listener, &proxy);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((stream, peer, admitted)) = gate.accept(&listener).await else { continue };
         let _ = stream.set_nodelay(true);
         let (proxy, spec) = (proxy.clone(), spec.clone());
         tokio::spawn(async move {
+            let _admitted = admitted;
             if let Err(e) = accept(stream, peer, proxy, &spec).await {
                 debug!(%peer, error = %e, "connection refused");
             }
         });
+    }
+}
+
+/// The accept step every listener shares: connection caps (a connection over one is closed at
+/// once and counted) and accept errors (out of descriptors) reported without flooding the log.
+pub(crate) struct Gate {
+    limits: ConnectionLimits,
+    cap: Arc<tokio::sync::Semaphore>,
+    errors: AcceptErrors,
+    label: ListenerLabel,
+    metrics: crate::metrics::Metrics,
+}
+
+impl Gate {
+    pub(crate) fn new(listener: &TcpListener, proxy: &Proxy) -> Self {
+        let limits = proxy.connection_limits().clone();
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        Self {
+            cap: limits.listener(),
+            limits,
+            errors: AcceptErrors::default(),
+            label: ListenerLabel { listener_address: address },
+            metrics: proxy.metrics().clone(),
+        }
+    }
+
+    /// The next admitted connection; `None` after an error or a connection over a cap.
+    pub(crate) async fn accept(&mut self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr, Admitted)> {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.errors.record(&self.label.listener_address, &e);
+                // Out of descriptors the socket stays readable: wait before trying again.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        };
+        match self.limits.admit(&self.cap) {
+            Some(admitted) => Some((stream, peer, admitted)),
+            None => {
+                self.metrics.cx_overflow.get_or_create(&self.label).inc();
+                debug!(%peer, "connection cap reached: closed");
+                None
+            }
+        }
     }
 }
 

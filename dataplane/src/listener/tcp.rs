@@ -30,8 +30,6 @@ use crate::{
 
 /// How long a client has to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no traffic either way for this long is closed (Envoy's default 1 h).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What a TCP listener does with a connection.
 #[derive(Debug, Clone)]
@@ -56,13 +54,12 @@ pub enum Mode {
 /// listeners (inbound mTLS termination; `None`: the listener's mode in the running config,
 /// read per connection); passthrough never terminates TLS.
 pub async fn serve(listener: TcpListener, mode: Mode, peer_auth: Option<PeerAuthMode>, proxy: Arc<Proxy>) {
+    let mut gate = super::Gate::new(&listener, &proxy);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let Some((stream, peer, admitted)) = gate.accept(&listener).await else { continue };
         let (mode, proxy) = (mode.clone(), proxy.clone());
         tokio::spawn(async move {
+            let _admitted = admitted;
             if let Err(e) = handle(stream, peer, mode, peer_auth, proxy).await {
                 debug!(%peer, error = %e, "tcp connection closed");
             }
@@ -303,7 +300,7 @@ where
     if !first.is_empty() {
         upstream.write_all(first).await?;
     }
-    let (sent, received) = copy_with_idle_timeout(client, &mut upstream).await?;
+    let (sent, received) = crate::splice::copy_with_idle_timeout(client, &mut upstream).await?;
     Ok((sent + first.len() as u64, received))
 }
 
@@ -355,35 +352,4 @@ async fn read_client_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> std::io
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// Copies both ways until both sides close, or nothing moves for `IDLE_TIMEOUT`. Returns bytes
-/// (client→upstream, upstream→client).
-pub(crate) async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let (mut up, mut down) = (0u64, 0u64);
-    let (mut a_open, mut b_open) = (true, true);
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    while a_open || b_open {
-        tokio::select! {
-            r = ar.read(&mut abuf), if a_open => {
-                let n = r?;
-                if n == 0 { a_open = false; bw.shutdown().await?; } else { bw.write_all(&abuf[..n]).await?; up += n as u64; }
-            }
-            r = br.read(&mut bbuf), if b_open => {
-                let n = r?;
-                if n == 0 { b_open = false; aw.shutdown().await?; } else { aw.write_all(&bbuf[..n]).await?; down += n as u64; }
-            }
-            _ = tokio::time::sleep(IDLE_TIMEOUT) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
-            }
-        }
-    }
-    Ok((up, down))
 }

@@ -1,0 +1,103 @@
+//! Connections the proxy must not keep: over the connection caps (closed at accept and
+//! counted, a freed place is taken again), and connections that never start a request (closed
+//! at the head timeout, also mid HTTP/2 preface). In process, on loopback.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use skein_api::proxy::PeerAuthMode;
+use skein_proxy::{
+    http::{Limits, Proxy},
+    limits::ConnectionLimits,
+    listener,
+    metrics::Metrics,
+    store::Store,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+async fn proxy(total: usize, per_listener: usize) -> (SocketAddr, Metrics, Arc<Proxy>) {
+    let store = Store::new(serde_yaml::from_str("listeners: []").unwrap()).unwrap();
+    let metrics = Metrics::default();
+    let limits = Limits { connections: ConnectionLimits::new(total, per_listener), buffer_budget: 1 << 20 };
+    let proxy = Proxy::with_limits(store, metrics.clone(), limits);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener::serve_http(listener, proxy.clone(), PeerAuthMode::Disable, "test".into()));
+    (addr, metrics, proxy)
+}
+
+/// Whether the proxy closed `s` within `within` (EOF or reset), reading whatever it sent.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_over_the_cap_is_closed_at_accept_counted_and_a_freed_place_is_taken_again() {
+    let (addr, metrics, proxy) = proxy(2, 2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the accept loop take both.
+    for _ in 0..100 {
+        if proxy.connection_limits().in_use() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.connection_limits().in_use(), 2);
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut over, Duration::from_secs(5)).await, "the third connection must be closed");
+    let exported = metrics.render();
+    assert!(
+        exported.contains(&format!("envoy_listener_downstream_cx_overflow_total{{listener_address=\"{addr}\"}} 1")),
+        "{exported}"
+    );
+    // One held connection closes: its place is free for a client that sends a request.
+    drop(held.pop());
+    for _ in 0..100 {
+        if proxy.connection_limits().in_use() < 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), next.read_exact(&mut head)).await.unwrap().unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 "), "served once a place was free: {}", String::from_utf8_lossy(&head));
+}
+
+#[tokio::test]
+async fn silent_and_half_preface_connections_are_closed_at_the_head_timeout() {
+    let (addr, _, proxy) = proxy(100, 100).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..23]).await.unwrap();
+    let mut partial_head = TcpStream::connect(addr).await.unwrap();
+    partial_head.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    // The head timeout is 10 s; well before it they are still open, by 13 s all are closed.
+    assert!(!closed_within(&mut silent, Duration::from_secs(3)).await, "closed too early");
+    for (what, s) in
+        [("silent", &mut silent), ("23 of 24 preface bytes", &mut half), ("partial head", &mut partial_head)]
+    {
+        assert!(closed_within(s, Duration::from_secs(10)).await, "{what}: still open after the head timeout");
+    }
+    for _ in 0..100 {
+        if proxy.connection_limits().in_use() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.connection_limits().in_use(), 0, "their places are free again");
+}
