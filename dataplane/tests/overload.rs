@@ -2,7 +2,14 @@
 //! counted, a freed place is taken again), and connections that never start a request (closed
 //! at the head timeout, also mid HTTP/2 preface). In process, on loopback.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use skein_api::proxy::PeerAuthMode;
 use skein_proxy::{
@@ -100,4 +107,100 @@ async fn silent_and_half_preface_connections_are_closed_at_the_head_timeout() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(proxy.connection_limits().in_use(), 0, "their places are free again");
+}
+
+/// An HTTP/1.1 upstream that answers `ok` after `delay`, counting the requests it receives.
+async fn upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::convert::Infallible;
+
+    use hyper::{Request, Response, body::Incoming, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(String::from("ok")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+// Each request is cancelled once it has reached the upstream, so the proxy has accepted and
+// forwarded it: a cancel before that is a stream h2 still queues, which the burst limit
+// (MAX_PENDING_RESETS) catches on its own and would hide the rule under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_spread_over_time_closes_the_connection_while_others_are_served() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::Request;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let ((slow, reached), (fast, _)) = (upstream(Duration::from_secs(5)).await, upstream(Duration::ZERO).await);
+    let yaml = format!(
+        "listeners: []\nvirtualHosts:\n  - {{name: slow, domains: [slow], routes: [{{route: [{{cluster: slow}}]}}]}}\n  - {{name: fast, domains: [fast], routes: [{{route: [{{cluster: fast}}]}}]}}\nclusters:\n  - {{name: slow, endpoints: ['{slow}']}}\n  - {{name: fast, endpoints: ['{fast}']}}\n"
+    );
+    let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    let proxy = Proxy::new(store, Metrics::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener::serve_http(listener, proxy, PeerAuthMode::Disable, "test".into()));
+
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // One request and its cancel at a time: never a burst. Bounded: at most 2 000 pairs, 60 s.
+    let started = tokio::time::Instant::now();
+    let mut sent = 0;
+    while sent < 2000 && started.elapsed() < Duration::from_secs(60) {
+        match tokio::time::timeout(Duration::from_secs(2), send.ready()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+        let req = Request::get("http://slow/").body(Empty::<bytes::Bytes>::new()).unwrap();
+        let mut answer = Box::pin(send.send_request(req));
+        // Let the request reach the upstream through the proxy, then give up on it
+        // (RST_STREAM CANCEL). A connection closed meanwhile ends the answer at once.
+        let before = reached.load(Ordering::SeqCst);
+        let waited = tokio::time::Instant::now();
+        while reached.load(Ordering::SeqCst) == before && waited.elapsed() < Duration::from_secs(1) {
+            if tokio::time::timeout(Duration::from_micros(200), answer.as_mut()).await.is_ok() {
+                break;
+            }
+        }
+        drop(answer);
+        sent += 1;
+        // A normal client on its own connection is served during the attack.
+        if sent == 100 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: fast\r\n\r\n").await.unwrap();
+            let mut head = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await.unwrap().unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+        }
+    }
+    assert!(sent < 700, "the connection survived {sent} premature resets");
+    assert!(sent >= 250, "closed after {sent}: before the 250 premature resets Envoy's rule allows");
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the connection was closed");
+    // And the proxy still answers a well-behaved HTTP/2 client.
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    // Many more requests than the rule's 500 on one connection, all answered: only premature
+    // resets count against a connection.
+    for _ in 0..600 {
+        let req = Request::get("http://fast/").body(Empty::<bytes::Bytes>::new()).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
 }
