@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skein_proxy::{
     config_file, discovery,
-    http::{Limits, Proxy},
+    http::{Limits, Proxy, Timeouts},
     limits::ConnectionLimits,
     listener,
     metrics::Metrics,
@@ -76,6 +76,14 @@ struct LimitArgs {
     /// Bytes of request bodies kept for retries and mirrors, all requests together.
     #[arg(long, env = "SKEIN_REQUEST_BUFFER_BUDGET", default_value_t = skein_proxy::http::body::DEFAULT_BUFFER_BUDGET)]
     request_buffer_budget: usize,
+    /// A downstream connection with no request in flight for this long is closed (Envoy's
+    /// `idle_timeout`).
+    #[arg(long, env = "SKEIN_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// A request that moves no body data either way for this long is ended: 408, 504, or a
+    /// reset once its response has started (Envoy's `stream_idle_timeout`).
+    #[arg(long, env = "SKEIN_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    stream_idle_timeout: Duration,
 }
 
 impl LimitArgs {
@@ -87,7 +95,8 @@ impl LimitArgs {
             (total, 0) => ConnectionLimits::new(total, total),
             (total, per) => ConnectionLimits::new(total, per),
         };
-        Limits { connections, buffer_budget: self.request_buffer_budget }
+        let timeouts = Timeouts { idle: self.idle_timeout, stream_idle: self.stream_idle_timeout };
+        Limits { connections, buffer_budget: self.request_buffer_budget, timeouts }
     }
 }
 

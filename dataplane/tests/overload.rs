@@ -27,7 +27,8 @@ use tokio::{
 async fn proxy(total: usize, per_listener: usize) -> (SocketAddr, Metrics, Arc<Proxy>) {
     let store = Store::new(serde_yaml::from_str("listeners: []").unwrap()).unwrap();
     let metrics = Metrics::default();
-    let limits = Limits { connections: ConnectionLimits::new(total, per_listener), buffer_budget: 1 << 20 };
+    let limits =
+        Limits { connections: ConnectionLimits::new(total, per_listener), buffer_budget: 1 << 20, ..Limits::default() };
     let proxy = Proxy::with_limits(store, metrics.clone(), limits);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

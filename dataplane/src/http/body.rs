@@ -18,9 +18,11 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use hyper::{
     HeaderMap,
-    body::{Body, Frame, Incoming, SizeHint},
+    body::{Body, Frame, SizeHint},
 };
 use tokio::sync::Notify;
+
+use super::progress::Inbound;
 
 /// Error type of request bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,7 +67,7 @@ pub enum RequestBody {
     /// Known to be empty, or a body the proxy made itself (a mirror's copy).
     Bytes(Option<Bytes>, Option<HeaderMap>),
     /// The client's body, streamed as is (paths that never resend).
-    Direct(Incoming),
+    Direct(Inbound),
     /// The client's body through a [`Replay`] recording.
     Replay(ReplayReader),
 }
@@ -116,7 +118,7 @@ impl Body for RequestBody {
 /// What a recording holds, shared by the request path and the body being sent now.
 struct State {
     /// The client's body; `None` once it ended.
-    source: Option<Incoming>,
+    source: Option<Inbound>,
     /// The body's declared size, for the readers' size hints.
     hint: SizeHint,
     /// Data forwarded so far, while recording.
@@ -172,7 +174,7 @@ pub enum ReplayError {
 
 impl Replay {
     /// Records `body`, keeping at most `limit` bytes of it from `budget`.
-    pub fn new(body: Incoming, limit: usize, budget: Arc<BufferBudget>) -> Self {
+    pub fn new(body: Inbound, limit: usize, budget: Arc<BufferBudget>) -> Self {
         let state = State {
             hint: body.size_hint(),
             source: Some(body),
@@ -345,12 +347,12 @@ mod tests {
     type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
     /// A request whose body the test feeds frame by frame, and the server side's `Incoming`.
-    async fn incoming() -> (Frames, Incoming) {
+    async fn incoming() -> (Frames, Inbound) {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let (got_tx, got_rx) = oneshot::channel();
         let got_tx = Arc::new(Mutex::new(Some(got_tx)));
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let tx = got_tx.lock().unwrap().take();
                 async move {
                     if let Some(tx) = tx {
@@ -377,7 +379,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = sender.send_request(req).await;
         });
-        (tx, got_rx.await.unwrap())
+        (tx, Inbound::new(got_rx.await.unwrap(), super::super::progress::Progress::new()))
     }
 
     async fn next_data(body: &mut RequestBody) -> Option<Bytes> {

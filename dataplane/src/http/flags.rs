@@ -24,6 +24,8 @@ pub enum ResponseFlag {
     UpstreamConnectFailure,
     /// `UR`: the upstream reset the connection.
     UpstreamReset,
+    /// `SI`: the stream idle timeout ended the request.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
@@ -39,6 +41,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamConnectFailure => "UF",
             ResponseFlag::UpstreamReset => "UR",
+            ResponseFlag::StreamIdleTimeout => "SI",
         }
     }
 }

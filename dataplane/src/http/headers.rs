@@ -3,7 +3,6 @@
 
 use hyper::{
     HeaderMap, Request, StatusCode, Uri,
-    body::Incoming,
     header::{self, HeaderName, HeaderValue},
     http::request::Parts,
 };
@@ -127,7 +126,7 @@ pub(super) fn set_client_cert_header(h: &mut HeaderMap, rt: &Runtime, peer: Opti
 }
 
 /// The request half of an access log entry.
-pub(super) fn entry_for(req: &Request<Incoming>, conn: &ConnInfo) -> Entry {
+pub(super) fn entry_for<B>(req: &Request<B>, conn: &ConnInfo) -> Entry {
     let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     Entry {
         start_time: jiff::Timestamp::now().to_string(),

@@ -12,6 +12,7 @@ mod flags;
 mod forward;
 mod headers;
 mod mirror;
+pub mod progress;
 
 use std::{
     convert::Infallible,
@@ -24,7 +25,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
     Request, Response, StatusCode,
-    body::Incoming,
     header::{self, HeaderValue},
     http::request::Parts,
     upgrade::OnUpgrade,
@@ -40,6 +40,7 @@ use self::{
     body::{BufferBudget, REPLAY_LIMIT, Replay, RequestBody},
     forward::{Forward, pick_destination},
     headers::{ensure_request_id, entry_for, set_client_cert_header, split_port, strip_for_forwarding},
+    progress::{Inbound, Progress},
 };
 use crate::{
     accesslog::AccessLogger,
@@ -103,6 +104,7 @@ pub struct Proxy {
     /// Bytes of request bodies all requests together keep for retries and mirrors.
     budget: Arc<BufferBudget>,
     connections: ConnectionLimits,
+    timeouts: Timeouts,
 }
 
 /// What a proxy may hold: connections and buffered request bytes.
@@ -112,6 +114,25 @@ pub struct Limits {
     pub connections: ConnectionLimits,
     /// Bytes of request bodies kept for retries and mirrors, all requests together.
     pub buffer_budget: usize,
+    /// How long connections and streams may sit without progress.
+    pub timeouts: Timeouts,
+}
+
+/// Envoy's downstream idle timeouts (same defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    pub idle: Duration,
+    /// A request that moves no body data either way for this long is ended: 408 while the
+    /// client's body is incomplete, 504 while the upstream has not answered, a reset once the
+    /// response has started (a client that stops reading).
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { idle: Duration::from_secs(3600), stream_idle: Duration::from_secs(300) }
+    }
 }
 
 impl Default for Limits {
@@ -119,6 +140,7 @@ impl Default for Limits {
         Self {
             connections: ConnectionLimits::from_fd_limit(crate::limits::fd_limit()),
             buffer_budget: body::DEFAULT_BUFFER_BUDGET,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -226,7 +248,22 @@ impl Proxy {
         let access_log = AccessLogger::start(metrics.clone());
         let budget = BufferBudget::new(limits.buffer_budget);
         let connections = limits.connections;
-        Arc::new(Self { store, metrics, passthrough, access_log, drain: Drain::default(), budget, connections })
+        let timeouts = limits.timeouts;
+        Arc::new(Self {
+            store,
+            metrics,
+            passthrough,
+            access_log,
+            drain: Drain::default(),
+            budget,
+            connections,
+            timeouts,
+        })
+    }
+
+    /// The idle timeouts every HTTP connection applies.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// The connection caps every listener applies.
@@ -239,11 +276,13 @@ impl Proxy {
         self.budget.used()
     }
 
-    /// Handles one request that arrived on a listener bound to `port`.
+    /// Handles one request that arrived on a listener bound to `port`; `progress` follows it
+    /// for the stream idle timeout (see [`progress`]).
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         conn: Arc<ConnInfo>,
+        progress: Arc<Progress>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let mut req = req;
@@ -259,7 +298,22 @@ impl Proxy {
         };
         // Present only on an HTTP/1.1 upgrade request: the client's side of the tunnel.
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
-        let (mut outcome, attribution) = self.route_request(&rt, req, &conn, added).await;
+        // Only for attributing a timed-out request (HTTP/2 carries it in the URI).
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+            .map(|h| split_port(h).0.to_string());
+        let (mut outcome, attribution) = tokio::select! {
+            routed = self.route_request(&rt, req, &conn, added) => routed,
+            // No body data either way for the stream idle timeout: Envoy's 408 while the
+            // client's body is incomplete, 504 while the upstream keeps the answer.
+            () = progress.timed_out() => {
+                let status = if progress.request_ended() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
+                let service = host.unwrap_or_else(|| "unknown".into());
+                (Outcome::local(status, "stream timeout\n", ResponseFlag::StreamIdleTimeout), Attribution::service(service))
+            }
+        };
         if outcome.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = outcome.response.extensions_mut().remove::<OnUpgrade>();
             match (client_upgrade, upstream_upgrade) {
@@ -296,7 +350,7 @@ impl Proxy {
     async fn route_request(
         &self,
         rt: &Runtime,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         conn: &ConnInfo,
         added_headers: usize,
     ) -> (Outcome, Attribution) {
@@ -397,7 +451,7 @@ impl Proxy {
         conn: &ConnInfo,
         authority: &str,
         mut parts: Parts,
-        body: Incoming,
+        body: Inbound,
     ) -> (Outcome, Attribution) {
         match rt.config.outbound_traffic_policy {
             OutboundPolicy::RegistryOnly => (

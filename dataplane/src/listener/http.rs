@@ -1,21 +1,20 @@
 //! HTTP/1.1 and HTTP/2 on an accepted connection: hyper's server with the proxy's limits,
 //! handing each request to the request path ([`Proxy::handle`]).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Notify;
 use tracing::debug;
 
-use super::HEAD_TIMEOUT;
-use crate::http::{ConnInfo, Proxy};
+use super::{
+    HEAD_TIMEOUT,
+    streams::{Ending, Streams},
+};
+use crate::http::{
+    ConnInfo, Proxy,
+    progress::{Inbound, Sending},
+};
 
 /// Largest request head (request line and headers) accepted; a larger one gets 431.
 const MAX_HEAD: usize = 64 * 1024;
@@ -24,49 +23,8 @@ const MAX_STREAMS: u32 = 100;
 /// HTTP/2 streams a client may reset before the server accepted them, before the connection is
 /// closed with GOAWAY ENHANCE_YOUR_CALM (rapid-reset defence, CVE-2023-44487). Half h2's default
 /// of 20: a legitimate client cancels streams it has seen answered, not ones still queued.
-/// This catches bursts; [`ResetWatch`] catches resets spread over time.
+/// This catches bursts; [`Streams`] catches resets spread over time.
 const MAX_PENDING_RESETS: usize = 10;
-/// A request the client abandons within this time of starting it was reset prematurely
-/// (Envoy's `premature_reset_min_stream_lifetime_seconds`).
-const PREMATURE_LIFETIME: Duration = Duration::from_secs(1);
-/// Envoy's `premature_reset_total_stream_count`.
-const PREMATURE_TOTAL: u64 = 500;
-
-/// Rapid reset spread over time (one request and its cancel per write, never a burst): Envoy's
-/// rule. Once a connection has closed `PREMATURE_TOTAL` requests, or half as many were reset
-/// prematurely, and at least half of its closed requests were premature resets, it is closed
-/// with GOAWAY.
-#[derive(Default)]
-struct ResetWatch {
-    closed: AtomicU64,
-    premature: AtomicU64,
-    abusive: Notify,
-}
-
-impl ResetWatch {
-    fn closed(&self, premature: bool) {
-        let closed = self.closed.fetch_add(1, Ordering::Relaxed) + 1;
-        let resets = self.premature.fetch_add(u64::from(premature), Ordering::Relaxed) + u64::from(premature);
-        if premature && resets * 2 >= closed && (closed >= PREMATURE_TOTAL || resets >= PREMATURE_TOTAL / 2) {
-            self.abusive.notify_one();
-        }
-    }
-}
-
-/// One request's life, reported to its connection's [`ResetWatch`] when it ends: a request
-/// dropped before its handler finished was abandoned by the client (HTTP/2 RST_STREAM).
-struct Stream {
-    watch: Arc<ResetWatch>,
-    start: Instant,
-    answered: bool,
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.watch.closed(!self.answered && self.start.elapsed() < PREMATURE_LIFETIME);
-    }
-}
-
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN `h2` under TLS) on one connection.
 /// Public so the request path can be fuzzed over an in-memory stream.
 pub async fn serve_conn<I>(mut io: I, proxy: Arc<Proxy>, conn: Arc<ConnInfo>)
@@ -89,18 +47,19 @@ where
     };
     let io = crate::capture::Rewind::new(first, io);
     let drain = proxy.drain().clone();
-    let watch = Arc::new(ResetWatch::default());
-    let abuse = watch.clone();
+    let timeouts = proxy.timeouts();
+    let streams = Arc::new(Streams::default());
+    let watched = streams.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let stream = Stream { watch: watch.clone(), start: Instant::now(), answered: false };
-        let answer = proxy.clone().handle(req, conn.clone());
+        let (mut stream, progress) = streams.start();
+        let req = req.map(|body| Inbound::new(body, progress.clone()));
+        let answer = proxy.clone().handle(req, conn.clone(), progress.clone());
         async move {
-            // Bound to a local so the future owns the guard (a closure would capture only the
-            // `answered` flag, a copy, and drop the guard at once).
-            let mut stream = stream;
-            let r = answer.await;
-            stream.answered = true;
-            r
+            let response = answer.await?;
+            stream.answered();
+            // The request stays in flight, and its progress followed, until the client has
+            // the whole response.
+            Ok::<_, std::convert::Infallible>(response.map(|body| Sending::new(body, progress, stream)))
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -122,12 +81,23 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        () = abuse.abusive.notified() => {
+        () = watched.abusive.notified() => {
             debug!(%peer, "requests reset prematurely: closing the connection");
             conn.as_mut().graceful_shutdown();
             // What is still in flight gets a moment; the client is not trusted with more.
             tokio::time::timeout(Duration::from_secs(1), conn).await.unwrap_or(Ok(()))
         }
+        ending = watched.watchdog(timeouts) => match ending {
+            Ending::Idle => {
+                debug!(%peer, "idle timeout: closing the connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            Ending::Stuck => {
+                debug!(%peer, "a timed-out request did not end: closing the connection");
+                Ok(())
+            }
+        },
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "connection ended");
@@ -158,41 +128,7 @@ async fn detect<I: tokio::io::AsyncRead + Unpin>(io: &mut I) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
-
     use super::*;
-
-    #[test]
-    fn premature_resets_close_the_connection_by_envoys_rule() {
-        let w = ResetWatch::default();
-        // Requests answered normally never trip it.
-        (0..10_000).for_each(|_| w.closed(false));
-        assert!(tokio_test_notified(&w).is_none());
-        let w = ResetWatch::default();
-        // Resets spread over time: the 250th premature reset, at least half of all, trips it.
-        for _ in 1..PREMATURE_TOTAL / 2 {
-            w.closed(true);
-            w.closed(false);
-        }
-        assert!(tokio_test_notified(&w).is_none(), "not yet");
-        w.closed(true);
-        assert!(tokio_test_notified(&w).is_some(), "half premature and 250 of them");
-        // Mostly healthy traffic with some cancels (under half) does not.
-        let w = ResetWatch::default();
-        for i in 0..5_000 {
-            w.closed(i % 3 == 0);
-        }
-        assert!(tokio_test_notified(&w).is_none());
-    }
-
-    /// Whether the watch has signalled (consumes the signal).
-    fn tokio_test_notified(w: &ResetWatch) -> Option<()> {
-        let n = w.abusive.notified();
-        tokio::pin!(n);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        n.as_mut().poll(&mut cx).is_ready().then_some(())
-    }
 
     #[tokio::test]
     async fn detection_ends_at_the_first_difference_or_the_whole_preface() {

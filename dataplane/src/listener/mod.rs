@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod http;
+mod streams;
 pub mod tcp;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
