@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz attack
 
 all: build
 
@@ -73,6 +73,13 @@ bench-operator: tools
 bench-controlplane: tools
 	$(CARGO) build --release -p skein-controlplane --bin skein-controlplane
 	SKEIN_E2E_PUSH_CHUNK=32768 SKEIN_E2E_CP_LOG=info,skein_controlplane::watch=debug SKEIN_CONTROLPLANE_BIN=$(CURDIR)/target/release/skein-controlplane $(CARGO) bench -p skein-e2e --bench controlplane
+
+## The proxy attack suite in full (dataplane/tests/attack.rs; make test runs its short version):
+## unfinished bodies, idle/TLS/slowloris connections against the caps, slow bodies and readers,
+## rapid reset over time, config faults, malformed requests, per-connection cost vs HAProxy.
+attack:
+	@command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
+	SKEIN_ATTACK=full $(CARGO) test --release -p skein-proxy --test attack -- --nocapture --test-threads=1
 
 ## Proxy latency/throughput/CPU/RSS vs a direct connection and Debian's HAProxy (installed if missing).
 bench-proxy:
