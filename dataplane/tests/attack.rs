@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -40,11 +40,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 static SLOW_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Attacks run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// (An async mutex: each test has its own runtime, and a failed test must not poison it.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How hard the attacks push: the short version for `make test`, the full one for `make attack`.
 #[derive(Clone, Copy, Debug)]
@@ -357,7 +354,7 @@ impl Normal {
 /// them to the upstream and keeps at most its buffer budget, so its memory stays flat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_unfinished_bodies_hold_no_memory() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sc = scale();
     let up = upstream().await;
     let proxy = skein("bodies", up, &["--stream-idle-timeout", "3s"]).await;
@@ -435,7 +432,7 @@ async fn attack_unfinished_bodies_hold_no_memory() {
 /// under the cap, and all of them are closed at the 10 s head timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_connections_without_requests_are_capped_and_closed() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sc = scale();
     let up = upstream().await;
     let cap = sc.idle_conns / 2;
@@ -497,7 +494,7 @@ async fn attack_connections_without_requests_are_capped_and_closed() {
 /// 408 and closed, the non-readers cut off; memory stays bounded while they last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_slow_bodies_and_slow_readers_are_ended_by_the_stream_idle_timeout() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sc = scale();
     let up = upstream().await;
     let proxy = skein("slow", up, &["--stream-idle-timeout", "2s"]).await;
@@ -562,7 +559,7 @@ async fn attack_slow_bodies_and_slow_readers_are_ended_by_the_stream_idle_timeou
 /// rule (before 700 pairs), while a normal client is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_rapid_reset_spread_over_time_closes_the_connection() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let up = upstream().await;
     let proxy = skein("reset", up, &[]).await;
     let normal = Normal::start(proxy.b);
@@ -602,7 +599,7 @@ async fn attack_rapid_reset_spread_over_time_closes_the_connection() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_config_faults_keep_the_last_good_config() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let up = upstream().await;
     let proxy = skein("config", up, &[]).await;
     let good = std::fs::read_to_string(&proxy.config).unwrap();
@@ -636,7 +633,7 @@ async fn attack_config_faults_keep_the_last_good_config() {
 /// never a second request smuggled through; exactly 100 headers are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_malformed_requests_are_refused() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let up = upstream().await;
     let proxy = skein("malformed", up, &[]).await;
     let port = proxy.a;
@@ -733,7 +730,7 @@ async fn per_connection(pid: u32, kind: Held, plain: u16, tls: u16, n: usize, ca
 /// of KiB of memory); HAProxy's numbers are reported beside them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attack_held_connections_cost_little_against_haproxy() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     skein_proxy::limits::raise_fd_limit();
     let n = scale().per_conn_sample;
     let up = upstream().await;
