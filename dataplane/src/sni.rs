@@ -4,8 +4,12 @@
 //! Input is untrusted bytes from the network: every length is checked against what is there,
 //! nothing is allocated beyond the name itself, and the parser is fuzzed (fuzz/).
 
-/// Largest ClientHello the proxy will wait for (one full TLS record).
-pub const MAX_CLIENT_HELLO: usize = 5 + 16 * 1024;
+/// Most bytes the proxy reads waiting for a ClientHello, record headers included. A
+/// ClientHello may span several TLS records (RFC 8446 §5.1: handshake messages may be
+/// fragmented; large post-quantum key shares make that common), each with 5 bytes of header.
+pub const MAX_CLIENT_HELLO: usize = 32 * 1024;
+/// Largest ClientHello message accepted once reassembled from its records.
+const MAX_HELLO_MESSAGE: usize = 16 * 1024;
 
 /// Result of looking at the first bytes of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,28 +47,48 @@ impl<'a> Reader<'a> {
 
 /// Inspects `buf`, the first bytes a client sent.
 pub fn peek(buf: &[u8]) -> Peek {
-    // TLS record header: content type 22 (handshake), version 3.x, length.
-    if buf.is_empty() {
-        return Peek::NeedMore;
+    // The ClientHello handshake message, reassembled when it spans records; copied only then.
+    let mut message: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    loop {
+        // TLS record header: content type 22 (handshake), version 3.x, length.
+        let Some(&kind) = buf.get(pos) else { return Peek::NeedMore };
+        if kind != 0x16 {
+            return Peek::NotTls;
+        }
+        let Some(header) = buf.get(pos..pos + 5) else { return Peek::NeedMore };
+        if header[1] != 0x03 {
+            return Peek::NotTls;
+        }
+        let record_len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if record_len == 0 || record_len > 16 * 1024 + 256 {
+            return Peek::NotTls;
+        }
+        let Some(record) = buf.get(pos + 5..pos + 5 + record_len) else { return Peek::NeedMore };
+        pos += 5 + record_len;
+        let whole = if message.is_empty() && hello_len(record).is_some_and(|n| n <= record.len()) {
+            // The usual case: the whole message in the first record.
+            record
+        } else {
+            message.extend_from_slice(record);
+            match hello_len(&message) {
+                Some(n) if n > MAX_HELLO_MESSAGE => return Peek::NotTls,
+                Some(n) if n <= message.len() => &message[..n],
+                _ => continue,
+            }
+        };
+        return match client_hello_sni(whole) {
+            Some(sni) => Peek::ClientHello(sni),
+            None => Peek::NotTls,
+        };
     }
-    if buf[0] != 0x16 {
-        return Peek::NotTls;
-    }
-    if buf.len() < 5 {
-        return Peek::NeedMore;
-    }
-    if buf[1] != 0x03 {
-        return Peek::NotTls;
-    }
-    let record_len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-    if record_len == 0 || record_len > 16 * 1024 + 256 {
-        return Peek::NotTls;
-    }
-    let Some(record) = buf.get(5..5 + record_len) else { return Peek::NeedMore };
-    match client_hello_sni(record) {
-        Some(sni) => Peek::ClientHello(sni),
-        None => Peek::NotTls,
-    }
+}
+
+/// The length of the handshake message starting `msg` (type and length header included),
+/// once its 4-byte header is there.
+fn hello_len(msg: &[u8]) -> Option<usize> {
+    let h = msg.get(..4)?;
+    Some(4 + ((usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3])))
 }
 
 /// `None`: malformed. `Some(None)`: a ClientHello without SNI.
@@ -194,6 +218,36 @@ mod tests {
         for cut in [0, 1, 4, 5, hello.len() - 1] {
             assert_eq!(peek(&hello[..cut]), Peek::NeedMore, "cut at {cut}");
         }
+    }
+
+    /// `hello` (one record) re-split into records of at most `size` bytes of message each.
+    fn fragmented(hello: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in hello[5..].chunks(size) {
+            out.extend([0x16, 0x03, 0x01]);
+            out.extend((part.len() as u16).to_be_bytes());
+            out.extend(part);
+        }
+        out
+    }
+
+    #[test]
+    fn a_client_hello_split_over_records_is_reassembled() {
+        let hello = client_hello(Some("outbound_.9080_._.reviews.default.global"));
+        for size in [1, 3, 40, hello.len() - 6] {
+            let split = fragmented(&hello, size);
+            assert_eq!(
+                peek(&split),
+                Peek::ClientHello(Some("outbound_.9080_._.reviews.default.global".into())),
+                "records of {size}"
+            );
+            // Incomplete until the last record is whole.
+            assert_eq!(peek(&split[..split.len() - 1]), Peek::NeedMore, "records of {size}");
+        }
+        // A record that is not a handshake in the middle: not TLS as expected.
+        let mut split = fragmented(&hello, 40);
+        split[45] = 0x17;
+        assert_eq!(peek(&split), Peek::NotTls);
     }
 
     #[test]

@@ -165,10 +165,13 @@ async fn tls_upstream(ca: &Ca, names: &[&str], name: &'static str) -> SocketAddr
 }
 
 async fn tls_read(port: u16, ca: &Ca, sni: &str) -> Result<String, String> {
+    tls_read_with(port, ca.client_config(None), sni).await
+}
+
+async fn tls_read_with(port: u16, cfg: Arc<rustls::ClientConfig>, sni: &str) -> Result<String, String> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let mut tls =
-        tokio_rustls::TlsConnector::from(ca.client_config(None)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| e.to_string())?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut out))
         .await
@@ -202,6 +205,10 @@ clusters:
     assert_eq!(tls_read(port, &ca, "db.example.com").await.unwrap(), "db");
     assert_eq!(tls_read(port, &ca, "www.example.com").await.unwrap(), "web");
     assert!(tls_read(port, &ca, "other.org").await.is_err(), "unrouted server name is closed");
+    // A ClientHello split over many TLS records (64-byte fragments) is reassembled and routed.
+    let mut fragmenting = (*ca.client_config(None)).clone();
+    fragmenting.max_fragment_size = Some(64);
+    assert_eq!(tls_read_with(port, Arc::new(fragmenting), "db.example.com").await.unwrap(), "db");
 }
 
 #[tokio::test]
