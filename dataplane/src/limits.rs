@@ -1,7 +1,8 @@
 //! Connection limits, in the spirit of Envoy's overload manager: a proxy-wide cap and a cap
 //! per listener. A connection over either is closed as soon as it is accepted (counted as
 //! `envoy_listener_downstream_cx_overflow`), so the proxy never runs out of descriptors: the
-//! admin, readiness and metrics endpoints, which are not capped, stay reachable under any load.
+//! admin, readiness and metrics endpoints, outside these caps (each has a small cap of its
+//! own within the reserve), stay reachable under any data-plane load.
 
 use std::{
     sync::{Arc, Mutex},

@@ -1,13 +1,14 @@
 //! Admin endpoints: readiness (`/healthz/ready`), Prometheus metrics (`/stats/prometheus`)
 //! and the config dump (`/config_dump`), each on the listeners of its role.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::debug;
 
 use super::HEAD_TIMEOUT;
 use crate::{drain::Drain, http::Body, metrics::Metrics, store::Store};
@@ -31,14 +32,29 @@ pub enum AdminRole {
     Metrics,
 }
 
+/// Connections one admin listener serves at once: enough for probes and scrapes, and within
+/// the descriptors the data-plane caps leave to the proxy itself, so a flood of one admin port
+/// neither exhausts descriptors nor touches the data plane's places.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the endpoints of `role` on `listener` until aborted.
 pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, metrics: Metrics, drain: Drain) {
+    let places = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors: wait for some to be freed rather than spin.
+                debug!(?role, error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
+        // Over the cap: closed at once.
+        let Ok(place) = places.clone().try_acquire_owned() else { continue };
         let (store, metrics, drain) = (store.clone(), metrics.clone(), drain.clone());
         tokio::spawn(async move {
+            let _place = place;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = match (role, req.uri().path()) {
                     (AdminRole::Admin | AdminRole::Status, "/healthz/ready" | "/ready") => {
