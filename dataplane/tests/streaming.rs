@@ -343,6 +343,12 @@ async fn upgrade_echo_upstream() -> SocketAddr {
                     let Some(protocol) = protocol else {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"no upgrade"))));
                     };
+                    // An HTTP/1.1 WebSocket server refuses an upgrade without a key (RFC 6455).
+                    if protocol == "websocket" && !req.headers().contains_key("sec-websocket-key") {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"no key")));
+                        *resp.status_mut() = StatusCode::BAD_REQUEST;
+                        return Ok(resp);
+                    }
                     let on = hyper::upgrade::on(&mut req);
                     tokio::spawn(async move {
                         if let Ok(up) = on.await {
@@ -403,6 +409,39 @@ async fn a_websocket_upgrade_switches_and_carries_bytes_both_ways() {
     // A plain request on the same route is not upgraded.
     let (status, text) = post(addr, Bytes::new()).await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "no upgrade"));
+}
+
+/// RFC 8441: a WebSocket over an HTTP/2 stream (extended CONNECT with `:protocol`) reaches an
+/// HTTP/1.1 WebSocket upstream as an upgrade (with the Sec-WebSocket-Key HTTP/1.1 needs), and
+/// the stream carries bytes both ways after the 200.
+#[tokio::test]
+async fn an_http2_extended_connect_websocket_reaches_an_http1_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upgrade_echo_upstream().await;
+    let (addr, metrics, _) = proxy(&one_route(up, false, "")).await;
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive with the first exchange.
+    let plain = Request::get("http://svc/").body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(WAIT, send.send_request(plain)).await.unwrap().unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "no upgrade");
+    let mut req = Request::connect("http://svc/chat")
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = tokio::time::timeout(WAIT, send.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+    let upgraded = tokio::time::timeout(WAIT, hyper::upgrade::on(resp)).await.unwrap().unwrap();
+    let mut ws = TokioIo::new(upgraded);
+    for msg in [&b"first frame"[..], b"second frame"] {
+        ws.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, ws.read_exact(&mut got)).await.expect("echo through the stream").unwrap();
+        assert_eq!(got, msg);
+    }
+    assert!(metrics.render().contains("response_code=\"200\""));
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! mirrors ([`body`]).
 
 pub mod body;
+mod extended_connect;
 mod filters;
 mod flags;
 mod forward;
@@ -296,8 +297,10 @@ impl Proxy {
             Some((Capture::Inbound, _)) => "destination",
             _ => "source",
         };
-        // Present only on an HTTP/1.1 upgrade request: the client's side of the tunnel.
+        // Present only on an HTTP/1.1 upgrade request or an HTTP/2 CONNECT: the client's side
+        // of the tunnel.
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+        let extended_connect = extended_connect::into_upgrade(&mut req);
         // Only for attributing a timed-out request (HTTP/2 carries it in the URI).
         let host = req
             .uri()
@@ -323,6 +326,9 @@ impl Proxy {
                 // A 101 the client did not ask for cannot be honoured.
                 _ => outcome = Outcome::connect_error(ResponseFlag::UpstreamReset),
             }
+        }
+        if extended_connect {
+            extended_connect::into_connect_response(&mut outcome.response);
         }
         let service = attribution.service;
         let elapsed = start.elapsed();
