@@ -107,11 +107,7 @@ impl Pool {
         addr: SocketAddr,
         mut req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&addr.to_string())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
+        default_host(&mut req, addr);
         // A pooled connection may have been closed by the server while idle; that shows when
         // it is used. A request not yet written goes to the next one, and at the latest to a
         // new connection, so this loop ends.
@@ -145,11 +141,7 @@ impl Pool {
         addr: SocketAddr,
         mut req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&addr.to_string())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
+        default_host(&mut req, addr);
         let io = self.inner.connect(addr).await?;
         let (mut tx, conn) = http1::handshake(io).await.map_err(PoolError::Reset)?;
         drive(addr, conn.with_upgrades());
@@ -295,6 +287,16 @@ impl PooledBody {
         if let Some(g) = self.giveback.take() {
             g.give();
         }
+    }
+}
+
+/// A request without a `Host` gets the endpoint's address, as a client addressing it
+/// directly would send.
+fn default_host(req: &mut Request<RequestBody>, addr: SocketAddr) {
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&addr.to_string())
+    {
+        req.headers_mut().insert(header::HOST, v);
     }
 }
 
