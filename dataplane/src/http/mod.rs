@@ -301,18 +301,20 @@ impl Proxy {
         // of the tunnel.
         let client_upgrade = req.extensions_mut().remove::<OnUpgrade>();
         let extended_connect = extended_connect::into_upgrade(&mut req);
-        // Only for attributing a timed-out request (HTTP/2 carries it in the URI).
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
-            .map(|h| split_port(h).0.to_string());
+        // Only for attributing a timed-out request (HTTP/2 carries it in the URI); both are
+        // reference-counted, so keeping them costs no copy.
+        let authority = (req.uri().authority().cloned(), req.headers().get(header::HOST).cloned());
         let (mut outcome, attribution) = tokio::select! {
             routed = self.route_request(&rt, req, &conn, added) => routed,
             // No body data either way for the stream idle timeout: Envoy's 408 while the
             // client's body is incomplete, 504 while the upstream keeps the answer.
             () = progress.timed_out() => {
                 let status = if progress.request_ended() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
+                let host = match &authority {
+                    (Some(a), _) => Some(a.host().to_string()),
+                    (None, Some(h)) => h.to_str().ok().map(|h| split_port(h).0.to_string()),
+                    (None, None) => None,
+                };
                 let service = host.unwrap_or_else(|| "unknown".into());
                 (Outcome::local(status, "stream timeout\n", ResponseFlag::StreamIdleTimeout), Attribution::service(service))
             }

@@ -49,6 +49,11 @@ impl Progress {
         self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// How long since the request started.
+    pub fn age(&self) -> Duration {
+        self.start.elapsed()
+    }
+
     /// How long since the request last moved.
     pub fn idle(&self) -> Duration {
         self.start.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))

@@ -3,7 +3,6 @@
 //! and stream idle timeouts).
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -34,7 +33,8 @@ pub(super) struct Streams {
 }
 
 struct Live {
-    streams: HashMap<u64, Arc<Progress>>,
+    /// At most the connection's stream limit (one for HTTP/1.1): a list is cheaper than hashing.
+    streams: Vec<(u64, Arc<Progress>)>,
     next: u64,
     /// When the last request in flight ended (or the connection started).
     idle_since: Instant,
@@ -55,7 +55,7 @@ impl Default for Streams {
             closed: AtomicU64::new(0),
             premature: AtomicU64::new(0),
             abusive: Notify::new(),
-            live: Mutex::new(Live { streams: HashMap::new(), next: 0, idle_since: Instant::now() }),
+            live: Mutex::new(Live { streams: Vec::new(), next: 0, idle_since: Instant::now() }),
         }
     }
 }
@@ -72,10 +72,10 @@ impl Streams {
             let mut live = self.live();
             let id = live.next;
             live.next += 1;
-            live.streams.insert(id, progress.clone());
+            live.streams.push((id, progress.clone()));
             id
         };
-        (Stream { streams: self.clone(), id, start: Instant::now(), answered: false }, progress)
+        (Stream { streams: self.clone(), id, progress: progress.clone(), answered: false }, progress)
     }
 
     /// Rapid reset spread over time (one request and its cancel per write, never a burst):
@@ -100,7 +100,7 @@ impl Streams {
         if t.stream_idle.is_zero() {
             return None;
         }
-        for p in live.streams.values() {
+        for (_, p) in &live.streams {
             let idle = p.idle();
             if p.is_timed_out() && idle >= t.stream_idle + END_GRACE {
                 return Some(Ending::Stuck);
@@ -134,7 +134,7 @@ impl Streams {
 pub(super) struct Stream {
     streams: Arc<Streams>,
     id: u64,
-    start: Instant,
+    progress: Arc<Progress>,
     answered: bool,
 }
 
@@ -148,9 +148,11 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         // Dropped unanswered: abandoned by the client (HTTP/2 RST_STREAM, or the connection).
-        self.streams.closed(!self.answered && self.start.elapsed() < PREMATURE_LIFETIME);
+        self.streams.closed(!self.answered && self.progress.age() < PREMATURE_LIFETIME);
         let mut live = self.streams.live();
-        live.streams.remove(&self.id);
+        if let Some(i) = live.streams.iter().position(|(id, _)| *id == self.id) {
+            live.streams.swap_remove(i);
+        }
         if live.streams.is_empty() {
             live.idle_since = Instant::now();
         }
