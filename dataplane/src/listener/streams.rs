@@ -223,5 +223,8 @@ mod tests {
         assert_eq!(s.check(t), None, "the idle time starts when the last request ends");
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(s.check(t), Some(Ending::Idle));
+        // Zero turns the idle timeout off.
+        let off = Timeouts { idle: Duration::ZERO, stream_idle: Duration::ZERO };
+        assert_eq!(s.check(off), None);
     }
 }
