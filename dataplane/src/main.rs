@@ -173,6 +173,7 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, li
         Source::ControlPlane(_) => Store::unconfigured(),
     };
     let metrics = Metrics::default();
+    tokio::spawn(return_freed_memory());
     let proxy = Proxy::with_limits(store.clone(), metrics.clone(), limits);
     let drain = proxy.drain().clone();
 
@@ -231,4 +232,37 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, li
     }
     info!("stopped");
     Ok(())
+}
+
+/// How often freed heap memory is handed back to the system.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Hands freed heap memory back to the system every [`TRIM_INTERVAL`]. glibc's malloc keeps what
+/// a burst freed in its per-thread arenas for reuse: the attack suite saw 133 MiB of a 146 MiB
+/// peak still resident after the connections were gone, on a proxy that idles at 8 MiB.
+/// (jemalloc, which purges in the background, was tried: its resident peak under the same load
+/// was a fifth higher, because glibc's large blocks are mmapped fresh and only touched pages
+/// count.) A trim walks the free lists of each arena under that arena's lock: microseconds for a
+/// sidecar's heap, once every ten seconds, on a blocking thread so no worker waits for it.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let _ = tokio::task::spawn_blocking(trim_heap).await;
+    }
+}
+
+/// `malloc_trim(0)`: releases free memory at the top of the main heap and whole free pages
+/// inside every arena (glibc ≥ 2.8).
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim takes a plain integer (the padding to keep at the top of the heap) and
+    // no pointers; it touches only the allocator's own state, under each arena's mutex, so it is
+    // sound to call from any thread at any time, concurrently with allocations. Its return value
+    // only says whether anything was released.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
