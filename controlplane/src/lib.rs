@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod ca;
+pub mod ingress;
 pub mod inject;
 pub mod mesh;
 pub mod metrics;

@@ -18,6 +18,46 @@ pub struct MeshSettings {
     pub access_log: Option<AccessLog>,
     /// Kubernetes cluster DNS domain, for Service host names.
     pub cluster_domain: String,
+    /// Kubernetes Ingress serving (`ingressClass`, `ingressControllerMode`, `ingressService`,
+    /// `ingressSelector`).
+    pub ingress: IngressSettings,
+}
+
+/// Which Kubernetes Ingresses the mesh serves, and through which gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngressSettings {
+    /// The `kubernetes.io/ingress.class` annotation value served (`ingressClass`, default `istio`).
+    pub class: String,
+    /// `ingressControllerMode` (default `STRICT`, Istio's default).
+    pub mode: IngressMode,
+    /// The ingress gateway's Service in the root namespace, whose addresses Ingresses report
+    /// (`ingressService`, default `istio-ingressgateway`; the operator writes Skein's).
+    pub service: String,
+    /// The `istio` label of the gateway pods that serve Ingresses (`ingressSelector`, default
+    /// `ingressgateway`).
+    pub selector: String,
+}
+
+impl Default for IngressSettings {
+    fn default() -> Self {
+        Self {
+            class: "istio".into(),
+            mode: IngressMode::Strict,
+            service: "istio-ingressgateway".into(),
+            selector: "ingressgateway".into(),
+        }
+    }
+}
+
+/// Istio's `ingressControllerMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressMode {
+    /// No Ingress is served.
+    Off,
+    /// Ingresses of Istio's class (annotation or IngressClass) only.
+    Strict,
+    /// Also Ingresses that name no class, when the cluster has no default IngressClass.
+    Default,
 }
 
 impl Default for MeshSettings {
@@ -28,6 +68,7 @@ impl Default for MeshSettings {
             outbound_policy: OutboundPolicy::AllowAny,
             access_log: None,
             cluster_domain: "cluster.local".into(),
+            ingress: IngressSettings::default(),
         }
     }
 }
@@ -40,6 +81,10 @@ struct MeshConfigDoc {
     outbound_traffic_policy: Option<OutboundDoc>,
     access_log_file: Option<String>,
     access_log_encoding: Option<String>,
+    ingress_class: Option<String>,
+    ingress_controller_mode: Option<String>,
+    ingress_service: Option<String>,
+    ingress_selector: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +132,28 @@ impl MeshSettings {
                 }
             };
         }
+        if let Some(class) = doc.ingress_class.filter(|t| !t.is_empty()) {
+            s.ingress.class = class;
+        }
+        if let Some(service) = doc.ingress_service.filter(|t| !t.is_empty()) {
+            s.ingress.service = service;
+        }
+        if let Some(selector) = doc.ingress_selector.filter(|t| !t.is_empty()) {
+            s.ingress.selector = selector;
+        }
+        if let Some(mode) = doc.ingress_controller_mode {
+            s.ingress.mode = match mode.as_str() {
+                "OFF" => IngressMode::Off,
+                "STRICT" | "UNSPECIFIED" => IngressMode::Strict,
+                "DEFAULT" => IngressMode::Default,
+                other => {
+                    return Err(MeshConfigError::Invalid {
+                        field: "ingressControllerMode",
+                        reason: format!("{other:?} is not OFF, STRICT or DEFAULT"),
+                    });
+                }
+            };
+        }
         if let Some(path) = doc.access_log_file.filter(|p| !p.is_empty()) {
             let encoding = match doc.access_log_encoding.as_deref() {
                 None | Some("TEXT") => AccessLogEncoding::Text,
@@ -124,6 +191,31 @@ mod tests {
         assert_eq!(s.outbound_policy, OutboundPolicy::RegistryOnly);
         assert_eq!(s.access_log.unwrap().path.to_str(), Some("/dev/stdout"));
         assert_eq!(MeshSettings::from_yaml("").unwrap(), MeshSettings::default());
+    }
+
+    #[test]
+    fn ingress_settings_follow_istio_mesh_config() {
+        let d = MeshSettings::default().ingress;
+        assert_eq!(
+            (d.class.as_str(), d.mode, d.service.as_str()),
+            ("istio", IngressMode::Strict, "istio-ingressgateway")
+        );
+        let s = MeshSettings::from_yaml(
+            "ingressClass: mesh\ningressControllerMode: DEFAULT\ningressService: skein-ingressgateway\ningressSelector: edge\n",
+        )
+        .unwrap()
+        .ingress;
+        assert_eq!(
+            s,
+            IngressSettings {
+                class: "mesh".into(),
+                mode: IngressMode::Default,
+                service: "skein-ingressgateway".into(),
+                selector: "edge".into()
+            }
+        );
+        let err = MeshSettings::from_yaml("ingressControllerMode: ON").unwrap_err();
+        assert!(err.to_string().contains("ingressControllerMode"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::{
     core::v1::{Pod, Secret, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressClass},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -37,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     accept::{Current, LastGood, Verdict},
+    ingress,
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
     registry::{self, Changed, Key},
@@ -133,6 +135,9 @@ pub struct Stores {
     authorization_policies: Store<AuthorizationPolicy>,
     /// `kubernetes.io/tls` Secrets in the control plane's namespace (gateway `credentialName`).
     tls_secrets: Store<Secret>,
+    /// Kubernetes Ingresses (those of Istio's class are served by the ingress gateway).
+    ingresses: Store<Ingress>,
+    ingress_classes: Store<IngressClass>,
 }
 
 fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K), touched: Option<TouchedSet>) -> Store<K>
@@ -231,6 +236,8 @@ impl Stores {
             gateways: reflect(Api::all(client.clone()), c(), strip_meta, None),
             peer_authentications: reflect(Api::all(client.clone()), c(), strip_meta, None),
             authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            ingresses: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            ingress_classes: reflect(Api::all(client.clone()), c(), strip_meta, None),
         }
     }
 
@@ -246,6 +253,8 @@ impl Stores {
             ("gateways", self.gateways.wait_until_ready().boxed()),
             ("peerauthentications", self.peer_authentications.wait_until_ready().boxed()),
             ("authorizationpolicies", self.authorization_policies.wait_until_ready().boxed()),
+            ("ingresses", self.ingresses.wait_until_ready().boxed()),
+            ("ingressclasses", self.ingress_classes.wait_until_ready().boxed()),
         ];
         for (what, fut) in waits {
             let mut fut = fut;
@@ -316,7 +325,19 @@ pub async fn run(
         let (changed_at, touched) = changes.take();
         let start = Instant::now();
         let current = stores.current();
-        let (istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
+        let (mut istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
+        // Ingresses of Istio's class join as the Gateway and VirtualServices Istio derives.
+        let ingresses = stores.ingresses.state();
+        let derived = ingress::convert(
+            &ingresses,
+            &stores.ingress_classes.state(),
+            &stores.services.state(),
+            &mesh.ingress,
+            &mesh.root_namespace,
+            &mesh.cluster_domain,
+        );
+        istio.gateways.extend(derived.gateways);
+        istio.virtual_services.extend(derived.virtual_services);
         let names = registry::dns_names(&istio.service_entries);
         let resolved = dns.resolve(&names).await;
         let inputs = start.elapsed();
@@ -363,6 +384,13 @@ pub async fn run(
         // One replica writes verdicts; the others judge the same and keep quiet.
         if leader.load(std::sync::atomic::Ordering::Relaxed) {
             status.write(&current, &verdicts).await;
+            let gateway = stores.services.get(&ObjectRef::new(&mesh.ingress.service).within(&mesh.root_namespace));
+            let served: Vec<_> = ingresses
+                .iter()
+                .filter(|i| ingress::served(i, &stores.ingress_classes.state(), &mesh.ingress))
+                .cloned()
+                .collect();
+            status.ingresses(&served, &ingress::addresses(gateway.as_deref())).await;
         }
 
         // Wait for a change, then for quiet.
@@ -435,6 +463,43 @@ impl StatusWriter {
         self.kind(&cur.gateways, &by_key).await;
         self.kind(&cur.peer_authentications, &by_key).await;
         self.kind(&cur.authorization_policies, &by_key).await;
+    }
+
+    /// Served Ingresses report the ingress gateway's addresses in `status.loadBalancer`, as
+    /// Istio's do (what `kubectl get ingress` shows in ADDRESS).
+    async fn ingresses(&self, served: &[Arc<Ingress>], addresses: &[(Option<String>, Option<String>)]) {
+        let want: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|(ip, hostname)| {
+                let mut a = serde_json::Map::new();
+                if let Some(ip) = ip {
+                    a.insert("ip".into(), json!(ip));
+                }
+                if let Some(h) = hostname {
+                    a.insert("hostname".into(), json!(h));
+                }
+                serde_json::Value::Object(a)
+            })
+            .collect();
+        for ing in served {
+            let have: Vec<(Option<String>, Option<String>)> = ing
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .map(|i| i.iter().map(|a| (a.ip.clone(), a.hostname.clone())).collect())
+                .unwrap_or_default();
+            if have == addresses {
+                continue;
+            }
+            let (ns, name) = (ing.namespace().unwrap_or_default(), ing.name_any());
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+            let patch = json!({"status": {"loadBalancer": {"ingress": want}}});
+            self.metrics.status_writes.inc();
+            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                warn!(%ns, %name, error = %e, "Ingress status not written");
+            }
+        }
     }
 
     async fn kind<K>(&self, objs: &[Arc<K>], verdicts: &HashMap<(&str, &str, &str), &Verdict>)

@@ -1152,3 +1152,34 @@ fn rules_for_an_external_host_with_one_dot_reach_its_routes_and_cluster() {
     assert_eq!(c.endpoints, vec!["192.0.2.80:80".parse().unwrap()]);
     assert!(cfg.clusters.iter().all(|c| !c.name.contains("httpbin.org.svc")), "no Kubernetes twin of the host");
 }
+
+#[test]
+fn a_kubernetes_ingress_of_istio_class_reaches_the_ingress_gateway_config() {
+    // ../shared/examples/ingress-class.yaml, applied to `default` as a user would.
+    let example = include_str!("../../../tests/e2e/fixtures/istio-examples/ingress-class.yaml");
+    let mut ing: k8s_openapi::api::networking::v1::Ingress = serde_yaml::from_str(example).unwrap();
+    ing.metadata.namespace = Some("default".into());
+    let mesh = MeshSettings::default();
+    let derived =
+        crate::ingress::convert(&[Arc::new(ing)], &[], &[], &mesh.ingress, &mesh.root_namespace, &mesh.cluster_domain);
+    let docs: Vec<String> = derived
+        .gateways
+        .iter()
+        .map(|g| serde_yaml::to_string(&**g).unwrap())
+        .chain(derived.virtual_services.iter().map(|v| serde_yaml::to_string(&**v).unwrap()))
+        .collect();
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{}", docs.join("\n---\n")));
+    let cfg = gateway_config(&snap);
+    let l: Vec<(&str, u16)> = cfg.listeners.iter().map(|l| (l.name.as_str(), l.address.port())).collect();
+    assert_eq!(l, vec![("0.0.0.0_80", 80)]);
+    let vh = vhost(&cfg, "*");
+    assert_eq!(vh.routes.len(), 1, "{:?}", vh.routes);
+    let m = &vh.routes[0].matches;
+    assert_eq!(m[0].uri, Some(StringMatch::Exact("/productpage".into())));
+    assert_eq!(m[1].uri, Some(StringMatch::Prefix("/productpage/".into())));
+    assert_eq!(targets(&vh.routes[0]), vec![("outbound|9080||productpage.default.svc.cluster.local", 100)]);
+    let pp = cluster(&cfg, "outbound|9080||productpage.default.svc.cluster.local");
+    assert_eq!(pp.tls.as_ref().map(|t| t.mode), Some(ClientTlsMode::IstioMutual));
+    // Sidecars are untouched by it.
+    assert!(config_for(&snap, "productpage-v1-1").virtual_hosts.iter().all(|v| v.name != "*"));
+}

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::json;
 use skein_api::{MeshControlPlane, OutboundMode};
 
-use super::{CONTROL_PLANE, Desired, MESH_CONFIGMAP, control_plane, meta::metadata, namespace};
+use super::{CONTROL_PLANE, Desired, MESH_CONFIGMAP, control_plane, gateway::Gateway, meta::metadata, namespace};
 
 /// Istio-format MeshConfig, so the control plane reads the settings users know.
 pub fn mesh_config_yaml(mcp: &MeshControlPlane) -> String {
@@ -17,6 +17,12 @@ pub fn mesh_config_yaml(mcp: &MeshControlPlane) -> String {
             OutboundMode::RegistryOnly => "REGISTRY_ONLY",
         }},
         "enableTracing": mc.enable_tracing,
+        // Kubernetes Ingresses of class `istio` are served by Skein's ingress gateway, and
+        // report its Service's addresses; none are served when the mesh has no ingress gateway.
+        "ingressClass": "istio",
+        "ingressControllerMode": if Gateway::Ingress.enabled(mcp) { "STRICT" } else { "OFF" },
+        "ingressService": Gateway::Ingress.name(),
+        "ingressSelector": "ingressgateway",
         "defaultConfig": {"discoveryAddress": control_plane::discovery_address(mcp)},
     });
     if let Some(f) = &mc.access_log_file {

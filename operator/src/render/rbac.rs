@@ -63,6 +63,10 @@ pub fn control_plane_cluster_rules() -> Value {
         // Service discovery: what the proxies route to.
         {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": READ},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        // Kubernetes Ingresses of Istio's class, served through the ingress gateway; their
+        // status carries the gateway's addresses.
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingressclasses"], "verbs": READ},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["patch"]},
         // The Istio API users write; status carries validation results.
         {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": READ},
         {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*/status"], "verbs": ["update", "patch"]},
