@@ -122,6 +122,7 @@ pub fn convert(
             "metadata": {"name": gateway_name, "namespace": root_namespace},
             "spec": {"selector": {"istio": settings.selector}, "servers": servers},
         });
+        let gateway = with_identity(gateway, &format!("ingress-gateway:{ns}/{name}"));
         match serde_json::from_value::<Gateway>(gateway) {
             Ok(g) => out.gateways.push(Arc::new(g)),
             Err(e) => {
@@ -169,6 +170,7 @@ pub fn convert(
                 "http": routes.into_iter().map(|r| r.route).collect::<Vec<_>>(),
             },
         });
+        let vs = with_identity(vs, &format!("ingress-routes:{ns}/{host}"));
         match serde_json::from_value::<VirtualService>(vs) {
             Ok(v) => out.virtual_services.push(Arc::new(v)),
             Err(e) => out.skipped.push(format!("{ns}: host {host}: {e}")),
@@ -178,6 +180,18 @@ pub fn convert(
         debug!(reason = s, "ingress path not served");
     }
     out
+}
+
+/// A derived object's identity, as an apiserver object has one (uid, generation): the same
+/// Ingresses give the same identity in the next snapshot, so an endpoint-only change is still
+/// patched instead of re-translated, and a changed Ingress changes it.
+fn with_identity(mut obj: Value, uid: &str) -> Value {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&obj["spec"].to_string(), &mut hasher);
+    let generation = (std::hash::Hasher::finish(&hasher) >> 1) as i64;
+    obj["metadata"]["uid"] = json!(uid);
+    obj["metadata"]["generation"] = json!(generation);
+    obj
 }
 
 /// One path as a route. `Prefix` matches whole path segments (`/foo` matches `/foo` and

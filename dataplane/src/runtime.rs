@@ -377,6 +377,11 @@ impl Runtime {
         self.clusters.get(name)
     }
 
+    /// Every cluster.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.clusters.values()
+    }
+
     /// The cluster a captured connection to `addr` (a service VIP:port) belongs to.
     pub fn cluster_for_address(&self, addr: SocketAddr) -> Option<&Arc<Upstream>> {
         self.by_service_address.get(&addr)

@@ -215,8 +215,9 @@ impl Upstream {
         Some(slot)
     }
 
-    /// Picks an endpoint by the cluster's load-balancing policy, skipping ejected endpoints
-    /// (all of them, if every endpoint is ejected: better a likely failure than certain one).
+    /// Picks an endpoint by the cluster's load-balancing policy, skipping ejected endpoints.
+    /// Below the panic threshold (`min_health_percent`) every endpoint is a candidate again, as
+    /// in Envoy; with no threshold (Istio's default) and every endpoint ejected there is none.
     pub fn pick(&self, input: &HashInput<'_>) -> Option<EndpointGuard<'_>> {
         let ep = if self.outlier.is_none() {
             // Without outlier detection nothing is ever ejected: choose among all endpoints
@@ -226,7 +227,9 @@ impl Upstream {
         } else {
             let now = Instant::now();
             let healthy: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !e.ejected(now)).collect();
-            let pool: Vec<&Endpoint> = if healthy.is_empty() { self.endpoints.iter().collect() } else { healthy };
+            let threshold = self.outlier.as_ref().and_then(|o| o.min_health_percent).unwrap_or(0) as usize;
+            let panic = healthy.len() * 100 < self.endpoints.len() * threshold;
+            let pool: Vec<&Endpoint> = if panic { self.endpoints.iter().collect() } else { healthy };
             self.choose(pool.len(), |i| pool[i], input)?
         };
         ep.active.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +261,15 @@ impl Upstream {
                 None => at(self.next.fetch_add(1, Ordering::Relaxed) % len),
             },
         })
+    }
+
+    /// Outlier ejections in force now and so far, when the cluster has outlier detection
+    /// (`envoy_cluster_outlier_detection_ejections_active` / `_enforced_total`).
+    pub fn ejection_stats(&self) -> Option<(usize, usize)> {
+        self.outlier.as_ref()?;
+        let now = Instant::now();
+        let active = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        Some((active, self.ejections.load(Ordering::Relaxed)))
     }
 
     /// Records how a request to `addr` went and ejects the endpoint if it crossed a threshold.
@@ -430,6 +442,33 @@ mod tests {
             }
         }
         assert_eq!(up.ejections.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn with_its_only_endpoint_ejected_a_cluster_has_no_healthy_upstream_unless_below_the_panic_threshold() {
+        // Istio's default: minHealthPercent 0, Envoy's panic mode off: no endpoint at all.
+        let one = "endpoints: ['127.0.0.1:1']";
+        let up = cluster(&format!(
+            "{{name: c, {one}, outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100, minHealthPercent: 0}}}}"
+        ));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(up.pick(&none()).is_some());
+        up.report(a, Outcome::Status(503));
+        assert_eq!(up.ejections.load(Ordering::Relaxed), 1);
+        assert!(up.pick(&none()).is_none(), "the ejected endpoint is not used: 503 UH");
+        // minHealthPercent 50: 0 % healthy is below it, so Envoy's panic mode uses every endpoint.
+        let up = cluster(&format!(
+            "{{name: c, {EPS}, outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100, minHealthPercent: 50}}}}"
+        ));
+        for port in 1..=2 {
+            up.report(format!("127.0.0.1:{port}").parse().unwrap(), Outcome::Status(500));
+        }
+        // 2 of 4 healthy = 50 %: not below the threshold, only the healthy ones are picked.
+        assert!((0..12).all(|_| up.pick(&none()).unwrap().addr.port() > 2));
+        up.report("127.0.0.1:3".parse().unwrap(), Outcome::Status(500));
+        // 1 of 4 = 25 % < 50 %: panic, all four again.
+        let seen: std::collections::BTreeSet<u16> = (0..12).map(|_| up.pick(&none()).unwrap().addr.port()).collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 
     #[test]

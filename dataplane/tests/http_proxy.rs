@@ -402,6 +402,49 @@ clusters:
 }
 
 #[tokio::test]
+async fn with_its_only_endpoint_ejected_a_cluster_answers_no_healthy_upstream_and_reports_the_ejection() {
+    // Istio's defaults after `outlierDetection`: minHealthPercent 0, no panic mode.
+    let bad = upstream_with("bad", usize::MAX, Duration::ZERO, StatusCode::SERVICE_UNAVAILABLE).await;
+    let cfg = format!(
+        r#"
+virtualHosts:
+  - {{name: r, domains: [reviews], routes: [{{route: [{{cluster: c}}]}}]}}
+clusters:
+  - name: c
+    endpoints: ["{}"]
+    outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100, minHealthPercent: 0}}
+"#,
+        bad.addr
+    );
+    let h = proxy(&cfg).await;
+    assert_eq!(h.get("reviews", "/", &[]).await.1, "bad");
+    for _ in 0..3 {
+        let (status, body, _) = h.get("reviews", "/", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n"));
+    }
+    let m = h.metrics.render();
+    assert!(m.contains("response_flags=\"UH\""), "{m}");
+    // The admin endpoint's Prometheus text carries Envoy's ejection series.
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(listener::admin::serve_admin(
+        admin,
+        listener::admin::AdminRole::Metrics,
+        h.store.clone(),
+        h.metrics.clone(),
+        skein_proxy::drain::Drain::default(),
+    ));
+    let resp = h.client.get(format!("http://{admin_addr}/stats/prometheus").parse().unwrap()).await.unwrap();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("envoy_cluster_outlier_detection_ejections_active{cluster_name=\"c\"} 1\n"), "{text}");
+    assert!(
+        text.contains("envoy_cluster_outlier_detection_ejections_enforced_total{cluster_name=\"c\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
+
+#[tokio::test]
 async fn consistent_hash_keeps_a_user_on_one_endpoint() {
     let (a, b, c) = (upstream("a", 0).await, upstream("b", 0).await, upstream("c", 0).await);
     let cfg = format!(

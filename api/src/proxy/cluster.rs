@@ -211,4 +211,10 @@ pub struct OutlierDetection {
     /// Most endpoints ejected at once, percent (default 10; at least one endpoint may be ejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+    /// Envoy's panic threshold, Istio's `minHealthPercent`: while fewer than this percentage of
+    /// the endpoints are healthy, requests go to all of them, ejected or not. Unset or 0 (Istio's
+    /// default): never — with every endpoint ejected requests get 503 `UH` ("no healthy
+    /// upstream") until an ejection ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<u32>,
 }

@@ -243,15 +243,18 @@ fn connection_pool(cp: &istio::ConnectionPoolSettings) -> proxy::ConnectionPool 
 }
 
 fn outlier_detection(od: &istio::OutlierDetection) -> proxy::OutlierDetection {
+    // Istio's cluster builder: the deprecated `consecutiveErrors` counts gateway errors only
+    // (502/503/504 and connect failures) and switches off Envoy's default 5xx ejection, unless
+    // `consecutive5xxErrors` is given too; `consecutiveGatewayErrors` wins over it.
+    let legacy = od.consecutive_errors.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+    let default_5xx = if legacy.is_some() { None } else { Some(5) };
     proxy::OutlierDetection {
-        // Istio: consecutive5xxErrors defaults to 5 (the deprecated consecutiveErrors is the
-        // same counter for gateway errors).
-        consecutive_5xx_errors: od.consecutive_5xx_errors.or(Some(5)),
-        consecutive_gateway_errors: od
-            .consecutive_gateway_errors
-            .or(od.consecutive_errors.and_then(|v| u32::try_from(v).ok())),
+        consecutive_5xx_errors: od.consecutive_5xx_errors.or(default_5xx),
+        consecutive_gateway_errors: od.consecutive_gateway_errors.or(legacy),
         interval: dur(od.interval.as_ref()),
         base_ejection_time: dur(od.base_ejection_time.as_ref()),
         max_ejection_percent: non_negative(od.max_ejection_percent),
+        // Istio sets Envoy's panic threshold to minHealthPercent, 0 when unset: no panic mode.
+        min_health_percent: Some(non_negative(od.min_health_percent).unwrap_or(0)),
     }
 }

@@ -349,6 +349,29 @@ spec:
 }
 
 #[test]
+fn outlier_detection_follows_istio_cluster_builder_for_legacy_errors_and_panic_threshold() {
+    let od = |policy: &str| {
+        let snap = bookinfo(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {policy}\n"
+        ));
+        let cfg = config_for(&snap, "productpage-v1-1");
+        cluster(&cfg, "outbound|9080||reviews.default.svc.cluster.local").outlier_detection.clone().unwrap()
+    };
+    // Istio's defaults: 5 consecutive 5xx, panic threshold 0 (no panic mode).
+    let d = od("{interval: 1s}");
+    assert_eq!(
+        (d.consecutive_5xx_errors, d.consecutive_gateway_errors, d.min_health_percent),
+        (Some(5), None, Some(0))
+    );
+    // The deprecated consecutiveErrors counts gateway errors only and turns the 5xx default off.
+    let legacy = od("{consecutiveErrors: 7}");
+    assert_eq!((legacy.consecutive_5xx_errors, legacy.consecutive_gateway_errors), (None, Some(7)));
+    let both = od("{consecutiveErrors: 7, consecutive5xxErrors: 2}");
+    assert_eq!((both.consecutive_5xx_errors, both.consecutive_gateway_errors), (Some(2), Some(7)));
+    assert_eq!(od("{minHealthPercent: 30}").min_health_percent, Some(30));
+}
+
+#[test]
 fn peer_authentication_precedence_is_workload_then_namespace_then_mesh() {
     let pa = |name: &str, ns: &str, selector: &str, mode: &str| {
         format!(

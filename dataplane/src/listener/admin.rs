@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::debug;
 
 use super::HEAD_TIMEOUT;
-use crate::{drain::Drain, http::Body, metrics::Metrics, store::Store};
+use crate::{drain::Drain, http::Body, metrics::Metrics, runtime::Runtime, store::Store};
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
@@ -65,7 +65,7 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                         }
                     }
                     (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
-                        text(StatusCode::OK, metrics.render())
+                        text(StatusCode::OK, with_outlier_stats(metrics.render(), &store.current()))
                     }
                     (AdminRole::Admin, "/config_dump") => {
                         let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
@@ -82,4 +82,43 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                 .await;
         });
     }
+}
+
+/// Adds the outlier-detection series of every cluster that has it, read from the clusters at
+/// scrape time (ejections expire on their own, so a gauge kept up to date by events would need
+/// a timer per ejection): `envoy_cluster_outlier_detection_ejections_active` and
+/// `envoy_cluster_outlier_detection_ejections_enforced_total`, labelled like Envoy's.
+fn with_outlier_stats(mut text: String, runtime: &Runtime) -> String {
+    let mut stats: Vec<(&str, usize, usize)> =
+        runtime.clusters().filter_map(|u| u.ejection_stats().map(|(a, t)| (u.name.as_str(), a, t))).collect();
+    if stats.is_empty() {
+        return text;
+    }
+    stats.sort_unstable();
+    // OpenMetrics text ends with `# EOF`: the series go before it.
+    let eof = text.rfind("# EOF").unwrap_or(text.len());
+    let tail = text.split_off(eof);
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    text.push_str(
+        "# HELP envoy_cluster_outlier_detection_ejections_active Endpoints ejected by outlier detection now.\n",
+    );
+    text.push_str("# TYPE envoy_cluster_outlier_detection_ejections_active gauge\n");
+    for (name, active, _) in &stats {
+        text.push_str(&format!(
+            "envoy_cluster_outlier_detection_ejections_active{{cluster_name=\"{}\"}} {active}\n",
+            label(name)
+        ));
+    }
+    text.push_str(
+        "# HELP envoy_cluster_outlier_detection_ejections_enforced Endpoints ejected by outlier detection.\n",
+    );
+    text.push_str("# TYPE envoy_cluster_outlier_detection_ejections_enforced counter\n");
+    for (name, _, total) in &stats {
+        text.push_str(&format!(
+            "envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{}\"}} {total}\n",
+            label(name)
+        ));
+    }
+    text.push_str(&tail);
+    text
 }

@@ -452,6 +452,32 @@ spec:
         subset: v1
 "#;
 
+/// ../shared/examples/ingress-class.yaml, unchanged.
+const INGRESS_EXAMPLE: &str = include_str!("../fixtures/istio-examples/ingress-class.yaml");
+
+/// An Ingress as Kubernetes documents it today: an IngressClass (controller Istio's), TLS
+/// from a Secret.
+const SHOP_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: istio}
+spec: {controller: istio.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: default}
+spec:
+  ingressClassName: istio
+  tls:
+  - hosts: [shop.example.com]
+    secretName: bookinfo-credential
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /productpage, pathType: Prefix, backend: {service: {name: productpage, port: {number: 9080}}}}
+"#;
+
 const JASON_V2: &str = "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,12 +508,72 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         assert_eq!((s, reviews_version(&b)), (200, Some("v1")), "{b}");
     }
 
+    // Kubernetes Ingress: ../shared/examples/ingress-class.yaml, unchanged (class `istio` by
+    // annotation), is served by the ingress gateway; its status shows the gateway's address.
+    cluster.apply(INGRESS_EXAMPLE);
+    let ingress = mesh.ingress(80);
+    let body =
+        until_ok("Ingress /productpage", || get_path(From::Outside, ingress, "any.example", "/productpage", None));
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["service"], "productpage", "{page}");
+    assert!(
+        page["xfcc"]
+            .as_str()
+            .unwrap_or("")
+            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway"),
+        "the gateway reaches productpage over mesh mTLS: {page}"
+    );
+    assert_eq!(get_path(From::Outside, ingress, "any.example", "/productpagex", None).map(|r| r.0), Ok(404));
+    assert_eq!(get_path(From::Outside, ingress, "any.example", "/admin", None).map(|r| r.0), Ok(404));
+    let start = Instant::now();
+    loop {
+        let ip =
+            kubectl_ok(&cluster, &["get", "ingress", "ingress", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
+        if ip == mesh.lb {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "Ingress status address {ip:?}, gateway's {}", mesh.lb);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A kubernetes.io/tls Secret next to the gateway, for the HTTPS Ingress and Gateway below.
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["bookinfo.example.com".to_string(), "shop.example.com".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "bookinfo-credential", "namespace": "istio-system"},
+        "stringData": {"tls.crt": leaf.pem(), "tls.key": leaf_key.serialize_pem()},
+    });
+    cluster.apply(&serde_json::to_string(&secret).unwrap());
+    // An Ingress of the IngressClass whose controller is Istio's, with TLS from that Secret.
+    cluster.apply(SHOP_INGRESS);
+    let secure = mesh.ingress(443);
+    let body = until_ok("Ingress https /productpage", || {
+        https_get(secure, "shop.example.com", &ca_cert.pem(), "/productpage")
+    });
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["service"], "productpage", "{page}");
+    // Deleted Ingresses stop being served: with no Gateway left the gateway closes its ports,
+    // as Envoy drops a listener no server needs.
+    kubectl_ok(&cluster, &["delete", "ingress", "ingress", "shop"]);
+    let start = Instant::now();
+    while get_path(From::Outside, ingress, "any.example", "/productpage", None).is_ok_and(|r| r.0 == 200) {
+        assert!(start.elapsed() < Duration::from_secs(10), "a deleted Ingress is still served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Istio's bookinfo-gateway.yaml: the ingress gateway serves /productpage to the outside
     // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
     cluster.apply(BOOKINFO_GATEWAY);
     // From outside the cluster, through the gateway Service's LoadBalancer address (port 80,
     // the pod's 8080).
-    let ingress = mesh.ingress(80);
     let body = until_ok("ingress /productpage", || {
         get_path(From::Outside, ingress, "bookinfo.example.com", "/productpage", None)
     });
@@ -503,26 +589,9 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     assert_eq!(reviews_version(&page), Some("v1"), "{page}");
     assert_eq!(get_path(From::Outside, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
 
-    // security.yaml's HTTPS Gateway: `credentialName` names a kubernetes.io/tls Secret next to
-    // the gateway; the gateway (which proved its ServiceAccount) terminates TLS with it.
-    let ca = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["bookinfo.example.com".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let secret = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": "bookinfo-credential", "namespace": "istio-system"},
-        "stringData": {"tls.crt": leaf.pem(), "tls.key": leaf_key.serialize_pem()},
-    });
-    cluster.apply(&serde_json::to_string(&secret).unwrap());
+    // security.yaml's HTTPS Gateway: `credentialName` names the Secret next to the gateway;
+    // the gateway (which proved its ServiceAccount) terminates TLS with it.
     cluster.apply(BOOKINFO_GATEWAY_HTTPS);
-    let secure = mesh.ingress(443);
     let body = until_ok("ingress https /productpage", || {
         https_get(secure, "bookinfo.example.com", &ca_cert.pem(), "/productpage")
     });

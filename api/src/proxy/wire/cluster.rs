@@ -49,6 +49,7 @@ impl TryFrom<pb::Cluster> for Cluster {
                     interval: dur(at("outlierDetection.interval"), o.interval)?,
                     base_ejection_time: dur(at("outlierDetection.baseEjectionTime"), o.base_ejection_time)?,
                     max_ejection_percent: o.max_ejection_percent,
+                    min_health_percent: o.min_health_percent,
                 })
             })
             .transpose()?;
@@ -112,6 +113,7 @@ impl From<&Cluster> for pb::Cluster {
                 interval: pb_dur(o.interval),
                 base_ejection_time: pb_dur(o.base_ejection_time),
                 max_ejection_percent: o.max_ejection_percent,
+                min_health_percent: o.min_health_percent,
             }),
             tls: c.tls.as_ref().map(|t| pb::ClusterTls {
                 mode: match t.mode {
