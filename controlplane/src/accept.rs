@@ -10,7 +10,7 @@ use std::{
 
 use kube::{Resource, ResourceExt};
 use skein_api::istio::{
-    networking::{DestinationRule, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 
@@ -35,6 +35,9 @@ pub struct Verdict {
     pub errors: Errors,
     /// Generation of the earlier version still in force, when rejected.
     pub last_good: Option<i64>,
+    /// The condition reason when rejected: `Invalid`, or `Unsupported` for a kind Skein
+    /// cannot apply at all.
+    pub reason: &'static str,
 }
 
 impl Verdict {
@@ -55,6 +58,28 @@ impl Verdict {
         }
         m
     }
+}
+
+/// Why an EnvoyFilter is never applied.
+pub const ENVOY_FILTER_UNSUPPORTED: &str = "EnvoyFilter patches Envoy's own configuration and skein-proxy is not Envoy: \
+     nothing in it is applied. Use the Istio API resources Skein supports instead (VirtualService, DestinationRule, \
+     AuthorizationPolicy, ...); local rate limiting and header manipulation have no Skein equivalent yet";
+
+/// Every EnvoyFilter is refused with reason `Unsupported`: serving its CRD keeps repositories
+/// that hold one applying, and the status says it does nothing rather than nothing saying so.
+pub fn envoy_filters(filters: &[Arc<EnvoyFilter>]) -> Vec<Verdict> {
+    filters
+        .iter()
+        .map(|f| Verdict {
+            kind: "EnvoyFilter",
+            namespace: f.namespace().unwrap_or_default(),
+            name: f.name_any(),
+            generation: f.meta().generation,
+            errors: vec![ENVOY_FILTER_UNSUPPORTED.to_string()],
+            last_good: None,
+            reason: "Unsupported",
+        })
+        .collect()
 }
 
 /// The last accepted version of every resource, by kind, namespace and name.
@@ -108,6 +133,7 @@ fn judge<K: Resource + 'static>(
             generation: obj.meta().generation,
             errors,
             last_good,
+            reason: "Invalid",
         });
     }
     last.retain(|k, _| seen.contains(k));

@@ -30,14 +30,14 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use skein_api::istio::{
     IstioStatus,
-    networking::{DestinationRule, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    accept::{Current, LastGood, Verdict},
+    accept::{self, Current, LastGood, Verdict},
     ingress,
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
@@ -119,7 +119,15 @@ macro_rules! has_status {
         }
     )*};
 }
-has_status!(VirtualService, DestinationRule, ServiceEntry, Gateway, PeerAuthentication, AuthorizationPolicy);
+has_status!(
+    VirtualService,
+    DestinationRule,
+    ServiceEntry,
+    Gateway,
+    PeerAuthentication,
+    AuthorizationPolicy,
+    EnvoyFilter
+);
 
 /// The reflector stores.
 #[derive(Clone)]
@@ -138,6 +146,8 @@ pub struct Stores {
     /// Kubernetes Ingresses (those of Istio's class are served by the ingress gateway).
     ingresses: Store<Ingress>,
     ingress_classes: Store<IngressClass>,
+    /// EnvoyFilters: never applied, each marked `Accepted=False` (`Unsupported`).
+    envoy_filters: Store<EnvoyFilter>,
 }
 
 fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K), touched: Option<TouchedSet>) -> Store<K>
@@ -238,6 +248,7 @@ impl Stores {
             authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta, None),
             ingresses: reflect(Api::all(client.clone()), c(), strip_meta, None),
             ingress_classes: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            envoy_filters: reflect(Api::all(client.clone()), c(), strip_meta, None),
         }
     }
 
@@ -255,6 +266,7 @@ impl Stores {
             ("authorizationpolicies", self.authorization_policies.wait_until_ready().boxed()),
             ("ingresses", self.ingresses.wait_until_ready().boxed()),
             ("ingressclasses", self.ingress_classes.wait_until_ready().boxed()),
+            ("envoyfilters", self.envoy_filters.wait_until_ready().boxed()),
         ];
         for (what, fut) in waits {
             let mut fut = fut;
@@ -325,7 +337,9 @@ pub async fn run(
         let (changed_at, touched) = changes.take();
         let start = Instant::now();
         let current = stores.current();
-        let (mut istio, verdicts) = last_good.accept(&current, &mesh.cluster_domain);
+        let (mut istio, mut verdicts) = last_good.accept(&current, &mesh.cluster_domain);
+        let envoy_filters = stores.envoy_filters.state();
+        verdicts.extend(accept::envoy_filters(&envoy_filters));
         // Ingresses of Istio's class join as the Gateway and VirtualServices Istio derives.
         let ingresses = stores.ingresses.state();
         let derived = ingress::convert(
@@ -377,6 +391,7 @@ pub async fn run(
             "Gateway",
             "PeerAuthentication",
             "AuthorizationPolicy",
+            "EnvoyFilter",
         ] {
             let n = verdicts.iter().filter(|v| v.kind == kind && !v.accepted()).count();
             metrics.rejected.get_or_create(&KindLabels { kind }).set(n as i64);
@@ -384,6 +399,7 @@ pub async fn run(
         // One replica writes verdicts; the others judge the same and keep quiet.
         if leader.load(std::sync::atomic::Ordering::Relaxed) {
             status.write(&current, &verdicts).await;
+            status.kind(&envoy_filters, &verdicts_by_key(&verdicts)).await;
             let gateway = stores.services.get(&ObjectRef::new(&mesh.ingress.service).within(&mesh.root_namespace));
             let served: Vec<_> = ingresses
                 .iter()
@@ -448,6 +464,11 @@ struct StatusWriter {
 /// The condition type Skein writes on Istio resources.
 pub const ACCEPTED: &str = "Accepted";
 
+/// Verdicts by (kind, namespace, name).
+fn verdicts_by_key(verdicts: &[Verdict]) -> HashMap<(&str, &str, &str), &Verdict> {
+    verdicts.iter().map(|v| ((v.kind, v.namespace.as_str(), v.name.as_str()), v)).collect()
+}
+
 impl StatusWriter {
     fn new(client: Client, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: "skein-controlplane".into(), instance: std::env::var("POD_NAME").ok() };
@@ -455,8 +476,7 @@ impl StatusWriter {
     }
 
     async fn write(&mut self, cur: &Current, verdicts: &[Verdict]) {
-        let by_key: HashMap<(&str, &str, &str), &Verdict> =
-            verdicts.iter().map(|v| ((v.kind, v.namespace.as_str(), v.name.as_str()), v)).collect();
+        let by_key = verdicts_by_key(verdicts);
         self.kind(&cur.virtual_services, &by_key).await;
         self.kind(&cur.destination_rules, &by_key).await;
         self.kind(&cur.service_entries, &by_key).await;
@@ -514,7 +534,7 @@ impl StatusWriter {
         for obj in objs {
             let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
             let Some(v) = verdicts.get(&(kind.as_ref(), ns.as_str(), name.as_str())) else { continue };
-            let (status, reason) = if v.accepted() { ("True", "Accepted") } else { ("False", "Invalid") };
+            let (status, reason) = if v.accepted() { ("True", "Accepted") } else { ("False", v.reason) };
             let message = v.message();
             let existing = obj.istio_status();
             let same = existing.is_some_and(|s| {

@@ -92,6 +92,10 @@ pub fn serve_istio_versions(mut crd: CustomResourceDefinition, categories: &[&st
         v.storage = false;
         crd.spec.versions.push(v);
     }
+    with_categories(crd, categories)
+}
+
+fn with_categories(mut crd: CustomResourceDefinition, categories: &[&str]) -> CustomResourceDefinition {
     crd.spec.names.categories = Some(categories.iter().map(|c| c.to_string()).collect());
     crd
 }
@@ -107,6 +111,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         serve_istio_versions(networking::Gateway::crd(), &net),
         serve_istio_versions(security::PeerAuthentication::crd(), &sec),
         serve_istio_versions(security::AuthorizationPolicy::crd(), &sec),
+        // v1alpha3 only, as Istio serves it.
+        with_categories(networking::EnvoyFilter::crd(), &net),
     ]
 }
 

@@ -862,3 +862,34 @@ pub struct ServerTlsSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
 }
+
+/// Envoy configuration patches. Skein's proxy is not Envoy, so an EnvoyFilter has no effect:
+/// its CRD is served so that repositories holding one still apply, and every EnvoyFilter is
+/// marked `Accepted=False` (reason `Unsupported`) instead of being silently ignored. Only
+/// `v1alpha3` exists, as in Istio.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(group = "networking.istio.io", version = "v1alpha3", kind = "EnvoyFilter", namespaced, status = "IstioStatus")]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyFilterSpec {
+    /// Workloads the patches were meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<EnvoyFilterSelector>,
+    /// Gateway or sidecar references (kept as written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<FreeForm>,
+    /// Envoy config patches (kept as written; Envoy's own schema).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_patches: Vec<FreeForm>,
+    /// Patch order among EnvoyFilters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+/// An EnvoyFilter's `workloadSelector` (`labels`, not `matchLabels`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyFilterSelector {
+    /// Pod labels that must all match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}

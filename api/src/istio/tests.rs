@@ -3,7 +3,13 @@ use super::*;
 #[test]
 fn every_istio_crd_serves_v1_v1beta1_and_v1alpha3_with_one_stored() {
     let crds = crds();
-    assert_eq!(crds.len(), 6);
+    assert_eq!(crds.len(), 7);
+    // EnvoyFilter exists only as v1alpha3 in Istio too.
+    let (envoy_filter, crds): (Vec<_>, Vec<_>) =
+        crds.into_iter().partition(|c| c.metadata.name.as_deref() == Some("envoyfilters.networking.istio.io"));
+    let versions: Vec<_> =
+        envoy_filter[0].spec.versions.iter().map(|v| (v.name.as_str(), v.served, v.storage)).collect();
+    assert_eq!(versions, [("v1alpha3", true, true)]);
     for crd in &crds {
         let names: Vec<_> = crd.spec.versions.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["v1", "v1beta1", "v1alpha3"], "{}", crd.metadata.name.as_deref().unwrap_or(""));

@@ -23,9 +23,12 @@ fn main() -> anyhow::Result<()> {
         dir.join("mesh.skein.dev_meshcontrolplanes.yaml"),
         serde_yaml::to_string(&skein_api::MeshControlPlane::crd())?,
     )?;
-    for crd in skein_api::istio::crds() {
-        let name = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
-        std::fs::write(dir.join("istio").join(name), serde_yaml::to_string(&crd)?)?;
+    // The Istio CRDs exactly as the operator applies them (labelled as Skein's), so CRDs
+    // installed by hand from these files are recognised as Skein's, not as another owner's.
+    for crd in skein_operator::render::istio_crds() {
+        let (group, plural) = (&crd.body["spec"]["group"], &crd.body["spec"]["names"]["plural"]);
+        let name = format!("{}_{}.yaml", group.as_str().unwrap_or_default(), plural.as_str().unwrap_or_default());
+        std::fs::write(dir.join("istio").join(name), serde_yaml::to_string(&crd.body)?)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{Api, api::ListParams};
 use skein_api::{
-    istio::networking::VirtualService,
+    istio::networking::{EnvoyFilter, VirtualService},
     proxy::{
         ConfigDelta, ProxyConfig,
         wire::pb::{
@@ -339,6 +339,21 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     .await;
     assert_eq!(cp.metric("skein_status_writes_total").await, Some(writes), "status rewritten without a verdict change");
 
+    // An EnvoyFilter (Istio's local rate limit task, as written) applies — repositories that
+    // hold one keep syncing — and says on its status that it does nothing here.
+    cluster.apply(ENVOY_FILTER);
+    let filters: Api<EnvoyFilter> = Api::namespaced(cluster.client.clone(), "default");
+    let (reason, message) = eventually("EnvoyFilter marked unsupported", Duration::from_secs(10), || async {
+        let f = filters.get("filter-local-ratelimit-svc").await.ok()?;
+        let st = f.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Accepted" && c.status == "False")?;
+        Some((c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+    })
+    .await;
+    assert_eq!(reason, "Unsupported");
+    assert!(message.contains("skein-proxy is not Envoy"), "{message}");
+    assert_eq!(cp.metric("skein_rejected_resources{kind=\"EnvoyFilter\"}").await, Some(1.0));
+
     // Incremental updates: an endpoint change reaches a proxy as a delta of the changed
     // clusters only, against the version it acknowledged.
     let ip = pod_ip(&cluster, "reviews-v1").await;
@@ -587,3 +602,37 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
     .await;
     assert!(second.metric("skein_status_writes_total").await.unwrap() >= 1.0);
 }
+
+/// Istio's local rate limit task (docs/tasks/policy-enforcement/rate-limit), as written.
+const ENVOY_FILTER: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: filter-local-ratelimit-svc
+  namespace: default
+spec:
+  workloadSelector:
+    labels:
+      app: productpage
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter:
+              name: "envoy.filters.network.http_connection_manager"
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            value:
+              stat_prefix: http_local_rate_limiter
+              token_bucket:
+                max_tokens: 4
+                tokens_per_fill: 4
+                fill_interval: 60s
+"#;

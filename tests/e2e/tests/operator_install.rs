@@ -610,3 +610,16 @@ async fn istio_crds_owned_by_another_installation_are_left_alone_and_reported() 
     let dr = get_opt(&crds, "destinationrules.networking.istio.io").await.unwrap();
     assert_eq!(dr.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("skein-operator"));
 }
+
+#[tokio::test]
+async fn istio_crds_installed_by_hand_as_the_readme_says_are_recognised_as_skeins() {
+    let (cluster, op) = setup("hand-crds").await;
+    // README: `kubectl apply --server-side -k config/crd/istio`.
+    cluster.install_istio_crds().await.unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  namespace: mesh-system\n")).unwrap();
+    let mcp = wait_ready(&cluster.client, "mesh", &op).await;
+    assert_eq!(
+        condition(&mcp, "IstioCRDsManaged").map(|c| (c.0, c.1, c.2)),
+        Some(("True".into(), "Installed".into(), "the Istio API CRDs are installed by Skein".into()))
+    );
+}
