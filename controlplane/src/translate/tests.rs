@@ -1206,3 +1206,6 @@ fn a_kubernetes_ingress_of_istio_class_reaches_the_ingress_gateway_config() {
     // Sidecars are untouched by it.
     assert!(config_for(&snap, "productpage-v1-1").virtual_hosts.iter().all(|v| v.name != "*"));
 }
+
+#[cfg(test)]
+mod examples;
