@@ -290,5 +290,11 @@ pub fn addresses(gateway: Option<&Service>) -> Vec<(Option<String>, Option<Strin
         .unwrap_or_default()
 }
 
+/// The addresses an Ingress reports now.
+pub fn reported(ing: &Ingress) -> Vec<(Option<String>, Option<String>)> {
+    let lb = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    lb.map(|i| i.iter().map(|a| (a.ip.clone(), a.hostname.clone())).collect()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests;

@@ -502,14 +502,7 @@ impl StatusWriter {
             })
             .collect();
         for ing in served {
-            let have: Vec<(Option<String>, Option<String>)> = ing
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .map(|i| i.iter().map(|a| (a.ip.clone(), a.hostname.clone())).collect())
-                .unwrap_or_default();
-            if have == addresses {
+            if ingress::reported(ing) == addresses {
                 continue;
             }
             let (ns, name) = (ing.namespace().unwrap_or_default(), ing.name_any());

@@ -177,6 +177,11 @@ impl Mesh {
     }
 }
 
+/// Whether productpage saw the ingress gateway's mesh identity (XFCC).
+fn from_gateway(page: &Value) -> bool {
+    page["xfcc"].as_str().unwrap_or("").contains("URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway")
+}
+
 fn reviews_version(body: &Value) -> Option<&str> {
     body["calls"]["reviews"]["body"]["version"].as_str()
 }
@@ -516,13 +521,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         until_ok("Ingress /productpage", || get_path(From::Outside, ingress, "any.example", "/productpage", None));
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
-    assert!(
-        page["xfcc"]
-            .as_str()
-            .unwrap_or("")
-            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway"),
-        "the gateway reaches productpage over mesh mTLS: {page}"
-    );
+    assert!(from_gateway(&page), "the gateway reaches productpage over mesh mTLS: {page}");
     assert_eq!(get_path(From::Outside, ingress, "any.example", "/productpagex", None).map(|r| r.0), Ok(404));
     assert_eq!(get_path(From::Outside, ingress, "any.example", "/admin", None).map(|r| r.0), Ok(404));
     let start = Instant::now();
@@ -579,13 +578,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     });
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["service"], "productpage", "{page}");
-    assert!(
-        page["xfcc"]
-            .as_str()
-            .unwrap_or("")
-            .contains("URI=spiffe://cluster.local/ns/istio-system/sa/skein-ingressgateway"),
-        "productpage sees the gateway's identity: {page}"
-    );
+    assert!(from_gateway(&page), "productpage sees the gateway's identity: {page}");
     assert_eq!(reviews_version(&page), Some("v1"), "{page}");
     assert_eq!(get_path(From::Outside, ingress, "bookinfo.example.com", "/admin", None).map(|r| r.0), Ok(404));
 
