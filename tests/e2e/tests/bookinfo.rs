@@ -314,12 +314,18 @@ fn reviews_v2_chain(cluster: &Cluster) -> PathBuf {
     cluster.scratch_dir().join(format!("kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/skein-certs/cert-chain.pem"))
 }
 
-/// Istio's destination-rule-all-mtls.yaml (subsets + ISTIO_MUTUAL).
+/// Istio's samples/bookinfo/networking/destination-rule-all-mtls.yaml, every subset as in the
+/// sample (ratings v2-mysql and friends have no pods here: their clusters stay empty), with the
+/// namespace written out.
 const DESTINATION_RULES: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: productpage, namespace: default}
-spec: {host: productpage, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}, subsets: [{name: v1, labels: {version: v1}}]}
+spec:
+  host: productpage
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -335,12 +341,24 @@ spec:
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ratings, namespace: default}
-spec: {host: ratings, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}, subsets: [{name: v1, labels: {version: v1}}]}
+spec:
+  host: ratings
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v2-mysql, labels: {version: v2-mysql}}
+  - {name: v2-mysql-vm, labels: {version: v2-mysql-vm}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: details, namespace: default}
-spec: {host: details, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}, subsets: [{name: v1, labels: {version: v1}}]}
+spec:
+  host: details
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
 "#;
 
 fn vs(name: &str, http: &str) -> String {
