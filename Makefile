@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane tools clean fuzz attack
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
 
 all: build
 
@@ -49,7 +49,7 @@ lint:
 ## Unit and in-process integration tests of every crate (the proxy's tests/ included); the e2e
 ## crate needs real clusters and runs in test-e2e.
 test-unit:
-	$(CARGO) test --workspace --exclude skein-e2e
+	SKEIN_FORTIO=$$(hack/fortio.sh) $(CARGO) test --workspace --exclude skein-e2e
 	@[ "$${SKEIN_SKIP_NETNS:-}" != 1 ] || echo "NOTE: SKEIN_SKIP_NETNS=1: the proxy's transparent-capture netns test was skipped, not run"
 
 test-e2e: tools
@@ -85,6 +85,11 @@ attack:
 bench-proxy:
 	@command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
 	$(CARGO) bench -p skein-proxy --bench proxy
+
+## Istio's circuit-breaking task (fortio -c 2 -n 20 and -c 3 -n 30 through two release-built
+## sidecars with the task's DestinationRule), 200 runs of each: the 503 split next to Envoy's.
+bench-circuit-breaking:
+	SKEIN_FORTIO=$$(hack/fortio.sh) SKEIN_CB_RUNS=200 $(CARGO) test --release -p skein-proxy --test circuit_breaking -- --nocapture
 
 ## Fuzz every parser of untrusted bytes for FUZZ_SECONDS each (needs the nightly toolchain and
 ## cargo-fuzz). Seeds in fuzz/corpus are copied, so runs never rewrite the committed corpus.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod admin_client;
 pub mod authz;
 pub mod capture;
 pub mod config_file;

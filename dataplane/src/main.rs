@@ -51,6 +51,19 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Send one request to the proxy's admin endpoint and print the answer, like Istio's
+    /// `pilot-agent request GET stats` (`skein-proxy request GET clusters`). Exits non-zero
+    /// unless the answer is 2xx.
+    Request {
+        /// HTTP method (`GET`, `POST`).
+        method: String,
+        /// Admin path, with or without its leading `/` (`stats`, `stats?filter=pending`,
+        /// `clusters`, `config_dump`).
+        path: String,
+        /// The proxy's admin address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin_addr: SocketAddr,
+    },
     /// Install the iptables rules that redirect the pod's TCP to the capture listeners
     /// (run once per pod, as root, before the workload starts).
     InitIptables {
@@ -117,6 +130,12 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Args::parse().command {
+        Command::Request { method, path, admin_addr } => {
+            let (status, body) = skein_proxy::admin_client::request(admin_addr, &method, &path)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &body)?;
+            anyhow::ensure!((200..300).contains(&status), "{method} {path}: HTTP {status}");
+            Ok(())
+        }
         Command::InitIptables { rules, dry_run } => {
             if dry_run {
                 rules.validate().map_err(anyhow::Error::msg)?;
@@ -137,6 +156,8 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             limits,
         } => {
+            // SIGHUP ends a process until it has a handler: held pending until `run` has one.
+            hold_sighup(true)?;
             let source = match config {
                 Some(path) => Source::File(path),
                 None => Source::ControlPlane(*discovery),
@@ -164,6 +185,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, limits: Limits) -> anyhow::Result<()> {
     // First of all: from here on a SIGHUP reloads instead of ending the process.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // This future runs on the thread that blocked SIGHUP (`block_on` polls it there), so a
+    // SIGHUP that came while the proxy started is delivered now, to the handler.
+    hold_sighup(false)?;
     let store = match &source {
         Source::File(config) => {
             let initial = config_file::read(config)?;
@@ -232,6 +256,17 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, li
     }
     info!("stopped");
     Ok(())
+}
+
+/// Blocks (`true`) or unblocks SIGHUP in this thread; threads started meanwhile (the runtime's
+/// workers) inherit the block and keep it, so once unblocked here a SIGHUP is delivered to this
+/// thread. Blocked, a SIGHUP stays pending instead of taking its default action, which ends
+/// the process: without this, a deploy tool that signals every process on a config change
+/// kills a proxy that is still starting (reading its config, building its runtime).
+fn hold_sighup(hold: bool) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let how = if hold { SigmaskHow::SIG_BLOCK } else { SigmaskHow::SIG_UNBLOCK };
+    pthread_sigmask(how, Some(&SigSet::from(Signal::SIGHUP)), None).context("SIGHUP mask")
 }
 
 /// How often freed heap memory is handed back to the system.

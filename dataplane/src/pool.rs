@@ -96,16 +96,40 @@ impl Pool {
         }
     }
 
+    /// Whether a request could go out at once on a connection already open (to any endpoint):
+    /// an idle HTTP/1.1 connection, or an HTTP/2 connection with room for another request.
+    pub fn has_ready(&self) -> bool {
+        if self.inner.http2 {
+            let shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared.values().any(|s| !s.tx.is_closed() && self.inner.max_requests.is_none_or(|m| s.requests < m))
+        } else {
+            let idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.values().any(|list| list.iter().any(|i| !i.conn.tx.is_closed()))
+        }
+    }
+
     /// Sends `req` (origin-form URI: path and query) to `addr`. An HTTP/1.1 request without a
     /// `Host` header gets the endpoint's address, as a client addressing it directly would.
     pub async fn send(&self, addr: SocketAddr, req: Request<RequestBody>) -> Result<Response<PooledBody>, PoolError> {
-        if self.inner.http2 { self.send_h2(addr, req).await } else { self.send_h1(addr, req).await }
+        self.send_waiting(addr, req, None::<()>).await
     }
 
-    async fn send_h1(
+    /// [`Pool::send`], holding `waiting` (the request's place in its cluster's pending queue)
+    /// until the request has a connection: an open one, or a new one once established.
+    pub async fn send_waiting<W: Send>(
+        &self,
+        addr: SocketAddr,
+        req: Request<RequestBody>,
+        waiting: Option<W>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        if self.inner.http2 { self.send_h2(addr, req, waiting).await } else { self.send_h1(addr, req, waiting).await }
+    }
+
+    async fn send_h1<W: Send>(
         &self,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
+        mut waiting: Option<W>,
     ) -> Result<Response<PooledBody>, PoolError> {
         default_host(&mut req, addr);
         // A pooled connection may have been closed by the server while idle; that shows when
@@ -116,6 +140,7 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.inner.connect_h1(addr).await?, false),
             };
+            waiting.take();
             if reused && !matches!(tokio::time::timeout(READY_WAIT, conn.tx.ready()).await, Ok(Ok(()))) {
                 continue;
             }
@@ -136,20 +161,27 @@ impl Pool {
     /// Sends an HTTP/1.1 `Upgrade` request (WebSocket and the like) on a connection of its
     /// own: after a `101` the connection belongs to the upgraded protocol and never returns to
     /// the pool. The response keeps hyper's upgrade handle in its extensions.
-    pub async fn send_upgrade(
+    pub async fn send_upgrade<W: Send>(
         &self,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
+        waiting: Option<W>,
     ) -> Result<Response<PooledBody>, PoolError> {
         default_host(&mut req, addr);
         let io = self.inner.connect(addr).await?;
         let (mut tx, conn) = http1::handshake(io).await.map_err(PoolError::Reset)?;
+        drop(waiting);
         drive(addr, conn.with_upgrades());
         let resp = tx.send_request(req).await.map_err(PoolError::Reset)?;
         Ok(resp.map(|body| PooledBody::new(body, None)))
     }
 
-    async fn send_h2(&self, addr: SocketAddr, req: Request<RequestBody>) -> Result<Response<PooledBody>, PoolError> {
+    async fn send_h2<W: Send>(
+        &self,
+        addr: SocketAddr,
+        req: Request<RequestBody>,
+        waiting: Option<W>,
+    ) -> Result<Response<PooledBody>, PoolError> {
         // HTTP/2 needs the scheme and authority pseudo-headers: the endpoint, as before.
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -167,6 +199,7 @@ impl Pool {
                 tx
             }
         };
+        drop(waiting);
         let mut tx = tx;
         match tx.send_request(req).await {
             Ok(resp) => Ok(resp.map(|body| PooledBody::new(body, None))),

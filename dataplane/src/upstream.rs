@@ -65,8 +65,10 @@ pub struct Upstream {
     endpoints: Vec<Endpoint>,
     lb: LoadBalancer,
     next: AtomicUsize,
-    /// Active-request slots (`maxConnections` for HTTP/1.1: one request per connection).
+    /// Connection slots (`maxConnections`; Istio's default, 2^32-1, when unset), HTTP/1.1 only:
+    /// a request holds one while it has a connection, which carries one request at a time.
     connections: Option<Arc<Semaphore>>,
+    max_connections: Option<usize>,
     max_pending: Option<usize>,
     pending: AtomicUsize,
     max_requests: Option<usize>,
@@ -74,16 +76,71 @@ pub struct Upstream {
     max_retries: Option<usize>,
     retries: AtomicUsize,
     outlier: Option<OutlierDetection>,
+    /// Requests that waited in the pending queue (`upstream_rq_pending_total`).
+    pending_total: AtomicUsize,
     /// Requests refused because the pending queue was full (`upstream_rq_pending_overflow`).
     pub pending_overflow: AtomicUsize,
     /// Endpoint ejections so far (`outlier_detection.ejections_total`).
     pub ejections: AtomicUsize,
 }
 
+/// Istio's value for a circuit breaker the DestinationRule leaves unset (2^32-1): effectively
+/// no limit, and what Envoy's admin shows for it.
+pub const UNLIMITED: usize = u32::MAX as usize;
+
+/// A cluster's circuit breakers: each limit (`None`: unset) and what is held against it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakers {
+    /// `maxConnections`.
+    pub max_connections: Option<usize>,
+    /// Connections carrying a request now (HTTP/1.1 clusters; `None` over HTTP/2).
+    pub connections: Option<usize>,
+    /// `http1MaxPendingRequests`.
+    pub max_pending: Option<usize>,
+    /// Requests waiting for a connection now.
+    pub pending: usize,
+    /// `http2MaxRequests`.
+    pub max_requests: Option<usize>,
+    /// Requests in flight now.
+    pub requests: usize,
+    /// `maxRetries`.
+    pub max_retries: Option<usize>,
+    /// Retries in flight now.
+    pub retries: usize,
+    /// Requests that have waited for a connection, in all.
+    pub pending_total: usize,
+    /// Requests refused by a full queue or the request limit, in all.
+    pub pending_overflow: usize,
+}
+
 /// Holds a cluster's request slot while a request is in flight.
 pub struct Admission {
     _conn: Option<OwnedSemaphorePermit>,
     up: Arc<Upstream>,
+    pending: Option<Pending>,
+}
+
+impl Admission {
+    /// The request's place in the pending queue, if it has one: it stays pending until it is
+    /// bound to an upstream connection, so whoever establishes that connection drops it then.
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        self.pending.take()
+    }
+}
+
+/// A request counted in its cluster's pending queue (`http1MaxPendingRequests`) until dropped.
+///
+/// Envoy counts a request as pending from the moment it finds no ready connection until a
+/// connection is ready for it, which includes the time a new connection takes to be
+/// established (TCP and mesh TLS). That is what makes Istio's circuit-breaking task trip as
+/// often as it does: with `maxRequestsPerConnection: 1` every request waits for a new
+/// connection, so a second request arriving meanwhile finds the queue full.
+pub struct Pending(Arc<Upstream>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Admission {
@@ -112,6 +169,12 @@ impl Drop for RetrySlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The connection slots for `maxConnections` (at least one; a semaphore holds no more than
+/// `MAX_PERMITS`, which only a 32-bit target could reach).
+fn slots(max_connections: Option<usize>) -> usize {
+    max_connections.unwrap_or(UNLIMITED).clamp(1, UNLIMITED.min(Semaphore::MAX_PERMITS))
 }
 
 fn limit(v: Option<u32>) -> Option<usize> {
@@ -158,7 +221,11 @@ impl Upstream {
                 .collect(),
             lb: c.load_balancer.clone(),
             next: AtomicUsize::new(0),
-            connections: limit(max_connections).map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            // Over HTTP/2 one connection per endpoint carries every request (bounded by
+            // `http2MaxRequests`), so `maxConnections` cannot bind a request count there. Without
+            // a limit the slots are Istio's default so that the admin can report them in use.
+            connections: (!c.http2).then(|| Arc::new(Semaphore::new(slots(limit(max_connections))))),
+            max_connections: limit(max_connections),
             max_pending: limit(http1_max_pending_requests),
             pending: AtomicUsize::new(0),
             max_requests: limit(http2_max_requests),
@@ -166,6 +233,7 @@ impl Upstream {
             max_retries: limit(max_retries),
             retries: AtomicUsize::new(0),
             outlier: c.outlier_detection.clone(),
+            pending_total: AtomicUsize::new(0),
             pending_overflow: AtomicUsize::new(0),
             ejections: AtomicUsize::new(0),
         }
@@ -176,32 +244,70 @@ impl Upstream {
         self.name.rsplit('|').next().unwrap_or(&self.name)
     }
 
-    /// Admits a request under the circuit breakers: waits for a connection slot if the pending
-    /// queue has room, else refuses (`None`: answer 503, flag `UO`).
+    /// Admits a request under the circuit breakers, as Envoy's connection pool does. A request
+    /// that finds a ready connection goes straight on. Any other waits, counted as pending
+    /// (until [`Pending`] is dropped, once it has a connection), for a connection slot
+    /// (`maxConnections`) and then for its connection; if the pending queue is already full it
+    /// is refused (`None`: answer 503, flag `UO`).
     pub async fn admit(self: &Arc<Self>) -> Option<Admission> {
         let prev = self.requests.fetch_add(1, Ordering::Relaxed);
-        let admission = |conn| Admission { _conn: conn, up: self.clone() };
+        let admission = |conn, pending| Admission { _conn: conn, up: self.clone(), pending };
         if self.max_requests.is_some_and(|m| prev >= m) {
-            drop(admission(None));
+            drop(admission(None, None));
             self.pending_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let Some(sem) = &self.connections else { return Some(admission(None)) };
-        if let Ok(p) = sem.clone().try_acquire_owned() {
-            return Some(admission(Some(p)));
+        // A ready connection takes the request at once. Envoy keeps ready connections per host
+        // and this looks at the cluster's; with one endpoint, as in Istio's task, they agree.
+        if self.pool.has_ready() {
+            match &self.connections {
+                None => return Some(admission(None, None)),
+                Some(sem) => {
+                    if let Ok(p) = sem.clone().try_acquire_owned() {
+                        return Some(admission(Some(p), None));
+                    }
+                }
+            }
         }
-        // All connections busy: queue if allowed (Envoy's default pending limit is effectively
-        // unbounded; Istio's is 2^32-1).
+        // Envoy's default pending limit is effectively unbounded (Istio's is 2^32-1).
         let queued = self.pending.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending(self.clone());
         if self.max_pending.is_some_and(|m| queued >= m) {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-            drop(admission(None));
+            drop((pending, admission(None, None)));
             self.pending_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let permit = sem.clone().acquire_owned().await.ok();
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-        Some(admission(permit))
+        self.pending_total.fetch_add(1, Ordering::Relaxed);
+        let permit = match &self.connections {
+            None => None,
+            Some(sem) => Some(sem.clone().acquire_owned().await.ok()?),
+        };
+        Some(admission(permit, Some(pending)))
+    }
+
+    /// The circuit breakers' limits and what is held against them now (Envoy's
+    /// `circuit_breakers.default.*` and `default_priority::max_*`).
+    pub fn breakers(&self) -> Breakers {
+        let in_use = |max: usize, sem: &Semaphore| max.saturating_sub(sem.available_permits());
+        Breakers {
+            max_connections: self.max_connections,
+            connections: self.connections.as_deref().map(|sem| in_use(slots(self.max_connections), sem)),
+            max_pending: self.max_pending,
+            pending: self.pending.load(Ordering::Relaxed),
+            max_requests: self.max_requests,
+            requests: self.requests.load(Ordering::Relaxed),
+            max_retries: self.max_retries,
+            retries: self.retries.load(Ordering::Relaxed),
+            pending_total: self.pending_total.load(Ordering::Relaxed),
+            pending_overflow: self.pending_overflow.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Each endpoint: its address, requests in flight to it, and whether outlier detection
+    /// has ejected it now (Envoy's `/clusters` `rq_active` and `health_flags`).
+    pub fn endpoint_states(&self) -> Vec<(SocketAddr, usize, bool)> {
+        let now = Instant::now();
+        self.endpoints.iter().map(|e| (e.addr, e.active.load(Ordering::Relaxed), e.ejected(now))).collect()
     }
 
     /// A retry slot, if `maxRetries` allows another concurrent retry.
@@ -507,7 +613,8 @@ mod tests {
         let up = cluster(
             "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
         );
-        let first = up.admit().await.expect("first admitted");
+        let mut first = up.admit().await.expect("first admitted");
+        drop(first.take_pending()); // its connection is established
         let up2 = up.clone();
         let second = tokio::spawn(async move { up2.admit().await.is_some() });
         tokio::time::sleep(Duration::from_millis(50)).await; // second is now queued
@@ -515,6 +622,61 @@ mod tests {
         assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
         drop(first);
         assert!(second.await.unwrap(), "queued request proceeds when a slot frees");
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_its_new_connection_is_pending() {
+        // Envoy's rule, which Istio's circuit-breaking task shows: the first request holds the
+        // only connection slot but is still pending while that connection is established, so
+        // a second request finds the queue (1) full and overflows at once.
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
+        );
+        let mut first = up.admit().await.expect("first admitted");
+        assert!(up.admit().await.is_none(), "second overflows while the first connects");
+        let pending = first.take_pending().expect("the first had no ready connection");
+        drop(pending);
+        let up2 = up.clone();
+        let second = tokio::spawn(async move { up2.admit().await.map(|mut a| a.take_pending().is_some()) });
+        tokio::task::yield_now().await;
+        drop(first); // the slot frees; the second still waits for its own connection
+        assert_eq!(second.await.unwrap(), Some(true));
+        assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
+        assert_eq!(up.pending.load(Ordering::Relaxed), 0, "every pending place was given back");
+    }
+
+    #[tokio::test]
+    async fn without_limits_nothing_overflows_and_nothing_stays_pending() {
+        let up = cluster("{name: c, endpoints: ['127.0.0.1:1']}");
+        let admitted: Vec<_> = futures::future::join_all((0..100).map(|_| up.admit())).await;
+        assert!(admitted.iter().all(Option::is_some));
+        drop(admitted);
+        assert_eq!(up.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn breakers_report_the_limits_and_what_is_held_against_them() {
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
+        );
+        let idle = up.breakers();
+        assert_eq!(
+            (idle.max_connections, idle.connections, idle.max_pending, idle.pending, idle.max_requests),
+            (Some(1), Some(0), Some(1), 0, None)
+        );
+        // No connection is open: the request holds the one slot and waits, pending.
+        let mut first = up.admit().await.unwrap();
+        let b = up.breakers();
+        assert_eq!((b.connections, b.pending, b.requests, b.pending_total), (Some(1), 1, 1, 1));
+        assert!(up.admit().await.is_none(), "the queue is full");
+        // Its connection is up: no longer pending, still holding the slot.
+        drop(first.take_pending());
+        let b = up.breakers();
+        assert_eq!((b.connections, b.pending, b.pending_total, b.pending_overflow), (Some(1), 0, 1, 1));
+        drop(first);
+        assert_eq!((up.breakers().connections, up.breakers().requests), (Some(0), 0));
+        // HTTP/2 has no connection slots to report.
+        assert_eq!(cluster("{name: c, http2: true}").breakers().connections, None);
     }
 
     #[test]

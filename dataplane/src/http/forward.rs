@@ -21,7 +21,7 @@ use crate::{
     metrics::ClusterLabel,
     pool::{Pool, PoolError},
     runtime::Runtime,
-    upstream::{self, HashInput, Upstream},
+    upstream::{self, HashInput, Pending, Upstream},
 };
 
 impl Proxy {
@@ -42,12 +42,13 @@ impl Proxy {
             },
             None => upstream.admit().await,
         };
-        let Some(_admission) = admission else {
+        let Some(mut admission) = admission else {
             let label = ClusterLabel { cluster_name: upstream.name.clone() };
             self.metrics.pending_overflow.get_or_create(&label).inc();
             return Outcome::overflow();
         };
-        self.forward(upstream, fwd, retry, deadline).await
+        let pending = admission.take_pending();
+        self.forward(upstream, fwd, retry, deadline, pending).await
     }
 
     /// ALLOW_ANY: a captured request goes where the client was sending it; a request to an
@@ -90,7 +91,7 @@ impl Proxy {
     ) -> Outcome {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let client = &self.passthrough;
-        match send(client, addr, &parts.method, &pq, parts.headers, body, None).await {
+        match send(client, addr, &parts.method, &pq, parts.headers, body, None, None).await {
             Ok(r) => Outcome::upstream(r, addr),
             Err(_) => Outcome::connect_error(ResponseFlag::UpstreamConnectFailure),
         }
@@ -105,6 +106,7 @@ impl Proxy {
         mut fwd: Forward,
         retry: Option<&RetryPolicy>,
         deadline: Option<Instant>,
+        mut pending: Option<Pending>,
     ) -> Outcome {
         let tries = 1 + retry.map_or(0, |r| r.attempts);
         let per_try = retry.and_then(|r| r.per_try_timeout);
@@ -133,7 +135,9 @@ impl Proxy {
             let (method, pq) = (&fwd.method, &fwd.path_and_query);
             // The last try takes the headers; earlier ones copy them for the next.
             let headers = if attempt + 1 == tries { std::mem::take(&mut fwd.headers) } else { fwd.headers.clone() };
-            let result = send(&up.pool, endpoint.addr, method, pq, headers, body, budget).await;
+            // The first try leaves the pending queue once it has a connection; retries come
+            // after the request already had one.
+            let result = send(&up.pool, endpoint.addr, method, pq, headers, body, budget, pending.take()).await;
             let (outcome, retriable) = match result {
                 Ok(resp) => {
                     up.report(endpoint.addr, upstream::Outcome::Status(resp.status().as_u16()));
@@ -199,7 +203,9 @@ pub(super) enum SendError {
     Timeout,
 }
 
-/// Sends one request to `addr` over `pool`, within `timeout` (until the response headers).
+/// Sends one request to `addr` over `pool`, within `timeout` (until the response headers),
+/// holding `pending` until it has a connection.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send(
     pool: &Pool,
     addr: SocketAddr,
@@ -208,6 +214,7 @@ pub(super) async fn send(
     headers: HeaderMap,
     body: RequestBody,
     timeout: Option<Duration>,
+    pending: Option<Pending>,
 ) -> Result<Response<Body>, SendError> {
     let uri = Uri::try_from(path_and_query).map_err(|_| SendError::Connect)?;
     let mut req = Request::new(body);
@@ -216,9 +223,9 @@ pub(super) async fn send(
     *req.headers_mut() = headers;
     let fut = async {
         if upgrade_of(req.headers()).is_some() {
-            pool.send_upgrade(addr, req).await
+            pool.send_upgrade(addr, req, pending).await
         } else {
-            pool.send(addr, req).await
+            pool.send_waiting(addr, req, pending).await
         }
     };
     let resp = match timeout {

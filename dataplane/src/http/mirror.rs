@@ -76,7 +76,7 @@ pub(super) fn spawn(
         };
         let addr = up.pick(&HashInput { headers: &headers, source: Some(peer) }).map(|g| g.addr);
         if let Some(addr) = addr
-            && let Ok(resp) = send(&up.pool, addr, &method, &pq, headers, body, None).await
+            && let Ok(resp) = send(&up.pool, addr, &method, &pq, headers, body, None, None).await
         {
             // Read (and discard) the answer to its end so the connection is reused.
             let mut body = resp.into_body();

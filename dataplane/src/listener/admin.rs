@@ -1,5 +1,6 @@
-//! Admin endpoints: readiness (`/healthz/ready`), Prometheus metrics (`/stats/prometheus`)
-//! and the config dump (`/config_dump`), each on the listeners of its role.
+//! Admin endpoints: readiness (`/healthz/ready`), Prometheus metrics (`/stats/prometheus`),
+//! the config dump (`/config_dump`) and Envoy's `/stats` and `/clusters`, each on the
+//! listeners of its role.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -10,7 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::debug;
 
-use super::HEAD_TIMEOUT;
+use super::{HEAD_TIMEOUT, envoy_admin};
 use crate::{drain::Drain, http::Body, metrics::Metrics, runtime::Runtime, store::Store};
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
@@ -24,7 +25,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 /// path each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminRole {
-    /// `/config_dump`, plus readiness and metrics (Envoy's 15000).
+    /// `/config_dump`, `/stats`, `/clusters`, plus readiness and metrics (Envoy's 15000).
     Admin,
     /// `/healthz/ready` (Istio's 15021).
     Status,
@@ -67,6 +68,11 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                     (AdminRole::Admin | AdminRole::Metrics, "/stats/prometheus" | "/metrics") => {
                         text(StatusCode::OK, with_outlier_stats(metrics.render(), &store.current()))
                     }
+                    (AdminRole::Admin, "/stats") => match envoy_admin::StatsQuery::parse(req.uri().query()) {
+                        Ok(q) => text(StatusCode::OK, envoy_admin::stats(&store.current(), &q)),
+                        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    },
+                    (AdminRole::Admin, "/clusters") => text(StatusCode::OK, envoy_admin::clusters(&store.current())),
                     (AdminRole::Admin, "/config_dump") => {
                         let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
                         text(StatusCode::OK, dump)

@@ -1,11 +1,12 @@
 //! Listeners: the configured listeners opened and closed as the config changes, the accept
 //! loop of listeners that may carry HTTP, and the inbound handshake (PeerAuthentication) every
 //! listener shares. What a connection then becomes is a sibling's job: [`http`] serves HTTP/1.1
-//! and HTTP/2 on it, [`tcp`] proxies it as bytes, [`admin`] serves the admin endpoints; the
+//! and HTTP/2 on it, [`tcp`] proxies it as bytes, [`admin`] serves the admin endpoints (in Envoy's formats from [`envoy_admin`]); the
 //! siblings do not import each other, and only this module decides which one gets a
 //! connection.
 
 pub mod admin;
+mod envoy_admin;
 pub mod http;
 mod streams;
 pub mod tcp;

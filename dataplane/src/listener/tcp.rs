@@ -272,10 +272,11 @@ async fn proxy_to<C>(mut client: C, first: Vec<u8>, up: &Arc<Upstream>, session:
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(_admission) = up.admit().await else {
+    let Some(mut admission) = up.admit().await else {
         session.refused(Some(&up.name), ResponseFlag::UpstreamOverflow);
         return Err(std::io::Error::other("cluster overflow"));
     };
+    let pending = admission.take_pending();
     let (tcp, addr) = match connect(up, session.peer).await {
         Ok(c) => c,
         Err((e, addr)) => {
@@ -283,6 +284,7 @@ where
             return Err(e);
         }
     };
+    drop(pending);
     let relay = async {
         match &up.tls {
             None => relay(&mut client, tcp, &first).await,
