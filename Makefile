@@ -53,7 +53,7 @@ test-unit:
 	@[ "$${SKEIN_SKIP_NETNS:-}" != 1 ] || echo "NOTE: SKEIN_SKIP_NETNS=1: the proxy's transparent-capture netns test was skipped, not run"
 
 test-e2e: tools
-	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy --bins
+	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy -p skeinctl --bins
 	@# The real-node tests run the images of this build (the test build's binaries, stripped).
 	SKEIN_IMAGE_PROFILE=dev hack/images.sh
 	$(CARGO) test -p skein-e2e -- --test-threads=2

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod analyze;
 pub mod ca;
 pub mod ingress;
 pub mod inject;

@@ -168,12 +168,9 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     let reviewer = TokenReviewer::new(client.clone(), args.token_audience.clone());
     let discovery =
         Discovery::new(rx.clone(), metrics.clone(), args.push_limit, args.push_chunk_bytes, Some(reviewer.clone()));
-    let sync = discovery.sync_table();
-    let syncz: Arc<dyn Fn() -> String + Send + Sync> =
-        Arc::new(move || serde_json::to_string_pretty(&sync.snapshot()).unwrap_or_default());
     let monitoring =
         metrics::bind(args.monitoring_addr).await.with_context(|| format!("bind {}", args.monitoring_addr))?;
-    tokio::spawn(metrics::serve(monitoring, metrics.clone(), syncz));
+    tokio::spawn(metrics::serve(monitoring, metrics.clone(), Arc::new(discovery.sync_table())));
 
     let mut names = vec![
         format!("skein-controlplane.{}.svc", args.namespace),

@@ -1,7 +1,9 @@
 //! Prometheus metrics, named as istiod names them where there is an equivalent (`pilot_xds`,
 //! `pilot_xds_pushes`, `pilot_proxy_convergence_time`, `pilot_total_xds_rejects`), and the
 //! monitoring endpoint: `/metrics`, `/ready` (ready once the first snapshot is built and the
-//! gRPC server is serving), `/debug/syncz` (each proxy's sent and acknowledged versions).
+//! gRPC server is serving), `/debug/syncz` (each proxy's sent and acknowledged versions) and
+//! `/debug/config_dump?proxyID=<pod>.<namespace>` (the config a proxy runs), as istiod serves
+//! them on 15014.
 
 use std::{
     net::SocketAddr,
@@ -130,20 +132,46 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/ready` and `/debug/syncz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Metrics, syncz: Arc<dyn Fn() -> String + Send + Sync>) {
+/// What the debug endpoints read: the discovery server's view of its proxies. A trait, so
+/// this module needs nothing of the discovery server's (which reports into these metrics).
+pub trait Debugz: Send + Sync {
+    /// `/debug/syncz`: every connected proxy's sync state, as JSON.
+    fn syncz(&self) -> String;
+    /// `/debug/config_dump?proxyID=`: the config `proxy` runs as JSON, or why there is none.
+    fn config_dump(&self, proxy: &str) -> Result<String, String>;
+}
+
+/// The `/debug/config_dump` answer for `query` (`proxyID=<pod>.<namespace>` or a node id).
+fn config_dump(debugz: &dyn Debugz, query: Option<&str>) -> (StatusCode, String) {
+    let id = query.and_then(|q| url_query(q).find_map(|(k, v)| (k == "proxyID" && !v.is_empty()).then_some(v)));
+    let Some(id) = id else {
+        return (StatusCode::BAD_REQUEST, "proxyID: required, <pod>.<namespace> or a node id\n".into());
+    };
+    match debugz.config_dump(&id) {
+        Ok(dump) => (StatusCode::OK, dump),
+        Err(why) => (StatusCode::NOT_FOUND, format!("proxy {id}: {why}\n")),
+    }
+}
+
+fn url_query(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// Serves `/metrics`, `/ready` and the debug endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Metrics, debugz: Arc<dyn Debugz>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (metrics, syncz) = (metrics.clone(), syncz.clone());
+        let (metrics, debugz) = (metrics.clone(), debugz.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (metrics, syncz) = (metrics.clone(), syncz.clone());
+                let (metrics, debugz) = (metrics.clone(), debugz.clone());
                 async move {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (StatusCode::OK, metrics.render()),
                         "/ready" if metrics.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
                         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-                        "/debug/syncz" => (StatusCode::OK, syncz()),
+                        "/debug/syncz" => (StatusCode::OK, debugz.syncz()),
+                        "/debug/config_dump" => config_dump(&*debugz, req.uri().query()),
                         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
                     };
                     Response::builder().status(status).body(Full::new(Bytes::from(body)))

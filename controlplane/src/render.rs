@@ -152,6 +152,16 @@ impl Rendered {
         self.len() == 0
     }
 
+    /// The config itself, decoded as the proxy decodes it (for `/debug/config_dump`).
+    pub fn decode(&self) -> Result<ProxyConfig, String> {
+        let mut all = BytesMut::with_capacity(self.len());
+        for part in self.parts() {
+            all.extend_from_slice(part);
+        }
+        let wire = pb::ProxyConfig::decode(all.freeze()).map_err(|e| e.to_string())?;
+        ProxyConfig::try_from(wire).map_err(|e| e.to_string())
+    }
+
     /// The parts whose concatenation is the encoded `ProxyConfig`.
     pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
         [&self.own, &self.outbound.virtual_hosts.bytes]

@@ -43,6 +43,10 @@ pub struct SyncStatus {
     pub nack: Option<String>,
     /// Pushes sent on this stream.
     pub pushes: u64,
+    /// The config the proxy acknowledged last, which it runs (a proxy acknowledges only a
+    /// config it has applied): `/debug/config_dump?proxyID=`.
+    #[serde(skip)]
+    pub running: Option<Arc<Rendered>>,
 }
 
 /// Sync state of all connected proxies, by node id. Each connection updates its own entry, so
@@ -55,6 +59,22 @@ impl SyncTable {
     pub fn snapshot(&self) -> BTreeMap<String, SyncStatus> {
         let table = self.0.lock().unwrap_or_else(|e| e.into_inner());
         table.iter().map(|(id, s)| (id.clone(), s.lock().unwrap_or_else(|e| e.into_inner()).clone())).collect()
+    }
+
+    /// The config the proxy `proxy` runs, as JSON like the proxy's own `/config_dump` (TLS keys
+    /// redacted). `proxy` is a node id or `<pod>.<namespace>`, as `istioctl` takes it.
+    pub fn config_dump(&self, proxy: &str) -> Result<String, DumpError> {
+        let running = {
+            let table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let (_, status) = table
+                .iter()
+                .find(|(id, _)| *id == proxy || id.split('~').nth(2) == Some(proxy))
+                .ok_or(DumpError::NotConnected)?;
+            status.lock().unwrap_or_else(|e| e.into_inner()).running.clone().ok_or(DumpError::NothingAcknowledged)?
+        };
+        // Decoded outside the table's lock: a large config takes a while.
+        let config = running.decode().map_err(DumpError::Undecodable)?;
+        Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
     }
 
     fn join(&self, id: &str) -> Arc<Mutex<SyncStatus>> {
@@ -70,6 +90,30 @@ impl SyncTable {
             table.remove(id);
         }
     }
+}
+
+impl crate::metrics::Debugz for SyncTable {
+    fn syncz(&self) -> String {
+        serde_json::to_string_pretty(&self.snapshot()).unwrap_or_default()
+    }
+
+    fn config_dump(&self, proxy: &str) -> Result<String, String> {
+        SyncTable::config_dump(self, proxy).map_err(|e| e.to_string())
+    }
+}
+
+/// Why `/debug/config_dump` has no config for a proxy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DumpError {
+    /// No proxy of that id or pod is connected to this control plane.
+    #[error("not connected to this control plane")]
+    NotConnected,
+    /// Connected, but it has acknowledged no config of this control plane yet.
+    #[error("connected, but it has acknowledged no config yet")]
+    NothingAcknowledged,
+    /// The stored config did not decode (a bug: it is the encoding that was sent).
+    #[error("its config does not decode: {0}")]
+    Undecodable(String),
 }
 
 /// Configs larger than one chunk in flight (sent, not yet acknowledged) across all proxies:
@@ -327,10 +371,11 @@ impl Connection {
         if req.error_detail.is_empty() {
             self.metrics.convergence.observe(p.changed_at.elapsed().as_secs_f64());
             self.current = version.clone();
-            self.running = Some(p.config);
+            self.running = Some(p.config.clone());
             self.update(|s| {
                 s.acked = version;
                 s.nack = None;
+                s.running = Some(p.config);
             });
             return false;
         }
@@ -339,6 +384,8 @@ impl Connection {
         self.update(|s| s.nack = Some(req.error_detail.clone()));
         self.current = req.version_info;
         self.running = self.running.take().filter(|r| r.version == self.current);
+        let running = self.running.clone();
+        self.update(|s| s.running = running);
         if p.delta {
             self.full_next = true;
         }
@@ -367,6 +414,15 @@ impl Connection {
         self.workload = Some((pod, workload));
         if cfg.version == self.current {
             self.pushed.unchanged.inc();
+            // A proxy that resumed with this content (versions are content hashes) runs it:
+            // it is the base of the next delta and what `/debug/config_dump` shows.
+            if self.running.is_none() {
+                self.running = Some(cfg.clone());
+                self.update(|s| {
+                    s.acked = cfg.version.clone();
+                    s.running = Some(cfg);
+                });
+            }
             return Ok(None);
         }
         let base = self.running.as_ref().filter(|r| r.version == self.current && !self.full_next);

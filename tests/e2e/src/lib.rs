@@ -101,6 +101,21 @@ impl Cluster {
         Ok(Self { name, kubeconfig, client, dir })
     }
 
+    /// Runs this build's `skeinctl` against the cluster (`make test-e2e` builds it); its
+    /// output, whatever the exit status.
+    pub fn skeinctl(&self, args: &[&str]) -> Output {
+        let bin = std::env::var_os("SKEIN_SKEINCTL_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("debug/skeinctl"));
+        Command::new(&bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {} (cargo build -p skeinctl): {e}", bin.display()))
+    }
+
     /// Runs the pinned kubectl against this cluster, optionally feeding `stdin`.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(tools_bin().join("kubectl"));

@@ -251,6 +251,37 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
         table[&node]["acked"].as_str().unwrap().to_string()
     };
 
+    // skeinctl reads what the proxy runs as istioctl would: synced, and routing reviews to v1.
+    let cp_addr = format!("127.0.0.1:{}", cp.monitoring_port);
+    let skeinctl = |args: &[&str]| {
+        let out = cluster.skeinctl(&[&["--controlplane", cp_addr.as_str()], args].concat());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, status, err) = skeinctl(&["proxy-status"]);
+    assert_eq!(code, Some(0), "{status}{err}");
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.starts_with("productpage-v1.default "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // (The version may have moved past `good_version`: an endpoint change is pushed too.)
+    assert_eq!(row[1..4], ["sidecar", "SYNCED", cp_addr.as_str()], "{status}");
+    assert!(row[4].len() == 16 && row[4].chars().all(|c| c.is_ascii_hexdigit()), "{status}");
+    let (code, routes, err) = skeinctl(&["proxy-config", "routes", "productpage-v1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let reviews_routes: Vec<&str> = routes.lines().filter(|l| l.split_whitespace().next() == Some(REVIEWS)).collect();
+    assert_eq!(reviews_routes.len(), 1, "{routes}");
+    assert!(reviews_routes[0].ends_with(&v1), "{routes}");
+    let (code, json, err) = skeinctl(&["proxy-config", "clusters", "productpage-v1.default", "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let clusters: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(clusters.as_array().unwrap().iter().any(|c| c["name"] == v1), "{json}");
+    let (code, _, err) = skeinctl(&["proxy-config", "routes", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no config for nope.default") && err.contains("not connected"), "{err}");
+
     // An invalid edit: rejected on its status and by an Event, and no proxy config changes.
     cluster.apply(&reviews_vs(
         "[{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v3}, weight: 50}]",
@@ -284,6 +315,30 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     }
     assert_eq!(cp.metric("skein_rejected_resources{kind=\"VirtualService\"}").await, Some(1.0));
 
+    // `skeinctl analyze` finds what the control plane rejected, with Istio's code, and exits 79
+    // as istioctl does; the fix laid over the cluster as a file analyzes clean.
+    let (code, report, err) = skeinctl(&["analyze", "-n", "default"]);
+    assert_eq!(code, Some(79), "{report}{err}");
+    assert!(
+        report.contains(
+            "Error [IST0106] (VirtualService default/reviews) spec.http[0].route: weights sum to 120, not 100"
+        ),
+        "{report}"
+    );
+    let fix = std::env::temp_dir().join(format!("skeinctl-fix-{}.yaml", std::process::id()));
+    std::fs::write(
+        &fix,
+        reviews_vs("[{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]"),
+    )
+    .unwrap();
+    let (code, report, err) = skeinctl(&["analyze", "-n", "default", fix.to_str().unwrap()]);
+    assert_eq!(
+        (code, report.as_str()),
+        (Some(0), "\u{2714} No validation issues found when analyzing namespace: default.\n"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&fix);
+
     // Fixing it is accepted; the status says so.
     cluster.apply(&reviews_vs(
         "[{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v3}, weight: 50}]",
@@ -300,11 +355,25 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     })
     .await;
     assert_eq!(cp.metric("pilot_total_xds_rejects_total").await, Some(1.0));
+    // skeinctl: NACKED with the reason, and the config shown is the one the proxy still runs.
+    let (code, status, _) = skeinctl(&["proxy-status", "productpage-v1.default"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(status.contains(" NACKED ") && status.contains("test: refused on purpose"), "{status}");
+    let (_, routes, _) = skeinctl(&["proxy-config", "routes", "productpage-v1"]);
+    let reviews_routes: Vec<&str> = routes.lines().filter(|l| l.split_whitespace().next() == Some(REVIEWS)).collect();
+    assert!(reviews_routes.len() == 1 && reviews_routes[0].ends_with(&v1), "{routes}");
 
     // A proxy that reconnects running the current config is not sent it again.
     let current = fifty.version_info.clone();
     let mut resumed = TestProxy::connect(&ch, &node, &current).await;
     assert!(resumed.next(Duration::from_millis(1500)).await.is_none(), "unchanged config re-sent on resume");
+    // Not re-sent, yet known: the control plane counts the content it resumed with as what it
+    // runs (a later push, which this test proxy leaves unanswered, may make it STALE).
+    let (_, status, _) = skeinctl(&["proxy-status", "productpage-v1.default"]);
+    assert!(!status.contains("NOT SENT") && status.contains("productpage-v1.default"), "{status}");
+    let (code, routes, err) = skeinctl(&["proxy-config", "routes", "productpage-v1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(routes.contains(&format!("{v1} 50%")), "{routes}");
     assert_eq!(cp.metric("pilot_xds").await, Some(2.0));
     assert!(cp.metric("pilot_proxy_convergence_time_count").await.unwrap_or(0.0) >= 2.0);
 
