@@ -503,6 +503,46 @@ spec:
 
 const JASON_V2: &str = "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
+/// `skeinctl` as an Istio user runs `istioctl`, through the apiserver to the control plane's
+/// pod: every sidecar and the gateway synced, and productpage's config holds the task's
+/// subsets (with mesh mTLS) and routes reviews to v1.
+fn skeinctl_sees_the_mesh(cluster: &Cluster) {
+    let start = Instant::now();
+    let status = loop {
+        let out = cluster.skeinctl(&["proxy-status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let synced = |prefix: &str| text.lines().any(|l| l.starts_with(prefix) && l.contains(" SYNCED "));
+        let apps =
+            ["productpage-v1-", "details-v1-", "reviews-v1-", "reviews-v2-", "reviews-v3-", "ratings-v1-", "sleep-"];
+        if out.status.success() && apps.iter().all(|a| synced(a)) && synced("skein-ingressgateway-") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "skeinctl proxy-status: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(status.lines().any(|l| l.starts_with("skein-ingressgateway-") && l.contains(" gateway ")), "{status}");
+    let pod =
+        kubectl_ok(cluster, &["get", "pods", "-l", "app=productpage", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let out = cluster.skeinctl(&["proxy-config", "clusters", &pod]);
+    let clusters = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for subset in ["v1", "v2", "v3"] {
+        let row = ["reviews.default.svc.cluster.local", "9080", subset, "outbound", "1", "ISTIO_MUTUAL"];
+        assert!(clusters.lines().any(|l| l.split_whitespace().eq(row)), "{row:?} not in\n{clusters}");
+    }
+    let out = cluster.skeinctl(&["proxy-config", "routes", &format!("{pod}.default")]);
+    let routes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        routes.lines().any(|l| l.starts_with("reviews.default.svc.cluster.local")
+            && l.ends_with("outbound|9080|v1|reviews.default.svc.cluster.local")),
+        "{routes}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     let cluster = Cluster::start_with("bookinfo", Node::Real).await.expect("cluster with a real node");
@@ -530,6 +570,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
         let (s, b) = mesh.page(None);
         assert_eq!((s, reviews_version(&b)), (200, Some("v1")), "{b}");
     }
+    skeinctl_sees_the_mesh(&cluster);
 
     // Kubernetes Ingress: ../shared/examples/ingress-class.yaml, unchanged (class `istio` by
     // annotation), is served by the ingress gateway; its status shows the gateway's address.
