@@ -38,6 +38,8 @@ pub struct Verdict {
     /// The condition reason when rejected: `Invalid`, or `Unsupported` for a kind Skein
     /// cannot apply at all.
     pub reason: &'static str,
+    /// What Istio's validation warns about without rejecting (a deprecated field).
+    pub warnings: Vec<String>,
 }
 
 impl Verdict {
@@ -49,7 +51,11 @@ impl Verdict {
     /// Human-readable summary for status and Events.
     pub fn message(&self) -> String {
         if self.accepted() {
-            return "accepted".into();
+            let mut m = String::from("accepted");
+            for w in &self.warnings {
+                m.push_str(&format!("; warning: {w}"));
+            }
+            return m;
         }
         let mut m = self.errors.join("; ");
         match self.last_good {
@@ -78,6 +84,7 @@ pub fn envoy_filters(filters: &[Arc<EnvoyFilter>]) -> Vec<Verdict> {
             errors: vec![ENVOY_FILTER_UNSUPPORTED.to_string()],
             last_good: None,
             reason: "Unsupported",
+            warnings: Vec::new(),
         })
         .collect()
 }
@@ -134,6 +141,7 @@ fn judge<K: Resource + 'static>(
             errors,
             last_good,
             reason: "Invalid",
+            warnings: Vec::new(),
         });
     }
     last.retain(|k, _| seen.contains(k));
@@ -181,6 +189,15 @@ impl LastGood {
             |o| validate::authorization_policy(&o.spec),
             &mut v,
         );
+        for dr in &cur.destination_rules {
+            let warnings = validate::destination_rule_warnings(&dr.spec);
+            let (ns, name) = (dr.namespace().unwrap_or_default(), dr.name_any());
+            if let Some(verdict) =
+                v.iter_mut().find(|x| x.kind == "DestinationRule" && x.namespace == ns && x.name == name)
+            {
+                verdict.warnings = warnings;
+            }
+        }
         let istio = IstioResources {
             virtual_services,
             destination_rules,

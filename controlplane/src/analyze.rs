@@ -74,6 +74,16 @@ pub fn analyze(resources: &Current, filters: &[Arc<EnvoyFilter>], domain: &str) 
     verdicts.extend(envoy_filters(filters));
     let mut out = Vec::new();
     for v in verdicts {
+        for w in &v.warnings {
+            out.push(Message {
+                level: Level::Warning,
+                code: "IST0106",
+                kind: v.kind.to_string(),
+                namespace: v.namespace.clone(),
+                name: v.name.clone(),
+                text: w.clone(),
+            });
+        }
         let unsupported = v.reason == "Unsupported";
         for reason in &v.errors {
             out.push(Message {
@@ -258,6 +268,15 @@ mod tests {
                 "Warn [SKN0001] (EnvoyFilter default/ratelimit) EnvoyFilter patches Envoy's own configuration"
             )),
             "{out:#?}"
+        );
+        let cb = run(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cb}\nspec: {host: httpbin, trafficPolicy: {outlierDetection: {consecutiveErrors: 1}}}\n",
+        );
+        assert_eq!(
+            cb,
+            [
+                "Warn [IST0106] (DestinationRule default/cb) spec.trafficPolicy.outlierDetection.consecutiveErrors: outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead"
+            ]
         );
         // Errors sort first.
         assert!(out[0].starts_with("Error"), "{out:#?}");

@@ -267,6 +267,40 @@ pub fn destination_rule(spec: &DestinationRuleSpec) -> Errors {
     errs
 }
 
+/// Istio's warning for the deprecated `outlierDetection.consecutiveErrors`, word for word.
+pub const CONSECUTIVE_ERRORS_DEPRECATED: &str =
+    "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead";
+
+/// What Istio's validation warns about in a DestinationRule without rejecting it: the
+/// deprecated `consecutiveErrors` (still applied, as Istio applies it), with where it is.
+pub fn destination_rule_warnings(spec: &DestinationRuleSpec) -> Vec<String> {
+    let mut policies: Vec<(String, &TrafficPolicy)> = Vec::new();
+    if let Some(p) = &spec.traffic_policy {
+        policies.push(("spec.trafficPolicy".into(), p));
+    }
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if let Some(p) = &s.traffic_policy {
+            policies.push((format!("spec.subsets[{i}].trafficPolicy"), p));
+        }
+    }
+    let mut warnings = Vec::new();
+    for (path, p) in policies {
+        let mut outliers = vec![(path.clone(), p.outlier_detection.as_ref())];
+        outliers.extend(
+            p.port_level_settings
+                .iter()
+                .enumerate()
+                .map(|(j, pl)| (format!("{path}.portLevelSettings[{j}]"), pl.outlier_detection.as_ref())),
+        );
+        for (at, od) in outliers {
+            if od.and_then(|o| o.consecutive_errors).is_some_and(|n| n != 0) {
+                warnings.push(format!("{at}.outlierDetection.consecutiveErrors: {CONSECUTIVE_ERRORS_DEPRECATED}"));
+            }
+        }
+    }
+    warnings
+}
+
 /// A ServiceEntry on its own.
 pub fn service_entry(spec: &ServiceEntrySpec) -> Errors {
     let mut errs = Errors::new();

@@ -559,6 +559,20 @@ impl StatusWriter {
             if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 warn!(kind = %kind, %ns, %name, error = %e, "status not written");
             }
+            if v.accepted() && !v.warnings.is_empty() {
+                // Istio's validating webhook shows these on `kubectl apply`; here they are on the
+                // status and in an Event (`kubectl describe`), written once per change.
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "ValidationWarning".into(),
+                    note: Some(v.warnings.join("; ").chars().take(1000).collect()),
+                    action: "Validate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+                    warn!(kind = %kind, %ns, %name, error = %e, "event not written");
+                }
+            }
             if !v.accepted() {
                 warn!(kind = %kind, %ns, %name, reason = %message, "resource rejected");
                 let mut note = message.clone();

@@ -84,3 +84,36 @@ fn a_route_to_an_undefined_subset_is_rejected_until_a_destination_rule_defines_i
     let (istio, _) = lg.accept(&cur, "cluster.local");
     assert_eq!(istio.virtual_services.len(), 1);
 }
+
+#[test]
+fn deprecated_consecutive_errors_is_accepted_with_istios_warning() {
+    let dr: Arc<DestinationRule> = Arc::new(
+        serde_yaml::from_str(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default, uid: d1, generation: 1}\nspec: {host: reviews, trafficPolicy: {outlierDetection: {consecutiveErrors: 7}, portLevelSettings: [{port: {number: 9080}, outlierDetection: {consecutive5xxErrors: 2}}]}, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {outlierDetection: {consecutiveErrors: 3}}}]}\n",
+        )
+        .unwrap(),
+    );
+    let cur = Current { destination_rules: vec![dr], ..Default::default() };
+    let (istio, verdicts) = LastGood::default().accept(&cur, "cluster.local");
+    assert_eq!(istio.destination_rules.len(), 1, "a warning does not reject");
+    let v = &verdicts[0];
+    assert!(v.accepted());
+    assert_eq!(
+        v.warnings,
+        [
+            format!(
+                "spec.trafficPolicy.outlierDetection.consecutiveErrors: {}",
+                validate::CONSECUTIVE_ERRORS_DEPRECATED
+            ),
+            format!(
+                "spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors: {}",
+                validate::CONSECUTIVE_ERRORS_DEPRECATED
+            ),
+        ]
+    );
+    assert!(v.message().starts_with("accepted; warning: spec.trafficPolicy.outlierDetection.consecutiveErrors: outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead"), "{}", v.message());
+    // Without the field there is nothing to warn about.
+    let (_, verdicts) = LastGood::default()
+        .accept(&Current { destination_rules: vec![dr_with_subsets()], ..Default::default() }, "cluster.local");
+    assert!(verdicts[0].warnings.is_empty() && verdicts[0].message() == "accepted");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{Api, api::ListParams};
 use skein_api::{
-    istio::networking::{EnvoyFilter, VirtualService},
+    istio::networking::{DestinationRule, EnvoyFilter, VirtualService},
     proxy::{
         ConfigDelta, ProxyConfig,
         wire::pb::{
@@ -422,6 +422,30 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     assert_eq!(reason, "Unsupported");
     assert!(message.contains("skein-proxy is not Envoy"), "{message}");
     assert_eq!(cp.metric("skein_rejected_resources{kind=\"EnvoyFilter\"}").await, Some(1.0));
+
+    // The deprecated `consecutiveErrors` is applied as Istio applies it and warned about with
+    // Istio's words: on the status (still Accepted) and in a Warning Event.
+    cluster.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings-cb, namespace: default}\nspec: {host: ratings, trafficPolicy: {outlierDetection: {consecutiveErrors: 2}}}\n");
+    let drs: Api<DestinationRule> = Api::namespaced(cluster.client.clone(), "default");
+    let message = eventually("the DestinationRule's warning on its status", Duration::from_secs(10), || async {
+        let st = drs.get("ratings-cb").await.ok()?.status?;
+        st.conditions.iter().find(|c| c.type_ == "Accepted" && c.status == "True")?.message.clone()
+    })
+    .await;
+    let warning = "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead";
+    assert!(message.contains(warning), "{message}");
+    eventually("Warning event ValidationWarning", Duration::from_secs(10), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ValidationWarning")
+                    && e.involved_object.name.as_deref() == Some("ratings-cb")
+                    && e.message.as_deref().is_some_and(|m| m.contains(warning))
+            })
+            .then_some(())
+    })
+    .await;
 
     // Incremental updates: an endpoint change reaches a proxy as a delta of the changed
     // clusters only, against the version it acknowledged.
