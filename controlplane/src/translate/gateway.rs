@@ -56,6 +56,7 @@ pub struct GatewayConfig {
 }
 
 /// How one server port is served.
+#[derive(Clone)]
 enum PortKind {
     Http { tls: Option<ServerTls> },
     Passthrough,
@@ -63,10 +64,22 @@ enum PortKind {
     Tcp,
 }
 
+/// What one listen port serves: the first server's kind, and every server bound there.
 struct PortPlan {
     kind: PortKind,
-    /// (gateway `<ns>/<name>`, gateway namespace, server) on this port.
-    servers: Vec<(String, String, Server)>,
+    servers: Vec<PlannedServer>,
+}
+
+/// A Gateway server on a listen port.
+struct PlannedServer {
+    /// The Gateway, `<ns>/<name>`.
+    gateway: String,
+    /// The Gateway's namespace.
+    namespace: String,
+    server: Server,
+    /// The server's own port number (route `port` matches and default destination ports
+    /// name it, not the port it binds).
+    number: u16,
 }
 
 /// Gateways whose selector matches the workload's labels, oldest first (Istio looks for them
@@ -186,37 +199,41 @@ pub fn build(snap: &Snapshot, w: &Workload, key: &OutboundKey) -> GatewayConfig 
                 debug!(gateway = full, port = number, "server not served (protocol/tls mode)");
                 continue;
             };
-            let plan = match ports.entry(number) {
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(PortPlan { kind, servers: Vec::new() }),
-                std::collections::btree_map::Entry::Occupied(e) => {
-                    let plan = e.into_mut();
-                    // A later HTTPS server on a port brings its certificate along.
-                    if let (PortKind::Http { tls: Some(existing) }, PortKind::Http { tls: Some(more) }) =
-                        (&mut plan.kind, kind)
-                    {
-                        existing.credentials.extend(more.credentials);
+            // Grouped by the port they bind, as Istio merges servers: `80` (the Service port,
+            // bound as its target 8080) and `8080` (Istio's current Bookinfo sample) are one
+            // listener, each server keeping its own number for route `port` matches.
+            for bind in listen_ports(snap, w, number) {
+                let plan = match ports.entry(bind) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(PortPlan { kind: kind.clone(), servers: Vec::new() })
                     }
-                    plan
-                }
-            };
-            plan.servers.push((full.clone(), gw_ns.clone(), server.clone()));
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        let plan = e.into_mut();
+                        // A later HTTPS server on a port brings its certificate along.
+                        if let (PortKind::Http { tls: Some(existing) }, PortKind::Http { tls: Some(more) }) =
+                            (&mut plan.kind, kind.clone())
+                        {
+                            existing.credentials.extend(more.credentials);
+                        }
+                        plan
+                    }
+                };
+                plan.servers.push(PlannedServer {
+                    gateway: full.clone(),
+                    namespace: gw_ns.clone(),
+                    server: server.clone(),
+                    number,
+                });
+            }
         }
     }
 
     let authorization = inbound::authorization(snap, w);
     let mut out = GatewayConfig::default();
     let mut vhosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    let mut bound_ports = BTreeMap::new();
-    for (number, plan) in &ports {
-        for bind in listen_ports(snap, w, *number) {
-            if let Some(first) = bound_ports.get(&bind) {
-                debug!(server_port = number, other = first, bind, "two server ports listen on one port; first kept");
-                continue;
-            }
-            bound_ports.insert(bind, *number);
-            if let Some(l) = listener_for(snap, key, *number, bind, plan, &authorization, &mut vhosts, &mut out) {
-                out.listeners.push(l);
-            }
+    for (bind, plan) in &ports {
+        if let Some(l) = listener_for(snap, key, *bind, plan, &authorization, &mut vhosts, &mut out) {
+            out.listeners.push(l);
         }
     }
     out.virtual_hosts = vhosts
@@ -263,7 +280,6 @@ fn listen_ports(snap: &Snapshot, w: &Workload, number: u16) -> Vec<u16> {
 fn listener_for(
     snap: &Snapshot,
     key: &OutboundKey,
-    number: u16,
     bind: u16,
     plan: &PortPlan,
     authorization: &[skein_api::proxy::AuthorizationPolicy],
@@ -286,8 +302,9 @@ fn listener_for(
     match &plan.kind {
         PortKind::Http { tls } => {
             listener.server_tls = tls.clone();
-            let port = ServicePort { number, name: String::new(), protocol: Protocol::Http, target: number };
-            for (full, gw_ns, server) in &plan.servers {
+            for PlannedServer { gateway: full, namespace: gw_ns, server, number } in &plan.servers {
+                let number = *number;
+                let port = ServicePort { number, name: String::new(), protocol: Protocol::Http, target: number };
                 if server.tls.as_ref().and_then(|t| t.https_redirect) == Some(true) {
                     // Every request to the server's hosts on this port is told to use HTTPS
                     // (301), whether or not a VirtualService is bound.
@@ -321,7 +338,8 @@ fn listener_for(
         }
         PortKind::Passthrough => {
             listener.protocol = ListenerProtocol::Tls;
-            for (full, gw_ns, server) in &plan.servers {
+            for PlannedServer { gateway: full, namespace: gw_ns, server, number } in &plan.servers {
+                let number = *number;
                 b.scope = Scope::Gateway(full.clone());
                 for vs in bound(snap, &b.scope) {
                     let vs_ns = vs.namespace().unwrap_or_default();
@@ -352,7 +370,8 @@ fn listener_for(
         }
         PortKind::Tcp => {
             listener.protocol = ListenerProtocol::Tcp;
-            'found: for (full, _, _) in &plan.servers {
+            'found: for PlannedServer { gateway: full, number, .. } in &plan.servers {
+                let number = *number;
                 b.scope = Scope::Gateway(full.clone());
                 for vs in bound(snap, &b.scope) {
                     let vs_ns = vs.namespace().unwrap_or_default();
@@ -370,7 +389,7 @@ fn listener_for(
                 }
             }
             if listener.cluster.is_none() {
-                debug!(port = number, "TCP server without a bound VirtualService tcp route; not served");
+                debug!(port = bind, "TCP server without a bound VirtualService tcp route; not served");
                 return None;
             }
         }

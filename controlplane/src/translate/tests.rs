@@ -743,6 +743,63 @@ endpoints: [{addresses: [10.0.9.1], conditions: {ready: true}, targetRef: {kind:
 }
 
 #[test]
+fn servers_written_for_the_service_port_and_for_the_pod_port_share_one_listener() {
+    // Istio's current Bookinfo gateway says 8080 (the pod's port); older YAML and Istio's
+    // HTTPS-redirect example say 80 (the Service's, bound as its target 8080). Istio merges
+    // servers by the port they resolve to: both are served on 8080, neither is dropped.
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  http: [{match: [{uri: {exact: /productpage}}], route: [{destination: {host: productpage, port: {number: 9080}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: legacy, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [ratings.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [ratings.example.com]
+  gateways: [legacy]
+  http: [{match: [{port: 80}], route: [{destination: {host: ratings, port: {number: 9080}}}]}]
+"#;
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{yaml}"));
+    let cfg = gateway_config(&snap);
+    let l: Vec<u16> = cfg.listeners.iter().map(|l| l.address.port()).collect();
+    assert_eq!(l, vec![8080]);
+    assert_eq!(
+        targets(&vhost(&cfg, "*").routes[0]),
+        vec![("outbound|9080||productpage.default.svc.cluster.local", 100)]
+    );
+    // The `port: 80` match names the server's port; the proxy sees the bound one.
+    let legacy = vhost(&cfg, "ratings.example.com");
+    assert_eq!(legacy.routes[0].matches[0].port, Some(8080));
+    assert_eq!(targets(&legacy.routes[0]), vec![("outbound|9080||ratings.default.svc.cluster.local", 100)]);
+}
+
+#[test]
 fn https_redirect_servers_and_redirect_routes_keep_istio_semantics() {
     let yaml = r#"
 apiVersion: networking.istio.io/v1

@@ -374,7 +374,9 @@ const ALL_V1: [(&str, &str); 4] = [
     ("ratings", "  - route: [{destination: {host: ratings, subset: v1}}]\n"),
 ];
 
-/// Istio's samples/bookinfo/networking/bookinfo-gateway.yaml, unchanged.
+/// Istio's samples/bookinfo/networking/bookinfo-gateway.yaml, unchanged: the current sample's
+/// server port is the gateway pod's 8080 (the HTTPS-redirect example below still says the
+/// Service's 80; both end up on the pod's 8080, as in Istio).
 const BOOKINFO_GATEWAY: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -385,7 +387,7 @@ spec:
     istio: ingressgateway
   servers:
   - port:
-      number: 80
+      number: 8080
       name: http
       protocol: HTTP
     hosts:
@@ -631,7 +633,7 @@ async fn bookinfo_traffic_follows_istio_resources_applied_with_kubectl() {
     // (mesh mTLS from the gateway to productpage, per the DestinationRule), nothing else.
     cluster.apply(BOOKINFO_GATEWAY);
     // From outside the cluster, through the gateway Service's LoadBalancer address (port 80,
-    // the pod's 8080).
+    // which targets the pod's 8080, where the server listens).
     let body = until_ok("ingress /productpage", || {
         get_path(From::Outside, ingress, "bookinfo.example.com", "/productpage", None)
     });
