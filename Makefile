@@ -63,7 +63,7 @@ test: lint verify-generate test-unit test-e2e
 
 ## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS;
 ## the proxy against a direct connection and HAProxy (see bench-proxy).
-bench: bench-operator bench-proxy bench-controlplane
+bench: bench-operator bench-proxy bench-controlplane bench-circuit-breaking
 
 bench-operator: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator

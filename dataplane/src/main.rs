@@ -45,7 +45,9 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         drain_timeout: Duration,
         /// Worker threads (Istio's `concurrency`; a sidecar rarely needs more than 2). 0: one
-        /// per CPU.
+        /// per CPU. Downstream connections are also spread over this many Envoy-style workers,
+        /// each of which may open one upstream connection even at `maxConnections`, as Envoy's
+        /// per-worker pools do.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
         #[command(flatten)]
@@ -100,7 +102,8 @@ struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
+    /// The limits, for a proxy of `workers` Envoy workers.
+    fn limits(&self, workers: usize) -> Limits {
         let derived = ConnectionLimits::from_fd_limit(skein_proxy::limits::raise_fd_limit());
         let connections = match (self.max_connections, self.max_connections_per_listener) {
             (0, 0) => derived,
@@ -109,7 +112,7 @@ impl LimitArgs {
             (total, per) => ConnectionLimits::new(total, per),
         };
         let timeouts = Timeouts { idle: self.idle_timeout, stream_idle: self.stream_idle_timeout };
-        Limits { connections, buffer_budget: self.request_buffer_budget, timeouts }
+        Limits { connections, buffer_budget: self.request_buffer_budget, timeouts, workers }
     }
 }
 
@@ -171,7 +174,12 @@ fn main() -> anyhow::Result<()> {
             if concurrency > 1 {
                 builder.worker_threads(concurrency);
             }
-            let limits = limits.limits();
+            // As Envoy's: one worker per CPU when 0.
+            let workers = match concurrency {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            let limits = limits.limits(workers);
             builder.enable_all().build()?.block_on(run(
                 source,
                 [admin_addr, status_addr, metrics_addr],

@@ -82,7 +82,13 @@ pub struct Upstream {
     pub pending_overflow: AtomicUsize,
     /// Endpoint ejections so far (`outlier_detection.ejections_total`).
     pub ejections: AtomicUsize,
+    /// HTTP/1.1 connections each Envoy worker holds (carrying a request or being established),
+    /// by worker modulo [`WORKER_SLOTS`].
+    worker_connections: [AtomicUsize; WORKER_SLOTS],
 }
+
+/// Workers told apart in [`Upstream::admit`]; more share slots (Envoy runs one per CPU).
+const WORKER_SLOTS: usize = 64;
 
 /// Istio's value for a circuit breaker the DestinationRule leaves unset (2^32-1): effectively
 /// no limit, and what Envoy's admin shows for it.
@@ -93,7 +99,8 @@ pub const UNLIMITED: usize = u32::MAX as usize;
 pub struct Breakers {
     /// `maxConnections`.
     pub max_connections: Option<usize>,
-    /// Connections carrying a request now (HTTP/1.1 clusters; `None` over HTTP/2).
+    /// Connections carrying a request or being established now (HTTP/1.1 clusters; `None`
+    /// over HTTP/2). May exceed `max_connections` by Envoy's one-per-worker rule.
     pub connections: Option<usize>,
     /// `http1MaxPendingRequests`.
     pub max_pending: Option<usize>,
@@ -118,6 +125,8 @@ pub struct Admission {
     _conn: Option<OwnedSemaphorePermit>,
     up: Arc<Upstream>,
     pending: Option<Pending>,
+    /// The worker slot whose connection count this request adds to.
+    worker: Option<usize>,
 }
 
 impl Admission {
@@ -146,6 +155,9 @@ impl Drop for Pending {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.up.requests.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = self.worker {
+            self.up.worker_connections[slot].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -236,6 +248,7 @@ impl Upstream {
             pending_total: AtomicUsize::new(0),
             pending_overflow: AtomicUsize::new(0),
             ejections: AtomicUsize::new(0),
+            worker_connections: std::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
 
@@ -244,27 +257,37 @@ impl Upstream {
         self.name.rsplit('|').next().unwrap_or(&self.name)
     }
 
-    /// Admits a request under the circuit breakers, as Envoy's connection pool does. A request
-    /// that finds a ready connection goes straight on. Any other waits, counted as pending
-    /// (until [`Pending`] is dropped, once it has a connection), for a connection slot
-    /// (`maxConnections`) and then for its connection; if the pending queue is already full it
-    /// is refused (`None`: answer 503, flag `UO`).
-    pub async fn admit(self: &Arc<Self>) -> Option<Admission> {
+    /// Admits a request of Envoy worker `worker` (the downstream connection's) under the
+    /// circuit breakers, as Envoy's connection pool does. A request that finds a ready
+    /// connection goes straight on. Any other waits, counted as pending (until [`Pending`] is
+    /// dropped, once it has a connection), for a connection slot (`maxConnections`) and then
+    /// for its connection; if the pending queue is already full it is refused (`None`: answer
+    /// 503, flag `UO`).
+    ///
+    /// Envoy keeps a connection pool per worker, and a worker whose pool holds no connection
+    /// to the host opens one even when `maxConnections` is reached ("always create one, to
+    /// prevent pending streams being queued to this upstream with no way to be processed"), so
+    /// with Istio's two sidecar workers `maxConnections: 1` allows a connection per worker.
+    /// Skein keeps one pool, and counts each worker's connections to apply the same rule.
+    pub async fn admit(self: &Arc<Self>, worker: usize) -> Option<Admission> {
         let prev = self.requests.fetch_add(1, Ordering::Relaxed);
-        let admission = |conn, pending| Admission { _conn: conn, up: self.clone(), pending };
+        let admission = |conn, pending, worker| Admission { _conn: conn, up: self.clone(), pending, worker };
         if self.max_requests.is_some_and(|m| prev >= m) {
-            drop(admission(None, None));
+            drop(admission(None, None, None));
             self.pending_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        let slot = worker % WORKER_SLOTS;
+        let held = &self.worker_connections[slot];
         // A ready connection takes the request at once. Envoy keeps ready connections per host
         // and this looks at the cluster's; with one endpoint, as in Istio's task, they agree.
         if self.pool.has_ready() {
             match &self.connections {
-                None => return Some(admission(None, None)),
+                None => return Some(admission(None, None, None)),
                 Some(sem) => {
                     if let Ok(p) = sem.clone().try_acquire_owned() {
-                        return Some(admission(Some(p), None));
+                        held.fetch_add(1, Ordering::Relaxed);
+                        return Some(admission(Some(p), None, Some(slot)));
                     }
                 }
             }
@@ -273,25 +296,38 @@ impl Upstream {
         let queued = self.pending.fetch_add(1, Ordering::Relaxed);
         let pending = Pending(self.clone());
         if self.max_pending.is_some_and(|m| queued >= m) {
-            drop((pending, admission(None, None)));
+            drop((pending, admission(None, None, None)));
             self.pending_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         self.pending_total.fetch_add(1, Ordering::Relaxed);
-        let permit = match &self.connections {
-            None => None,
-            Some(sem) => Some(sem.clone().acquire_owned().await.ok()?),
+        let Some(sem) = &self.connections else { return Some(admission(None, Some(pending), None)) };
+        let permit = match sem.clone().try_acquire_owned() {
+            Ok(p) => {
+                held.fetch_add(1, Ordering::Relaxed);
+                Some(p)
+            }
+            // This worker holds no connection: it opens one over the limit (claimed atomically,
+            // so two of its requests cannot both take the exemption).
+            Err(_) if held.compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed).is_ok() => None,
+            Err(_) => {
+                let p = sem.clone().acquire_owned().await.ok()?;
+                held.fetch_add(1, Ordering::Relaxed);
+                Some(p)
+            }
         };
-        Some(admission(permit, Some(pending)))
+        Some(admission(permit, Some(pending), Some(slot)))
     }
 
     /// The circuit breakers' limits and what is held against them now (Envoy's
     /// `circuit_breakers.default.*` and `default_priority::max_*`).
     pub fn breakers(&self) -> Breakers {
-        let in_use = |max: usize, sem: &Semaphore| max.saturating_sub(sem.available_permits());
         Breakers {
             max_connections: self.max_connections,
-            connections: self.connections.as_deref().map(|sem| in_use(slots(self.max_connections), sem)),
+            connections: self
+                .connections
+                .as_ref()
+                .map(|_| self.worker_connections.iter().map(|c| c.load(Ordering::Relaxed)).sum()),
             max_pending: self.max_pending,
             pending: self.pending.load(Ordering::Relaxed),
             max_requests: self.max_requests,
@@ -599,11 +635,11 @@ mod tests {
     #[tokio::test]
     async fn http2_max_requests_bounds_concurrent_requests_and_frees_on_completion() {
         let up = cluster("{name: c, http2: true, endpoints: ['127.0.0.1:1'], connectionPool: {http2MaxRequests: 2}}");
-        let (first, second) = (up.admit().await.expect("first"), up.admit().await.expect("second"));
-        assert!(up.admit().await.is_none(), "a third concurrent request overflows");
+        let (first, second) = (up.admit(0).await.expect("first"), up.admit(0).await.expect("second"));
+        assert!(up.admit(0).await.is_none(), "a third concurrent request overflows");
         assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
         drop(first);
-        let third = up.admit().await;
+        let third = up.admit(0).await;
         assert!(third.is_some(), "a finished request frees its slot");
         drop((second, third));
     }
@@ -613,12 +649,12 @@ mod tests {
         let up = cluster(
             "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
         );
-        let mut first = up.admit().await.expect("first admitted");
+        let mut first = up.admit(0).await.expect("first admitted");
         drop(first.take_pending()); // its connection is established
         let up2 = up.clone();
-        let second = tokio::spawn(async move { up2.admit().await.is_some() });
+        let second = tokio::spawn(async move { up2.admit(0).await.is_some() });
         tokio::time::sleep(Duration::from_millis(50)).await; // second is now queued
-        assert!(up.admit().await.is_none(), "third overflows");
+        assert!(up.admit(0).await.is_none(), "third overflows");
         assert_eq!(up.pending_overflow.load(Ordering::Relaxed), 1);
         drop(first);
         assert!(second.await.unwrap(), "queued request proceeds when a slot frees");
@@ -632,12 +668,12 @@ mod tests {
         let up = cluster(
             "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
         );
-        let mut first = up.admit().await.expect("first admitted");
-        assert!(up.admit().await.is_none(), "second overflows while the first connects");
+        let mut first = up.admit(0).await.expect("first admitted");
+        assert!(up.admit(0).await.is_none(), "second overflows while the first connects");
         let pending = first.take_pending().expect("the first had no ready connection");
         drop(pending);
         let up2 = up.clone();
-        let second = tokio::spawn(async move { up2.admit().await.map(|mut a| a.take_pending().is_some()) });
+        let second = tokio::spawn(async move { up2.admit(0).await.map(|mut a| a.take_pending().is_some()) });
         tokio::task::yield_now().await;
         drop(first); // the slot frees; the second still waits for its own connection
         assert_eq!(second.await.unwrap(), Some(true));
@@ -648,10 +684,38 @@ mod tests {
     #[tokio::test]
     async fn without_limits_nothing_overflows_and_nothing_stays_pending() {
         let up = cluster("{name: c, endpoints: ['127.0.0.1:1']}");
-        let admitted: Vec<_> = futures::future::join_all((0..100).map(|_| up.admit())).await;
+        let admitted: Vec<_> = futures::future::join_all((0..100).map(|_| up.admit(0))).await;
         assert!(admitted.iter().all(Option::is_some));
         drop(admitted);
         assert_eq!(up.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_without_a_connection_opens_one_over_max_connections_as_in_envoy() {
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], connectionPool: {maxConnections: 1, http1MaxPendingRequests: 1}}",
+        );
+        // Worker 0 takes the one connection slot; its request is connected.
+        let mut a = up.admit(0).await.expect("worker 0");
+        drop(a.take_pending());
+        // Worker 1 holds no connection: Envoy's pool for it opens one anyway.
+        let mut b = tokio::time::timeout(Duration::from_secs(1), up.admit(1))
+            .await
+            .expect("worker 1 does not queue behind worker 0")
+            .expect("admitted");
+        assert_eq!(up.breakers().connections, Some(2));
+        // Worker 1's request is pending until its connection is up: the queue is full.
+        assert!(up.admit(0).await.is_none(), "overflow while worker 1 connects");
+        drop(b.take_pending());
+        // Worker 0 already has a connection: its next request waits for the slot, as before.
+        let up2 = up.clone();
+        let waiting = tokio::spawn(async move { up2.admit(0).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "worker 0 is held to maxConnections");
+        drop(a);
+        assert!(waiting.await.unwrap(), "admitted once worker 0's connection is done");
+        drop(b);
+        assert_eq!(up.breakers().connections, Some(0));
     }
 
     #[tokio::test]
@@ -665,10 +729,10 @@ mod tests {
             (Some(1), Some(0), Some(1), 0, None)
         );
         // No connection is open: the request holds the one slot and waits, pending.
-        let mut first = up.admit().await.unwrap();
+        let mut first = up.admit(0).await.unwrap();
         let b = up.breakers();
         assert_eq!((b.connections, b.pending, b.requests, b.pending_total), (Some(1), 1, 1, 1));
-        assert!(up.admit().await.is_none(), "the queue is full");
+        assert!(up.admit(0).await.is_none(), "the queue is full");
         // Its connection is up: no longer pending, still holding the slot.
         drop(first.take_pending());
         let b = up.breakers();

@@ -19,7 +19,12 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use skein_api::proxy::PeerAuthMode;
-use skein_proxy::{http::Proxy, listener, metrics::Metrics, store::Store};
+use skein_proxy::{
+    http::{Limits, Proxy},
+    listener,
+    metrics::Metrics,
+    store::Store,
+};
 use tokio::net::TcpListener;
 
 /// What an upstream saw: (host header, path and query, end-user header).
@@ -77,13 +82,25 @@ struct Harness {
 }
 
 async fn proxy(yaml: &str) -> Harness {
+    proxy_with(yaml, Limits::default()).await
+}
+
+/// A proxy with one Envoy worker: every connection shares its claim on a cluster's
+/// connections. (With two, a request on a second connection may open a connection of its own
+/// at `maxConnections`, as Envoy's per-worker pools do; tests of queueing behind the limit
+/// must not depend on which worker a connection lands on.)
+async fn proxy_one_worker(yaml: &str) -> Harness {
+    proxy_with(yaml, Limits { workers: 1, ..Limits::default() }).await
+}
+
+async fn proxy_with(yaml: &str, limits: Limits) -> Harness {
     let store = Store::new(serde_yaml::from_str(yaml).expect("test config parses")).expect("test config is valid");
     let metrics = Metrics::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(listener::serve_http(
         listener,
-        Proxy::new(store.clone(), metrics.clone()),
+        Proxy::with_limits(store.clone(), metrics.clone(), limits),
         PeerAuthMode::Disable,
         "test".into(),
     ));
@@ -349,7 +366,7 @@ async fn max_connections_one_with_one_pending_request_overflows_with_503() {
         &format!("endpoints: [\"{}\"]}}", slow.addr),
         &format!("endpoints: [\"{}\"], connectionPool: {{maxConnections: 1, http1MaxPendingRequests: 1}}}}", slow.addr),
     );
-    let h = Arc::new(proxy(&cfg).await);
+    let h = Arc::new(proxy_one_worker(&cfg).await);
     // One request first leaves an open connection in the pool: the next request takes it at
     // once. Without it the first request would be pending while its connection is set up
     // (Envoy's rule), and a second one arriving meanwhile would overflow as well.
@@ -543,7 +560,7 @@ async fn a_request_still_queued_for_a_connection_at_the_route_timeout_gets_504()
         "virtualHosts: [{{name: r, domains: [reviews], routes: [{{match: [{{uri: {{prefix: /slow}}}}], route: [{{cluster: c}}]}}, {{route: [{{cluster: c}}], timeout: 300ms}}]}}]\nclusters: [{{name: c, endpoints: ['{}'], connectionPool: {{maxConnections: 1}}}}]\n",
         slow.addr
     );
-    let h = Arc::new(proxy(&cfg).await);
+    let h = Arc::new(proxy_one_worker(&cfg).await);
     let first = {
         let h = h.clone();
         tokio::spawn(async move { h.get("reviews", "/slow", &[]).await.0 })

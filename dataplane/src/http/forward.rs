@@ -34,13 +34,14 @@ impl Proxy {
         fwd: Forward,
         retry: Option<&RetryPolicy>,
         deadline: Option<Instant>,
+        worker: usize,
     ) -> Outcome {
         let admission = match deadline {
-            Some(dl) => match tokio::time::timeout_at(dl.into(), upstream.admit()).await {
+            Some(dl) => match tokio::time::timeout_at(dl.into(), upstream.admit(worker)).await {
                 Ok(a) => a,
                 Err(_) => return Outcome::timeout(),
             },
-            None => upstream.admit().await,
+            None => upstream.admit(worker).await,
         };
         let Some(mut admission) = admission else {
             let label = ClusterLabel { cluster_name: upstream.name.clone() };

@@ -85,12 +85,14 @@ pub struct ConnInfo {
     /// The client spoke HTTPS to this proxy (a gateway terminating TLS; mesh mTLS does not
     /// count: the application's scheme under it is http). Redirects keep the scheme.
     pub https: bool,
+    /// The Envoy worker the connection belongs to ([`Proxy::assign_worker`]).
+    pub worker: usize,
 }
 
 impl ConnInfo {
     /// A connection accepted on a plain (not capture) listener.
     pub fn new(listener: Arc<str>, port: u16, peer: SocketAddr, identity: Option<Arc<str>>) -> Self {
-        Self { listener, port, peer, identity, captured: None, https: false }
+        Self { listener, port, peer, identity, captured: None, https: false, worker: 0 }
     }
 }
 
@@ -106,6 +108,9 @@ pub struct Proxy {
     budget: Arc<BufferBudget>,
     connections: ConnectionLimits,
     timeouts: Timeouts,
+    /// Envoy's worker count (`concurrency`) and the next worker a connection is given to.
+    workers: usize,
+    next_worker: std::sync::atomic::AtomicUsize,
 }
 
 /// What a proxy may hold: connections and buffered request bytes.
@@ -117,6 +122,9 @@ pub struct Limits {
     pub buffer_budget: usize,
     /// How long connections and streams may sit without progress.
     pub timeouts: Timeouts,
+    /// Envoy's workers (`--concurrency`): downstream connections are spread over this many,
+    /// each with its own claim on a cluster's connections (see [`crate::upstream::Upstream::admit`]).
+    pub workers: usize,
 }
 
 /// Envoy's downstream idle timeouts (same defaults).
@@ -142,9 +150,13 @@ impl Default for Limits {
             connections: ConnectionLimits::from_fd_limit(crate::limits::fd_limit()),
             buffer_budget: body::DEFAULT_BUFFER_BUDGET,
             timeouts: Timeouts::default(),
+            workers: DEFAULT_WORKERS,
         }
     }
 }
+
+/// Istio's sidecar `concurrency`.
+pub const DEFAULT_WORKERS: usize = 2;
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
@@ -250,6 +262,7 @@ impl Proxy {
         let budget = BufferBudget::new(limits.buffer_budget);
         let connections = limits.connections;
         let timeouts = limits.timeouts;
+        let workers = limits.workers.max(1);
         Arc::new(Self {
             store,
             metrics,
@@ -259,7 +272,15 @@ impl Proxy {
             budget,
             connections,
             timeouts,
+            workers,
+            next_worker: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// The Envoy worker a new downstream connection belongs to: each in turn, as Envoy's
+    /// listeners spread connections over its workers.
+    pub fn assign_worker(&self) -> usize {
+        self.next_worker.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.workers
     }
 
     /// The idle timeouts every HTTP connection applies.
@@ -442,7 +463,7 @@ impl Proxy {
         }
         let replay = body.clone();
         let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer: conn.peer };
-        let outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline).await;
+        let outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline, conn.worker).await;
         // Nothing will resend the body now, unless a mirror still waits for it: free the copy
         // (the rest of a long stream is not recorded).
         if let Some(replay) = replay.filter(|_| !mirrored) {

@@ -122,7 +122,8 @@ async fn accept(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, spec: &H
     // Route and policy matching use the port the client addressed.
     let port = captured.map_or(local.port(), |(_, dst)| dst.port());
     let https = spec.gateway_tls;
-    let conn = |identity| ConnInfo { listener: spec.name.clone(), port, peer, identity, captured, https };
+    let worker = proxy.assign_worker();
+    let conn = |identity| ConnInfo { listener: spec.name.clone(), port, peer, identity, captured, https, worker };
     if spec.gateway_tls {
         let cfg = rt.gateway_tls(&spec.name).cloned().ok_or_else(|| std::io::Error::other("no gateway TLS"))?;
         let tls = tokio::time::timeout(HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream))

@@ -189,11 +189,14 @@ struct Session<'a> {
     local: Option<SocketAddr>,
     start: Instant,
     start_time: jiff::Timestamp,
+    /// The Envoy worker the connection belongs to.
+    worker: usize,
 }
 
 impl<'a> Session<'a> {
     fn new(proxy: &'a Proxy, rt: &'a Runtime, peer: SocketAddr, local: Option<SocketAddr>) -> Self {
-        Self { proxy, rt, peer, local, start: Instant::now(), start_time: jiff::Timestamp::now() }
+        let worker = proxy.assign_worker();
+        Self { proxy, rt, peer, local, start: Instant::now(), start_time: jiff::Timestamp::now(), worker }
     }
 
     /// Runs `relay` counted under `service`. Istio's `sent` bytes are those sent to the client
@@ -272,7 +275,7 @@ async fn proxy_to<C>(mut client: C, first: Vec<u8>, up: &Arc<Upstream>, session:
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(mut admission) = up.admit().await else {
+    let Some(mut admission) = up.admit(session.worker).await else {
         session.refused(Some(&up.name), ResponseFlag::UpstreamOverflow);
         return Err(std::io::Error::other("cluster overflow"));
     };
