@@ -4,12 +4,15 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
-use common::free_port;
+use common::{
+    free_port,
+    process::{Proc, start_proxy},
+};
 
 /// Upstream answering every request with `name`, on a thread; runs for the test's lifetime.
 fn upstream(name: &'static str) -> SocketAddr {
@@ -26,13 +29,7 @@ fn upstream(name: &'static str) -> SocketAddr {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+    common::process::get(port, "svc", path)
 }
 
 fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> String {
@@ -42,36 +39,8 @@ fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> Str
     )
 }
 
-struct Proc(Child);
-
-/// Runs `skein-proxy run` on `config` with admin, status and metrics on these loopback ports.
-fn start_proxy(config: &std::path::Path, [admin, status, metrics]: [u16; 3], extra: &[&str]) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--status-addr", &format!("127.0.0.1:{status}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    common::process::eventually(what, Duration::from_secs(10), f)
 }
 
 #[test]

@@ -13,26 +13,19 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use common::{ca::Ca, free_port};
+use common::{
+    ca::Ca,
+    free_port,
+    process::{self, Proc, get, start_proxy},
+};
 
 /// Runs per fortio setting; `SKEIN_CB_RUNS` overrides (the bench uses more).
 const DEFAULT_RUNS: usize = 30;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn fortio() -> PathBuf {
     let path = std::env::var_os("SKEIN_FORTIO")
@@ -44,37 +37,11 @@ fn fortio() -> PathBuf {
 
 /// `skein-proxy run` on `config`, its admin on `admin`.
 fn proxy(config: &Path, admin: u16) -> Proc {
-    let (status, metrics) = (free_port(), free_port());
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_skein-proxy"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--status-addr", &format!("127.0.0.1:{status}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    start_proxy(config, [admin, free_port(), free_port()], &[])
 }
 
-/// Status and body of `GET path` with `Host: host` on `port`, if anything answered.
-fn get(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    process::eventually(what, Duration::from_secs(20), f)
 }
 
 /// `SKEIN_CB_DELAY` (e.g. `2ms`): how long the echo server takes per answer (fortio's

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ca;
+pub mod process;
 
 /// A loopback port that was free a moment ago (for a process that binds it itself).
 pub fn free_port() -> u16 {
