@@ -4,8 +4,8 @@
 # installs the operator from its image (`kubectl apply -k config/local`), applies the sample
 # MeshControlPlane and waits for Ready (real pods), deploys Bookinfo in an injected namespace
 # with Istio's routing YAML, and shows requests through the ingress gateway's LoadBalancer
-# address: everyone gets reviews v1, the user jason gets v2. Keeps running until Ctrl-C, which
-# stops everything.
+# address: everyone gets reviews v1, the user jason gets v2; then every proxy's sync state
+# (skeinctl proxy-status). Keeps running until Ctrl-C, which stops everything.
 #
 # SKEIN_RUN_EXIT_WHEN_READY=1 stops once the traffic was shown (CI's smoke test).
 # SKEIN_IMAGE_PROFILE=release builds optimized images (default dev: quicker, shared with tests).
@@ -17,6 +17,9 @@ name=${SKEIN_RUN_CLUSTER:-local}
 sample=${SKEIN_RUN_SAMPLE:-config/samples/local.yaml}
 
 SKEIN_IMAGE_PROFILE=${SKEIN_IMAGE_PROFILE:-dev} "$here/images.sh" >/dev/null
+# skeinctl, to show the mesh's proxies as `istioctl proxy-status` would.
+cargo build -q -p skeinctl
+skeinctl="$root/target/debug/skeinctl"
 bin=$("$here/tools.sh")
 kubeconfig=$(SKEIN_NODE=real "$here/cluster.sh" up "$name")
 k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
@@ -94,10 +97,21 @@ case "$(summary jason)" in *"reviews v2"*) ;; *) fail "jason was not routed to r
 case "$(summary "")" in *"reviews v1"*) ;; *) fail "anonymous requests did not go to reviews v1";; esac
 
 echo
+echo "== the mesh's proxies and the config they run (skeinctl proxy-status)"
+deadline=$((SECONDS + 30))
+until "$skeinctl" --kubeconfig "$kubeconfig" proxy-status >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || break
+  sleep 1
+done
+"$skeinctl" --kubeconfig "$kubeconfig" proxy-status || fail "not every proxy runs the config it was sent"
+
+echo
 echo "Skein is running. Try:"
 echo "  export KUBECONFIG=$kubeconfig"
 echo "  kubectl get mcp -o yaml; kubectl get pods -A"
 echo "  curl -H 'end-user: jason' http://$lb/productpage"
+echo "  $skeinctl --kubeconfig $kubeconfig proxy-config routes <pod>.bookinfo"
+echo "  $skeinctl --kubeconfig $kubeconfig analyze -n bookinfo"
 [ "${SKEIN_RUN_EXIT_WHEN_READY:-}" = 1 ] && exit 0
 echo "Press Ctrl-C to stop."
 while true; do sleep 3600; done
