@@ -39,8 +39,10 @@ fn config(listen: u16, weights: (u32, u32), a: SocketAddr, b: SocketAddr) -> Str
     )
 }
 
+/// Waits up to 20 s: the six tests start a debug-built proxy each at once, and a loaded
+/// 2-core machine once needed more than 10 s for the first one to serve.
 fn eventually(what: &str, f: impl FnMut() -> bool) {
-    common::process::eventually(what, Duration::from_secs(10), f)
+    common::process::eventually(what, Duration::from_secs(20), f)
 }
 
 #[test]
