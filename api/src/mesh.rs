@@ -1,7 +1,7 @@
 //! `MeshControlPlane`: one mesh control plane installation, cluster-scoped.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -369,6 +369,32 @@ pub struct MultiCluster {
     /// Mesh this cluster belongs to.
     #[serde(default, rename = "meshID", skip_serializing_if = "Option::is_none")]
     pub mesh_id: Option<String>,
+    /// Which of this cluster's Services its peers import as `<name>.<namespace>.<suffix>`, in
+    /// addition to Services and namespaces labelled `mesh.skein.dev/export: "true"`. Nothing is
+    /// exported by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub export: Vec<ExportRule>,
+    /// Suffix of the names imported Services get here (`reviews.default.<suffix>`). Default
+    /// `global`, as in Istio's multi-cluster gateways model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub global_domain_suffix: Option<String>,
+}
+
+/// Services a cluster exports to its peers: those of `namespaces` (every namespace when empty)
+/// whose labels match `selector` (every Service when unset). At least one of the two is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.namespaces) && size(self.namespaces) > 0) || has(self.selector)").message("set namespaces, selector or both: an empty rule would export every Service of the cluster"))]
+pub struct ExportRule {
+    /// Namespaces whose Services the rule covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub namespaces: Vec<String>,
+    /// Labels the Services must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 /// Observed state of a `MeshControlPlane`.
@@ -395,6 +421,47 @@ pub struct MeshControlPlaneStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub components: Vec<ComponentStatus>,
+    /// Peers this cluster imports Services from (written by the federation controller only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub remote_clusters: Vec<RemoteClusterStatus>,
+}
+
+/// What the operator sees of one peer cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterStatus {
+    /// Cluster name (the key of its kubeconfig in the remote Secret).
+    pub name: String,
+    /// `<namespace>/<name>` of the Secret it was registered with.
+    pub secret: String,
+    /// The peer's network, from its east-west gateway (`topology.istio.io/network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `Synced`: True while the peer is watched and its Services are imported; False with
+    /// `Unreachable`, `Unauthorized`, `InvalidSecret`, `NoGateway` or `Removing` otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Last time the peer's state was read completely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Services the peer exports.
+    #[serde(default)]
+    pub exported_services: i32,
+    /// Addresses of the peer's east-west gateway (15443).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_addresses: Vec<String>,
+    /// SHA-256 of the peer's root certificate(s) (`istio-ca-root-cert`), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle_fingerprint: Option<String>,
+    /// When the credentials of the remote Secret expire (token `exp`, client certificate
+    /// `notAfter`), when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expire: Option<Time>,
+    /// `.global` hosts written for this peer that another object of the same host blocks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// Readiness of one component.

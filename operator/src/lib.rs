@@ -10,6 +10,7 @@
 pub mod context;
 pub mod controllers;
 pub mod error;
+pub mod federation;
 #[cfg(test)]
 pub mod fixtures;
 pub mod kube;

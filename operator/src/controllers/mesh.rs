@@ -322,11 +322,14 @@ async fn write_status(
     mcp: &MeshControlPlane,
     ctx: &Context,
     previous: &MeshControlPlaneStatus,
-    status: MeshControlPlaneStatus,
+    mut status: MeshControlPlaneStatus,
 ) -> Result<(), Error> {
     if *previous == status && mcp.status.is_some() {
         return Ok(());
     }
+    // `remoteClusters` belongs to the federation controller: a merge patch replaces a list
+    // whole, so sending this controller's (possibly older) copy could undo its write.
+    status.remote_clusters.clear();
     let api: Api<MeshControlPlane> = Api::all(ctx.client.clone());
     api.patch_status(&mcp.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
         .await

@@ -1,0 +1,289 @@
+//! The `.global` objects a cluster needs for what its peers export: per host one ServiceEntry
+//! (virtual IP, one endpoint per exporting peer: its east-west gateway on 15443) and one
+//! DestinationRule (`ISTIO_MUTUAL`, the peers' subsets mirrored).
+//!
+//! Subsets: the client's sidecar puts the subset into the SNI (`outbound_.9080_.v2_.reviews.
+//! default.global`) and the exporting cluster's gateway resolves it with that cluster's own
+//! DestinationRule. Here a mirrored subset only has to pick the peers that define it, so each
+//! endpoint carries `subsets.mesh.skein.dev/<subset>: "true"` for the subsets of its cluster and
+//! the mirrored subset selects on that label.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde_json::{Value, json};
+
+use super::{
+    CLUSTER_LABEL, EAST_WEST_PORT, GENERATED_LABEL, NETWORK_LABEL, SOURCE_CLUSTERS_ANNOTATION, SUBSET_LABEL_PREFIX,
+    export::{ExportedService, Port},
+};
+
+/// What the operator knows of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Cluster name.
+    pub cluster: String,
+    /// Network of its gateway, when labelled.
+    pub network: Option<String>,
+    /// Addresses (IPs or DNS names) of its east-west gateway.
+    pub gateways: Vec<String>,
+    /// Services it exports.
+    pub services: Vec<ExportedService>,
+}
+
+/// One endpoint of a `.global` host: a peer's gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Peer cluster.
+    pub cluster: String,
+    /// Its network.
+    pub network: Option<String>,
+    /// Gateway address.
+    pub address: String,
+    /// Subsets that peer defines for the service.
+    pub subsets: Vec<String>,
+}
+
+/// A `.global` host and everything its objects hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalHost {
+    /// `<name>.<namespace>.<suffix>`.
+    pub host: String,
+    /// Ports: the union over the exporting peers (the first peer by name wins a conflict).
+    pub ports: Vec<Port>,
+    /// Endpoints, by cluster name then address.
+    pub endpoints: Vec<Endpoint>,
+    /// Union of the peers' subsets.
+    pub subsets: BTreeSet<String>,
+}
+
+impl GlobalHost {
+    /// Names of the exporting clusters.
+    pub fn clusters(&self) -> BTreeSet<&str> {
+        self.endpoints.iter().map(|e| e.cluster.as_str()).collect()
+    }
+}
+
+/// The `.global` hosts of `peers` (hosts no peer can be reached for are left out: a
+/// ServiceEntry without endpoints would only turn requests into 503s).
+pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
+    let mut peers: Vec<&Peer> = peers.iter().collect();
+    peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    let mut hosts: BTreeMap<String, GlobalHost> = BTreeMap::new();
+    for peer in peers {
+        let mut gateways = peer.gateways.clone();
+        gateways.sort();
+        gateways.dedup();
+        if gateways.is_empty() {
+            continue;
+        }
+        for svc in &peer.services {
+            let host = format!("{}.{}.{suffix}", svc.name, svc.namespace);
+            let entry = hosts.entry(host.clone()).or_insert_with(|| GlobalHost {
+                host,
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+                subsets: BTreeSet::new(),
+            });
+            for port in &svc.ports {
+                if !entry.ports.iter().any(|p| p.number == port.number || p.name == port.name) {
+                    entry.ports.push(port.clone());
+                }
+            }
+            entry.ports.sort();
+            let subsets: Vec<String> = svc.subsets.iter().filter(|s| is_label_name(s)).cloned().collect();
+            entry.subsets.extend(subsets.iter().cloned());
+            entry.endpoints.extend(gateways.iter().map(|address| Endpoint {
+                cluster: peer.cluster.clone(),
+                network: peer.network.clone(),
+                address: address.clone(),
+                subsets: subsets.clone(),
+            }));
+        }
+    }
+    hosts
+}
+
+/// Whether `s` can be the name part of a label key (what a mirrored subset needs).
+fn is_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Where and for whom the objects are written.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Namespace of the generated objects (the mesh's root namespace: visible mesh-wide).
+    pub namespace: String,
+    /// The local MeshControlPlane's name (label value).
+    pub mesh: String,
+    /// Its ownerReference (the objects go when the mesh does).
+    pub owner: Value,
+}
+
+fn metadata(host: &GlobalHost, target: &Target) -> Value {
+    let clusters: Vec<&str> = host.clusters().into_iter().collect();
+    json!({
+        "name": host.host,
+        "namespace": target.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
+            "app.kubernetes.io/part-of": "skein",
+            GENERATED_LABEL: target.mesh,
+        },
+        "annotations": {SOURCE_CLUSTERS_ANNOTATION: clusters.join(",")},
+        "ownerReferences": [target.owner],
+    })
+}
+
+/// The ServiceEntry of `host` with virtual IP `vip`.
+pub fn service_entry(host: &GlobalHost, vip: Ipv4Addr, target: &Target) -> Value {
+    let all_ips = host.endpoints.iter().all(|e| e.address.parse::<std::net::IpAddr>().is_ok());
+    let endpoints: Vec<Value> = host
+        .endpoints
+        .iter()
+        .map(|e| {
+            let mut labels = BTreeMap::from([(CLUSTER_LABEL.to_string(), e.cluster.clone())]);
+            if let Some(n) = &e.network {
+                labels.insert(NETWORK_LABEL.to_string(), n.clone());
+            }
+            for s in &e.subsets {
+                labels.insert(format!("{SUBSET_LABEL_PREFIX}{s}"), "true".to_string());
+            }
+            let ports: BTreeMap<&str, u16> = host.ports.iter().map(|p| (p.name.as_str(), EAST_WEST_PORT)).collect();
+            let mut ep = json!({"address": e.address, "ports": ports, "labels": labels});
+            if let Some(n) = &e.network {
+                ep["network"] = json!(n);
+            }
+            ep
+        })
+        .collect();
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": metadata(host, target),
+        "spec": {
+            "hosts": [host.host],
+            "addresses": [vip.to_string()],
+            "location": "MESH_INTERNAL",
+            "resolution": if all_ips { "STATIC" } else { "DNS" },
+            "ports": host.ports.iter().map(|p| json!({"number": p.number, "name": p.name, "protocol": p.protocol})).collect::<Vec<_>>(),
+            "endpoints": endpoints,
+        },
+    })
+}
+
+/// The DestinationRule of `host`: mesh mTLS to the gateways, subsets mirrored.
+pub fn destination_rule(host: &GlobalHost, target: &Target) -> Value {
+    let subsets: Vec<Value> = host
+        .subsets
+        .iter()
+        .map(|s| json!({"name": s, "labels": {format!("{SUBSET_LABEL_PREFIX}{s}"): "true"}}))
+        .collect();
+    let mut spec = json!({"host": host.host, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}});
+    if !subsets.is_empty() {
+        spec["subsets"] = json!(subsets);
+    }
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": metadata(host, target),
+        "spec": spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, subsets: &[&str]) -> ExportedService {
+        ExportedService {
+            namespace: "default".into(),
+            name: name.into(),
+            ports: vec![Port { number: 9080, name: "http".into(), protocol: "HTTP".into() }],
+            subsets: subsets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn peer(cluster: &str, gw: &[&str], services: Vec<ExportedService>) -> Peer {
+        Peer {
+            cluster: cluster.into(),
+            network: Some(format!("net-{cluster}")),
+            gateways: gw.iter().map(|s| s.to_string()).collect(),
+            services,
+        }
+    }
+
+    fn target() -> Target {
+        Target { namespace: "istio-system".into(), mesh: "default".into(), owner: json!({"kind": "MeshControlPlane"}) }
+    }
+
+    #[test]
+    fn one_host_per_service_with_one_endpoint_per_exporting_peer() {
+        let peers = [
+            peer("cluster3", &["198.19.3.1"], vec![svc("reviews", &["v3"])]),
+            peer("cluster2", &["198.19.2.1"], vec![svc("reviews", &["v2", "v3"]), svc("ratings", &[])]),
+            peer("cluster4", &[], vec![svc("details", &[])]),
+        ];
+        let plan = plan(&peers, "global");
+        assert_eq!(plan.keys().collect::<Vec<_>>(), ["ratings.default.global", "reviews.default.global"]);
+        let reviews = &plan["reviews.default.global"];
+        assert_eq!(reviews.clusters().into_iter().collect::<Vec<_>>(), ["cluster2", "cluster3"]);
+        assert_eq!(reviews.subsets.iter().collect::<Vec<_>>(), ["v2", "v3"]);
+        let se = service_entry(reviews, Ipv4Addr::new(240, 1, 2, 3), &target());
+        assert_eq!(se["metadata"]["name"], "reviews.default.global");
+        assert_eq!(se["metadata"]["annotations"][SOURCE_CLUSTERS_ANNOTATION], "cluster2,cluster3");
+        assert_eq!(se["spec"]["addresses"], json!(["240.1.2.3"]));
+        assert_eq!(se["spec"]["location"], "MESH_INTERNAL");
+        assert_eq!(se["spec"]["resolution"], "STATIC");
+        assert_eq!(se["spec"]["ports"], json!([{"number": 9080, "name": "http", "protocol": "HTTP"}]));
+        let ep = &se["spec"]["endpoints"][0];
+        assert_eq!(ep["address"], "198.19.2.1");
+        assert_eq!(ep["ports"], json!({"http": 15443}));
+        assert_eq!(ep["network"], "net-cluster2");
+        assert_eq!(ep["labels"][CLUSTER_LABEL], "cluster2");
+        assert_eq!(ep["labels"]["subsets.mesh.skein.dev/v2"], "true");
+        assert!(se["spec"]["endpoints"][1]["labels"].get("subsets.mesh.skein.dev/v2").is_none(), "cluster3 has no v2");
+        let dr = destination_rule(reviews, &target());
+        assert_eq!(dr["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL");
+        assert_eq!(
+            dr["spec"]["subsets"],
+            json!([
+                {"name": "v2", "labels": {"subsets.mesh.skein.dev/v2": "true"}},
+                {"name": "v3", "labels": {"subsets.mesh.skein.dev/v3": "true"}},
+            ])
+        );
+        let ratings = destination_rule(&plan["ratings.default.global"], &target());
+        assert!(ratings["spec"].get("subsets").is_none());
+    }
+
+    #[test]
+    fn a_gateway_known_by_name_resolves_by_dns_and_the_suffix_is_configurable() {
+        let plan = plan(&[peer("c2", &["gw.example.com"], vec![svc("a", &[])])], "mesh");
+        let se = service_entry(&plan["a.default.mesh"], Ipv4Addr::new(240, 0, 0, 1), &target());
+        assert_eq!(se["spec"]["resolution"], "DNS");
+    }
+
+    #[test]
+    fn ports_are_the_union_and_the_first_cluster_wins_a_conflict() {
+        let mut a = svc("s", &[]);
+        a.ports.push(Port { number: 9443, name: "tls".into(), protocol: "TLS".into() });
+        let mut b = svc("s", &[]);
+        b.ports[0].protocol = "TCP".into();
+        let plan = plan(&[peer("b", &["10.0.0.2"], vec![b]), peer("a", &["10.0.0.1"], vec![a])], "global");
+        let ports: Vec<(u16, &str)> =
+            plan["s.default.global"].ports.iter().map(|p| (p.number, p.protocol.as_str())).collect();
+        assert_eq!(ports, [(9080, "HTTP"), (9443, "TLS")]);
+    }
+
+    #[test]
+    fn subsets_that_cannot_be_label_names_are_not_mirrored() {
+        let plan = plan(&[peer("c", &["10.0.0.1"], vec![svc("s", &["v1", "-bad", &"x".repeat(64)])])], "global");
+        assert_eq!(plan["s.default.global"].subsets.iter().collect::<Vec<_>>(), ["v1"]);
+    }
+}

@@ -1,0 +1,161 @@
+//! Virtual IPs of imported hosts, from 240.0.0.0/4 (reserved, never routed, so a VIP can only
+//! mean the mesh host the sidecar resolves it to).
+//!
+//! - Derived from the host name (FNV-1a), so every cluster gives a host the same address in
+//!   the common case; a collision moves to the next free address, hosts taken in name order,
+//!   so the outcome is deterministic.
+//! - Stable: the table is persisted (a ConfigMap), and a host keeps its address for as long as
+//!   it is imported, across operator restarts, peer reconnects and re-lists.
+//! - A released address is quarantined for [`QUARANTINE`] (much longer than any DNS TTL the
+//!   sidecars use): only the same host may take it back in that time.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// How long a released address is kept from other hosts, in seconds.
+pub const QUARANTINE_SECONDS: i64 = 3600;
+
+const BASE: u32 = 0xF000_0000; // 240.0.0.0
+const SIZE: u32 = 1 << 28;
+
+/// A released address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The host that held it.
+    pub host: String,
+    /// Unix seconds of the release.
+    pub at: i64,
+}
+
+/// The persisted table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipTable {
+    /// Address of every imported host.
+    #[serde(default)]
+    pub assigned: BTreeMap<String, Ipv4Addr>,
+    /// Addresses in quarantine.
+    #[serde(default)]
+    pub released: BTreeMap<Ipv4Addr, Released>,
+}
+
+/// Address `host` prefers: a hash of the name in 240.0.0.1 ..= 255.255.255.254 (the network and
+/// broadcast-looking ends are skipped).
+pub fn preferred(host: &str) -> Ipv4Addr {
+    let h = super::credentials::fingerprint(host.as_bytes());
+    let offset = 1 + (h % u64::from(SIZE - 2)) as u32;
+    Ipv4Addr::from(BASE + offset)
+}
+
+fn next(ip: Ipv4Addr) -> Ipv4Addr {
+    let offset = u32::from(ip) - BASE;
+    Ipv4Addr::from(BASE + if offset + 1 >= SIZE - 1 { 1 } else { offset + 1 })
+}
+
+impl VipTable {
+    /// Makes the table hold exactly `hosts` at `now` (Unix seconds): hosts no longer wanted are
+    /// released, expired quarantines dropped, new hosts given addresses. Returns whether
+    /// anything changed (whether to persist).
+    pub fn assign(&mut self, hosts: &BTreeSet<String>, now: i64) -> bool {
+        let before = self.clone();
+        let gone: Vec<String> = self.assigned.keys().filter(|h| !hosts.contains(*h)).cloned().collect();
+        for host in gone {
+            if let Some(ip) = self.assigned.remove(&host) {
+                self.released.insert(ip, Released { host, at: now });
+            }
+        }
+        self.released.retain(|_, r| now - r.at < QUARANTINE_SECONDS);
+        let mut in_use: BTreeSet<Ipv4Addr> = self.assigned.values().copied().collect();
+        let new: Vec<&String> = hosts.iter().filter(|h| !self.assigned.contains_key(*h)).collect();
+        for host in new {
+            // The host's own quarantined address first: a service deleted and re-created keeps
+            // its VIP.
+            let own = self.released.iter().find(|(_, r)| &r.host == host).map(|(ip, _)| *ip);
+            let ip = match own {
+                Some(ip) => ip,
+                None => {
+                    let mut ip = preferred(host);
+                    while in_use.contains(&ip) || self.released.contains_key(&ip) {
+                        ip = next(ip);
+                    }
+                    ip
+                }
+            };
+            self.released.remove(&ip);
+            in_use.insert(ip);
+            self.assigned.insert(host.clone(), ip);
+        }
+        *self != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn addresses_are_in_240_slash_4_and_derived_from_the_name() {
+        let mut a = VipTable::default();
+        assert!(a.assign(&hosts(&["reviews.default.global", "ratings.default.global"]), 0));
+        let mut b = VipTable::default();
+        b.assign(&hosts(&["ratings.default.global", "reviews.default.global"]), 99);
+        assert_eq!(a.assigned, b.assigned, "another cluster computes the same addresses");
+        for ip in a.assigned.values() {
+            assert_eq!(ip.octets()[0] & 0xF0, 240, "{ip}");
+            assert_ne!(*ip, Ipv4Addr::new(255, 255, 255, 255));
+        }
+        assert_eq!(a.assigned["reviews.default.global"], preferred("reviews.default.global"));
+        assert!(!a.assign(&hosts(&["reviews.default.global", "ratings.default.global"]), 5), "steady state");
+    }
+
+    #[test]
+    fn collisions_resolve_deterministically_to_the_next_free_address() {
+        let mut t = VipTable::default();
+        // Pretend "a" already holds "b"'s preferred address.
+        t.assigned.insert("a".into(), preferred("b"));
+        t.assign(&hosts(&["a", "b"]), 0);
+        assert_eq!(t.assigned["a"], preferred("b"), "an assigned host keeps its address");
+        assert_eq!(t.assigned["b"], next(preferred("b")));
+    }
+
+    #[test]
+    fn a_released_address_is_quarantined_from_other_hosts_and_returned_to_its_own() {
+        let mut t = VipTable::default();
+        t.assign(&hosts(&["a"]), 0);
+        let a_ip = t.assigned["a"];
+        assert!(t.assign(&hosts(&[]), 10));
+        assert_eq!(t.released[&a_ip].host, "a");
+        // "b" would prefer a's old address: it gets the next one during the quarantine.
+        t.released.insert(preferred("b"), Released { host: "x".into(), at: 10 });
+        t.assign(&hosts(&["b"]), 20);
+        assert_ne!(t.assigned["b"], preferred("b"));
+        // "a" comes back within the quarantine: same address.
+        t.assign(&hosts(&["a", "b"]), 30);
+        assert_eq!(t.assigned["a"], a_ip);
+        // After the quarantine, released addresses are forgotten.
+        t.assign(&hosts(&["b"]), 40);
+        t.assign(&hosts(&["b"]), 40 + QUARANTINE_SECONDS);
+        assert!(t.released.is_empty(), "{:?}", t.released);
+    }
+
+    #[test]
+    fn the_range_wraps_without_leaving_240_slash_4() {
+        assert_eq!(next(Ipv4Addr::new(255, 255, 255, 254)), Ipv4Addr::new(240, 0, 0, 1));
+    }
+
+    #[test]
+    fn the_table_round_trips_through_json() {
+        let mut t = VipTable::default();
+        t.assign(&hosts(&["a", "b"]), 0);
+        t.assign(&hosts(&["a"]), 1);
+        let back: VipTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+    }
+}
