@@ -37,6 +37,9 @@ struct Args {
     /// `spec.hub` (default: the release catalog's).
     #[arg(long, env = "SKEIN_IMAGE_REGISTRY")]
     image_registry: Option<String>,
+    /// Seconds a peer whose remote Secret was deleted keeps its imported services.
+    #[arg(long, default_value_t = 30)]
+    remote_removal_grace_seconds: u64,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
@@ -93,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
         )
     });
     let ctx = Context::new(client, catalog, metrics.clone());
+    let federation =
+        controllers::federation::Settings { removal_grace: Duration::from_secs(args.remote_removal_grace_seconds) };
     // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
     // unreachable for longer than the lease) stops the controller and makes this replica a
     // candidate again, within the same process: no restart needed to recover.
@@ -114,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         };
-        let mut controller = std::pin::pin!(controllers::run(ctx.clone(), shutdown));
+        let mut controller = std::pin::pin!(controllers::run(ctx.clone(), federation.clone(), shutdown));
         let Some(e) = &elector else {
             controller.await;
             break;

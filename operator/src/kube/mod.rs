@@ -1,7 +1,8 @@
 //! Kubernetes I/O the controllers share: the server-side-apply applier and pruning
-//! ([`apply`]), status conditions and component readiness ([`conditions`]), and Events
-//! ([`events`]).
+//! ([`apply`]), status conditions and component readiness ([`conditions`]), Events
+//! ([`events`]) and clients for peer clusters ([`remote`]).
 
 pub mod apply;
 pub mod conditions;
 pub mod events;
+pub mod remote;

@@ -128,6 +128,8 @@ pub fn render(mcp: &MeshControlPlane, facts: Facts<'_>) -> Vec<Desired> {
     let mut out = Vec::new();
     out.push(control_plane::service_account(mcp, CONTROL_PLANE));
     out.extend(rbac::control_plane(mcp));
+    out.push(control_plane::service_account(mcp, rbac::REMOTE_READER));
+    out.extend(rbac::remote_reader(mcp));
     out.push(mesh_config::config_map(mcp));
     out.push(control_plane::deployment(mcp, facts));
     out.push(control_plane::service(mcp, facts));

@@ -57,6 +57,49 @@ pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
 
 const READ: [&str; 3] = ["get", "list", "watch"];
 
+/// ServiceAccount peers read this cluster as (`skeinctl create-remote-secret` issues its token),
+/// in the mesh namespace. Istio's equivalent is `istio-reader-service-account`.
+pub const REMOTE_READER: &str = "skein-reader-service-account";
+
+/// What a peer's operator reads here, and nothing else: Services and namespaces (which are
+/// exported, the east-west gateway's address), DestinationRules (subsets to mirror), the
+/// MeshControlPlane (export rules) and the root certificate ConfigMap.
+pub fn remote_reader_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [crate::federation::ROOT_CERT_CONFIGMAP], "verbs": READ},
+        {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": READ},
+        {"apiGroups": [skein_api::GROUP], "resources": ["meshcontrolplanes"], "verbs": READ},
+    ])
+}
+
+/// The reader ServiceAccount's read-only ClusterRole and its binding.
+pub fn remote_reader(mcp: &MeshControlPlane) -> Vec<Desired> {
+    let name = cluster_scoped_name(REMOTE_READER, mcp);
+    let subject = json!([{"kind": "ServiceAccount", "name": REMOTE_READER, "namespace": namespace(mcp)}]);
+    vec![
+        Desired::new::<ClusterRole>(
+            false,
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": metadata(mcp, &name, false, REMOTE_READER),
+                "rules": remote_reader_rules(),
+            }),
+        ),
+        Desired::new::<ClusterRoleBinding>(
+            false,
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": metadata(mcp, &name, false, REMOTE_READER),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": subject,
+            }),
+        ),
+    ]
+}
+
 /// What the control plane may do cluster-wide.
 pub fn control_plane_cluster_rules() -> Value {
     json!([
@@ -106,6 +149,8 @@ fn operator_own_rules() -> Value {
         // The Istio API CRDs: installed and updated, never deleted (they hold users' resources).
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        // Federation: the generated `.global` ServiceEntries and DestinationRules.
+        {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries", "destinationrules"], "verbs": manage},
     ])
 }
 
@@ -116,7 +161,7 @@ fn operator_own_rules() -> Value {
 pub fn operator_cluster_role(service_account_namespace: &str) -> Vec<Value> {
     let labels = json!({"app.kubernetes.io/name": "skein-operator", "app.kubernetes.io/part-of": "skein"});
     let mut rules: Vec<Value> = Vec::new();
-    for set in [operator_own_rules(), control_plane_cluster_rules(), control_plane_namespace_rules()] {
+    for set in [operator_own_rules(), control_plane_cluster_rules(), control_plane_namespace_rules(), remote_reader_rules()] {
         for rule in set.as_array().into_iter().flatten() {
             if !rules.contains(rule) {
                 rules.push(rule.clone());

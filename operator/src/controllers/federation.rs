@@ -1,0 +1,537 @@
+//! The federation controller: registers peers from remote Secrets, watches each with its own
+//! client ([`peer`]), and keeps this cluster's `.global` ServiceEntries, DestinationRules and
+//! virtual IPs equal to what the peers export (`federation::generate`), with
+//! `status.remoteClusters` on the MeshControlPlane saying how each peer is doing.
+//!
+//! Level-based like the others: every pass recomputes everything from the local stores and the
+//! peers' last complete views, writes only what differs, and a converged pass writes nothing.
+
+pub mod peer;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    core::{ApiResource, GroupVersionKind},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use skein_api::{MeshControlPlane, RemoteClusterStatus};
+use tokio::{sync::Notify, task::JoinHandle};
+use tracing::{info, warn};
+
+use self::peer::{PeerState, Sync};
+use crate::{
+    context::Context,
+    federation::{
+        DEFAULT_SUFFIX, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL, VIP_CONFIGMAP,
+        credentials::{self, PeerCredentials},
+        generate::{self, GlobalHost, Target},
+        vip::VipTable,
+    },
+    kube::{
+        apply::{Applier, ApplyError},
+        remote,
+    },
+    render::{Desired, FIELD_MANAGER},
+};
+
+/// Re-check without events (peer gateways' and credentials' expiry, removal grace).
+const RECHECK: Duration = Duration::from_secs(10);
+/// Changes arriving together are handled in one pass.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Settings of the federation controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a peer whose Secret was deleted keeps its entries (a Secret being replaced by
+    /// delete + create must not withdraw every imported service in between).
+    pub removal_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { removal_grace: Duration::from_secs(30) }
+    }
+}
+
+fn service_entries() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "ServiceEntry"))
+}
+
+fn destination_rules() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"))
+}
+
+/// One registered peer.
+struct PeerHandle {
+    /// `<namespace>/<name>` of its Secret.
+    secret: String,
+    fingerprint: u64,
+    expires: Option<jiff::Timestamp>,
+    task: JoinHandle<()>,
+    state: tokio::sync::watch::Receiver<PeerState>,
+    /// Set when its Secret went away: removed after the grace period.
+    removing_since: Option<Instant>,
+}
+
+impl Drop for PeerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A cluster key of a remote Secret that cannot be used.
+struct Refused {
+    cluster: String,
+    secret: String,
+    message: String,
+}
+
+struct LocalStores {
+    meshes: Store<MeshControlPlane>,
+    skein_secrets: Store<Secret>,
+    istio_secrets: Store<Secret>,
+    service_entries: Store<DynamicObject>,
+    destination_rules: Store<DynamicObject>,
+    task: JoinHandle<()>,
+}
+
+impl LocalStores {
+    /// Starts the local watches; each event wakes `notify`.
+    fn start(client: &kube::Client, notify: Arc<Notify>) -> Self {
+        let cfg = watcher::Config::default;
+        let (meshes, w) = reflector::store::<MeshControlPlane>();
+        let m = reflector::reflector(w, watcher(Api::all(client.clone()), cfg()).default_backoff()).map(|_| ()).boxed();
+        let (skein_secrets, w) = reflector::store::<Secret>();
+        let s1_cfg = cfg().labels(&format!("{REMOTE_SECRET_LABEL}=true"));
+        let s1 =
+            reflector::reflector(w, watcher(Api::all(client.clone()), s1_cfg).default_backoff()).map(|_| ()).boxed();
+        let (istio_secrets, w) = reflector::store::<Secret>();
+        let s2_cfg = cfg().labels(&format!("{ISTIO_REMOTE_SECRET_LABEL}=true"));
+        let s2 =
+            reflector::reflector(w, watcher(Api::all(client.clone()), s2_cfg).default_backoff()).map(|_| ()).boxed();
+        let se = service_entries();
+        let w = reflector::store::Writer::new(se.clone());
+        let service_entries = w.as_reader();
+        let se_api = Api::<DynamicObject>::all_with(client.clone(), &se);
+        let s3 = reflector::reflector(w, watcher(se_api, cfg()).default_backoff()).map(|_| ()).boxed();
+        let dr = destination_rules();
+        let w = reflector::store::Writer::new(dr.clone());
+        let destination_rules = w.as_reader();
+        let dr_api = Api::<DynamicObject>::all_with(client.clone(), &dr);
+        let s4 = reflector::reflector(w, watcher(dr_api, cfg().labels(GENERATED_LABEL)).default_backoff())
+            .map(|_| ())
+            .boxed();
+        let mut all = futures::stream::select_all([m, s1, s2, s3, s4]);
+        let task = tokio::spawn(async move {
+            while all.next().await.is_some() {
+                notify.notify_one();
+            }
+        });
+        Self { meshes, skein_secrets, istio_secrets, service_entries, destination_rules, task }
+    }
+
+    async fn ready(&self) {
+        let _ = tokio::join!(
+            self.meshes.wait_until_ready(),
+            self.skein_secrets.wait_until_ready(),
+            self.istio_secrets.wait_until_ready(),
+            self.service_entries.wait_until_ready(),
+            self.destination_rules.wait_until_ready(),
+        );
+    }
+}
+
+impl Drop for LocalStores {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Federation {
+    ctx: Arc<Context>,
+    settings: Settings,
+    local: LocalStores,
+    notify: Arc<Notify>,
+    peers: BTreeMap<String, PeerHandle>,
+    /// The persisted VIP table, once read.
+    vips: Option<VipTable>,
+}
+
+/// Runs the federation controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send) {
+    let notify = Arc::new(Notify::new());
+    let local = LocalStores::start(&ctx.client, notify.clone());
+    let mut fed = Federation { ctx, settings, local, notify, peers: BTreeMap::new(), vips: None };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = fed.run() => {}
+    }
+}
+
+impl Federation {
+    async fn run(&mut self) {
+        self.local.ready().await;
+        let mut failures = 0u32;
+        loop {
+            match self.pass().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, "federation pass failed");
+                    tokio::time::sleep(crate::error::backoff(failures)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+    }
+
+    /// The MeshControlPlane federation works for: the oldest one (one mesh per cluster).
+    fn mesh(&self) -> Option<Arc<MeshControlPlane>> {
+        let mut all = self.local.meshes.state();
+        all.sort_by_key(|m| (m.metadata.creation_timestamp.clone().map(|t| t.0), m.name_any()));
+        all.into_iter().find(|m| m.metadata.deletion_timestamp.is_none())
+    }
+
+    async fn pass(&mut self) -> Result<(), ApplyError> {
+        let Some(mcp) = self.mesh() else {
+            self.peers.clear();
+            return Ok(());
+        };
+        let namespace = mcp.spec.namespace.clone();
+        let refused = self.sync_peers(&mcp, &namespace).await;
+
+        // What the peers export, from their last complete views.
+        let views: Vec<generate::Peer> = self.peers.values().filter_map(|p| p.state.borrow().view.clone()).collect();
+        let suffix = mcp.spec.multi_cluster.as_ref().and_then(|m| m.global_domain_suffix.clone());
+        let plan = generate::plan(&views, suffix.as_deref().unwrap_or(DEFAULT_SUFFIX));
+
+        // A user's own ServiceEntry for a host, or an object of ours' name not made by us, is
+        // left alone and reported.
+        let conflicts = self.conflicts(&plan, &namespace, &mcp.name_any());
+        let hosts: BTreeSet<String> = plan.keys().filter(|h| !conflicts.contains(*h)).cloned().collect();
+        let vips = self.vips(&namespace, &mcp, &hosts).await?;
+
+        let target = Target {
+            namespace: namespace.clone(),
+            mesh: mcp.name_any(),
+            owner: serde_json::to_value(mcp.controller_owner_ref(&())).unwrap_or_default(),
+        };
+        let applier = Applier::new(self.ctx.client.clone());
+        let mut written = 0usize;
+        for host in &hosts {
+            let (Some(h), Some(vip)) = (plan.get(host), vips.assigned.get(host)) else {
+                continue;
+            };
+            for (resource, body) in [
+                (service_entries(), generate::service_entry(h, *vip, &target)),
+                (destination_rules(), generate::destination_rule(h, &target)),
+            ] {
+                let desired = Desired { resource, namespaced: true, name: host.clone(), body };
+                if applier.ensure(&desired, &namespace).await? == crate::kube::apply::Outcome::Applied {
+                    written += 1;
+                }
+            }
+        }
+        let deleted = self.prune(&namespace, &mcp.name_any(), &hosts).await?;
+        if written > 0 || deleted > 0 {
+            info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
+        }
+        self.write_status(&mcp, &plan, &conflicts, refused).await
+    }
+
+    /// Starts, restarts (new credentials) and removes peer watches to match the remote Secrets
+    /// of `namespace`. Returns the cluster keys that cannot be used.
+    async fn sync_peers(&mut self, mcp: &MeshControlPlane, namespace: &str) -> Vec<Refused> {
+        let local_cluster = mcp.spec.multi_cluster.as_ref().and_then(|m| m.cluster_name.clone());
+        let mut secrets: Vec<Arc<Secret>> = self.local.skein_secrets.state();
+        secrets.extend(self.local.istio_secrets.state());
+        secrets.retain(|s| s.namespace().as_deref() == Some(namespace));
+        secrets.sort_by_key(|s| s.name_any());
+        secrets.dedup_by_key(|s| s.name_any());
+        let mut wanted: BTreeMap<String, (String, PeerCredentials)> = BTreeMap::new();
+        let mut refused = Vec::new();
+        for secret in &secrets {
+            let secret_ref = format!("{namespace}/{}", secret.name_any());
+            let data: BTreeMap<String, Vec<u8>> =
+                secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+            for parsed in credentials::parse(&data) {
+                match parsed {
+                    Ok(c) if Some(&c.cluster) == local_cluster.as_ref() => {}
+                    Ok(c) if wanted.contains_key(&c.cluster) => refused.push(Refused {
+                        message: format!("cluster {} is already registered by {}", c.cluster, wanted[&c.cluster].0),
+                        cluster: c.cluster,
+                        secret: secret_ref.clone(),
+                    }),
+                    Ok(c) => {
+                        wanted.insert(c.cluster.clone(), (secret_ref.clone(), c));
+                    }
+                    Err((key, e)) => {
+                        let cluster = if key.is_empty() { secret.name_any() } else { key };
+                        refused.push(Refused { cluster, secret: secret_ref.clone(), message: e.to_string() });
+                    }
+                }
+            }
+        }
+        // Removed Secrets: keep the entries through the grace period, then forget the peer.
+        let now = Instant::now();
+        let grace = self.settings.removal_grace;
+        self.peers.retain(|cluster, p| {
+            if wanted.contains_key(cluster) {
+                p.removing_since = None;
+                return true;
+            }
+            let since = *p.removing_since.get_or_insert(now);
+            let keep = now.duration_since(since) < grace;
+            if !keep {
+                info!(cluster, "remote cluster removed");
+            }
+            keep
+        });
+        for (cluster, (secret, creds)) in wanted {
+            let current = self.peers.get(&cluster);
+            if current.is_some_and(|p| p.fingerprint == creds.fingerprint) {
+                if let Some(p) = self.peers.get_mut(&cluster) {
+                    p.secret = secret;
+                }
+                continue;
+            }
+            let previous = current.map(|p| p.state.borrow().clone());
+            let client = match remote::client(&creds).await {
+                Ok(c) => c,
+                Err(message) => {
+                    refused.push(Refused { cluster, secret, message });
+                    continue;
+                }
+            };
+            info!(cluster, secret, restart = previous.is_some(), "watching remote cluster");
+            let (tx, rx) = tokio::sync::watch::channel(PeerState::pending(previous.as_ref()));
+            let task = tokio::spawn(peer::run(cluster.clone(), client, tx, self.notify.clone()));
+            let handle = PeerHandle {
+                secret,
+                fingerprint: creds.fingerprint,
+                expires: creds.expires,
+                task,
+                state: rx,
+                removing_since: None,
+            };
+            self.peers.insert(cluster, handle);
+        }
+        refused
+    }
+
+    /// Hosts the operator must not write: a ServiceEntry not generated by it names the host,
+    /// or holds the name the generated one would have.
+    fn conflicts(&self, plan: &BTreeMap<String, GlobalHost>, namespace: &str, mesh: &str) -> BTreeSet<String> {
+        let ours = |o: &DynamicObject| o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh);
+        let mut out = BTreeSet::new();
+        for se in self.local.service_entries.state().iter().filter(|o| !ours(o)) {
+            let hosts = se.data["spec"]["hosts"].as_array().into_iter().flatten().filter_map(|h| h.as_str());
+            out.extend(hosts.filter(|h| plan.contains_key(*h)).map(String::from));
+            if se.namespace().as_deref() == Some(namespace) && plan.contains_key(&se.name_any()) {
+                out.insert(se.name_any());
+            }
+        }
+        for dr in self.local.destination_rules.state().iter().filter(|o| !ours(o)) {
+            if dr.namespace().as_deref() == Some(namespace) && plan.contains_key(&dr.name_any()) {
+                out.insert(dr.name_any());
+            }
+        }
+        out
+    }
+
+    /// The VIP table holding exactly `hosts`, persisted before any ServiceEntry uses it.
+    async fn vips(
+        &mut self,
+        namespace: &str,
+        mcp: &MeshControlPlane,
+        hosts: &BTreeSet<String>,
+    ) -> Result<VipTable, ApplyError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let mut table = match self.vips.take() {
+            Some(t) => t,
+            None => {
+                let cm = api
+                    .get_opt(VIP_CONFIGMAP)
+                    .await
+                    .map_err(ApplyError::during("get", format!("ConfigMap/{VIP_CONFIGMAP}")))?;
+                let text = cm.and_then(|c| c.data?.get("vips.json").cloned());
+                match text.map(|t| serde_json::from_str::<VipTable>(&t)) {
+                    Some(Ok(t)) => t,
+                    Some(Err(e)) => {
+                        // Starting over is safe (addresses are derived from names, so most come
+                        // back the same); losing the quarantine is the cost, so say so.
+                        warn!(error = %e, "virtual IP table unreadable; rebuilding it");
+                        VipTable::default()
+                    }
+                    None => VipTable::default(),
+                }
+            }
+        };
+        if table.assign(hosts, jiff::Timestamp::now().as_second()) {
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": VIP_CONFIGMAP,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/managed-by": crate::render::MANAGED_BY, GENERATED_LABEL: mcp.name_any()},
+                    "ownerReferences": [mcp.controller_owner_ref(&())],
+                },
+                "data": {"vips.json": serde_json::to_string(&table).unwrap_or_default()},
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(VIP_CONFIGMAP, &params, &Patch::Apply(&body))
+                .await
+                .map_err(ApplyError::during("apply", format!("ConfigMap/{VIP_CONFIGMAP}")))?;
+        }
+        self.vips = Some(table.clone());
+        Ok(table)
+    }
+
+    /// Deletes generated objects whose host is no longer wanted. Returns how many.
+    async fn prune(&self, namespace: &str, mesh: &str, keep: &BTreeSet<String>) -> Result<usize, ApplyError> {
+        let mut deleted = 0;
+        for (resource, store) in
+            [(service_entries(), &self.local.service_entries), (destination_rules(), &self.local.destination_rules)]
+        {
+            let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
+            for obj in store.state() {
+                let ours = obj.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh);
+                if !ours || obj.namespace().as_deref() != Some(namespace) || keep.contains(&obj.name_any()) {
+                    continue;
+                }
+                match api.delete(&obj.name_any(), &DeleteParams::background()).await {
+                    Ok(_) => deleted += 1,
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(e) => {
+                        return Err(ApplyError::during("delete", format!("{}/{}", resource.kind, obj.name_any()))(e));
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn write_status(
+        &self,
+        mcp: &MeshControlPlane,
+        plan: &BTreeMap<String, GlobalHost>,
+        conflicts: &BTreeSet<String>,
+        refused: Vec<Refused>,
+    ) -> Result<(), ApplyError> {
+        let previous = mcp.status.as_ref().map(|s| s.remote_clusters.clone()).unwrap_or_default();
+        let mut out: Vec<RemoteClusterStatus> = Vec::new();
+        let now = jiff::Timestamp::now();
+        for (cluster, p) in &self.peers {
+            let state = p.state.borrow().clone();
+            let (ok, reason, message) = match (&state.sync, p.removing_since) {
+                (_, Some(_)) => (false, "Removing", "the remote Secret was deleted; entries are withdrawn after the grace period".to_string()),
+                (Sync::Pending, _) => (false, "Pending", "listing the peer's Services".to_string()),
+                (Sync::Failed(r, m), _) => (false, *r, format!("{m}; its last known Services stay imported")),
+                (Sync::Synced, _) if state.view.as_ref().is_some_and(|v| v.gateways.is_empty()) => {
+                    (false, "NoGateway", "the peer has no east-west gateway address (Service labelled istio=eastwestgateway with a LoadBalancer address)".to_string())
+                }
+                (Sync::Synced, _) if p.expires.is_some_and(|e| e <= now) => (false, "CredentialsExpired", "the remote Secret's credentials have expired".to_string()),
+                (Sync::Synced, _) => (true, "Synced", "watching the peer".to_string()),
+            };
+            let view = state.view.as_ref();
+            let mut conflicted: Vec<String> = plan
+                .values()
+                .filter(|h| conflicts.contains(&h.host) && h.clusters().contains(cluster.as_str()))
+                .map(|h| h.host.clone())
+                .collect();
+            conflicted.sort();
+            out.push(RemoteClusterStatus {
+                name: cluster.clone(),
+                secret: p.secret.clone(),
+                network: view.and_then(|v| v.network.clone()),
+                conditions: vec![condition(&previous, cluster, ok, reason, &message, mcp.metadata.generation)],
+                last_sync_time: state.last_sync.map(Time),
+                exported_services: view.map_or(0, |v| v.services.len() as i32),
+                gateway_addresses: view.map(|v| v.gateways.clone()).unwrap_or_default(),
+                trust_bundle_fingerprint: state.root_fingerprint.clone(),
+                credentials_expire: p.expires.map(Time),
+                conflicts: conflicted,
+            });
+        }
+        for r in refused {
+            if out.iter().any(|o| o.name == r.cluster) {
+                continue;
+            }
+            out.push(RemoteClusterStatus {
+                conditions: vec![condition(
+                    &previous,
+                    &r.cluster,
+                    false,
+                    "InvalidSecret",
+                    &r.message,
+                    mcp.metadata.generation,
+                )],
+                name: r.cluster,
+                secret: r.secret,
+                ..Default::default()
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        if out == previous {
+            return Ok(());
+        }
+        let api: Api<MeshControlPlane> = Api::all(self.ctx.client.clone());
+        api.patch_status(
+            &mcp.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"remoteClusters": out}})),
+        )
+        .await
+        .map_err(ApplyError::during("patch status of", format!("MeshControlPlane/{}", mcp.name_any())))?;
+        self.ctx.metrics.status_written();
+        Ok(())
+    }
+}
+
+/// The `Synced` condition of `cluster`, keeping `lastTransitionTime` while the status holds.
+fn condition(
+    previous: &[RemoteClusterStatus],
+    cluster: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let before =
+        previous.iter().find(|p| p.name == cluster).and_then(|p| p.conditions.iter().find(|c| c.type_ == "Synced"));
+    let last_transition_time = match before {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(jiff::Timestamp::now()),
+    };
+    Condition {
+        type_: "Synced".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time,
+        observed_generation: generation,
+    }
+}

@@ -1,0 +1,265 @@
+//! One peer cluster, watched with its remote credentials: its Services and namespaces (what it
+//! exports), its DestinationRules (subsets to mirror), its MeshControlPlane (export rules),
+//! its east-west gateway (addresses, network) and its root certificate.
+//!
+//! The task publishes a [`PeerState`] whenever what it has read changes, and only once every
+//! watch has listed: a half-read peer would withdraw Services it still exports. When the peer
+//! fails, the last complete view is kept and only the sync state changes: entries of an
+//! unreachable peer stay (no flapping, no fail-fast after a restart).
+
+use std::{collections::BTreeMap, pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use kube::{
+    Api, Client, ResourceExt,
+    api::DynamicObject,
+    core::{ApiResource, GroupVersionKind, PartialObjectMeta},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use skein_api::{ExportRule, MeshControlPlane};
+use tokio::sync::{Notify, watch};
+
+use crate::federation::{
+    EAST_WEST_SELECTOR, NETWORK_LABEL, ROOT_CERT_CONFIGMAP,
+    export::{self, ExportedService},
+    generate::Peer,
+};
+
+/// Whether the peer is being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sync {
+    /// Still listing for the first time.
+    Pending,
+    /// Every watch is up.
+    Synced,
+    /// A watch fails: reason (`Unreachable`, `Unauthorized`) and message.
+    Failed(&'static str, String),
+}
+
+/// What the task publishes.
+#[derive(Debug, Clone)]
+pub struct PeerState {
+    /// Sync state.
+    pub sync: Sync,
+    /// Last complete view (kept while the peer fails).
+    pub view: Option<Peer>,
+    /// When the view was last complete after a (re)list.
+    pub last_sync: Option<Timestamp>,
+    /// Hex SHA-256 of the peer's root certificate(s), when published.
+    pub root_fingerprint: Option<String>,
+}
+
+impl PeerState {
+    /// The state before anything is read, carrying `previous`'s view (new credentials for a
+    /// known peer keep its entries while the new client lists).
+    pub fn pending(previous: Option<&PeerState>) -> Self {
+        Self {
+            sync: Sync::Pending,
+            view: previous.and_then(|p| p.view.clone()),
+            last_sync: previous.and_then(|p| p.last_sync),
+            root_fingerprint: previous.and_then(|p| p.root_fingerprint.clone()),
+        }
+    }
+}
+
+/// The watches of one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Services,
+    Namespaces,
+    DestinationRules,
+    MeshControlPlanes,
+    RootCerts,
+}
+
+/// What a watch has done so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Progress {
+    Listing,
+    Listed,
+    /// The API is not served there (say, no Istio CRDs, or not a Skein cluster): empty.
+    Absent,
+    Failing(&'static str, String),
+}
+
+type Events = Pin<Box<dyn Stream<Item = (Source, Result<bool, watcher::Error>)> + Send>>;
+
+/// Maps a watch to (source, Ok(list complete) | Err).
+fn events<K>(source: Source, stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static) -> Events
+where
+    K: Send + 'static,
+{
+    stream
+        .map(move |e| {
+            (
+                source,
+                e.map(|e| matches!(e, watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))),
+            )
+        })
+        .boxed()
+}
+
+/// Reasons of a failing watch (what `status.remoteClusters[].conditions[Synced]` says).
+fn classify(e: &watcher::Error) -> Result<(&'static str, String), ()> {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some((s.code, s.message.clone())),
+        watcher::Error::WatchError(s) => Some((s.code, s.message.clone())),
+        _ => None,
+    };
+    match api {
+        // Not served: an absent optional API, not a failure.
+        Some((404, _)) => Err(()),
+        Some((401 | 403, m)) => Ok(("Unauthorized", m)),
+        Some((code, m)) => Ok(("Unreachable", format!("{code}: {m}"))),
+        None => Ok(("Unreachable", e.to_string())),
+    }
+}
+
+/// Runs until aborted: watches the peer through `client` and publishes to `state`, waking
+/// `notify` on every change.
+pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState>, notify: Arc<Notify>) {
+    let cfg = watcher::Config::default;
+    let (services, w) = reflector::store::<Service>();
+    let s1 = events(
+        Source::Services,
+        reflector::reflector(w, watcher(Api::<Service>::all(client.clone()), cfg()).default_backoff()),
+    );
+    let (namespaces, w) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let ns_api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+    let s2 = events(Source::Namespaces, reflector::reflector(w, watcher(ns_api, cfg()).default_backoff()));
+    let dr = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"));
+    let w = reflector::store::Writer::new(dr.clone());
+    let destination_rules = w.as_reader();
+    let s3 = events(
+        Source::DestinationRules,
+        reflector::reflector(w, watcher(Api::<DynamicObject>::all_with(client.clone(), &dr), cfg()).default_backoff()),
+    );
+    let (meshes, w) = reflector::store::<MeshControlPlane>();
+    let s4 = events(
+        Source::MeshControlPlanes,
+        reflector::reflector(w, watcher(Api::all(client.clone()), cfg()).default_backoff()),
+    );
+    let (roots, w) = reflector::store::<ConfigMap>();
+    let roots_cfg = cfg().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
+    let s5 = events(
+        Source::RootCerts,
+        reflector::reflector(w, watcher(Api::<ConfigMap>::all(client), roots_cfg).default_backoff()),
+    );
+    let stores = Stores { services, namespaces, destination_rules, meshes, roots };
+
+    let mut all = futures::stream::select_all([s1, s2, s3, s4, s5]);
+    let mut progress: BTreeMap<Source, Progress> =
+        [Source::Services, Source::Namespaces, Source::DestinationRules, Source::MeshControlPlanes, Source::RootCerts]
+            .into_iter()
+            .map(|s| (s, Progress::Listing))
+            .collect();
+    while let Some((source, event)) = all.next().await {
+        let p = match event {
+            Ok(true) => Progress::Listed,
+            // Init/InitApply: the list is under way; keep what the source had.
+            Ok(false) => continue,
+            Err(e) => match classify(&e) {
+                Err(()) if matches!(source, Source::Services | Source::Namespaces) => {
+                    Progress::Failing("Unreachable", e.to_string())
+                }
+                Err(()) => Progress::Absent,
+                Ok((reason, message)) => Progress::Failing(reason, message),
+            },
+        };
+        progress.insert(source, p);
+        let failing = progress.values().find_map(|p| match p {
+            Progress::Failing(r, m) => Some((*r, m.clone())),
+            _ => None,
+        });
+        let complete = progress.values().all(|p| matches!(p, Progress::Listed | Progress::Absent));
+        let mut changed = false;
+        state.send_if_modified(|s| {
+            let before = (s.sync.clone(), s.view.clone(), s.root_fingerprint.clone());
+            if let Some((reason, message)) = failing {
+                s.sync = Sync::Failed(reason, message);
+            } else if complete {
+                if s.sync != Sync::Synced {
+                    s.last_sync = Some(Timestamp::now());
+                }
+                s.sync = Sync::Synced;
+                s.view = Some(stores.view(&cluster));
+                s.root_fingerprint = stores.root_fingerprint();
+            }
+            changed = before != (s.sync.clone(), s.view.clone(), s.root_fingerprint.clone());
+            changed
+        });
+        if changed {
+            notify.notify_one();
+        }
+    }
+}
+
+struct Stores {
+    services: Store<Service>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    destination_rules: Store<DynamicObject>,
+    meshes: Store<MeshControlPlane>,
+    roots: Store<ConfigMap>,
+}
+
+impl Stores {
+    fn view(&self, cluster: &str) -> Peer {
+        let services: Vec<Service> = self.services.state().iter().map(|s| s.as_ref().clone()).collect();
+        let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
+            self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+        let meshes = self.meshes.state();
+        let rules: Vec<ExportRule> =
+            meshes.iter().filter_map(|m| m.spec.multi_cluster.as_ref()).flat_map(|m| m.export.clone()).collect();
+        let drs: Vec<(String, String, Vec<String>)> = self
+            .destination_rules
+            .state()
+            .iter()
+            .filter_map(|d| {
+                let host = d.data["spec"]["host"].as_str()?.to_string();
+                let subsets = d.data["spec"]["subsets"].as_array().into_iter().flatten();
+                let names = subsets.filter_map(|s| s["name"].as_str().map(String::from)).collect();
+                Some((d.namespace()?, host, names))
+            })
+            .collect();
+        let exported: Vec<ExportedService> = export::exported(&services, &namespace_labels, &rules, &drs);
+        let gateways: Vec<&Service> = services
+            .iter()
+            .filter(|s| s.labels().get(EAST_WEST_SELECTOR.0).is_some_and(|v| v == EAST_WEST_SELECTOR.1))
+            .collect();
+        let mut addresses: Vec<String> = gateways.iter().flat_map(|s| gateway_addresses(s)).collect();
+        addresses.sort();
+        addresses.dedup();
+        let network = gateways
+            .iter()
+            .find_map(|s| s.labels().get(NETWORK_LABEL).cloned())
+            .or_else(|| meshes.iter().find_map(|m| m.spec.multi_cluster.as_ref()?.network.clone()));
+        Peer { cluster: cluster.to_string(), network, gateways: addresses, services: exported }
+    }
+
+    /// Fingerprint of the peer's roots: every distinct `root-cert.pem` (the ConfigMap is
+    /// published in every namespace with the same content).
+    fn root_fingerprint(&self) -> Option<String> {
+        let mut pems: Vec<String> =
+            self.roots.state().iter().filter_map(|c| c.data.as_ref()?.get("root-cert.pem").cloned()).collect();
+        pems.sort();
+        pems.dedup();
+        (!pems.is_empty()).then(|| crate::federation::trust::fingerprint(&pems.join("")))
+    }
+}
+
+/// Addresses a gateway Service is reachable at from other networks.
+fn gateway_addresses(svc: &Service) -> Vec<String> {
+    let lb = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+    let mut out: Vec<String> =
+        lb.into_iter().flatten().filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone())).collect();
+    out.extend(svc.spec.as_ref().and_then(|s| s.external_ips.clone()).into_iter().flatten());
+    out
+}
