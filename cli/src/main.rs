@@ -4,6 +4,7 @@
 
 mod analyze;
 mod proxy_config;
+mod remote_secret;
 mod source;
 mod status;
 mod table;
@@ -76,10 +77,29 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Prints a Secret that lets another cluster's operator read this one (apply it in the
+    /// other cluster): a kubeconfig with the token of this mesh's read-only reader
+    /// ServiceAccount, as `istioctl create-remote-secret` does.
+    CreateRemoteSecret {
+        /// This cluster's name in the mesh (default: the MeshControlPlane's
+        /// `spec.multiCluster.clusterName`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Apiserver address the other cluster reaches this one at (default: the kubeconfig's).
+        #[arg(long)]
+        server: Option<String>,
+        /// Namespace of the Secret in the other cluster (default: this mesh's namespace).
+        #[arg(long)]
+        secret_namespace: Option<String>,
+    },
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+}
+
+async fn config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
@@ -87,8 +107,7 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
         None => {
             kube::Config::infer().await.context("no kubeconfig found (--kubeconfig, $KUBECONFIG, ~/.kube/config)")?
         }
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 async fn control_planes(args: &Args) -> anyhow::Result<ControlPlanes> {
@@ -160,6 +179,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (text, errors) = analyze::report(&messages, &scope);
             print!("{text}");
             Ok(if errors { ExitCode::from(analyze::EXIT_ISSUES as u8) } else { ExitCode::SUCCESS })
+        }
+        Command::CreateRemoteSecret { name, server, secret_namespace } => {
+            let config = config(args.kubeconfig.as_ref()).await?;
+            let url = config.cluster_url.to_string();
+            let client = kube::Client::try_from(config)?;
+            let opts = remote_secret::Options {
+                name: name.clone(),
+                server: server.clone(),
+                secret_namespace: secret_namespace.clone(),
+            };
+            print!("{}", remote_secret::create(&client, url.trim_end_matches('/'), &opts).await?);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -38,7 +38,8 @@ use self::peer::{PeerState, Sync};
 use crate::{
     context::Context,
     federation::{
-        DEFAULT_SUFFIX, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL, VIP_CONFIGMAP,
+        DEFAULT_SUFFIX, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL, SOURCE_CLUSTERS_ANNOTATION,
+        VIP_CONFIGMAP,
         credentials::{self, PeerCredentials},
         generate::{self, GlobalHost, Target},
         vip::VipTable,
@@ -230,7 +231,14 @@ impl Federation {
         // left alone and reported.
         let conflicts = self.conflicts(&plan, &namespace, &mcp.name_any());
         let hosts: BTreeSet<String> = plan.keys().filter(|h| !conflicts.contains(*h)).cloned().collect();
-        let vips = self.vips(&namespace, &mcp, &hosts).await?;
+        // Objects made from a peer not read yet in this process (just started, or unreachable
+        // since the start) are left exactly as they are: withdrawing them would make a restart
+        // fail every cross-cluster request until the peer answers.
+        let unknown: BTreeSet<&str> =
+            self.peers.iter().filter(|(_, p)| p.state.borrow().view.is_none()).map(|(c, _)| c.as_str()).collect();
+        let frozen = self.frozen(&namespace, &mcp.name_any(), &unknown);
+        let keep: BTreeSet<String> = hosts.union(&frozen).cloned().collect();
+        let vips = self.vips(&namespace, &mcp, &keep).await?;
 
         let target = Target {
             namespace: namespace.clone(),
@@ -239,7 +247,7 @@ impl Federation {
         };
         let applier = Applier::new(self.ctx.client.clone());
         let mut written = 0usize;
-        for host in &hosts {
+        for host in hosts.difference(&frozen) {
             let (Some(h), Some(vip)) = (plan.get(host), vips.assigned.get(host)) else {
                 continue;
             };
@@ -253,7 +261,7 @@ impl Federation {
                 }
             }
         }
-        let deleted = self.prune(&namespace, &mcp.name_any(), &hosts).await?;
+        let deleted = self.prune(&namespace, &mcp.name_any(), &keep).await?;
         if written > 0 || deleted > 0 {
             info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
         }
@@ -358,6 +366,25 @@ impl Federation {
             }
         }
         out
+    }
+
+    /// Generated ServiceEntries made (in part) from a peer in `unknown`, by their annotation.
+    fn frozen(&self, namespace: &str, mesh: &str, unknown: &BTreeSet<&str>) -> BTreeSet<String> {
+        if unknown.is_empty() {
+            return BTreeSet::new();
+        }
+        self.local
+            .service_entries
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .filter(|o| o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh))
+            .filter(|o| {
+                let sources = o.annotations().get(SOURCE_CLUSTERS_ANNOTATION).map(String::as_str).unwrap_or_default();
+                sources.split(',').any(|c| unknown.contains(c))
+            })
+            .map(|o| o.name_any())
+            .collect()
     }
 
     /// The VIP table holding exactly `hosts`, persisted before any ServiceEntry uses it.

@@ -161,7 +161,9 @@ fn operator_own_rules() -> Value {
 pub fn operator_cluster_role(service_account_namespace: &str) -> Vec<Value> {
     let labels = json!({"app.kubernetes.io/name": "skein-operator", "app.kubernetes.io/part-of": "skein"});
     let mut rules: Vec<Value> = Vec::new();
-    for set in [operator_own_rules(), control_plane_cluster_rules(), control_plane_namespace_rules(), remote_reader_rules()] {
+    for set in
+        [operator_own_rules(), control_plane_cluster_rules(), control_plane_namespace_rules(), remote_reader_rules()]
+    {
         for rule in set.as_array().into_iter().flatten() {
             if !rules.contains(rule) {
                 rules.push(rule.clone());

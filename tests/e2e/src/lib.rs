@@ -280,6 +280,17 @@ impl Operator {
         kubeconfig: &Path,
         lease_namespace: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_args(cluster, identity, kubeconfig, lease_namespace, &[])
+    }
+
+    /// [`Operator::start_with`], with more command-line arguments.
+    pub fn start_args(
+        cluster: &Cluster,
+        identity: &str,
+        kubeconfig: &Path,
+        lease_namespace: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let bin = std::env::var_os("SKEIN_OPERATOR_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| target_dir().join("debug/skein-operator"));
@@ -291,6 +302,7 @@ impl Operator {
             .env("RUST_LOG", "info,skein_operator=debug")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--identity", identity, "--lease-namespace", lease_namespace, "--lease-duration-seconds", "6"])
+            .args(extra)
             .stdout(Stdio::from(std::fs::File::create(&log)?))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log)?))
             .spawn()
