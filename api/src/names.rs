@@ -36,6 +36,15 @@ pub const CERT_DIR: &str = "/var/run/skein/certs";
 /// (Istio's name; sidecars and gateways mount it).
 pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 
+/// The ConfigMap (in the mesh namespace) holding this cluster's own root alone, which peers
+/// read to trust it ([`ROOT_CERT_CONFIGMAP`] holds the whole bundle, so reading that would
+/// make trust transitive: a peer's peers would be trusted too).
+pub const MESH_ROOT_CONFIGMAP: &str = "skein-mesh-root";
+
+/// The ConfigMap (in the mesh namespace) the operator writes peers' roots to, one key per
+/// cluster (`<cluster>.pem`); the control plane adds them to the bundle it publishes.
+pub const FEDERATED_ROOTS_CONFIGMAP: &str = "skein-federated-roots";
+
 #[cfg(test)]
 mod tests {
     use super::*;

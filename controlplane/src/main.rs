@@ -179,7 +179,7 @@ async fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
     ];
     names.extend(args.tls_san.iter().cloned());
     let (chain, key) = ca_bundle.issue_serving_cert(&names)?;
-    tokio::spawn(rootcert::publish(client.clone(), ca_bundle.root_cert_pem.clone()));
+    tokio::spawn(rootcert::publish(client.clone(), ca_bundle.root_cert_pem.clone(), args.namespace.clone()));
     if let Some(dir) = args.webhook_tls_dir.clone() {
         // A bad certificate is a startup error, not a webhook silently missing.
         webhook::load(&dir).map_err(|e| anyhow::anyhow!("--webhook-tls-dir: {e}"))?;

@@ -174,9 +174,12 @@ async fn east_west_gateway_passes_end_to_end_mtls_without_holding_keys() {
     let (app, seen) = app().await;
     let (b_port, gw_port, a_port) = (free_port(), free_port(), free_port());
     let _b = proxy(&server_side(&ca, &dir, b_port, "STRICT", app)).await;
-    // The gateway: no identity at all, only SNI routing to the local service.
+    // The gateway as the operator installs it: a mesh identity of its own, and the local
+    // cluster with the DestinationRule's ISTIO_MUTUAL (for its own clients). Passthrough must
+    // use neither: the caller's TLS goes to the workload untouched.
     let gw = format!(
-        "listeners: [{{name: tls, address: '127.0.0.1:{gw_port}', protocol: AUTO_PASSTHROUGH}}]\nclusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['127.0.0.1:{b_port}']}}]\n"
+        "{}listeners: [{{name: tls, address: '127.0.0.1:{gw_port}', protocol: AUTO_PASSTHROUGH}}]\nclusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['127.0.0.1:{b_port}'], tls: {{mode: ISTIO_MUTUAL}}}}]\n",
+        ca.identity_files(&dir.join("gw"), "istio-system", "skein-eastwestgateway")
     );
     let (_gw, gw_metrics) = proxy(&gw).await;
     // The caller in the other cluster sends to the `.global` name via the gateway.

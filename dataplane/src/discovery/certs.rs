@@ -43,7 +43,17 @@ pub enum CertError {
 pub trait CertificateSource: Send + 'static {
     /// Issues a certificate and returns how long it is valid.
     fn issue(&mut self) -> impl std::future::Future<Output = Result<Duration, CertError>> + Send;
+
+    /// Whether the trust roots changed since the last issue (a federated peer's root was added
+    /// to the mounted bundle): the certificate is then issued again and the new roots loaded
+    /// without waiting for the renewal.
+    fn roots_changed(&mut self) -> bool {
+        false
+    }
 }
+
+/// How often the mounted roots are compared with the loaded ones.
+pub const ROOTS_CHECK: Duration = Duration::from_secs(10);
 
 /// Keeps a valid certificate: issues one, bumps `ready`, re-applies the running config so new
 /// connections use it, and renews at half the lifetime (as Istio's agent does); a failure is
@@ -63,7 +73,18 @@ pub async fn keep_certificates(mut source: impl CertificateSource, store: Store,
                 }
                 let wait = (lifetime / 2).max(Duration::from_secs(1));
                 info!(renew_in = ?wait, "workload certificate ready");
-                tokio::time::sleep(wait).await;
+                let renew_at = tokio::time::Instant::now() + wait;
+                loop {
+                    let now = tokio::time::Instant::now();
+                    if now >= renew_at {
+                        break;
+                    }
+                    tokio::time::sleep((renew_at - now).min(ROOTS_CHECK)).await;
+                    if source.roots_changed() {
+                        info!("trust roots changed; loading them");
+                        break;
+                    }
+                }
             }
             Err(e) => {
                 warn!(error = %e, "certificate request failed; retrying");
@@ -80,6 +101,8 @@ pub struct GrpcIssuer {
     root_cert: PathBuf,
     cert_dir: PathBuf,
     ttl: Duration,
+    /// The roots written with the last certificate.
+    loaded_root: Vec<u8>,
 }
 
 impl GrpcIssuer {
@@ -91,6 +114,7 @@ impl GrpcIssuer {
             root_cert: args.root_cert.clone(),
             cert_dir: args.cert_dir.clone(),
             ttl: args.cert_ttl,
+            loaded_root: Vec::new(),
         }
     }
 }
@@ -128,7 +152,13 @@ impl CertificateSource for GrpcIssuer {
         write_atomic(&self.cert_dir.join(CERT_CHAIN), leaf_and_intermediates.concat().as_bytes(), 0o644)?;
         write_atomic(&self.cert_dir.join(ROOT_CERT), &root, 0o644)?;
         debug!(dir = %self.cert_dir.display(), "certificate written");
+        self.loaded_root = root;
         Ok(lifetime)
+    }
+
+    fn roots_changed(&mut self) -> bool {
+        // An unreadable file (the kubelet swapping the volume's symlink) is not a change.
+        std::fs::read(&self.root_cert).is_ok_and(|r| !r.is_empty() && r != self.loaded_root)
     }
 }
 
@@ -165,11 +195,14 @@ mod tests {
 
     use super::*;
 
-    /// Issues certificates of `lifetime`, failing the first `failures` requests.
+    /// Issues certificates of `lifetime`, failing the first `failures` requests; its roots
+    /// change when `roots` is bumped.
     struct Fake {
         lifetime: Duration,
         failures: u32,
         calls: Arc<AtomicU32>,
+        roots: Arc<AtomicU32>,
+        loaded: u32,
     }
 
     impl CertificateSource for Fake {
@@ -178,8 +211,41 @@ mod tests {
             if n < self.failures {
                 return Err(CertError::Token);
             }
+            self.loaded = self.roots.load(Ordering::SeqCst);
             Ok(self.lifetime)
         }
+
+        fn roots_changed(&mut self) -> bool {
+            self.roots.load(Ordering::SeqCst) != self.loaded
+        }
+    }
+
+    fn fake(lifetime: u64, failures: u32, calls: &Arc<AtomicU32>) -> (Fake, Arc<AtomicU32>) {
+        let roots = Arc::new(AtomicU32::new(0));
+        let f = Fake {
+            lifetime: Duration::from_secs(lifetime),
+            failures,
+            calls: calls.clone(),
+            roots: roots.clone(),
+            loaded: 0,
+        };
+        (f, roots)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_roots_are_loaded_within_the_check_interval_not_at_renewal() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let (tx, mut rx) = watch::channel(0);
+        let (fake, roots) = fake(3600, 0, &calls);
+        let task = tokio::spawn(keep_certificates(fake, empty_store(), tx));
+        rx.changed().await.unwrap();
+        tokio::time::sleep(ROOTS_CHECK * 3).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "unchanged roots: no new issue");
+        roots.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(ROOTS_CHECK + Duration::from_millis(1)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "changed roots: issued and loaded again");
+        assert_eq!(*rx.borrow(), 2);
+        task.abort();
     }
 
     fn empty_store() -> Store {
@@ -190,7 +256,7 @@ mod tests {
     async fn certificates_are_renewed_at_half_their_lifetime() {
         let calls = Arc::new(AtomicU32::new(0));
         let (tx, mut rx) = watch::channel(0);
-        let fake = Fake { lifetime: Duration::from_secs(600), failures: 0, calls: calls.clone() };
+        let (fake, _) = fake(600, 0, &calls);
         let task = tokio::spawn(keep_certificates(fake, empty_store(), tx));
         rx.changed().await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -207,7 +273,7 @@ mod tests {
     async fn a_failed_request_is_retried_with_backoff_until_it_succeeds() {
         let calls = Arc::new(AtomicU32::new(0));
         let (tx, mut rx) = watch::channel(0);
-        let fake = Fake { lifetime: Duration::from_secs(600), failures: 3, calls: calls.clone() };
+        let (fake, _) = fake(600, 3, &calls);
         let start = tokio::time::Instant::now();
         let task = tokio::spawn(keep_certificates(fake, empty_store(), tx));
         rx.changed().await.unwrap();

@@ -245,8 +245,16 @@ pub(super) async fn send(
             }
             Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as _).boxed()))
         }
-        Err(PoolError::Connect(_)) => Err(SendError::Connect),
-        Err(PoolError::Reset(_)) => Err(SendError::Reset),
+        Err(PoolError::Connect(e)) => {
+            // The cause (refused, TLS: unknown issuer, wrong identity) only here: the response
+            // says UF for all of them.
+            debug!(endpoint = %addr, error = %e, "upstream connect failed");
+            Err(SendError::Connect)
+        }
+        Err(PoolError::Reset(e)) => {
+            debug!(endpoint = %addr, error = %e, "upstream reset");
+            Err(SendError::Reset)
+        }
     }
 }
 

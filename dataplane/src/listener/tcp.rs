@@ -98,8 +98,8 @@ async fn handle(
                 return Err(e);
             }
             match inbound {
-                Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, &session).await,
-                Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, &session).await,
+                Inbound::Plain(s) => proxy_to(s, Vec::new(), &up, &session, Originate::ClusterTls).await,
+                Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, &session, Originate::ClusterTls).await,
             }
         }
         Mode::SniPassthrough => {
@@ -114,13 +114,16 @@ async fn handle(
                 })
                 .cloned()
                 .ok_or_else(not_found)?;
-            proxy_to(client, first, &up, &session).await
+            // The client's mTLS goes through untouched, to the workload: the cluster's own TLS
+            // (its DestinationRule's ISTIO_MUTUAL) is for this proxy's clients, not for bytes
+            // that are TLS already (Istio's sni-dnat clusters carry no TLS either).
+            proxy_to(client, first, &up, &session, Originate::Never).await
         }
         Mode::TlsRoutes { listener } => {
             let (sni, first) =
                 client_hello(&mut client).await.inspect_err(|_| session.refused(None, ResponseFlag::NoRoute))?;
             let up = sni.as_deref().and_then(|n| rt.tls_route(&listener, n)).cloned().ok_or_else(not_found)?;
-            proxy_to(client, first, &up, &session).await
+            proxy_to(client, first, &up, &session, Originate::ClusterTls).await
         }
     }
 }
@@ -138,7 +141,7 @@ where
     match capture {
         Capture::Outbound => {
             if let Some(up) = rt.cluster_for_address(dst) {
-                return proxy_to(client, first, up, &session).await;
+                return proxy_to(client, first, up, &session, Originate::ClusterTls).await;
             }
             if rt.config.outbound_traffic_policy == OutboundPolicy::RegistryOnly {
                 session.refused(Some("BlackHoleCluster"), ResponseFlag::NoRoute);
@@ -270,8 +273,24 @@ fn authorize(rt: &Runtime, listener: &str, identity: Option<&str>, peer: SocketA
     }
 }
 
-/// Connects to `up` (with its client TLS, if any), sends `first`, then relays both ways.
-async fn proxy_to<C>(mut client: C, first: Vec<u8>, up: &Arc<Upstream>, session: &Session<'_>) -> std::io::Result<()>
+/// Whether the upstream connection gets the cluster's client TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Originate {
+    /// As the cluster says (its DestinationRule's TLS).
+    ClusterTls,
+    /// Never: the bytes relayed are a TLS session already (AUTO_PASSTHROUGH).
+    Never,
+}
+
+/// Connects to `up` (with its client TLS when `originate` allows), sends `first`, then relays
+/// both ways.
+async fn proxy_to<C>(
+    mut client: C,
+    first: Vec<u8>,
+    up: &Arc<Upstream>,
+    session: &Session<'_>,
+    originate: Originate,
+) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -289,9 +308,11 @@ where
     };
     drop(pending);
     let relay = async {
-        match &up.tls {
-            None => relay(&mut client, tcp, &first).await,
-            Some(slot) => relay(&mut client, slot.handshake(tcp, up.connect_timeout).await?, &first).await,
+        match (&up.tls, originate) {
+            (Some(slot), Originate::ClusterTls) => {
+                relay(&mut client, slot.handshake(tcp, up.connect_timeout).await?, &first).await
+            }
+            _ => relay(&mut client, tcp, &first).await,
         }
     };
     session.relayed(up.service(), &up.name, addr, relay).await

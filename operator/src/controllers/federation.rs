@@ -38,8 +38,8 @@ use self::peer::{PeerState, Sync};
 use crate::{
     context::Context,
     federation::{
-        DEFAULT_SUFFIX, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL, SOURCE_CLUSTERS_ANNOTATION,
-        VIP_CONFIGMAP,
+        DEFAULT_SUFFIX, FEDERATED_ROOTS_CONFIGMAP, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL,
+        SOURCE_CLUSTERS_ANNOTATION, VIP_CONFIGMAP,
         credentials::{self, PeerCredentials},
         generate::{self, GlobalHost, Target},
         vip::VipTable,
@@ -172,13 +172,26 @@ struct Federation {
     peers: BTreeMap<String, PeerHandle>,
     /// The persisted VIP table, once read.
     vips: Option<VipTable>,
+    /// The peers' roots as last written to `skein-federated-roots`, once read.
+    roots: Option<BTreeMap<String, String>>,
+    /// This cluster read as its peers read it (what it exports), once started.
+    local_view: Option<(JoinHandle<()>, tokio::sync::watch::Receiver<PeerState>)>,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if let Some((task, _)) = &self.local_view {
+            task.abort();
+        }
+    }
 }
 
 /// Runs the federation controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send) {
     let notify = Arc::new(Notify::new());
     let local = LocalStores::start(&ctx.client, notify.clone());
-    let mut fed = Federation { ctx, settings, local, notify, peers: BTreeMap::new(), vips: None };
+    let mut fed =
+        Federation { ctx, settings, local, notify, peers: BTreeMap::new(), vips: None, roots: None, local_view: None };
     tokio::select! {
         _ = shutdown => {}
         _ = fed.run() => {}
@@ -262,6 +275,8 @@ impl Federation {
             }
         }
         let deleted = self.prune(&namespace, &mcp.name_any(), &keep).await?;
+        self.federate_roots(&namespace, &mcp).await?;
+        self.east_west(&namespace, &mcp, &target).await?;
         if written > 0 || deleted > 0 {
             info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
         }
@@ -436,6 +451,81 @@ impl Federation {
         Ok(table)
     }
 
+    /// Opens this cluster's east-west gateway to what it exports (a generated Gateway), when the
+    /// mesh runs one.
+    async fn east_west(&mut self, namespace: &str, mcp: &MeshControlPlane, target: &Target) -> Result<(), ApplyError> {
+        let (_, view) = self.local_view.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::watch::channel(PeerState::pending(None));
+            let task = tokio::spawn(peer::run("local".into(), self.ctx.client.clone(), tx, self.notify.clone()));
+            (task, rx)
+        });
+        let state = view.borrow().clone();
+        if state.sync != Sync::Synced {
+            return Ok(());
+        }
+        let enabled = mcp.spec.components.east_west_gateway.as_ref().is_some_and(|g| g.enabled == Some(true));
+        let exports = state.view.map(|v| v.services).unwrap_or_default();
+        let wanted = if enabled { generate::east_west_gateway(&exports, target) } else { None };
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "Gateway"));
+        let name = generate::EAST_WEST_GATEWAY;
+        match wanted {
+            Some(body) => {
+                let desired = Desired { resource, namespaced: true, name: name.to_string(), body };
+                Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await?;
+            }
+            None => {
+                let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
+                let what = || format!("Gateway/{name}");
+                let live = api.get_opt(name).await.map_err(ApplyError::during("get", what()))?;
+                let ours = live.is_some_and(|g| g.labels().get(GENERATED_LABEL).is_some_and(|v| *v == mcp.name_any()));
+                if ours {
+                    api.delete(name, &DeleteParams::background())
+                        .await
+                        .map_err(ApplyError::during("delete", what()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every known peer's root to `skein-federated-roots` (the control plane adds them
+    /// to the bundle its workloads verify with). A peer keeps its root while it is unreachable
+    /// and loses it when it is removed.
+    async fn federate_roots(&mut self, namespace: &str, mcp: &MeshControlPlane) -> Result<(), ApplyError> {
+        let wanted: BTreeMap<String, String> = self
+            .peers
+            .iter()
+            .filter_map(|(cluster, p)| Some((format!("{cluster}.pem"), p.state.borrow().root.clone()?)))
+            .collect();
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let what = || format!("ConfigMap/{FEDERATED_ROOTS_CONFIGMAP}");
+        if self.roots.is_none() {
+            let live = api.get_opt(FEDERATED_ROOTS_CONFIGMAP).await.map_err(ApplyError::during("get", what()))?;
+            self.roots = Some(live.and_then(|c| c.data).unwrap_or_default());
+        }
+        if self.roots.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        // Apply replaces the data this manager owns, so a removed peer's key goes too.
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": FEDERATED_ROOTS_CONFIGMAP,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": crate::render::MANAGED_BY, GENERATED_LABEL: mcp.name_any()},
+                "ownerReferences": [mcp.controller_owner_ref(&())],
+            },
+            "data": wanted,
+        });
+        api.patch(FEDERATED_ROOTS_CONFIGMAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(ApplyError::during("apply", what()))?;
+        info!(peers = wanted.len(), "federated roots written");
+        self.roots = Some(wanted);
+        Ok(())
+    }
+
     /// Deletes generated objects whose host is no longer wanted. Returns how many.
     async fn prune(&self, namespace: &str, mesh: &str, keep: &BTreeSet<String>) -> Result<usize, ApplyError> {
         let mut deleted = 0;
@@ -497,7 +587,7 @@ impl Federation {
                 last_sync_time: state.last_sync.map(Time),
                 exported_services: view.map_or(0, |v| v.services.len() as i32),
                 gateway_addresses: view.map(|v| v.gateways.clone()).unwrap_or_default(),
-                trust_bundle_fingerprint: state.root_fingerprint.clone(),
+                trust_bundle_fingerprint: state.root.as_deref().map(crate::federation::trust::fingerprint),
                 credentials_expire: p.expires.map(Time),
                 conflicts: conflicted,
             });

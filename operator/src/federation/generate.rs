@@ -197,8 +197,58 @@ pub fn destination_rule(host: &GlobalHost, target: &Target) -> Value {
     })
 }
 
+/// Name of the Gateway that opens the east-west gateway's 15443 to what this cluster exports.
+pub const EAST_WEST_GATEWAY: &str = "skein-eastwestgateway";
+
+/// The Gateway making the east-west gateway serve AUTO_PASSTHROUGH on 15443 for `exports`
+/// (this cluster's exported Services) and nothing else; `None` when nothing is exported (a
+/// Gateway without hosts is invalid, and there is nothing to serve).
+pub fn east_west_gateway(exports: &[ExportedService], target: &Target) -> Option<Value> {
+    if exports.is_empty() {
+        return None;
+    }
+    let hosts: Vec<String> =
+        exports.iter().map(|s| format!("{}/{}.{}.svc.cluster.local", s.namespace, s.name, s.namespace)).collect();
+    Some(json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": EAST_WEST_GATEWAY,
+            "namespace": target.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
+                "app.kubernetes.io/part-of": "skein",
+                GENERATED_LABEL: target.mesh,
+            },
+            "ownerReferences": [target.owner],
+        },
+        "spec": {
+            "selector": {"istio": "eastwestgateway"},
+            "servers": [{
+                "port": {"number": EAST_WEST_PORT, "name": "tls-east-west", "protocol": "TLS"},
+                "tls": {"mode": "AUTO_PASSTHROUGH"},
+                "hosts": hosts,
+            }],
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_east_west_gateway_serves_exactly_the_exported_services() {
+        assert!(east_west_gateway(&[], &target()).is_none());
+        let gw = east_west_gateway(&[svc("reviews", &["v2"]), svc("ratings", &[])], &target()).unwrap();
+        assert_eq!(gw["spec"]["selector"], json!({"istio": "eastwestgateway"}));
+        let server = &gw["spec"]["servers"][0];
+        assert_eq!(server["port"], json!({"number": 15443, "name": "tls-east-west", "protocol": "TLS"}));
+        assert_eq!(server["tls"]["mode"], "AUTO_PASSTHROUGH");
+        assert_eq!(
+            server["hosts"],
+            json!(["default/reviews.default.svc.cluster.local", "default/ratings.default.svc.cluster.local"])
+        );
+    }
+
     use super::*;
 
     fn svc(name: &str, subsets: &[&str]) -> ExportedService {

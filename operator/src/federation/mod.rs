@@ -39,5 +39,7 @@ pub const EAST_WEST_PORT: u16 = 15443;
 pub const EAST_WEST_SELECTOR: (&str, &str) = ("istio", "eastwestgateway");
 /// ConfigMap (in the mesh namespace) persisting the virtual IP table.
 pub const VIP_CONFIGMAP: &str = "skein-federation-vips";
-/// ConfigMap holding a mesh's root certificate(s) (Istio's name, published in every namespace).
-pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+/// ConfigMap (mesh namespace) the peers' roots are written to, one `<cluster>.pem` each.
+pub use skein_api::names::FEDERATED_ROOTS_CONFIGMAP;
+/// ConfigMap holding a peer's own root (the control plane publishes it in the mesh namespace).
+pub use skein_api::names::MESH_ROOT_CONFIGMAP;

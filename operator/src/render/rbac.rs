@@ -63,11 +63,11 @@ pub const REMOTE_READER: &str = "skein-reader-service-account";
 
 /// What a peer's operator reads here, and nothing else: Services and namespaces (which are
 /// exported, the east-west gateway's address), DestinationRules (subsets to mirror), the
-/// MeshControlPlane (export rules) and the root certificate ConfigMap.
+/// MeshControlPlane (export rules) and the ConfigMap of its own root (`skein-mesh-root`).
 pub fn remote_reader_rules() -> Value {
     json!([
         {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": READ},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [crate::federation::ROOT_CERT_CONFIGMAP], "verbs": READ},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [crate::federation::MESH_ROOT_CONFIGMAP], "verbs": READ},
         {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": READ},
         {"apiGroups": [skein_api::GROUP], "resources": ["meshcontrolplanes"], "verbs": READ},
     ])
@@ -149,8 +149,9 @@ fn operator_own_rules() -> Value {
         // The Istio API CRDs: installed and updated, never deleted (they hold users' resources).
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        // Federation: the generated `.global` ServiceEntries and DestinationRules.
-        {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries", "destinationrules"], "verbs": manage},
+        // Federation: the generated `.global` ServiceEntries and DestinationRules, and the
+        // Gateway opening the east-west gateway to the exported services.
+        {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries", "destinationrules", "gateways"], "verbs": manage},
     ])
 }
 

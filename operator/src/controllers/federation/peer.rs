@@ -26,7 +26,7 @@ use skein_api::{ExportRule, MeshControlPlane};
 use tokio::sync::{Notify, watch};
 
 use crate::federation::{
-    EAST_WEST_SELECTOR, NETWORK_LABEL, ROOT_CERT_CONFIGMAP,
+    EAST_WEST_SELECTOR, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
     export::{self, ExportedService},
     generate::Peer,
 };
@@ -51,8 +51,8 @@ pub struct PeerState {
     pub view: Option<Peer>,
     /// When the view was last complete after a (re)list.
     pub last_sync: Option<Timestamp>,
-    /// Hex SHA-256 of the peer's root certificate(s), when published.
-    pub root_fingerprint: Option<String>,
+    /// The peer's own root certificate(s) (PEM), when published.
+    pub root: Option<String>,
 }
 
 impl PeerState {
@@ -63,7 +63,7 @@ impl PeerState {
             sync: Sync::Pending,
             view: previous.and_then(|p| p.view.clone()),
             last_sync: previous.and_then(|p| p.last_sync),
-            root_fingerprint: previous.and_then(|p| p.root_fingerprint.clone()),
+            root: previous.and_then(|p| p.root.clone()),
         }
     }
 }
@@ -148,7 +148,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
         reflector::reflector(w, watcher(Api::all(client.clone()), cfg()).default_backoff()),
     );
     let (roots, w) = reflector::store::<ConfigMap>();
-    let roots_cfg = cfg().fields(&format!("metadata.name={ROOT_CERT_CONFIGMAP}"));
+    let roots_cfg = cfg().fields(&format!("metadata.name={MESH_ROOT_CONFIGMAP}"));
     let s5 = events(
         Source::RootCerts,
         reflector::reflector(w, watcher(Api::<ConfigMap>::all(client), roots_cfg).default_backoff()),
@@ -182,7 +182,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
         let complete = progress.values().all(|p| matches!(p, Progress::Listed | Progress::Absent));
         let mut changed = false;
         state.send_if_modified(|s| {
-            let before = (s.sync.clone(), s.view.clone(), s.root_fingerprint.clone());
+            let before = (s.sync.clone(), s.view.clone(), s.root.clone());
             if let Some((reason, message)) = failing {
                 s.sync = Sync::Failed(reason, message);
             } else if complete {
@@ -191,9 +191,9 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
                 }
                 s.sync = Sync::Synced;
                 s.view = Some(stores.view(&cluster));
-                s.root_fingerprint = stores.root_fingerprint();
+                s.root = stores.root();
             }
-            changed = before != (s.sync.clone(), s.view.clone(), s.root_fingerprint.clone());
+            changed = before != (s.sync.clone(), s.view.clone(), s.root.clone());
             changed
         });
         if changed {
@@ -244,14 +244,18 @@ impl Stores {
         Peer { cluster: cluster.to_string(), network, gateways: addresses, services: exported }
     }
 
-    /// Fingerprint of the peer's roots: every distinct `root-cert.pem` (the ConfigMap is
-    /// published in every namespace with the same content).
-    fn root_fingerprint(&self) -> Option<String> {
-        let mut pems: Vec<String> =
-            self.roots.state().iter().filter_map(|c| c.data.as_ref()?.get("root-cert.pem").cloned()).collect();
+    /// The peer's own root: `skein-mesh-root` (one per mesh namespace; several meshes in one
+    /// cluster would each publish theirs).
+    fn root(&self) -> Option<String> {
+        let mut pems: Vec<String> = self
+            .roots
+            .state()
+            .iter()
+            .filter_map(|c| c.data.as_ref()?.get(skein_api::names::ROOT_CERT_FILE).cloned())
+            .collect();
         pems.sort();
         pems.dedup();
-        (!pems.is_empty()).then(|| crate::federation::trust::fingerprint(&pems.join("")))
+        (!pems.is_empty()).then(|| pems.concat())
     }
 }
 

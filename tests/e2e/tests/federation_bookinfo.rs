@@ -1,0 +1,329 @@
+//! Istio's multi-cluster version-routing scenario on two real clusters on separate networks,
+//! with no hand-written `.global` object and no shared CA: Bookinfo with reviews v1 in
+//! cluster1, v2 and v3 in cluster2. The user only labels cluster2's `reviews` Service for
+//! export, registers each cluster with the other (`skeinctl create-remote-secret`), applies the
+//! DestinationRules for the local `reviews` host in each cluster and, in cluster1, the
+//! VirtualService of the article: `end-user: jason` goes 50/50 to subsets v2 and v3 of
+//! `reviews.default.global`, everyone else to local v1.
+//!
+//! Pods of one network cannot reach the other's pods or Services (the harness's networks), so
+//! every answer from v2 or v3 crossed cluster2's east-west gateway on 15443; the gateway
+//! forwards by SNI and never terminates the workloads' mTLS, so cluster2's reviews sees
+//! cluster1's productpage as its caller. Each cluster keeps its own CA: the operators federate
+//! the roots.
+//!
+//! Needs the images of `hack/images.sh` (`make test-e2e` builds them first).
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use kube::Api;
+use serde_json::Value;
+use skein_api::MeshControlPlane;
+use skein_e2e::{
+    Cluster, Operator, eventually,
+    real::{diagnostics, kubectl_ok},
+    repo_root,
+};
+
+const NS: &str = "istio-system";
+
+fn get(addr: SocketAddr, user: Option<&str>) -> Result<(u16, Value), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let user = user.map(|u| format!("end-user: {u}\r\n")).unwrap_or_default();
+    write!(s, "GET / HTTP/1.1\r\nHost: productpage:9080\r\n{user}Connection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {out:?}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
+}
+
+fn reviews(page: &Value) -> (&str, &str) {
+    let r = &page["calls"]["reviews"]["body"];
+    (r["version"].as_str().unwrap_or(""), r["xfcc"].as_str().unwrap_or(""))
+}
+
+/// A real cluster on `network` with Skein's operator (a host process: it reaches the other
+/// cluster's apiserver at the address in the remote Secret) and a mesh named `name`.
+async fn member(name: &str, network: &str, east_west: bool) -> (Cluster, Operator) {
+    let cluster = Cluster::start_real_on_network(&format!("fb-{name}"), network).await.expect("cluster starts");
+    cluster.install_crds().await.expect("CRDs");
+    let kubeconfig = cluster.kubeconfig.clone();
+    let operator =
+        Operator::start_args(&cluster, "op", &kubeconfig, "default", &["--image-registry", "skein.local/skein"])
+            .expect("operator starts");
+    let gateways = if east_west { "components: {eastWestGateway: {enabled: true}}" } else { "components: {}" };
+    cluster.apply(&format!(
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  tag: dev\n  multiCluster: {{clusterName: {name}, network: {network}}}\n  {gateways}\n"
+    ));
+    (cluster, operator)
+}
+
+async fn wait_ready(cluster: &Cluster, op: &Operator) {
+    let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
+    let start = Instant::now();
+    loop {
+        let mcp = api.get_opt("default").await.ok().flatten();
+        let ready = mcp
+            .as_ref()
+            .and_then(|m| m.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "{}: mesh not Ready\n{}\noperator:\n{}",
+            cluster.name,
+            diagnostics(cluster, NS),
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn root_count(cluster: &Cluster) -> usize {
+    let pem = kubectl_ok(
+        cluster,
+        &["get", "configmap", "istio-ca-root-cert", "-n", "default", "-o", "jsonpath={.data.root-cert\\.pem}"],
+    );
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+/// What the two sides of a cross-cluster request show: the client's sidecar, the east-west
+/// gateway, the server's sidecar, and the client's proxy config for the `.global` host.
+fn cross_diagnostics(c1: &Cluster, c2: &Cluster) -> String {
+    let run = |c: &Cluster, args: &[&str]| {
+        let out = c.kubectl(args, None);
+        format!(
+            "$ [{}] kubectl {}\n{}{}",
+            c.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let pod = c1.kubectl(
+        &["get", "pods", "-n", "default", "-l", "app=productpage", "-o", "jsonpath={.items[0].metadata.name}"],
+        None,
+    );
+    let pod = String::from_utf8_lossy(&pod.stdout).into_owned();
+    let cfg = c1.skeinctl(&["proxy-config", "all", &pod, "-n", "default"]);
+    let gw = c2.kubectl(
+        &["get", "pods", "-n", NS, "-l", "app=skein-eastwestgateway", "-o", "jsonpath={.items[0].metadata.name}"],
+        None,
+    );
+    let gw = String::from_utf8_lossy(&gw.stdout).into_owned();
+    let gw_cfg = c2.skeinctl(&["proxy-config", "all", &gw, "-n", NS]);
+    [
+        run(
+            c1,
+            &[
+                "exec",
+                "-n",
+                "default",
+                "deploy/productpage-v1",
+                "-c",
+                "skein-proxy",
+                "--",
+                "skein-proxy",
+                "request",
+                "GET",
+                "/stats?filter=global",
+            ],
+        ),
+        run(
+            c2,
+            &[
+                "exec",
+                "-n",
+                NS,
+                "deploy/skein-eastwestgateway",
+                "--",
+                "skein-proxy",
+                "request",
+                "GET",
+                "/stats?filter=reviews",
+            ],
+        ),
+        run(
+            c2,
+            &[
+                "exec",
+                "-n",
+                "default",
+                "deploy/reviews-v2",
+                "-c",
+                "skein-proxy",
+                "--",
+                "skein-proxy",
+                "request",
+                "GET",
+                "/stats?filter=inbound",
+            ],
+        ),
+        run(c2, &["get", "gateways", "-n", NS, "-o", "yaml"]),
+        format!("{}{}", String::from_utf8_lossy(&gw_cfg.stdout), String::from_utf8_lossy(&gw_cfg.stderr)),
+        run(c1, &["logs", "-n", "default", "-l", "app=productpage", "-c", "skein-proxy", "--tail=30"]),
+        run(c2, &["logs", "-n", NS, "-l", "app=skein-eastwestgateway", "--tail=30"]),
+        run(c2, &["logs", "-n", "default", "-l", "app=reviews", "-c", "skein-proxy", "--tail=30"]),
+        run(c1, &["get", "serviceentries,destinationrules", "-A", "-o", "yaml"]),
+        format!("{}{}", String::from_utf8_lossy(&cfg.stdout), String::from_utf8_lossy(&cfg.stderr)),
+        diagnostics(c1, NS),
+        diagnostics(c2, NS),
+    ]
+    .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_gateway() {
+    let ((c1, op1), (c2, op2)) = tokio::join!(member("cluster1", "east", false), member("cluster2", "west", true));
+    tokio::join!(wait_ready(&c1, &op1), wait_ready(&c2, &op2));
+
+    // Each cluster registers the other, as the README's steps say.
+    for (from, into) in [(&c2, &c1), (&c1, &c2)] {
+        let out = from.skeinctl(&["create-remote-secret"]);
+        assert!(out.status.success(), "create-remote-secret: {}", String::from_utf8_lossy(&out.stderr));
+        let applied = into.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&out.stdout)));
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    }
+    // Trust: both clusters' bundles hold both roots before any workload starts.
+    for c in [&c1, &c2] {
+        eventually(&format!("{}: trust bundle with the peer's root", c.name), Duration::from_secs(60), || async {
+            (root_count(c) == 2).then_some(())
+        })
+        .await;
+    }
+    let lb = eventually("cluster2's east-west gateway address", Duration::from_secs(60), || async {
+        let ip = kubectl_ok(
+            &c2,
+            &[
+                "get",
+                "service",
+                "skein-eastwestgateway",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ],
+        );
+        (!ip.is_empty()).then_some(ip)
+    })
+    .await;
+
+    // Bookinfo: reviews v1 (and the rest) in cluster1, reviews v2 and v3 (and ratings) in
+    // cluster2.
+    let bookinfo = repo_root().join("config/samples/bookinfo/bookinfo.yaml").to_string_lossy().into_owned();
+    for (c, drop) in [(&c1, ["reviews-v2", "reviews-v3", ""]), (&c2, ["productpage-v1", "details-v1", "reviews-v1"])] {
+        kubectl_ok(c, &["label", "namespace", "default", "istio-injection=enabled"]);
+        kubectl_ok(c, &["apply", "-n", "default", "-f", &bookinfo]);
+        for d in drop.iter().filter(|d| !d.is_empty()) {
+            kubectl_ok(c, &["delete", "deployment", d, "-n", "default"]);
+        }
+    }
+    kubectl_ok(&c2, &["label", "service", "reviews", "-n", "default", "mesh.skein.dev/export=true"]);
+    if std::env::var_os("SKEIN_DEBUG_FEDERATION").is_some() {
+        let debug = r#"{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"proxyMetadata: {RUST_LOG: debug}"}}}}}"#;
+        kubectl_ok(&c1, &["patch", "deployment", "productpage-v1", "-n", "default", "-p", debug]);
+        kubectl_ok(&c2, &["patch", "deployment", "reviews-v2", "-n", "default", "-p", debug]);
+    }
+    // The user's DestinationRules for the local reviews host, and cluster1's VirtualService.
+    c2.apply(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n  subsets:\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
+    );
+    c1.apply(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews.default.global, subset: v2}
+      weight: 50
+    - destination: {host: reviews.default.global, subset: v3}
+      weight: 50
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    );
+    for c in [&c1, &c2] {
+        let out = c.kubectl(&["rollout", "status", "deployment", "-n", "default", "--timeout=180s"], None);
+        assert!(out.status.success(), "{}: Bookinfo did not roll out\n{}", c.name, diagnostics(c, NS));
+    }
+    // What the operator generated in cluster1: the endpoint is cluster2's gateway on 15443.
+    let se = kubectl_ok(&c1, &["get", "serviceentry", "reviews.default.global", "-n", NS, "-o", "json"]);
+    let se: Value = serde_json::from_str(&se).unwrap();
+    assert_eq!(se["spec"]["endpoints"][0]["address"], Value::String(lb.clone()), "{se}");
+    assert_eq!(se["spec"]["endpoints"][0]["ports"]["http"], 15443, "{se}");
+
+    let productpage = kubectl_ok(
+        &c1,
+        &["get", "pods", "-n", "default", "-l", "app=productpage", "-o", "jsonpath={.items[0].status.podIP}"],
+    );
+    let addr: SocketAddr = format!("{productpage}:9080").parse().unwrap();
+
+    // Everyone else: local v1, every time.
+    let start = Instant::now();
+    let mut run = 0;
+    while run < 10 {
+        match get(addr, None) {
+            Ok((200, page)) if reviews(&page).0 == "v1" => run += 1,
+            other => {
+                run = 0;
+                assert!(start.elapsed() < Duration::from_secs(60), "local v1 never answered steadily: {other:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    // jason: v2 and v3 of cluster2, about half each, with productpage's identity arriving there.
+    let start = Instant::now();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last = String::new();
+    while seen.values().sum::<u32>() < 40 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "jason's requests did not reach cluster2 (seen {seen:?}); last: {last}\n{}",
+            cross_diagnostics(&c1, &c2)
+        );
+        match get(addr, Some("jason")) {
+            Ok((200, page)) if matches!(reviews(&page).0, "v2" | "v3") => {
+                let (version, xfcc) = reviews(&page);
+                assert!(
+                    xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+                    "cluster2's reviews sees cluster1's productpage as its caller: {xfcc}"
+                );
+                assert!(!xfcc.contains("eastwestgateway"), "the gateway does not terminate mTLS: {xfcc}");
+                *seen.entry(version.to_string()).or_default() += 1;
+            }
+            other => {
+                last = format!("{other:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    for v in ["v2", "v3"] {
+        let n = seen.get(v).copied().unwrap_or(0);
+        assert!((8..=32).contains(&n), "50/50 split: {v} answered {n} of 40 ({seen:?})");
+    }
+    drop((op1, op2));
+}
