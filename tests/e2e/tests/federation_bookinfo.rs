@@ -201,6 +201,16 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
         })
         .await;
     }
+    // cluster1 reports cluster2's own root (the one its control plane publishes), by SHA-256.
+    let api: Api<MeshControlPlane> = Api::all(c1.client.clone());
+    let fingerprint = eventually("cluster1 reports cluster2's trust bundle", Duration::from_secs(60), || async {
+        let mcp = api.get("default").await.ok()?;
+        mcp.status?.remote_clusters.into_iter().find(|r| r.name == "cluster2")?.trust_bundle_fingerprint
+    })
+    .await;
+    let c2_root =
+        kubectl_ok(&c2, &["get", "configmap", "skein-mesh-root", "-n", NS, "-o", "jsonpath={.data.root-cert\\.pem}"]);
+    assert_eq!(fingerprint, skein_operator::federation::trust::fingerprint(&c2_root));
     let lb = eventually("cluster2's east-west gateway address", Duration::from_secs(60), || async {
         let ip = kubectl_ok(
             &c2,
