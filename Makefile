@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build images run run-federation test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
 
 all: build
 
@@ -33,12 +33,10 @@ tools:
 
 ## Local demo: a local cluster with a real node, the operator from its image, the sample mesh and
 ## Bookinfo with traffic through the ingress gateway. Ctrl-C stops it all.
+## `make run FEDERATION=1`: two federated local clusters (real nodes, separate networks) and
+## cross-cluster Bookinfo traffic instead (hack/run-federation.sh).
 run: tools
-	hack/run.sh
-
-## Two federated local clusters (real nodes, separate networks) and cross-cluster Bookinfo traffic.
-run-federation: tools
-	hack/run-federation.sh
+	SKEIN_RUN_FEDERATION=$(FEDERATION) hack/run.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run-federation`: two local clusters with real nodes on separate networks ("east" and
+# `make run FEDERATION=1`: two local clusters with real nodes on separate networks ("east" and
 # "west": their pods reach only each other's LoadBalancer addresses), federated by Skein, and
 # Istio's multi-cluster version-routing scenario on them with no hand-written `.global`
 # object and no shared CA: reviews v1 runs in cluster1, v2 and v3 in cluster2; cluster2 exports

@@ -9,8 +9,11 @@
 #
 # SKEIN_RUN_EXIT_WHEN_READY=1 stops once the traffic was shown (CI's smoke test).
 # SKEIN_IMAGE_PROFILE=release builds optimized images (default dev: quicker, shared with tests).
+# SKEIN_RUN_FEDERATION=1 (`make run FEDERATION=1`) runs hack/run-federation.sh instead: two
+# federated clusters.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [ "${SKEIN_RUN_FEDERATION:-}" = 1 ]; then exec "$here/run-federation.sh"; fi
 root=$(cd "$here/.." && pwd)
 cd "$root"
 name=${SKEIN_RUN_CLUSTER:-local}

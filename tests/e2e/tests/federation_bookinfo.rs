@@ -9,8 +9,8 @@
 //! Pods of one network cannot reach the other's pods or Services (the harness's networks), so
 //! every answer from v2 or v3 crossed cluster2's east-west gateway on 15443; the gateway
 //! forwards by SNI and never terminates the workloads' mTLS, so cluster2's reviews sees
-//! cluster1's productpage as its caller. Each cluster keeps its own CA: the operators federate
-//! the roots.
+//! cluster1's productpage as its caller, and an AuthorizationPolicy in cluster2 naming that
+//! principal decides. Each cluster keeps its own CA: the operators federate the roots.
 //!
 //! Needs the images of `hack/images.sh` (`make test-e2e` builds them first).
 
@@ -334,6 +334,32 @@ spec:
     for v in ["v2", "v3"] {
         let n = seen.get(v).copied().unwrap_or(0);
         assert!((8..=32).contains(&n), "50/50 split: {v} answered {n} of 40 ({seen:?})");
+    }
+
+    // cluster2's sidecar enforces AuthorizationPolicies on cluster1's identity: denied when the
+    // policy names another principal, allowed again when it names productpage.
+    let policy = |principal: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: ['cluster.local/ns/default/sa/{principal}']}}\n"
+        )
+    };
+    for (principal, want) in [("bookinfo-ratings", 403), ("bookinfo-productpage", 200)] {
+        c2.apply(&policy(principal));
+        let start = Instant::now();
+        let mut run = 0;
+        while run < 5 {
+            let status = get(addr, Some("jason")).ok().and_then(|(_, p)| p["calls"]["reviews"]["status"].as_u64());
+            if status == Some(want) {
+                run += 1;
+                continue;
+            }
+            run = 0;
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "principal {principal}: reviews answered {status:?}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     drop((op1, op2));
 }
