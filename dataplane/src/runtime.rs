@@ -392,6 +392,16 @@ impl Runtime {
         self.gateway_tls.get(listener)
     }
 
+    /// Whether AUTO_PASSTHROUGH listener `listener` serves service `host` (one of its
+    /// `passthroughHosts` matches).
+    pub fn passthrough_allowed(&self, listener: &str, host: &str) -> bool {
+        self.config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .is_some_and(|l| l.passthrough_hosts.iter().any(|p| crate::gateway::host_matches(p, host)))
+    }
+
     /// The cluster a passthrough listener sends a connection with server name `sni` to:
     /// the first route with a matching host.
     pub fn tls_route(&self, listener: &str, sni: &str) -> Option<&Arc<Upstream>> {

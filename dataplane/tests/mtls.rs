@@ -178,7 +178,7 @@ async fn east_west_gateway_passes_end_to_end_mtls_without_holding_keys() {
     // cluster with the DestinationRule's ISTIO_MUTUAL (for its own clients). Passthrough must
     // use neither: the caller's TLS goes to the workload untouched.
     let gw = format!(
-        "{}listeners: [{{name: tls, address: '127.0.0.1:{gw_port}', protocol: AUTO_PASSTHROUGH}}]\nclusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['127.0.0.1:{b_port}'], tls: {{mode: ISTIO_MUTUAL}}}}]\n",
+        "{}listeners: [{{name: tls, address: '127.0.0.1:{gw_port}', protocol: AUTO_PASSTHROUGH, passthroughHosts: [reviews.default.svc.cluster.local]}}]\nclusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['127.0.0.1:{b_port}'], tls: {{mode: ISTIO_MUTUAL}}}}]\n",
         ca.identity_files(&dir.join("gw"), "istio-system", "skein-eastwestgateway")
     );
     let (_gw, gw_metrics) = proxy(&gw).await;

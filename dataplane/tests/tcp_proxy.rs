@@ -110,9 +110,9 @@ async fn east_west_passthrough_routes_by_sni_and_forwards_the_client_hello_untou
     let (ratings, _) = echo("ratings").await;
     // The gateway knows only local names; `.global` SNI resolves to the local service.
     let cfg = format!(
-        "clusters:\n  - {{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}\n  - {{name: 'outbound|9080|v1|ratings.default.svc.cluster.local', endpoints: ['{ratings}']}}\n"
+        "listeners: [{{name: ew, address: '127.0.0.1:1', protocol: AUTO_PASSTHROUGH, passthroughHosts: ['*.local']}}]\nclusters:\n  - {{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}\n  - {{name: 'outbound|9080|v1|ratings.default.svc.cluster.local', endpoints: ['{ratings}']}}\n"
     );
-    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough).await;
+    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough { listener: "ew".into() }).await;
 
     let hello = client_hello(Some("outbound_.9080_._.reviews.default.global"));
     let mut c = TcpStream::connect(gw).await.unwrap();
@@ -127,16 +127,28 @@ async fn east_west_passthrough_routes_by_sni_and_forwards_the_client_hello_untou
 }
 
 #[tokio::test]
-async fn east_west_closes_unknown_names_and_non_tls() {
+async fn east_west_closes_unknown_names_unexported_services_and_non_tls() {
     let (reviews, seen) = echo("reviews").await;
+    let (ratings, ratings_seen) = echo("ratings").await;
     let log = std::env::temp_dir().join(format!("skein-ew-accesslog-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
+    // ratings is a local service, but the Gateway opens only reviews.
     let cfg = format!(
-        "clusters: [{{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}]\naccessLog: {{path: '{}'}}\n",
+        "listeners: [{{name: ew, address: '127.0.0.1:1', protocol: AUTO_PASSTHROUGH, passthroughHosts: [reviews.default.svc.cluster.local]}}]\nclusters:\n  - {{name: 'outbound|9080||reviews.default.svc.cluster.local', endpoints: ['{reviews}']}}\n  - {{name: 'outbound|9080||ratings.default.svc.cluster.local', endpoints: ['{ratings}']}}\naccessLog: {{path: '{}'}}\n",
         log.display()
     );
-    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough).await;
-    for first in [client_hello(Some("outbound_.9080_._.unknown.default.global")), b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+    let (gw, _) = start(&cfg, tcp::Mode::SniPassthrough { listener: "ew".into() }).await;
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(&client_hello(Some("outbound_.9080_._.reviews.default.global"))).await.unwrap();
+    assert!(read_some(&mut c).await.starts_with(b"reviews:"), "the opened service is served");
+    seen.lock().await.clear();
+    let refused = [
+        client_hello(Some("outbound_.9080_._.unknown.default.global")),
+        client_hello(Some("outbound_.9080_._.ratings.default.global")),
+        client_hello(Some("outbound_.9080_._.ratings.default.svc.cluster.local")),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    for first in refused {
         let mut c = TcpStream::connect(gw).await.unwrap();
         c.write_all(&first).await.unwrap();
         let mut buf = [0u8; 16];
@@ -144,15 +156,16 @@ async fn east_west_closes_unknown_names_and_non_tls() {
         assert_eq!(n, 0, "connection closed without an answer");
     }
     assert!(seen.lock().await.is_empty());
-    // Both refusals are logged as Envoy does: no route (NR), nothing relayed.
+    assert!(ratings_seen.lock().await.is_empty(), "a service the Gateway does not name is never reached");
+    // The refusals are logged as Envoy does: no route (NR), nothing relayed.
     let mut text = String::new();
     for _ in 0..50 {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 {
+        if text.lines().filter(|l| l.contains(" NR ")).count() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(text.lines().filter(|l| l.contains("\"- - -\" 0 NR 0 0 ")).count(), 2, "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("\"- - -\" 0 NR 0 0 ")).count(), 4, "{text}");
     std::fs::remove_file(&log).ok();
 }

@@ -145,6 +145,11 @@ pub struct Listener {
     /// Passthrough routes by server name. `TLS` listeners only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_routes: Vec<TlsRoute>,
+    /// The service hosts an `AUTO_PASSTHROUGH` listener serves (its Gateway server's hosts:
+    /// exact names, `*.suffix` or `*`): an SNI naming any other service is refused. Empty:
+    /// none. `AUTO_PASSTHROUGH` listeners only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough_hosts: Vec<String>,
 }
 
 /// What a listener speaks.
@@ -208,6 +213,9 @@ impl Listener {
             (ListenerProtocol::Tls, false) => {}
             (_, false) => return Err(invalid(at("tlsRoutes"), "only TLS listeners have TLS routes")),
             (_, true) => {}
+        }
+        if self.protocol != ListenerProtocol::AutoPassthrough && !self.passthrough_hosts.is_empty() {
+            return Err(invalid(at("passthroughHosts"), "only AUTO_PASSTHROUGH listeners have passthrough hosts"));
         }
         if self.protocol == ListenerProtocol::Tls && self.peer_authentication != PeerAuthMode::Disable {
             return Err(invalid(at("peerAuthentication"), "a passthrough listener never terminates TLS"));

@@ -162,6 +162,10 @@ fn listener_fields_that_do_not_fit_the_protocol_are_rejected() {
         listener_err("{name: g, address: '0.0.0.0:1', serverTls: {credentials: []}}"),
         "listeners[g].serverTls.credentials: at least one certificate is required"
     );
+    assert_eq!(
+        listener_err("{name: h, address: '0.0.0.0:1', passthroughHosts: ['*.local']}"),
+        "listeners[h].passthroughHosts: only AUTO_PASSTHROUGH listeners have passthrough hosts"
+    );
 }
 
 #[test]

@@ -297,6 +297,7 @@ fn listener_for(
         capture: None,
         server_tls: None,
         tls_routes: Vec::new(),
+        passthrough_hosts: Vec::new(),
     };
     let mut b = Routes::new(Clusters::new(snap, &key.namespace), key, Scope::Mesh);
     match &plan.kind {
@@ -367,6 +368,17 @@ fn listener_for(
             listener.protocol = ListenerProtocol::AutoPassthrough;
             // The connection's destination is in its SNI; authorization is the workload's.
             listener.authorization = Vec::new();
+            // Only the services the servers name (`ns/host` or `host`): the east-west gateway
+            // must not open every local service to another network.
+            let mut hosts: Vec<String> = plan
+                .servers
+                .iter()
+                .flat_map(|p| &p.server.hosts)
+                .map(|h| h.split_once('/').map_or(h.as_str(), |(_, host)| host).to_string())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            listener.passthrough_hosts = hosts;
         }
         PortKind::Tcp => {
             listener.protocol = ListenerProtocol::Tcp;

@@ -24,6 +24,7 @@ pub fn listener(snap: &Snapshot, workload: &Workload) -> Listener {
         capture: Some(Capture::Inbound),
         server_tls: None,
         tls_routes: Vec::new(),
+        passthrough_hosts: Vec::new(),
     }
 }
 

@@ -65,6 +65,7 @@ pub fn listener() -> Listener {
         capture: Some(Capture::Outbound),
         server_tls: None,
         tls_routes: Vec::new(),
+        passthrough_hosts: Vec::new(),
     }
 }
 

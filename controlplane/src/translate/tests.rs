@@ -915,6 +915,7 @@ spec:
     assert_eq!(pass.tls_routes[0].sni_hosts, vec!["db.secure.example.com".to_string()]);
     assert_eq!(pass.tls_routes[0].cluster, "outbound|9080||details.default.svc.cluster.local");
     assert_eq!(cfg.listeners[2].protocol, ListenerProtocol::AutoPassthrough);
+    assert_eq!(cfg.listeners[2].passthrough_hosts, vec!["*.local".to_string()], "only the server's hosts");
     // East-west passthrough finds every subset cluster by its Istio SNI name.
     assert!(!cluster(&cfg, "outbound|9080|v3|reviews.default.svc.cluster.local").endpoints.is_empty());
 }

@@ -242,7 +242,7 @@ impl Listeners {
                         )),
                         (ListenerProtocol::AutoPassthrough, _) => tokio::spawn(tcp::serve(
                             sock,
-                            tcp::Mode::SniPassthrough,
+                            tcp::Mode::SniPassthrough { listener: l.name.as_str().into() },
                             Some(PeerAuthMode::Disable),
                             self.proxy.clone(),
                         )),

@@ -41,8 +41,12 @@ pub enum Mode {
         /// Listener name.
         listener: Arc<str>,
     },
-    /// Route by the TLS server name (Istio AUTO_PASSTHROUGH).
-    SniPassthrough,
+    /// Route by the TLS server name (Istio AUTO_PASSTHROUGH), to the listener's
+    /// `passthroughHosts` only.
+    SniPassthrough {
+        /// Listener name.
+        listener: Arc<str>,
+    },
     /// Route by the TLS server name to the listener's `tlsRoutes` (gateway PASSTHROUGH).
     TlsRoutes {
         /// Listener name.
@@ -102,16 +106,18 @@ async fn handle(
                 Inbound::Tls(s, _) => proxy_to(*s, Vec::new(), &up, &session, Originate::ClusterTls).await,
             }
         }
-        Mode::SniPassthrough => {
+        Mode::SniPassthrough { listener } => {
             let (sni, first) =
                 client_hello(&mut client).await.inspect_err(|_| session.refused(None, ResponseFlag::NoRoute))?;
-            // Unknown destination: close. Nothing is forwarded anywhere the config does not name.
+            // Unknown destination, or a service the Gateway does not open: close. Nothing is
+            // forwarded anywhere the config does not name.
             let up = sni
                 .as_deref()
                 .and_then(sni::cluster_for_sni)
                 .and_then(|name| {
                     rt.cluster(&name).or_else(|| sni::local_name_for_global(&name).and_then(|n| rt.cluster(&n)))
                 })
+                .filter(|up| rt.passthrough_allowed(&listener, up.service()))
                 .cloned()
                 .ok_or_else(not_found)?;
             // The client's mTLS goes through untouched, to the workload: the cluster's own TLS

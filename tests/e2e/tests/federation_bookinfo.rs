@@ -45,6 +45,21 @@ fn get(addr: SocketAddr, user: Option<&str>) -> Result<(u16, Value), String> {
     Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
 }
 
+/// Whether a TLS ClientHello with server name `sni` sent to `addr` gets any answer (a
+/// ServerHello from the workload behind an east-west gateway) rather than a closed connection.
+fn hello_answered(addr: SocketAddr, sni: &str) -> bool {
+    let config =
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 5];
+    s.write_all(&hello).is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0)
+}
+
 fn reviews(page: &Value) -> (&str, &str) {
     let r = &page["calls"]["reviews"]["body"];
     (r["version"].as_str().unwrap_or(""), r["xfcc"].as_str().unwrap_or(""))
@@ -335,6 +350,13 @@ spec:
         let n = seen.get(v).copied().unwrap_or(0);
         assert!((8..=32).contains(&n), "50/50 split: {v} answered {n} of 40 ({seen:?})");
     }
+
+    // The east-west gateway opens only what cluster2 exports: reviews answers a ClientHello,
+    // ratings (a local service, not exported) gets the connection closed.
+    let ew: SocketAddr = format!("{lb}:15443").parse().unwrap();
+    assert!(hello_answered(ew, "outbound_.9080_.v2_.reviews.default.global"), "the exported service is served");
+    assert!(!hello_answered(ew, "outbound_.9080_._.ratings.default.svc.cluster.local"), "ratings is not exported");
+    assert!(!hello_answered(ew, "outbound_.9080_._.ratings.default.global"), "ratings is not exported");
 
     // cluster2's sidecar enforces AuthorizationPolicies on cluster1's identity: denied when the
     // policy names another principal, allowed again when it names productpage.

@@ -65,6 +65,7 @@ impl TryFrom<pb::Listener> for Listener {
                 .into_iter()
                 .map(|r| TlsRoute { sni_hosts: r.sni_hosts, cluster: r.cluster })
                 .collect(),
+            passthrough_hosts: l.passthrough_hosts,
             name: l.name,
         })
     }
@@ -133,6 +134,7 @@ impl From<&Listener> for pb::Listener {
                 .iter()
                 .map(|r| pb::TlsRoute { sni_hosts: r.sni_hosts.clone(), cluster: r.cluster.clone() })
                 .collect(),
+            passthrough_hosts: l.passthrough_hosts.clone(),
         }
     }
 }

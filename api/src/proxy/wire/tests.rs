@@ -35,7 +35,7 @@ listeners:
     protocol: TLS
     tlsRoutes: [{sniHosts: ["db.example.com"], cluster: db}]
   - {name: db, address: "127.0.0.1:3306", protocol: TCP, cluster: db}
-  - {name: eastwest, address: "0.0.0.0:15443", protocol: AUTO_PASSTHROUGH}
+  - {name: eastwest, address: "0.0.0.0:15443", protocol: AUTO_PASSTHROUGH, passthroughHosts: ["*.local", reviews.default.svc.cluster.local]}
 virtualHosts:
   - name: reviews
     domains: [reviews]
