@@ -13,6 +13,9 @@ pub enum ConditionType {
     /// The Istio API CRDs are installed and kept by Skein (`False` when another installation,
     /// e.g. Istio, owns them; Skein then uses them as they are).
     IstioCrdsManaged,
+    /// Every peer in `status.remoteClusters` is read and its Services imported (`False` names
+    /// the peers that are not, with their reasons). Absent without peers.
+    RemoteClustersSynced,
 }
 
 impl ConditionType {
@@ -22,6 +25,7 @@ impl ConditionType {
             ConditionType::Ready => "Ready",
             ConditionType::Reconciled => "Reconciled",
             ConditionType::IstioCrdsManaged => "IstioCRDsManaged",
+            ConditionType::RemoteClustersSynced => "RemoteClustersSynced",
         }
     }
 }
@@ -53,6 +57,10 @@ pub enum Reason {
     Installed,
     /// `IstioCRDsManaged=False`: another installation owns the Istio API CRDs.
     OwnedByAnother,
+    /// `RemoteClustersSynced=True`: every peer is synced.
+    AllSynced,
+    /// `RemoteClustersSynced=False`: some peer is unreachable, unauthorized, misconfigured...
+    RemoteClustersNotSynced,
 }
 
 impl Reason {
@@ -68,6 +76,8 @@ impl Reason {
             Reason::InvalidRootCa => "InvalidRootCA",
             Reason::Installed => "Installed",
             Reason::OwnedByAnother => "OwnedByAnother",
+            Reason::AllSynced => "AllSynced",
+            Reason::RemoteClustersNotSynced => "RemoteClustersNotSynced",
         }
     }
 }

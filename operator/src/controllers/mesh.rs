@@ -242,7 +242,36 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         }
     };
     set(status, mcp, ConditionType::Ready, ready, reason, message);
+    remote_clusters_condition(status, mcp);
     Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
+}
+
+/// `RemoteClustersSynced` from what the federation controller wrote to
+/// `status.remoteClusters` (its write is a change of this object, so it brings a reconcile):
+/// a broken peer shows on the object itself, not only in the list. Absent without peers.
+fn remote_clusters_condition(status: &mut MeshControlPlaneStatus, mcp: &MeshControlPlane) {
+    let remotes = mcp.status.as_ref().map(|s| s.remote_clusters.as_slice()).unwrap_or_default();
+    if remotes.is_empty() {
+        status.conditions.retain(|c| c.type_ != ConditionType::RemoteClustersSynced.as_str());
+        return;
+    }
+    let broken: Vec<String> = remotes
+        .iter()
+        .filter_map(|r| {
+            let c = r.conditions.iter().find(|c| c.type_ == "Synced");
+            match c {
+                Some(c) if c.status == "True" => None,
+                Some(c) => Some(format!("{} ({})", r.name, c.reason)),
+                None => Some(format!("{} (Pending)", r.name)),
+            }
+        })
+        .collect();
+    let (ok, reason, message) = if broken.is_empty() {
+        (true, Reason::AllSynced, format!("{} remote cluster(s) synced", remotes.len()))
+    } else {
+        (false, Reason::RemoteClustersNotSynced, format!("not synced: {}", broken.join(", ")))
+    };
+    set(status, mcp, ConditionType::RemoteClustersSynced, ok, reason, message);
 }
 
 /// `a, b and 2 more`: a short list for an Event note (Events hold at most 1 kB).

@@ -44,6 +44,13 @@ async fn remote(c: &Cluster, peer: &str) -> Option<RemoteClusterStatus> {
     mcp.status?.remote_clusters.into_iter().find(|r| r.name == peer)
 }
 
+/// The MeshControlPlane's `RemoteClustersSynced` condition: (status, message).
+async fn remotes_condition(c: &Cluster) -> Option<(String, String)> {
+    let mcp = Api::<MeshControlPlane>::all(c.client.clone()).get_opt("default").await.ok()??;
+    let cond = mcp.status?.conditions.into_iter().find(|c| c.type_ == "RemoteClustersSynced")?;
+    Some((cond.status, cond.message))
+}
+
 fn synced(r: &RemoteClusterStatus) -> Option<(&str, &str, &str)> {
     r.conditions
         .iter()
@@ -303,6 +310,11 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     })
     .await;
     assert_eq!(synced(&r).unwrap().1, "Unreachable", "{r:?}");
+    // The object itself says so (what kstatus and GitOps health checks read).
+    eventually("cluster1's MeshControlPlane shows cluster3 not synced", WAIT, || async {
+        remotes_condition(&c1.cluster).await.filter(|(s, m)| s == "False" && m.contains("cluster3 (Unreachable)"))
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         endpoints(&c1.cluster, host).await,
@@ -312,6 +324,10 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     c3.cluster.start_apiserver().expect("start cluster3's apiserver");
     eventually("cluster1 sees cluster3 Synced again", Duration::from_secs(90), || async {
         remote(&c1.cluster, "cluster3").await.filter(|r| synced(r).is_some_and(|s| s.0 == "True"))
+    })
+    .await;
+    eventually("cluster1's MeshControlPlane shows every peer synced again", WAIT, || async {
+        remotes_condition(&c1.cluster).await.filter(|(s, _)| s == "True")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
