@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-federation bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
 
 all: build
 
@@ -65,11 +65,18 @@ test: lint verify-generate test-unit test-e2e
 
 ## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS;
 ## the proxy against a direct connection and HAProxy (see bench-proxy).
-bench: bench-operator bench-proxy bench-controlplane bench-circuit-breaking
+bench: bench-operator bench-proxy bench-controlplane bench-circuit-breaking bench-federation
 
 bench-operator: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
 	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench operator
+
+## Federation: exported Service -> .global ServiceEntry in a peer (p50/p99) against a plain watch,
+## cold-start import of SKEIN_BENCH_COLD Services, operator memory/CPU, writes in steady state.
+bench-federation: tools
+	$(CARGO) build --release -p skein-operator --bin skein-operator
+	$(CARGO) build -p skeinctl
+	SKEIN_OPERATOR_BIN=$(CURDIR)/target/release/skein-operator $(CARGO) bench -p skein-e2e --bench federation
 
 ## Control plane: N services x M simulated proxies, push times, endpoint change latency, memory.
 bench-controlplane: tools

@@ -359,9 +359,9 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     let (code, status, _) = skeinctl(&["proxy-status", "productpage-v1.default"]);
     assert_eq!(code, Some(1), "{status}");
     assert!(status.contains(" NACKED ") && status.contains("test: refused on purpose"), "{status}");
-    let (_, routes, _) = skeinctl(&["proxy-config", "routes", "productpage-v1"]);
+    let (code, routes, err) = skeinctl(&["proxy-config", "routes", "productpage-v1"]);
     let reviews_routes: Vec<&str> = routes.lines().filter(|l| l.split_whitespace().next() == Some(REVIEWS)).collect();
-    assert!(reviews_routes.len() == 1 && reviews_routes[0].ends_with(&v1), "{routes}");
+    assert!(reviews_routes.len() == 1 && reviews_routes[0].ends_with(&v1), "exit {code:?}: {routes}{err}");
 
     // A proxy that reconnects running the current config is not sent it again.
     let current = fifty.version_info.clone();

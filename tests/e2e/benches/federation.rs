@@ -1,0 +1,229 @@
+//! Federation benchmark (not a test), on two local clusters with kwok nodes and an operator
+//! each (cluster2 exports, cluster1 imports):
+//!
+//! 1. Propagation: an exported Service created in cluster2 → its `.global` ServiceEntry present
+//!    in cluster1, p50/p99 over SKEIN_BENCH_ROUNDS Services (default 50). Baseline, in the same
+//!    run: a plain watch on cluster2's Services, opened by this process, seeing the same
+//!    Service (what any watcher of the peer gets at best). Goal: p99 under 1 s and within
+//!    200 ms of the plain watch.
+//! 2. Cold start: SKEIN_BENCH_COLD exported Services (default 2000) exist in cluster2 before
+//!    cluster1 is joined; time from applying the remote Secret to every ServiceEntry present
+//!    in cluster1, and the importing operator's resident memory and CPU time. Goal: under 30 s.
+//! 3. Steady state: writes to cluster1's generated objects over 10 s after convergence (goal 0).
+//!
+//!   cargo build --release -p skein-operator && cargo build -p skeinctl
+//!   SKEIN_OPERATOR_BIN=target/release/skein-operator cargo bench -p skein-e2e --bench federation
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    core::{ApiResource, GroupVersionKind},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use skein_e2e::{Cluster, Operator};
+
+const NS: &str = "istio-system";
+
+fn se_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "ServiceEntry"))
+}
+
+fn proc_stat(pid: u32) -> (u64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    // utime + stime, in clock ticks (100 per second on Linux).
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    (rss, cpu as f64 / 100.0)
+}
+
+async fn member(name: &str) -> (Cluster, Operator) {
+    let cluster = Cluster::start(&format!("bfed-{name}")).await.expect("cluster");
+    cluster.install_crds().await.expect("CRDs");
+    let kc = cluster.kubeconfig.clone();
+    let op = Operator::start_with(&cluster, "op", &kc, "default").expect("operator");
+    let out = cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
+        )),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), NS);
+    let start = Instant::now();
+    while services.get_opt("skein-eastwestgateway").await.ok().flatten().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "{name}: no east-west gateway Service");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lb = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}});
+    services.patch_status("skein-eastwestgateway", &PatchParams::default(), &Patch::Merge(&lb)).await.expect("lb");
+    (cluster, op)
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"mesh.skein.dev/export": "true"}},
+        "spec": {"ports": [{"name": "http", "port": 9080}]}
+    }))
+    .unwrap()
+}
+
+/// First time each name was seen by a watch of `api` (names from `key`).
+fn record<K>(api: Api<K>, key: fn(&K) -> String) -> Arc<Mutex<BTreeMap<String, Instant>>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
+        while let Some(Ok(obj)) = events.next().await {
+            s.lock().unwrap().entry(key(&obj)).or_insert_with(Instant::now);
+        }
+    });
+    seen
+}
+
+fn record_dynamic(api: Api<DynamicObject>) -> Arc<Mutex<BTreeMap<String, Instant>>> {
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
+        while let Some(Ok(obj)) = events.next().await {
+            s.lock().unwrap().entry(obj.name_any()).or_insert_with(Instant::now);
+        }
+    });
+    seen
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn join(from: &Cluster, into: &Cluster) {
+    let out = from.skeinctl(&["create-remote-secret"]);
+    assert!(out.status.success(), "create-remote-secret: {}", String::from_utf8_lossy(&out.stderr));
+    let applied = into.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&out.stdout)));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+}
+
+async fn wait_count(api: &Api<DynamicObject>, n: usize, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let have = api
+            .list_metadata(&ListParams::default().labels("mesh.skein.dev/federation"))
+            .await
+            .map_or(0, |l| l.items.len());
+        if have >= n {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "only {have} of {n} ServiceEntries after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let cold: usize = std::env::var("SKEIN_BENCH_COLD").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let ((c1, op1), (c2, _op2)) = tokio::join!(member("cluster1"), member("cluster2"));
+    let exporter: Api<Service> = Api::namespaced(c2.client.clone(), "default");
+    let ses: Api<DynamicObject> = Api::namespaced_with(c1.client.clone(), NS, &se_resource());
+
+    // 2. Cold start: the Services exist before the peer is joined.
+    for chunk in (0..cold).collect::<Vec<_>>().chunks(50) {
+        let creates = chunk.iter().map(|i| {
+            let api = exporter.clone();
+            async move { api.create(&PostParams::default(), &service(&format!("cold-{i}"))).await.expect("create") }
+        });
+        futures::future::join_all(creates).await;
+    }
+    let (rss_before, cpu_before) = proc_stat(op1.pid());
+    join(&c2, &c1).await;
+    let converge = wait_count(&ses, cold, Duration::from_secs(600)).await;
+    let (rss_after, cpu_after) = proc_stat(op1.pid());
+
+    // 3. Steady state: nothing rewritten.
+    let versions = |items: Vec<DynamicObject>| -> BTreeMap<String, String> {
+        items.into_iter().map(|o| (o.name_any(), o.resource_version().unwrap_or_default())).collect()
+    };
+    let before = versions(ses.list(&ListParams::default()).await.unwrap().items);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = versions(ses.list(&ListParams::default()).await.unwrap().items);
+    let rewritten = before.iter().filter(|(k, v)| after.get(*k) != Some(*v)).count();
+
+    // 1. Propagation, against a plain watch of the exporter.
+    let watched = record(Api::<Service>::namespaced(c2.client.clone(), "default"), |s: &Service| s.name_any());
+    let imported = record_dynamic(ses.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut plain, mut fed, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let name = format!("hot-{i}");
+        let host = format!("{name}.default.global");
+        let t0 = Instant::now();
+        exporter.create(&PostParams::default(), &service(&name)).await.expect("create");
+        let start = Instant::now();
+        loop {
+            let (w, s) = (watched.lock().unwrap().get(&name).copied(), imported.lock().unwrap().get(&host).copied());
+            if let (Some(w), Some(s)) = (w, s) {
+                plain.push(w - t0);
+                fed.push(s - t0);
+                delta.push(s.saturating_duration_since(w));
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{host} not imported in 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "\nfederation benchmark (kwok clusters, operator {})",
+        std::env::var("SKEIN_OPERATOR_BIN").unwrap_or("debug build".into())
+    );
+    println!("| measure | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    println!(
+        "| plain watch of the exporter sees the Service ({rounds}) | {:.0} | {:.0} |",
+        ms(pct(&mut plain, 0.5)),
+        ms(pct(&mut plain, 0.99))
+    );
+    println!(
+        "| ServiceEntry present in the importer ({rounds}) | {:.0} | {:.0} |",
+        ms(pct(&mut fed, 0.5)),
+        ms(pct(&mut fed, 0.99))
+    );
+    println!(
+        "| ServiceEntry after the plain watch (difference) | {:.0} | {:.0} |",
+        ms(pct(&mut delta, 0.5)),
+        ms(pct(&mut delta, 0.99))
+    );
+    println!(
+        "\ncold start: {cold} exported Services imported in {:.1} s; importing operator RSS {} -> {} MiB, CPU {:.1} s",
+        converge.as_secs_f64(),
+        rss_before / 1024,
+        rss_after / 1024,
+        cpu_after - cpu_before
+    );
+    println!("steady state: {rewritten} of {} ServiceEntries rewritten in 10 s", before.len());
+}
