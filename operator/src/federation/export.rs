@@ -123,7 +123,7 @@ pub fn host_names_service(host: &str, dr_namespace: &str, name: &str, namespace:
 /// The exported Services among `services`, with subsets from `subsets_of` (DestinationRules:
 /// (namespace, host, subset names)), sorted by namespace and name.
 pub fn exported(
-    services: &[Service],
+    services: &[std::sync::Arc<Service>],
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
     rules: &[ExportRule],
     destination_rules: &[(String, String, Vec<String>)],
@@ -223,7 +223,7 @@ mod tests {
             ("default".to_string(), "reviews".to_string(), vec!["v3".to_string(), "v2".to_string()]),
             ("other".to_string(), "reviews".to_string(), vec!["x".to_string()]),
         ];
-        let got = exported(&[svc, hidden], &BTreeMap::new(), &[], &drs);
+        let got = exported(&[svc.into(), hidden.into()], &BTreeMap::new(), &[], &drs);
         assert_eq!(
             got,
             vec![ExportedService {

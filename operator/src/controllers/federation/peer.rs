@@ -212,7 +212,8 @@ struct Stores {
 
 impl Stores {
     fn view(&self, cluster: &str) -> Peer {
-        let services: Vec<Service> = self.services.state().iter().map(|s| s.as_ref().clone()).collect();
+        // The store's own Arcs: no Service is copied per event.
+        let services: Vec<Arc<Service>> = self.services.state();
         let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
             self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
         let meshes = self.meshes.state();
@@ -232,6 +233,7 @@ impl Stores {
         let exported: Vec<ExportedService> = export::exported(&services, &namespace_labels, &rules, &drs);
         let gateways: Vec<&Service> = services
             .iter()
+            .map(|s| s.as_ref())
             .filter(|s| s.labels().get(EAST_WEST_SELECTOR.0).is_some_and(|v| v == EAST_WEST_SELECTOR.1))
             .collect();
         let mut addresses: Vec<String> = gateways.iter().flat_map(|s| gateway_addresses(s)).collect();
