@@ -106,45 +106,9 @@ done
 k cluster1 delete deployment reviews-v2 reviews-v3 -n default >/dev/null
 k cluster2 delete deployment productpage-v1 details-v1 reviews-v1 -n default >/dev/null
 k cluster2 label service reviews -n default mesh.skein.dev/export=true >/dev/null
-k cluster2 apply -f - >/dev/null <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
-  subsets:
-  - {name: v2, labels: {version: v2}}
-  - {name: v3, labels: {version: v3}}
-YAML
+k cluster2 apply -f config/samples/federation/cluster2-reviews.yaml >/dev/null
 k cluster1 apply -n default -f config/samples/bookinfo/bookinfo-gateway.yaml >/dev/null
-k cluster1 apply -f - >/dev/null <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
-  subsets:
-  - {name: v1, labels: {version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - match:
-    - headers:
-        end-user: {exact: jason}
-    route:
-    - destination: {host: reviews.default.global, subset: v2}
-      weight: 50
-    - destination: {host: reviews.default.global, subset: v3}
-      weight: 50
-  - route:
-    - destination: {host: reviews, subset: v1}
-YAML
+k cluster1 apply -f config/samples/federation/cluster1-reviews.yaml >/dev/null
 for c in cluster1 cluster2; do
   k "$c" wait --for=condition=Available deployment --all -n default --timeout=180s >/dev/null ||
     fail "$c: Bookinfo did not become available"

@@ -8,29 +8,9 @@ use super::{CONTROL_PLANE, Desired, cluster_scoped_name, meta::metadata, namespa
 
 /// The control plane's ClusterRole and Role, and their bindings to its ServiceAccount.
 pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
-    let name = cluster_scoped_name(CONTROL_PLANE, mcp);
-    let ns = namespace(mcp);
-    let subject = json!([{"kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": ns}]);
-    vec![
-        Desired::new::<ClusterRole>(
-            false,
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": metadata(mcp, &name, false, CONTROL_PLANE),
-                "rules": control_plane_cluster_rules(),
-            }),
-        ),
-        Desired::new::<ClusterRoleBinding>(
-            false,
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": metadata(mcp, &name, false, CONTROL_PLANE),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": subject,
-            }),
-        ),
+    let subject = json!([{"kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": namespace(mcp)}]);
+    let mut out = cluster_role_bound_to(mcp, CONTROL_PLANE, control_plane_cluster_rules());
+    out.extend([
         // Secrets only in the control plane's own namespace, and only to read: the CA and the
         // webhook certificate are written by the operator.
         Desired::new::<Role>(
@@ -52,7 +32,8 @@ pub fn control_plane(mcp: &MeshControlPlane) -> Vec<Desired> {
                 "subjects": subject,
             }),
         ),
-    ]
+    ]);
+    out
 }
 
 const READ: [&str; 3] = ["get", "list", "watch"];
@@ -75,16 +56,22 @@ pub fn remote_reader_rules() -> Value {
 
 /// The reader ServiceAccount's read-only ClusterRole and its binding.
 pub fn remote_reader(mcp: &MeshControlPlane) -> Vec<Desired> {
-    let name = cluster_scoped_name(REMOTE_READER, mcp);
-    let subject = json!([{"kind": "ServiceAccount", "name": REMOTE_READER, "namespace": namespace(mcp)}]);
+    cluster_role_bound_to(mcp, REMOTE_READER, remote_reader_rules())
+}
+
+/// ClusterRole `<account>-<mesh>` with `rules`, bound to ServiceAccount `account` of the mesh
+/// namespace.
+fn cluster_role_bound_to(mcp: &MeshControlPlane, account: &str, rules: Value) -> Vec<Desired> {
+    let name = cluster_scoped_name(account, mcp);
+    let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace(mcp)}]);
     vec![
         Desired::new::<ClusterRole>(
             false,
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRole",
-                "metadata": metadata(mcp, &name, false, REMOTE_READER),
-                "rules": remote_reader_rules(),
+                "metadata": metadata(mcp, &name, false, account),
+                "rules": rules,
             }),
         ),
         Desired::new::<ClusterRoleBinding>(
@@ -92,7 +79,7 @@ pub fn remote_reader(mcp: &MeshControlPlane) -> Vec<Desired> {
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRoleBinding",
-                "metadata": metadata(mcp, &name, false, REMOTE_READER),
+                "metadata": metadata(mcp, &name, false, account),
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
                 "subjects": subject,
             }),

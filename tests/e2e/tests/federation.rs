@@ -70,6 +70,14 @@ async fn endpoints(c: &Cluster, host: &str) -> Option<Vec<String>> {
     Some(eps)
 }
 
+/// (name, addresses, resourceVersion) of every ServiceEntry in the mesh namespace.
+async fn generated(c: &Cluster) -> Vec<(String, Value, String)> {
+    let list = se_api(c).list(&Default::default()).await.unwrap().items;
+    list.into_iter()
+        .map(|s| (s.name_any(), s.data["spec"]["addresses"].clone(), s.resource_version().unwrap_or_default()))
+        .collect()
+}
+
 struct Member {
     cluster: Cluster,
     operator: Operator,
@@ -361,14 +369,7 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
 
     // -- VIPs survive an operator restart, and the restart writes nothing.
     let mut c1 = c1;
-    let vips_before: Vec<(String, Value, String)> = se_api(&c1.cluster)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|s| (s.name_any(), s.data["spec"]["addresses"].clone(), s.resource_version().unwrap_or_default()))
-        .collect();
+    let vips_before = generated(&c1.cluster).await;
     assert!(!vips_before.is_empty());
     c1.operator.kill();
     let kubeconfig = c1.cluster.kubeconfig.clone();
@@ -381,14 +382,7 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let vips_after: Vec<(String, Value, String)> = se_api(&c1.cluster)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|s| (s.name_any(), s.data["spec"]["addresses"].clone(), s.resource_version().unwrap_or_default()))
-        .collect();
+    let vips_after = generated(&c1.cluster).await;
     assert_eq!(vips_after, vips_before, "same objects, same VIPs, not rewritten after a restart");
 
     // -- A deleted remote Secret removes the peer and its entries after the grace period.

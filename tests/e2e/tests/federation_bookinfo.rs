@@ -260,37 +260,9 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
         kubectl_ok(&c2, &["patch", "deployment", "reviews-v2", "-n", "default", "-p", debug]);
     }
     // The user's DestinationRules for the local reviews host, and cluster1's VirtualService.
-    c2.apply(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n  subsets:\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
-    );
-    c1.apply(
-        r#"apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
-  subsets:
-  - {name: v1, labels: {version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - match:
-    - headers:
-        end-user: {exact: jason}
-    route:
-    - destination: {host: reviews.default.global, subset: v2}
-      weight: 50
-    - destination: {host: reviews.default.global, subset: v3}
-      weight: 50
-  - route:
-    - destination: {host: reviews, subset: v1}
-"#,
-    );
+    let sample = |f: &str| repo_root().join("config/samples/federation").join(f).to_string_lossy().into_owned();
+    kubectl_ok(&c2, &["apply", "-f", &sample("cluster2-reviews.yaml")]);
+    kubectl_ok(&c1, &["apply", "-f", &sample("cluster1-reviews.yaml")]);
     for c in [&c1, &c2] {
         let out = c.kubectl(&["rollout", "status", "deployment", "-n", "default", "--timeout=180s"], None);
         assert!(out.status.success(), "{}: Bookinfo did not roll out\n{}", c.name, diagnostics(c, NS));
