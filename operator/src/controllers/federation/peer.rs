@@ -88,6 +88,9 @@ enum Progress {
     Failing(&'static str, String),
 }
 
+/// How often an unreachable peer is probed.
+const PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
 type Events = Pin<Box<dyn Stream<Item = (Source, Result<bool, watcher::Error>)> + Send>>;
 
 /// Maps a watch to (source, Ok(list complete) | Err).
@@ -151,7 +154,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let roots_cfg = cfg().fields(&format!("metadata.name={MESH_ROOT_CONFIGMAP}"));
     let s5 = events(
         Source::RootCerts,
-        reflector::reflector(w, watcher(Api::<ConfigMap>::all(client), roots_cfg).default_backoff()),
+        reflector::reflector(w, watcher(Api::<ConfigMap>::all(client.clone()), roots_cfg).default_backoff()),
     );
     let stores = Stores { services, namespaces, destination_rules, meshes, roots };
 
@@ -161,20 +164,53 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             .into_iter()
             .map(|s| (s, Progress::Listing))
             .collect();
-    while let Some((source, event)) = all.next().await {
-        let p = match event {
-            Ok(true) => Progress::Listed,
-            // Init/InitApply: the list is under way; keep what the source had.
-            Ok(false) => continue,
-            Err(e) => match classify(&e) {
-                Err(()) if matches!(source, Source::Services | Source::Namespaces) => {
-                    Progress::Failing("Unreachable", e.to_string())
-                }
-                Err(()) => Progress::Absent,
-                Ok((reason, message)) => Progress::Failing(reason, message),
+    // Sources that listed once: a watch that resumes after an outage says nothing (kube's
+    // watcher re-watches from its last version without an event), so their recovery is seen
+    // by probing the apiserver instead.
+    let mut listed_once: std::collections::BTreeSet<Source> = Default::default();
+    let mut probe = tokio::time::interval(PROBE);
+    loop {
+        let event = tokio::select! {
+            ev = all.next() => match ev {
+                Some(ev) => Some(ev),
+                None => break,
             },
+            _ = probe.tick() => None,
         };
-        progress.insert(source, p);
+        match event {
+            Some((source, event)) => {
+                let p = match event {
+                    Ok(true) => Progress::Listed,
+                    // Init/InitApply: the list is under way; keep what the source had.
+                    Ok(false) => continue,
+                    Err(e) => match classify(&e) {
+                        Err(()) if matches!(source, Source::Services | Source::Namespaces) => {
+                            Progress::Failing("Unreachable", e.to_string())
+                        }
+                        Err(()) => Progress::Absent,
+                        Ok((reason, message)) => Progress::Failing(reason, message),
+                    },
+                };
+                if matches!(p, Progress::Listed | Progress::Absent) {
+                    listed_once.insert(source);
+                }
+                progress.insert(source, p);
+            }
+            None => {
+                let resumed: Vec<Source> = progress
+                    .iter()
+                    .filter(|(s, p)| matches!(p, Progress::Failing("Unreachable", _)) && listed_once.contains(*s))
+                    .map(|(s, _)| *s)
+                    .collect();
+                if resumed.is_empty() || client.apiserver_version().await.is_err() {
+                    continue;
+                }
+                // Reachable again: the watches resume on their own (or fail again, and say so).
+                for s in resumed {
+                    progress.insert(s, Progress::Listed);
+                }
+            }
+        }
         let failing = progress.values().find_map(|p| match p {
             Progress::Failing(r, m) => Some((*r, m.clone())),
             _ => None,
