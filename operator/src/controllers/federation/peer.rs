@@ -108,6 +108,76 @@ where
         .boxed()
 }
 
+/// What each watch of a peer has done, and so whether the peer is read completely.
+#[derive(Debug)]
+struct Tracker {
+    progress: BTreeMap<Source, Progress>,
+    /// Sources that listed once: a watch that resumes after an outage says nothing (kube's
+    /// watcher re-watches from its last version without an event), so their recovery is seen
+    /// by probing the apiserver instead.
+    listed_once: std::collections::BTreeSet<Source>,
+}
+
+impl Tracker {
+    const SOURCES: [Source; 5] =
+        [Source::Services, Source::Namespaces, Source::DestinationRules, Source::MeshControlPlanes, Source::RootCerts];
+
+    fn new() -> Self {
+        let progress = Self::SOURCES.into_iter().map(|s| (s, Progress::Listing)).collect();
+        Self { progress, listed_once: Default::default() }
+    }
+
+    /// `source` listed, or saw a change.
+    fn listed(&mut self, source: Source) {
+        self.progress.insert(source, Progress::Listed);
+        self.listed_once.insert(source);
+    }
+
+    /// `source` failed: `Ok((reason, message))` from [`classify`], `Err(message)` for an API
+    /// the peer does not serve (empty for optional sources, a failure for the required ones).
+    fn failed(&mut self, source: Source, why: Result<(&'static str, String), String>) {
+        let p = match why {
+            Ok((reason, message)) => Progress::Failing(reason, message),
+            Err(message) if matches!(source, Source::Services | Source::Namespaces) => {
+                Progress::Failing("Unreachable", message)
+            }
+            Err(_) => {
+                self.listed_once.insert(source);
+                Progress::Absent
+            }
+        };
+        self.progress.insert(source, p);
+    }
+
+    /// Sources failing for reachability that had listed: a successful probe brings them back.
+    fn resumable(&self) -> Vec<Source> {
+        self.progress
+            .iter()
+            .filter(|(s, p)| matches!(p, Progress::Failing("Unreachable", _)) && self.listed_once.contains(*s))
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    fn resumed(&mut self, sources: &[Source]) {
+        for s in sources {
+            self.progress.insert(*s, Progress::Listed);
+        }
+    }
+
+    /// The first failure (reason, message).
+    fn failing(&self) -> Option<(&'static str, String)> {
+        self.progress.values().find_map(|p| match p {
+            Progress::Failing(r, m) => Some((*r, m.clone())),
+            _ => None,
+        })
+    }
+
+    /// Whether every source has listed (or is not served).
+    fn complete(&self) -> bool {
+        self.progress.values().all(|p| matches!(p, Progress::Listed | Progress::Absent))
+    }
+}
+
 /// Reasons of a failing watch (what `status.remoteClusters[].conditions[Synced]` says).
 fn classify(e: &watcher::Error) -> Result<(&'static str, String), ()> {
     let api = match e {
@@ -159,15 +229,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let stores = Stores { services, namespaces, destination_rules, meshes, roots };
 
     let mut all = futures::stream::select_all([s1, s2, s3, s4, s5]);
-    let mut progress: BTreeMap<Source, Progress> =
-        [Source::Services, Source::Namespaces, Source::DestinationRules, Source::MeshControlPlanes, Source::RootCerts]
-            .into_iter()
-            .map(|s| (s, Progress::Listing))
-            .collect();
-    // Sources that listed once: a watch that resumes after an outage says nothing (kube's
-    // watcher re-watches from its last version without an event), so their recovery is seen
-    // by probing the apiserver instead.
-    let mut listed_once: std::collections::BTreeSet<Source> = Default::default();
+    let mut tracker = Tracker::new();
     let mut probe = tokio::time::interval(PROBE);
     loop {
         let event = tokio::select! {
@@ -178,44 +240,20 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             _ = probe.tick() => None,
         };
         match event {
-            Some((source, event)) => {
-                let p = match event {
-                    Ok(true) => Progress::Listed,
-                    // Init/InitApply: the list is under way; keep what the source had.
-                    Ok(false) => continue,
-                    Err(e) => match classify(&e) {
-                        Err(()) if matches!(source, Source::Services | Source::Namespaces) => {
-                            Progress::Failing("Unreachable", e.to_string())
-                        }
-                        Err(()) => Progress::Absent,
-                        Ok((reason, message)) => Progress::Failing(reason, message),
-                    },
-                };
-                if matches!(p, Progress::Listed | Progress::Absent) {
-                    listed_once.insert(source);
-                }
-                progress.insert(source, p);
-            }
+            Some((source, Ok(true))) => tracker.listed(source),
+            // Init/InitApply: the list is under way; keep what the source had.
+            Some((_, Ok(false))) => continue,
+            Some((source, Err(e))) => tracker.failed(source, classify(&e).map_err(|()| e.to_string())),
             None => {
-                let resumed: Vec<Source> = progress
-                    .iter()
-                    .filter(|(s, p)| matches!(p, Progress::Failing("Unreachable", _)) && listed_once.contains(*s))
-                    .map(|(s, _)| *s)
-                    .collect();
-                if resumed.is_empty() || client.apiserver_version().await.is_err() {
+                let resumable = tracker.resumable();
+                if resumable.is_empty() || client.apiserver_version().await.is_err() {
                     continue;
                 }
                 // Reachable again: the watches resume on their own (or fail again, and say so).
-                for s in resumed {
-                    progress.insert(s, Progress::Listed);
-                }
+                tracker.resumed(&resumable);
             }
         }
-        let failing = progress.values().find_map(|p| match p {
-            Progress::Failing(r, m) => Some((*r, m.clone())),
-            _ => None,
-        });
-        let complete = progress.values().all(|p| matches!(p, Progress::Listed | Progress::Absent));
+        let (failing, complete) = (tracker.failing(), tracker.complete());
         let mut changed = false;
         state.send_if_modified(|s| {
             let before = (s.sync.clone(), s.view.clone(), s.root.clone());
@@ -304,4 +342,66 @@ fn gateway_addresses(svc: &Service) -> Vec<String> {
         lb.into_iter().flatten().filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone())).collect();
     out.extend(svc.spec.as_ref().and_then(|s| s.external_ips.clone()).into_iter().flatten());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_listed() -> Tracker {
+        let mut t = Tracker::new();
+        for s in Tracker::SOURCES {
+            t.listed(s);
+        }
+        t
+    }
+
+    #[test]
+    fn a_peer_is_complete_once_every_watch_listed_and_absent_apis_count_as_empty() {
+        let mut t = Tracker::new();
+        assert!(!t.complete());
+        for s in [Source::Services, Source::Namespaces, Source::RootCerts] {
+            t.listed(s);
+        }
+        t.failed(Source::DestinationRules, Err("404".into()));
+        t.failed(Source::MeshControlPlanes, Err("404".into()));
+        assert!(t.complete() && t.failing().is_none(), "{t:?}");
+        // Services not served is no peer at all.
+        t.failed(Source::Services, Err("404".into()));
+        assert_eq!(t.failing().map(|f| f.0), Some("Unreachable"));
+    }
+
+    #[test]
+    fn an_outage_is_recovered_by_a_probe_even_if_the_watch_resumes_silently() {
+        let mut t = all_listed();
+        t.failed(Source::Services, Ok(("Unreachable", "connection refused".into())));
+        t.failed(Source::RootCerts, Ok(("Unreachable", "connection refused".into())));
+        assert_eq!(t.failing(), Some(("Unreachable", "connection refused".into())));
+        assert_eq!(t.resumable(), vec![Source::Services, Source::RootCerts]);
+        t.resumed(&t.resumable());
+        assert!(t.complete() && t.failing().is_none());
+    }
+
+    #[test]
+    fn unauthorized_and_never_listed_sources_wait_for_their_watch() {
+        let mut t = all_listed();
+        t.failed(Source::Namespaces, Ok(("Unauthorized", "forbidden".into())));
+        assert!(t.resumable().is_empty(), "a probe says nothing about permissions");
+        let mut fresh = Tracker::new();
+        fresh.failed(Source::Services, Ok(("Unreachable", "refused".into())));
+        assert!(fresh.resumable().is_empty(), "never listed: its list has to complete first");
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_status() {
+        let api = |code: u16| {
+            let status: kube::core::Status =
+                serde_json::from_value(serde_json::json!({"code": code, "message": "m"})).unwrap();
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+        };
+        assert_eq!(classify(&api(404)), Err(()));
+        assert_eq!(classify(&api(403)), Ok(("Unauthorized", "m".to_string())));
+        assert_eq!(classify(&api(401)).map(|c| c.0), Ok("Unauthorized"));
+        assert_eq!(classify(&api(500)), Ok(("Unreachable", "500: m".to_string())));
+    }
 }
