@@ -570,7 +570,17 @@ impl Federation {
         let now = jiff::Timestamp::now();
         for (cluster, p) in &self.peers {
             let state = p.state.borrow().clone();
+            let refusal = refused.iter().find(|r| &r.cluster == cluster);
             let (ok, reason, message) = match (&state.sync, p.removing_since) {
+                // The Secret is still there but no longer usable: say why, not just "removing".
+                (_, Some(_)) if refusal.is_some() => (
+                    false,
+                    "InvalidSecret",
+                    format!(
+                        "{}; the entries made with the previous credentials are withdrawn after the grace period",
+                        refusal.map(|r| r.message.as_str()).unwrap_or_default()
+                    ),
+                ),
                 (_, Some(_)) => (false, "Removing", "the remote Secret was deleted; entries are withdrawn after the grace period".to_string()),
                 (Sync::Pending, _) => (false, "Pending", "listing the peer's Services".to_string()),
                 (Sync::Failed(r, m), _) => (false, *r, format!("{m}; its last known Services stay imported")),
