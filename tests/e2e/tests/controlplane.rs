@@ -245,11 +245,15 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     proxy.until("reviews → v1", Duration::from_secs(5), |c| reviews_targets(c) == vec![v1.clone()]).await;
     let took = applied.elapsed();
     assert!(took < Duration::from_secs(1), "kubectl apply → proxy config took {took:?}");
-    let good_version = {
-        let body = http_get(cp.monitoring_port, "/debug/syncz").await.unwrap();
-        let table: serde_json::Value = serde_json::from_str(&body).unwrap();
-        table[&node]["acked"].as_str().unwrap().to_string()
-    };
+    // The version this proxy runs (and ACKed); the control plane records the ACK a moment
+    // later on a loaded machine, and what follows relies on it.
+    let good_version = proxy.running.as_ref().map(|c| c.version.clone()).expect("a config applied");
+    eventually("the ACK of the v1 config recorded", Duration::from_secs(5), || async {
+        let body = http_get(cp.monitoring_port, "/debug/syncz").await.ok()?;
+        let table: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (table[&node]["acked"].as_str()? == good_version).then_some(())
+    })
+    .await;
 
     // skeinctl reads what the proxy runs as istioctl would: synced, and routing reviews to v1.
     let cp_addr = format!("127.0.0.1:{}", cp.monitoring_port);
