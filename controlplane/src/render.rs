@@ -27,7 +27,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use imbl::ordmap::DiffItem;
 use prost::Message;
-use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost, wire::pb};
+use skein_api::proxy::{Cluster, NameEntry, ProxyConfig, VirtualHost, wire::pb};
 
 use crate::{
     snapshot::Snapshot,
@@ -61,9 +61,14 @@ impl Part {
         Self::of(pb::ProxyConfig { clusters: vec![pb::Cluster::from(c)], ..Default::default() })
     }
 
-    /// Virtual hosts as `ProxyConfig.virtual_hosts` fields.
-    pub fn virtual_hosts(v: &[VirtualHost]) -> Self {
-        Self::of(pb::ProxyConfig { virtual_hosts: v.iter().map(pb::VirtualHost::from).collect(), ..Default::default() })
+    /// Virtual hosts and the name table as `ProxyConfig.virtual_hosts` and `name_table` fields
+    /// (one part: both follow the visible services and neither changes with endpoints).
+    pub fn virtual_hosts(v: &[VirtualHost], names: &[NameEntry]) -> Self {
+        Self::of(pb::ProxyConfig {
+            virtual_hosts: v.iter().map(pb::VirtualHost::from).collect(),
+            name_table: names.iter().map(pb::NameEntry::from).collect(),
+            ..Default::default()
+        })
     }
 }
 
@@ -88,7 +93,8 @@ impl EncodedOutbound {
         let clusters: imbl::OrdMap<Arc<str>, Arc<Part>> =
             plain.clusters.iter().map(|(n, c)| (n.clone(), Arc::new(Part::cluster(c)))).collect();
         let clusters_hash = clusters.values().fold(0u64, |h, c| h.wrapping_add(c.hash));
-        Self { virtual_hosts: Arc::new(Part::virtual_hosts(&plain.virtual_hosts)), clusters, clusters_hash, plain }
+        let virtual_hosts = Arc::new(Part::virtual_hosts(&plain.virtual_hosts, &plain.names));
+        Self { virtual_hosts, clusters, clusters_hash, plain }
     }
 
     /// The encoding of `plain`, reusing this one's for everything `plain` shares with what
@@ -96,10 +102,12 @@ impl EncodedOutbound {
     /// diff visits only what differs), and the virtual hosts only when they are not the same
     /// list.
     pub fn patched(&self, plain: Outbound) -> Self {
-        let virtual_hosts = if Arc::ptr_eq(&self.plain.virtual_hosts, &plain.virtual_hosts) {
+        let virtual_hosts = if Arc::ptr_eq(&self.plain.virtual_hosts, &plain.virtual_hosts)
+            && Arc::ptr_eq(&self.plain.names, &plain.names)
+        {
             self.virtual_hosts.clone()
         } else {
-            Arc::new(Part::virtual_hosts(&plain.virtual_hosts))
+            Arc::new(Part::virtual_hosts(&plain.virtual_hosts, &plain.names))
         };
         let (mut clusters, mut clusters_hash) = (self.clusters.clone(), self.clusters_hash);
         for item in self.plain.clusters.diff(&plain.clusters) {
@@ -346,7 +354,8 @@ mod tests {
     fn plain(clusters: &[Cluster]) -> Outbound {
         let vh = VirtualHost { name: "a".into(), domains: vec!["a".into()], routes: Vec::new() };
         let clusters = clusters.iter().map(|c| (Arc::from(c.name.as_str()), Arc::new(c.clone()))).collect();
-        Outbound { virtual_hosts: Arc::new(vec![vh]), clusters }
+        let names = vec![NameEntry { host: "a.default.global".into(), addresses: vec!["240.0.0.1".parse().unwrap()] }];
+        Outbound { virtual_hosts: Arc::new(vec![vh]), clusters, names: Arc::new(names) }
     }
 
     fn outbound(clusters: &[Cluster]) -> Arc<EncodedOutbound> {
@@ -370,6 +379,7 @@ mod tests {
         assert_eq!(cfg.clusters, vec![a.clone(), b.clone()]);
         assert_eq!(cfg.listeners, own().listeners);
         assert_eq!(cfg.virtual_hosts.len(), 1);
+        assert_eq!(cfg.name_table, *plain(&[]).names, "the name table travels with the virtual hosts");
         assert_eq!(r.len(), r.parts().map(Bytes::len).sum::<usize>());
         // Same content, same version, however it was built; other content, other version.
         assert_eq!(Rendered::from_parts(&own(), outbound(&[a.clone(), b.clone()])).version, r.version);

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config_file;
 pub mod connect;
 pub mod discovery;
+pub mod dns;
 pub mod drain;
 pub mod gateway;
 pub mod http;

@@ -52,6 +52,14 @@ enum Command {
         concurrency: usize,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Serve DNS here (UDP and TCP; Istio's DNS proxying, `127.0.0.1:15053` in a pod whose
+        /// port 53 is captured): mesh hosts are answered from the name table, the rest is
+        /// forwarded to the nameservers of `--dns-resolv-conf`. Unset: no DNS proxy.
+        #[arg(long)]
+        dns_addr: Option<SocketAddr>,
+        /// Where the nameservers and search suffixes for `--dns-addr` come from.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        dns_resolv_conf: PathBuf,
     },
     /// Send one request to the proxy's admin endpoint and print the answer, like Istio's
     /// `pilot-agent request GET stats` (`skein-proxy request GET clusters`). Exits non-zero
@@ -142,7 +150,7 @@ fn main() -> anyhow::Result<()> {
         Command::InitIptables { rules, dry_run } => {
             if dry_run {
                 rules.validate().map_err(anyhow::Error::msg)?;
-                print!("{}", rules.render());
+                print!("{}", rules.render(&rules.nameservers().map_err(anyhow::Error::msg)?));
             } else {
                 rules.apply().map_err(anyhow::Error::msg)?;
                 info!("capture rules installed");
@@ -158,7 +166,18 @@ fn main() -> anyhow::Result<()> {
             drain_timeout,
             concurrency,
             limits,
+            dns_addr,
+            dns_resolv_conf,
         } => {
+            // Read before anything starts: with port 53 captured, a proxy that cannot forward
+            // would leave the pod without DNS, so it refuses to start and says why.
+            let dns = dns_addr
+                .map(|addr| {
+                    skein_proxy::dns::server::Upstream::read(&dns_resolv_conf)
+                        .map(|up| (addr, up))
+                        .map_err(|e| anyhow::anyhow!("--dns-resolv-conf: {e}"))
+                })
+                .transpose()?;
             // SIGHUP ends a process until it has a handler: held pending until `run` has one.
             hold_sighup(true)?;
             let source = match config {
@@ -185,12 +204,19 @@ fn main() -> anyhow::Result<()> {
                 [admin_addr, status_addr, metrics_addr],
                 drain_timeout,
                 limits,
+                dns,
             ))
         }
     }
 }
 
-async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, limits: Limits) -> anyhow::Result<()> {
+async fn run(
+    source: Source,
+    admin: [SocketAddr; 3],
+    drain_timeout: Duration,
+    limits: Limits,
+    dns: Option<(SocketAddr, skein_proxy::dns::server::Upstream)>,
+) -> anyhow::Result<()> {
     // First of all: from here on a SIGHUP reloads instead of ending the process.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // This future runs on the thread that blocked SIGHUP (`block_on` polls it there), so a
@@ -214,6 +240,14 @@ async fn run(source: Source, admin: [SocketAddr; 3], drain_timeout: Duration, li
     for (addr, role) in admin.into_iter().zip(roles) {
         let sock = TcpListener::bind(addr).await.with_context(|| format!("bind admin endpoint {addr}"))?;
         tokio::spawn(listener::admin::serve_admin(sock, role, store.clone(), metrics.clone(), drain.clone()));
+    }
+    if let Some((addr, upstream)) = dns {
+        // Bound here so a taken port fails the start, not a background task.
+        let server = skein_proxy::dns::server::Server::bind(addr, upstream)
+            .await
+            .with_context(|| format!("bind DNS proxy {addr}"))?;
+        info!(%addr, "DNS proxy serving");
+        tokio::spawn(server.serve(store.clone()));
     }
     let mut listeners = listener::Listeners::new(proxy);
     for e in listeners.sync(&store.current().config.listeners).await {

@@ -77,6 +77,8 @@ pub struct Runtime {
     by_service_address: HashMap<SocketAddr, Arc<Upstream>>,
     /// TLS servers of gateway listeners, by listener name.
     gateway_tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// Hosts the DNS proxy answers for (shared with the previous config when unchanged).
+    pub names: Arc<crate::dns::NameTable>,
 }
 
 struct VirtualHost {
@@ -325,7 +327,12 @@ impl Runtime {
         for (slot, tls) in renewals {
             slot.set(tls);
         }
+        let names = match prev {
+            Some(p) if p.config.name_table == config.name_table => p.names.clone(),
+            _ => Arc::new(crate::dns::NameTable::new(&config.name_table)),
+        };
         Ok(Self {
+            names,
             config,
             identity,
             strict_tls: strict,

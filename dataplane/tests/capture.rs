@@ -71,10 +71,16 @@ impl Netns {
 
     /// Starts a sidecar as uid/gid 1337 serving `config`, logging to `log`.
     fn sidecar(&self, config: &Path, log: &Path) -> Proc {
+        self.sidecar_with(config, log, &[])
+    }
+
+    /// [`Netns::sidecar`] with more `run` flags.
+    fn sidecar_with(&self, config: &Path, log: &Path, flags: &[&str]) -> Proc {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.0, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", PROXY])
             .args(["run", "--config", config.to_str().unwrap()])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -277,6 +283,141 @@ listeners:
     if result.is_err() {
         dump();
         panic!("capture test failed (logs above)");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A stand-in for the cluster's DNS (in its own namespace): every A query is answered with
+/// 192.0.2.1, over UDP and TCP on port 53.
+fn cluster_dns() {
+    use hickory_proto::{
+        op::{Message, OpCode},
+        rr::{RData, Record, rdata::A},
+    };
+    fn reply(q: &[u8]) -> Vec<u8> {
+        let req = Message::from_vec(q).unwrap();
+        let mut m = Message::response(req.metadata.id, OpCode::Query);
+        m.add_query(req.queries[0].clone());
+        m.add_answer(Record::from_rdata(req.queries[0].name().clone(), 5, RData::A(A([192, 0, 2, 1].into()))));
+        m.to_vec().unwrap()
+    }
+    let udp = std::net::UdpSocket::bind("0.0.0.0:53").unwrap();
+    let tcp = std::net::TcpListener::bind("0.0.0.0:53").unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&reply(&buf[..n]), from);
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if s.read_exact(&mut q).is_ok() {
+                let r = reply(&q);
+                let _ = s.write_all(&[&(r.len() as u16).to_be_bytes()[..], &r].concat());
+            }
+        }
+    });
+}
+
+/// One A query for `name` to `ns` over UDP (a connected socket: only a reply from `ns:53`
+/// itself is accepted) or TCP; the addresses answered.
+fn resolve(ns: &str, name: &str, tcp: bool) -> Result<Vec<String>, String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let mut m = Message::query();
+    m.metadata.id = 7;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let q = m.to_vec().unwrap();
+    let server: SocketAddr = format!("{ns}:53").parse().unwrap();
+    let bytes = if tcp {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(&[&(q.len() as u16).to_be_bytes()[..], &q].concat()).map_err(|e| e.to_string())?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).map_err(|e| e.to_string())?;
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut r).map_err(|e| e.to_string())?;
+        r
+    } else {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(server).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.send(&q).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 1024];
+        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+        buf[..n].to_vec()
+    };
+    let r = Message::from_vec(&bytes).map_err(|e| e.to_string())?;
+    Ok(r.answers.iter().filter_map(|a| a.data.ip_addr()).map(|ip| ip.to_string()).collect())
+}
+
+/// Istio's DNS proxying: the pod's queries to its nameserver are redirected to its sidecar,
+/// which answers mesh hosts of its name table (here `reviews.default.global`, which the
+/// cluster's DNS does not know) and forwards everything else to that nameserver; the sidecar's
+/// own forwarded queries are not captured again (no loop), and the client sees every answer
+/// come from the nameserver's address.
+#[test]
+fn dns_of_the_pod_is_answered_by_its_sidecar_for_mesh_hosts_and_forwarded_otherwise() {
+    if !prerequisites() {
+        return;
+    }
+    let id = std::process::id();
+    let subnet = format!("10.252.{}", id % 250);
+    let (pod_ip, dns_ip) = (format!("{subnet}.1"), format!("{subnet}.2"));
+    let (pod, dns) = (Netns::new(format!("skd{id}a")), Netns::new(format!("skd{id}b")));
+    let (va, vb) = (format!("skd{}a", id % 100_000), format!("skd{}b", id % 100_000));
+    sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+    sh(&["ip", "link", "set", &va, "netns", &pod.0]);
+    sh(&["ip", "link", "set", &vb, "netns", &dns.0]);
+    for (ns, dev, ip) in [(&pod, &va, &pod_ip), (&dns, &vb, &dns_ip)] {
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+    }
+    let dir = std::env::temp_dir().join(format!("skein-dns-capture-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolv = write(
+        &dir,
+        "resolv.conf",
+        &format!(
+            "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {dns_ip}\noptions ndots:5\n"
+        ),
+    );
+    pod.exec(&[PROXY, "init-iptables", "--redirect-dns-port", "15053", "--resolv-conf", resolv.to_str().unwrap()]);
+    dns.spawn(cluster_dns).join().unwrap();
+    let cfg =
+        write(&dir, "pod.yaml", "listeners: []\nnameTable: [{host: reviews.default.global, addresses: [240.0.0.3]}]\n");
+    let log = dir.join("pod.log");
+    let _proxy =
+        pod.sidecar_with(&cfg, &log, &["--dns-addr", "127.0.0.1:15053", "--dns-resolv-conf", resolv.to_str().unwrap()]);
+
+    let result = pod
+        .spawn(move || {
+            let mesh =
+                retry("the sidecar answers a mesh host", || match resolve(&dns_ip, "reviews.default.global.", false) {
+                    Ok(a) if a == ["240.0.0.3"] => Ok(a),
+                    other => Err(format!("{other:?}")),
+                });
+            assert_eq!(mesh, ["240.0.0.3"]);
+            // The search-path form the resolver tries first, and TCP.
+            let search = resolve(&dns_ip, "reviews.default.global.default.svc.cluster.local.", false).unwrap();
+            assert_eq!(search, ["240.0.0.3"]);
+            assert_eq!(resolve(&dns_ip, "reviews.default.global.", true).unwrap(), ["240.0.0.3"]);
+            // Not a mesh host: the cluster's DNS answers, through the sidecar, over UDP and TCP.
+            assert_eq!(resolve(&dns_ip, "example.com.", false).unwrap(), ["192.0.2.1"]);
+            assert_eq!(resolve(&dns_ip, "example.org.", true).unwrap(), ["192.0.2.1"]);
+        })
+        .join();
+    if result.is_err() {
+        eprintln!("--- pod.log\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        panic!("DNS capture test failed (log above)");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

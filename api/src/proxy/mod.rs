@@ -52,6 +52,40 @@ pub struct ProxyConfig {
     /// Access log (Istio's `meshConfig.accessLogFile`). Unset: no access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Mesh hosts the sidecar's DNS proxy answers for (Istio's name table): ServiceEntry hosts
+    /// with addresses, e.g. the `.global` hosts of federation, and Services' FQDNs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name_table: Vec<NameEntry>,
+}
+
+/// One host of the name table and the addresses a DNS query for it is answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NameEntry {
+    /// Fully qualified host, lower case, no trailing dot.
+    pub host: String,
+    /// Its virtual IPs (A and AAAA answers).
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl NameEntry {
+    /// Checks the host is a DNS name a query can ask for (no wildcard, labels of at most 63
+    /// characters, at most 253 in all).
+    pub fn validate(&self, at: &str) -> Result<(), InvalidConfig> {
+        let h = &self.host;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        };
+        if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
+            return Err(invalid(format!("{at}.host"), format!("{h:?} is not a lower-case DNS name")));
+        }
+        if self.addresses.is_empty() {
+            return Err(invalid(format!("{at}.addresses"), "a name needs at least one address"));
+        }
+        Ok(())
+    }
 }
 
 /// An incremental update of a [`ProxyConfig`]: clusters added or replaced by name, and
@@ -155,6 +189,9 @@ impl ProxyConfig {
     /// Checks everything that does not need the proxy's runtime: unique names, references to
     /// existing clusters, weights, percentages, status codes.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        for (i, n) in self.name_table.iter().enumerate() {
+            n.validate(&format!("nameTable[{i}]"))?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for l in &self.listeners {
             if !names.insert(&l.name) {

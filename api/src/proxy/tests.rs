@@ -188,3 +188,18 @@ fn a_delta_replaces_adds_and_removes_clusters_by_name_and_keeps_the_rest() {
     // Removing a cluster a route still names is a config error when applied, not silently kept.
     assert!(out.validate().unwrap_err().to_string().contains("v3"), "{:?}", out.validate());
 }
+
+#[test]
+fn a_name_table_entry_must_be_a_queryable_lower_case_name_with_an_address() {
+    let cfg = |host: &str, addrs: &str| -> ProxyConfig {
+        serde_yaml::from_str(&format!("nameTable: [{{host: '{host}', addresses: [{addrs}]}}]")).unwrap()
+    };
+    assert!(cfg("reviews.default.global", "240.1.2.3").validate().is_ok());
+    assert!(cfg("reviews", "'fd00::1'").validate().is_ok());
+    let err = |c: ProxyConfig| c.validate().unwrap_err().to_string();
+    assert_eq!(err(cfg("*.global", "240.1.2.3")), r#"nameTable[0].host: "*.global" is not a lower-case DNS name"#);
+    assert!(err(cfg("Reviews.global", "240.1.2.3")).starts_with("nameTable[0].host:"));
+    assert!(err(cfg("a..global", "240.1.2.3")).starts_with("nameTable[0].host:"));
+    assert!(err(cfg(&format!("{}.global", "a".repeat(64)), "240.1.2.3")).starts_with("nameTable[0].host:"));
+    assert_eq!(err(cfg("a.global", "")), "nameTable[0].addresses: a name needs at least one address");
+}

@@ -204,6 +204,7 @@ pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
     ProxyConfig {
         virtual_hosts: out.virtual_hosts.as_ref().clone(),
         clusters: out.clusters.values().map(|c| c.as_ref().clone()).collect(),
+        name_table: out.names.as_ref().clone(),
         ..own.config
     }
 }
@@ -218,6 +219,7 @@ fn settings(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> Prox
         clusters: Vec::new(),
         identity: None,
         access_log: snap.mesh.access_log.clone(),
+        name_table: Vec::new(),
     }
 }
 

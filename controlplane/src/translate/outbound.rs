@@ -9,7 +9,10 @@ use std::{
 
 use skein_api::{
     names::outbound_cluster,
-    proxy::{self, Capture, Cluster, Listener, ListenerProtocol, Route, RouteMatch, VirtualHost, WeightedDestination},
+    proxy::{
+        self, Capture, Cluster, Listener, ListenerProtocol, NameEntry, Route, RouteMatch, VirtualHost,
+        WeightedDestination,
+    },
 };
 
 use super::{
@@ -31,12 +34,14 @@ pub struct Outbound {
     /// every unchanged node with the one it was patched from (copying it is free, and the
     /// difference between the two visits only what differs).
     pub clusters: imbl::OrdMap<Arc<str>, Arc<Cluster>>,
+    /// The DNS proxy's name table: every visible host with virtual IPs.
+    pub names: Arc<Vec<NameEntry>>,
 }
 
 impl Outbound {
-    fn new(virtual_hosts: Vec<VirtualHost>, clusters: BTreeMap<String, Cluster>) -> Self {
+    fn new(virtual_hosts: Vec<VirtualHost>, clusters: BTreeMap<String, Cluster>, names: Vec<NameEntry>) -> Self {
         let clusters = clusters.into_iter().map(|(n, c)| (Arc::from(n), Arc::new(c))).collect();
-        Self { virtual_hosts: Arc::new(virtual_hosts), clusters }
+        Self { virtual_hosts: Arc::new(virtual_hosts), clusters, names: Arc::new(names) }
     }
 
     /// A gateway's: the mesh's clusters (shared), the clusters its routes add where the mesh
@@ -117,7 +122,25 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
         }
         virtual_hosts.push(VirtualHost { name: svc.host.clone(), domains: domains(svc, &key.namespace), routes });
     }
-    Outbound::new(virtual_hosts, b.clusters.map)
+    Outbound::new(virtual_hosts, b.clusters.map, name_table(snap, &key.namespace))
+}
+
+/// What the sidecar's DNS proxy answers for a client in `client_ns`: each visible host with
+/// virtual IPs, by its fully qualified name (the resolver's search path turns `reviews` into
+/// `reviews.<ns>.svc.cluster.local` before asking). Wildcard hosts cannot be answered and hosts
+/// without addresses are left to the cluster's DNS, as Istio's name table does.
+fn name_table(snap: &Snapshot, client_ns: &str) -> Vec<NameEntry> {
+    let mut names: Vec<NameEntry> = snap
+        .registry
+        .visible(client_ns)
+        .filter(|svc| !svc.vips.is_empty() && !svc.host.contains('*'))
+        .map(|svc| NameEntry { host: svc.host.to_ascii_lowercase(), addresses: svc.vips.clone() })
+        // A host no query can name would make the proxy refuse the whole config.
+        .filter(|n| n.validate("nameTable").is_ok())
+        .collect();
+    names.sort_by(|a, b| a.host.cmp(&b.host));
+    names.dedup_by(|b, a| a.host == b.host);
+    names
 }
 
 /// The outbound part for `key` after a change that touched only the endpoints of `hosts`

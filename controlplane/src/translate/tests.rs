@@ -488,6 +488,45 @@ spec:
 }
 
 #[test]
+fn the_name_table_holds_every_visible_host_with_an_address_for_the_dns_proxy() {
+    let snap = bookinfo(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews-global, namespace: default}
+spec:
+  hosts: [reviews.default.global]
+  location: MESH_INTERNAL
+  ports: [{name: http1, number: 9080, protocol: http}]
+  resolution: STATIC
+  addresses: [240.0.0.3]
+  endpoints: [{address: 192.0.2.20, ports: {http1: 15443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: no-address, namespace: default}
+spec: {hosts: [api.example.com], ports: [{name: https, number: 443, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wildcard, namespace: default}
+spec: {hosts: ["*.example.org"], addresses: [240.0.0.9], ports: [{name: tcp, number: 9000, protocol: TCP}], resolution: NONE}
+"#,
+    );
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let names: Vec<(&str, Vec<String>)> = cfg
+        .name_table
+        .iter()
+        .map(|n| (n.host.as_str(), n.addresses.iter().map(ToString::to_string).collect()))
+        .collect();
+    assert!(names.contains(&("reviews.default.global", vec!["240.0.0.3".into()])), "{names:?}");
+    assert!(names.contains(&(REVIEWS, vec!["198.19.0.12".into()])), "{names:?}");
+    // Not visible from `default` (exportTo "."), no address, a wildcard: not answered.
+    for host in ["db.backend.svc.cluster.local", "api.example.com", "*.example.org"] {
+        assert!(!names.iter().any(|(h, _)| *h == host), "{host} is in {names:?}");
+    }
+}
+
+#[test]
 fn a_virtual_service_in_the_clients_namespace_wins_over_an_older_one_elsewhere() {
     let snap = bookinfo(&format!(
         "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: elsewhere, namespace: other}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{{route: [{{destination: {{host: reviews.default.svc.cluster.local, subset: v3}}}}]}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: local, namespace: default}}\nspec:\n  hosts: [reviews]\n  http: [{{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]\n"

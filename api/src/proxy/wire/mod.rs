@@ -65,6 +65,23 @@ impl TryFrom<pb::ProxyConfig> for ProxyConfig {
                     Ok::<_, InvalidConfig>(AccessLog { path: a.path.into(), encoding })
                 })
                 .transpose()?,
+            name_table: c
+                .name_table
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let addresses = n
+                        .addresses
+                        .iter()
+                        .map(|a| {
+                            a.parse().map_err(|_| {
+                                invalid(format!("nameTable[{i}].addresses"), format!("{a:?} is not an IP address"))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok::<_, InvalidConfig>(NameEntry { host: n.host, addresses })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -92,7 +109,14 @@ impl From<&ProxyConfig> for pb::ProxyConfig {
                     AccessLogEncoding::Json => pb::AccessLogEncoding::Json,
                 } as i32,
             }),
+            name_table: c.name_table.iter().map(pb::NameEntry::from).collect(),
         }
+    }
+}
+
+impl From<&NameEntry> for pb::NameEntry {
+    fn from(n: &NameEntry) -> Self {
+        pb::NameEntry { host: n.host.clone(), addresses: n.addresses.iter().map(ToString::to_string).collect() }
     }
 }
 

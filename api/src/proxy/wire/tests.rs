@@ -8,6 +8,7 @@ version: "7"
 outboundTrafficPolicy: REGISTRY_ONLY
 identity: {certChain: /etc/certs/chain.pem, privateKey: /etc/certs/key.pem, rootCert: /etc/certs/root.pem}
 accessLog: {path: /dev/stdout, encoding: JSON}
+nameTable: [{host: reviews.default.global, addresses: ["240.0.0.7", "fd00::7"]}]
 listeners:
   - name: outbound
     address: "0.0.0.0:15001"
