@@ -103,7 +103,7 @@ bench-circuit-breaking:
 ## Fuzz every parser of untrusted bytes for FUZZ_SECONDS each (needs the nightly toolchain and
 ## cargo-fuzz). Seeds in fuzz/corpus are copied, so runs never rewrite the committed corpus.
 FUZZ_SECONDS ?= 20
-FUZZ_TARGETS := sni_peek proxy_config proxy_config_wire http_request admission_review
+FUZZ_TARGETS := sni_peek dns_answer proxy_config proxy_config_wire http_request admission_review
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  rm -rf target/fuzz-corpus/$$t && mkdir -p target/fuzz-corpus/$$t && cp fuzz/corpus/$$t/* target/fuzz-corpus/$$t/ && \

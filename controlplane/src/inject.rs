@@ -22,6 +22,11 @@ pub const INIT: &str = "skein-init";
 /// sidecar's environment, as Istio's injector does (e.g. `SECRET_TTL` for the certificate
 /// lifetime the proxy asks for).
 pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+/// Port of the sidecar's DNS proxy (Istio's), on loopback; the pod's port 53 goes there.
+pub const DNS_PROXY_PORT: u16 = 15053;
+/// The `proxyMetadata` key that turns DNS capture off with `"false"` (Istio's name; Skein
+/// captures DNS by default so `.global` and other ServiceEntry hosts resolve in the pod).
+pub const DNS_CAPTURE_KEY: &str = "ISTIO_META_DNS_CAPTURE";
 /// ConfigMap with the mesh root, published in every namespace.
 pub use skein_api::names::ROOT_CERT_CONFIGMAP;
 
@@ -53,13 +58,16 @@ pub fn patch(pod: &Value, t: &Template) -> Result<Option<Vec<Value>>, String> {
         return Ok(None);
     }
     let metadata_env = proxy_metadata(&meta["annotations"])?;
+    let dns = !metadata_env
+        .iter()
+        .any(|e| e["name"] == DNS_CAPTURE_KEY && e["value"].as_str().is_some_and(|v| v.eq_ignore_ascii_case("false")));
     let mut ops = Vec::new();
-    let init = init_container(t);
+    let init = init_container(t, dns);
     match spec.get("initContainers").and_then(Value::as_array) {
         Some(_) => ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init})),
         None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]})),
     }
-    let mut sidecar = sidecar(t);
+    let mut sidecar = sidecar(t, dns);
     if let Some(env) = sidecar["env"].as_array_mut() {
         env.extend(metadata_env);
     }
@@ -111,11 +119,15 @@ fn add_map_entries(ops: &mut Vec<Value>, meta: &Value, field: &str, entries: &[(
     }
 }
 
-fn init_container(t: &Template) -> Value {
+fn init_container(t: &Template, dns: bool) -> Value {
+    let mut args = vec!["init-iptables".to_string()];
+    if dns {
+        args.extend(["--redirect-dns-port".into(), DNS_PROXY_PORT.to_string()]);
+    }
     json!({
         "name": INIT,
         "image": t.proxy_image,
-        "args": ["init-iptables"],
+        "args": args,
         // iptables needs NET_ADMIN/NET_RAW and root, for this one short step only.
         "securityContext": {
             "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
@@ -126,7 +138,7 @@ fn init_container(t: &Template) -> Value {
     })
 }
 
-fn sidecar(t: &Template) -> Value {
+fn sidecar(t: &Template, dns: bool) -> Value {
     let env: Vec<Value> = [
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),
@@ -136,16 +148,24 @@ fn sidecar(t: &Template) -> Value {
     .iter()
     .map(|(name, path)| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}))
     .collect();
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--discovery-address".into(),
+        t.discovery_address.clone(),
+        "--discovery-root-cert".into(),
+        format!("{ROOT_CERT_DIR}/{ROOT_CERT_FILE}"),
+        "--token-file".into(),
+        format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        "--cert-dir".into(),
+        CERT_DIR.into(),
+    ];
+    if dns {
+        args.extend(["--dns-addr".into(), format!("127.0.0.1:{DNS_PROXY_PORT}")]);
+    }
     json!({
         "name": SIDECAR,
         "image": t.proxy_image,
-        "args": [
-            "run",
-            "--discovery-address", t.discovery_address,
-            "--discovery-root-cert", &format!("{ROOT_CERT_DIR}/{ROOT_CERT_FILE}"),
-            "--token-file", &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
-            "--cert-dir", CERT_DIR,
-        ],
+        "args": args,
         "env": env,
         "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 2, "failureThreshold": 30},
@@ -216,7 +236,7 @@ mod tests {
         let out = apply(pod, &ops);
         let spec = &out["spec"];
         assert_eq!(spec["initContainers"][0]["name"], INIT);
-        assert_eq!(spec["initContainers"][0]["args"], json!(["init-iptables"]));
+        assert_eq!(spec["initContainers"][0]["args"], json!(["init-iptables", "--redirect-dns-port", "15053"]));
         assert_eq!(
             spec["initContainers"][0]["securityContext"]["capabilities"]["add"],
             json!(["NET_ADMIN", "NET_RAW"])
@@ -262,6 +282,24 @@ mod tests {
             assert_eq!(patch(&pod, &t).unwrap(), None, "{pod}");
         }
         assert!(patch(&json!({"metadata": {}}), &t).unwrap_err().contains("spec"));
+    }
+
+    #[test]
+    fn dns_is_captured_to_the_sidecars_dns_proxy_unless_the_pod_turns_it_off() {
+        let pod = |annotations: Value| json!({"metadata": {"name": "a", "annotations": annotations}, "spec": {"containers": [{"name": "a"}]}});
+        let injected = |p: Value| apply(p.clone(), &patch(&p, &template()).unwrap().unwrap());
+        let out = injected(pod(json!({})));
+        assert_eq!(out["spec"]["initContainers"][0]["args"], json!(["init-iptables", "--redirect-dns-port", "15053"]));
+        let args = out["spec"]["containers"][1]["args"].as_array().unwrap().clone();
+        assert!(args.windows(2).any(|w| w == [json!("--dns-addr"), json!("127.0.0.1:15053")]), "{args:?}");
+        // Istio's switch, with Istio's key: both halves go together (capture without a DNS
+        // server would leave the pod without DNS).
+        let off = json!({PROXY_CONFIG_ANNOTATION: "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}"});
+        let out = injected(pod(off));
+        assert_eq!(out["spec"]["initContainers"][0]["args"], json!(["init-iptables"]));
+        assert!(!out["spec"]["containers"][1]["args"].to_string().contains("--dns-addr"));
+        let on = json!({PROXY_CONFIG_ANNOTATION: "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}"});
+        assert!(injected(pod(on))["spec"]["containers"][1]["args"].to_string().contains("--dns-addr"));
     }
 
     #[test]

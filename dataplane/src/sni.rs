@@ -153,13 +153,19 @@ pub fn cluster_for_sni(sni: &str) -> Option<String> {
     Some(skein_api::names::outbound_cluster(port, subset, host))
 }
 
-/// Where a `.global` name lives in the cluster that serves it: `reviews.default.global` →
-/// `reviews.default.svc.cluster.local`.
-pub fn local_name_for_global(cluster: &str) -> Option<String> {
+/// Where an imported name lives in the cluster that serves it: `reviews.default.global` →
+/// `reviews.default.svc.cluster.local`. Any one-label suffix, because each importing cluster
+/// picks its own (`multiCluster.globalDomainSuffix`, `global` by default) and the exporting
+/// gateway cannot know them all; what may be reached is still only what the gateway's
+/// `passthroughHosts` export.
+pub fn local_name_for_imported(cluster: &str) -> Option<String> {
     let (prefix, host) = cluster.rsplit_once('|')?;
-    let base = host.strip_suffix(".global")?;
-    let (name, ns) = base.split_once('.')?;
-    if ns.contains('.') {
+    let mut labels = host.split('.');
+    let (Some(name), Some(ns), Some(suffix), None) = (labels.next(), labels.next(), labels.next(), labels.next())
+    else {
+        return None;
+    };
+    if name.is_empty() || ns.is_empty() || suffix.is_empty() || suffix == "svc" {
         return None;
     }
     Some(format!("{prefix}|{name}.{ns}.svc.cluster.local"))
@@ -275,8 +281,18 @@ mod tests {
         assert_eq!(cluster_for_sni("reviews.default.svc"), None);
         assert_eq!(cluster_for_sni("outbound_.http_._.x"), None);
         assert_eq!(
-            local_name_for_global("outbound|9080||reviews.default.global").as_deref(),
+            local_name_for_imported("outbound|9080||reviews.default.global").as_deref(),
             Some("outbound|9080||reviews.default.svc.cluster.local")
         );
+        // Another importer's suffix (`globalDomainSuffix: mesh`) reaches the same service.
+        assert_eq!(
+            local_name_for_imported("outbound|9080|v2|reviews.default.mesh").as_deref(),
+            Some("outbound|9080|v2|reviews.default.svc.cluster.local")
+        );
+        for not_imported in
+            ["outbound|443||httpbin.org", "outbound|9080||reviews.default.svc", "outbound|9080||a.b.c.d", "x|..global"]
+        {
+            assert_eq!(local_name_for_imported(not_imported), None, "{not_imported}");
+        }
     }
 }

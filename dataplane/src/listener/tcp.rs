@@ -115,7 +115,7 @@ async fn handle(
                 .as_deref()
                 .and_then(sni::cluster_for_sni)
                 .and_then(|name| {
-                    rt.cluster(&name).or_else(|| sni::local_name_for_global(&name).and_then(|n| rt.cluster(&n)))
+                    rt.cluster(&name).or_else(|| sni::local_name_for_imported(&name).and_then(|n| rt.cluster(&n)))
                 })
                 .filter(|up| rt.passthrough_allowed(&listener, up.service()))
                 .cloned()

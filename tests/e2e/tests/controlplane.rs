@@ -616,7 +616,8 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
     })
     .await;
     let spec = injected.spec.unwrap();
-    assert_eq!(spec.init_containers.unwrap()[0].args, Some(vec!["init-iptables".to_string()]));
+    let init_args = spec.init_containers.unwrap()[0].args.clone().unwrap_or_default();
+    assert_eq!(init_args, ["init-iptables", "--redirect-dns-port", "15053"]);
     let sidecar = spec.containers.iter().find(|c| c.name == "skein-proxy").unwrap();
     assert_eq!(sidecar.image.as_deref(), Some("registry.skein.dev/skein-proxy:e2e"));
     assert_eq!(sidecar.security_context.as_ref().and_then(|s| s.run_as_user), Some(1337));

@@ -197,6 +197,39 @@ fn cross_diagnostics(c1: &Cluster, c2: &Cluster) -> String {
     .join("\n")
 }
 
+/// A client in cluster1 that calls `reviews.default.global:9080` by name (the Bookinfo app as a
+/// caller), injected like every workload of the namespace.
+const GLOBAL_CLIENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: global-client, namespace: default, labels: {app: global-client}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: global-client}}
+  template:
+    metadata: {labels: {app: global-client}}
+    spec:
+      containers:
+      - name: app
+        image: skein.local/skein/bookinfo-app:dev
+        imagePullPolicy: IfNotPresent
+        args: ["global-client", "v1", "0.0.0.0:9080", "reviews=reviews.default.global:9080"]
+        ports: [{containerPort: 9080}]
+        securityContext:
+          runAsUser: 1000
+          runAsNonRoot: true
+          readOnlyRootFilesystem: true
+          allowPrivilegeEscalation: false
+          capabilities: {drop: [ALL]}
+"#;
+
+/// The address of the first pod matching `selector` in `default`, port 9080.
+fn addr_of_pod(c: &Cluster, selector: &str) -> SocketAddr {
+    let ip =
+        kubectl_ok(c, &["get", "pods", "-n", "default", "-l", selector, "-o", "jsonpath={.items[0].status.podIP}"]);
+    format!("{ip}:9080").parse().unwrap_or_else(|e| panic!("{selector}: pod address {ip:?}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_gateway() {
     let ((c1, op1), (c2, op2)) = tokio::join!(member("cluster1", "east", false), member("cluster2", "west", true));
@@ -254,6 +287,7 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
         }
     }
     kubectl_ok(&c2, &["label", "service", "reviews", "-n", "default", "mesh.skein.dev/export=true"]);
+    c1.apply(GLOBAL_CLIENT);
     if std::env::var_os("SKEIN_DEBUG_FEDERATION").is_some() {
         let debug = r#"{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"proxyMetadata: {RUST_LOG: debug}"}}}}}"#;
         kubectl_ok(&c1, &["patch", "deployment", "productpage-v1", "-n", "default", "-p", debug]);
@@ -321,6 +355,29 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     for v in ["v2", "v3"] {
         let n = seen.get(v).copied().unwrap_or(0);
         assert!((8..=32).contains(&n), "50/50 split: {v} answered {n} of 40 ({seen:?})");
+    }
+
+    // A workload that names `reviews.default.global` itself: the name resolves in the pod with
+    // no CoreDNS edit (the cluster's DNS knows no `.global` name; the pod's queries go to its
+    // sidecar's DNS proxy, which answers the ServiceEntry's virtual IP), and the request to that
+    // address crosses to cluster2.
+    let client = addr_of_pod(&c1, "app=global-client");
+    let start = Instant::now();
+    let mut answered = 0;
+    let mut last = String::new();
+    while answered < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "reviews.default.global did not resolve and answer in the client pod; last: {last}\n{}",
+            cross_diagnostics(&c1, &c2)
+        );
+        match get(client, None) {
+            Ok((200, page)) if matches!(reviews(&page).0, "v2" | "v3") => answered += 1,
+            other => {
+                last = format!("{other:?}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
     }
 
     // The east-west gateway opens only what cluster2 exports: reviews answers a ClientHello,
