@@ -13,6 +13,10 @@ pub fn inbound_cluster(port: u16) -> String {
     format!("inbound|{port}||")
 }
 
+/// Label on every object the operator's federation controller generates (value: the local
+/// mesh's name); the control plane gives the `.global` hosts of such ServiceEntries the local
+/// Service's endpoints too, nearest first.
+pub const FEDERATION_LABEL: &str = "mesh.skein.dev/federation";
 /// The certificate chain file of a workload's identity.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 /// The private key file of a workload's identity.

@@ -129,6 +129,10 @@ pub struct ServiceInfo {
     pub selector: BTreeMap<String, String>,
     /// Backends.
     pub endpoints: Vec<Endpoint>,
+    /// For a `.global` host the operator generated (`<name>.<namespace>.<suffix>`):
+    /// `<name>.<namespace>`, the Service of this cluster that is the same service, whose
+    /// endpoints come first.
+    pub imported: Option<String>,
 }
 
 impl ServiceInfo {
@@ -140,8 +144,18 @@ impl ServiceInfo {
     /// Whether `other` differs from this at most in its endpoints.
     pub fn same_but_endpoints(&self, other: &ServiceInfo) -> bool {
         // Destructured so a new field must be considered here.
-        let ServiceInfo { host, namespace, k8s_name, resolution, vips, ports, export_to, selector, endpoints: _ } =
-            self;
+        let ServiceInfo {
+            host,
+            namespace,
+            k8s_name,
+            resolution,
+            vips,
+            ports,
+            export_to,
+            selector,
+            endpoints: _,
+            imported,
+        } = self;
         *host == other.host
             && *namespace == other.namespace
             && *k8s_name == other.k8s_name
@@ -150,6 +164,7 @@ impl ServiceInfo {
             && *ports == other.ports
             && *export_to == other.export_to
             && *selector == other.selector
+            && *imported == other.imported
     }
 
     /// The port numbered `number`.
@@ -608,11 +623,21 @@ fn from_service(
         export_to,
         selector: spec.selector.clone().unwrap_or_default(),
         endpoints,
+        imported: None,
     })
+}
+
+/// `reviews.default` of `reviews.default.global`: a host of exactly three labels.
+fn imported_base(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    let (base, _suffix) = host.rsplit_once('.')?;
+    let (name, ns) = base.split_once('.')?;
+    (!name.is_empty() && !ns.is_empty() && !ns.contains('.')).then(|| base.to_string())
 }
 
 fn from_service_entry(se: &ServiceEntry, dns: &HashMap<String, Vec<IpAddr>>) -> Vec<ServiceInfo> {
     let ns = se.namespace().unwrap_or_default();
+    let generated = se.labels().contains_key(skein_api::names::FEDERATION_LABEL);
     let spec = &se.spec;
     let resolution = match spec.resolution.as_deref() {
         Some("STATIC") => Resolution::Static,
@@ -678,6 +703,7 @@ fn from_service_entry(se: &ServiceEntry, dns: &HashMap<String, Vec<IpAddr>>) -> 
                 export_to: spec.export_to.clone(),
                 selector: BTreeMap::new(),
                 endpoints,
+                imported: generated.then(|| imported_base(host)).flatten(),
             }
         })
         .collect()

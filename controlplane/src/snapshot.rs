@@ -216,6 +216,20 @@ impl Snapshot {
                 changed.insert(host.to_string());
             }
         }
+        // An imported `.global` host also holds its local twin's endpoints (nearest first).
+        if changed.is_empty() {
+            return Some(changed);
+        }
+        let twins: Vec<String> = self
+            .registry
+            .by_host
+            .values()
+            .flat_map(|v| v.iter())
+            .filter_map(|s| Some((s, s.imported.as_ref()?)))
+            .filter(|(_, base)| changed.contains(&format!("{base}.svc.{}", self.mesh.cluster_domain)))
+            .map(|(s, _)| s.host.clone())
+            .collect();
+        changed.extend(twins);
         Some(changed)
     }
 

@@ -62,7 +62,10 @@ pub struct Upstream {
     pub tls: Option<Arc<TlsSlot>>,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// The cluster's endpoints, then its failover endpoints (`endpoints[primary..]`).
     endpoints: Vec<Endpoint>,
+    /// How many of `endpoints` are of the first priority.
+    primary: usize,
     lb: LoadBalancer,
     next: AtomicUsize,
     /// Connection slots (`maxConnections`; Istio's default, 2^32-1, when unset), HTTP/1.1 only:
@@ -219,9 +222,11 @@ impl Upstream {
             pool: Pool::new(MeshConnector { tls: tls.clone(), connect_timeout }, c.http2, max_requests_per_connection),
             tls,
             connect_timeout,
+            primary: c.endpoints.len(),
             endpoints: c
                 .endpoints
                 .iter()
+                .chain(&c.failover_endpoints)
                 .map(|&addr| Endpoint {
                     addr,
                     active: AtomicUsize::new(0),
@@ -360,18 +365,28 @@ impl Upstream {
     /// Picks an endpoint by the cluster's load-balancing policy, skipping ejected endpoints.
     /// Below the panic threshold (`min_health_percent`) every endpoint is a candidate again, as
     /// in Envoy; with no threshold (Istio's default) and every endpoint ejected there is none.
+    /// Failover endpoints are candidates only while no first-priority endpoint is (none, or
+    /// all ejected): Envoy's priority levels, two of them.
     pub fn pick(&self, input: &HashInput<'_>) -> Option<EndpointGuard<'_>> {
+        let (primary, failover) = self.endpoints.split_at(self.primary);
         let ep = if self.outlier.is_none() {
-            // Without outlier detection nothing is ever ejected: choose among all endpoints
-            // without building a candidate list (this runs on every request).
-            let all = &self.endpoints[..];
-            self.choose(all.len(), |i| &all[i], input)?
+            // Without outlier detection nothing is ever ejected: choose among the level's
+            // endpoints without building a candidate list (this runs on every request).
+            let level = if primary.is_empty() { failover } else { primary };
+            self.choose(level.len(), |i| &level[i], input)?
         } else {
             let now = Instant::now();
-            let healthy: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !e.ejected(now)).collect();
+            let healthy_in = |level: &'_ [Endpoint]| level.iter().filter(|e| !e.ejected(now)).count() > 0;
+            let level = if healthy_in(primary) || failover.is_empty() || (!healthy_in(failover) && !primary.is_empty())
+            {
+                primary
+            } else {
+                failover
+            };
+            let healthy: Vec<&Endpoint> = level.iter().filter(|e| !e.ejected(now)).collect();
             let threshold = self.outlier.as_ref().and_then(|o| o.min_health_percent).unwrap_or(0) as usize;
-            let panic = healthy.len() * 100 < self.endpoints.len() * threshold;
-            let pool: Vec<&Endpoint> = if panic { self.endpoints.iter().collect() } else { healthy };
+            let panic = healthy.len() * 100 < level.len() * threshold;
+            let pool: Vec<&Endpoint> = if panic { level.iter().collect() } else { healthy };
             self.choose(pool.len(), |i| pool[i], input)?
         };
         ep.active.fetch_add(1, Ordering::Relaxed);
@@ -584,6 +599,32 @@ mod tests {
             }
         }
         assert_eq!(up.ejections.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn failover_endpoints_are_used_only_while_no_first_priority_endpoint_is_available() {
+        let ports = |up: &Upstream| -> std::collections::BTreeSet<u16> {
+            (0..12).map(|_| up.pick(&none()).unwrap().addr.port()).collect()
+        };
+        // Without outlier detection: the first priority always, the failover only without it.
+        let up = cluster("{name: c, endpoints: ['127.0.0.1:1', '127.0.0.1:2'], failoverEndpoints: ['127.0.0.1:9']}");
+        assert_eq!(ports(&up), [1, 2].into());
+        let up = cluster("{name: c, endpoints: [], failoverEndpoints: ['127.0.0.1:9']}");
+        assert_eq!(ports(&up), [9].into());
+        // With it: the local endpoint ejected moves traffic to the failover, and back once the
+        // ejection ends (the admiral#134 case: failover that actually happens).
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], failoverEndpoints: ['127.0.0.1:9'], outlierDetection: {consecutiveGatewayErrors: 2, baseEjectionTime: 200ms, maxEjectionPercent: 100}}",
+        );
+        assert_eq!(ports(&up), [1].into());
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        up.report(local, Outcome::ConnectFailure);
+        assert_eq!(ports(&up), [1].into(), "one failure is not an ejection");
+        up.report(local, Outcome::ConnectFailure);
+        // Ejected for 200 ms: the failover answers meanwhile, the local endpoint after.
+        assert_eq!(ports(&up), [9].into());
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(ports(&up), [1].into());
     }
 
     #[test]

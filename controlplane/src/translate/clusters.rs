@@ -83,9 +83,16 @@ impl Clusters<'_> {
             }
             None => None,
         };
+        let mut endpoints: Vec<SocketAddr> = selected.iter().map(|e| SocketAddr::new(e.ip, e.port_for(port))).collect();
+        let mut failover_endpoints = Vec::new();
+        let local = self.local_endpoints(svc, port, subset);
+        if !local.is_empty() {
+            failover_endpoints = std::mem::replace(&mut endpoints, local);
+        }
         let cluster = Cluster {
             name: name.clone(),
-            endpoints: selected.iter().map(|e| SocketAddr::new(e.ip, e.port_for(port))).collect(),
+            endpoints,
+            failover_endpoints,
             connect_timeout: policy
                 .connection_pool
                 .and_then(|c| c.tcp.as_ref())
@@ -103,6 +110,37 @@ impl Clusters<'_> {
             },
         };
         self.map.insert(name, cluster);
+    }
+
+    /// For an imported `.global` host, the endpoints of this cluster's own Service of that
+    /// name (`subset` as this cluster's DestinationRule for it defines the subset; none when
+    /// it does not): the nearest, so they come first and the peers' gateways are the failover.
+    fn local_endpoints(
+        &self,
+        svc: &ServiceInfo,
+        port: &ServicePort,
+        subset: Option<&istio::Subset>,
+    ) -> Vec<SocketAddr> {
+        let Some(base) = &svc.imported else { return Vec::new() };
+        let host = format!("{base}.svc.{}", self.snap.mesh.cluster_domain);
+        let Some(local) = self.snap.registry.lookup(&host, self.client_ns) else { return Vec::new() };
+        let Some(local_port) = local.port(port.number) else { return Vec::new() };
+        let labels = match subset {
+            None => None,
+            Some(s) => {
+                let dr = self.snap.destination_rule_for(&local.host, self.client_ns, &local.namespace);
+                match dr.and_then(|d| d.spec.subsets.iter().find(|x| x.name == s.name)) {
+                    Some(local_subset) => Some(&local_subset.labels),
+                    None => return Vec::new(),
+                }
+            }
+        };
+        local
+            .endpoints
+            .iter()
+            .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
+            .map(|e| SocketAddr::new(e.ip, e.port_for(local_port)))
+            .collect()
     }
 
     /// ISTIO_MUTUAL towards `endpoints`: the server must present one of their identities.
@@ -151,6 +189,7 @@ impl Clusters<'_> {
                     tls: None,
                     http2: false,
                     service_addresses: Vec::new(),
+                    failover_endpoints: Vec::new(),
                 },
             );
         }

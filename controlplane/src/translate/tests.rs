@@ -589,6 +589,68 @@ fn an_endpoint_change_patches_the_previous_translation_and_equals_a_fresh_one() 
     assert_eq!(changed.len(), 2, "the v3 subset and the whole-service cluster: {changed:?}");
 }
 
+/// What the operator generates for a peer's exported reviews (v2 there), with the local
+/// reviews (v1, v2, v3 here) also running.
+const IMPORTED_REVIEWS: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews.default.global, namespace: istio-system, labels: {mesh.skein.dev/federation: default}}
+spec:
+  hosts: [reviews.default.global]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 9080, protocol: HTTP}]
+  resolution: STATIC
+  addresses: [240.0.0.3]
+  endpoints: [{address: 192.0.2.20, ports: {http: 15443}, labels: {subsets.mesh.skein.dev/v2: "true", subsets.mesh.skein.dev/v4: "true"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews.default.global, namespace: istio-system, labels: {mesh.skein.dev/federation: default}}
+spec:
+  host: reviews.default.global
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  subsets:
+  - {name: v2, labels: {subsets.mesh.skein.dev/v2: "true"}}
+  - {name: v4, labels: {subsets.mesh.skein.dev/v4: "true"}}
+"#;
+
+#[test]
+fn an_imported_global_host_puts_the_local_service_first_and_the_peer_gateway_as_failover() {
+    let docs = bookinfo_docs(&bookinfo_workloads(), IMPORTED_REVIEWS);
+    let snap = snapshot(MeshSettings::default(), &docs);
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let gateway: Vec<std::net::SocketAddr> = vec!["192.0.2.20:15443".parse().unwrap()];
+    let all = cluster(&cfg, "outbound|9080||reviews.default.global");
+    let local: Vec<std::net::SocketAddr> =
+        ["10.0.0.3:9080", "10.0.0.4:9080", "10.0.0.5:9080"].map(|a| a.parse().unwrap()).into();
+    assert_eq!((&all.endpoints, &all.failover_endpoints), (&local, &gateway));
+    // A subset the local DestinationRule defines: its local pods first, then the peer.
+    let v2 = cluster(&cfg, "outbound|9080|v2|reviews.default.global");
+    assert_eq!((&v2.endpoints, &v2.failover_endpoints), (&vec!["10.0.0.4:9080".parse().unwrap()], &gateway));
+    // A subset only the peer has: the peer only.
+    let v4 = cluster(&cfg, "outbound|9080|v4|reviews.default.global");
+    assert_eq!((&v4.endpoints, &v4.failover_endpoints), (&gateway, &Vec::new()));
+    // A hand-written `.global` entry (no federation label) is taken as written.
+    let hand = IMPORTED_REVIEWS.replace(", labels: {mesh.skein.dev/federation: default}}", "}");
+    let snap = snapshot(MeshSettings::default(), &bookinfo_docs(&bookinfo_workloads(), &hand));
+    let all = cluster(&config_for(&snap, "productpage-v1-1"), "outbound|9080||reviews.default.global").clone();
+    assert_eq!((all.endpoints, all.failover_endpoints), (gateway, Vec::new()));
+
+    // A local pod moving is an endpoint-only change of the local host and of its `.global` twin.
+    let node = Node::parse("sidecar~10.0.0.1~productpage-v1-1.default~default.svc.cluster.local").unwrap();
+    let key = OutboundKey::of(&Workload::of(&snap, &node), &snap);
+    let before = snapshot(MeshSettings::default(), &docs);
+    let old = outbound(&before, &key);
+    let moved = bookinfo_workloads().replace("{addresses: [10.0.0.4]", "{addresses: [10.0.0.14]");
+    let after_docs = bookinfo_docs(&moved, IMPORTED_REVIEWS);
+    let after = snapshot(MeshSettings::default(), &after_docs);
+    let hosts = after.endpoint_only_changes(&before).expect("endpoint-only");
+    assert_eq!(hosts, [REVIEWS.to_string(), "reviews.default.global".to_string()].into());
+    let patched = patch_outbound(&after, &key, &old, &hosts);
+    assert_eq!(patched, outbound(&snapshot(MeshSettings::default(), &after_docs), &key));
+    let v2 = &patched.clusters["outbound|9080|v2|reviews.default.global"];
+    assert_eq!(v2.endpoints, vec!["10.0.0.14:9080".parse().unwrap()]);
+}
+
 #[test]
 fn any_change_beyond_endpoints_is_translated_anew() {
     let base = bookinfo_docs(&bookinfo_workloads(), REVIEWS_TO_V3);

@@ -21,7 +21,7 @@ pub const ISTIO_CLUSTER_ANNOTATION: &str = "networking.istio.io/cluster";
 /// Label exporting a Service, or every Service of a namespace, to the peers.
 pub const EXPORT_LABEL: &str = "mesh.skein.dev/export";
 /// Label on every object the federation controller generates (value: the local mesh's name).
-pub const GENERATED_LABEL: &str = "mesh.skein.dev/federation";
+pub const GENERATED_LABEL: &str = skein_api::names::FEDERATION_LABEL;
 /// Annotation listing the clusters a generated object was made from.
 pub const SOURCE_CLUSTERS_ANNOTATION: &str = "mesh.skein.dev/source-clusters";
 /// Default suffix of imported names.

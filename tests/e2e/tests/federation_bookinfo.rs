@@ -359,26 +359,41 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
 
     // A workload that names `reviews.default.global` itself: the name resolves in the pod with
     // no CoreDNS edit (the cluster's DNS knows no `.global` name; the pod's queries go to its
-    // sidecar's DNS proxy, which answers the ServiceEntry's virtual IP), and the request to that
-    // address crosses to cluster2.
+    // sidecar's DNS proxy, which answers the ServiceEntry's virtual IP). cluster1 runs reviews
+    // too (v1), so the nearest answers: local v1 first, cluster2 (v2, v3) only as failover.
+    // Killing cluster1's reviews moves the traffic to cluster2 within seconds, and bringing it
+    // back returns it (the admiral#134 case: failover that happens, and ends).
     let client = addr_of_pod(&c1, "app=global-client");
-    let start = Instant::now();
-    let mut answered = 0;
-    let mut last = String::new();
-    while answered < 5 {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "reviews.default.global did not resolve and answer in the client pod; last: {last}\n{}",
-            cross_diagnostics(&c1, &c2)
-        );
-        match get(client, None) {
-            Ok((200, page)) if matches!(reviews(&page).0, "v2" | "v3") => answered += 1,
-            other => {
-                last = format!("{other:?}");
-                std::thread::sleep(Duration::from_millis(300));
+    let versions_after = |want: &'static [&'static str], what: &'static str| {
+        let (c1, c2) = (&c1, &c2);
+        async move {
+            let start = Instant::now();
+            let mut run = 0;
+            let mut last = String::new();
+            while run < 5 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{what}: reviews.default.global from the client pod never answered from {want:?}; last: {last}\n{}",
+                    cross_diagnostics(c1, c2)
+                );
+                match get(client, None) {
+                    Ok((200, page)) if want.contains(&reviews(&page).0) => run += 1,
+                    other => {
+                        run = 0;
+                        last = format!("{other:?}");
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                }
             }
+            start.elapsed()
         }
-    }
+    };
+    versions_after(&["v1"], "local first").await;
+    kubectl_ok(&c1, &["scale", "deployment", "reviews-v1", "-n", "default", "--replicas=0"]);
+    let failover = versions_after(&["v2", "v3"], "failover to cluster2").await;
+    kubectl_ok(&c1, &["scale", "deployment", "reviews-v1", "-n", "default", "--replicas=1"]);
+    let back = versions_after(&["v1"], "return to the local service").await;
+    eprintln!("failover to cluster2 in {failover:?}, back to local in {back:?}");
 
     // The east-west gateway opens only what cluster2 exports: reviews answers a ClientHello,
     // ratings (a local service, not exported) gets the connection closed.

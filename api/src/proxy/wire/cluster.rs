@@ -20,6 +20,12 @@ impl TryFrom<pb::Cluster> for Cluster {
             .enumerate()
             .map(|(i, e)| addr(at(&format!("serviceAddresses[{i}]")), e))
             .collect::<Result<_, _>>()?;
+        let failover_endpoints = c
+            .failover_endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| addr(at(&format!("failoverEndpoints[{i}]")), e))
+            .collect::<Result<_, _>>()?;
         let load_balancer = match c.load_balancer.and_then(|l| l.policy) {
             None => LoadBalancer::RoundRobin,
             Some(pb::load_balancer::Policy::Simple(s)) => {
@@ -79,6 +85,7 @@ impl TryFrom<pb::Cluster> for Cluster {
             tls,
             http2: c.http2,
             service_addresses,
+            failover_endpoints,
             name: c.name,
         })
     }
@@ -126,6 +133,7 @@ impl From<&Cluster> for pb::Cluster {
             }),
             http2: c.http2,
             service_addresses: c.service_addresses.iter().map(ToString::to_string).collect(),
+            failover_endpoints: c.failover_endpoints.iter().map(ToString::to_string).collect(),
         }
     }
 }
