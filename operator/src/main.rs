@@ -40,6 +40,10 @@ struct Args {
     /// Seconds a peer whose remote Secret was deleted keeps its imported services.
     #[arg(long, default_value_t = 30)]
     remote_removal_grace_seconds: u64,
+    /// Seconds a peer's east-west gateway may fail its readiness probes (port 15021, every
+    /// 5 s) before its endpoints are withdrawn from the `.global` hosts; 0: never withdrawn.
+    #[arg(long, default_value_t = 30)]
+    gateway_lease_seconds: u64,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
@@ -96,8 +100,10 @@ async fn main() -> anyhow::Result<()> {
         )
     });
     let ctx = Context::new(client, catalog, metrics.clone());
-    let federation =
-        controllers::federation::Settings { removal_grace: Duration::from_secs(args.remote_removal_grace_seconds) };
+    let federation = controllers::federation::Settings {
+        removal_grace: Duration::from_secs(args.remote_removal_grace_seconds),
+        gateway_lease: Duration::from_secs(args.gateway_lease_seconds),
+    };
     // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
     // unreachable for longer than the lease) stops the controller and makes this replica a
     // candidate again, within the same process: no restart needed to recover.

@@ -42,6 +42,7 @@ use crate::{
         SOURCE_CLUSTERS_ANNOTATION, VIP_CONFIGMAP,
         credentials::{self, PeerCredentials},
         generate::{self, GlobalHost, Target},
+        health::{GatewayHealth, PROBE_PATH, PROBE_PORT, ready_response},
         vip::VipTable,
     },
     kube::{
@@ -64,11 +65,14 @@ pub struct Settings {
     /// How long a peer whose Secret was deleted keeps its entries (a Secret being replaced by
     /// delete + create must not withdraw every imported service in between).
     pub removal_grace: Duration,
+    /// How long a peer gateway may fail its probes before its endpoints are withdrawn (zero:
+    /// never).
+    pub gateway_lease: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { removal_grace: Duration::from_secs(30) }
+        Self { removal_grace: Duration::from_secs(30), gateway_lease: Duration::from_secs(30) }
     }
 }
 
@@ -178,6 +182,10 @@ struct Federation {
     roots: Option<BTreeMap<String, String>>,
     /// This cluster read as its peers read it (what it exports), once started.
     local_view: Option<(JoinHandle<()>, tokio::sync::watch::Receiver<PeerState>)>,
+    /// The peers' gateway health, written by the probe task.
+    health: Arc<std::sync::Mutex<GatewayHealth>>,
+    /// The gateway addresses the probe task probes (every peer's).
+    probed: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl Drop for Federation {
@@ -192,12 +200,26 @@ impl Drop for Federation {
 pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send) {
     let notify = Arc::new(Notify::new());
     let local = LocalStores::start(&ctx.client, notify.clone());
-    let mut fed =
-        Federation { ctx, settings, local, notify, peers: BTreeMap::new(), vips: None, roots: None, local_view: None };
+    let health = Arc::new(std::sync::Mutex::new(GatewayHealth::new(settings.gateway_lease)));
+    let probed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let probes = tokio::spawn(probe_gateways(probed.clone(), health.clone(), notify.clone(), settings.gateway_lease));
+    let mut fed = Federation {
+        ctx,
+        settings,
+        local,
+        notify,
+        peers: BTreeMap::new(),
+        vips: None,
+        roots: None,
+        local_view: None,
+        health,
+        probed,
+    };
     tokio::select! {
         _ = shutdown => {}
         _ = fed.run() => {}
     }
+    probes.abort();
 }
 
 impl Federation {
@@ -237,8 +259,20 @@ impl Federation {
         let namespace = mcp.spec.namespace.clone();
         let refused = self.sync_peers(&mcp, &namespace).await;
 
-        // What the peers export, from their last complete views.
-        let views: Vec<generate::Peer> = self.peers.values().filter_map(|p| p.state.borrow().view.clone()).collect();
+        // What the peers export, from their last complete views, without the gateways whose
+        // health lease ran out.
+        let mut views: Vec<generate::Peer> =
+            self.peers.values().filter_map(|p| p.state.borrow().view.clone()).collect();
+        let addresses: BTreeSet<String> = views.iter().flat_map(|v| v.gateways.iter().cloned()).collect();
+        let withdrawn = {
+            let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            health.retain(&addresses);
+            health.withdrawn(Instant::now())
+        };
+        *self.probed.lock().unwrap_or_else(|e| e.into_inner()) = addresses;
+        for v in &mut views {
+            v.withdrawn = v.gateways.iter().filter(|g| withdrawn.contains(*g)).cloned().collect();
+        }
         let suffix = mcp.spec.multi_cluster.as_ref().and_then(|m| m.global_domain_suffix.clone());
         let plan = generate::plan(&views, suffix.as_deref().unwrap_or(DEFAULT_SUFFIX));
 
@@ -288,7 +322,7 @@ impl Federation {
         if written > 0 || deleted > 0 {
             info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
         }
-        self.write_status(&mcp, &plan, &conflicts, refused).await
+        self.write_status(&mcp, &plan, &conflicts, refused, &withdrawn).await
     }
 
     /// Starts, restarts (new credentials) and removes peer watches to match the remote Secrets
@@ -564,6 +598,7 @@ impl Federation {
         plan: &BTreeMap<String, GlobalHost>,
         conflicts: &BTreeSet<String>,
         refused: Vec<Refused>,
+        withdrawn: &BTreeSet<String>,
     ) -> Result<(), ApplyError> {
         let previous = mcp.status.as_ref().map(|s| s.remote_clusters.clone()).unwrap_or_default();
         let mut out: Vec<RemoteClusterStatus> = Vec::new();
@@ -588,6 +623,11 @@ impl Federation {
                     (false, "NoGateway", "the peer has no east-west gateway address (Service labelled istio=eastwestgateway with a LoadBalancer address)".to_string())
                 }
                 (Sync::Synced, _) if p.expires.is_some_and(|e| e <= now) => (false, "CredentialsExpired", "the remote Secret's credentials have expired".to_string()),
+                (Sync::Synced, _) if state.view.as_ref().is_some_and(|v| v.gateways.iter().any(|g| withdrawn.contains(g))) => {
+                    let dead: Vec<&String> = state.view.iter().flat_map(|v| &v.gateways).filter(|g| withdrawn.contains(*g)).collect();
+                    let dead: Vec<&str> = dead.iter().map(|g| g.as_str()).collect();
+                    (false, "GatewayUnhealthy", format!("east-west gateway {} not ready (port {PROBE_PORT}) for longer than the lease: its endpoints are withdrawn until it answers", dead.join(", ")))
+                }
                 (Sync::Synced, _) => (true, "Synced", "watching the peer".to_string()),
             };
             let view = state.view.as_ref();
@@ -648,6 +688,75 @@ impl Federation {
 /// Whether `body` must be applied as `name`: the watched copy in `store` does not already hold
 /// it. A pass over thousands of converged hosts so makes no apiserver call at all (a copy the
 /// watch has not caught up with costs one redundant apply, which compares before writing).
+/// How often each peer gateway's readiness is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Time one probe may take (connect, request, status line).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes every address in `probed` each [`PROBE_INTERVAL`], records the results in `health`
+/// and wakes the controller when the withdrawn set changes. Nothing runs with a zero lease.
+async fn probe_gateways(
+    probed: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    health: Arc<std::sync::Mutex<GatewayHealth>>,
+    notify: Arc<Notify>,
+    lease: Duration,
+) {
+    if lease.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let targets: Vec<String> = probed.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let results: Vec<(String, bool)> = futures::stream::iter(targets)
+            .map(|gw| async move {
+                let ready = tokio::time::timeout(PROBE_TIMEOUT, probe(&gw)).await.unwrap_or(false);
+                (gw, ready)
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        let now = Instant::now();
+        let mut h = health.lock().unwrap_or_else(|e| e.into_inner());
+        let before = h.withdrawn(now);
+        for (gw, ready) in &results {
+            h.record(gw, *ready, now);
+        }
+        // A lease also runs out between probes' answers: compared at the same instant.
+        let after = h.withdrawn(now);
+        drop(h);
+        if before != after {
+            info!(withdrawn = ?after, "federation: peer gateway health changed");
+            notify.notify_one();
+        }
+    }
+}
+
+/// One readiness probe: `GET /healthz/ready` on the gateway's status port, ready on a 2xx.
+async fn probe(gateway: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = if gateway.contains(':') { format!("[{gateway}]") } else { gateway.to_string() };
+    let Ok(mut s) = tokio::net::TcpStream::connect(format!("{host}:{PROBE_PORT}")).await else { return false };
+    let req = format!("GET {PROBE_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    // The status line is all that matters; a bounded read.
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < head.len() {
+        match s.read(&mut head[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+        if head[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    ready_response(&head[..n])
+}
+
 fn needs_write(
     store: &Store<DynamicObject>,
     resource: &ApiResource,

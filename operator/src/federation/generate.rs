@@ -29,6 +29,9 @@ pub struct Peer {
     pub network: Option<String>,
     /// Addresses (IPs or DNS names) of its east-west gateway.
     pub gateways: Vec<String>,
+    /// Those of `gateways` whose health lease ran out: their endpoints are withdrawn (the
+    /// peer's hosts stay, with the other gateways' endpoints or none).
+    pub withdrawn: BTreeSet<String>,
     /// Services it exports.
     pub services: Vec<ExportedService>,
 }
@@ -57,17 +60,20 @@ pub struct GlobalHost {
     pub endpoints: Vec<Endpoint>,
     /// Union of the peers' subsets.
     pub subsets: BTreeSet<String>,
+    /// The exporting clusters (also those whose gateways are withdrawn).
+    pub sources: BTreeSet<String>,
 }
 
 impl GlobalHost {
     /// Names of the exporting clusters.
     pub fn clusters(&self) -> BTreeSet<&str> {
-        self.endpoints.iter().map(|e| e.cluster.as_str()).collect()
+        self.sources.iter().map(String::as_str).collect()
     }
 }
 
-/// The `.global` hosts of `peers` (hosts no peer can be reached for are left out: a
-/// ServiceEntry without endpoints would only turn requests into 503s).
+/// The `.global` hosts of `peers`. A peer without any gateway address adds nothing (it cannot
+/// be reached at all); a peer whose gateways are all withdrawn keeps its hosts, without its
+/// endpoints, so the name and its virtual IP stay and a local twin still serves it.
 pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
     let mut peers: Vec<&Peer> = peers.iter().collect();
     peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
@@ -79,6 +85,7 @@ pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
         if gateways.is_empty() {
             continue;
         }
+        gateways.retain(|g| !peer.withdrawn.contains(g));
         for svc in &peer.services {
             let host = format!("{}.{}.{suffix}", svc.name, svc.namespace);
             let entry = hosts.entry(host.clone()).or_insert_with(|| GlobalHost {
@@ -86,7 +93,9 @@ pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
                 ports: Vec::new(),
                 endpoints: Vec::new(),
                 subsets: BTreeSet::new(),
+                sources: BTreeSet::new(),
             });
+            entry.sources.insert(peer.cluster.clone());
             for port in &svc.ports {
                 if !entry.ports.iter().any(|p| p.number == port.number || p.name == port.name) {
                     entry.ports.push(port.clone());
@@ -266,7 +275,30 @@ mod tests {
             network: Some(format!("net-{cluster}")),
             gateways: gw.iter().map(|s| s.to_string()).collect(),
             services,
+            withdrawn: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn a_withdrawn_gateway_loses_its_endpoints_but_not_the_host() {
+        let mut c2 = peer("cluster2", &["198.19.2.1", "198.19.2.2"], vec![svc("reviews", &["v2"])]);
+        c2.withdrawn = ["198.19.2.1".to_string()].into();
+        let c3 = peer("cluster3", &["198.19.3.1"], vec![svc("reviews", &["v3"])]);
+        let addresses = |p: &BTreeMap<String, GlobalHost>| -> Vec<String> {
+            p["reviews.default.global"].endpoints.iter().map(|e| e.address.clone()).collect()
+        };
+        assert_eq!(addresses(&plan(&[c2.clone(), c3.clone()], "global")), ["198.19.2.2", "198.19.3.1"]);
+        // Every gateway of every exporting peer withdrawn: the host stays (name, VIP, subsets,
+        // sources), with no endpoint, written as a STATIC entry without endpoints.
+        c2.withdrawn.insert("198.19.2.2".into());
+        let mut c3 = c3;
+        c3.withdrawn = ["198.19.3.1".to_string()].into();
+        let p = plan(&[c2, c3], "global");
+        let reviews = &p["reviews.default.global"];
+        assert!(reviews.endpoints.is_empty());
+        assert_eq!(reviews.clusters().into_iter().collect::<Vec<_>>(), ["cluster2", "cluster3"]);
+        let se = service_entry(reviews, Ipv4Addr::new(240, 1, 2, 3), &target());
+        assert_eq!((se["spec"]["resolution"].clone(), se["spec"]["endpoints"].clone()), (json!("STATIC"), json!([])));
     }
 
     fn target() -> Target {

@@ -1,7 +1,7 @@
 //! Federation, the pure part: what a peer's remote Secret holds ([`credentials`]), which of a
 //! peer's Services are exported ([`export`]), the `.global` ServiceEntries and
-//! DestinationRules their import needs ([`generate`]), the virtual IPs they get ([`vip`]) and
-//! the peers' roots of trust ([`trust`]).
+//! DestinationRules their import needs ([`generate`]), the virtual IPs they get ([`vip`]), the
+//! peers' roots of trust ([`trust`]) and which peer gateways are withdrawn ([`health`]).
 //!
 //! No I/O here: the controllers (`controllers::federation`) read the peers and the local
 //! cluster into these types and apply what comes out.
@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod export;
 pub mod generate;
+pub mod health;
 pub mod trust;
 pub mod vip;
 

@@ -7,7 +7,11 @@
 //! fails, the last complete view is kept and only the sync state changes: entries of an
 //! unreachable peer stay (no flapping, no fail-fast after a restart).
 
-use std::{collections::BTreeMap, pin::Pin, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    pin::Pin,
+    sync::Arc,
+};
 
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
@@ -317,7 +321,13 @@ impl Stores {
             .iter()
             .find_map(|s| s.labels().get(NETWORK_LABEL).cloned())
             .or_else(|| meshes.iter().find_map(|m| m.spec.multi_cluster.as_ref()?.network.clone()));
-        Peer { cluster: cluster.to_string(), network, gateways: addresses, services: exported }
+        Peer {
+            cluster: cluster.to_string(),
+            network,
+            gateways: addresses,
+            services: exported,
+            withdrawn: BTreeSet::new(),
+        }
     }
 
     /// The peer's own root: `skein-mesh-root` (one per mesh namespace; several meshes in one
