@@ -86,14 +86,21 @@ struct Member {
 }
 
 /// A cluster with the operator, a mesh named `name` on network `net-<name>` with an east-west
-/// gateway whose LoadBalancer address is `gateway` (kwok has no load balancer: set by hand).
+/// gateway whose LoadBalancer address is `gateway` (kwok has no load balancer: set by hand;
+/// nothing answers there, so gateway health checking is off: it is proven on real clusters in
+/// `federation_bookinfo.rs`).
 async fn member(name: &str, gateway: &str) -> Member {
     let cluster = Cluster::start(&format!("fed-{name}")).await.expect("cluster starts");
     cluster.install_crds().await.expect("CRDs");
     let kubeconfig = cluster.kubeconfig.clone();
-    let operator =
-        Operator::start_args(&cluster, "op", &kubeconfig, "default", &["--remote-removal-grace-seconds", "3"])
-            .expect("operator starts");
+    let operator = Operator::start_args(
+        &cluster,
+        "op",
+        &kubeconfig,
+        "default",
+        &["--remote-removal-grace-seconds", "3", "--gateway-lease-seconds", "0"],
+    )
+    .expect("operator starts");
     kubectl_ok(
         &cluster,
         &["apply", "-f", "-"],
@@ -373,9 +380,14 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     assert!(!vips_before.is_empty());
     c1.operator.kill();
     let kubeconfig = c1.cluster.kubeconfig.clone();
-    c1.operator =
-        Operator::start_args(&c1.cluster, "op2", &kubeconfig, "default", &["--remote-removal-grace-seconds", "3"])
-            .expect("operator restarts");
+    c1.operator = Operator::start_args(
+        &c1.cluster,
+        "op2",
+        &kubeconfig,
+        "default",
+        &["--remote-removal-grace-seconds", "3", "--gateway-lease-seconds", "0"],
+    )
+    .expect("operator restarts");
     eventually("restarted operator syncs cluster3", WAIT, || async {
         let log = c1.operator.log();
         log.contains("watching remote cluster").then_some(())

@@ -71,9 +71,14 @@ async fn member(name: &str, network: &str, east_west: bool) -> (Cluster, Operato
     let cluster = Cluster::start_real_on_network(&format!("fb-{name}"), network).await.expect("cluster starts");
     cluster.install_crds().await.expect("CRDs");
     let kubeconfig = cluster.kubeconfig.clone();
-    let operator =
-        Operator::start_args(&cluster, "op", &kubeconfig, "default", &["--image-registry", "skein.local/skein"])
-            .expect("operator starts");
+    let operator = Operator::start_args(
+        &cluster,
+        "op",
+        &kubeconfig,
+        "default",
+        &["--image-registry", "skein.local/skein", "--gateway-lease-seconds", "6"],
+    )
+    .expect("operator starts");
     let gateways = if east_west { "components: {eastWestGateway: {enabled: true}}" } else { "components: {}" };
     cluster.apply(&format!(
         "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  tag: dev\n  multiCluster: {{clusterName: {name}, network: {network}}}\n  {gateways}\n"
@@ -434,5 +439,36 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    drop((op1, op2));
+
+    // Peer gateway health: cluster2's east-west gateway stops (its operator first, which would
+    // restore it). After the lease, cluster1 withdraws cluster2's endpoints everywhere (the
+    // host and its virtual IP stay, so names keep resolving and a local twin keeps serving)
+    // and says why in status; they come back when the gateway answers again.
+    let vip = se["spec"]["addresses"][0].clone();
+    drop(op2);
+    kubectl_ok(&c2, &["scale", "deployment", "skein-eastwestgateway", "-n", NS, "--replicas=0"]);
+    let imported = || {
+        let se = kubectl_ok(&c1, &["get", "serviceentry", "reviews.default.global", "-n", NS, "-o", "json"]);
+        serde_json::from_str::<Value>(&se).unwrap()
+    };
+    eventually("cluster1 withdraws cluster2's dead gateway", Duration::from_secs(60), || async {
+        let se = imported();
+        (se["spec"]["endpoints"] == serde_json::json!([]) && se["spec"]["addresses"][0] == vip).then_some(())
+    })
+    .await;
+    let reason = eventually("cluster1 reports the dead gateway", Duration::from_secs(30), || async {
+        let mcp = api.get("default").await.ok()?;
+        let peer = mcp.status?.remote_clusters.into_iter().find(|r| r.name == "cluster2")?;
+        let synced = peer.conditions.into_iter().find(|c| c.type_ == "Synced")?;
+        (synced.reason == "GatewayUnhealthy").then_some(synced.message)
+    })
+    .await;
+    assert!(reason.contains(&lb), "the message names the gateway: {reason}");
+    kubectl_ok(&c2, &["scale", "deployment", "skein-eastwestgateway", "-n", NS, "--replicas=1"]);
+    eventually("cluster2's gateway back in cluster1's entry", Duration::from_secs(90), || async {
+        let se = imported();
+        (se["spec"]["endpoints"][0]["address"] == Value::String(lb.clone())).then_some(())
+    })
+    .await;
+    drop(op1);
 }
