@@ -607,7 +607,9 @@ kind: DestinationRule
 metadata: {name: reviews.default.global, namespace: istio-system, labels: {mesh.skein.dev/federation: default}}
 spec:
   host: reviews.default.global
-  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    outlierDetection: {consecutiveGatewayErrors: 5, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 100}
   subsets:
   - {name: v2, labels: {subsets.mesh.skein.dev/v2: "true"}}
   - {name: v4, labels: {subsets.mesh.skein.dev/v4: "true"}}
@@ -623,6 +625,10 @@ fn an_imported_global_host_puts_the_local_service_first_and_the_peer_gateway_as_
     let local: Vec<std::net::SocketAddr> =
         ["10.0.0.3:9080", "10.0.0.4:9080", "10.0.0.5:9080"].map(|a| a.parse().unwrap()).into();
     assert_eq!((&all.endpoints, &all.failover_endpoints), (&local, &gateway));
+    // The generated rule's outlier detection is what fails over from a listed but failing
+    // local endpoint.
+    let od = all.outlier_detection.as_ref().expect("outlier detection");
+    assert_eq!((od.consecutive_gateway_errors, od.max_ejection_percent), (Some(5), Some(100)));
     // A subset the local DestinationRule defines: its local pods first, then the peer.
     let v2 = cluster(&cfg, "outbound|9080|v2|reviews.default.global");
     assert_eq!((&v2.endpoints, &v2.failover_endpoints), (&vec!["10.0.0.4:9080".parse().unwrap()], &gateway));

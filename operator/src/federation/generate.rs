@@ -194,7 +194,19 @@ pub fn destination_rule(host: &GlobalHost, target: &Target) -> Value {
         .iter()
         .map(|s| json!({"name": s, "labels": {format!("{SUBSET_LABEL_PREFIX}{s}"): "true"}}))
         .collect();
-    let mut spec = json!({"host": host.host, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}});
+    // Outlier detection is what moves traffic off a failing endpoint that is still listed (a
+    // local pod that stopped answering, a peer gateway dropping connections): without it,
+    // failover to the next priority never happens (admiral#134, #205). Gateway errors only
+    // (an application's own 500s say nothing about reachability), every endpoint may go.
+    let mut spec = json!({"host": host.host, "trafficPolicy": {
+        "tls": {"mode": "ISTIO_MUTUAL"},
+        "outlierDetection": {
+            "consecutiveGatewayErrors": 5,
+            "interval": "5s",
+            "baseEjectionTime": "30s",
+            "maxEjectionPercent": 100,
+        },
+    }});
     if !subsets.is_empty() {
         spec["subsets"] = json!(subsets);
     }
@@ -333,6 +345,8 @@ mod tests {
         assert!(se["spec"]["endpoints"][1]["labels"].get("subsets.mesh.skein.dev/v2").is_none(), "cluster3 has no v2");
         let dr = destination_rule(reviews, &target());
         assert_eq!(dr["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL");
+        let od = &dr["spec"]["trafficPolicy"]["outlierDetection"];
+        assert_eq!((od["consecutiveGatewayErrors"].clone(), od["maxEjectionPercent"].clone()), (json!(5), json!(100)));
         assert_eq!(
             dr["spec"]["subsets"],
             json!([

@@ -406,6 +406,21 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     kubectl_ok(&c1, &["scale", "deployment", "reviews-v1", "-n", "default", "--replicas=1"]);
     let back = versions_after(&["v1"], "return to the local service").await;
     eprintln!("failover to cluster2 in {failover:?}, back to local in {back:?}");
+    // A local backend that is still listed but failing (503s): the generated DestinationRule's
+    // outlier detection ejects it and the peer takes over (admiral#134's failure mode).
+    let v1 = addr_of_pod(&c1, "app=reviews,version=v1");
+    let set_fault = |status: u16| {
+        let mut s = TcpStream::connect_timeout(&v1, Duration::from_secs(2)).expect("reviews-v1 reachable");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /fault?status={status} HTTP/1.1\r\nHost: reviews:9080\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "fault toggle on reviews-v1: {out}");
+    };
+    set_fault(503);
+    let ejected = versions_after(&["v2", "v3"], "failover from a failing local backend").await;
+    eprintln!("failover from a failing local backend in {ejected:?}");
+    set_fault(0);
 
     // The east-west gateway opens only what cluster2 exports: reviews answers a ClientHello,
     // ratings (a local service, not exported) gets the connection closed.

@@ -2,6 +2,8 @@
 //! of who it is (service, version), the client certificate header its sidecar added, and the
 //! answers of the services it calls in turn (forwarding `end-user`, as Bookinfo does).
 //! `GET /count` reports how many requests it served (mirroring shows up there).
+//! `GET /fault?status=503` makes every later request (but these two) answer that status, as a
+//! broken but still listed backend would; `/fault?status=0` ends it.
 //!
 //! `bookinfo-app <service> <version> <listen addr> [<name>=<host:port> ...]`: each call goes to
 //! the given address (an IP, or a name resolved by the pod's DNS) with `Host: <name>:<port>`.
@@ -24,6 +26,8 @@ struct App {
     version: String,
     calls: Vec<(String, String)>,
     served: AtomicU64,
+    /// Status every request gets while non-zero.
+    fault: std::sync::atomic::AtomicU16,
 }
 
 async fn call(name: &str, addr: &str, end_user: Option<&str>) -> Value {
@@ -57,6 +61,22 @@ async fn handle(app: Arc<App>, req: Request<hyper::body::Incoming>) -> Result<Re
         let n = app.served.load(Ordering::Relaxed);
         return Ok(Response::new(Full::new(Bytes::from(n.to_string()))));
     }
+    if req.uri().path() == "/fault" {
+        let status = req.uri().query().and_then(|q| q.strip_prefix("status=")).and_then(|s| s.parse().ok());
+        let Some(status) = status.filter(|s: &u16| *s == 0 || (200..600).contains(s)) else {
+            let mut bad = Response::new(Full::new(Bytes::from("want /fault?status=<0 or 200..599>\n")));
+            *bad.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            return Ok(bad);
+        };
+        app.fault.store(status, Ordering::Relaxed);
+        return Ok(Response::new(Full::new(Bytes::from(format!("fault {status}\n")))));
+    }
+    let fault = app.fault.load(Ordering::Relaxed);
+    if fault != 0 {
+        let mut resp = Response::new(Full::new(Bytes::from("fault injected by the test\n")));
+        *resp.status_mut() = hyper::StatusCode::from_u16(fault).unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
+        return Ok(resp);
+    }
     app.served.fetch_add(1, Ordering::Relaxed);
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let end_user = header("end-user");
@@ -88,7 +108,13 @@ async fn main() {
             (n.to_string(), a.to_string())
         })
         .collect();
-    let app = Arc::new(App { service: service.clone(), version: version.clone(), calls, served: AtomicU64::new(0) });
+    let app = Arc::new(App {
+        service: service.clone(),
+        version: version.clone(),
+        calls,
+        served: AtomicU64::new(0),
+        fault: std::sync::atomic::AtomicU16::new(0),
+    });
     let listener = tokio::net::TcpListener::bind(listen.as_str()).await.expect("bind");
     eprintln!("{service} {version} listening on {listen}");
     loop {
