@@ -130,6 +130,19 @@ async fn member(name: &str, gateway: &str) -> Member {
     Member { cluster, operator, name: name.to_string(), gateway: gateway.to_string() }
 }
 
+/// Lists namespaces of the cluster with the kubeconfig for `cluster` in a remote Secret's YAML
+/// (what the operator does with it).
+async fn list_with(secret_yaml: &str, cluster: &str) -> Result<(), String> {
+    let secret: Value = serde_yaml::from_str(secret_yaml).map_err(|e| e.to_string())?;
+    let text = secret["stringData"][cluster].as_str().ok_or("no kubeconfig for the cluster")?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).map_err(|e| e.to_string())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|e| e.to_string())?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    namespaces.list(&Default::default()).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// `skeinctl create-remote-secret` run against `from`, applied in `into`.
 fn join(from: &Member, into: &Member) -> String {
     let out = from.cluster.skeinctl(&["create-remote-secret"]);
@@ -371,6 +384,27 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     kubectl_ok(&c1.cluster, &["apply", "-f", "-"], Some(&good));
     eventually("cluster1 picks the corrected Secret up", WAIT, || async {
         remote(&c1.cluster, "cluster2").await.filter(|r| synced(r).is_some_and(|s| s.0 == "True"))
+    })
+    .await;
+
+    // -- Rotating the reader's token, as the README says: delete its token Secret in cluster2
+    // (which revokes the token) and run create-remote-secret again; cluster1 syncs with the new
+    // token, no restart.
+    kubectl_ok(&c2.cluster, &["delete", "secret", "skein-reader-service-account-token", "-n", NS], None);
+    let revoked =
+        eventually("cluster2 revokes the old token", WAIT, || async { list_with(&good, "cluster2").await.err() }).await;
+    assert!(revoked.contains("401") || revoked.contains("Unauthorized"), "{revoked}");
+    // Status times have whole seconds: the sync before this one is over a second older.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated_at =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap();
+    let rotated = join(&c2, &c1);
+    assert_ne!(rotated, good, "a new token");
+    list_with(&rotated, "cluster2").await.expect("the new token reads cluster2");
+    eventually("cluster1 syncs cluster2 with the rotated token", WAIT, || async {
+        remote(&c1.cluster, "cluster2").await.filter(|r| {
+            synced(r).is_some_and(|s| s.0 == "True") && r.last_sync_time.as_ref().is_some_and(|t| t.0 >= rotated_at)
+        })
     })
     .await;
 
