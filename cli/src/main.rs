@@ -91,6 +91,11 @@ enum Command {
         /// Namespace of the Secret in the other cluster (default: this mesh's namespace).
         #[arg(long)]
         secret_namespace: Option<String>,
+        /// Issue a new reader token and revoke the previous ones (their token Secrets are
+        /// deleted once the new token exists): the peer holding the old Secret gets
+        /// Unauthorized until the printed Secret is applied there.
+        #[arg(long)]
+        rotate: bool,
     },
 }
 
@@ -180,7 +185,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(if errors { ExitCode::from(analyze::EXIT_ISSUES as u8) } else { ExitCode::SUCCESS })
         }
-        Command::CreateRemoteSecret { name, server, secret_namespace } => {
+        Command::CreateRemoteSecret { name, server, secret_namespace, rotate } => {
             let config = config(args.kubeconfig.as_ref()).await?;
             let url = config.cluster_url.to_string();
             let client = kube::Client::try_from(config)?;
@@ -188,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
                 server: server.clone(),
                 secret_namespace: secret_namespace.clone(),
+                rotate: *rotate,
             };
             print!("{}", remote_secret::create(&client, url.trim_end_matches('/'), &opts).await?);
             Ok(ExitCode::SUCCESS)

@@ -31,6 +31,8 @@ pub struct Options {
     pub server: Option<String>,
     /// Namespace the Secret is for (the importing mesh's; default: this mesh's).
     pub secret_namespace: Option<String>,
+    /// A new token, the previous ones revoked.
+    pub rotate: bool,
 }
 
 /// The remote Secret's YAML.
@@ -56,7 +58,7 @@ pub async fn create(client: &Client, server: &str, opts: &Options) -> anyhow::Re
     accounts.get_opt(READER).await?.with_context(|| {
         format!("ServiceAccount {namespace}/{READER} is missing: the operator installs it with the mesh")
     })?;
-    let (token, ca) = token(client, &namespace).await?;
+    let (token, ca) = token(client, &namespace, opts.rotate).await?;
 
     let server = opts.server.as_deref().unwrap_or(server);
     let kubeconfig = json!({
@@ -82,29 +84,67 @@ pub async fn create(client: &Client, server: &str, opts: &Options) -> anyhow::Re
     Ok(serde_yaml::to_string(&secret)?)
 }
 
-/// The reader's long-lived token and the cluster CA (base64), from a token Secret created
-/// on first use (delete it to rotate the credentials).
-async fn token(client: &Client, namespace: &str) -> anyhow::Result<(String, String)> {
+/// The reader's long-lived token and the cluster CA (base64), from the newest token Secret of
+/// the reader (created on first use), or from a new one when rotating, after which the older
+/// ones are deleted: Kubernetes revokes a legacy token with its Secret. A new Secret gets a
+/// new name, because a token's claims are the Secret's and the ServiceAccount's names and
+/// its signature is deterministic: re-creating a Secret of the same name brings back the
+/// very token that was meant to be revoked.
+async fn token(client: &Client, namespace: &str, rotate: bool) -> anyhow::Result<(String, String)> {
     use base64::Engine as _;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = format!("{READER}-token");
-    if secrets.get_opt(&name).await?.is_none() {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {"kubernetes.io/service-account.name": READER}},
-            "type": "kubernetes.io/service-account-token",
-        }))?;
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(e) => return Err(e).context(format!("create Secret {namespace}/{name}")),
+    let readers = |list: Vec<Secret>| -> Vec<Secret> {
+        let mut v: Vec<Secret> = list
+            .into_iter()
+            .filter(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token"))
+            .filter(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("kubernetes.io/service-account.name"))
+                    .map(String::as_str)
+                    == Some(READER)
+            })
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .collect();
+        // Newest first.
+        v.sort_by_key(|s| std::cmp::Reverse(s.metadata.creation_timestamp.clone().map(|t| t.0)));
+        v
+    };
+    let existing = readers(secrets.list(&ListParams::default()).await.context("list token Secrets")?.items);
+    let name = match existing.first() {
+        Some(s) if !rotate => s.metadata.name.clone().unwrap_or_default(),
+        _ => {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"generateName": format!("{READER}-token-"), "annotations": {"kubernetes.io/service-account.name": READER}},
+                "type": "kubernetes.io/service-account-token",
+            }))?;
+            let created = secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .context(format!("create a token Secret for {namespace}/{READER}"))?;
+            created.metadata.name.unwrap_or_default()
         }
-    }
+    };
     // The token controller fills the Secret in.
     for _ in 0..60 {
         let s = secrets.get(&name).await?;
         let data = s.data.unwrap_or_default();
         if let (Some(token), Some(ca)) = (data.get("token"), data.get("ca.crt")) {
             let token = String::from_utf8(token.0.clone()).context("token is not UTF-8")?;
+            if rotate {
+                for old in existing.iter().filter_map(|s| s.metadata.name.as_deref()).filter(|n| *n != name) {
+                    secrets
+                        .delete(old, &Default::default())
+                        .await
+                        .map(|_| ())
+                        .or_else(|e| match e {
+                            kube::Error::Api(s) if s.is_not_found() => Ok(()),
+                            e => Err(e),
+                        })
+                        .context(format!("revoke the old token: delete Secret {namespace}/{old}"))?;
+                }
+            }
             return Ok((token, base64::engine::general_purpose::STANDARD.encode(&ca.0)));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -309,10 +309,10 @@ impl Federation {
             }
         }
         // Independent objects: written WRITE_CONCURRENCY at a time (a cold start imports
-        // thousands).
+        // thousands), each in one request: `needs_write` compared them with the watched copies.
         let written = writes.len();
         let applier = Applier::new(self.ctx.client.clone());
-        futures::stream::iter(writes.iter().map(|d| applier.ensure(d, &namespace)))
+        futures::stream::iter(writes.iter().map(|d| applier.apply(d, &namespace)))
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;

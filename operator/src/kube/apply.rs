@@ -77,6 +77,19 @@ impl Applier {
         Ok(Outcome::Applied)
     }
 
+    /// Applies `desired` without reading it first: for callers that already compared it with
+    /// a watched copy (one round trip per object instead of two).
+    pub async fn apply(&self, desired: &Desired, namespace: &str) -> Result<Outcome, ApplyError> {
+        let api = self.api(&desired.resource, desired.namespaced.then_some(namespace));
+        let params = PatchParams::apply(FIELD_MANAGER).force().validation_strict();
+        api.patch(&desired.name, &params, &Patch::Apply(&desired.body)).await.map_err(|e| ApplyError {
+            action: "apply",
+            what: desired.describe(),
+            source: e,
+        })?;
+        Ok(Outcome::Applied)
+    }
+
     /// Deletes objects of `resource` labelled `selector` whose names are not in `keep`.
     /// Returns the names deleted.
     pub async fn prune(

@@ -387,26 +387,31 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     })
     .await;
 
-    // -- Rotating the reader's token, as the README says: delete its token Secret in cluster2
-    // (which revokes the token) and run create-remote-secret again; cluster1 syncs with the new
-    // token, no restart.
-    kubectl_ok(&c2.cluster, &["delete", "secret", "skein-reader-service-account-token", "-n", NS], None);
-    let revoked =
-        eventually("cluster2 revokes the old token", WAIT, || async { list_with(&good, "cluster2").await.err() }).await;
-    assert!(revoked.contains("401") || revoked.contains("Unauthorized"), "{revoked}");
+    // -- Rotating the reader's token, as the README says: `create-remote-secret --rotate` in
+    // cluster2 issues a new token and revokes the old one; cluster1 syncs with the new Secret,
+    // no restart.
     // Status times have whole seconds: the sync before this one is over a second older.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated_at =
         k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap();
-    let rotated = join(&c2, &c1);
+    let out = c2.cluster.skeinctl(&["create-remote-secret", "--rotate"]);
+    assert!(out.status.success(), "create-remote-secret --rotate: {}", String::from_utf8_lossy(&out.stderr));
+    let rotated = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_ne!(rotated, good, "a new token");
+    let revoked =
+        eventually("cluster2 revokes the old token", WAIT, || async { list_with(&good, "cluster2").await.err() }).await;
+    assert!(revoked.contains("401") || revoked.contains("Unauthorized"), "{revoked}");
     list_with(&rotated, "cluster2").await.expect("the new token reads cluster2");
+    kubectl_ok(&c1.cluster, &["apply", "-f", "-"], Some(&rotated));
     eventually("cluster1 syncs cluster2 with the rotated token", WAIT, || async {
         remote(&c1.cluster, "cluster2").await.filter(|r| {
             synced(r).is_some_and(|s| s.0 == "True") && r.last_sync_time.as_ref().is_some_and(|t| t.0 >= rotated_at)
         })
     })
     .await;
+    // Without --rotate the current token is handed out again (a second peer joining).
+    let again = c2.cluster.skeinctl(&["create-remote-secret"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), rotated, "the same, still valid token");
 
     // -- VIPs survive an operator restart, and the restart writes nothing.
     let mut c1 = c1;
