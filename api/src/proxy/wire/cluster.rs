@@ -8,24 +8,13 @@ impl TryFrom<pb::Cluster> for Cluster {
 
     fn try_from(c: pb::Cluster) -> Result<Self, InvalidConfig> {
         let at = |f: &str| format!("clusters[{}].{f}", c.name);
-        let endpoints = c
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| addr(at(&format!("endpoints[{i}]")), e))
-            .collect::<Result<_, _>>()?;
-        let service_addresses = c
-            .service_addresses
-            .iter()
-            .enumerate()
-            .map(|(i, e)| addr(at(&format!("serviceAddresses[{i}]")), e))
-            .collect::<Result<_, _>>()?;
-        let failover_endpoints = c
-            .failover_endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| addr(at(&format!("failoverEndpoints[{i}]")), e))
-            .collect::<Result<_, _>>()?;
+        // Each "ip:port" list, with the index of a bad entry in the error.
+        let addrs = |field: &str, list: &[String]| -> Result<Vec<std::net::SocketAddr>, InvalidConfig> {
+            list.iter().enumerate().map(|(i, e)| addr(at(&format!("{field}[{i}]")), e)).collect()
+        };
+        let endpoints = addrs("endpoints", &c.endpoints)?;
+        let service_addresses = addrs("serviceAddresses", &c.service_addresses)?;
+        let failover_endpoints = addrs("failoverEndpoints", &c.failover_endpoints)?;
         let load_balancer = match c.load_balancer.and_then(|l| l.policy) {
             None => LoadBalancer::RoundRobin,
             Some(pb::load_balancer::Policy::Simple(s)) => {
