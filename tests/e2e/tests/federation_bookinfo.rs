@@ -231,8 +231,20 @@ spec:
 
 /// The address of the first pod matching `selector` in `default`, port 9080.
 fn addr_of_pod(c: &Cluster, selector: &str) -> SocketAddr {
-    let ip =
-        kubectl_ok(c, &["get", "pods", "-n", "default", "-l", selector, "-o", "jsonpath={.items[0].status.podIP}"]);
+    let ip = kubectl_ok(
+        c,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            selector,
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    );
     format!("{ip}:9080").parse().unwrap_or_else(|e| panic!("{selector}: pod address {ip:?}: {e}"))
 }
 
@@ -408,14 +420,28 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     eprintln!("failover to cluster2 in {failover:?}, back to local in {back:?}");
     // A local backend that is still listed but failing (503s): the generated DestinationRule's
     // outlier detection ejects it and the peer takes over (admiral#134's failure mode).
-    let v1 = addr_of_pod(&c1, "app=reviews,version=v1");
+    // The pod just scaled back up: the old one may still be listed while it terminates, so the
+    // address is looked up again until the new pod's app answers the toggle.
     let set_fault = |status: u16| {
-        let mut s = TcpStream::connect_timeout(&v1, Duration::from_secs(2)).expect("reviews-v1 reachable");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /fault?status={status} HTTP/1.1\r\nHost: reviews:9080\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        assert!(out.starts_with("HTTP/1.1 200"), "fault toggle on reviews-v1: {out}");
+        let start = Instant::now();
+        loop {
+            let v1 = addr_of_pod(&c1, "app=reviews,version=v1");
+            let answer = (|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect_timeout(&v1, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(s, "GET /fault?status={status} HTTP/1.1\r\nHost: reviews:9080\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })();
+            match answer {
+                Ok(out) if out.starts_with("HTTP/1.1 200") => return,
+                other => {
+                    assert!(start.elapsed() < Duration::from_secs(60), "fault toggle on reviews-v1 ({v1}): {other:?}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
     };
     set_fault(503);
     let ejected = versions_after(&["v2", "v3"], "failover from a failing local backend").await;
