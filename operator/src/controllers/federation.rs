@@ -624,8 +624,7 @@ impl Federation {
                 }
                 (Sync::Synced, _) if p.expires.is_some_and(|e| e <= now) => (false, "CredentialsExpired", "the remote Secret's credentials have expired".to_string()),
                 (Sync::Synced, _) if state.view.as_ref().is_some_and(|v| v.gateways.iter().any(|g| withdrawn.contains(g))) => {
-                    let dead: Vec<&String> = state.view.iter().flat_map(|v| &v.gateways).filter(|g| withdrawn.contains(*g)).collect();
-                    let dead: Vec<&str> = dead.iter().map(|g| g.as_str()).collect();
+                    let dead: Vec<&str> = state.view.iter().flat_map(|v| &v.gateways).filter(|g| withdrawn.contains(*g)).map(String::as_str).collect();
                     (false, "GatewayUnhealthy", format!("east-west gateway {} not ready (port {PROBE_PORT}) for longer than the lease: its endpoints are withdrawn until it answers", dead.join(", ")))
                 }
                 (Sync::Synced, _) => (true, "Synced", "watching the peer".to_string()),
