@@ -16,6 +16,11 @@ pub enum ConditionType {
     /// Every peer in `status.remoteClusters` is read and its Services imported (`False` names
     /// the peers that are not, with their reasons). Absent without peers.
     RemoteClustersSynced,
+    /// An upgrade or rollback is in progress (kstatus: InProgress). Absent otherwise.
+    Reconciling,
+    /// The last upgrade failed or was refused and the operator will not retry it until the
+    /// spec changes (kstatus: Failed). Absent otherwise.
+    Stalled,
 }
 
 impl ConditionType {
@@ -26,6 +31,8 @@ impl ConditionType {
             ConditionType::Reconciled => "Reconciled",
             ConditionType::IstioCrdsManaged => "IstioCRDsManaged",
             ConditionType::RemoteClustersSynced => "RemoteClustersSynced",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
         }
     }
 }
@@ -61,6 +68,24 @@ pub enum Reason {
     AllSynced,
     /// `RemoteClustersSynced=False`: some peer is unreachable, unauthorized, misconfigured...
     RemoteClustersNotSynced,
+    /// `Reconciling=True`: a new version's control plane is starting beside (or in place of)
+    /// the running one.
+    WaitingForRevision,
+    /// `Reconciling=True`: workloads are being restarted onto the new revision.
+    MigratingWorkloads,
+    /// `Reconciling=True`: a failed upgrade is being undone.
+    RollingBack,
+    /// `Stalled=True`: the new version's control plane was not Ready within the deadline.
+    RevisionNotReady,
+    /// `Stalled=True`: a migration batch was not healthy within the deadline.
+    MigrationFailed,
+    /// `Stalled=True`: the target would leave proxies too far behind (or ahead of) the control
+    /// plane; nothing was changed.
+    SkewViolation,
+    /// `Stalled=True` (refused) or `Reconciled=True` with a warning: the release is end-of-life.
+    EndOfLife,
+    /// `Reconciled=True`: `spec.updateStrategy.paused` holds a newer version back.
+    UpgradePaused,
 }
 
 impl Reason {
@@ -78,6 +103,14 @@ impl Reason {
             Reason::OwnedByAnother => "OwnedByAnother",
             Reason::AllSynced => "AllSynced",
             Reason::RemoteClustersNotSynced => "RemoteClustersNotSynced",
+            Reason::WaitingForRevision => "WaitingForRevision",
+            Reason::MigratingWorkloads => "MigratingWorkloads",
+            Reason::RollingBack => "RollingBack",
+            Reason::RevisionNotReady => "RevisionNotReady",
+            Reason::MigrationFailed => "MigrationFailed",
+            Reason::SkewViolation => "SkewViolation",
+            Reason::EndOfLife => "EndOfLife",
+            Reason::UpgradePaused => "UpgradePaused",
         }
     }
 }

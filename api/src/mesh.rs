@@ -1,7 +1,10 @@
 //! `MeshControlPlane`: one mesh control plane installation, cluster-scoped.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::{
+    apis::meta::v1::{Condition, LabelSelector, Time},
+    util::intstr::IntOrString,
+};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -88,7 +91,18 @@ pub struct MeshControlPlaneSpec {
     /// This cluster's identity in a multi-cluster mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_cluster: Option<MultiCluster>,
+
+    /// Revision tags besides `default`: namespaces labelled `istio.io/rev=<tag>` are injected
+    /// by the revision the tag points at, which is the active one (so an upgrade never needs
+    /// the namespaces relabelled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(t, t != 'default')").message("`default` is always a tag; list only the others"))]
+    pub revision_tags: Vec<RevisionTagName>,
 }
+
+/// A revision tag's name (a label value).
+pub type RevisionTagName = String;
 
 fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
@@ -132,21 +146,50 @@ pub struct UpdateStrategy {
     /// canary revision beside the old one. Default `InPlace`.
     #[serde(default, rename = "type")]
     pub type_: UpdateStrategyType,
-    /// With `RevisionBased`: seconds an inactive revision is kept once no workload uses it.
-    /// Default 30.
+    /// With `RevisionBased`: seconds an inactive revision is kept once no Running or Pending
+    /// pod uses it (never while a tag points at it). Default 30.
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 2592000))]
     pub inactive_revision_deletion_grace_period_seconds: i64,
+    /// Restart the workloads of the namespaces that follow the `default` tag (or a tag in
+    /// `revisionTags`) onto the new version, in health-gated batches, once it is Ready; an
+    /// unhealthy batch rolls the mesh back. Default false: sidecars move on their next restart.
+    #[serde(default)]
+    pub update_workloads: bool,
+    /// Workloads (Deployments, StatefulSets, DaemonSets) restarted at once while migrating: a
+    /// count (`2`) or a percentage of the workloads to migrate (`"25%"`, rounded up). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_batch: Option<IntOrString>,
+    /// Seconds a new version's control plane has to become Ready, and each migration batch to
+    /// become healthy, before the upgrade is rolled back (`Stalled=True`). Default 300.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i64,
+    /// Hold upgrades: a newer version (pinned or from the channel) is reported in status but
+    /// not installed until this is false again. Default false.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        Self { type_: UpdateStrategyType::default(), inactive_revision_deletion_grace_period_seconds: default_grace() }
+        Self {
+            type_: UpdateStrategyType::default(),
+            inactive_revision_deletion_grace_period_seconds: default_grace(),
+            update_workloads: false,
+            workload_batch: None,
+            progress_deadline_seconds: default_progress_deadline(),
+            paused: false,
+        }
     }
 }
 
 fn default_grace() -> i64 {
     30
+}
+
+fn default_progress_deadline() -> i64 {
+    300
 }
 
 /// Upgrade strategy kind.
@@ -414,9 +457,19 @@ pub struct MeshControlPlaneStatus {
     /// Channel the spec follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    /// Revision serving the mesh.
+    /// Revision serving the mesh: the one the `default` tag points at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_revision: Option<String>,
+    /// Newest release of `channel` in this operator's catalog (whether or not installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_head: Option<String>,
+    /// Every installed control plane revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub revisions: Vec<RevisionStatus>,
+    /// The upgrade in progress, or the last one (kept so a rollback knows where it came from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
     /// Readiness of each installed component.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -462,6 +515,55 @@ pub struct RemoteClusterStatus {
     /// `.global` hosts written for this peer that another object of the same host blocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+}
+
+/// One installed control plane revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// Revision name (`istio.io/rev` of its pods and of the namespaces it injects).
+    pub name: String,
+    /// Release it runs.
+    pub version: String,
+    /// Whether its control plane is available.
+    pub ready: bool,
+    /// Tags pointing at it (`default`, then `revisionTags`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Running or Pending pods whose sidecar it injected.
+    #[serde(default)]
+    pub proxies: i32,
+    /// Since when it has been neither pointed at nor used by a pod (removed after
+    /// `inactiveRevisionDeletionGracePeriodSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_since: Option<Time>,
+}
+
+/// A move of the mesh from one revision/version to another.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// Revision the mesh was on.
+    pub from_revision: String,
+    /// Release the mesh was on.
+    pub from_version: String,
+    /// Revision being moved to.
+    pub to_revision: String,
+    /// Release being moved to.
+    pub to_version: String,
+    /// `WaitingForRevision`, `Migrating`, `Complete`, `RolledBack` or `Blocked`.
+    pub phase: String,
+    /// When the move started (the new control plane's progress deadline counts from here).
+    pub started_at: Time,
+    /// Workloads restarted onto the new revision so far.
+    #[serde(default)]
+    pub migrated: i32,
+    /// Workloads still to restart.
+    #[serde(default)]
+    pub remaining: i32,
+    /// What went wrong (phase `RolledBack` or `Blocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Readiness of one component.

@@ -1,4 +1,8 @@
-//! Upgrades, pure: the release catalog and how a spec's version or channel resolves in it.
-//! (Revisions, channels that move and upgrade plans come with the upgrade work.)
+//! Upgrades, pure: the release catalog and how a spec's version or channel resolves in it
+//! ([`catalog`]), which revisions run and where the tags point ([`plan`]), which workloads move
+//! next ([`migrate`]) and which targets the version skew guard refuses ([`skew`]).
 
 pub mod catalog;
+pub mod migrate;
+pub mod plan;
+pub mod skew;

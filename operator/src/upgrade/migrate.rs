@@ -1,0 +1,210 @@
+//! Workload migration, pure: which workloads to restart next onto the active revision, and
+//! whether the batch in flight passed its health gate.
+//!
+//! A workload is restarted by stamping its pod template with the revision it is restarted for
+//! and when ([`RESTARTED_FOR`], [`RESTARTED_AT`]), as `kubectl rollout restart` does; the stamp
+//! is also the only record of a batch in flight, so an operator restart resumes where it was.
+//! The gate of a batch: every workload of it rolled out (all replicas updated and available)
+//! and every one of its pods injected by the active revision. A pod is Ready only once its
+//! sidecar has applied the first config of that revision's control plane, so "available"
+//! includes "connected and acknowledged".
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// Pod-template annotation: the revision a workload was last restarted for.
+pub const RESTARTED_FOR: &str = "mesh.skein.dev/restarted-for";
+/// Pod-template annotation: when (RFC 3339).
+pub const RESTARTED_AT: &str = "mesh.skein.dev/restarted-at";
+
+/// Kind of a workload the operator restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl Kind {
+    /// The Kubernetes kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// What the migration needs to know of one workload whose pods the mesh injected, in a
+/// namespace that follows a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its pod template's [`RESTARTED_FOR`].
+    pub restarted_for: Option<String>,
+    /// Its pod template's [`RESTARTED_AT`].
+    pub restarted_at: Option<Timestamp>,
+    /// Every replica updated to the current template and available.
+    pub rolled_out: bool,
+    /// Running or Pending pods not on the active revision (another `istio.io/rev`, or another
+    /// proxy image).
+    pub stale_pods: usize,
+}
+
+impl Workload {
+    /// `Kind namespace/name`.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Step {
+    /// Workloads to restart now (indexes into the input).
+    pub restart: Vec<usize>,
+    /// A batch missed its deadline: the workloads that failed the gate.
+    pub failed: Vec<String>,
+    /// Workloads already on the active revision after a restart for it.
+    pub migrated: usize,
+    /// Workloads still to restart or to finish rolling out.
+    pub remaining: usize,
+}
+
+/// How many workloads a batch holds: `batch` is a count or a percentage (rounded up) of
+/// `total`; at least 1.
+pub fn batch_size(batch: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, total: usize) -> Result<usize, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match batch {
+        None => Ok(1),
+        Some(IntOrString::Int(n)) if *n >= 1 => Ok(*n as usize),
+        Some(IntOrString::Int(n)) => Err(format!("spec.updateStrategy.workloadBatch: {n} is not a positive count")),
+        Some(IntOrString::String(s)) => {
+            let pct = s
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<usize>().ok())
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| {
+                    format!("spec.updateStrategy.workloadBatch: {s:?} is neither a count nor a percentage from 1% to 100%")
+                })?;
+            Ok((total * pct).div_ceil(100).max(1))
+        }
+    }
+}
+
+/// Decides the next step for `active` (the revision the tags point at).
+///
+/// `gated`: one batch at a time, each waiting for its gate and failing after `deadline`.
+/// Not gated (rolling back): every stale workload is restarted at once.
+pub fn step(
+    workloads: &[Workload],
+    active: &str,
+    batch: usize,
+    gated: bool,
+    deadline: SignedDuration,
+    now: Timestamp,
+) -> Step {
+    let mut out = Step::default();
+    let stamped = |w: &Workload| w.restarted_for.as_deref() == Some(active);
+    let done = |w: &Workload| w.rolled_out && w.stale_pods == 0;
+    let mut in_flight = Vec::new();
+    let mut todo = Vec::new();
+    for (i, w) in workloads.iter().enumerate() {
+        match (stamped(w), done(w)) {
+            (true, true) => out.migrated += 1,
+            (true, false) => in_flight.push(i),
+            (false, _) if w.stale_pods > 0 => todo.push(i),
+            (false, _) => {}
+        }
+    }
+    out.remaining = in_flight.len() + todo.len();
+    if !gated {
+        out.restart = todo;
+        return out;
+    }
+    if !in_flight.is_empty() {
+        let late = |w: &Workload| w.restarted_at.is_none_or(|t| now.duration_since(t) > deadline);
+        out.failed = in_flight.iter().map(|&i| &workloads[i]).filter(|w| late(w)).map(Workload::describe).collect();
+        return out;
+    }
+    out.restart = todo.into_iter().take(batch).collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+
+    fn w(name: &str, restarted_for: Option<&str>, at: i64, rolled_out: bool, stale: usize) -> Workload {
+        Workload {
+            kind: Kind::Deployment,
+            namespace: "bookinfo".into(),
+            name: name.into(),
+            restarted_for: restarted_for.map(str::to_string),
+            restarted_at: restarted_for.map(|_| Timestamp::from_second(at).unwrap()),
+            rolled_out,
+            stale_pods: stale,
+        }
+    }
+
+    const DEADLINE: SignedDuration = SignedDuration::from_secs(60);
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn batches_go_one_after_another_and_each_waits_for_its_gate() {
+        let ws = [w("a", None, 0, true, 1), w("b", None, 0, true, 2), w("c", None, 0, true, 1)];
+        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(100));
+        assert_eq!((s.restart.clone(), s.remaining, s.migrated), (vec![0, 1], 3, 0));
+        // a and b restarted; b still rolling: nothing new starts.
+        let ws = [w("a", Some("1-1-0"), 100, true, 0), w("b", Some("1-1-0"), 100, false, 1), w("c", None, 0, true, 1)];
+        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(130));
+        assert_eq!((s.restart.clone(), s.failed.clone(), s.migrated, s.remaining), (vec![], vec![], 1, 2));
+        // b done: c goes.
+        let ws = [w("a", Some("1-1-0"), 100, true, 0), w("b", Some("1-1-0"), 100, true, 0), w("c", None, 0, true, 1)];
+        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(140));
+        assert_eq!((s.restart, s.migrated, s.remaining), (vec![2], 2, 1));
+    }
+
+    #[test]
+    fn a_batch_late_past_the_deadline_fails_naming_its_workloads() {
+        // Rolled out but a pod still on the old revision (not injected by the new one) fails too.
+        let ws = [w("a", Some("1-1-0"), 100, false, 1), w("b", Some("1-1-0"), 100, true, 1), w("c", None, 0, true, 1)];
+        assert!(step(&ws, "1-1-0", 2, true, DEADLINE, at(160)).failed.is_empty());
+        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(161));
+        assert_eq!(s.failed, vec!["Deployment bookinfo/a", "Deployment bookinfo/b"]);
+        assert!(s.restart.is_empty(), "nothing new starts after a failure");
+    }
+
+    #[test]
+    fn rolling_back_restarts_every_stale_workload_at_once_and_leaves_the_others() {
+        // Back on 1-0-2: a and b were moved to 1-1-0 (stale now); c never moved.
+        let ws = [w("a", Some("1-1-0"), 100, true, 2), w("b", Some("1-1-0"), 100, true, 1), w("c", None, 0, true, 0)];
+        let s = step(&ws, "1-0-2", 1, false, DEADLINE, at(200));
+        assert_eq!((s.restart, s.remaining), (vec![0, 1], 2));
+    }
+
+    #[test]
+    fn batch_sizes_are_counts_or_percentages_rounded_up() {
+        assert_eq!(batch_size(None, 10), Ok(1));
+        assert_eq!(batch_size(Some(&IntOrString::Int(3)), 10), Ok(3));
+        assert_eq!(batch_size(Some(&IntOrString::String("25%".into())), 10), Ok(3));
+        assert_eq!(batch_size(Some(&IntOrString::String("1%".into())), 10), Ok(1));
+        let err = batch_size(Some(&IntOrString::String("0%".into())), 10).unwrap_err();
+        assert!(err.starts_with("spec.updateStrategy.workloadBatch: \"0%\""), "{err}");
+        assert!(batch_size(Some(&IntOrString::Int(0)), 10).is_err());
+        assert!(batch_size(Some(&IntOrString::String("half".into())), 10).is_err());
+    }
+}
