@@ -58,6 +58,8 @@ pub enum Reason {
     Applied,
     /// `Reconciled=False`: `spec.version`/`spec.channel` name no known release.
     InvalidVersion,
+    /// `Reconciled=False`: `spec.updateStrategy` cannot be acted on (e.g. `workloadBatch`).
+    InvalidUpdateStrategy,
     /// `Reconciled=False`: the root CA Secret is missing or not in Istio's `cacerts` layout.
     InvalidRootCa,
     /// `IstioCRDsManaged=True`: Skein installed the Istio API CRDs.
@@ -98,6 +100,7 @@ impl Reason {
             Reason::ComponentsNotReady => "ComponentsNotReady",
             Reason::Applied => "Applied",
             Reason::InvalidVersion => "InvalidVersion",
+            Reason::InvalidUpdateStrategy => "InvalidUpdateStrategy",
             Reason::InvalidRootCa => "InvalidRootCA",
             Reason::Installed => "Installed",
             Reason::OwnedByAnother => "OwnedByAnother",

@@ -1,6 +1,6 @@
 //! An in-memory apiserver for reconcile tests: the tier between pure render tests and e2e
-//! (after controller-rs's `fixtures.rs`). It serves `GET`, `LIST` (label-selected, metadata
-//! only), `POST`, server-side apply and merge `PATCH` (status included) and `DELETE` on objects
+//! (after controller-rs's `fixtures.rs`). It serves `GET`, `LIST` (label-selected; metadata
+//! only when asked for it), `POST`, server-side apply and merge `PATCH` (status included) and `DELETE` on objects
 //! kept by path, records every write, and can be told to fail a path. Enough to run the real
 //! reconciler against, not a Kubernetes: no defaulting, no validation, no watch.
 
@@ -85,7 +85,8 @@ fn is_collection(path: &str) -> bool {
 fn selects(obj: &Value, selector: &str) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| match term.split_once('=') {
         Some((k, v)) => obj["metadata"]["labels"][k].as_str() == Some(v),
-        None => false,
+        // `key`: the label exists.
+        None => !obj["metadata"]["labels"][term].is_null(),
     })
 }
 
@@ -128,6 +129,11 @@ impl FakeApiServer {
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let path = parts.uri.path().to_string();
         let query = parts.uri.query().unwrap_or("").to_string();
+        let metadata_only = parts
+            .headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("PartialObjectMetadata"));
         let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let mut s = self.state.lock().unwrap();
         if s.failing.iter().any(|p| path.starts_with(p.as_str())) {
@@ -152,9 +158,15 @@ impl FakeApiServer {
                 if !is_collection(&path) {
                     return status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found"));
                 }
+                let items = items.into_iter().filter(|o| selector.as_deref().is_none_or(|sel| selects(o, sel)));
+                if !metadata_only {
+                    let items: Vec<Value> = items.collect();
+                    return ok(
+                        StatusCode::OK,
+                        &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                    );
+                }
                 let items: Vec<Value> = items
-                    .into_iter()
-                    .filter(|o| selector.as_deref().is_none_or(|sel| selects(o, sel)))
                     .map(|o| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]}))
                     .collect();
                 ok(

@@ -102,7 +102,8 @@ pub async fn ensure_webhook_cert(
             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
         let renew_at =
             k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24 * RENEW_BEFORE_DAYS);
-        same_root && not_after.is_some_and(|t| t > renew_at)
+        let names = s.annotations().get(webhook::NAMES_ANNOTATION);
+        same_root && not_after.is_some_and(|t| t > renew_at) && names == Some(&webhook::serving_names(mcp).join(","))
     });
     if fresh {
         return Ok(false);

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
@@ -29,7 +30,9 @@ use kube::{
         watcher,
     },
 };
+use semver::Version;
 use serde_json::json;
+use skein_api::UpgradeStatus;
 use skein_api::{
     ComponentStatus, MeshControlPlane, MeshControlPlaneStatus,
     conditions::{ConditionType, Reason},
@@ -45,10 +48,18 @@ use crate::{
     },
     pki,
     render::{
-        self, CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL,
+        self, CONTROL_PLANE, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL,
         meta::{MANAGED_BY_LABEL, object_meta},
     },
+    upgrade::{
+        catalog::Release,
+        migrate,
+        plan::{self, Plan, phase},
+        skew,
+    },
 };
+
+mod revisions;
 
 /// The one finalizer the operator puts on a `MeshControlPlane`.
 pub const FINALIZER: &str = "mesh.skein.dev/cleanup";
@@ -60,6 +71,8 @@ pub const CREATED_BY_ANNOTATION: &str = "mesh.skein.dev/created-by";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check interval while components are still becoming ready.
 const PENDING_RECHECK: Duration = Duration::from_secs(5);
+/// Re-check interval while an upgrade moves (new revision starting, batches rolling).
+const UPGRADE_RECHECK: Duration = Duration::from_secs(3);
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -197,8 +210,92 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         ),
     }
 
-    // 4. Everything else, rendered from the spec.
-    let facts = Facts { release: &release, root_cert_pem: &ca.root_cert_pem, revision: DEFAULT_REVISION };
+    // 4. Which revisions run and where the tags point (see `upgrade::plan`).
+    let client = &ctx.client;
+    let installed = revisions::installed(client, mcp).await?;
+    let pods = revisions::injected_pods(client).await?;
+    let in_use = revisions::in_use(&pods);
+    let strategy = &mcp.spec.update_strategy;
+    let generation = mcp.metadata.generation;
+    let active = status.active_revision.clone().zip(status.version.as_deref().and_then(|v| Version::parse(v).ok()));
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == ConditionType::Stalled.as_str() && c.status == "True" && c.observed_generation == generation
+        })
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    let moving = active.as_ref().is_some_and(|(_, v)| *v != release.version);
+    let installed_versions: Vec<Version> = installed.iter().map(|i| i.version.clone()).collect();
+    let skew = moving.then(|| skew::check(&release.version, &revisions::proxies(&pods), &installed_versions)).flatten();
+    let now_ts = Timestamp::now();
+    let previous_upgrade = status.upgrade.clone();
+    let mut plan = plan::plan(&plan::Input {
+        strategy: strategy.type_,
+        paused: strategy.paused,
+        update_workloads: strategy.update_workloads,
+        deadline: SignedDuration::from_secs(strategy.progress_deadline_seconds),
+        grace: SignedDuration::from_secs(strategy.inactive_revision_deletion_grace_period_seconds),
+        target: &release.version,
+        generation,
+        installed: &installed,
+        in_use: &in_use,
+        active: active.as_ref().map(|(r, v)| (r.as_str(), v)),
+        upgrade: previous_upgrade.as_ref(),
+        revisions: &status.revisions,
+        stalled: stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
+        skew,
+        tags: &mcp.spec.revision_tags,
+        now: now_ts,
+    });
+
+    // 5. Workload migration, decided before rendering: a failed batch moves the tags back in
+    //    this same pass, so the webhook never points at a revision being abandoned.
+    let mut restarts = Vec::new();
+    if plan.migrating() && (strategy.update_workloads || plan.rolling_back()) {
+        let namespaces = revisions::following_namespaces(client, &mcp.spec.revision_tags).await?;
+        let active_release = release_of(ctx, mcp, &plan.active.version)?;
+        let workloads =
+            revisions::workloads(client, &pods, &namespaces, &plan.active.revision, &active_release.proxy_image)
+                .await?;
+        let batch = migrate::batch_size(strategy.workload_batch.as_ref(), workloads.len())
+            .map_err(|message| SpecError { reason: Reason::InvalidUpdateStrategy, message })?;
+        let deadline = SignedDuration::from_secs(strategy.progress_deadline_seconds);
+        let gated = !plan.rolling_back();
+        let step = migrate::step(&workloads, &plan.active.revision, batch, gated, deadline, now_ts);
+        if gated && !step.failed.is_empty() {
+            let message = format!(
+                "workloads not healthy on revision {} within {}s: {}; moved the tags back to the previous revision",
+                plan.active.revision,
+                deadline.as_secs(),
+                step.failed.join(", ")
+            );
+            plan.roll_back(message);
+        } else {
+            restarts = step.restart.iter().map(|&i| workloads[i].clone()).collect();
+            if let Some(u) = plan.upgrade.as_mut() {
+                u.migrated = i32::try_from(step.migrated).unwrap_or(i32::MAX);
+                u.remaining = i32::try_from(step.remaining).unwrap_or(i32::MAX);
+                if step.remaining == 0 && u.phase == phase::MIGRATING {
+                    u.phase = phase::COMPLETE.into();
+                    plan.reconciling = None;
+                }
+            }
+        }
+    }
+
+    // 6. Everything else, rendered from the spec and the plan.
+    let active_release = release_of(ctx, mcp, &plan.active.version)?;
+    let mut others = Vec::new();
+    for s in plan.serve.iter().filter(|s| s.revision != plan.active.revision) {
+        others.push(render::Revision { name: s.revision.clone(), release: release_of(ctx, mcp, &s.version)? });
+    }
+    let facts = Facts {
+        release: &active_release,
+        root_cert_pem: &ca.root_cert_pem,
+        revision: &plan.active.revision,
+        others: &others,
+    };
     let desired = render::render(mcp, facts);
     let mut written = Vec::new();
     for d in &desired {
@@ -211,20 +308,41 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     applied += written.len() as u64;
     ctx.metrics.objects_applied(applied);
     if !written.is_empty() || !pruned.is_empty() {
-        let mut note = format!("release {}: applied {}", release.version, list(&written));
+        let mut note = format!("release {}: applied {}", active_release.version, list(&written));
         if !pruned.is_empty() {
             note.push_str(&format!("; pruned {}", list(&pruned)));
         }
         ctx.events.normal(&mcp.object_ref(&()), Reason::Applied.as_str(), "Install", note).await;
     }
+    // Restarts go after the webhook points at the active revision.
+    for w in &restarts {
+        revisions::restart(client, w, &plan.active.revision, now_ts).await?;
+        info!(name, workload = %w.describe(), revision = plan.active.revision, "restarted onto the active revision");
+    }
+    if !restarts.is_empty() {
+        let what: Vec<String> = restarts.iter().map(|w| w.describe()).collect();
+        let note = format!("restarted onto revision {}: {}", plan.active.revision, list(&what));
+        ctx.events.normal(&mcp.object_ref(&()), "RestartedWorkloads", "Upgrade", note).await;
+    }
 
-    // 5. Status from what is really running.
-    status.version = Some(release.version.to_string());
-    status.active_revision = Some(DEFAULT_REVISION.to_string());
-    status.components = components_status(mcp, ctx).await?;
+    // 7. Status from what is really running.
+    status.version = Some(plan.active.version.to_string());
+    status.active_revision = Some(plan.active.revision.clone());
+    status.channel_head = ctx.catalog.resolve(None, mcp.spec.channel).ok().map(|r| r.version.to_string());
+    status.revisions = plan.revisions.clone();
+    status.upgrade = plan.upgrade.clone();
+    upgrade_conditions(status, mcp, &plan, previous_upgrade.as_ref(), ctx).await;
+    status.components = components_status(mcp, ctx, &plan.active.revision).await?;
     let not_ready: Vec<String> = status.components.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect();
-    let message = format!("release {} applied to namespace {ns}", release.version);
-    set(status, mcp, ConditionType::Reconciled, true, Reason::Applied, message);
+    let message = match &plan.paused {
+        Some(held) => format!(
+            "release {} applied to namespace {ns}; the upgrade to {held} is held (spec.updateStrategy.paused)",
+            plan.active.version
+        ),
+        None => format!("release {} applied to namespace {ns}", plan.active.version),
+    };
+    let reason = if plan.paused.is_some() { Reason::UpgradePaused } else { Reason::Applied };
+    set(status, mcp, ConditionType::Reconciled, true, reason, message);
     let ready = not_ready.is_empty();
     let (reason, message) = match ready {
         true => (Reason::ComponentsReady, "all components are available".to_string()),
@@ -243,7 +361,61 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     };
     set(status, mcp, ConditionType::Ready, ready, reason, message);
     remote_clusters_condition(status, mcp);
-    Ok(Action::requeue(if ready { RESYNC } else { PENDING_RECHECK }))
+    let busy =
+        plan.reconciling.is_some() || (plan.rolling_back() && plan.upgrade.as_ref().is_some_and(|u| u.remaining > 0));
+    // An upgrade advances on time (deadlines, grace periods, pods rolling), not only on events.
+    let unused = status.revisions.iter().any(|r| r.unused_since.is_some());
+    Ok(Action::requeue(match (busy || unused, ready) {
+        (true, _) => UPGRADE_RECHECK,
+        (false, true) => RESYNC,
+        (false, false) => PENDING_RECHECK,
+    }))
+}
+
+/// The release a revision runs, with the spec's image overrides.
+fn release_of(ctx: &Context, mcp: &MeshControlPlane, version: &Version) -> Result<Release, Error> {
+    let release = ctx
+        .catalog
+        .resolve(Some(&version.to_string()), mcp.spec.channel)
+        .map_err(|e| SpecError { reason: Reason::InvalidVersion, message: e.to_string() })?;
+    Ok(release.clone().with_image_overrides(mcp.spec.hub.as_deref(), mcp.spec.tag.as_deref()))
+}
+
+/// `Reconciling` and `Stalled` from the plan (each removed when the plan has none, so kstatus
+/// reads Current once an upgrade is done), with an Event when an upgrade changes phase.
+async fn upgrade_conditions(
+    status: &mut MeshControlPlaneStatus,
+    mcp: &MeshControlPlane,
+    plan: &Plan,
+    previous: Option<&UpgradeStatus>,
+    ctx: &Context,
+) {
+    for (type_, flag) in [(ConditionType::Reconciling, &plan.reconciling), (ConditionType::Stalled, &plan.stalled)] {
+        match flag {
+            Some(f) => set(status, mcp, type_, true, f.reason, f.message.clone()),
+            None => status.conditions.retain(|c| c.type_ != type_.as_str()),
+        }
+    }
+    let Some(u) = &plan.upgrade else { return };
+    if previous.is_some_and(|p| p.phase == u.phase && p.to_version == u.to_version && p.from_version == u.from_version)
+    {
+        return;
+    }
+    let note = format!(
+        "{} {} ({}) -> {} ({}){}",
+        u.phase,
+        u.from_revision,
+        u.from_version,
+        u.to_revision,
+        u.to_version,
+        u.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    );
+    let failed = plan.stalled.is_some();
+    let r = mcp.object_ref(&());
+    match failed {
+        true => ctx.events.warning(&r, &u.phase, "Upgrade", note).await,
+        false => ctx.events.normal(&r, &u.phase, "Upgrade", note).await,
+    }
 }
 
 /// `RemoteClustersSynced` from what the federation controller wrote to
@@ -415,9 +587,14 @@ async fn prune(mcp: &MeshControlPlane, applier: &Applier, desired: &[Desired]) -
     Ok(pruned)
 }
 
-async fn components_status(mcp: &MeshControlPlane, ctx: &Context) -> Result<Vec<ComponentStatus>, Error> {
+async fn components_status(
+    mcp: &MeshControlPlane,
+    ctx: &Context,
+    active_revision: &str,
+) -> Result<Vec<ComponentStatus>, Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), render::namespace(mcp));
-    let mut wanted = vec![("controlPlane", CONTROL_PLANE)];
+    let control_plane = render::control_plane::name(active_revision);
+    let mut wanted = vec![("controlPlane", control_plane.as_str())];
     wanted.extend(Gateway::ALL.into_iter().filter(|g| g.enabled(mcp)).map(|g| (g.component(), g.name())));
     let mut out = Vec::with_capacity(wanted.len());
     for (component, deployment) in wanted {

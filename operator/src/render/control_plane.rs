@@ -9,11 +9,21 @@ use serde_json::{Value, json};
 use skein_api::MeshControlPlane;
 
 use super::{
-    CONTROL_PLANE, Desired, Facts, MESH_CONFIG_DIR, MESH_CONFIGMAP, MESH_UID, PORT_MONITORING, PORT_WEBHOOK, PORT_XDS,
-    PORT_XDS_TLS, WEBHOOK_TLS_DIR, WEBHOOK_TLS_SECRET, ca_secret_name,
+    CONTROL_PLANE, DEFAULT_REVISION, Desired, MESH_CONFIG_DIR, MESH_CONFIGMAP, MESH_UID, PORT_MONITORING, PORT_WEBHOOK,
+    PORT_XDS, PORT_XDS_TLS, WEBHOOK_TLS_DIR, WEBHOOK_TLS_SECRET, ca_secret_name,
     meta::{metadata, selector_labels},
     namespace,
 };
+use crate::upgrade::catalog::Release;
+
+/// Name of a revision's Deployment, Service and PodDisruptionBudget: `skein-controlplane` for
+/// the `default` revision (in place), `skein-controlplane-<revision>` for the others.
+pub fn name(revision: &str) -> String {
+    match revision {
+        DEFAULT_REVISION => CONTROL_PLANE.to_string(),
+        rev => format!("{CONTROL_PLANE}-{rev}"),
+    }
+}
 
 /// A ServiceAccount of the installation.
 pub fn service_account(mcp: &MeshControlPlane, name: &str) -> Desired {
@@ -74,22 +84,38 @@ pub(super) fn cluster_env(mcp: &MeshControlPlane) -> Vec<Value> {
     env
 }
 
-/// The control plane's Deployment.
-pub fn deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
+/// A revision's control plane Deployment.
+pub fn deployment(mcp: &MeshControlPlane, revision: &str, release: &Release) -> Desired {
     let ns = namespace(mcp);
     let cp = &mcp.spec.components.control_plane;
-    let mut pod_labels = selector_labels(CONTROL_PLANE, facts.revision);
+    let name = name(revision);
+    let mut pod_labels = selector_labels(CONTROL_PLANE, revision);
     pod_labels["istio"] = json!("pilot");
-    pod_labels["app.kubernetes.io/version"] = json!(facts.release.version.to_string());
+    pod_labels["app.kubernetes.io/version"] = json!(release.version.to_string());
+    let mut args = vec![
+        "discovery".to_string(),
+        format!("--namespace={ns}"),
+        format!("--mesh-config={MESH_CONFIG_DIR}/mesh"),
+        format!("--ca-secret={}", ca_secret_name(mcp)),
+        format!("--webhook-tls-dir={WEBHOOK_TLS_DIR}"),
+        format!("--revision={revision}"),
+        format!("--proxy-image={}", release.proxy_image),
+    ];
+    if revision != DEFAULT_REVISION {
+        // Sidecars of this revision dial its own Service, whose name its certificate carries.
+        let host = format!("{name}.{ns}.svc");
+        args.push(format!("--injected-discovery-address={host}:{PORT_XDS_TLS}"));
+        args.push(format!("--tls-san={host}"));
+    }
     Desired::new::<Deployment>(
         true,
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": metadata(mcp, CONTROL_PLANE, true, CONTROL_PLANE),
+            "metadata": metadata(mcp, &name, true, CONTROL_PLANE),
             "spec": {
                 "replicas": cp.replicas,
-                "selector": {"matchLabels": selector_labels(CONTROL_PLANE, facts.revision)},
+                "selector": {"matchLabels": selector_labels(CONTROL_PLANE, revision)},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
                     "metadata": {"labels": pod_labels},
@@ -98,16 +124,8 @@ pub fn deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
                         "securityContext": pod_security(),
                         "containers": [{
                             "name": "discovery",
-                            "image": facts.release.control_plane_image,
-                            "args": [
-                                "discovery",
-                                format!("--namespace={ns}"),
-                                format!("--mesh-config={MESH_CONFIG_DIR}/mesh"),
-                                format!("--ca-secret={}", ca_secret_name(mcp)),
-                                format!("--webhook-tls-dir={WEBHOOK_TLS_DIR}"),
-                                format!("--revision={}", facts.revision),
-                                format!("--proxy-image={}", facts.release.proxy_image),
-                            ],
+                            "image": release.control_plane_image,
+                            "args": args,
                             "env": cluster_env(mcp),
                             "ports": [
                                 {"name": "grpc-xds", "containerPort": PORT_XDS, "protocol": "TCP"},
@@ -139,18 +157,19 @@ pub fn deployment(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
     )
 }
 
-/// The control plane's Service (discovery, certificates, monitoring, webhook).
-pub fn service(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
+/// A control plane Service `name` (discovery, certificates, monitoring, webhook) selecting
+/// the pods of `revision`.
+pub fn service(mcp: &MeshControlPlane, name: &str, revision: &str) -> Desired {
     let port = |name: &str, p: i32| json!({"name": name, "port": p, "targetPort": p, "protocol": "TCP"});
     Desired::new::<Service>(
         true,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": metadata(mcp, CONTROL_PLANE, true, CONTROL_PLANE),
+            "metadata": metadata(mcp, name, true, CONTROL_PLANE),
             "spec": {
                 "type": "ClusterIP",
-                "selector": selector_labels(CONTROL_PLANE, facts.revision),
+                "selector": selector_labels(CONTROL_PLANE, revision),
                 "ports": [
                     port("grpc-xds", PORT_XDS),
                     port("https-dns", PORT_XDS_TLS),
@@ -162,15 +181,15 @@ pub fn service(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
     )
 }
 
-/// The control plane's PodDisruptionBudget (with more than one replica).
-pub fn pdb(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
+/// A revision's PodDisruptionBudget (with more than one replica).
+pub fn pdb(mcp: &MeshControlPlane, name: &str, revision: &str) -> Desired {
     Desired::new::<PodDisruptionBudget>(
         true,
         json!({
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": metadata(mcp, CONTROL_PLANE, true, CONTROL_PLANE),
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector_labels(CONTROL_PLANE, facts.revision)}},
+            "metadata": metadata(mcp, name, true, CONTROL_PLANE),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector_labels(CONTROL_PLANE, revision)}},
         }),
     )
 }

@@ -8,7 +8,7 @@ use skein_api::{
 };
 
 use super::{
-    Desired, Facts, PORT_EAST_WEST, PORT_GATEWAY_STATUS, PORT_PROXY_METRICS, control_plane,
+    DEFAULT_REVISION, Desired, Facts, PORT_EAST_WEST, PORT_GATEWAY_STATUS, PORT_PROXY_METRICS, control_plane,
     meta::{common_labels, metadata, selector_labels},
 };
 
@@ -91,10 +91,13 @@ impl Gateway {
     }
 }
 
-/// A gateway's Deployment.
+/// A gateway's Deployment. Gateways follow the `default` tag: their pods keep
+/// `istio.io/rev: default` (a selector cannot change) and run the active revision's proxy
+/// image, dialling the stable control plane Service, so moving the tag rolls them forward and
+/// a rollback rolls them back.
 pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desired {
     let spec = gw.spec(mcp);
-    let mut pod_labels = selector_labels(gw.name(), facts.revision);
+    let mut pod_labels = selector_labels(gw.name(), DEFAULT_REVISION);
     pod_labels["istio"] = json!(gw.istio_label());
     pod_labels["sidecar.istio.io/inject"] = json!("false");
     let mut env = control_plane::cluster_env(mcp);
@@ -114,7 +117,7 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
             "metadata": metadata(mcp, gw.name(), true, gw.name()),
             "spec": {
                 "replicas": spec.and_then(|s| s.replicas).unwrap_or(1),
-                "selector": {"matchLabels": selector_labels(gw.name(), facts.revision)},
+                "selector": {"matchLabels": selector_labels(gw.name(), DEFAULT_REVISION)},
                 "template": {
                     "metadata": {"labels": pod_labels},
                     "spec": {
@@ -164,7 +167,7 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
 }
 
 /// A gateway's Service (LoadBalancer for ingress and east-west by default).
-pub fn service(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desired {
+pub fn service(mcp: &MeshControlPlane, gw: Gateway) -> Desired {
     let service_type = gw.spec(mcp).and_then(|s| s.service_type).unwrap_or_else(|| gw.default_service_type());
     let ports: Vec<Value> = gw
         .ports()
@@ -185,7 +188,7 @@ pub fn service(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desired
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": meta,
-            "spec": {"type": service_type.as_str(), "selector": selector_labels(gw.name(), facts.revision), "ports": ports},
+            "spec": {"type": service_type.as_str(), "selector": selector_labels(gw.name(), DEFAULT_REVISION), "ports": ports},
         }),
     )
 }

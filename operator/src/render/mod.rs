@@ -99,9 +99,30 @@ pub struct Facts<'a> {
     pub release: &'a Release,
     /// PEM of the mesh root certificate (the webhook's `caBundle`).
     pub root_cert_pem: &'a str,
-    /// Revision being rendered (`istio.io/rev` of its pods and of the namespaces its webhook
-    /// injects); [`DEFAULT_REVISION`] for an in-place installation.
+    /// The active revision: the one the `default` tag (and every revision tag) points at;
+    /// [`DEFAULT_REVISION`] for an in-place installation.
     pub revision: &'a str,
+    /// Revisions installed beside the active one (a `RevisionBased` upgrade's new revision
+    /// while it starts, an old one while pods still use it).
+    pub others: &'a [Revision],
+}
+
+/// A control plane revision to render besides the active one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// Revision name (`istio.io/rev`).
+    pub name: String,
+    /// Release it runs.
+    pub release: Release,
+}
+
+impl<'a> Facts<'a> {
+    /// Every revision to render, the active one first.
+    pub fn revisions(self) -> impl Iterator<Item = (&'a str, &'a Release)> {
+        let active = self.revision;
+        std::iter::once((active, self.release))
+            .chain(self.others.iter().filter(move |r| r.name != active).map(|r| (r.name.as_str(), &r.release)))
+    }
 }
 
 /// Namespace the installation lives in.
@@ -131,15 +152,26 @@ pub fn render(mcp: &MeshControlPlane, facts: Facts<'_>) -> Vec<Desired> {
     out.push(control_plane::service_account(mcp, rbac::REMOTE_READER));
     out.extend(rbac::remote_reader(mcp));
     out.push(mesh_config::config_map(mcp));
-    out.push(control_plane::deployment(mcp, facts));
-    out.push(control_plane::service(mcp, facts));
-    if mcp.spec.components.control_plane.replicas > 1 {
-        out.push(control_plane::pdb(mcp, facts));
+    for (revision, release) in facts.revisions() {
+        let name = control_plane::name(revision);
+        out.push(control_plane::deployment(mcp, revision, release));
+        // The inactive `default` revision's Service is the stable one, which follows the
+        // active revision (its proxies then reach the active control plane).
+        if revision == facts.revision || revision != DEFAULT_REVISION {
+            out.push(control_plane::service(mcp, &name, revision));
+        }
+        if mcp.spec.components.control_plane.replicas > 1 {
+            out.push(control_plane::pdb(mcp, &name, revision));
+        }
+    }
+    // The stable Service: gateways and mesh config dial it; it follows the active revision.
+    if facts.revision != DEFAULT_REVISION {
+        out.push(control_plane::service(mcp, CONTROL_PLANE, facts.revision));
     }
     for gw in Gateway::ALL.into_iter().filter(|g| g.enabled(mcp)) {
         out.push(control_plane::service_account(mcp, gw.name()));
         out.push(gateway::deployment(mcp, gw, facts));
-        out.push(gateway::service(mcp, gw, facts));
+        out.push(gateway::service(mcp, gw));
     }
     out.push(webhook::injection_webhook(mcp, facts));
     out

@@ -128,8 +128,12 @@ fn operator_own_rules() -> Value {
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "create", "delete"]},
         {"apiGroups": [""], "resources": ["serviceaccounts", "services", "configmaps", "secrets"], "verbs": manage},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": manage},
-        // Why a component is not ready: its pods' container states.
+        // Why a component is not ready: its pods' container states. Upgrades: which injected
+        // pods run which revision.
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        // Upgrades with `updateWorkloads`: restart the injected workloads onto the new
+        // revision (a pod-template annotation, as `kubectl rollout restart`).
+        {"apiGroups": ["apps"], "resources": ["statefulsets", "daemonsets"], "verbs": ["get", "patch"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": manage},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles", "clusterrolebindings", "roles", "rolebindings"], "verbs": manage},
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": manage},

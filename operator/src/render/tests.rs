@@ -13,7 +13,7 @@ fn mcp(spec: &str) -> MeshControlPlane {
 fn rendered(spec: &str) -> Vec<Desired> {
     let catalog = Catalog::builtin().unwrap();
     let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
-    render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION })
+    render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION, others: &[] })
 }
 
 fn find<'a>(objs: &'a [Desired], kind: &str, name: &str) -> &'a Value {
@@ -206,4 +206,61 @@ fn rendering_matches_the_golden_file() {
     }
     let golden = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(golden == text, "rendering differs from {}; diff it, then update as the comment says", path.display());
+}
+
+#[test]
+fn a_revision_based_upgrade_renders_both_revisions_and_the_tags_follow_the_active_one() {
+    let catalog = Catalog::builtin().unwrap();
+    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::Fast).unwrap().clone();
+    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let others = [Revision { name: "1-0-2".into(), release: old.clone() }];
+    let mcp = mcp("revisionTags: [prod]\ncomponents: {controlPlane: {replicas: 2}}\n");
+    let facts = Facts { release: &new, root_cert_pem: "ROOT-PEM", revision: "1-1-0", others: &others };
+    let objs = render(&mcp, facts);
+    let ns = "istio-system";
+    for (rev, release) in [("1-1-0", &new), ("1-0-2", &old)] {
+        let name = format!("skein-controlplane-{rev}");
+        let dep = find(&objs, "Deployment", &name);
+        assert_eq!(dep["spec"]["selector"]["matchLabels"]["istio.io/rev"], rev);
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], release.control_plane_image.as_str());
+        let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(args.contains(&format!("--revision={rev}").as_str()), "{args:?}");
+        // Its sidecars dial its own Service, and its certificate names it.
+        assert!(args.contains(&format!("--injected-discovery-address={name}.{ns}.svc:15012").as_str()), "{args:?}");
+        assert!(args.contains(&format!("--tls-san={name}.{ns}.svc").as_str()), "{args:?}");
+        assert_eq!(find(&objs, "Service", &name)["spec"]["selector"]["istio.io/rev"], rev);
+        assert_eq!(find(&objs, "PodDisruptionBudget", &name)["spec"]["selector"]["matchLabels"]["istio.io/rev"], rev);
+    }
+    // The stable Service (gateways, mesh config) follows the active revision.
+    assert_eq!(find(&objs, "Service", CONTROL_PLANE)["spec"]["selector"]["istio.io/rev"], "1-1-0");
+    assert!(objs.iter().all(|d| !(d.resource.kind == "Deployment" && d.name == CONTROL_PLANE)));
+    // Gateways keep their selector (immutable) and run the active release's proxy.
+    let gw = find(&objs, "Deployment", "skein-ingressgateway");
+    assert_eq!(gw["spec"]["selector"]["matchLabels"]["istio.io/rev"], "default");
+    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], new.proxy_image.as_str());
+    // Injection: the tags and the injection labels go to the active revision, a namespace
+    // labelled with the old revision's name to the old one.
+    let hooks = find(&objs, "MutatingWebhookConfiguration", "skein-sidecar-injector-mesh")["webhooks"].clone();
+    let by_name = |n: &str| hooks.as_array().unwrap().iter().find(|h| h["name"] == n).cloned().unwrap();
+    for n in ["namespace.sidecar-injector.skein.dev", "istio-namespace.sidecar-injector.skein.dev"] {
+        assert_eq!(by_name(n)["clientConfig"]["service"]["name"], "skein-controlplane-1-1-0");
+    }
+    let tags = by_name("rev.namespace.sidecar-injector.skein.dev");
+    assert_eq!(tags["clientConfig"]["service"]["name"], "skein-controlplane-1-1-0");
+    assert_eq!(
+        tags["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["default", "prod", "1-1-0"])
+    );
+    let old_hook = by_name("rev-1-0-2.namespace.sidecar-injector.skein.dev");
+    assert_eq!(old_hook["clientConfig"]["service"]["name"], "skein-controlplane-1-0-2");
+    assert_eq!(old_hook["namespaceSelector"]["matchExpressions"][0]["values"], serde_json::json!(["1-0-2"]));
+    assert_eq!(hooks.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn the_webhook_certificate_covers_every_revision_service() {
+    let names = webhook::serving_names(&mcp("{}"));
+    assert!(names.contains(&"skein-controlplane.istio-system.svc".to_string()));
+    assert!(names.contains(&"*.istio-system.svc".to_string()), "{names:?}");
 }

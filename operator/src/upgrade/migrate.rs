@@ -81,7 +81,10 @@ pub struct Step {
 
 /// How many workloads a batch holds: `batch` is a count or a percentage (rounded up) of
 /// `total`; at least 1.
-pub fn batch_size(batch: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, total: usize) -> Result<usize, String> {
+pub fn batch_size(
+    batch: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    total: usize,
+) -> Result<usize, String> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match batch {
         None => Ok(1),
@@ -93,7 +96,9 @@ pub fn batch_size(batch: Option<&k8s_openapi::apimachinery::pkg::util::intstr::I
                 .and_then(|p| p.parse::<usize>().ok())
                 .filter(|p| (1..=100).contains(p))
                 .ok_or_else(|| {
-                    format!("spec.updateStrategy.workloadBatch: {s:?} is neither a count nor a percentage from 1% to 100%")
+                    format!(
+                        "spec.updateStrategy.workloadBatch: {s:?} is neither a count nor a percentage from 1% to 100%"
+                    )
                 })?;
             Ok((total * pct).div_ceil(100).max(1))
         }

@@ -19,7 +19,7 @@ pub struct RunningProxy {
 
 /// The version of a proxy image (`.../skein-proxy:1.0.2`, optionally `v`-prefixed).
 pub fn image_version(image: &str) -> Option<Version> {
-    let tag = image.rsplit_once(':').map(|(repo, tag)| (repo, tag)).filter(|(repo, _)| !repo.ends_with('/'))?.1;
+    let tag = image.rsplit_once(':').filter(|(repo, _)| !repo.ends_with('/'))?.1;
     let tag = tag.split('@').next()?;
     Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
 }
@@ -29,14 +29,10 @@ pub fn check(target: &Version, proxies: &[RunningProxy], installed: &[Version]) 
     if installed.iter().any(|v| (v.major, v.minor) == (target.major, target.minor)) {
         return None;
     }
-    let behind: Vec<&RunningProxy> = proxies
-        .iter()
-        .filter(|p| p.version.major != target.major || p.version.minor + 1 < target.minor)
-        .collect();
-    let ahead: Vec<&RunningProxy> = proxies
-        .iter()
-        .filter(|p| p.version.major == target.major && p.version.minor > target.minor)
-        .collect();
+    let behind: Vec<&RunningProxy> =
+        proxies.iter().filter(|p| p.version.major != target.major || p.version.minor + 1 < target.minor).collect();
+    let ahead: Vec<&RunningProxy> =
+        proxies.iter().filter(|p| p.version.major == target.major && p.version.minor > target.minor).collect();
     let names = |ps: &[&RunningProxy]| {
         let mut s: Vec<String> = ps.iter().take(5).map(|p| format!("{} ({})", p.pod, p.version)).collect();
         if ps.len() > 5 {

@@ -588,6 +588,7 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
         release: &release,
         root_cert_pem: &cp.ca.root_cert_pem,
         revision: skein_operator::render::DEFAULT_REVISION,
+        others: &[],
     };
     let mut webhook = skein_operator::render::webhook::injection_webhook(&mcp, facts).body;
     for hook in webhook["webhooks"].as_array_mut().unwrap() {

@@ -115,7 +115,10 @@ fn revision_based_waits_for_the_new_revision_then_moves_the_tags_and_migrates() 
     assert_eq!(revs(&p), ["1-0-2", "1-1-0"]);
     assert_eq!(p.reconciling.as_ref().map(|f| f.reason), Some(Reason::WaitingForRevision));
     let u = p.upgrade.clone().unwrap();
-    assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.phase.as_str()), ("1-0-2", "1-1-0", phase::WAITING));
+    assert_eq!(
+        (u.from_revision.as_str(), u.to_revision.as_str(), u.phase.as_str()),
+        ("1-0-2", "1-1-0", phase::WAITING)
+    );
     assert_eq!(u.started_at.0, at(1000));
     w.record(&p);
 
@@ -168,7 +171,10 @@ fn a_completed_pod_does_not_count_but_a_running_one_keeps_an_inactive_revision()
     // The caller counts only Running/Pending pods; with none the grace period starts.
     w.in_use.clear();
     let p = w.plan();
-    assert_eq!(p.revisions.iter().find(|r| r.name == "1-1-0").unwrap().unused_since.as_ref().map(|t| t.0), Some(at(5000)));
+    assert_eq!(
+        p.revisions.iter().find(|r| r.name == "1-1-0").unwrap().unused_since.as_ref().map(|t| t.0),
+        Some(at(5000))
+    );
 }
 
 #[test]

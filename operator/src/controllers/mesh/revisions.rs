@@ -1,0 +1,252 @@
+//! What an upgrade needs to know of the cluster, and the one write it makes besides the
+//! rendered objects: which control plane revisions are installed, which injected pods run
+//! (per revision, and their proxy versions for the skew guard), which workloads follow a tag
+//! and how far their rollout is, and the restart of a workload onto the active revision.
+//!
+//! The decisions themselves are pure ([`crate::upgrade`]); this module only reads and patches.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        core::v1::{Namespace, Pod},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use semver::Version;
+use serde_json::json;
+use skein_api::MeshControlPlane;
+
+use crate::{
+    error::Error,
+    kube::{apply::ApplyError, conditions::component_status},
+    render::{
+        self, CONTROL_PLANE, DEFAULT_REVISION, FIELD_MANAGER, OWNER_LABEL,
+        meta::{REVISION_LABEL, common_labels},
+    },
+    upgrade::{
+        migrate::{Kind, RESTARTED_AT, RESTARTED_FOR, Workload},
+        plan::Installed,
+        skew::{RunningProxy, image_version},
+    },
+};
+
+/// Label the injector puts on every pod it gives a sidecar.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// Name of the injected sidecar container.
+const PROXY_CONTAINER: &str = "skein-proxy";
+
+/// The control plane revisions installed now (their Deployments).
+pub async fn installed(client: &Client, mcp: &MeshControlPlane) -> Result<Vec<Installed>, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), render::namespace(mcp));
+    let name_label =
+        common_labels(mcp, CONTROL_PLANE)["app.kubernetes.io/name"].as_str().unwrap_or_default().to_string();
+    let selector = format!("{OWNER_LABEL}={},app.kubernetes.io/name={name_label}", mcp.name_any());
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(ApplyError::during("list", "control plane Deployments"))?;
+    let mut out = Vec::new();
+    for d in &list.items {
+        let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+        let Some(labels) = labels else { continue };
+        let revision = labels.get(REVISION_LABEL).cloned().unwrap_or_else(|| DEFAULT_REVISION.to_string());
+        let Some(version) = labels.get("app.kubernetes.io/version").and_then(|v| Version::parse(v).ok()) else {
+            continue;
+        };
+        out.push(Installed { revision, version, ready: component_status(CONTROL_PLANE, Some(d)).ready });
+    }
+    Ok(out)
+}
+
+/// Injected pods that run or will (`Running`/`Pending`): a Completed Job's pod or an evicted
+/// one never holds a revision.
+pub async fn injected_pods(client: &Client) -> Result<Vec<Pod>, Error> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default().labels(&format!("{TLS_MODE_LABEL}=istio,{REVISION_LABEL}")))
+        .await
+        .map_err(ApplyError::during("list", "injected Pods"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Pending")))
+        .collect())
+}
+
+/// Pods per revision.
+pub fn in_use(pods: &[Pod]) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    for p in pods {
+        if let Some(rev) = p.labels().get(REVISION_LABEL) {
+            *out.entry(rev.clone()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+fn proxy_image(p: &Pod) -> Option<&str> {
+    p.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .chain(p.spec.as_ref()?.init_containers.iter().flatten())
+        .find_map(|c| (c.name == PROXY_CONTAINER).then_some(c.image.as_deref()).flatten())
+}
+
+/// The proxies the skew guard judges (those running a release-tagged image).
+pub fn proxies(pods: &[Pod]) -> Vec<RunningProxy> {
+    pods.iter()
+        .filter_map(|p| {
+            let version = image_version(proxy_image(p)?)?;
+            Some(RunningProxy { pod: format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()), version })
+        })
+        .collect()
+}
+
+/// Namespaces whose injection follows a tag: `skein-injection=enabled`,
+/// `istio-injection=enabled`, or `istio.io/rev` set to `default` or one of `tags`.
+pub async fn following_namespaces(client: &Client, tags: &[String]) -> Result<BTreeSet<String>, Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.map_err(ApplyError::during("list", "Namespaces"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|n| {
+            let l = n.labels();
+            let enabled = |k: &str| l.get(k).is_some_and(|v| v == "enabled");
+            let by_tag = l.get(REVISION_LABEL).is_some_and(|r| r == DEFAULT_REVISION || tags.contains(r));
+            enabled("skein-injection") || enabled("istio-injection") || by_tag
+        })
+        .map(|n| n.name_any())
+        .collect())
+}
+
+/// The workload that owns a pod: Deployment (through its ReplicaSet, whose name is the
+/// Deployment's plus `-<pod-template-hash>`), StatefulSet or DaemonSet.
+fn owner(p: &Pod) -> Option<(Kind, String)> {
+    let o = p.owner_references().iter().find(|o| o.controller == Some(true))?;
+    match o.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = p.labels().get("pod-template-hash")?;
+            Some((Kind::Deployment, o.name.strip_suffix(&format!("-{hash}"))?.to_string()))
+        }
+        "StatefulSet" => Some((Kind::StatefulSet, o.name.clone())),
+        "DaemonSet" => Some((Kind::DaemonSet, o.name.clone())),
+        _ => None,
+    }
+}
+
+/// Whether a pod runs what the active revision injects now.
+fn current(p: &Pod, active: &str, proxy: &str) -> bool {
+    p.labels().get(REVISION_LABEL).is_some_and(|r| r == active) && proxy_image(p) == Some(proxy)
+}
+
+/// The workloads of `namespaces` with injected pods, and how many of their pods are not on
+/// the active revision (`active`, injecting `proxy`).
+pub async fn workloads(
+    client: &Client,
+    pods: &[Pod],
+    namespaces: &BTreeSet<String>,
+    active: &str,
+    proxy: &str,
+) -> Result<Vec<Workload>, Error> {
+    let mut stale: BTreeMap<(Kind, String, String), usize> = BTreeMap::new();
+    for p in pods {
+        let ns = p.namespace().unwrap_or_default();
+        if !namespaces.contains(&ns) {
+            continue;
+        }
+        let Some((kind, name)) = owner(p) else { continue };
+        *stale.entry((kind, ns, name)).or_insert(0) += usize::from(!current(p, active, proxy));
+    }
+    let mut out = Vec::with_capacity(stale.len());
+    for ((kind, ns, name), stale_pods) in stale {
+        let what = format!("{} {ns}/{name}", kind.as_str());
+        let got = match kind {
+            Kind::Deployment => {
+                let d = Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&name).await;
+                d.map(|d| {
+                    d.map(|d| (template_annotations(d.spec.as_ref().map(|s| &s.template)), deployment_rolled_out(&d)))
+                })
+            }
+            Kind::StatefulSet => {
+                let s = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&name).await;
+                s.map(|s| {
+                    s.map(|s| (template_annotations(s.spec.as_ref().map(|s| &s.template)), statefulset_rolled_out(&s)))
+                })
+            }
+            Kind::DaemonSet => {
+                let d = Api::<DaemonSet>::namespaced(client.clone(), &ns).get_opt(&name).await;
+                d.map(|d| {
+                    d.map(|d| (template_annotations(d.spec.as_ref().map(|s| &s.template)), daemonset_rolled_out(&d)))
+                })
+            }
+        };
+        // Gone meanwhile: nothing to migrate.
+        let Some((annotations, rolled_out)) = got.map_err(ApplyError::during("get", what))? else { continue };
+        out.push(Workload {
+            kind,
+            namespace: ns,
+            name,
+            restarted_for: annotations.get(RESTARTED_FOR).cloned(),
+            restarted_at: annotations.get(RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+            rolled_out,
+            stale_pods,
+        });
+    }
+    Ok(out)
+}
+
+fn template_annotations(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> BTreeMap<String, String> {
+    t.and_then(|t| t.metadata.as_ref()).and_then(|m| m.annotations.clone()).unwrap_or_default()
+}
+
+fn deployment_rolled_out(d: &Deployment) -> bool {
+    component_status("", Some(d)).ready
+}
+
+fn statefulset_rolled_out(s: &StatefulSet) -> bool {
+    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &s.status else { return false };
+    st.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0)
+        && st.updated_replicas.unwrap_or(0) >= want
+        && st.ready_replicas.unwrap_or(0) >= want
+        && st.current_revision == st.update_revision
+}
+
+fn daemonset_rolled_out(d: &DaemonSet) -> bool {
+    let Some(st) = &d.status else { return false };
+    st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && st.updated_number_scheduled.unwrap_or(0) >= st.desired_number_scheduled
+        && st.number_available.unwrap_or(0) >= st.desired_number_scheduled
+}
+
+/// Restarts a workload onto `revision` the way `kubectl rollout restart` does: a new
+/// pod-template annotation, so the workload's own rollout strategy (surge, PDBs) applies.
+pub async fn restart(client: &Client, w: &Workload, revision: &str, now: Timestamp) -> Result<(), Error> {
+    let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+        RESTARTED_FOR: revision,
+        RESTARTED_AT: now.to_string(),
+    }}}}}));
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let ns = w.namespace.as_str();
+    let res = match w.kind {
+        Kind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), ns).patch(&w.name, &params, &patch).await.map(drop)
+        }
+        Kind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), ns).patch(&w.name, &params, &patch).await.map(drop)
+        }
+        Kind::DaemonSet => {
+            Api::<DaemonSet>::namespaced(client.clone(), ns).patch(&w.name, &params, &patch).await.map(drop)
+        }
+    };
+    res.map_err(ApplyError::during("restart", w.describe()))?;
+    Ok(())
+}
