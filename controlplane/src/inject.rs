@@ -158,6 +158,9 @@ fn sidecar(t: &Template, dns: bool) -> Value {
         format!("{TOKEN_DIR}/{TOKEN_FILE}"),
         "--cert-dir".into(),
         CERT_DIR.into(),
+        // Istio's default `terminationDrainDuration`.
+        "--termination-drain-duration".into(),
+        "5s".into(),
     ];
     if dns {
         args.extend(["--dns-addr".into(), format!("127.0.0.1:{DNS_PROXY_PORT}")]);

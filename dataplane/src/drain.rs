@@ -13,12 +13,14 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Drain {
     draining: Arc<watch::Sender<bool>>,
+    /// Terminating: readiness fails, connections are still served as usual.
+    unready: Arc<std::sync::atomic::AtomicBool>,
     active: Arc<AtomicUsize>,
 }
 
 impl Default for Drain {
     fn default() -> Self {
-        Self { draining: Arc::new(watch::channel(false).0), active: Arc::default() }
+        Self { draining: Arc::new(watch::channel(false).0), unready: Arc::default(), active: Arc::default() }
     }
 }
 
@@ -37,9 +39,15 @@ impl Drain {
         self.draining.send_replace(true);
     }
 
-    /// Whether draining has started.
+    /// Fails readiness without touching connections: the termination drain, while the
+    /// endpoints still send traffic here.
+    pub fn stop_ready(&self) {
+        self.unready.store(true, Ordering::Release);
+    }
+
+    /// Whether readiness must fail (terminating or draining).
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.unready.load(Ordering::Acquire) || *self.draining.borrow()
     }
 
     /// Resolves once draining starts.

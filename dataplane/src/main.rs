@@ -44,6 +44,12 @@ enum Command {
         /// How long in-flight requests may finish after SIGTERM before the proxy exits.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         drain_timeout: Duration,
+        /// How long the listeners keep accepting after SIGTERM (readiness failing, every
+        /// response closing its connection) before they close: the time endpoints need to
+        /// drop a terminating pod, so clients are not refused meanwhile (Istio's
+        /// `terminationDrainDuration`; the injector and the gateways set 5s).
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        termination_drain_duration: Duration,
         /// Worker threads (Istio's `concurrency`; a sidecar rarely needs more than 2). 0: one
         /// per CPU. Downstream connections are also spread over this many Envoy-style workers,
         /// each of which may open one upstream connection even at `maxConnections`, as Envoy's
@@ -164,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             status_addr,
             metrics_addr,
             drain_timeout,
+            termination_drain_duration,
             concurrency,
             limits,
             dns_addr,
@@ -202,7 +209,7 @@ fn main() -> anyhow::Result<()> {
             builder.enable_all().build()?.block_on(run(
                 source,
                 [admin_addr, status_addr, metrics_addr],
-                drain_timeout,
+                (termination_drain_duration, drain_timeout),
                 limits,
                 dns,
             ))
@@ -213,7 +220,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(
     source: Source,
     admin: [SocketAddr; 3],
-    drain_timeout: Duration,
+    (termination_drain, drain_timeout): (Duration, Duration),
     limits: Limits,
     dns: Option<(SocketAddr, skein_proxy::dns::server::Upstream)>,
 ) -> anyhow::Result<()> {
@@ -288,8 +295,14 @@ async fn run(
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    // Drain: no new connections are accepted (the sockets are closed before anything else
-    // happens), readiness fails from now on, open connections finish what they are doing.
+    // Drain: readiness fails from now on; the listeners keep serving for the termination
+    // drain (while endpoints still name this pod), then close, and every open connection
+    // finishes what it is doing (HTTP/1.1 closes after the current response, HTTP/2 GOAWAY).
+    if !termination_drain.is_zero() {
+        drain.stop_ready();
+        info!(period = ?termination_drain, "termination drain: still serving");
+        tokio::time::sleep(termination_drain).await;
+    }
     listeners.close().await;
     drain.start();
     info!(open = drain.active(), timeout = ?drain_timeout, "draining");

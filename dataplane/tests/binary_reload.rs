@@ -243,3 +243,27 @@ fn the_drain_timeout_bounds_how_long_a_stuck_request_holds_the_exit() {
     assert_ne!(in_flight.join().unwrap().map(|r| r.0), Some(200), "the stuck request cannot have completed");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_termination_drain_keeps_serving_new_connections_while_readiness_fails() {
+    // Istio's terminationDrainDuration: endpoints still name a terminating pod for a moment;
+    // a client sent there meanwhile must be served, not refused.
+    let upstream = slow_upstream(Duration::from_millis(10));
+    let dir = std::env::temp_dir().join(format!("skein-termination-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    let (listen, admin, status, metrics) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(&file, config(listen, (100, 0), upstream, upstream)).unwrap();
+    let mut proxy = start_proxy(&file, [admin, status, metrics], &["--termination-drain-duration", "2s"]);
+    eventually("readiness", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 200));
+    let start = Instant::now();
+    sigterm(&proxy);
+    eventually("readiness to fail", || get(status, "/healthz/ready").is_some_and(|r| r.0 == 503));
+    assert_eq!(get(listen, "/"), Some((200, "slow".into())), "a new connection during the termination drain is served");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let (exit, _) = wait_exit(&mut proxy, Duration::from_secs(5));
+    assert!(start.elapsed() >= Duration::from_millis(1900), "exited before the termination drain ended");
+    assert!(exit.success(), "{exit}");
+    assert!(TcpStream::connect(("127.0.0.1", listen)).is_err(), "closed after it");
+    std::fs::remove_dir_all(&dir).ok();
+}

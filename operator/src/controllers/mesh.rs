@@ -88,7 +88,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // once.
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mcps: Api<MeshControlPlane> = Api::all(client.clone());
-    Controller::new(mcps, watcher::Config::default())
+    let controller = Controller::new(mcps, watcher::Config::default());
+    // Injected pods decide how many proxies each revision serves, when an unused revision's
+    // grace period starts and how far a migration is: a change of one re-checks every mesh
+    // (there is one per cluster in practice). Debounced, so a rollout is a few reconciles.
+    let store = controller.store();
+    let injected = watcher::Config::default().labels(revisions::INJECTED_SELECTOR);
+    controller
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+        .watches(Api::<Pod>::all(client.clone()), injected, move |_: Pod| {
+            store.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
+        })
         .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<ServiceAccount>::all(client.clone()), owned.clone(), owner_of)
@@ -272,7 +282,14 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
             );
             plan.roll_back(message);
         } else {
-            restarts = step.restart.iter().map(|&i| workloads[i].clone()).collect();
+            // Restarts wait for a pass after the one that moved the tags: the apiserver must
+            // have seen the webhook's new target before the pods it admits are created.
+            let settled = previous_upgrade.as_ref().zip(plan.upgrade.as_ref()).is_some_and(|(p, u)| {
+                p.phase == u.phase && p.to_revision == u.to_revision && p.from_revision == u.from_revision
+            });
+            if settled {
+                restarts = step.restart.iter().map(|&i| workloads[i].clone()).collect();
+            }
             if let Some(u) = plan.upgrade.as_mut() {
                 u.migrated = i32::try_from(step.migrated).unwrap_or(i32::MAX);
                 u.remaining = i32::try_from(step.remaining).unwrap_or(i32::MAX);

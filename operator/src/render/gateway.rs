@@ -136,6 +136,9 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
                                 format!("--discovery-root-cert={ROOT_CERT_DIR}/{ROOT_CERT_FILE}"),
                                 format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
                                 format!("--cert-dir={CERT_DIR}"),
+                                // Istio's default `terminationDrainDuration`: the Service
+                                // drops the pod before its listeners close.
+                                "--termination-drain-duration=5s".to_string(),
                             ],
                             "env": env,
                             "ports": ports,

@@ -130,7 +130,7 @@ fn operator_own_rules() -> Value {
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": manage},
         // Why a component is not ready: its pods' container states. Upgrades: which injected
         // pods run which revision.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         // Upgrades with `updateWorkloads`: restart the injected workloads onto the new
         // revision (a pod-template annotation, as `kubectl rollout restart`).
         {"apiGroups": ["apps"], "resources": ["statefulsets", "daemonsets"], "verbs": ["get", "patch"]},

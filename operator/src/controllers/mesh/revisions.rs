@@ -36,8 +36,8 @@ use crate::{
     },
 };
 
-/// Label the injector puts on every pod it gives a sidecar.
-const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// Selects the pods the injector gave a sidecar (and a revision).
+pub const INJECTED_SELECTOR: &str = "security.istio.io/tlsMode=istio,istio.io/rev";
 /// Name of the injected sidecar container.
 const PROXY_CONTAINER: &str = "skein-proxy";
 
@@ -69,7 +69,7 @@ pub async fn installed(client: &Client, mcp: &MeshControlPlane) -> Result<Vec<In
 pub async fn injected_pods(client: &Client) -> Result<Vec<Pod>, Error> {
     let api: Api<Pod> = Api::all(client.clone());
     let list = api
-        .list(&ListParams::default().labels(&format!("{TLS_MODE_LABEL}=istio,{REVISION_LABEL}")))
+        .list(&ListParams::default().labels(INJECTED_SELECTOR))
         .await
         .map_err(ApplyError::during("list", "injected Pods"))?;
     Ok(list

@@ -1,0 +1,336 @@
+//! Upgrades on a cluster with a real node, traffic flowing throughout: a `RevisionBased`
+//! MeshControlPlane on 1.0.2 with Bookinfo injected is moved to 1.1.0 (the new revision starts
+//! beside the old one, the tags move once it is Ready, the workloads are restarted onto it in
+//! batches, the gateway follows, the old revision is removed after its grace period); then to
+//! a bad release whose control plane never becomes Ready (Stalled, the tags never move, no pod
+//! is restarted); then to a version the running proxies are too new for (refused with
+//! `SkewViolation`, nothing changed).
+//!
+//! Releases are the local build's images tagged with the catalog's versions in the node's
+//! containerd; the bad release's control plane is the test app's image (it refuses the control
+//! plane's arguments and exits). Needs the images of `hack/images.sh` (`make test-e2e`).
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, ResourceExt, api::ListParams};
+use skein_api::{MeshControlPlane, MeshControlPlaneStatus};
+use skein_e2e::{
+    Cluster, Node,
+    real::{diagnostics, install_operator, kubectl_ok, wait_ready},
+    repo_root,
+};
+
+const NS: &str = "istio-system";
+const REGISTRY: &str = "skein.local/skein";
+
+fn sample(name: &str) -> String {
+    repo_root().join("config/samples/bookinfo").join(name).to_string_lossy().into_owned()
+}
+
+/// Tags the local build's images as release `version` in the node's containerd; the control
+/// plane from `control_plane` (an image name under the registry, `skein-controlplane` for a
+/// good release).
+fn release(cluster: &Cluster, version: &str, control_plane: &str) {
+    for (from, to) in [(control_plane, "skein-controlplane"), ("skein-proxy", "skein-proxy")] {
+        cluster.node_ctr(&[
+            "images",
+            "tag",
+            "--force",
+            &format!("{REGISTRY}/{from}:dev"),
+            &format!("{REGISTRY}/{to}:{version}"),
+        ]);
+    }
+}
+
+/// One GET of Bookinfo's product page through the gateway; Ok when it and every call behind
+/// it answered 200.
+fn productpage(lb: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&lb, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET /productpage HTTP/1.1\r\nHost: bookinfo.example\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let page: serde_json::Value = serde_json::from_str(body).map_err(|_| format!("not JSON: {out:?}"))?;
+    let ok = out.starts_with("HTTP/1.1 200")
+        && page["calls"]["reviews"]["status"] == 200
+        && page["calls"]["details"]["status"] == 200;
+    if ok { Ok(()) } else { Err(format!("{out:.400}")) }
+}
+
+/// A client sending requests continuously (one every 100 ms, for at most 15 minutes) until
+/// stopped; counts answers and failures, keeping the first failures' texts.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(lb: SocketAddr) -> Self {
+        let (stop, ok, failed) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f, e) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(900) {
+                match productpage(lb) {
+                    Ok(()) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(err) => {
+                        let mut errs = e.lock().unwrap();
+                        if errs.len() < 10 {
+                            errs.push(format!("{:?}: {err}", start.elapsed()));
+                        }
+                        f.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, ok, failed, errors, handle: Some(handle) }
+    }
+
+    /// (answered, failed, first failures) so far.
+    fn counts(&self) -> (u64, u64, Vec<String>) {
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), self.errors.lock().unwrap().clone())
+    }
+
+    fn stop(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        self.counts()
+    }
+}
+
+async fn status(cluster: &Cluster) -> MeshControlPlaneStatus {
+    let api: Api<MeshControlPlane> = Api::all(cluster.client.clone());
+    api.get("default").await.unwrap().status.unwrap_or_default()
+}
+
+fn condition<'a>(
+    s: &'a MeshControlPlaneStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits (at most `secs`) until `check` holds for the MeshControlPlane's status, recording
+/// every `Reconciling` reason seen on the way.
+async fn until_status(
+    cluster: &Cluster,
+    what: &str,
+    secs: u64,
+    seen: &mut Vec<String>,
+    check: impl Fn(&MeshControlPlaneStatus) -> bool,
+) -> MeshControlPlaneStatus {
+    let start = Instant::now();
+    loop {
+        let s = status(cluster).await;
+        if let Some(c) = condition(&s, "Reconciling").filter(|c| c.status == "True")
+            && seen.last() != Some(&c.reason)
+        {
+            seen.push(c.reason.clone());
+        }
+        if check(&s) {
+            return s;
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            panic!(
+                "{what} not seen after {secs} s; status: {}\n{}",
+                serde_json::to_string_pretty(&s).unwrap(),
+                diagnostics(cluster, NS)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Bookinfo's pods: name → (revision, proxy image).
+async fn bookinfo_pods(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "bookinfo");
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    list.items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let rev = p.labels().get("istio.io/rev").cloned().unwrap_or_default();
+            let spec = p.spec.as_ref().unwrap();
+            let image = spec
+                .containers
+                .iter()
+                .find(|c| c.name == "skein-proxy")
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            (p.name_any(), (rev, image))
+        })
+        .collect()
+}
+
+fn patch_spec(cluster: &Cluster, spec: &str) {
+    kubectl_ok(cluster, &["patch", "mcp", "default", "--type=merge", "-p", &format!(r#"{{"spec":{spec}}}"#)]);
+}
+
+async fn deployments(cluster: &Cluster) -> Vec<String> {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), NS);
+    let list = api.list(&ListParams::default().labels("app.kubernetes.io/name=skein-controlplane")).await.unwrap();
+    let mut names: Vec<String> = list.items.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_refuses_skew() {
+    let cluster = Cluster::start_with("upgrade", Node::Real).await.expect("cluster with a real node starts");
+    release(&cluster, "1.0.2", "skein-controlplane");
+    release(&cluster, "1.1.0", "skein-controlplane");
+    release(&cluster, "1.2.0-rc.1", "bookinfo-app");
+    install_operator(&cluster);
+
+    // 1.0.2, revision-based, workloads migrated two at a time.
+    cluster.apply(
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec:\n  version: 1.0.2\n  updateStrategy:\n    type: RevisionBased\n    updateWorkloads: true\n    workloadBatch: 2\n    progressDeadlineSeconds: 120\n    inactiveRevisionDeletionGracePeriodSeconds: 10\n",
+    );
+    wait_ready(&cluster, "Ready=True on 1.0.2", |s, _| s == "True").await;
+    let s = status(&cluster).await;
+    assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-0-2"), Some("1.0.2")));
+    assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-0-2"]);
+
+    kubectl_ok(&cluster, &["create", "namespace", "bookinfo"]);
+    kubectl_ok(&cluster, &["label", "namespace", "bookinfo", "istio-injection=enabled"]);
+    kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample("bookinfo.yaml")]);
+    for f in ["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample(f)]);
+    }
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster, NS));
+    let before = bookinfo_pods(&cluster).await;
+    let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
+    assert!(before.values().all(|(rev, image)| rev == "1-0-2" && *image == proxy_102), "{before:?}");
+    let s = status(&cluster).await;
+    let r = &s.revisions[0];
+    assert_eq!(
+        (r.name.as_str(), r.tags.as_slice(), r.proxies),
+        ("1-0-2", &["default".to_string()][..], before.len() as i32)
+    );
+
+    let lb = kubectl_ok(
+        &cluster,
+        &["get", "service", "skein-ingressgateway", "-n", NS, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
+    );
+    let lb: SocketAddr = format!("{}:80", lb.trim()).parse().expect("a LoadBalancer address");
+    let start = Instant::now();
+    while let Err(e) = productpage(lb) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no Bookinfo answer through {lb}: {e}\n{}",
+            diagnostics(&cluster, NS)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let traffic = Traffic::start(lb);
+
+    // 1.0.2 -> 1.1.0: the new revision beside the old, tags moved, workloads migrated, the old
+    // revision removed after its grace period.
+    patch_spec(&cluster, r#"{"version":"1.1.0"}"#);
+    let mut seen = Vec::new();
+    until_status(&cluster, "revision 1-1-0 installed beside 1-0-2", 120, &mut seen, |s| s.revisions.len() == 2).await;
+    let s = until_status(&cluster, "the upgrade to 1.1.0 complete and 1-0-2 removed", 420, &mut seen, |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete") && s.revisions.iter().all(|r| r.name != "1-0-2")
+    })
+    .await;
+    assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-1-0"), Some("1.1.0")));
+    assert_eq!(seen, ["WaitingForRevision", "MigratingWorkloads"], "Reconciling reasons in order");
+    assert!(condition(&s, "Reconciling").is_none() && condition(&s, "Stalled").is_none(), "{:?}", s.conditions);
+    let u = s.upgrade.as_ref().unwrap();
+    assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.migrated, u.remaining), ("1-0-2", "1-1-0", 6, 0));
+    assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+    let after = bookinfo_pods(&cluster).await;
+    let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
+    assert!(after.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{after:?}");
+    assert!(after.keys().all(|p| !before.contains_key(p)), "every pod was replaced: {before:?} {after:?}");
+    let gw = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "deploy",
+            "skein-ingressgateway",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(gw, proxy_110, "the gateway follows the default tag");
+    let (ok, failed, errors) = traffic.counts();
+    eprintln!("upgrade to 1.1.0: {ok} requests answered, {failed} failed: {errors:?}");
+    assert!(ok > 100, "traffic kept flowing: {ok} answered");
+    assert_eq!(failed, 0, "requests failed during the upgrade: {errors:?}");
+
+    // The bad release: its control plane never becomes Ready. Stalled once the deadline
+    // passes; the tags never moved, so no pod restarts and traffic is untouched.
+    let pods_110 = bookinfo_pods(&cluster).await;
+    patch_spec(&cluster, r#"{"version":"1.2.0-rc.1","updateStrategy":{"progressDeadlineSeconds":20}}"#);
+    let s = until_status(&cluster, "Stalled=True RevisionNotReady", 180, &mut seen, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "RevisionNotReady")
+    })
+    .await;
+    assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-1-0"), Some("1.1.0")));
+    let stalled = condition(&s, "Stalled").unwrap();
+    assert!(stalled.message.contains("1-2-0-rc-1") && stalled.message.contains("1-1-0"), "{}", stalled.message);
+    assert_eq!(s.upgrade.as_ref().unwrap().phase, "RolledBack");
+    // The failed revision goes after its grace period; the webhook still injects 1-1-0.
+    until_status(&cluster, "revision 1-2-0-rc-1 removed", 120, &mut seen, |s| s.revisions.len() == 1).await;
+    assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+    let hooks = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "skein-sidecar-injector-default",
+            "-o",
+            "jsonpath={.webhooks[*].clientConfig.service.name}",
+        ],
+    );
+    assert_eq!(hooks, "skein-controlplane-1-1-0 skein-controlplane-1-1-0 skein-controlplane-1-1-0");
+    assert_eq!(bookinfo_pods(&cluster).await, pods_110, "no pod restarted for a release that never became Ready");
+    // Stalled is final for this generation: it stays while nothing changes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        condition(&status(&cluster).await, "Stalled").map(|c| c.reason.clone()).as_deref(),
+        Some("RevisionNotReady")
+    );
+
+    // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
+    patch_spec(&cluster, r#"{"version":"1.0.2"}"#);
+    let s = until_status(&cluster, "Stalled=True SkewViolation", 60, &mut seen, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "SkewViolation")
+    })
+    .await;
+    let message = &condition(&s, "Stalled").unwrap().message;
+    assert!(message.contains("bookinfo/productpage-v1-"), "names the blocking workloads: {message}");
+    assert_eq!(s.active_revision.as_deref(), Some("1-1-0"));
+    assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+
+    let (ok, failed, errors) = traffic.stop();
+    eprintln!("whole test: {ok} requests answered, {failed} failed: {errors:?}");
+    assert_eq!(failed, 0, "requests failed: {errors:?}");
+}
