@@ -58,7 +58,7 @@ test-e2e: tools
 	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy -p skeinctl --bins
 	@# The real-node tests run the images of this build (the test build's binaries, stripped).
 	SKEIN_IMAGE_PROFILE=dev hack/images.sh
-	$(CARGO) test -p skein-e2e -- --test-threads=2
+	SKEIN_KSTATUS=$$(hack/kstatus.sh) $(CARGO) test -p skein-e2e -- --test-threads=2
 
 ## Everything CI runs: lint, generated-file drift, unit and e2e tests.
 test: lint verify-generate test-unit test-e2e

@@ -37,6 +37,10 @@ struct Args {
     /// `spec.hub` (default: the release catalog's).
     #[arg(long, env = "SKEIN_IMAGE_REGISTRY")]
     image_registry: Option<String>,
+    /// Release catalog to use instead of the one built into this binary (same format as
+    /// `config/versions.yaml`; an air-gapped mirror's, or a test's).
+    #[arg(long, env = "SKEIN_CATALOG")]
+    catalog: Option<std::path::PathBuf>,
     /// Seconds a peer whose remote Secret was deleted keeps its imported services.
     #[arg(long, default_value_t = 30)]
     remote_removal_grace_seconds: u64,
@@ -60,7 +64,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let catalog = Catalog::builtin_with_registry(args.image_registry.as_deref()).context("release catalog")?;
+    let catalog = match &args.catalog {
+        Some(path) => Catalog::from_file(path, args.image_registry.as_deref()),
+        None => Catalog::builtin_with_registry(args.image_registry.as_deref()),
+    }
+    .context("release catalog")?;
     let client = kube::Client::try_default().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
     let metrics = Metrics::default();
     let health = Health::default();

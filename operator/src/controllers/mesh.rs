@@ -188,6 +188,12 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         .map_err(|e| SpecError { reason: Reason::InvalidVersion, message: e.to_string() })?
         .clone()
         .with_image_overrides(mcp.spec.hub.as_deref(), mcp.spec.tag.as_deref());
+    // An end-of-life release keeps running where it runs; it is never installed anew.
+    if release.end_of_life && status.version.is_none() {
+        let message =
+            format!("release {} is end-of-life and cannot be installed; choose a supported version", release.version);
+        return Err(SpecError { reason: Reason::EndOfLife, message }.into());
+    }
 
     // 2. The CA: a bad user Secret is also refused without touching anything.
     ensure_namespace(mcp, ctx).await?;
@@ -237,7 +243,17 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         .map(|c| (c.reason.clone(), c.message.clone()));
     let moving = active.as_ref().is_some_and(|(_, v)| *v != release.version);
     let installed_versions: Vec<Version> = installed.iter().map(|i| i.version.clone()).collect();
-    let skew = moving.then(|| skew::check(&release.version, &revisions::proxies(&pods), &installed_versions)).flatten();
+    let eol = |what: &str| {
+        format!("release {} is end-of-life and can no longer be {what}; choose a supported version", release.version)
+    };
+    let refused = if moving && release.end_of_life {
+        Some(plan::Flag { reason: Reason::EndOfLife, message: eol("installed") })
+    } else if moving {
+        skew::check(&release.version, &revisions::proxies(&pods), &installed_versions)
+            .map(|message| plan::Flag { reason: Reason::SkewViolation, message })
+    } else {
+        None
+    };
     let now_ts = Timestamp::now();
     let previous_upgrade = status.upgrade.clone();
     let mut plan = plan::plan(&plan::Input {
@@ -254,7 +270,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         upgrade: previous_upgrade.as_ref(),
         revisions: &status.revisions,
         stalled: stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
-        skew,
+        refused,
         tags: &mcp.spec.revision_tags,
         now: now_ts,
     });
@@ -304,7 +320,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     // 6. Everything else, rendered from the spec and the plan.
     let active_release = release_of(ctx, mcp, &plan.active.version)?;
     let mut others = Vec::new();
-    for s in plan.serve.iter().filter(|s| s.revision != plan.active.revision) {
+    for s in &plan.serve {
         others.push(render::Revision { name: s.revision.clone(), release: release_of(ctx, mcp, &s.version)? });
     }
     let facts = Facts {
@@ -358,7 +374,22 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         ),
         None => format!("release {} applied to namespace {ns}", plan.active.version),
     };
-    let reason = if plan.paused.is_some() { Reason::UpgradePaused } else { Reason::Applied };
+    let (reason, message) = match (&plan.paused, release.end_of_life && !moving) {
+        (Some(_), _) => (Reason::UpgradePaused, message),
+        (None, true) => {
+            let warning = format!(
+                "release {} is end-of-life: it keeps running, but no longer gets fixes; upgrade to a supported version",
+                release.version
+            );
+            (Reason::EndOfLife, format!("{message}; {warning}"))
+        }
+        (None, false) => (Reason::Applied, message),
+    };
+    let was =
+        status.conditions.iter().find(|c| c.type_ == ConditionType::Reconciled.as_str()).map(|c| c.reason.clone());
+    if reason == Reason::EndOfLife && was.as_deref() != Some(Reason::EndOfLife.as_str()) {
+        ctx.events.warning(&mcp.object_ref(&()), Reason::EndOfLife.as_str(), "Install", message.clone()).await;
+    }
     set(status, mcp, ConditionType::Reconciled, true, reason, message);
     let ready = not_ready.is_empty();
     let (reason, message) = match ready {
@@ -522,7 +553,9 @@ async fn refuse(
     warn!(name = %mcp.name_any(), reason = %e.reason, message = e.message, "spec refused");
     let retry = e.recheck();
     set(&mut status, mcp, ConditionType::Reconciled, false, e.reason, e.message.clone());
-    if !has_condition(&status.conditions, ConditionType::Ready) {
+    // Nothing installed yet: say so, rather than the "installation has started" of the first
+    // pass.
+    if !has_condition(&status.conditions, ConditionType::Ready) || status.version.is_none() {
         let message = "nothing is installed until the spec can be reconciled".into();
         set(&mut status, mcp, ConditionType::Ready, false, Reason::NotInstalled, message);
     }

@@ -102,8 +102,10 @@ pub struct Facts<'a> {
     /// The active revision: the one the `default` tag (and every revision tag) points at;
     /// [`DEFAULT_REVISION`] for an in-place installation.
     pub revision: &'a str,
-    /// Revisions installed beside the active one (a `RevisionBased` upgrade's new revision
-    /// while it starts, an old one while pods still use it).
+    /// Control plane revisions to render besides the active one (a `RevisionBased` upgrade's
+    /// new revision while it starts, an old one while pods still use it). An entry named like
+    /// the active revision sets the release its control plane runs (an in-place rollout in
+    /// progress: gateways stay on `release` until it is Ready).
     pub others: &'a [Revision],
 }
 
@@ -120,7 +122,8 @@ impl<'a> Facts<'a> {
     /// Every revision to render, the active one first.
     pub fn revisions(self) -> impl Iterator<Item = (&'a str, &'a Release)> {
         let active = self.revision;
-        std::iter::once((active, self.release))
+        let control_plane = self.others.iter().find(|r| r.name == active).map_or(self.release, |r| &r.release);
+        std::iter::once((active, control_plane))
             .chain(self.others.iter().filter(move |r| r.name != active).map(|r| (r.name.as_str(), &r.release)))
     }
 }

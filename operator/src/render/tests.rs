@@ -264,3 +264,18 @@ fn the_webhook_certificate_covers_every_revision_service() {
     assert!(names.contains(&"skein-controlplane.istio-system.svc".to_string()));
     assert!(names.contains(&"*.istio-system.svc".to_string()), "{names:?}");
 }
+
+#[test]
+fn an_in_place_rollout_runs_the_new_control_plane_while_gateways_wait_for_it() {
+    let catalog = Catalog::builtin().unwrap();
+    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::Fast).unwrap().clone();
+    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let others = [Revision { name: DEFAULT_REVISION.into(), release: new.clone() }];
+    let facts = Facts { release: &old, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION, others: &others };
+    let objs = render(&mcp("{}"), facts);
+    let cp = find(&objs, "Deployment", CONTROL_PLANE);
+    assert_eq!(cp["spec"]["template"]["spec"]["containers"][0]["image"], new.control_plane_image.as_str());
+    let gw = find(&objs, "Deployment", "skein-ingressgateway");
+    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], old.proxy_image.as_str());
+    assert_eq!(objs.iter().filter(|d| d.resource.kind == "Deployment").count(), 2, "one control plane, one gateway");
+}

@@ -37,6 +37,8 @@ struct ReleaseEntry {
     control_plane_image: Option<String>,
     #[serde(default)]
     proxy_image: Option<String>,
+    #[serde(default)]
+    end_of_life: bool,
 }
 
 /// One installable release.
@@ -52,6 +54,9 @@ pub struct Release {
     pub proxy_image: String,
     /// Registry the images above come from (the catalog's, or the operator's override).
     pub registry: String,
+    /// No longer installable (no channel resolves to it; a pinned version is refused unless
+    /// it already runs, where it keeps running with a warning).
+    pub end_of_life: bool,
 }
 
 impl Release {
@@ -106,7 +111,18 @@ impl Catalog {
         Self::parse_with_registry(yaml, None)
     }
 
-    fn parse_with_registry(yaml: &str, registry: Option<&str>) -> Result<Self, CatalogError> {
+    /// A catalog document given to the operator (`--catalog`) instead of the built-in one,
+    /// its registry replaced by `registry` when given.
+    pub fn from_file(path: &std::path::Path, registry: Option<&str>) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CatalogError::Invalid(format!("--catalog {}: {e}", path.display())))?;
+        Self::parse_with_registry(&text, registry)
+    }
+
+    pub(crate) fn parse_with_registry(yaml: &str, registry: Option<&str>) -> Result<Self, CatalogError> {
+        if yaml.trim().is_empty() {
+            return Err(CatalogError::Invalid("the document is empty".into()));
+        }
         let mut file: CatalogFile = serde_yaml::from_str(yaml).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         if let Some(r) = registry {
             file.registry = r.trim_end_matches('/').to_string();
@@ -122,6 +138,7 @@ impl Catalog {
                 registry: file.registry.clone(),
                 version,
                 channel: r.channel,
+                end_of_life: r.end_of_life,
             });
         }
         releases.sort_by(|a, b| a.version.cmp(&b.version));
@@ -144,7 +161,7 @@ impl Catalog {
                 .releases
                 .iter()
                 .rev()
-                .find(|r| stability(r.channel) >= stability(channel))
+                .find(|r| stability(r.channel) >= stability(channel) && !r.end_of_life)
                 .ok_or_else(|| CatalogError::EmptyChannel(channel.to_string())),
         }
     }
@@ -222,6 +239,25 @@ mod tests {
     fn empty_channel_is_an_error() {
         let c = Catalog::parse("registry: r\nreleases:\n  - {version: 2.0.0-rc.1, channel: candidate}\n").unwrap();
         assert_eq!(c.resolve(None, Channel::Stable), Err(CatalogError::EmptyChannel("stable".into())));
+    }
+
+    #[test]
+    fn end_of_life_releases_are_never_a_channel_head_but_stay_resolvable_when_pinned() {
+        let c = Catalog::parse(
+            "registry: r\nreleases:\n  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.1, channel: stable, endOfLife: true}\n",
+        )
+        .unwrap();
+        assert_eq!(c.resolve(None, Channel::Stable).unwrap().version.to_string(), "1.0.0");
+        assert!(c.resolve(Some("1.0.1"), Channel::Stable).unwrap().end_of_life);
+        assert!(!catalog().releases().iter().any(|r| r.end_of_life), "the shipped catalog has no EOL release yet");
+    }
+
+    #[test]
+    fn an_empty_or_truncated_catalog_file_is_rejected() {
+        assert!(matches!(Catalog::parse(""), Err(CatalogError::Invalid(_))));
+        assert!(matches!(Catalog::parse("registry: r\nreleases:\n  - {version: 1.0"), Err(CatalogError::Invalid(_))));
+        let missing = Catalog::from_file(std::path::Path::new("/nonexistent/catalog.yaml"), None).unwrap_err();
+        assert!(missing.to_string().contains("--catalog /nonexistent/catalog.yaml"), "{missing}");
     }
 
     #[test]

@@ -97,8 +97,9 @@ pub struct Input<'a> {
     pub revisions: &'a [RevisionStatus],
     /// The `Stalled` condition when it is True for this generation: (reason, message).
     pub stalled: Option<(&'a str, &'a str)>,
-    /// Why the target is refused by the version skew guard (checked by the caller).
-    pub skew: Option<String>,
+    /// Why the target is refused before anything changes (the version skew guard, an
+    /// end-of-life release; checked by the caller).
+    pub refused: Option<Flag>,
     /// `revisionTags`: tags besides `default`, all following the active revision.
     pub tags: &'a [String],
     /// Now.
@@ -236,12 +237,12 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 }
             } else if input.paused {
                 out.paused = Some(target.version.to_string());
-            } else if let Some(why) = &input.skew {
+            } else if let Some(why) = &input.refused {
                 let mut u = existing.unwrap_or_else(|| new_move(phase::BLOCKED));
                 u.phase = phase::BLOCKED.into();
-                u.message = Some(why.clone());
+                u.message = Some(why.message.clone());
                 out.upgrade = Some(u);
-                out.stalled = Some(Flag { reason: Reason::SkewViolation, message: why.clone() });
+                out.stalled = Some(why.clone());
             } else {
                 let mut u = existing.unwrap_or_else(|| new_move(phase::WAITING));
                 let new = installed(&target.revision).filter(|i| i.version == target.version);

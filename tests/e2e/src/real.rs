@@ -75,3 +75,30 @@ pub async fn install_mesh(cluster: &Cluster, spec: &str) {
     ));
     wait_ready(cluster, "Ready=True", |s, _| s == "True").await;
 }
+
+/// What GitOps tools make of an object (`kubectl get <what>`): the status computed by
+/// `sigs.k8s.io/cli-utils` kstatus and by Flux's fork, with the real libraries
+/// (`hack/kstatus.sh` builds them; `SKEIN_KSTATUS` names a built binary).
+pub fn gitops_status(cluster: &Cluster, what: &[&str]) -> (String, String) {
+    let bin = std::env::var("SKEIN_KSTATUS").unwrap_or_else(|_| {
+        let out =
+            std::process::Command::new(repo_root().join("hack/kstatus.sh")).output().expect("run hack/kstatus.sh");
+        assert!(out.status.success(), "hack/kstatus.sh: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend(["-o", "json"]);
+    let object = kubectl_ok(cluster, &args);
+    let mut child = std::process::Command::new(&bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kstatus");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), object.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kstatus: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kstatus prints JSON");
+    (v["kstatus"].as_str().unwrap_or_default().to_string(), v["flux"].as_str().unwrap_or_default().to_string())
+}

@@ -623,3 +623,107 @@ async fn istio_crds_installed_by_hand_as_the_readme_says_are_recognised_as_skein
         Some(("True".into(), "Installed".into(), "the Istio API CRDs are installed by Skein".into()))
     );
 }
+
+/// A catalog file for `--catalog` (the format of `config/versions.yaml`).
+fn catalog_file(cluster: &Cluster, name: &str, releases: &str) -> String {
+    let path = cluster.scratch_dir().join(name);
+    std::fs::write(&path, format!("registry: registry.skein.dev/skein\nreleases:\n{releases}")).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Waits (at most [`WAIT`]) until `check` holds for MeshControlPlane `name`; on timeout shows
+/// its status and the operator's log.
+async fn until_mcp(
+    api: &Api<MeshControlPlane>,
+    name: &str,
+    what: &str,
+    op: &Operator,
+    check: impl Fn(&MeshControlPlane) -> bool,
+) -> MeshControlPlane {
+    let start = std::time::Instant::now();
+    loop {
+        let m = api.get_opt(name).await.expect("apiserver answers");
+        if let Some(m) = m.as_ref().filter(|m| check(m)) {
+            return m.clone();
+        }
+        if start.elapsed() > WAIT {
+            let status = m.and_then(|m| m.status).map(|s| serde_json::to_string_pretty(&s).unwrap());
+            let log = op.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{what}: not seen after {WAIT:?}; status {}\noperator log (last lines, newest first):\n{}",
+                status.unwrap_or_default(),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_releases_are_refused() {
+    let cluster = Cluster::start("channel").await.expect("cluster starts");
+    cluster.install_crds().await.expect("CRDs installed");
+    let c = cluster.client.clone();
+    let old = catalog_file(
+        &cluster,
+        "catalog-old.yaml",
+        "  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.1, channel: stable}\n",
+    );
+    let mut op =
+        Operator::start_args(&cluster, "op-old", &cluster.kubeconfig, "default", &["--catalog", &old]).unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  channel: stable\n")).unwrap();
+    let m = wait_ready(&c, "mesh", &op).await;
+    let s = m.status.unwrap();
+    assert_eq!((s.version.as_deref(), s.channel_head.as_deref()), (Some("1.0.1"), Some("1.0.1")));
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
+    let image =
+        |d: &Deployment| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
+    assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"));
+
+    // An operator upgrade brings a newer catalog: 1.0.2 reached stable, 1.0.0 is end-of-life.
+    op.kill();
+    let new = catalog_file(
+        &cluster,
+        "catalog-new.yaml",
+        "  - {version: 1.0.0, channel: stable, endOfLife: true}\n  - {version: 1.0.1, channel: stable}\n  - {version: 1.0.2, channel: stable}\n  - {version: 1.1.0, channel: fast}\n",
+    );
+    let op = Operator::start_args(&cluster, "op-new", &cluster.kubeconfig, "default", &["--catalog", &new]).unwrap();
+    let api: Api<MeshControlPlane> = Api::all(c.clone());
+    let m = until_mcp(&api, "mesh", "the mesh follows stable to 1.0.2", &op, |m| {
+        let Some(s) = m.status.as_ref() else { return false };
+        let done = s.version.as_deref() == Some("1.0.2") && s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete");
+        done && condition(m, "Ready").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let s = m.status.as_ref().unwrap();
+    assert_eq!(s.channel_head.as_deref(), Some("1.0.2"));
+    let u = s.upgrade.as_ref().unwrap();
+    assert_eq!((u.from_version.as_str(), u.to_version.as_str()), ("1.0.1", "1.0.2"));
+    assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.2"));
+    assert!(condition(&m, "Reconciling").is_none() && condition(&m, "Stalled").is_none(), "{:?}", s.conditions);
+
+    // Pinning the end-of-life release is refused, and nothing changes.
+    let before = deployments.get("skein-controlplane").await.unwrap();
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.0\n")).unwrap();
+    let m = until_mcp(&api, "mesh", "Stalled=True EndOfLife", &op, |m| {
+        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
+        current && condition(m, "Stalled").is_some_and(|c| c.0 == "True" && c.1 == "EndOfLife")
+    })
+    .await;
+    let (_, _, message) = condition(&m, "Stalled").unwrap();
+    assert!(message.contains("1.0.0 is end-of-life"), "{message}");
+    assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.2"));
+    let after = deployments.get("skein-controlplane").await.unwrap();
+    assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched: {}", op.log());
+
+    // A new installation of it is refused before anything is installed.
+    apply(&cluster, &mcp_yaml("eol", "  version: 1.0.0\n  namespace: eol-mesh\n")).unwrap();
+    let m = until_mcp(&api, "eol", "Reconciled=False EndOfLife", &op, |m| {
+        condition(m, "Reconciled").is_some_and(|c| c.0 == "False" && c.1 == "EndOfLife")
+    })
+    .await;
+    assert_eq!(condition(&m, "Ready").unwrap().1, "NotInstalled");
+    let ns: Api<Namespace> = Api::all(c.clone());
+    assert!(get_opt(&ns, "eol-mesh").await.is_none(), "nothing installed for an end-of-life release");
+}

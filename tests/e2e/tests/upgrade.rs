@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use skein_api::{MeshControlPlane, MeshControlPlaneStatus};
 use skein_e2e::{
     Cluster, Node,
-    real::{diagnostics, install_operator, kubectl_ok, wait_ready},
+    real::{diagnostics, gitops_status, install_operator, kubectl_ok, wait_ready},
     repo_root,
 };
 
@@ -130,22 +130,26 @@ fn condition<'a>(
     s.conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// `Reconciling` reasons seen, each with what kstatus and Flux's kstatus made of the object
+/// right then.
+type Seen = Vec<(String, (String, String))>;
+
 /// Waits (at most `secs`) until `check` holds for the MeshControlPlane's status, recording
 /// every `Reconciling` reason seen on the way.
 async fn until_status(
     cluster: &Cluster,
     what: &str,
     secs: u64,
-    seen: &mut Vec<String>,
+    seen: &mut Seen,
     check: impl Fn(&MeshControlPlaneStatus) -> bool,
 ) -> MeshControlPlaneStatus {
     let start = Instant::now();
     loop {
         let s = status(cluster).await;
         if let Some(c) = condition(&s, "Reconciling").filter(|c| c.status == "True")
-            && seen.last() != Some(&c.reason)
+            && seen.last().map(|(r, _)| r) != Some(&c.reason)
         {
-            seen.push(c.reason.clone());
+            seen.push((c.reason.clone(), gitops_status(cluster, &["mcp", "default"])));
         }
         if check(&s) {
             return s;
@@ -258,8 +262,13 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     })
     .await;
     assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-1-0"), Some("1.1.0")));
-    assert_eq!(seen, ["WaitingForRevision", "MigratingWorkloads"], "Reconciling reasons in order");
+    // GitOps tools saw the upgrade in progress, then done (kstatus and Flux's fork).
+    let progress = || ("InProgress".to_string(), "InProgress".to_string());
+    let want: Seen = vec![("WaitingForRevision".into(), progress()), ("MigratingWorkloads".into(), progress())];
+    assert_eq!(seen, want, "Reconciling reasons in order, with kstatus/flux status");
     assert!(condition(&s, "Reconciling").is_none() && condition(&s, "Stalled").is_none(), "{:?}", s.conditions);
+    let current = ("Current".to_string(), "Current".to_string());
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), current);
     let u = s.upgrade.as_ref().unwrap();
     assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.migrated, u.remaining), ("1-0-2", "1-1-0", 6, 0));
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
@@ -297,6 +306,8 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let stalled = condition(&s, "Stalled").unwrap();
     assert!(stalled.message.contains("1-2-0-rc-1") && stalled.message.contains("1-1-0"), "{}", stalled.message);
     assert_eq!(s.upgrade.as_ref().unwrap().phase, "RolledBack");
+    let failed = ("Failed".to_string(), "Failed".to_string());
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed, "a stalled upgrade is a failure to GitOps tools");
     // The failed revision goes after its grace period; the webhook still injects 1-1-0.
     until_status(&cluster, "revision 1-2-0-rc-1 removed", 120, &mut seen, |s| s.revisions.len() == 1).await;
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
@@ -329,6 +340,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert!(message.contains("bookinfo/productpage-v1-"), "names the blocking workloads: {message}");
     assert_eq!(s.active_revision.as_deref(), Some("1-1-0"));
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
 
     let (ok, failed, errors) = traffic.stop();
     eprintln!("whole test: {ok} requests answered, {failed} failed: {errors:?}");

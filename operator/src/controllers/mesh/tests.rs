@@ -114,7 +114,7 @@ async fn an_unknown_version_is_a_condition_and_an_event_and_installs_nothing() {
     let (status, reason, message) = condition(&fake, ConditionType::Reconciled);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidVersion"));
     assert!(message.contains("9.9.9"), "{message}");
-    assert_eq!(condition(&fake, ConditionType::Ready).1, "Installing");
+    assert_eq!(condition(&fake, ConditionType::Ready).1, "NotInstalled");
     let writes = fake.writes();
     assert!(
         writes.iter().all(|w| w.path.starts_with(MCP) || w.path.contains("/events")),

@@ -24,7 +24,7 @@ struct World {
     upgrade: Option<UpgradeStatus>,
     revisions: Vec<RevisionStatus>,
     stalled: Option<(String, String)>,
-    skew: Option<String>,
+    refused: Option<Flag>,
     paused: bool,
     now: Timestamp,
 }
@@ -40,7 +40,7 @@ impl World {
             upgrade: None,
             revisions: Vec::new(),
             stalled: None,
-            skew: None,
+            refused: None,
             paused: false,
             now: at(1000),
         }
@@ -61,7 +61,7 @@ impl World {
             upgrade: self.upgrade.as_ref(),
             revisions: &self.revisions,
             stalled: self.stalled.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
-            skew: self.skew.clone(),
+            refused: self.refused.clone(),
             tags: &["prod".to_string()],
             now: self.now,
         })
@@ -272,7 +272,8 @@ fn paused_holds_the_newer_version_and_skew_blocks_it() {
 
     w.paused = false;
     w.target = v("1.2.0-rc.1");
-    w.skew = Some("would leave 4 running proxies two minors behind".into());
+    w.refused =
+        Some(Flag { reason: Reason::SkewViolation, message: "would leave 4 running proxies two minors behind".into() });
     let p = w.plan();
     assert_eq!(revs(&p), ["1-0-2"], "nothing new installed");
     assert_eq!(p.stalled.map(|f| f.reason), Some(Reason::SkewViolation));
