@@ -523,7 +523,7 @@ async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) 
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
     let mut foreign = Vec::new();
-    for d in render::istio_crds() {
+    for mut d in render::istio_crds() {
         let existing = api.get_opt(&d.name).await.map_err(ApplyError::during("get", d.describe()))?;
         if let Some(crd) = existing {
             let manager = crd.labels().get(MANAGED_BY_LABEL).cloned();
@@ -531,6 +531,8 @@ async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) 
                 foreign.push(format!("{} (managed by {})", d.name, manager.as_deref().unwrap_or("unknown")));
                 continue;
             }
+            let live = serde_json::to_value(&crd).unwrap_or_default();
+            render::crds::keep_stored_versions(&mut d.body, &live);
         }
         if applier.ensure(&d, "").await? == Outcome::Applied {
             info!(object = %d.describe(), "applied");

@@ -727,3 +727,51 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     let ns: Api<Namespace> = Api::all(c.clone());
     assert!(get_opt(&ns, "eol-mesh").await.is_none(), "nothing installed for an end-of-life release");
 }
+
+#[tokio::test]
+async fn an_older_operator_never_drops_a_crd_version_objects_are_stored_in() {
+    let (cluster, op) = setup("crd-versions").await;
+    let c = cluster.client.clone();
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n")).unwrap();
+    wait_ready(&c, "mesh", &op).await;
+
+    // A newer operator added `v2` as the storage version, and an object was stored in it.
+    let crd = "virtualservices.networking.istio.io";
+    let out = cluster.kubectl(&["get", "crd", crd, "-o", "json"], None);
+    let mut body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = body["spec"]["versions"].as_array_mut().unwrap();
+    let mut v2 = versions[0].clone();
+    assert_eq!(v2["name"], "v1");
+    for v in versions.iter_mut() {
+        v["storage"] = json!(false);
+    }
+    v2["name"] = json!("v2");
+    v2["storage"] = json!(true);
+    versions.push(v2);
+    let out = cluster.kubectl(&["replace", "-f", "-"], Some(&body.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vs = "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: stored-in-v2, namespace: default}\nspec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}\n";
+    eventually("a VirtualService stored in v2", WAIT, || async { apply(&cluster, vs).ok() }).await;
+    let stored = cluster.kubectl(&["get", "crd", crd, "-o", "jsonpath={.status.storedVersions}"], None);
+    assert!(String::from_utf8_lossy(&stored.stdout).contains("v2"), "{}", String::from_utf8_lossy(&stored.stdout));
+
+    // This (older) operator reconciles again: its CRD lists no v2, yet v2 stays, served.
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n  revisionTags: [prod]\n")).unwrap();
+    let api: Api<MeshControlPlane> = Api::all(c.clone());
+    let m = until_mcp(&api, "mesh", "Reconciled=True for generation 2", &op, |m| {
+        let r = m.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciled"));
+        r.is_some_and(|r| r.status == "True" && r.observed_generation == Some(2))
+    })
+    .await;
+    assert_eq!(m.status.unwrap().observed_generation, Some(2), "{}", op.log());
+    let out = cluster.kubectl(&["get", "crd", crd, "-o", "json"], None);
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_name = |n: &str| live["spec"]["versions"].as_array().unwrap().iter().find(|v| v["name"] == n).cloned();
+    let v2 = by_name("v2").expect("v2 kept");
+    assert_eq!((v2["served"].as_bool(), v2["storage"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(by_name("v1").unwrap()["storage"], true, "the operator's storage version");
+    let got =
+        cluster.kubectl(&["get", "virtualservices.v2.networking.istio.io", "stored-in-v2", "-n", "default"], None);
+    assert!(got.status.success(), "the object stays readable: {}", String::from_utf8_lossy(&got.stderr));
+    assert!(!op.log().contains("storedVersions"), "no apply was refused: {}", op.log());
+}
