@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-federation bench-operator bench-proxy bench-controlplane bench-circuit-breaking tools clean fuzz attack
+.PHONY: all build images run test test-unit test-e2e lint fmt generate verify-generate bench bench-federation bench-operator bench-proxy bench-controlplane bench-circuit-breaking bench-upgrade tools clean fuzz attack
 
 all: build
 
@@ -65,7 +65,7 @@ test: lint verify-generate test-unit test-e2e
 
 ## Benchmarks (not tests): operator apply->children and apply->Ready times against a baseline, RSS;
 ## the proxy against a direct connection and HAProxy (see bench-proxy).
-bench: bench-operator bench-proxy bench-controlplane bench-circuit-breaking bench-federation
+bench: bench-operator bench-proxy bench-controlplane bench-circuit-breaking bench-federation bench-upgrade
 
 bench-operator: tools
 	$(CARGO) build --release -p skein-operator --bin skein-operator
@@ -82,6 +82,14 @@ bench-federation: tools
 bench-controlplane: tools
 	$(CARGO) build --release -p skein-controlplane --bin skein-controlplane
 	SKEIN_E2E_PUSH_CHUNK=32768 SKEIN_E2E_CP_LOG=info,skein_controlplane::watch=debug SKEIN_CONTROLPLANE_BIN=$(CURDIR)/target/release/skein-controlplane $(CARGO) bench -p skein-e2e --bench controlplane
+
+## Upgrades on a real node: MeshControlPlane version change -> every injected workload on the new
+## revision, for SKEIN_BENCH_WORKLOADS Deployments (default 10,100), against `kubectl rollout
+## restart` of the same Deployments in the same run.
+bench-upgrade: tools
+	$(CARGO) build -p skein-operator -p skein-controlplane -p skein-proxy --bins
+	SKEIN_IMAGE_PROFILE=dev hack/images.sh
+	$(CARGO) bench -p skein-e2e --bench upgrade
 
 ## The proxy attack suite in full (dataplane/tests/attack.rs; make test runs its short version):
 ## unfinished bodies, idle/TLS/slowloris connections against the caps, slow bodies and readers,

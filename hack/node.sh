@@ -217,6 +217,9 @@ authorization: {mode: Webhook}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 serializeImagePulls: false
+# The upgrade benchmark surges 100 workloads at once (old and new pods side by side); the pod
+# range is a /24.
+maxPods: 250
 # Test machines run near full disks; evict only when really short.
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 imageGCHighThresholdPercent: 100
