@@ -214,7 +214,10 @@ pub fn plan(input: &Input<'_>) -> Plan {
                     && u.to_revision == target.revision
                     && u.to_version == target.version.to_string()
             };
-            let existing = input.upgrade.filter(same_move).cloned();
+            let recorded = input.upgrade.filter(same_move).cloned();
+            // A move that ended (rolled back, blocked) is tried afresh once the spec changes:
+            // its deadline counts from the new attempt.
+            let existing = recorded.clone().filter(|u| u.phase == phase::WAITING || u.phase == phase::MIGRATING);
             let new_move = |phase: &str| UpgradeStatus {
                 from_revision: cur.revision.clone(),
                 from_version: cur.version.to_string(),
@@ -231,7 +234,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             if let Some((reason, message)) = input.stalled {
                 // Failed for this generation: stay where the mesh is until the spec changes.
                 out.stalled = Some(Flag { reason: reason_of(reason), message: message.to_string() });
-                out.upgrade = existing.or(out.upgrade);
+                out.upgrade = recorded.or(out.upgrade);
                 if out.upgrade.as_ref().is_some_and(|u| u.phase == phase::ROLLED_BACK) {
                     out.reconciling = None;
                 }

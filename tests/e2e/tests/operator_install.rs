@@ -328,16 +328,23 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
         "{events}"
     );
 
-    // An in-place version change rolls the images forward.
+    // An in-place version change rolls the images forward; status names the new version once
+    // its control plane is Ready (Reconciling until then).
+    let upgraded_to = |v: &'static str| {
+        move |m: &MeshControlPlane| {
+            let s = m.status.as_ref();
+            s.and_then(|s| s.version.as_deref()) == Some(v)
+                && condition(m, "Ready").is_some_and(|c| c.0 == "True")
+                && condition(m, "Reconciling").is_none()
+        }
+    };
     apply(&cluster, &mcp_yaml("mesh", "  version: v1.0-latest\n")).unwrap();
-    let m = wait_ready(&c, "mesh", &op).await;
-    assert_eq!(m.status.unwrap().version.as_deref(), Some("1.0.2"));
+    until_mcp(&api, "mesh", "upgraded in place to 1.0.2", &op, upgraded_to("1.0.2")).await;
     assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.2"));
 
     // Channels: with no version, `fast` takes 1.1.0.
     apply(&cluster, &mcp_yaml("mesh", "  channel: fast\n")).unwrap();
-    let m = wait_ready(&c, "mesh", &op).await;
-    assert_eq!(m.status.unwrap().version.as_deref(), Some("1.1.0"));
+    until_mcp(&api, "mesh", "upgraded in place to 1.1.0", &op, upgraded_to("1.1.0")).await;
 }
 
 #[tokio::test]

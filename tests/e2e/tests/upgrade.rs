@@ -3,8 +3,10 @@
 //! beside the old one, the tags move once it is Ready, the workloads are restarted onto it in
 //! batches, the gateway follows, the old revision is removed after its grace period); then to
 //! a bad release whose control plane never becomes Ready (Stalled, the tags never move, no pod
-//! is restarted); then to a version the running proxies are too new for (refused with
-//! `SkewViolation`, nothing changed).
+//! is restarted); then to the same release with a working control plane but sidecars that
+//! never start (the first batch fails its gate: the tags, the gateway and the migrated
+//! workloads go back automatically); then to a version the running proxies are too new for
+//! (refused with `SkewViolation`, nothing changed). Zero failed requests throughout.
 //!
 //! Releases are the local build's images tagged with the catalog's versions in the node's
 //! containerd; the bad release's control plane is the test app's image (it refuses the control
@@ -37,11 +39,11 @@ fn sample(name: &str) -> String {
     repo_root().join("config/samples/bookinfo").join(name).to_string_lossy().into_owned()
 }
 
-/// Tags the local build's images as release `version` in the node's containerd; the control
-/// plane from `control_plane` (an image name under the registry, `skein-controlplane` for a
-/// good release).
-fn release(cluster: &Cluster, version: &str, control_plane: &str) {
-    for (from, to) in [(control_plane, "skein-controlplane"), ("skein-proxy", "skein-proxy")] {
+/// Tags the local build's images as release `version` in the node's containerd: the control
+/// plane from `control_plane` and the proxy from `proxy` (image names under the registry;
+/// `skein-controlplane` and `skein-proxy` for a good release).
+fn release(cluster: &Cluster, version: &str, control_plane: &str, proxy: &str) {
+    for (from, to) in [(control_plane, "skein-controlplane"), (proxy, "skein-proxy")] {
         cluster.node_ctr(&[
             "images",
             "tag",
@@ -201,9 +203,9 @@ async fn deployments(cluster: &Cluster) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_refuses_skew() {
     let cluster = Cluster::start_with("upgrade", Node::Real).await.expect("cluster with a real node starts");
-    release(&cluster, "1.0.2", "skein-controlplane");
-    release(&cluster, "1.1.0", "skein-controlplane");
-    release(&cluster, "1.2.0-rc.1", "bookinfo-app");
+    release(&cluster, "1.0.2", "skein-controlplane", "skein-proxy");
+    release(&cluster, "1.1.0", "skein-controlplane", "skein-proxy");
+    release(&cluster, "1.2.0-rc.1", "bookinfo-app", "skein-proxy");
     install_operator(&cluster);
 
     // 1.0.2, revision-based, workloads migrated two at a time.
@@ -330,6 +332,47 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
         Some("RevisionNotReady")
     );
 
+    // The bad release again (a spec change: a new attempt), now with a control plane that
+    // comes up but a sidecar that never starts. The tags move, the first batch never becomes
+    // healthy; at its deadline the tags move back, the gateway rolls back and the migrated
+    // workloads are restarted onto 1-1-0.
+    release(&cluster, "1.2.0-rc.1", "skein-controlplane", "bookinfo-app");
+    patch_spec(&cluster, r#"{"updateStrategy":{"progressDeadlineSeconds":40}}"#);
+    let s = until_status(&cluster, "Stalled=True MigrationFailed", 300, &mut seen, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "MigrationFailed")
+    })
+    .await;
+    let message = &condition(&s, "Stalled").unwrap().message;
+    assert!(message.contains("Deployment bookinfo/"), "names the unhealthy workloads: {message}");
+    assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-1-0"), Some("1.1.0")));
+    let s = until_status(&cluster, "the migrated workloads back on 1-1-0", 240, &mut seen, |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.phase == "RolledBack" && u.remaining == 0)
+    })
+    .await;
+    let tags: Vec<(&str, &[String])> = s.revisions.iter().map(|r| (r.name.as_str(), r.tags.as_slice())).collect();
+    assert!(tags.contains(&("1-1-0", &["default".to_string()][..])), "{tags:?}");
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(&cluster, NS));
+    let back = bookinfo_pods(&cluster).await;
+    assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
+    let gw = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "deploy",
+            "skein-ingressgateway",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(gw, proxy_110, "the gateway rolled back");
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
+
     // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
     patch_spec(&cluster, r#"{"version":"1.0.2"}"#);
     let s = until_status(&cluster, "Stalled=True SkewViolation", 60, &mut seen, |s| {
@@ -339,7 +382,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let message = &condition(&s, "Stalled").unwrap().message;
     assert!(message.contains("bookinfo/productpage-v1-"), "names the blocking workloads: {message}");
     assert_eq!(s.active_revision.as_deref(), Some("1-1-0"));
-    assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+    assert!(!deployments(&cluster).await.iter().any(|d| d.ends_with("1-0-2")), "nothing installed");
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
 
     let (ok, failed, errors) = traffic.stop();

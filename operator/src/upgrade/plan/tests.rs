@@ -202,6 +202,17 @@ fn a_revision_not_ready_by_the_deadline_stalls_and_the_tags_never_move() {
     assert_eq!(p.active.revision, "1-0-2");
     assert_eq!(p.stalled.as_ref().map(|f| f.reason), Some(Reason::RevisionNotReady));
     assert_eq!(revs(&p), ["1-0-2"], "unused past the grace period: removed");
+    w.record(&p);
+
+    // The spec changes (a new generation, the same target): a fresh attempt, its deadline
+    // counting from now.
+    w.installed.truncate(1);
+    w.stalled = None;
+    let p = w.plan();
+    assert!(p.stalled.is_none());
+    let u = p.upgrade.clone().unwrap();
+    assert_eq!((u.phase.as_str(), u.started_at.0), (phase::WAITING, at(2000)));
+    assert_eq!(revs(&p), ["1-0-2", "1-2-0-rc-1"]);
 }
 
 #[test]
