@@ -91,11 +91,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let controller = Controller::new(mcps, watcher::Config::default());
     // Injected pods decide how many proxies each revision serves, when an unused revision's
     // grace period starts and how far a migration is: a change of one re-checks every mesh
-    // (there is one per cluster in practice). Debounced, so a rollout is a few reconciles.
+    // (there is one per cluster in practice). Not debounced: a debounce restarts its wait on
+    // every event, and a rollout's steady stream of pod events then starved the migration
+    // (10 workloads took 9x `kubectl rollout restart`); the scheduler already runs at most one
+    // reconcile per object and queues one more, so a burst of events is a few passes.
     let store = controller.store();
     let injected = watcher::Config::default().labels(revisions::INJECTED_SELECTOR);
     controller
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
         .watches(Api::<Pod>::all(client.clone()), injected, move |_: Pod| {
             store.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
         })
@@ -289,6 +291,15 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         let deadline = SignedDuration::from_secs(strategy.progress_deadline_seconds);
         let gated = !plan.rolling_back();
         let step = migrate::step(&workloads, &plan.active.revision, batch, gated, deadline, now_ts);
+        info!(
+            name,
+            revision = plan.active.revision,
+            migrated = step.migrated,
+            remaining = step.remaining,
+            restart = step.restart.len(),
+            failed = step.failed.len(),
+            "migration step"
+        );
         if gated && !step.failed.is_empty() {
             let message = format!(
                 "workloads not healthy on revision {} within {}s: {}; moved the tags back to the previous revision",

@@ -55,7 +55,7 @@ pub struct Workload {
     /// Every replica updated to the current template and available.
     pub rolled_out: bool,
     /// Running or Pending pods not on the active revision (another `istio.io/rev`, or another
-    /// proxy image).
+    /// proxy image); pods being deleted do not count.
     pub stale_pods: usize,
 }
 

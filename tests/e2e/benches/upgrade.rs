@@ -99,10 +99,33 @@ async fn run(n: usize) -> (Duration, Duration, Duration) {
     // The upgrade: spec change → Complete (every workload on the new revision).
     let start = Instant::now();
     kubectl_ok(&cluster, &["patch", "mcp", "default", "--type=merge", "-p", r#"{"spec":{"version":"1.1.0"}}"#]);
-    until("tags moved", || async { phase(&cluster).await.is_some_and(|p| p == "Migrating" || p == "Complete") }).await;
-    let moved = start.elapsed();
-    until("upgrade complete", || async { phase(&cluster).await.as_deref() == Some("Complete") }).await;
+    // Every phase the status shows, and when (what the time goes to).
+    let mut timeline: Vec<(String, Duration)> = Vec::new();
+    let mut moved = None;
+    loop {
+        let p = phase(&cluster).await.unwrap_or_default();
+        if timeline.last().map(|(q, _)| q) != Some(&p) {
+            timeline.push((p.clone(), start.elapsed()));
+        }
+        if moved.is_none() && (p == "Migrating" || p == "Complete") {
+            moved = Some(start.elapsed());
+        }
+        if p == "Complete" {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "upgrade not complete in {LIMIT:?}: {timeline:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let total = start.elapsed();
+    let moved = moved.unwrap_or(total);
+    eprintln!("{n} workloads: {timeline:?}");
+    let logs = cluster.kubectl(&["logs", "-n", "skein-operator", "deploy/skein-operator", "--tail=400"], None);
+    for line in String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .filter(|l| l.contains("migration step") || l.contains("restarted onto"))
+    {
+        eprintln!("  {line}");
+    }
     assert!(rolled_out(&cluster).await, "Complete means every workload rolled out");
     (baseline, total, total - moved)
 }

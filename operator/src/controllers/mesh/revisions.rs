@@ -142,9 +142,11 @@ fn owner(p: &Pod) -> Option<(Kind, String)> {
     }
 }
 
-/// Whether a pod runs what the active revision injects now.
+/// Whether a pod runs what the active revision injects now, or is on its way out (deleted,
+/// draining: it takes no new work, so a batch does not wait for its drain to end).
 fn current(p: &Pod, active: &str, proxy: &str) -> bool {
-    p.labels().get(REVISION_LABEL).is_some_and(|r| r == active) && proxy_image(p) == Some(proxy)
+    let leaving = p.metadata.deletion_timestamp.is_some();
+    leaving || (p.labels().get(REVISION_LABEL).is_some_and(|r| r == active) && proxy_image(p) == Some(proxy))
 }
 
 /// The workloads of `namespaces` with injected pods, and how many of their pods are not on
