@@ -45,7 +45,8 @@ pub struct MeshControlPlaneSpec {
     #[schemars(regex(pattern = r"^(v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?|v[0-9]+\.[0-9]+-latest)$"))]
     pub version: Option<String>,
 
-    /// Upgrade channel followed when `version` is unset. Default `stable`.
+    /// Upgrade channel followed when `version` is unset: `stable` (default), `fast` or
+    /// `candidate`, optionally held to one minor line (`stable-1.0`).
     #[serde(default)]
     pub channel: Channel,
 
@@ -108,11 +109,11 @@ fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
 }
 
-/// An upgrade channel: a moving pointer to a release.
+/// How stable a release is: the track it was published to, and what a channel follows.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Channel {
-    /// Releases proven in the fast channel. The default.
+pub enum Track {
+    /// Releases proven in the fast track. The default.
     #[default]
     Stable,
     /// Newest general-availability releases.
@@ -121,20 +122,98 @@ pub enum Channel {
     Candidate,
 }
 
-impl Channel {
-    /// The name as written in the spec.
+impl Track {
+    /// The name as written.
     pub fn as_str(self) -> &'static str {
         match self {
-            Channel::Stable => "stable",
-            Channel::Fast => "fast",
-            Channel::Candidate => "candidate",
+            Track::Stable => "stable",
+            Track::Fast => "fast",
+            Track::Candidate => "candidate",
         }
+    }
+}
+
+/// An upgrade channel: a moving pointer to a release. A track (`stable`, `fast`,
+/// `candidate`), optionally held to one minor line (`stable-1.0`: the newest stable 1.0.z).
+/// Written as one string; `Channel::STABLE` etc. name the plain tracks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Channel {
+    /// What the channel takes: releases at least this stable.
+    pub track: Track,
+    /// Only releases of this `major.minor`.
+    pub minor: Option<(u64, u64)>,
+}
+
+impl Channel {
+    /// `stable`.
+    pub const STABLE: Channel = Channel { track: Track::Stable, minor: None };
+    /// `fast`.
+    pub const FAST: Channel = Channel { track: Track::Fast, minor: None };
+    /// `candidate`.
+    pub const CANDIDATE: Channel = Channel { track: Track::Candidate, minor: None };
+
+    /// Whether the channel takes releases of version `major.minor`.
+    pub fn takes_minor(&self, major: u64, minor: u64) -> bool {
+        self.minor.is_none_or(|m| m == (major, minor))
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("channel {s:?}: expected stable, fast or candidate, optionally with a minor line (stable-1.0)");
+        let (track, minor) = match s.split_once('-') {
+            Some((t, m)) => {
+                let (major, minor) = m.split_once('.').ok_or_else(bad)?;
+                (t, Some((major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?)))
+            }
+            None => (s, None),
+        };
+        let track = match track {
+            "stable" => Track::Stable,
+            "fast" => Track::Fast,
+            "candidate" => Track::Candidate,
+            _ => return Err(bad()),
+        };
+        Ok(Channel { track, minor })
     }
 }
 
 impl std::fmt::Display for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.track.as_str())?;
+        match self.minor {
+            Some((major, minor)) => write!(f, "-{major}.{minor}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Channel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Channel {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Channel".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^(stable|fast|candidate)(-[0-9]+\.[0-9]+)?$",
+        })
     }
 }
 

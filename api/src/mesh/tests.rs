@@ -5,7 +5,7 @@ use kube::CustomResourceExt;
 fn empty_spec_takes_documented_defaults() {
     let spec: MeshControlPlaneSpec = serde_json::from_str("{}").unwrap();
     assert_eq!(spec.version, None);
-    assert_eq!(spec.channel, Channel::Stable);
+    assert_eq!(spec.channel, Channel::STABLE);
     assert_eq!(spec.namespace, "istio-system");
     assert_eq!(spec.update_strategy.type_, UpdateStrategyType::InPlace);
     assert_eq!(spec.update_strategy.inactive_revision_deletion_grace_period_seconds, 30);
@@ -56,6 +56,6 @@ fn crd_schema_carries_server_side_validation() {
     assert!(json.contains("has(self.secretName)"), "secret root CA needs a name");
     assert!(json.contains("has(self.tracing)"), "tracing needs an address");
     assert!(json.contains(r#""x-kubernetes-list-type":"map""#));
-    assert!(json.contains(r#""enum":["stable","fast","candidate"]"#), "{json}");
+    assert!(json.contains(r#""pattern":"^(stable|fast|candidate)(-[0-9]+\\.[0-9]+)?$""#), "{json}");
     assert!(json.contains(r#""enum":["ALLOW_ANY","REGISTRY_ONLY"]"#));
 }

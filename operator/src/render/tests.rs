@@ -12,7 +12,7 @@ fn mcp(spec: &str) -> MeshControlPlane {
 
 fn rendered(spec: &str) -> Vec<Desired> {
     let catalog = Catalog::builtin().unwrap();
-    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::STABLE).unwrap().clone();
     render(&mcp(spec), Facts { release: &release, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION, others: &[] })
 }
 
@@ -211,8 +211,8 @@ fn rendering_matches_the_golden_file() {
 #[test]
 fn a_revision_based_upgrade_renders_both_revisions_and_the_tags_follow_the_active_one() {
     let catalog = Catalog::builtin().unwrap();
-    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::Fast).unwrap().clone();
-    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::FAST).unwrap().clone();
+    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::STABLE).unwrap().clone();
     let others = [Revision { name: "1-0-2".into(), release: old.clone() }];
     let mcp = mcp("revisionTags: [prod]\ncomponents: {controlPlane: {replicas: 2}}\n");
     let facts = Facts { release: &new, root_cert_pem: "ROOT-PEM", revision: "1-1-0", others: &others };
@@ -268,8 +268,8 @@ fn the_webhook_certificate_covers_every_revision_service() {
 #[test]
 fn an_in_place_rollout_runs_the_new_control_plane_while_gateways_wait_for_it() {
     let catalog = Catalog::builtin().unwrap();
-    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::Fast).unwrap().clone();
-    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let new = catalog.resolve(Some("1.1.0"), skein_api::Channel::FAST).unwrap().clone();
+    let old = catalog.resolve(Some("1.0.2"), skein_api::Channel::STABLE).unwrap().clone();
     let others = [Revision { name: DEFAULT_REVISION.into(), release: new.clone() }];
     let facts = Facts { release: &old, root_cert_pem: "ROOT-PEM", revision: DEFAULT_REVISION, others: &others };
     let objs = render(&mcp("{}"), facts);

@@ -3,7 +3,7 @@
 
 use semver::Version;
 use serde::Deserialize;
-use skein_api::Channel;
+use skein_api::{Channel, Track};
 
 /// The catalog shipped with this operator build.
 const CATALOG_YAML: &str = include_str!("../../../config/versions.yaml");
@@ -32,7 +32,7 @@ struct CatalogFile {
 #[serde(rename_all = "camelCase")]
 struct ReleaseEntry {
     version: String,
-    channel: Channel,
+    channel: Track,
     #[serde(default)]
     control_plane_image: Option<String>,
     #[serde(default)]
@@ -46,8 +46,8 @@ struct ReleaseEntry {
 pub struct Release {
     /// Semantic version, without a `v` prefix.
     pub version: Version,
-    /// Channel it was published to.
-    pub channel: Channel,
+    /// Track it was published to.
+    pub channel: Track,
     /// Image of `skein-controlplane`.
     pub control_plane_image: String,
     /// Image of `skein-proxy` (sidecars and gateways).
@@ -86,11 +86,11 @@ pub struct Catalog {
 }
 
 /// How stable a channel is: a channel accepts releases at least as stable as itself.
-fn stability(c: Channel) -> u8 {
+fn stability(c: Track) -> u8 {
     match c {
-        Channel::Stable => 2,
-        Channel::Fast => 1,
-        Channel::Candidate => 0,
+        Track::Stable => 2,
+        Track::Fast => 1,
+        Track::Candidate => 0,
     }
 }
 
@@ -161,7 +161,11 @@ impl Catalog {
                 .releases
                 .iter()
                 .rev()
-                .find(|r| stability(r.channel) >= stability(channel) && !r.end_of_life)
+                .find(|r| {
+                    stability(r.channel) >= stability(channel.track)
+                        && channel.takes_minor(r.version.major, r.version.minor)
+                        && !r.end_of_life
+                })
                 .ok_or_else(|| CatalogError::EmptyChannel(channel.to_string())),
         }
     }
@@ -199,7 +203,7 @@ mod tests {
     #[test]
     fn pinned_version_wins_over_channel() {
         let c = catalog();
-        let r = c.resolve(Some("1.0.1"), Channel::Candidate).unwrap();
+        let r = c.resolve(Some("1.0.1"), Channel::CANDIDATE).unwrap();
         assert_eq!(r.version.to_string(), "1.0.1");
         assert_eq!(r.control_plane_image, "registry.skein.dev/skein/skein-controlplane:1.0.1");
         assert_eq!(r.proxy_image, "registry.skein.dev/skein/skein-proxy:1.0.1");
@@ -207,29 +211,44 @@ mod tests {
 
     #[test]
     fn v_prefix_is_accepted() {
-        assert_eq!(catalog().resolve(Some("v1.0.2"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(catalog().resolve(Some("v1.0.2"), Channel::STABLE).unwrap().version.to_string(), "1.0.2");
     }
 
     #[test]
     fn minor_alias_resolves_to_newest_patch() {
         let c = catalog();
-        assert_eq!(c.resolve(Some("v1.0-latest"), Channel::Stable).unwrap().version.to_string(), "1.0.2");
-        assert_eq!(c.resolve(Some("v1.1-latest"), Channel::Stable).unwrap().version.to_string(), "1.1.0");
+        assert_eq!(c.resolve(Some("v1.0-latest"), Channel::STABLE).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(Some("v1.1-latest"), Channel::STABLE).unwrap().version.to_string(), "1.1.0");
         // 1.2 has only a release candidate: an alias never resolves to a pre-release.
-        assert!(matches!(c.resolve(Some("v1.2-latest"), Channel::Stable), Err(CatalogError::UnknownVersion(..))));
+        assert!(matches!(c.resolve(Some("v1.2-latest"), Channel::STABLE), Err(CatalogError::UnknownVersion(..))));
     }
 
     #[test]
     fn channels_take_releases_at_least_as_stable_as_themselves() {
         let c = catalog();
-        assert_eq!(c.resolve(None, Channel::Stable).unwrap().version.to_string(), "1.0.2");
-        assert_eq!(c.resolve(None, Channel::Fast).unwrap().version.to_string(), "1.1.0");
-        assert_eq!(c.resolve(None, Channel::Candidate).unwrap().version.to_string(), "1.2.0-rc.1");
+        assert_eq!(c.resolve(None, Channel::STABLE).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(None, Channel::FAST).unwrap().version.to_string(), "1.1.0");
+        assert_eq!(c.resolve(None, Channel::CANDIDATE).unwrap().version.to_string(), "1.2.0-rc.1");
+    }
+
+    #[test]
+    fn minor_channels_follow_one_minor_line_of_their_track() {
+        let c = catalog();
+        let ch = |s: &str| s.parse::<Channel>().unwrap();
+        assert_eq!(c.resolve(None, ch("stable-1.0")).unwrap().version.to_string(), "1.0.2");
+        assert_eq!(c.resolve(None, ch("fast-1.1")).unwrap().version.to_string(), "1.1.0");
+        // 1.1.0 was published to fast: stable-1.1 has nothing yet.
+        assert_eq!(c.resolve(None, ch("stable-1.1")), Err(CatalogError::EmptyChannel("stable-1.1".into())));
+        assert_eq!(c.resolve(None, ch("candidate-1.2")).unwrap().version.to_string(), "1.2.0-rc.1");
+        assert_eq!(ch("fast-1.1").to_string(), "fast-1.1");
+        for bad in ["beta", "stable-1", "stable-x.y", "stable-1.0.0", ""] {
+            assert!(bad.parse::<Channel>().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
     fn unknown_version_names_the_field_and_the_known_releases() {
-        let err = catalog().resolve(Some("9.9.9"), Channel::Stable).unwrap_err();
+        let err = catalog().resolve(Some("9.9.9"), Channel::STABLE).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("spec.version \"9.9.9\" is not a known release"), "{msg}");
         assert!(msg.contains("1.0.2"), "{msg}");
@@ -238,7 +257,7 @@ mod tests {
     #[test]
     fn empty_channel_is_an_error() {
         let c = Catalog::parse("registry: r\nreleases:\n  - {version: 2.0.0-rc.1, channel: candidate}\n").unwrap();
-        assert_eq!(c.resolve(None, Channel::Stable), Err(CatalogError::EmptyChannel("stable".into())));
+        assert_eq!(c.resolve(None, Channel::STABLE), Err(CatalogError::EmptyChannel("stable".into())));
     }
 
     #[test]
@@ -247,8 +266,8 @@ mod tests {
             "registry: r\nreleases:\n  - {version: 1.0.0, channel: stable}\n  - {version: 1.0.1, channel: stable, endOfLife: true}\n",
         )
         .unwrap();
-        assert_eq!(c.resolve(None, Channel::Stable).unwrap().version.to_string(), "1.0.0");
-        assert!(c.resolve(Some("1.0.1"), Channel::Stable).unwrap().end_of_life);
+        assert_eq!(c.resolve(None, Channel::STABLE).unwrap().version.to_string(), "1.0.0");
+        assert!(c.resolve(Some("1.0.1"), Channel::STABLE).unwrap().end_of_life);
         assert!(!catalog().releases().iter().any(|r| r.end_of_life), "the shipped catalog has no EOL release yet");
     }
 
@@ -273,11 +292,11 @@ mod tests {
 
     #[test]
     fn images_come_from_the_operators_registry_then_the_specs_hub_and_tag() {
-        let shipped = catalog().resolve(Some("1.0.2"), Channel::Stable).unwrap().clone();
+        let shipped = catalog().resolve(Some("1.0.2"), Channel::STABLE).unwrap().clone();
         assert_eq!(shipped.proxy_image, "registry.skein.dev/skein/skein-proxy:1.0.2");
         // The operator's --image-registry replaces the catalog's registry.
         let local = Catalog::builtin_with_registry(Some("skein.local/skein/")).unwrap();
-        let r = local.resolve(Some("1.0.2"), Channel::Stable).unwrap().clone();
+        let r = local.resolve(Some("1.0.2"), Channel::STABLE).unwrap().clone();
         assert_eq!(r.control_plane_image, "skein.local/skein/skein-controlplane:1.0.2");
         // spec.tag alone keeps the registry; spec.hub alone keeps the version as tag.
         let tagged = r.clone().with_image_overrides(None, Some("dev"));

@@ -581,7 +581,7 @@ async fn pods_in_opted_in_namespaces_get_a_sidecar_and_every_namespace_gets_the_
     // The webhook configuration exactly as the operator renders it (all three opt-in selectors:
     // skein-injection, istio-injection, istio.io/rev), pointed at the test's control plane.
     let catalog = skein_operator::upgrade::catalog::Catalog::builtin().unwrap();
-    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::Stable).unwrap().clone();
+    let release = catalog.resolve(Some("1.0.2"), skein_api::Channel::STABLE).unwrap().clone();
     let spec: skein_api::MeshControlPlaneSpec = serde_yaml::from_str("{}").unwrap();
     let mcp = skein_api::MeshControlPlane::new("e2e", spec);
     let facts = skein_operator::render::Facts {

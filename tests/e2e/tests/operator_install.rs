@@ -704,7 +704,8 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     );
     let mut op =
         Operator::start_args(&cluster, "op-old", &cluster.kubeconfig, "default", &["--catalog", &old]).unwrap();
-    apply(&cluster, &mcp_yaml("mesh", "  channel: stable\n")).unwrap();
+    // A minor channel: the newest stable 1.0.z.
+    apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n")).unwrap();
     let m = wait_ready(&c, "mesh", &op).await;
     let s = m.status.unwrap();
     assert_eq!((s.version.as_deref(), s.channel_head.as_deref()), (Some("1.0.1"), Some("1.0.1")));
@@ -713,16 +714,17 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
         |d: &Deployment| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
     assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"));
 
-    // An operator upgrade brings a newer catalog: 1.0.2 reached stable, 1.0.0 is end-of-life.
+    // An operator upgrade brings a newer catalog: 1.0.2 reached stable (and 1.1.1, which the
+    // 1.0 line does not take), 1.0.0 is end-of-life.
     op.kill();
     let new = catalog_file(
         &cluster,
         "catalog-new.yaml",
-        "  - {version: 1.0.0, channel: stable, endOfLife: true}\n  - {version: 1.0.1, channel: stable}\n  - {version: 1.0.2, channel: stable}\n  - {version: 1.1.0, channel: fast}\n",
+        "  - {version: 1.0.0, channel: stable, endOfLife: true}\n  - {version: 1.0.1, channel: stable}\n  - {version: 1.0.2, channel: stable}\n  - {version: 1.1.0, channel: fast}\n  - {version: 1.1.1, channel: stable}\n",
     );
     let op = Operator::start_args(&cluster, "op-new", &cluster.kubeconfig, "default", &["--catalog", &new]).unwrap();
     let api: Api<MeshControlPlane> = Api::all(c.clone());
-    let m = until_mcp(&api, "mesh", "the mesh follows stable to 1.0.2", &op, |m| {
+    let m = until_mcp(&api, "mesh", "the mesh follows stable-1.0 to 1.0.2", &op, |m| {
         let Some(s) = m.status.as_ref() else { return false };
         let done = s.version.as_deref() == Some("1.0.2") && s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete");
         done && condition(m, "Ready").is_some_and(|c| c.0 == "True")
