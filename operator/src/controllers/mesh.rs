@@ -89,17 +89,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mcps: Api<MeshControlPlane> = Api::all(client.clone());
     let controller = Controller::new(mcps, watcher::Config::default());
-    // Injected pods decide how many proxies each revision serves, when an unused revision's
-    // grace period starts and how far a migration is: a change of one re-checks every mesh
-    // (there is one per cluster in practice). Not debounced: a debounce restarts its wait on
-    // every event, and a rollout's steady stream of pod events then starved the migration
-    // (10 workloads took 9x `kubectl rollout restart`); the scheduler already runs at most one
-    // reconcile per object and queues one more, so a burst of events is a few passes.
+    // Injected pods decide how far a migration is and when an unused revision's grace period
+    // starts: while a mesh moves (or keeps an inactive revision), a change of one re-checks it.
+    // A steady mesh reacts only to pods that come or go (its per-revision proxy counts), not
+    // to every status update of a running pod. Not debounced: a debounce restarts its
+    // wait on every event, and a rollout's steady stream of pod events then held the
+    // migration back (10 workloads took 10x `kubectl rollout restart`); the scheduler already
+    // runs at most one reconcile per object and queues one more.
     let store = controller.store();
     let injected = watcher::Config::default().labels(revisions::INJECTED_SELECTOR);
     controller
-        .watches(Api::<Pod>::all(client.clone()), injected, move |_: Pod| {
-            store.state().iter().map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
+        .watches(Api::<Pod>::all(client.clone()), injected, move |pod: Pod| {
+            // Outside an upgrade only a pod that comes or goes changes a proxy count: a
+            // Running pod's status updates are ignored.
+            let comes_or_goes = pod.metadata.deletion_timestamp.is_some()
+                || pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
+            let meshes = store.state().into_iter().filter(|m| comes_or_goes || pods_matter(m));
+            meshes.map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
         })
         .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
@@ -120,6 +126,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// Whether a mesh's reconciles depend on pod events now: an upgrade is moving (or rolling
+/// back), or an inactive revision waits for its last pods to go.
+fn pods_matter(m: &MeshControlPlane) -> bool {
+    let Some(s) = &m.status else { return false };
+    let moving = s.upgrade.as_ref().is_some_and(|u| {
+        u.phase == phase::WAITING || u.phase == phase::MIGRATING || (u.phase == phase::ROLLED_BACK && u.remaining > 0)
+    });
+    moving || s.revisions.len() > 1
 }
 
 /// The `MeshControlPlane` a managed object belongs to (cluster-scoped, so no namespace).
