@@ -238,6 +238,15 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
         ("1-0-2", &["default".to_string()][..], before.len() as i32)
     );
 
+    // A finished Job whose pod the 1-0-2 revision injected (its sidecar exited with its work,
+    // as Istio's `quitquitquit` has it): a Completed pod never holds a revision.
+    kubectl_ok(&cluster, &["create", "namespace", "jobs"]);
+    cluster.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: done, namespace: jobs}}\nspec:\n  backoffLimit: 0\n  template:\n    metadata: {{labels: {{security.istio.io/tlsMode: istio, istio.io/rev: 1-0-2}}}}\n    spec:\n      restartPolicy: Never\n      containers: [{{name: skein-proxy, image: \"{REGISTRY}/skein-proxy:1.0.2\", args: [--help]}}]\n"
+    ));
+    let out = cluster.kubectl(&["wait", "--for=condition=complete", "job/done", "-n", "jobs", "--timeout=120s"], None);
+    assert!(out.status.success(), "the Job did not complete\n{}", diagnostics(&cluster, NS));
+
     let lb = kubectl_ok(
         &cluster,
         &["get", "service", "skein-ingressgateway", "-n", NS, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
@@ -274,6 +283,18 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let u = s.upgrade.as_ref().unwrap();
     assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.migrated, u.remaining), ("1-0-2", "1-1-0", 6, 0));
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
+    let job_pod = kubectl_ok(
+        &cluster,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "jobs",
+            "-o",
+            "jsonpath={.items[0].status.phase} {.items[0].metadata.labels.istio\\.io/rev}",
+        ],
+    );
+    assert_eq!(job_pod, "Succeeded 1-0-2", "the Completed pod is still there and did not pin 1-0-2");
     let after = bookinfo_pods(&cluster).await;
     let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
     assert!(after.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{after:?}");
