@@ -231,20 +231,20 @@ spec:
 
 /// The address of the first pod matching `selector` in `default`, port 9080.
 fn addr_of_pod(c: &Cluster, selector: &str) -> SocketAddr {
-    let ip = kubectl_ok(
+    // A terminating pod keeps serving through its sidecar's termination drain: never pick it.
+    let out = kubectl_ok(
         c,
-        &[
-            "get",
-            "pods",
-            "-n",
-            "default",
-            "-l",
-            selector,
-            "--field-selector=status.phase=Running",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ],
+        &["get", "pods", "-n", "default", "-l", selector, "--field-selector=status.phase=Running", "-o", "json"],
     );
+    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{selector}: pod list: {e}"));
+    let ip = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .and_then(|p| p["status"]["podIP"].as_str())
+        .unwrap_or_default()
+        .to_string();
     format!("{ip}:9080").parse().unwrap_or_else(|e| panic!("{selector}: pod address {ip:?}: {e}"))
 }
 

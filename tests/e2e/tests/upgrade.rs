@@ -200,8 +200,95 @@ async fn deployments(cluster: &Cluster) -> Vec<String> {
     names
 }
 
+/// Bookinfo in namespace `bookinfo` (labelled `istio-injection=enabled`) with Istio's gateway
+/// and v1 routing, available.
+fn bookinfo(cluster: &Cluster) {
+    kubectl_ok(cluster, &["create", "namespace", "bookinfo"]);
+    kubectl_ok(cluster, &["label", "namespace", "bookinfo", "istio-injection=enabled"]);
+    kubectl_ok(cluster, &["apply", "-n", "bookinfo", "-f", &sample("bookinfo.yaml")]);
+    for f in ["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        kubectl_ok(cluster, &["apply", "-n", "bookinfo", "-f", &sample(f)]);
+    }
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(cluster, NS));
+}
+
+/// The ingress gateway's LoadBalancer address, once Bookinfo answers through it.
+fn answering_gateway(cluster: &Cluster) -> SocketAddr {
+    let lb = kubectl_ok(
+        cluster,
+        &["get", "service", "skein-ingressgateway", "-n", NS, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
+    );
+    let lb: SocketAddr = format!("{}:80", lb.trim()).parse().expect("a LoadBalancer address");
+    let start = Instant::now();
+    while let Err(e) = productpage(lb) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no Bookinfo answer through {lb}: {e}\n{}",
+            diagnostics(cluster, NS)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lb
+}
+
+/// The two tests each run a real node and a mesh under load: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without_a_failed_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start_with("inplace", Node::Real).await.expect("cluster with a real node starts");
+    release(&cluster, "1.0.2", "skein-controlplane", "skein-proxy");
+    release(&cluster, "1.1.0", "skein-controlplane", "skein-proxy");
+    install_operator(&cluster);
+    cluster.apply(
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec:\n  version: 1.0.2\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n",
+    );
+    wait_ready(&cluster, "Ready=True on 1.0.2", |s, _| s == "True").await;
+    bookinfo(&cluster);
+    let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
+    let before = bookinfo_pods(&cluster).await;
+    assert!(before.values().all(|(rev, image)| rev == "default" && *image == proxy_102), "{before:?}");
+    let traffic = Traffic::start(answering_gateway(&cluster));
+
+    patch_spec(&cluster, r#"{"version":"1.1.0"}"#);
+    let mut seen = Vec::new();
+    let s = until_status(&cluster, "the in-place upgrade to 1.1.0 complete", 420, &mut seen, |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete")
+    })
+    .await;
+    assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("default"), Some("1.1.0")));
+    let reasons: Vec<&str> = seen.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(reasons, ["WaitingForRevision", "MigratingWorkloads"]);
+    let u = s.upgrade.as_ref().unwrap();
+    assert_eq!((u.migrated, u.remaining), (6, 0));
+    let image = |deploy: &str| {
+        kubectl_ok(
+            &cluster,
+            &["get", "deploy", deploy, "-n", NS, "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+        )
+    };
+    assert_eq!(image("skein-controlplane"), format!("{REGISTRY}/skein-controlplane:1.1.0"));
+    let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
+    assert_eq!(image("skein-ingressgateway"), proxy_110);
+    assert_eq!(deployments(&cluster).await, ["skein-controlplane"]);
+    let after = bookinfo_pods(&cluster).await;
+    assert!(after.values().all(|(rev, image)| rev == "default" && *image == proxy_110), "{after:?}");
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), ("Current".to_string(), "Current".to_string()));
+
+    let (ok, failed, errors) = traffic.stop();
+    eprintln!("in-place upgrade: {ok} requests answered, {failed} failed: {errors:?}");
+    assert!(ok > 50, "traffic kept flowing: {ok} answered");
+    assert_eq!(failed, 0, "requests failed: {errors:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_refuses_skew() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start_with("upgrade", Node::Real).await.expect("cluster with a real node starts");
     release(&cluster, "1.0.2", "skein-controlplane", "skein-proxy");
     release(&cluster, "1.1.0", "skein-controlplane", "skein-proxy");
@@ -217,17 +304,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-0-2"), Some("1.0.2")));
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-0-2"]);
 
-    kubectl_ok(&cluster, &["create", "namespace", "bookinfo"]);
-    kubectl_ok(&cluster, &["label", "namespace", "bookinfo", "istio-injection=enabled"]);
-    kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample("bookinfo.yaml")]);
-    for f in ["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
-        kubectl_ok(&cluster, &["apply", "-n", "bookinfo", "-f", &sample(f)]);
-    }
-    let out = cluster.kubectl(
-        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
-        None,
-    );
-    assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(&cluster, NS));
+    bookinfo(&cluster);
     let before = bookinfo_pods(&cluster).await;
     let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
     assert!(before.values().all(|(rev, image)| rev == "1-0-2" && *image == proxy_102), "{before:?}");
@@ -247,21 +324,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let out = cluster.kubectl(&["wait", "--for=condition=complete", "job/done", "-n", "jobs", "--timeout=120s"], None);
     assert!(out.status.success(), "the Job did not complete\n{}", diagnostics(&cluster, NS));
 
-    let lb = kubectl_ok(
-        &cluster,
-        &["get", "service", "skein-ingressgateway", "-n", NS, "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
-    );
-    let lb: SocketAddr = format!("{}:80", lb.trim()).parse().expect("a LoadBalancer address");
-    let start = Instant::now();
-    while let Err(e) = productpage(lb) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no Bookinfo answer through {lb}: {e}\n{}",
-            diagnostics(&cluster, NS)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let traffic = Traffic::start(lb);
+    let traffic = Traffic::start(answering_gateway(&cluster));
 
     // 1.0.2 -> 1.1.0: the new revision beside the old, tags moved, workloads migrated, the old
     // revision removed after its grace period.
