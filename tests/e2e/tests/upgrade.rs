@@ -235,20 +235,41 @@ fn answering_gateway(cluster: &Cluster) -> SocketAddr {
     lb
 }
 
+/// A cluster with a real node, `releases` tagged ((version, control plane image, proxy
+/// image)), the operator, and MeshControlPlane `default` with `spec` (the lines under `spec:`)
+/// Ready.
+async fn mesh_on(name: &str, releases: &[(&str, &str, &str)], spec: &str) -> Cluster {
+    let cluster = Cluster::start_with(name, Node::Real).await.expect("cluster with a real node starts");
+    for (version, control_plane, proxy) in releases {
+        release(&cluster, version, control_plane, proxy);
+    }
+    install_operator(&cluster);
+    cluster.apply(&format!(
+        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n{spec}"
+    ));
+    wait_ready(&cluster, "Ready=True", |s, _| s == "True").await;
+    cluster
+}
+
+/// The image of Deployment `deploy`'s first container (in the mesh namespace).
+fn image_of(cluster: &Cluster, deploy: &str) -> String {
+    kubectl_ok(
+        cluster,
+        &["get", "deploy", deploy, "-n", NS, "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+    )
+}
+
+const GOOD: &str = "skein-controlplane";
+const PROXY: &str = "skein-proxy";
+
 /// The two tests each run a real node and a mesh under load: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without_a_failed_request() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start_with("inplace", Node::Real).await.expect("cluster with a real node starts");
-    release(&cluster, "1.0.2", "skein-controlplane", "skein-proxy");
-    release(&cluster, "1.1.0", "skein-controlplane", "skein-proxy");
-    install_operator(&cluster);
-    cluster.apply(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec:\n  version: 1.0.2\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n",
-    );
-    wait_ready(&cluster, "Ready=True on 1.0.2", |s, _| s == "True").await;
+    let spec = "  version: 1.0.2\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n";
+    let cluster = mesh_on("inplace", &[("1.0.2", GOOD, PROXY), ("1.1.0", GOOD, PROXY)], spec).await;
     bookinfo(&cluster);
     let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
     let before = bookinfo_pods(&cluster).await;
@@ -266,12 +287,7 @@ async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without
     assert_eq!(reasons, ["WaitingForRevision", "MigratingWorkloads"]);
     let u = s.upgrade.as_ref().unwrap();
     assert_eq!((u.migrated, u.remaining), (6, 0));
-    let image = |deploy: &str| {
-        kubectl_ok(
-            &cluster,
-            &["get", "deploy", deploy, "-n", NS, "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
-        )
-    };
+    let image = |deploy: &str| image_of(&cluster, deploy);
     assert_eq!(image("skein-controlplane"), format!("{REGISTRY}/skein-controlplane:1.1.0"));
     let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
     assert_eq!(image("skein-ingressgateway"), proxy_110);
@@ -289,17 +305,11 @@ async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without
 #[tokio::test(flavor = "multi_thread")]
 async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_refuses_skew() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start_with("upgrade", Node::Real).await.expect("cluster with a real node starts");
-    release(&cluster, "1.0.2", "skein-controlplane", "skein-proxy");
-    release(&cluster, "1.1.0", "skein-controlplane", "skein-proxy");
-    release(&cluster, "1.2.0-rc.1", "bookinfo-app", "skein-proxy");
-    install_operator(&cluster);
-
-    // 1.0.2, revision-based, workloads migrated two at a time.
-    cluster.apply(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {name: default}\nspec:\n  version: 1.0.2\n  updateStrategy:\n    type: RevisionBased\n    updateWorkloads: true\n    workloadBatch: 2\n    progressDeadlineSeconds: 120\n    inactiveRevisionDeletionGracePeriodSeconds: 10\n",
-    );
-    wait_ready(&cluster, "Ready=True on 1.0.2", |s, _| s == "True").await;
+    // 1.0.2, revision-based, workloads migrated two at a time; 1.2.0-rc.1's control plane is
+    // the test app's image (it exits).
+    let spec = "  version: 1.0.2\n  updateStrategy:\n    type: RevisionBased\n    updateWorkloads: true\n    workloadBatch: 2\n    progressDeadlineSeconds: 120\n    inactiveRevisionDeletionGracePeriodSeconds: 10\n";
+    let releases = [("1.0.2", GOOD, PROXY), ("1.1.0", GOOD, PROXY), ("1.2.0-rc.1", "bookinfo-app", PROXY)];
+    let cluster = mesh_on("upgrade", &releases, spec).await;
     let s = status(&cluster).await;
     assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("1-0-2"), Some("1.0.2")));
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-0-2"]);
@@ -362,18 +372,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
     assert!(after.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{after:?}");
     assert!(after.keys().all(|p| !before.contains_key(p)), "every pod was replaced: {before:?} {after:?}");
-    let gw = kubectl_ok(
-        &cluster,
-        &[
-            "get",
-            "deploy",
-            "skein-ingressgateway",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image}",
-        ],
-    );
+    let gw = image_of(&cluster, "skein-ingressgateway");
     assert_eq!(gw, proxy_110, "the gateway follows the default tag");
     let (ok, failed, errors) = traffic.counts();
     eprintln!("upgrade to 1.1.0: {ok} requests answered, {failed} failed: {errors:?}");
@@ -420,7 +419,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     // comes up but a sidecar that never starts. The tags move, the first batch never becomes
     // healthy; at its deadline the tags move back, the gateway rolls back and the migrated
     // workloads are restarted onto 1-1-0.
-    release(&cluster, "1.2.0-rc.1", "skein-controlplane", "bookinfo-app");
+    release(&cluster, "1.2.0-rc.1", GOOD, "bookinfo-app");
     patch_spec(&cluster, r#"{"updateStrategy":{"progressDeadlineSeconds":40}}"#);
     let s = until_status(&cluster, "Stalled=True MigrationFailed", 300, &mut seen, |s| {
         condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "MigrationFailed")
@@ -442,18 +441,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(&cluster, NS));
     let back = bookinfo_pods(&cluster).await;
     assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
-    let gw = kubectl_ok(
-        &cluster,
-        &[
-            "get",
-            "deploy",
-            "skein-ingressgateway",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image}",
-        ],
-    );
+    let gw = image_of(&cluster, "skein-ingressgateway");
     assert_eq!(gw, proxy_110, "the gateway rolled back");
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
 
