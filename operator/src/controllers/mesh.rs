@@ -485,11 +485,12 @@ async fn upgrade_conditions(
         u.to_version,
         u.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
     );
-    let failed = plan.stalled.is_some();
+    // A failure is announced under its own reason (RevisionNotReady, MigrationFailed, ...):
+    // Events of one reason fold into one series whose note is the first one's.
     let r = mcp.object_ref(&());
-    match failed {
-        true => ctx.events.warning(&r, &u.phase, "Upgrade", note).await,
-        false => ctx.events.normal(&r, &u.phase, "Upgrade", note).await,
+    match &plan.stalled {
+        Some(f) => ctx.events.warning(&r, f.reason.as_str(), "Upgrade", note).await,
+        None => ctx.events.normal(&r, &u.phase, "Upgrade", note).await,
     }
 }
 

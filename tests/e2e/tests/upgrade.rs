@@ -251,6 +251,22 @@ async fn mesh_on(name: &str, releases: &[(&str, &str, &str)], spec: &str) -> Clu
     cluster
 }
 
+/// The MeshControlPlane's Events, a line each: `<type> <reason> <note>`.
+fn events(cluster: &Cluster) -> String {
+    kubectl_ok(
+        cluster,
+        &[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "involvedObject.name=default,involvedObject.kind=MeshControlPlane",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.reason} {.note}{.message}{\"\\n\"}{end}",
+        ],
+    )
+}
+
 /// The image of Deployment `deploy`'s first container (in the mesh namespace).
 fn image_of(cluster: &Cluster, deploy: &str) -> String {
     kubectl_ok(
@@ -374,6 +390,10 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert!(after.keys().all(|p| !before.contains_key(p)), "every pod was replaced: {before:?} {after:?}");
     let gw = image_of(&cluster, "skein-ingressgateway");
     assert_eq!(gw, proxy_110, "the gateway follows the default tag");
+    let ev = events(&cluster);
+    for want in ["Normal WaitingForRevision", "Normal Migrating", "Normal RestartedWorkloads", "Normal Complete"] {
+        assert!(ev.lines().any(|l| l.starts_with(want)), "`kubectl describe mcp` shows {want}: {ev}");
+    }
     let (ok, failed, errors) = traffic.counts();
     eprintln!("upgrade to 1.1.0: {ok} requests answered, {failed} failed: {errors:?}");
     assert!(ok > 100, "traffic kept flowing: {ok} answered");
@@ -443,6 +463,12 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
     let gw = image_of(&cluster, "skein-ingressgateway");
     assert_eq!(gw, proxy_110, "the gateway rolled back");
+    let ev = events(&cluster);
+    assert!(ev.lines().any(|l| l.starts_with("Warning MigrationFailed") && l.contains("not healthy")), "{ev}");
+    assert!(
+        ev.lines().any(|l| l.starts_with("Warning RevisionNotReady") && l.contains("not Ready within 20s")),
+        "{ev}"
+    );
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
 
     // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
