@@ -722,8 +722,20 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
         "catalog-new.yaml",
         "  - {version: 1.0.0, channel: stable, endOfLife: true}\n  - {version: 1.0.1, channel: stable}\n  - {version: 1.0.2, channel: stable}\n  - {version: 1.1.0, channel: fast}\n  - {version: 1.1.1, channel: stable}\n",
     );
+    // Held first (`paused`): the newer release is named, not installed.
+    apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n  updateStrategy: {paused: true}\n")).unwrap();
     let op = Operator::start_args(&cluster, "op-new", &cluster.kubeconfig, "default", &["--catalog", &new]).unwrap();
     let api: Api<MeshControlPlane> = Api::all(c.clone());
+    let m = until_mcp(&api, "mesh", "Reconciled=True UpgradePaused", &op, |m| {
+        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
+        current && condition(m, "Reconciled").is_some_and(|c| c.1 == "UpgradePaused")
+    })
+    .await;
+    let (_, _, message) = condition(&m, "Reconciled").unwrap();
+    assert!(message.contains("upgrade to 1.0.2 is held"), "{message}");
+    assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"));
+    assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"));
+    apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n")).unwrap();
     let m = until_mcp(&api, "mesh", "the mesh follows stable-1.0 to 1.0.2", &op, |m| {
         let Some(s) = m.status.as_ref() else { return false };
         let done = s.version.as_deref() == Some("1.0.2") && s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete");
