@@ -52,6 +52,10 @@ echo "== the operator and a MeshControlPlane in each cluster"
 port=18480
 for c in cluster1 cluster2; do
   k "$c" apply --server-side -k config/crd >/dev/null
+  # What the operator's install brings besides the CRD: the ClusterRoles it binds the control
+  # plane (and peers' readers) to, and the mesh namespace, which the operator never creates.
+  k "$c" apply --server-side -f config/rbac/role.yaml >/dev/null
+  k "$c" create namespace istio-system >/dev/null
   KUBECONFIG=${kc[$c]} "$root/target/debug/skein-operator" --leader-elect=false \
     --metrics-addr "127.0.0.1:$port" --image-registry skein.local/skein >"$logs/operator-$c.log" 2>&1 &
   pid[$c]=$!

@@ -18,8 +18,9 @@ pub enum ConditionType {
     RemoteClustersSynced,
     /// An upgrade or rollback is in progress (kstatus: InProgress). Absent otherwise.
     Reconciling,
-    /// The last upgrade failed or was refused and the operator will not retry it until the
-    /// spec changes (kstatus: Failed). Absent otherwise.
+    /// The last upgrade failed, or the spec was refused, and the operator will not retry until
+    /// the spec (or what it names, e.g. the namespace) changes (kstatus: Failed). Absent
+    /// otherwise.
     Stalled,
 }
 
@@ -88,6 +89,12 @@ pub enum Reason {
     EndOfLife,
     /// `Reconciled=True`: `spec.updateStrategy.paused` holds a newer version back.
     UpgradePaused,
+    /// `Reconciled=False`/`Stalled=True`: `spec.namespace` does not exist (the operator does
+    /// not create namespaces; create it, as with Istio's `istio-system`).
+    NamespaceNotFound,
+    /// `Reconciled=False`/`Stalled=True`: `spec.namespace` is not one of the namespaces the
+    /// operator was installed to manage (`--mesh-namespaces`, where its RBAC grants it a Role).
+    NamespaceNotManaged,
 }
 
 impl Reason {
@@ -114,6 +121,8 @@ impl Reason {
             Reason::SkewViolation => "SkewViolation",
             Reason::EndOfLife => "EndOfLife",
             Reason::UpgradePaused => "UpgradePaused",
+            Reason::NamespaceNotFound => "NamespaceNotFound",
+            Reason::NamespaceNotManaged => "NamespaceNotManaged",
         }
     }
 }

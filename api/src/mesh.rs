@@ -311,12 +311,40 @@ pub struct ControlPlaneComponent {
     /// Container resources. Default: requests 100m CPU, 128Mi memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scale with a HorizontalPodAutoscaler (Istio's `autoscaleEnabled`/`autoscaleMin`/
+    /// `autoscaleMax`) instead of `replicas`, which the operator then leaves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 impl Default for ControlPlaneComponent {
     fn default() -> Self {
-        Self { replicas: default_replicas(), resources: None }
+        Self { replicas: default_replicas(), resources: None, autoscaling: None }
     }
+}
+
+/// A HorizontalPodAutoscaler (autoscaling/v2) on CPU for a component's Deployment. The
+/// autoscaler owns `spec.replicas`: the operator stops setting it, so the two never fight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas").message("maxReplicas must be at least minReplicas"))]
+pub struct Autoscaling {
+    /// Fewest replicas (1–100). Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// Most replicas (1–100).
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the containers' CPU request, the autoscaler aims at
+    /// (1–100). Default 80, as Istio's.
+    #[serde(default = "default_cpu_target", rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    80
 }
 
 fn default_replicas() -> i32 {
@@ -341,6 +369,10 @@ pub struct GatewayComponent {
     /// Container resources. Default: requests 100m CPU, 128Mi memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scale with a HorizontalPodAutoscaler instead of `replicas`, which the operator then
+    /// leaves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// Kubernetes Service type of a gateway.

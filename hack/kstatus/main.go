@@ -3,10 +3,16 @@
 // github.com/fluxcd/cli-utils. Test infrastructure for Skein's e2e tests: the object (JSON or
 // YAML, as `kubectl get -o json` prints it) on stdin, one JSON line on stdout:
 // {"kstatus": "<status>", "flux": "<status>", "message": "<kstatus message>"}.
+//
+// With -argocd-health FILE it adds what Argo CD's health check FILE (Lua) says:
+// "argocd": "<Healthy|Progressing|Degraded|Suspended>", "argocdMessage": "...". With
+// -argocd-tests DIR it runs DIR/health_test.yaml (Argo CD's resource_customizations layout)
+// and exits non-zero when a case differs.
 package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +24,15 @@ import (
 )
 
 func main() {
+	argocdHealth := flag.String("argocd-health", "", "Argo CD health.lua to run over the object too")
+	argocdTests := flag.String("argocd-tests", "", "directory with health.lua and health_test.yaml to run")
+	flag.Parse()
+	if *argocdTests != "" {
+		if err := runTests(*argocdTests); err != nil {
+			fail(err)
+		}
+		return
+	}
 	raw, err := io.ReadAll(os.Stdin)
 	if err != nil {
 		fail(err)
@@ -38,7 +53,19 @@ func main() {
 	if err != nil {
 		fail(fmt.Errorf("github.com/fluxcd/cli-utils: %w", err))
 	}
-	out, _ := json.Marshal(map[string]string{"kstatus": s.Status.String(), "flux": f.Status.String(), "message": s.Message})
+	result := map[string]string{"kstatus": s.Status.String(), "flux": f.Status.String(), "message": s.Message}
+	if *argocdHealth != "" {
+		script, err := os.ReadFile(*argocdHealth)
+		if err != nil {
+			fail(err)
+		}
+		status, message, err := health(string(script), obj)
+		if err != nil {
+			fail(err)
+		}
+		result["argocd"], result["argocdMessage"] = status, message
+	}
+	out, _ := json.Marshal(result)
 	fmt.Println(string(out))
 }
 

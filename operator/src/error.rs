@@ -27,7 +27,8 @@ impl SpecError {
     /// (the operator watches only its own objects), so that one is looked at again soon.
     pub fn recheck(&self) -> Option<Duration> {
         match self.reason {
-            Reason::InvalidRootCa => Some(Duration::from_secs(5)),
+            // Neither is watched: the user's Secret and namespaces are not the operator's.
+            Reason::InvalidRootCa | Reason::NamespaceNotFound => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ pub mod federation;
 #[cfg(test)]
 pub mod fixtures;
 pub mod kube;
+pub mod olm;
 pub use skein_support::leader;
 pub mod pki;
 pub mod render;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use skein_operator::{
-    context::Context,
+    context::{Context, Scope},
     controllers,
     leader::{Elector, LeaseConfig},
     telemetry::{self, Health, Metrics},
@@ -48,6 +48,12 @@ struct Args {
     /// 5 s) before its endpoints are withdrawn from the `.global` hosts; 0: never withdrawn.
     #[arg(long, default_value_t = 30)]
     gateway_lease_seconds: u64,
+    /// Namespaces MeshControlPlanes may install into (comma-separated), where the install
+    /// grants the operator a Role (config/rbac/mesh_namespace.yaml); every other namespace is
+    /// refused with `NamespaceNotManaged`. Empty: any namespace, for an operator with
+    /// cluster-wide rights.
+    #[arg(long, env = "SKEIN_MESH_NAMESPACES", default_value = "")]
+    mesh_namespaces: String,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
@@ -69,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
         None => Catalog::builtin_with_registry(args.image_registry.as_deref()),
     }
     .context("release catalog")?;
-    let client = kube::Client::try_default().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
+    let mut config = kube::Config::infer().await.context("kubernetes client (in-cluster or KUBECONFIG)")?;
+    skein_operator::kube::identify(&mut config);
+    let client = kube::Client::try_from(config).context("kubernetes client")?;
     let metrics = Metrics::default();
     let health = Health::default();
     tokio::spawn({
@@ -107,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     });
-    let ctx = Context::new(client, catalog, metrics.clone());
+    let ctx = Context::new(client, catalog, metrics.clone(), Scope::parse(&args.mesh_namespaces));
     let federation = controllers::federation::Settings {
         removal_grace: Duration::from_secs(args.remote_removal_grace_seconds),
         gateway_lease: Duration::from_secs(args.gateway_lease_seconds),

@@ -13,7 +13,7 @@ use tracing::info;
 use crate::{
     context::Context,
     error::{Error, SpecError},
-    kube::apply::{Applier, ApplyError, Outcome},
+    kube::apply::{Applier, ApplyError},
     render::{self, CONTROL_PLANE, WEBHOOK_TLS_SECRET, meta::object_meta, webhook},
 };
 
@@ -112,7 +112,7 @@ pub async fn ensure_webhook_cert(
     let not_after =
         k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(24 * SERVING_DAYS);
     let desired = webhook::tls_secret(mcp, &chain, &key, &ca.root_cert_pem, &not_after.to_string());
-    let applied = applier.ensure(&desired, ns).await? == Outcome::Applied;
+    let applied = applier.ensure(&desired, ns).await?.wrote();
     info!(namespace = ns, "issued webhook serving certificate");
     Ok(applied)
 }

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use self::peer::{PeerState, Sync};
 use crate::{
-    context::Context,
+    context::{Context, Scope},
     federation::{
         DEFAULT_SUFFIX, FEDERATED_ROOTS_CONFIGMAP, GENERATED_LABEL, ISTIO_REMOTE_SECRET_LABEL, REMOTE_SECRET_LABEL,
         SOURCE_CLUSTERS_ANNOTATION, VIP_CONFIGMAP,
@@ -111,8 +111,8 @@ struct Refused {
 
 struct LocalStores {
     meshes: Store<MeshControlPlane>,
-    skein_secrets: Store<Secret>,
-    istio_secrets: Store<Secret>,
+    /// Remote Secrets (Skein's and Istio's label), per watched namespace.
+    secrets: Vec<Store<Secret>>,
     service_entries: Store<DynamicObject>,
     destination_rules: Store<DynamicObject>,
     task: JoinHandle<()>,
@@ -120,18 +120,30 @@ struct LocalStores {
 
 impl LocalStores {
     /// Starts the local watches; each event wakes `notify`.
-    fn start(client: &kube::Client, notify: Arc<Notify>) -> Self {
+    fn start(client: &kube::Client, scope: &Scope, notify: Arc<Notify>) -> Self {
         let cfg = watcher::Config::default;
         let (meshes, w) = reflector::store::<MeshControlPlane>();
         let m = reflector::reflector(w, watcher(Api::all(client.clone()), cfg()).default_backoff()).map(|_| ()).boxed();
-        let (skein_secrets, w) = reflector::store::<Secret>();
-        let s1_cfg = cfg().labels(&format!("{REMOTE_SECRET_LABEL}=true"));
-        let s1 =
-            reflector::reflector(w, watcher(Api::all(client.clone()), s1_cfg).default_backoff()).map(|_| ()).boxed();
-        let (istio_secrets, w) = reflector::store::<Secret>();
-        let s2_cfg = cfg().labels(&format!("{ISTIO_REMOTE_SECRET_LABEL}=true"));
-        let s2 =
-            reflector::reflector(w, watcher(Api::all(client.clone()), s2_cfg).default_backoff()).map(|_| ()).boxed();
+        // Remote Secrets live in the mesh namespaces: watched there only (the operator may read
+        // no Secret elsewhere), or cluster-wide when it runs with cluster-wide rights.
+        let mut streams = vec![m];
+        let mut secrets = Vec::new();
+        let namespaces: Vec<Option<&str>> = match scope.namespaces() {
+            Some(set) => set.iter().map(|n| Some(n.as_str())).collect(),
+            None => vec![None],
+        };
+        for ns in namespaces {
+            for label in [REMOTE_SECRET_LABEL, ISTIO_REMOTE_SECRET_LABEL] {
+                let api: Api<Secret> = match ns {
+                    Some(ns) => Api::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                };
+                let (store, w) = reflector::store::<Secret>();
+                let config = cfg().labels(&format!("{label}=true"));
+                streams.push(reflector::reflector(w, watcher(api, config).default_backoff()).map(|_| ()).boxed());
+                secrets.push(store);
+            }
+        }
         let se = service_entries();
         let w = reflector::store::Writer::new(se.clone());
         let service_entries = w.as_reader();
@@ -144,20 +156,20 @@ impl LocalStores {
         let s4 = reflector::reflector(w, watcher(dr_api, cfg().labels(GENERATED_LABEL)).default_backoff())
             .map(|_| ())
             .boxed();
-        let mut all = futures::stream::select_all([m, s1, s2, s3, s4]);
+        streams.extend([s3, s4]);
+        let mut all = futures::stream::select_all(streams);
         let task = tokio::spawn(async move {
             while all.next().await.is_some() {
                 notify.notify_one();
             }
         });
-        Self { meshes, skein_secrets, istio_secrets, service_entries, destination_rules, task }
+        Self { meshes, secrets, service_entries, destination_rules, task }
     }
 
     async fn ready(&self) {
         let _ = tokio::join!(
             self.meshes.wait_until_ready(),
-            self.skein_secrets.wait_until_ready(),
-            self.istio_secrets.wait_until_ready(),
+            futures::future::join_all(self.secrets.iter().map(Store::wait_until_ready)),
             self.service_entries.wait_until_ready(),
             self.destination_rules.wait_until_ready(),
         );
@@ -199,7 +211,7 @@ impl Drop for Federation {
 /// Runs the federation controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send) {
     let notify = Arc::new(Notify::new());
-    let local = LocalStores::start(&ctx.client, notify.clone());
+    let local = LocalStores::start(&ctx.client, &ctx.scope, notify.clone());
     let health = Arc::new(std::sync::Mutex::new(GatewayHealth::new(settings.gateway_lease)));
     let probed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let probes = tokio::spawn(probe_gateways(probed.clone(), health.clone(), notify.clone(), settings.gateway_lease));
@@ -329,8 +341,7 @@ impl Federation {
     /// of `namespace`. Returns the cluster keys that cannot be used.
     async fn sync_peers(&mut self, mcp: &MeshControlPlane, namespace: &str) -> Vec<Refused> {
         let local_cluster = mcp.spec.multi_cluster.as_ref().and_then(|m| m.cluster_name.clone());
-        let mut secrets: Vec<Arc<Secret>> = self.local.skein_secrets.state();
-        secrets.extend(self.local.istio_secrets.state());
+        let mut secrets: Vec<Arc<Secret>> = self.local.secrets.iter().flat_map(Store::state).collect();
         secrets.retain(|s| s.namespace().as_deref() == Some(namespace));
         secrets.sort_by_key(|s| s.name_any());
         secrets.dedup_by_key(|s| s.name_any());
@@ -674,7 +685,7 @@ impl Federation {
         let api: Api<MeshControlPlane> = Api::all(self.ctx.client.clone());
         api.patch_status(
             &mcp.name_any(),
-            &PatchParams::default(),
+            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
             &Patch::Merge(json!({"status": {"remoteClusters": out}})),
         )
         .await

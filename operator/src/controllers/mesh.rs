@@ -4,7 +4,7 @@
 //! Level-based and idempotent: every pass recomputes everything from the spec and the cluster,
 //! and a pass over a converged installation writes nothing.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -12,15 +12,16 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
         core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
-        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     core::ApiResource,
     runtime::{
         Controller,
@@ -47,10 +48,7 @@ use crate::{
         conditions::{ConditionUpdate, component_status, has_condition, pod_problem, upsert_condition},
     },
     pki,
-    render::{
-        self, CONTROL_PLANE, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL,
-        meta::{MANAGED_BY_LABEL, object_meta},
-    },
+    render::{self, CONTROL_PLANE, Desired, Facts, Gateway, MANAGED_BY, OWNER_LABEL, meta::MANAGED_BY_LABEL},
     upgrade::{
         catalog::Release,
         migrate,
@@ -63,8 +61,6 @@ mod revisions;
 
 /// The one finalizer the operator puts on a `MeshControlPlane`.
 pub const FINALIZER: &str = "mesh.skein.dev/cleanup";
-/// Annotation on a namespace the operator created (so deletion removes only such namespaces).
-pub const CREATED_BY_ANNOTATION: &str = "mesh.skein.dev/created-by";
 
 /// How often a converged installation is re-checked without any event (drift the watches
 /// missed). Events drive everything else.
@@ -98,7 +94,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // runs at most one reconcile per object and queues one more.
     let store = controller.store();
     let injected = watcher::Config::default().labels(revisions::INJECTED_SELECTOR);
-    controller
+    let mut controller = controller
         .watches(Api::<Pod>::all(client.clone()), injected, move |pod: Pod| {
             // Outside an upgrade only a pod that comes or goes changes a proxy count: a
             // Running pod's status updates are ignored.
@@ -107,17 +103,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             let meshes = store.state().into_iter().filter(|m| comes_or_goes || pods_matter(m));
             meshes.map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
         })
-        .watches(Api::<Deployment>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<Service>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<ServiceAccount>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<ConfigMap>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<Secret>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<Role>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<RoleBinding>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<ClusterRole>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone(), owner_of)
-        .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned, owner_of)
+        .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned.clone(), owner_of);
+    // Namespaced children: in each mesh namespace where the operator has a Role, or
+    // cluster-wide for an operator with cluster-wide rights.
+    let scopes: Vec<Option<&str>> = match ctx.scope.namespaces() {
+        Some(set) => set.iter().map(|n| Some(n.as_str())).collect(),
+        None => vec![None],
+    };
+    for ns in scopes {
+        controller = controller
+            .watches(scoped::<Deployment>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<Service>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<ServiceAccount>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<ConfigMap>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<Secret>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<PodDisruptionBudget>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<HorizontalPodAutoscaler>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<Role>(&client, ns), owned.clone(), owner_of)
+            .watches(scoped::<RoleBinding>(&client, ns), owned.clone(), owner_of);
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -126,6 +132,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// `Api` of `K` in `namespace`, or cluster-wide for `None`.
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Whether a mesh's reconciles depend on pod events now: an upgrade is moving (or rolling
@@ -214,13 +232,13 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     }
 
     // 2. The CA: a bad user Secret is also refused without touching anything.
-    ensure_namespace(mcp, ctx).await?;
+    check_namespace(mcp, ctx).await?;
     let (ca, issued) = pki::ensure_ca(mcp, ctx).await?;
     if issued == pki::Issued::Root {
         let note = format!("generated the self-signed mesh root CA in Secret {ns}/{}", render::ca_secret_name(mcp));
         ctx.events.normal(&mcp.object_ref(&()), "GeneratedRootCA", "Install", note).await;
     }
-    let applier = Applier::new(ctx.client.clone());
+    let applier = Applier::guarded(ctx.client.clone(), ctx.drift.clone());
     let mut applied = u64::from(pki::ensure_webhook_cert(mcp, ctx, &applier, &ca).await?);
 
     // 3. The Istio API CRDs, unless another installation owns them.
@@ -358,10 +376,30 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     };
     let desired = render::render(mcp, facts);
     let mut written = Vec::new();
+    // The soonest a held-off repair may be retried (another writer keeps changing the object).
+    let mut held: Option<Duration> = None;
     for d in &desired {
-        if applier.ensure(d, &ns).await? == Outcome::Applied {
-            info!(name, object = %d.describe(), "applied");
-            written.push(d.describe());
+        match applier.ensure(d, &ns).await? {
+            Outcome::Unchanged => {}
+            Outcome::Applied => {
+                info!(name, object = %d.describe(), "applied");
+                written.push(d.describe());
+            }
+            Outcome::AppliedBackingOff { next, writer } => {
+                written.push(d.describe());
+                let writer = writer.unwrap_or_else(|| "another writer".into());
+                let note = format!(
+                    "{} keeps being changed by {writer}; repaired again, further repairs wait {}s (doubling, at \
+                     most 300s). Set the field in the MeshControlPlane instead, or stop the other writer",
+                    d.describe(),
+                    next.as_secs()
+                );
+                warn!(name, object = %d.describe(), %writer, "drift repair backing off");
+                ctx.events.warning(&mcp.object_ref(&()), "DriftRepairBackoff", "Install", note).await;
+            }
+            Outcome::Held { retry_in } => {
+                held = Some(held.map_or(retry_in, |h| h.min(retry_in)));
+            }
         }
     }
     let pruned = prune(mcp, &applier, &desired).await?;
@@ -440,11 +478,12 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         plan.reconciling.is_some() || (plan.rolling_back() && plan.upgrade.as_ref().is_some_and(|u| u.remaining > 0));
     // An upgrade advances on time (deadlines, grace periods, pods rolling), not only on events.
     let unused = status.revisions.iter().any(|r| r.unused_since.is_some());
-    Ok(Action::requeue(match (busy || unused, ready) {
+    let next = match (busy || unused, ready) {
         (true, _) => UPGRADE_RECHECK,
         (false, true) => RESYNC,
         (false, false) => PENDING_RECHECK,
-    }))
+    };
+    Ok(Action::requeue(held.map_or(next, |h| h.min(next))))
 }
 
 /// The release a revision runs, with the spec's image overrides.
@@ -551,7 +590,7 @@ async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) 
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
     let mut foreign = Vec::new();
-    for mut d in render::istio_crds() {
+    for d in render::istio_crds() {
         let existing = api.get_opt(&d.name).await.map_err(ApplyError::during("get", d.describe()))?;
         if let Some(crd) = existing {
             let manager = crd.labels().get(MANAGED_BY_LABEL).cloned();
@@ -559,10 +598,8 @@ async fn ensure_istio_crds(applier: &Applier, ctx: &Context, applied: &mut u64) 
                 foreign.push(format!("{} (managed by {})", d.name, manager.as_deref().unwrap_or("unknown")));
                 continue;
             }
-            let live = serde_json::to_value(&crd).unwrap_or_default();
-            render::crds::keep_stored_versions(&mut d.body, &live);
         }
-        if applier.ensure(&d, "").await? == Outcome::Applied {
+        if applier.ensure_with(&d, "", render::crds::keep_stored_versions).await?.wrote() {
             info!(object = %d.describe(), "applied");
             *applied += 1;
         }
@@ -583,6 +620,11 @@ async fn refuse(
     warn!(name = %mcp.name_any(), reason = %e.reason, message = e.message, "spec refused");
     let retry = e.recheck();
     set(&mut status, mcp, ConditionType::Reconciled, false, e.reason, e.message.clone());
+    // kstatus (Flux's `wait`, Argo CD's generic check) reads `Stalled=True` as Failed: without
+    // it a refused spec looks Current (Ready stays True while the old install runs) or
+    // InProgress forever (a new object). Nothing is progressing while the spec is refused.
+    set(&mut status, mcp, ConditionType::Stalled, true, e.reason, e.message.clone());
+    status.conditions.retain(|c| c.type_ != ConditionType::Reconciling.as_str());
     // Nothing installed yet: say so, rather than the "installation has started" of the first
     // pass.
     if !has_condition(&status.conditions, ConditionType::Ready) || status.version.is_none() {
@@ -612,32 +654,39 @@ async fn write_status(
     // whole, so sending this controller's (possibly older) copy could undo its write.
     status.remote_clusters.clear();
     let api: Api<MeshControlPlane> = Api::all(ctx.client.clone());
-    api.patch_status(&mcp.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+    let params = PatchParams { field_manager: Some(render::FIELD_MANAGER.into()), ..Default::default() };
+    api.patch_status(&mcp.name_any(), &params, &Patch::Merge(json!({ "status": status })))
         .await
         .map_err(ApplyError::during("patch status of", format!("MeshControlPlane/{}", mcp.name_any())))?;
     ctx.metrics.status_written();
     Ok(())
 }
 
-/// Creates `spec.namespace` if it is missing, marked as ours so deletion can remove it. A
-/// namespace that existed before is never modified.
-async fn ensure_namespace(mcp: &MeshControlPlane, ctx: &Context) -> Result<(), Error> {
+/// `spec.namespace` must be one the operator manages and must exist: like Sail and
+/// `istioctl`, the operator does not create it (the install that grants the operator its Role
+/// there creates it; `kubectl create namespace` for others), and so never deletes it either.
+async fn check_namespace(mcp: &MeshControlPlane, ctx: &Context) -> Result<(), Error> {
     let ns = render::namespace(mcp);
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    if api.get_opt(ns).await.map_err(ApplyError::during("get", format!("Namespace/{ns}")))?.is_some() {
-        return Ok(());
+    if let Some(managed) = ctx.scope.namespaces().filter(|set| !set.contains(ns)) {
+        let list = managed.iter().cloned().collect::<Vec<_>>().join(", ");
+        let message = format!(
+            "spec.namespace: {ns:?} is not a namespace this operator manages ({list}); install the \
+             operator's mesh-namespace Role there and add it to --mesh-namespaces"
+        );
+        return Err(SpecError { reason: Reason::NamespaceNotManaged, message }.into());
     }
-    let mut meta = object_meta(mcp, ns, false, CONTROL_PLANE);
-    meta.annotations = Some(BTreeMap::from([(CREATED_BY_ANNOTATION.to_string(), mcp.name_any())]));
-    let obj = Namespace { metadata: meta, ..Default::default() };
-    let params = PostParams { field_manager: Some(render::FIELD_MANAGER.into()), ..Default::default() };
-    match api.create(&params, &obj).await {
-        Ok(_) => {
-            info!(namespace = ns, "created namespace");
-            Ok(())
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match api.get_opt(ns).await.map_err(ApplyError::during("get", format!("Namespace/{ns}")))? {
+        Some(n) if n.metadata.deletion_timestamp.is_none() => Ok(()),
+        Some(_) => {
+            let message = format!("spec.namespace: namespace {ns:?} is being deleted");
+            Err(SpecError { reason: Reason::NamespaceNotFound, message }.into())
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
-        Err(e) => Err(ApplyError::during("create", format!("Namespace/{ns}"))(e).into()),
+        None => {
+            let message =
+                format!("spec.namespace: namespace {ns:?} does not exist; create it (kubectl create namespace {ns})");
+            Err(SpecError { reason: Reason::NamespaceNotFound, message }.into())
+        }
     }
 }
 
@@ -652,6 +701,7 @@ async fn prune(mcp: &MeshControlPlane, applier: &Applier, desired: &[Desired]) -
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<ServiceAccount>(&()),
         ApiResource::erase::<PodDisruptionBudget>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
     ] {
         let keep: Vec<&str> = desired
             .iter()
@@ -703,20 +753,14 @@ async fn pods_problem(ctx: &Context, d: &Deployment) -> Result<Option<String>, E
 }
 
 /// Removes what owner references cannot: cluster-scoped objects are deleted explicitly (so the
-/// result does not depend on garbage-collector timing) and the namespace goes only if the
-/// operator created it.
+/// result does not depend on garbage-collector timing). The namespace stays: the operator did
+/// not create it.
 async fn cleanup(mcp: &MeshControlPlane, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
-    let cluster_role = render::cluster_scoped_name(CONTROL_PLANE, mcp);
-    delete_if_present(Api::<ClusterRoleBinding>::all(client.clone()), &cluster_role).await?;
-    delete_if_present(Api::<ClusterRole>::all(client.clone()), &cluster_role).await?;
+    let binding = render::cluster_scoped_name(CONTROL_PLANE, mcp);
+    delete_if_present(Api::<ClusterRoleBinding>::all(client.clone()), &binding).await?;
     delete_if_present(Api::<MutatingWebhookConfiguration>::all(client.clone()), &render::webhook_name(mcp)).await?;
     let ns = render::namespace(mcp);
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let live = ns_api.get_opt(ns).await.map_err(ApplyError::during("get", format!("Namespace/{ns}")))?;
-    if live.is_some_and(|n| n.annotations().get(CREATED_BY_ANNOTATION) == Some(&mcp.name_any())) {
-        delete_if_present(ns_api, ns).await?;
-    }
     info!(name = %mcp.name_any(), "cleaned up");
     ctx.events.normal(&mcp.object_ref(&()), "CleanedUp", "Delete", format!("removed the installation in {ns}")).await;
     Ok(Action::await_change())

@@ -6,8 +6,14 @@ use kube::{
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     core::ApiResource,
 };
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
 use serde_json::Value;
 
+use super::drift::{self, DriftGuard, Verdict};
 use crate::render::{Desired, FIELD_MANAGER};
 
 /// A failed apiserver call, with what was being done.
@@ -31,25 +37,55 @@ impl ApplyError {
     }
 }
 
+/// Changes a desired body from the live object before it is compared and applied.
+type Adjust<'a> = dyn Fn(&mut Value, &Value) + Sync + 'a;
+
 /// Writes desired objects into the cluster.
 #[derive(Clone)]
 pub struct Applier {
     client: Client,
+    /// Throttles repeated repairs of objects another writer keeps changing.
+    guard: Option<Arc<DriftGuard>>,
 }
 
 /// What `ensure` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The live object already matched; nothing was sent.
     Unchanged,
     /// The object was created or patched.
     Applied,
+    /// The object was repaired, but another writer keeps changing it: further repairs wait
+    /// `next` (announce it once).
+    AppliedBackingOff {
+        /// Delay before the next repair.
+        next: Duration,
+        /// The other writer's field manager, when known.
+        writer: Option<String>,
+    },
+    /// Another writer changed it again within the back-off: left as is for `retry_in`.
+    Held {
+        /// Time until a repair is allowed.
+        retry_in: Duration,
+    },
+}
+
+impl Outcome {
+    /// Whether a write was sent.
+    pub fn wrote(&self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::AppliedBackingOff { .. })
+    }
 }
 
 impl Applier {
     /// An applier using `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self { client, guard: None }
+    }
+
+    /// An applier whose repairs of drifted objects go through `guard` (see [`DriftGuard`]).
+    pub fn guarded(client: Client, guard: Arc<DriftGuard>) -> Self {
+        Self { client, guard: Some(guard) }
     }
 
     fn api(&self, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -61,20 +97,80 @@ impl Applier {
 
     /// Makes `desired` hold in the cluster, writing only when the live object differs.
     pub async fn ensure(&self, desired: &Desired, namespace: &str) -> Result<Outcome, ApplyError> {
+        self.ensure_adjusted(desired, namespace, None).await
+    }
+
+    /// [`Applier::ensure`], with `adjust(desired body, live object)` run on the object just
+    /// read, before comparing and applying: for what depends on the live state (a CRD's stored
+    /// versions), so a change between two reads cannot make the apply invalid.
+    pub async fn ensure_with(
+        &self,
+        desired: &Desired,
+        namespace: &str,
+        adjust: impl Fn(&mut Value, &Value) + Sync,
+    ) -> Result<Outcome, ApplyError> {
+        self.ensure_adjusted(desired, namespace, Some(&adjust)).await
+    }
+
+    async fn ensure_adjusted(
+        &self,
+        desired: &Desired,
+        namespace: &str,
+        adjust: Option<&Adjust<'_>>,
+    ) -> Result<Outcome, ApplyError> {
         let api = self.api(&desired.resource, desired.namespaced.then_some(namespace));
         let err = |action, source| ApplyError { action, what: desired.describe(), source };
         let live = api.get_opt(&desired.name).await.map_err(|e| err("get", e))?;
+        let live = live.map(|l| serde_json::to_value(&l).unwrap_or(Value::Null));
+        // A copy only when something adjusts it: most objects are compared as rendered.
+        let desired: std::borrow::Cow<'_, Desired> = match (adjust, &live) {
+            (Some(adjust), Some(live)) => {
+                let mut owned = desired.clone();
+                adjust(&mut owned.body, live);
+                std::borrow::Cow::Owned(owned)
+            }
+            _ => std::borrow::Cow::Borrowed(desired),
+        };
+        let desired = desired.as_ref();
+        let key = format!("{namespace}/{}", desired.describe());
+        // Fingerprints feed the drift guard only.
+        let fingerprint = if self.guard.is_some() { drift::fingerprint(&desired.body) } else { 0 };
+        let mut outcome = Outcome::Applied;
         if let Some(live) = live {
-            let live = serde_json::to_value(&live).unwrap_or(Value::Null);
             if is_subset(&desired.body, &live) {
+                if let Some(g) = &self.guard {
+                    g.applied(&key, fingerprint);
+                }
                 return Ok(Outcome::Unchanged);
+            }
+            if let Some(g) = &self.guard {
+                match g.judge(&key, fingerprint, Instant::now()) {
+                    Verdict::Apply => {}
+                    Verdict::Hold { retry_in } => return Ok(Outcome::Held { retry_in }),
+                    Verdict::ApplyAndBackOff { next } => {
+                        outcome = Outcome::AppliedBackingOff { next, writer: drift::other_writer(&live, FIELD_MANAGER) }
+                    }
+                }
+            }
+            // A binding's roleRef is immutable: one pointing at another role (an older
+            // operator bound per-installation ClusterRoles) is replaced, not patched.
+            let role_ref = &desired.body["roleRef"];
+            if !role_ref.is_null() && live["roleRef"] != *role_ref {
+                match api.delete(&desired.name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(e) => return Err(err("delete", e)),
+                }
             }
         }
         // Strict validation: a field the apiserver does not know is a rendering bug, not
         // something to drop silently.
         let params = PatchParams::apply(FIELD_MANAGER).force().validation_strict();
         api.patch(&desired.name, &params, &Patch::Apply(&desired.body)).await.map_err(|e| err("apply", e))?;
-        Ok(Outcome::Applied)
+        if let (Some(g), Outcome::Applied) = (&self.guard, &outcome) {
+            g.applied(&key, fingerprint);
+        }
+        Ok(outcome)
     }
 
     /// Applies `desired` without reading it first: for callers that already compared it with

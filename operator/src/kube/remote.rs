@@ -16,5 +16,6 @@ pub async fn client(creds: &PeerCredentials) -> Result<Client, String> {
         .await
         .map_err(|e| format!("kubeconfig: {e}"))?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
+    super::identify(&mut config);
     Client::try_from(config).map_err(|e| format!("client: {e}"))
 }

@@ -1,12 +1,14 @@
-//! The control plane: its ServiceAccount, Deployment, Service and PodDisruptionBudget.
+//! The control plane: its ServiceAccount, Deployment, Service, PodDisruptionBudget and
+//! HorizontalPodAutoscaler.
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
 };
 use serde_json::{Value, json};
-use skein_api::MeshControlPlane;
+use skein_api::{Autoscaling, MeshControlPlane};
 
 use super::{
     CONTROL_PLANE, DEFAULT_REVISION, Desired, MESH_CONFIG_DIR, MESH_CONFIGMAP, MESH_UID, PORT_MONITORING, PORT_WEBHOOK,
@@ -70,8 +72,8 @@ pub fn discovery_address(mcp: &MeshControlPlane) -> String {
 
 pub(super) fn cluster_env(mcp: &MeshControlPlane) -> Vec<Value> {
     let mut env = vec![
-        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}),
     ];
     if let Some(m) = &mcp.spec.multi_cluster {
         if let Some(c) = &m.cluster_name {
@@ -114,7 +116,6 @@ pub fn deployment(mcp: &MeshControlPlane, revision: &str, release: &Release) -> 
             "kind": "Deployment",
             "metadata": metadata(mcp, &name, true, CONTROL_PLANE),
             "spec": {
-                "replicas": cp.replicas,
                 "selector": {"matchLabels": selector_labels(CONTROL_PLANE, revision)},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
@@ -176,6 +177,32 @@ pub fn service(mcp: &MeshControlPlane, name: &str, revision: &str) -> Desired {
                     port("http-monitoring", PORT_MONITORING),
                     port("https-webhook", PORT_WEBHOOK),
                 ],
+            },
+        }),
+    )
+}
+
+/// `replicas` in a Deployment body, unless an autoscaler owns it: a field the operator applies
+/// would be put back after every scaling, a fight with the HorizontalPodAutoscaler.
+pub(super) fn set_replicas(deployment: &mut Desired, replicas: i32, autoscaling: Option<&Autoscaling>) {
+    if autoscaling.is_none() {
+        deployment.body["spec"]["replicas"] = json!(replicas);
+    }
+}
+
+/// A HorizontalPodAutoscaler on CPU for Deployment `name` of `component`.
+pub fn autoscaler(mcp: &MeshControlPlane, name: &str, component: &str, a: &Autoscaling) -> Desired {
+    Desired::new::<HorizontalPodAutoscaler>(
+        true,
+        json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": metadata(mcp, name, true, component),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization_percentage}}}],
             },
         }),
     )

@@ -54,7 +54,8 @@ impl Gateway {
         }
     }
 
-    fn spec(self, mcp: &MeshControlPlane) -> Option<&GatewayComponent> {
+    /// The gateway's settings in the spec, if any.
+    pub fn spec(self, mcp: &MeshControlPlane) -> Option<&GatewayComponent> {
         let c = &mcp.spec.components;
         match self {
             Gateway::Ingress => c.ingress_gateway.as_ref(),
@@ -101,8 +102,10 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
     pod_labels["istio"] = json!(gw.istio_label());
     pod_labels["sidecar.istio.io/inject"] = json!("false");
     let mut env = control_plane::cluster_env(mcp);
-    env.push(json!({"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}));
-    env.push(json!({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}));
+    env.push(
+        json!({"name": "INSTANCE_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}}),
+    );
+    env.push(json!({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.serviceAccountName"}}}));
     let mut ports: Vec<Value> = gw
         .ports()
         .iter()
@@ -116,7 +119,6 @@ pub fn deployment(mcp: &MeshControlPlane, gw: Gateway, facts: Facts<'_>) -> Desi
             "kind": "Deployment",
             "metadata": metadata(mcp, gw.name(), true, gw.name()),
             "spec": {
-                "replicas": spec.and_then(|s| s.replicas).unwrap_or(1),
                 "selector": {"matchLabels": selector_labels(gw.name(), DEFAULT_REVISION)},
                 "template": {
                     "metadata": {"labels": pod_labels},

@@ -157,14 +157,21 @@ pub fn render(mcp: &MeshControlPlane, facts: Facts<'_>) -> Vec<Desired> {
     out.push(mesh_config::config_map(mcp));
     for (revision, release) in facts.revisions() {
         let name = control_plane::name(revision);
-        out.push(control_plane::deployment(mcp, revision, release));
+        let cp = &mcp.spec.components.control_plane;
+        let mut deployment = control_plane::deployment(mcp, revision, release);
+        control_plane::set_replicas(&mut deployment, cp.replicas, cp.autoscaling.as_ref());
+        out.push(deployment);
         // The inactive `default` revision's Service is the stable one, which follows the
         // active revision (its proxies then reach the active control plane).
         if revision == facts.revision || revision != DEFAULT_REVISION {
             out.push(control_plane::service(mcp, &name, revision));
         }
-        if mcp.spec.components.control_plane.replicas > 1 {
+        let most = cp.autoscaling.as_ref().map_or(cp.replicas, |a| a.max_replicas);
+        if most > 1 {
             out.push(control_plane::pdb(mcp, &name, revision));
+        }
+        if let Some(a) = &cp.autoscaling {
+            out.push(control_plane::autoscaler(mcp, &name, CONTROL_PLANE, a));
         }
     }
     // The stable Service: gateways and mesh config dial it; it follows the active revision.
@@ -173,8 +180,15 @@ pub fn render(mcp: &MeshControlPlane, facts: Facts<'_>) -> Vec<Desired> {
     }
     for gw in Gateway::ALL.into_iter().filter(|g| g.enabled(mcp)) {
         out.push(control_plane::service_account(mcp, gw.name()));
-        out.push(gateway::deployment(mcp, gw, facts));
+        let spec = gw.spec(mcp);
+        let autoscaling = spec.and_then(|s| s.autoscaling.as_ref());
+        let mut deployment = gateway::deployment(mcp, gw, facts);
+        control_plane::set_replicas(&mut deployment, spec.and_then(|s| s.replicas).unwrap_or(1), autoscaling);
+        out.push(deployment);
         out.push(gateway::service(mcp, gw));
+        if let Some(a) = autoscaling {
+            out.push(control_plane::autoscaler(mcp, gw.name(), gw.name(), a));
+        }
     }
     out.push(webhook::injection_webhook(mcp, facts));
     out

@@ -34,7 +34,6 @@ fn default_spec_installs_control_plane_ingress_and_webhook_only() {
     let got = names(&objs);
     for want in [
         "ServiceAccount/skein-controlplane",
-        "ClusterRole/skein-controlplane-mesh",
         "ClusterRoleBinding/skein-controlplane-mesh",
         "Role/skein-controlplane",
         "RoleBinding/skein-controlplane",
@@ -49,6 +48,9 @@ fn default_spec_installs_control_plane_ingress_and_webhook_only() {
     }
     assert!(!got.iter().any(|n| n.contains("egressgateway") || n.contains("eastwest")), "{got:?}");
     assert!(!got.iter().any(|n| n.starts_with("PodDisruptionBudget")), "no PDB for one replica");
+    // ClusterRoles are shipped with the operator (config/rbac), never rendered: the operator
+    // may only bind them.
+    assert!(!got.iter().any(|n| n.starts_with("ClusterRole/")), "{got:?}");
 }
 
 #[test]
@@ -144,13 +146,53 @@ fn webhook_trusts_the_mesh_root_and_matches_istio_opt_in_labels() {
 #[test]
 fn control_plane_rbac_reads_secrets_only_in_its_namespace() {
     let objs = rendered("{}");
-    let cr = find(&objs, "ClusterRole", "skein-controlplane-mesh");
-    let rules = cr["rules"].as_array().unwrap();
+    let crb = find(&objs, "ClusterRoleBinding", "skein-controlplane-mesh");
+    assert_eq!(crb["roleRef"]["name"], rbac::CONTROL_PLANE_CLUSTER_ROLE);
+    let reader = find(&objs, "ClusterRoleBinding", "skein-reader-service-account-mesh");
+    assert_eq!(reader["roleRef"]["name"], rbac::REMOTE_READER_CLUSTER_ROLE);
+    let rules = rbac::control_plane_cluster_rules();
+    let rules = rules.as_array().unwrap();
     assert!(!rules.iter().any(|r| { r["resources"].as_array().unwrap().contains(&Value::from("secrets")) }));
     assert!(!rules.iter().any(|r| r["verbs"].as_array().unwrap().contains(&Value::from("*"))));
     let role = find(&objs, "Role", CONTROL_PLANE);
     assert_eq!(role["rules"][0]["resources"][0], "secrets");
     assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+}
+
+/// Kubernetes refuses a Role that grants more than its author holds: every rule the operator
+/// renders for the control plane's Role must be covered by the operator's own mesh-namespace
+/// Role, or the install fails with Forbidden on a real cluster.
+#[test]
+fn the_operator_holds_what_it_grants_in_the_mesh_namespace() {
+    let docs = rbac::operator_mesh_namespace("istio-system", "skein-operator");
+    let held = docs[1]["rules"].as_array().unwrap().clone();
+    let covers = |group: &Value, resource: &Value, verb: &Value| {
+        held.iter().any(|h| {
+            h["apiGroups"].as_array().unwrap().contains(group)
+                && h["resources"].as_array().unwrap().contains(resource)
+                && h["verbs"].as_array().unwrap().contains(verb)
+                && h.get("resourceNames").is_none()
+        })
+    };
+    for rule in rbac::control_plane_namespace_rules().as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    assert!(covers(g, r, v), "operator's mesh Role lacks {g}/{r} {v}");
+                }
+            }
+        }
+    }
+    // And the operator's ClusterRole names no Secret and writes no ClusterRole.
+    let cluster = &rbac::operator_cluster_role("skein-operator")[0]["rules"];
+    for rule in cluster.as_array().unwrap() {
+        let resources = rule["resources"].as_array().unwrap();
+        assert!(!resources.contains(&Value::from("secrets")), "{rule}");
+        if resources.contains(&Value::from("clusterroles")) {
+            assert_eq!(rule["verbs"], serde_json::json!(["bind"]), "{rule}");
+            assert!(rule["resourceNames"].is_array(), "{rule}");
+        }
+    }
 }
 
 #[test]
@@ -278,4 +320,29 @@ fn an_in_place_rollout_runs_the_new_control_plane_while_gateways_wait_for_it() {
     let gw = find(&objs, "Deployment", "skein-ingressgateway");
     assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], old.proxy_image.as_str());
     assert_eq!(objs.iter().filter(|d| d.resource.kind == "Deployment").count(), 2, "one control plane, one gateway");
+}
+
+#[test]
+fn autoscaling_renders_a_hpa_and_leaves_replicas_to_it() {
+    let spec = "components:\n  controlPlane: {autoscaling: {maxReplicas: 5}}\n  ingressGateway: {autoscaling: {minReplicas: 2, maxReplicas: 10, targetCPUUtilizationPercentage: 60}}\n";
+    let objs = rendered(spec);
+    let hpa = find(&objs, "HorizontalPodAutoscaler", CONTROL_PLANE);
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"],
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": CONTROL_PLANE})
+    );
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(1), Some(5)));
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80, "Istio's default");
+    let gw = find(&objs, "HorizontalPodAutoscaler", "skein-ingressgateway");
+    assert_eq!(gw["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60);
+    // The autoscaler owns replicas: the operator does not apply the field at all.
+    assert!(find(&objs, "Deployment", CONTROL_PLANE)["spec"].get("replicas").is_none());
+    assert!(find(&objs, "Deployment", "skein-ingressgateway")["spec"].get("replicas").is_none());
+    // Up to 5 replicas: a PDB keeps one available.
+    find(&objs, "PodDisruptionBudget", CONTROL_PLANE);
+    // Without autoscaling: replicas from the spec, no HPA.
+    let objs = rendered("components: {controlPlane: {replicas: 2}}\n");
+    assert_eq!(find(&objs, "Deployment", CONTROL_PLANE)["spec"]["replicas"], 2);
+    assert_eq!(find(&objs, "Deployment", "skein-ingressgateway")["spec"]["replicas"], 1);
+    assert!(!names(&objs).iter().any(|n| n.starts_with("HorizontalPodAutoscaler")));
 }

@@ -86,7 +86,7 @@ pub struct Catalog {
 }
 
 /// How stable a channel is: a channel accepts releases at least as stable as itself.
-fn stability(c: Track) -> u8 {
+pub fn stability(c: Track) -> u8 {
     match c {
         Track::Stable => 2,
         Track::Fast => 1,

@@ -65,7 +65,7 @@ async fn member(name: &str) -> (Cluster, Operator) {
     let out = cluster.kubectl(
         &["apply", "-f", "-"],
         Some(&format!(
-            "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
         )),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -106,6 +106,12 @@ async fn main() {
         let ns = format!("bench-{round}-system");
         let obj = json!({"apiVersion": "mesh.skein.dev/v1alpha1", "kind": "MeshControlPlane", "metadata": {"name": name},
             "spec": {"namespace": ns, "components": {"egressGateway": {"enabled": true}, "eastWestGateway": {"enabled": true}}}});
+        // The user's namespace, created before the clock starts (the operator never creates it).
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone())
+            .create(&PostParams::default(), &serde_json::from_value(namespace).unwrap())
+            .await
+            .unwrap();
         let start = Instant::now();
         mcps.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.unwrap();
         let hook = format!("skein-sidecar-injector-{name}");

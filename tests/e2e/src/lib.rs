@@ -130,7 +130,8 @@ impl Cluster {
         child.wait_with_output().expect("kubectl output")
     }
 
-    /// Installs Skein's CRDs (`config/crd`, kustomize) and waits until the apiserver serves them.
+    /// Installs Skein's CRDs (`config/crd`, kustomize) and the ClusterRoles its install ships
+    /// (`config/rbac/role.yaml`), and waits until the apiserver serves the CRDs.
     ///
     /// Polls the Established condition itself: `kubectl wait` fails outright when it looks
     /// before the apiserver has written any condition.
@@ -138,6 +139,11 @@ impl Cluster {
         let dir = repo_root().join("config/crd");
         let out = self.kubectl(&["apply", "--server-side", "-k", &dir.to_string_lossy()], None);
         anyhow::ensure!(out.status.success(), "install CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        // The ClusterRoles the operator binds (the control plane's, peers' readers'): shipped
+        // with the operator's install, which an operator started by a test stands in for.
+        let roles = repo_root().join("config/rbac/role.yaml");
+        let out = self.kubectl(&["apply", "--server-side", "-f", &roles.to_string_lossy()], None);
+        anyhow::ensure!(out.status.success(), "install ClusterRoles: {}", String::from_utf8_lossy(&out.stderr));
         self.wait_established("meshcontrolplanes.mesh.skein.dev").await
     }
 

@@ -80,6 +80,30 @@ pub async fn install_mesh(cluster: &Cluster, spec: &str) {
 /// `sigs.k8s.io/cli-utils` kstatus and by Flux's fork, with the real libraries
 /// (`hack/kstatus.sh` builds them; `SKEIN_KSTATUS` names a built binary).
 pub fn gitops_status(cluster: &Cluster, what: &[&str]) -> (String, String) {
+    let j = gitops_judgement(cluster, what);
+    (j.kstatus, j.flux)
+}
+
+/// The health Argo CD shows for MeshControlPlane `name`, with the health check Skein ships
+/// (`config/argocd/.../health.lua`, run by gopher-lua as Argo CD runs it): (status, message).
+pub fn argocd_health(cluster: &Cluster, name: &str) -> (String, String) {
+    let j = gitops_judgement(cluster, &["meshcontrolplane", name]);
+    (j.argocd, j.argocd_message)
+}
+
+/// kstatus, Flux's kstatus and Argo CD's health of one object.
+pub struct Judgement {
+    /// `sigs.k8s.io/cli-utils` kstatus: Current, InProgress, Failed, ...
+    pub kstatus: String,
+    /// `github.com/fluxcd/cli-utils` kstatus.
+    pub flux: String,
+    /// Argo CD with Skein's health.lua: Healthy, Progressing, Degraded, Suspended.
+    pub argocd: String,
+    /// Argo CD's health message.
+    pub argocd_message: String,
+}
+
+fn gitops_judgement(cluster: &Cluster, what: &[&str]) -> Judgement {
     let bin = std::env::var("SKEIN_KSTATUS").unwrap_or_else(|_| {
         let out =
             std::process::Command::new(repo_root().join("hack/kstatus.sh")).output().expect("run hack/kstatus.sh");
@@ -90,7 +114,10 @@ pub fn gitops_status(cluster: &Cluster, what: &[&str]) -> (String, String) {
     args.extend_from_slice(what);
     args.extend(["-o", "json"]);
     let object = kubectl_ok(cluster, &args);
+    let script = repo_root().join("config/argocd/resource_customizations/mesh.skein.dev/MeshControlPlane/health.lua");
     let mut child = std::process::Command::new(&bin)
+        .arg("-argocd-health")
+        .arg(script)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -100,5 +127,6 @@ pub fn gitops_status(cluster: &Cluster, what: &[&str]) -> (String, String) {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "kstatus: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kstatus prints JSON");
-    (v["kstatus"].as_str().unwrap_or_default().to_string(), v["flux"].as_str().unwrap_or_default().to_string())
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Judgement { kstatus: s("kstatus"), flux: s("flux"), argocd: s("argocd"), argocd_message: s("argocdMessage") }
 }

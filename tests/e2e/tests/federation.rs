@@ -105,7 +105,7 @@ async fn member(name: &str, gateway: &str) -> Member {
         &cluster,
         &["apply", "-f", "-"],
         Some(&format!(
-            "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
         )),
     );
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(cluster.client.clone(), NS);

@@ -81,7 +81,7 @@ async fn member(name: &str, network: &str, east_west: bool) -> (Cluster, Operato
     .expect("operator starts");
     let gateways = if east_west { "components: {eastWestGateway: {enabled: true}}" } else { "components: {}" };
     cluster.apply(&format!(
-        "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  tag: dev\n  multiCluster: {{clusterName: {name}, network: {network}}}\n  {gateways}\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  tag: dev\n  multiCluster: {{clusterName: {name}, network: {network}}}\n  {gateways}\n"
     ));
     (cluster, operator)
 }

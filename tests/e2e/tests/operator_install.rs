@@ -38,7 +38,15 @@ fn apply(cluster: &Cluster, yaml: &str) -> Result<String, String> {
     }
 }
 
+/// MeshControlPlane `name` with `spec` (indented YAML lines), preceded by its namespace, which
+/// the user creates as for Istio (the operator never does).
 fn mcp_yaml(name: &str, spec: &str) -> String {
+    let ns = spec.lines().find_map(|l| l.strip_prefix("  namespace: ")).unwrap_or("istio-system").trim();
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n{}", mcp_doc(name, spec))
+}
+
+/// MeshControlPlane `name` with `spec` alone.
+fn mcp_doc(name: &str, spec: &str) -> String {
     format!("apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata:\n  name: {name}\nspec:\n{spec}")
 }
 
@@ -135,8 +143,10 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
     assert_eq!(seen.last().map(String::as_str), Some("True"), "{seen:?}");
 
     let ns = "mesh-system";
-    let ns_obj = get_opt(&Api::<Namespace>::all(c.clone()), ns).await.expect("namespace created");
-    assert_eq!(ns_obj.annotations().get("mesh.skein.dev/created-by").map(String::as_str), Some("mesh"));
+    // The namespace is the user's (mcp_yaml applied it): the operator leaves it unannotated.
+    let ns_obj = get_opt(&Api::<Namespace>::all(c.clone()), ns).await.expect("namespace");
+    assert!(!ns_obj.annotations().keys().any(|k| k.contains("skein")), "{:?}", ns_obj.annotations());
+    assert!(!ns_obj.labels().keys().any(|k| k.contains("skein")), "{:?}", ns_obj.labels());
     for name in ["skein-controlplane", "skein-ingressgateway", "skein-eastwestgateway"] {
         assert!(get_opt(&Api::<ServiceAccount>::namespaced(c.clone(), ns), name).await.is_some(), "SA {name}");
         let d = get_opt(&Api::<Deployment>::namespaced(c.clone(), ns), name)
@@ -164,8 +174,10 @@ async fn applying_a_mesh_control_plane_installs_every_child_and_becomes_ready() 
     assert!(get_opt(&Api::<ConfigMap>::namespaced(c.clone(), ns), "skein-mesh").await.is_some());
     assert!(get_opt(&Api::<Role>::namespaced(c.clone(), ns), "skein-controlplane").await.is_some());
     assert!(get_opt(&Api::<RoleBinding>::namespaced(c.clone(), ns), "skein-controlplane").await.is_some());
-    assert!(get_opt(&Api::<ClusterRole>::all(c.clone()), "skein-controlplane-mesh").await.is_some());
-    assert!(get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), "skein-controlplane-mesh").await.is_some());
+    // Bound to the ClusterRole the operator's install ships; no ClusterRole is rendered.
+    let crb = get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), "skein-controlplane-mesh").await.unwrap();
+    assert_eq!(crb.role_ref.name, "skein-controlplane");
+    assert!(get_opt(&Api::<ClusterRole>::all(c.clone()), "skein-controlplane-mesh").await.is_none());
 
     // The webhook trusts the generated root, and the root is in Istio's cacerts layout.
     let ca = get_opt(&Api::<Secret>::namespaced(c.clone(), ns), "skein-ca").await.expect("root CA secret");
@@ -229,10 +241,10 @@ async fn deleted_or_edited_children_are_repaired() {
     .await;
 
     // Cluster-scoped children too.
-    let roles: Api<ClusterRole> = Api::all(c.clone());
-    roles.delete("skein-controlplane-mesh", &DeleteParams::default()).await.unwrap();
-    eventually("ClusterRole recreated", Duration::from_secs(15), || async {
-        get_opt(&roles, "skein-controlplane-mesh").await.map(|_| ())
+    let bindings: Api<ClusterRoleBinding> = Api::all(c.clone());
+    bindings.delete("skein-controlplane-mesh", &DeleteParams::default()).await.unwrap();
+    eventually("ClusterRoleBinding recreated", Duration::from_secs(15), || async {
+        get_opt(&bindings, "skein-controlplane-mesh").await.map(|_| ())
     })
     .await;
     let hooks: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
@@ -265,7 +277,7 @@ async fn invalid_specs_are_rejected_by_the_apiserver_naming_the_field() {
         ("  hub: \"registry.example/\"\n", "spec.hub"),
     ];
     for (spec, field) in cases {
-        let err = apply(&cluster, &mcp_yaml("bad", spec)).expect_err(spec);
+        let err = apply(&cluster, &mcp_doc("bad", spec)).expect_err(spec);
         assert!(err.contains(field), "error for {spec:?} should name {field:?}: {err}");
     }
 
@@ -289,6 +301,10 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     let image =
         |d: &Deployment| d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
     assert!(image(&before).ends_with(":1.0.1"), "{}", image(&before));
+    // Argo CD with the shipped health check: the installed mesh is Healthy (the kwok node makes
+    // its Deployments available).
+    let health = skein_e2e::real::argocd_health(&cluster, "mesh");
+    assert_eq!(health.0, "Healthy", "{health:?}");
 
     apply(&cluster, &mcp_yaml("mesh", "  version: 9.9.9\n")).unwrap();
     let api: Api<MeshControlPlane> = Api::all(c.clone());
@@ -303,6 +319,15 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     assert!(message.contains("spec.version \"9.9.9\""), "{message}");
     assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"), "still reports what is installed");
     assert_eq!(condition(&m, "Ready").unwrap().0, "True", "the installed release keeps serving");
+    // GitOps tools see the refusal as a failure, not as Current (Ready is still True).
+    let stalled = condition(&m, "Stalled").expect("Stalled condition");
+    assert_eq!((stalled.0.as_str(), stalled.1.as_str()), ("True", "InvalidVersion"), "{:?}", m.status);
+    assert!(condition(&m, "Reconciling").is_none(), "{:?}", m.status);
+    let judged = skein_e2e::real::gitops_status(&cluster, &["meshcontrolplane", "mesh"]);
+    assert_eq!(judged, ("Failed".to_string(), "Failed".to_string()), "kstatus / Flux kstatus");
+    let health = skein_e2e::real::argocd_health(&cluster, "mesh");
+    assert_eq!(health.0, "Degraded", "Argo CD: {health:?}");
+    assert!(health.1.starts_with("InvalidVersion: ") && health.1.contains("9.9.9"), "{health:?}");
     let after = deployments.get("skein-controlplane").await.unwrap();
     assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched");
     // `kubectl describe mcp mesh` tells the story: what was applied, and why the spec was refused.
@@ -336,6 +361,7 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
             s.and_then(|s| s.version.as_deref()) == Some(v)
                 && condition(m, "Ready").is_some_and(|c| c.0 == "True")
                 && condition(m, "Reconciling").is_none()
+                && condition(m, "Stalled").is_none()
         }
     };
     apply(&cluster, &mcp_yaml("mesh", "  version: v1.0-latest\n")).unwrap();
@@ -388,12 +414,7 @@ async fn deleting_the_mesh_control_plane_removes_everything_it_created() {
     let (cluster, op) = setup("delete").await;
     let c = cluster.client.clone();
     let namespaces: Api<Namespace> = Api::all(c.clone());
-    // One installation in a namespace the operator creates, one in a namespace that already exists.
-    let existing = Namespace {
-        metadata: kube::api::ObjectMeta { name: Some("preexisting".into()), ..Default::default() },
-        ..Default::default()
-    };
-    namespaces.create(&Default::default(), &existing).await.unwrap();
+    // Two installations, each in a namespace the user created (`mcp_yaml` applies it first).
     apply(&cluster, &mcp_yaml("ours", "  namespace: ours-system\n")).unwrap();
     apply(&cluster, &mcp_yaml("theirs", "  namespace: preexisting\n  components: {egressGateway: {enabled: true}}\n"))
         .unwrap();
@@ -407,13 +428,8 @@ async fn deleting_the_mesh_control_plane_removes_everything_it_created() {
         (get_opt(&api, "ours").await.is_none() && get_opt(&api, "theirs").await.is_none()).then_some(())
     })
     .await;
-    eventually("created namespace removed", WAIT, || async {
-        get_opt(&namespaces, "ours-system").await.is_none().then_some(())
-    })
-    .await;
     for name in ["ours", "theirs"] {
         let cr = format!("skein-controlplane-{name}");
-        assert!(get_opt(&Api::<ClusterRole>::all(c.clone()), &cr).await.is_none(), "{cr}");
         assert!(get_opt(&Api::<ClusterRoleBinding>::all(c.clone()), &cr).await.is_none(), "{cr}");
         let hook = format!("skein-sidecar-injector-{name}");
         assert!(get_opt(&Api::<MutatingWebhookConfiguration>::all(c.clone()), &hook).await.is_none(), "{hook}");
@@ -421,9 +437,11 @@ async fn deleting_the_mesh_control_plane_removes_everything_it_created() {
     // The Istio CRDs stay: they hold the users' routing and policy.
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     assert!(get_opt(&crds, "virtualservices.networking.istio.io").await.is_some(), "Istio CRDs are never deleted");
-    // The namespace that existed before stays; what the operator put in it is collected.
-    let pre = get_opt(&namespaces, "preexisting").await.expect("pre-existing namespace kept");
-    assert!(pre.metadata.deletion_timestamp.is_none());
+    // The namespaces stay (the operator did not create them); what it put in them is collected.
+    for ns in ["ours-system", "preexisting"] {
+        let kept = get_opt(&namespaces, ns).await.expect("namespace kept");
+        assert!(kept.metadata.deletion_timestamp.is_none(), "{ns}");
+    }
     eventually("children in the kept namespace garbage-collected", WAIT, || async {
         let deps = Api::<Deployment>::namespaced(c.clone(), "preexisting").list(&Default::default()).await.ok()?;
         let secrets = Api::<Secret>::namespaced(c.clone(), "preexisting").list(&Default::default()).await.ok()?;
@@ -454,7 +472,7 @@ async fn versions(c: &Client, ns: &str) -> BTreeMap<String, String> {
     collect!(ConfigMap, Api::<ConfigMap>::namespaced(c.clone(), ns));
     collect!(Secret, Api::<Secret>::namespaced(c.clone(), ns));
     collect!(Role, Api::<Role>::namespaced(c.clone(), ns));
-    collect!(ClusterRole, Api::<ClusterRole>::all(c.clone()));
+    collect!(ClusterRoleBinding, Api::<ClusterRoleBinding>::all(c.clone()));
     collect!(MutatingWebhookConfiguration, Api::<MutatingWebhookConfiguration>::all(c.clone()));
     let m = Api::<MeshControlPlane>::all(c.clone()).get("mesh").await.unwrap();
     out.insert("MeshControlPlane/mesh".into(), m.resource_version().unwrap_or_default());
@@ -733,6 +751,8 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     .await;
     let (_, _, message) = condition(&m, "Reconciled").unwrap();
     assert!(message.contains("upgrade to 1.0.2 is held"), "{message}");
+    let health = skein_e2e::real::argocd_health(&cluster, "mesh");
+    assert_eq!(health.0, "Suspended", "Argo CD shows a held upgrade as suspended: {health:?}");
     assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"));
     assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"));
     apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n")).unwrap();
@@ -770,8 +790,9 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     })
     .await;
     assert_eq!(condition(&m, "Ready").unwrap().1, "NotInstalled");
-    let ns: Api<Namespace> = Api::all(c.clone());
-    assert!(get_opt(&ns, "eol-mesh").await.is_none(), "nothing installed for an end-of-life release");
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "eol-mesh");
+    let nothing = deployments.list(&Default::default()).await.unwrap().items.is_empty();
+    assert!(nothing, "nothing installed for an end-of-life release");
 }
 
 #[tokio::test]
@@ -820,4 +841,134 @@ async fn an_older_operator_never_drops_a_crd_version_objects_are_stored_in() {
         cluster.kubectl(&["get", "virtualservices.v2.networking.istio.io", "stored-in-v2", "-n", "default"], None);
     assert!(got.status.success(), "the object stays readable: {}", String::from_utf8_lossy(&got.stderr));
     assert!(!op.log().contains("storedVersions"), "no apply was refused: {}", op.log());
+}
+
+/// Another writer that keeps changing a field the spec sets (here `kubectl scale` of the
+/// control plane, once a second, as a misconfigured autoscaler would) gets no 1:1 fight: the
+/// first repairs are immediate, then they back off, with a Warning Event naming the object; once
+/// the writer stops, the spec's value comes back.
+#[tokio::test]
+async fn a_writer_that_keeps_changing_a_child_meets_backoff_not_a_hot_loop() {
+    let (cluster, op) = setup("fight").await;
+    let c = cluster.client.clone();
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n")).unwrap();
+    wait_ready(&c, "mesh", &op).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    // Record every replicas value the Deployment takes.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let recorder = {
+        let (api, seen) = (deployments.clone(), seen.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let cfg = kube::runtime::watcher::Config::default().fields("metadata.name=skein-controlplane");
+            let stream = kube::runtime::WatchStreamExt::applied_objects(kube::runtime::watcher(api, cfg));
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(d)) = stream.next().await {
+                let r = replicas(&d);
+                let mut seen = seen.lock().unwrap();
+                if seen.last() != Some(&r) {
+                    seen.push(r);
+                }
+            }
+        })
+    };
+    // 20 scale-ups, one a second (bounded in count and time).
+    for _ in 0..20 {
+        let out =
+            cluster.kubectl(&["scale", "-n", "istio-system", "deployment/skein-controlplane", "--replicas=3"], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reverts = seen.lock().unwrap().windows(2).filter(|w| w[0] == 3 && w[1] == 1).count();
+    // Without back-off every scale was reverted (20); with it: 3 free repairs, then 10 s and
+    // 20 s waits leave room for about two more in 20 s.
+    assert!((3..=7).contains(&reverts), "{reverts} reverts in 20 s: {:?}\n{}", seen.lock().unwrap(), op.log());
+    let events = eventually("Warning DriftRepairBackoff", WAIT, || async {
+        let out = cluster.kubectl(
+            &[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "reason=DriftRepairBackoff",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+            None,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("Deployment/skein-controlplane").then_some(text)
+    })
+    .await;
+    assert!(events.contains("further repairs wait"), "{events}");
+    // The writer stopped: the spec's replicas come back after the current back-off.
+    eventually("replicas restored", Duration::from_secs(90), || async {
+        (replicas(&deployments.get("skein-controlplane").await.ok()?) == 1).then_some(())
+    })
+    .await;
+    recorder.abort();
+}
+
+/// With `autoscaling`, a HorizontalPodAutoscaler owns the control plane's replicas: what it
+/// (here `kubectl scale`, as the autoscaler does through the scale subresource) sets is left
+/// alone, with no repair and no Event; turning autoscaling off gives `replicas` back to the
+/// spec and removes the autoscaler.
+#[tokio::test]
+async fn an_autoscaler_owns_replicas_when_autoscaling_is_set() {
+    let (cluster, op) = setup("hpa").await;
+    let c = cluster.client.clone();
+    apply(
+        &cluster,
+        &mcp_yaml("mesh", "  version: 1.0.2\n  components: {controlPlane: {autoscaling: {maxReplicas: 5}}}\n"),
+    )
+    .unwrap();
+    wait_ready(&c, "mesh", &op).await;
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(c.clone(), "istio-system");
+    let hpa = hpas.get("skein-controlplane").await.expect("HorizontalPodAutoscaler");
+    assert_eq!(hpa.spec.as_ref().unwrap().max_replicas, 5);
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
+    let log_before = op.log().len();
+    let out = cluster.kubectl(&["scale", "-n", "istio-system", "deployment/skein-controlplane", "--replicas=3"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Reconciles happen (the Deployment changed and is watched); none puts replicas back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let d = deployments.get("skein-controlplane").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3), "the autoscaler's replicas were reverted: {}", op.log());
+    let since = op.log()[log_before..].to_string();
+    assert!(!since.contains("object=Deployment/skein-controlplane"), "Deployment re-applied: {since}");
+
+    // Back to a fixed size: the spec's replicas again, the autoscaler removed.
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n  components: {controlPlane: {replicas: 2}}\n")).unwrap();
+    eventually("replicas 2 and no HorizontalPodAutoscaler", WAIT, || async {
+        let d = deployments.get("skein-controlplane").await.ok()?;
+        let gone = hpas.get_opt("skein-controlplane").await.ok()?.is_none();
+        (d.spec?.replicas == Some(2) && gone).then_some(())
+    })
+    .await;
+}
+
+/// What GitOps tools show while a MeshControlPlane is deleted: kstatus and Flux's kstatus say
+/// Terminating and Argo CD (Skein's health check) Progressing while the finalizer runs (held
+/// here by stopping the operator), and the object is gone once the operator is back.
+#[tokio::test]
+async fn a_mesh_being_deleted_reads_terminating_then_goes() {
+    let (cluster, mut op) = setup("gitops-delete").await;
+    let c = cluster.client.clone();
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n")).unwrap();
+    wait_ready(&c, "mesh", &op).await;
+    op.kill();
+    let api: Api<MeshControlPlane> = Api::all(c.clone());
+    api.delete("mesh", &DeleteParams::default()).await.unwrap();
+    let m = api.get("mesh").await.expect("held by the finalizer");
+    assert!(m.metadata.deletion_timestamp.is_some());
+    let judged = skein_e2e::real::gitops_status(&cluster, &["meshcontrolplane", "mesh"]);
+    assert_eq!(judged, ("Terminating".to_string(), "Terminating".to_string()), "kstatus / Flux kstatus");
+    let health = skein_e2e::real::argocd_health(&cluster, "mesh");
+    assert_eq!(health.0, "Progressing", "Argo CD: {health:?}");
+    let op = Operator::start(&cluster, "op-b").unwrap();
+    eventually("MeshControlPlane gone", WAIT, || async { api.get_opt("mesh").await.ok()?.is_none().then_some(()) })
+        .await;
+    drop(op);
 }

@@ -413,6 +413,8 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert_eq!(s.upgrade.as_ref().unwrap().phase, "RolledBack");
     let failed = ("Failed".to_string(), "Failed".to_string());
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed, "a stalled upgrade is a failure to GitOps tools");
+    let health = skein_e2e::real::argocd_health(&cluster, "default");
+    assert_eq!(health.0, "Degraded", "Argo CD: {health:?}");
     // The failed revision goes after its grace period; the webhook still injects 1-1-0.
     until_status(&cluster, "revision 1-2-0-rc-1 removed", 120, &mut seen, |s| s.revisions.len() == 1).await;
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);

@@ -17,8 +17,16 @@ use crate::{
 const MCP: &str = "/apis/mesh.skein.dev/v1alpha1/meshcontrolplanes/mesh";
 
 /// A fake apiserver holding one MeshControlPlane `mesh` with `spec` (finalizer already set, as
-/// after the first pass), and a context talking to it.
+/// after the first pass) and its namespace, and a context talking to it.
 fn setup(spec: &str) -> (FakeApiServer, Arc<Context>) {
+    let (fake, ctx) = setup_without_namespace(spec, crate::context::Scope::Cluster);
+    let ns = stored(&fake).spec.namespace.clone();
+    let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    fake.insert(&format!("/api/v1/namespaces/{ns}"), body);
+    (fake, ctx)
+}
+
+fn setup_without_namespace(spec: &str, scope: crate::context::Scope) -> (FakeApiServer, Arc<Context>) {
     let spec: MeshControlPlaneSpec = serde_yaml::from_str(spec).unwrap();
     let mut m = MeshControlPlane::new("mesh", spec);
     m.metadata.uid = Some("uid-1".into());
@@ -26,7 +34,7 @@ fn setup(spec: &str) -> (FakeApiServer, Arc<Context>) {
     m.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let fake = FakeApiServer::default();
     fake.insert(MCP, serde_json::to_value(&m).unwrap());
-    let ctx = Context::new(fake.client(), Catalog::builtin().unwrap(), Metrics::default());
+    let ctx = Context::new(fake.client(), Catalog::builtin().unwrap(), Metrics::default(), scope);
     (fake, ctx)
 }
 
@@ -74,8 +82,9 @@ async fn a_new_mesh_says_not_ready_first_installs_everything_and_a_converged_pas
     let writes = fake.writes();
     // Ready=False is the very first write, so GitOps tools never see a status-less object.
     assert_eq!(writes[0], write("PATCH", &format!("{MCP}/status"), "merge"));
-    // The namespace and the root CA are created (never applied over); everything else applied.
-    assert!(writes.contains(&write("POST", "/api/v1/namespaces/istio-system", "")), "{writes:#?}");
+    // The root CA is created (never applied over); everything else applied. The namespace
+    // exists already: the operator never creates one.
+    assert!(!writes.iter().any(|w| w.path == "/api/v1/namespaces" || w.path == "/api/v1/namespaces/istio-system"));
     assert!(writes.contains(&write("POST", "/api/v1/namespaces/istio-system/secrets/skein-ca", "")));
     let applied: BTreeSet<&str> = writes.iter().filter(|w| w.kind == "apply").map(|w| w.path.as_str()).collect();
     for path in [
@@ -83,7 +92,7 @@ async fn a_new_mesh_says_not_ready_first_installs_everything_and_a_converged_pas
         "/apis/apps/v1/namespaces/istio-system/deployments/skein-controlplane",
         "/apis/apps/v1/namespaces/istio-system/deployments/skein-ingressgateway",
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/skein-sidecar-injector-mesh",
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles/skein-controlplane-mesh",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/skein-controlplane-mesh",
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/virtualservices.networking.istio.io",
     ] {
         assert!(applied.contains(path), "{path} not applied: {applied:#?}");
@@ -125,6 +134,33 @@ async fn an_unknown_version_is_a_condition_and_an_event_and_installs_nothing() {
     let before = fake.writes().len();
     pass(&fake, &ctx).await.unwrap();
     assert_eq!(fake.writes()[before..], [], "writes for an unchanged refusal");
+}
+
+#[tokio::test]
+async fn a_namespace_that_is_missing_or_not_managed_is_refused_as_stalled_and_nothing_is_written() {
+    // Missing: looked at again soon (namespaces are not watched), Stalled for kstatus.
+    let (fake, ctx) = setup_without_namespace("version: 1.0.2\n", crate::context::Scope::Cluster);
+    let action = pass(&fake, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    let (status, reason, message) = condition(&fake, ConditionType::Stalled);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "NamespaceNotFound"));
+    assert!(
+        message.contains("spec.namespace") && message.contains("kubectl create namespace istio-system"),
+        "{message}"
+    );
+    assert_eq!(condition(&fake, ConditionType::Reconciled).1, "NamespaceNotFound");
+    let writes = fake.writes();
+    assert!(writes.iter().all(|w| w.path.starts_with(MCP) || w.path.contains("/events")), "{writes:#?}");
+
+    // Outside --mesh-namespaces: refused before any request in that namespace.
+    let scope = crate::context::Scope::parse("istio-system");
+    let (fake, ctx) = setup_without_namespace("version: 1.0.2\nnamespace: kube-system\n", scope);
+    assert_eq!(pass(&fake, &ctx).await.unwrap(), Action::await_change());
+    let (status, reason, message) = condition(&fake, ConditionType::Stalled);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "NamespaceNotManaged"));
+    assert!(message.contains("\"kube-system\"") && message.contains("istio-system"), "{message}");
+    let writes = fake.writes();
+    assert!(writes.iter().all(|w| w.path.starts_with(MCP) || w.path.contains("/events")), "{writes:#?}");
 }
 
 #[tokio::test]
