@@ -6,7 +6,8 @@
 # reviews (a label), each cluster registers the other (skeinctl create-remote-secret), and a
 # VirtualService in cluster1 sends the user jason to reviews.default.global (cluster2, through
 # its east-west gateway on 15443) and everyone else to the local v1. Shows what the operator
-# generated, the peers' status, and requests through cluster1's ingress gateway.
+# generated, the peers' status, requests through cluster1's ingress gateway, and a pod calling
+# reviews.default.global by name (local first, cluster2 when cluster1's reviews is gone).
 #
 # The operators run as processes on this machine (not as pods): each reaches the other
 # cluster's apiserver at the 127.0.0.1 address its remote Secret names. On real clusters the
@@ -113,6 +114,7 @@ k cluster2 label service reviews -n default mesh.skein.dev/export=true >/dev/nul
 k cluster2 apply -f config/samples/federation/cluster2-reviews.yaml >/dev/null
 k cluster1 apply -n default -f config/samples/bookinfo/bookinfo-gateway.yaml >/dev/null
 k cluster1 apply -f config/samples/federation/cluster1-reviews.yaml >/dev/null
+k cluster1 apply -f config/samples/federation/global-client.yaml >/dev/null
 for c in cluster1 cluster2; do
   k "$c" wait --for=condition=Available deployment --all -n default --timeout=180s >/dev/null ||
     fail "$c: Bookinfo did not become available"
@@ -147,11 +149,39 @@ for _ in 1 2 3; do echo "anonymous:       $(summary "")"; done
 for _ in 1 2 3 4 5 6; do echo "end-user: jason: $(summary jason)"; done
 case "$(summary "")" in *"reviews v1"*) ;; *) fail "anonymous requests did not stay on cluster1's reviews v1";; esac
 
+# A pod that names reviews.default.global itself: the name resolves through its sidecar (no
+# CoreDNS edit); the nearest reviews answers (cluster1's v1), cluster2's when v1 is gone.
+client=$(k cluster1 get pod -n default -l app=global-client -o jsonpath='{.items[0].status.podIP}')
+global() {
+  curl -sf -m 10 "http://$client:9080/" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["calls"]["reviews.default.global"]
+print("reviews " + r["body"]["version"] if r["status"] == 200 else "HTTP %d" % r["status"])'
+}
+await_global() { # $1: pattern, $2: what
+  local deadline=$((SECONDS + 90))
+  until global 2>/dev/null | grep -Eq "$1"; do
+    [ $SECONDS -lt $deadline ] || fail "global-client: $2 never seen: $(global 2>&1)"
+    sleep 1
+  done
+}
+echo
+echo "== a pod in cluster1 calling http://reviews.default.global:9080 (config/samples/federation/global-client.yaml)"
+await_global 'reviews v1' "cluster1's reviews v1"
+for _ in 1 2; do echo "global-client -> $(global)   (cluster1's own, the nearest)"; done
+k cluster1 scale deployment reviews-v1 -n default --replicas=0 >/dev/null
+await_global 'reviews v[23]' "failover to cluster2"
+for _ in 1 2 3; do echo "global-client -> $(global)   (reviews-v1 scaled to 0 in cluster1: cluster2 answers)"; done
+k cluster1 scale deployment reviews-v1 -n default --replicas=1 >/dev/null
+await_global 'reviews v1' "the return to cluster1's reviews v1"
+echo "global-client -> $(global)   (reviews-v1 back: cluster1 answers again)"
+
 echo
 echo "Two federated clusters are running. Try:"
 echo "  kubectl --kubeconfig ${kc[cluster1]} get serviceentries -A"
 echo "  kubectl --kubeconfig ${kc[cluster1]} get mcp default -o yaml    # status.remoteClusters"
 echo "  curl -H 'end-user: jason' http://$lb/productpage"
+echo "  curl http://$client:9080/    # global-client calling reviews.default.global"
 [ "${SKEIN_RUN_EXIT_WHEN_READY:-}" = 1 ] && exit 0
 echo "Press Ctrl-C to stop."
 while true; do sleep 3600; done

@@ -479,6 +479,23 @@ pub struct Security {
     /// Root CA of the mesh. Default: self-signed, generated once.
     #[serde(default, rename = "rootCA")]
     pub root_ca: RootCa,
+    /// Who writes the injection webhook's `caBundle`. `Operator` (default): the operator sets it
+    /// to the mesh root and repairs other writes, with back-off. `External`: another controller
+    /// owns the field (cert-manager's CA injector with
+    /// `cert-manager.io/inject-ca-from-secret: <namespace>/skein-webhook-tls`, whose `ca.crt`
+    /// is the mesh root), so the operator leaves it alone and never fights over it.
+    #[serde(default, rename = "webhookCABundle")]
+    pub webhook_ca_bundle: CaBundleSource,
+}
+
+/// Who writes a webhook configuration's `caBundle`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CaBundleSource {
+    /// The operator, from the mesh root. The default.
+    #[default]
+    Operator,
+    /// Another controller (a CA injector); the operator omits the field from what it applies.
+    External,
 }
 
 /// Where the mesh's signing CA comes from.

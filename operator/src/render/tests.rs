@@ -143,6 +143,21 @@ fn webhook_trusts_the_mesh_root_and_matches_istio_opt_in_labels() {
     assert_eq!(hooks[2]["namespaceSelector"]["matchExpressions"][0]["key"], "istio.io/rev");
 }
 
+/// An external CA injector owns `caBundle`: the operator leaves the field out of what it
+/// applies (so it neither owns nor compares it), and nothing else of the webhook changes.
+#[test]
+fn an_external_ca_bundle_is_left_out_of_the_webhook() {
+    let ours = find(&rendered("{}"), "MutatingWebhookConfiguration", "skein-sidecar-injector-mesh").clone();
+    let external = rendered("{security: {webhookCABundle: External}}");
+    let theirs = find(&external, "MutatingWebhookConfiguration", "skein-sidecar-injector-mesh");
+    let mut expected = ours.clone();
+    for hook in expected["webhooks"].as_array_mut().unwrap() {
+        hook["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+    }
+    assert_eq!(theirs, &expected);
+    assert_ne!(theirs, &ours, "caBundle was rendered");
+}
+
 #[test]
 fn control_plane_rbac_reads_secrets_only_in_its_namespace() {
     let objs = rendered("{}");

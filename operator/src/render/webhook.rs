@@ -7,7 +7,7 @@ use k8s_openapi::{
     api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
 };
 use serde_json::{Value, json};
-use skein_api::MeshControlPlane;
+use skein_api::{CaBundleSource, MeshControlPlane};
 
 use super::{
     CONTROL_PLANE, DEFAULT_REVISION, Desired, Facts, PORT_WEBHOOK, WEBHOOK_TLS_SECRET, cluster_scoped_name,
@@ -65,13 +65,23 @@ pub fn webhook_name(mcp: &MeshControlPlane) -> String {
 /// or `istio.io/rev=default`) and every `revisionTags` entry go to the active revision; a
 /// namespace labelled with a revision's own name goes to that revision.
 pub fn injection_webhook(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
-    // ByteString serializes as base64, the wire form of `caBundle`.
-    let ca_bundle = serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec())).unwrap_or(Value::Null);
+    // ByteString serializes as base64, the wire form of `caBundle`. With an external CA
+    // injector the field is left out of what the operator applies, so it neither owns nor
+    // compares it: the injector's writes are not drift.
+    let ca_bundle = match mcp.spec.security.webhook_ca_bundle {
+        CaBundleSource::Operator => {
+            serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec())).unwrap_or(Value::Null)
+        }
+        CaBundleSource::External => Value::Null,
+    };
     let client = |revision: &str| {
-        json!({
+        let mut config = json!({
             "service": {"name": control_plane::name(revision), "namespace": namespace(mcp), "path": "/inject", "port": PORT_WEBHOOK},
-            "caBundle": ca_bundle,
-        })
+        });
+        if !ca_bundle.is_null() {
+            config["caBundle"] = ca_bundle.clone();
+        }
+        config
     };
     let hook = |name: String, revision: &str, ns_selector: Value| {
         json!({

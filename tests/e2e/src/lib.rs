@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod netns;
+pub mod readme;
 pub mod real;
 use kube::{Client, Config, config::KubeConfigOptions};
 

@@ -1,5 +1,5 @@
 //! Skein installed the way users install it, on a cluster with a real node: the operator from
-//! its image (`kubectl apply -k config/local`), a MeshControlPlane, and what to show when
+//! its image (README's `kubectl apply -k config/local` or Helm block), a MeshControlPlane, and what to show when
 //! something does not come up.
 
 use std::time::{Duration, Instant};
@@ -33,9 +33,26 @@ pub fn diagnostics(cluster: &Cluster, namespace: &str) -> String {
     .join("\n")
 }
 
-/// Installs the operator from its image and waits until its pod is ready.
+/// Installs the operator from its image with README's kubectl block (`kubectl apply -k
+/// config/local`) and waits until its pod is ready.
 pub fn install_operator(cluster: &Cluster) {
-    kubectl_ok(cluster, &["apply", "-k", &repo_root().join("config/local").to_string_lossy()]);
+    crate::readme::run(Some(cluster), &crate::readme::block("kubectl apply -k config/local"), &[]);
+    wait_operator(cluster);
+}
+
+/// Installs the operator from its image with README's Helm block, `REGISTRY` and `TAG` being
+/// the local images' (`hack/images.sh`), and waits until its pod is ready.
+pub fn install_operator_with_helm(cluster: &Cluster) {
+    let helm = crate::readme::go_tool("SKEIN_HELM", "helm.sh");
+    let block = crate::readme::block("helm install skein").replace("REGISTRY", LOCAL_REGISTRY).replace("TAG", "dev");
+    crate::readme::run(Some(cluster), &block, &[helm]);
+    wait_operator(cluster);
+}
+
+/// Where the local clusters' images are named from (`hack/images.sh`, imported, never pulled).
+pub const LOCAL_REGISTRY: &str = "skein.local/skein";
+
+fn wait_operator(cluster: &Cluster) {
     let rollout = ["rollout", "status", "deployment/skein-operator", "-n", "skein-operator", "--timeout=120s"];
     let out = cluster.kubectl(&rollout, None);
     assert!(out.status.success(), "the operator pod did not become ready\n{}", diagnostics(cluster, "istio-system"));

@@ -202,33 +202,6 @@ fn cross_diagnostics(c1: &Cluster, c2: &Cluster) -> String {
     .join("\n")
 }
 
-/// A client in cluster1 that calls `http://reviews.default.global:9080` (the Bookinfo app as a
-/// caller: it resolves the name and sends it as the Host), injected like every workload of the
-/// namespace.
-const GLOBAL_CLIENT: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: global-client, namespace: default, labels: {app: global-client}}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: global-client}}
-  template:
-    metadata: {labels: {app: global-client}}
-    spec:
-      containers:
-      - name: app
-        image: skein.local/skein/bookinfo-app:dev
-        imagePullPolicy: IfNotPresent
-        args: ["global-client", "v1", "0.0.0.0:9080", "reviews.default.global=reviews.default.global:9080"]
-        ports: [{containerPort: 9080}]
-        securityContext:
-          runAsUser: 1000
-          runAsNonRoot: true
-          readOnlyRootFilesystem: true
-          allowPrivilegeEscalation: false
-          capabilities: {drop: [ALL]}
-"#;
-
 /// The address of the first pod matching `selector` in `default`, port 9080.
 fn addr_of_pod(c: &Cluster, selector: &str) -> SocketAddr {
     // A terminating pod keeps serving through its sidecar's termination drain: never pick it.
@@ -305,7 +278,9 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
         }
     }
     kubectl_ok(&c2, &["label", "service", "reviews", "-n", "default", "mesh.skein.dev/export=true"]);
-    c1.apply(GLOBAL_CLIENT);
+    // A client in cluster1 that calls `http://reviews.default.global:9080` itself.
+    let client = repo_root().join("config/samples/federation/global-client.yaml");
+    kubectl_ok(&c1, &["apply", "-f", &client.to_string_lossy()]);
     if std::env::var_os("SKEIN_DEBUG_FEDERATION").is_some() {
         let debug = r#"{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"proxyMetadata: {RUST_LOG: debug}"}}}}}"#;
         kubectl_ok(&c1, &["patch", "deployment", "productpage-v1", "-n", "default", "-p", debug]);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::DeleteParams};
 use skein_api::MeshControlPlane;
-use skein_e2e::{Cluster, Operator, eventually, repo_root};
+use skein_e2e::{Cluster, Operator, eventually, readme, repo_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -257,12 +257,7 @@ async fn gitops_layout_applies_in_wave_order_and_reads_healthy() {
         &["create", "configmap", "argocd-cm", "-n", "argocd", "--from-literal=url=https://argocd.example"],
         None,
     );
-    let snippet = root.join("config/argocd/argocd-cm.yaml");
-    kubectl_ok(
-        &cluster,
-        &["-n", "argocd", "patch", "cm", "argocd-cm", "--patch-file", snippet.to_str().unwrap()],
-        None,
-    );
+    readme::run(Some(&cluster), &readme::block("kubectl -n argocd patch cm argocd-cm"), &[]);
     let key = r"jsonpath={.data.resource\.customizations\.health\.mesh\.skein\.dev_MeshControlPlane}";
     let merged = kubectl_ok(&cluster, &["get", "cm", "argocd-cm", "-n", "argocd", "-o", key], None);
     let script = std::fs::read_to_string(
@@ -276,11 +271,7 @@ async fn gitops_layout_applies_in_wave_order_and_reads_healthy() {
 
 /// helm (built by `hack/helm.sh`, or `SKEIN_HELM`).
 fn helm() -> String {
-    std::env::var("SKEIN_HELM").unwrap_or_else(|_| {
-        let out = std::process::Command::new(repo_root().join("hack/helm.sh")).output().expect("run hack/helm.sh");
-        assert!(out.status.success(), "hack/helm.sh: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
+    readme::go_tool("SKEIN_HELM", "helm.sh").to_string_lossy().into_owned()
 }
 
 /// `v` with whole floating-point numbers as integers (kustomize writes `10` where the generated
@@ -395,4 +386,13 @@ async fn helm_chart_renders_config_default_and_installs() {
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
     let kept = ns.get("istio-system").await.unwrap();
     assert!(kept.metadata.deletion_timestamp.is_none(), "the mesh namespace is kept");
+}
+
+/// README's OLM block, as a user runs it before building bundle and catalog images: the
+/// file-based catalog validates and the bundle renders (opm from its pinned Go module).
+#[test]
+fn readmes_olm_block_validates_the_catalog_and_renders_the_bundle() {
+    let opm = readme::go_tool("SKEIN_OPM", "opm.sh");
+    let out = readme::run(None, &readme::block("opm validate"), &[opm]);
+    assert!(out.contains("olm.bundle") && out.contains("skein-operator"), "the bundle rendered: {out}");
 }

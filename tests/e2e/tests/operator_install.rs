@@ -949,6 +949,78 @@ async fn an_autoscaler_owns_replicas_when_autoscaling_is_set() {
     .await;
 }
 
+/// With `security.webhookCABundle: External` a CA injector owns the webhook's `caBundle` (here
+/// written as cert-manager's injector does with `inject-ca-from-secret`: the `ca.crt` of the
+/// webhook's serving Secret, under its own field manager, once a second): the operator never
+/// writes or repairs it, keeps it through its own changes to the webhook (a new revision tag),
+/// and takes it back when the spec returns to `Operator`.
+#[tokio::test]
+async fn an_external_ca_injector_owns_the_webhook_ca_bundle() {
+    let (cluster, op) = setup("cainject").await;
+    let c = cluster.client.clone();
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n  security: {webhookCABundle: External}\n")).unwrap();
+    wait_ready(&c, "mesh", &op).await;
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
+    let name = "skein-sidecar-injector-mesh";
+    let bundles = |h: &MutatingWebhookConfiguration| -> Vec<Option<Vec<u8>>> {
+        h.webhooks.iter().flatten().map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone())).collect()
+    };
+    let hook = hooks.get(name).await.unwrap();
+    assert!(bundles(&hook).iter().all(Option::is_none), "the operator wrote caBundle: {:?}", bundles(&hook));
+    let tls = Api::<Secret>::namespaced(c.clone(), "istio-system").get("skein-webhook-tls").await.unwrap();
+    let root = tls.data.unwrap()["ca.crt"].0.clone();
+
+    let log_before = op.log().len();
+    let inject = || async {
+        let hook = hooks.get(name).await.unwrap();
+        // webhooks merge by name (strategic merge patch), as `kubectl patch` sends it.
+        let entries: Vec<_> = hook
+            .webhooks
+            .iter()
+            .flatten()
+            .map(|w| json!({"name": w.name, "clientConfig": {"caBundle": k8s_openapi::ByteString(root.clone())}}))
+            .collect();
+        let params = PatchParams { field_manager: Some("cert-manager-cainjector".into()), ..Default::default() };
+        hooks.patch(name, &params, &Patch::Strategic(json!({"webhooks": entries}))).await.unwrap();
+    };
+    // The injector writes on every change it sees; here once a second for 8 s (bounded).
+    for _ in 0..8 {
+        inject().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let hook = hooks.get(name).await.unwrap();
+    assert!(bundles(&hook).iter().all(|b| b.as_deref() == Some(&root[..])), "injected caBundle kept");
+    let since = op.log()[log_before..].to_string();
+    assert!(!since.contains(&format!("object=MutatingWebhookConfiguration/{name}")), "webhook re-applied: {since}");
+    let events = cluster.kubectl(&["get", "events", "-A", "--field-selector", "reason=DriftRepairBackoff"], None);
+    assert!(!String::from_utf8_lossy(&events.stdout).contains("MutatingWebhookConfiguration"), "a fight was announced");
+
+    // The operator's own change to the webhook (a revision tag) leaves the injected field.
+    apply(
+        &cluster,
+        &mcp_yaml("mesh", "  version: 1.0.2\n  revisionTags: [prod]\n  security: {webhookCABundle: External}\n"),
+    )
+    .unwrap();
+    let hook = eventually("revision tag in the webhook", WAIT, || async {
+        let h = hooks.get(name).await.ok()?;
+        serde_json::to_string(&h.webhooks).ok()?.contains("\"prod\"").then_some(h)
+    })
+    .await;
+    assert!(bundles(&hook).iter().all(|b| b.as_deref() == Some(&root[..])), "caBundle lost: {:?}", bundles(&hook));
+
+    // Back to the operator: it writes caBundle itself and owns it.
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n  revisionTags: [prod]\n")).unwrap();
+    eventually("caBundle owned by the operator", WAIT, || async {
+        let h = hooks.get(name).await.ok()?;
+        let owned = h.managed_fields().iter().any(|m| {
+            m.manager.as_deref() == Some("skein-operator")
+                && m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("f:caBundle"))
+        });
+        (owned && bundles(&h).iter().all(|b| b.as_deref() == Some(&root[..]))).then_some(())
+    })
+    .await;
+}
+
 /// What GitOps tools show while a MeshControlPlane is deleted: kstatus and Flux's kstatus say
 /// Terminating and Argo CD (Skein's health check) Progressing while the finalizer runs (held
 /// here by stopping the operator), and the object is gone once the operator is back.

@@ -28,12 +28,12 @@ use kube::{Api, ResourceExt, api::ListParams};
 use skein_api::{MeshControlPlane, MeshControlPlaneStatus};
 use skein_e2e::{
     Cluster, Node,
-    real::{diagnostics, gitops_status, install_operator, kubectl_ok, wait_ready},
+    real::{diagnostics, gitops_status, install_operator_with_helm, kubectl_ok, wait_ready},
     repo_root,
 };
 
 const NS: &str = "istio-system";
-const REGISTRY: &str = "skein.local/skein";
+const REGISTRY: &str = skein_e2e::real::LOCAL_REGISTRY;
 
 fn sample(name: &str) -> String {
     repo_root().join("config/samples/bookinfo").join(name).to_string_lossy().into_owned()
@@ -236,14 +236,14 @@ fn answering_gateway(cluster: &Cluster) -> SocketAddr {
 }
 
 /// A cluster with a real node, `releases` tagged ((version, control plane image, proxy
-/// image)), the operator, and MeshControlPlane `default` with `spec` (the lines under `spec:`)
+/// image)), the operator installed with README's Helm block, and MeshControlPlane `default` with `spec` (the lines under `spec:`)
 /// Ready.
 async fn mesh_on(name: &str, releases: &[(&str, &str, &str)], spec: &str) -> Cluster {
     let cluster = Cluster::start_with(name, Node::Real).await.expect("cluster with a real node starts");
     for (version, control_plane, proxy) in releases {
         release(&cluster, version, control_plane, proxy);
     }
-    install_operator(&cluster);
+    install_operator_with_helm(&cluster);
     cluster.apply(&format!(
         "apiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n{spec}"
     ));
