@@ -549,3 +549,15 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A Go tool the tests build from its pinned module: `$env` names a built binary, else
+/// `hack/<script>` builds it (cached) and prints its path.
+pub fn go_tool(env: &str, script: &str) -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
+        return std::path::PathBuf::from(bin);
+    }
+    let out =
+        std::process::Command::new(repo_root().join("hack").join(script)).output().expect("run the hack/ builder");
+    assert!(out.status.success(), "hack/{script}: {}", String::from_utf8_lossy(&out.stderr));
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

@@ -27,17 +27,6 @@ pub fn block(first: &str) -> String {
     found.into_iter().next().unwrap_or_default()
 }
 
-/// A Go tool the tests build from its pinned module: `$env` names a built binary, else
-/// `hack/<script>` builds it (cached) and prints its path.
-pub fn go_tool(env: &str, script: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(env) {
-        return PathBuf::from(bin);
-    }
-    let out = Command::new(repo_root().join("hack").join(script)).output().expect("run the hack/ builder");
-    assert!(out.status.success(), "hack/{script}: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 /// Runs `script` with bash (`set -euo pipefail`) in the repository, against `cluster`
 /// (`KUBECONFIG`), with the pinned kubectl and the `tools` (helm, opm, ...) first on `PATH`;
 /// panics with its output when it fails, else returns its stdout.

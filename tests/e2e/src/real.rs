@@ -43,7 +43,7 @@ pub fn install_operator(cluster: &Cluster) {
 /// Installs the operator from its image with README's Helm block, `REGISTRY` and `TAG` being
 /// the local images' (`hack/images.sh`), and waits until its pod is ready.
 pub fn install_operator_with_helm(cluster: &Cluster) {
-    let helm = crate::readme::go_tool("SKEIN_HELM", "helm.sh");
+    let helm = crate::go_tool("SKEIN_HELM", "helm.sh");
     let block = crate::readme::block("helm install skein").replace("REGISTRY", LOCAL_REGISTRY).replace("TAG", "dev");
     crate::readme::run(Some(cluster), &block, &[helm]);
     wait_operator(cluster);
@@ -121,12 +121,7 @@ pub struct Judgement {
 }
 
 fn gitops_judgement(cluster: &Cluster, what: &[&str]) -> Judgement {
-    let bin = std::env::var("SKEIN_KSTATUS").unwrap_or_else(|_| {
-        let out =
-            std::process::Command::new(repo_root().join("hack/kstatus.sh")).output().expect("run hack/kstatus.sh");
-        assert!(out.status.success(), "hack/kstatus.sh: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    });
+    let bin = crate::go_tool("SKEIN_KSTATUS", "kstatus.sh");
     let mut args = vec!["get"];
     args.extend_from_slice(what);
     args.extend(["-o", "json"]);

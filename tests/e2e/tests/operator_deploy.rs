@@ -271,7 +271,7 @@ async fn gitops_layout_applies_in_wave_order_and_reads_healthy() {
 
 /// helm (built by `hack/helm.sh`, or `SKEIN_HELM`).
 fn helm() -> String {
-    readme::go_tool("SKEIN_HELM", "helm.sh").to_string_lossy().into_owned()
+    skein_e2e::go_tool("SKEIN_HELM", "helm.sh").to_string_lossy().into_owned()
 }
 
 /// `v` with whole floating-point numbers as integers (kustomize writes `10` where the generated
@@ -392,7 +392,7 @@ async fn helm_chart_renders_config_default_and_installs() {
 /// file-based catalog validates and the bundle renders (opm from its pinned Go module).
 #[test]
 fn readmes_olm_block_validates_the_catalog_and_renders_the_bundle() {
-    let opm = readme::go_tool("SKEIN_OPM", "opm.sh");
+    let opm = skein_e2e::go_tool("SKEIN_OPM", "opm.sh");
     let out = readme::run(None, &readme::block("opm validate"), &[opm]);
     assert!(out.contains("olm.bundle") && out.contains("skein-operator"), "the bundle rendered: {out}");
 }
