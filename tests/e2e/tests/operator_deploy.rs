@@ -396,3 +396,54 @@ fn readmes_olm_block_validates_the_catalog_and_renders_the_bundle() {
     let out = readme::run(None, &readme::block("opm validate"), &[opm]);
     assert!(out.contains("olm.bundle") && out.contains("skein-operator"), "the bundle rendered: {out}");
 }
+
+/// README's Argo CD and Flux blocks, run against the CRDs of the pinned releases (from their Go
+/// modules, `hack/gitops-crds.sh`): the apiserver validates the Application, the GitRepository
+/// and both Kustomizations strictly against the real schemas, and they read back as written
+/// (the mesh's Kustomization depending on the operator's). No Argo CD or Flux controller acts on
+/// them here.
+#[tokio::test]
+async fn readmes_argo_cd_and_flux_blocks_apply_against_the_real_crds() {
+    let cluster = Cluster::start("gitops-crds").await.unwrap();
+    let out = std::process::Command::new(repo_root().join("hack/gitops-crds.sh")).output().unwrap();
+    assert!(out.status.success(), "hack/gitops-crds.sh: {}", String::from_utf8_lossy(&out.stderr));
+    for crd in String::from_utf8_lossy(&out.stdout).lines() {
+        // Argo CD's Application CRD is too large for client-side apply's annotation.
+        kubectl_ok(&cluster, &["apply", "--server-side", "-f", crd], None);
+    }
+    for crd in [
+        "applications.argoproj.io",
+        "gitrepositories.source.toolkit.fluxcd.io",
+        "kustomizations.kustomize.toolkit.fluxcd.io",
+    ] {
+        cluster.wait_established(crd).await.unwrap();
+    }
+    for ns in ["argocd", "flux-system"] {
+        kubectl_ok(&cluster, &["create", "namespace", ns], None);
+    }
+    readme::run(Some(&cluster), &readme::block("kubectl apply -f config/gitops/argocd/application.yaml"), &[]);
+    readme::run(Some(&cluster), &readme::block("kubectl apply -f config/gitops/flux/kustomizations.yaml"), &[]);
+    let get = |args: &[&str]| kubectl_ok(&cluster, args, None);
+    let app = get(&[
+        "get",
+        "application",
+        "skein",
+        "-n",
+        "argocd",
+        "-o",
+        "jsonpath={.spec.source.path} {.spec.syncPolicy.syncOptions}",
+    ]);
+    assert_eq!(app, r#"config/gitops/argocd ["ServerSideApply=true"]"#);
+    let mesh = get(&[
+        "get",
+        "kustomization",
+        "skein-mesh",
+        "-n",
+        "flux-system",
+        "-o",
+        "jsonpath={.spec.path} {.spec.dependsOn[0].name} {.spec.wait}",
+    ]);
+    assert_eq!(mesh, "./config/gitops/mesh skein-operator true");
+    let source = get(&["get", "gitrepository", "skein", "-n", "flux-system", "-o", "jsonpath={.spec.ref.branch}"]);
+    assert_eq!(source, "main");
+}
