@@ -13,6 +13,29 @@ use serde::{Deserialize, Serialize};
 /// (`cacerts`, gateway credentials, mesh-wide policies in the root namespace, all
 /// `-n istio-system`) has its documented effect unchanged.
 pub const DEFAULT_NAMESPACE: &str = "istio-system";
+
+/// The MeshControlPlane CRD as Skein ships it: the derived schema, plus a default for `status`
+/// (`observedGeneration: 0`), which the apiserver fills in on every read until the operator
+/// writes the first status. Without it a new object has no status at all, and kstatus (Flux's
+/// `wait`) reads an object without status as Current: with it, generation 1 against observed 0
+/// reads InProgress until the operator has looked.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    use kube::CustomResourceExt;
+    let mut crd = MeshControlPlane::crd();
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({"observedGeneration": 0})));
+        }
+    }
+    crd
+}
 /// Trust domain used when `meshConfig.trustDomain` is not set.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 

@@ -50,6 +50,15 @@ fn crd_is_cluster_scoped_with_status_short_name_and_columns() {
 }
 
 #[test]
+fn a_new_object_reads_as_not_yet_observed() {
+    let crd = crate::mesh::crd();
+    let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+    let status = &schema.properties.as_ref().unwrap()["status"];
+    assert_eq!(status.default.as_ref().unwrap().0, serde_json::json!({"observedGeneration": 0}));
+    assert_eq!(MeshControlPlane::crd().spec.names, crd.spec.names, "otherwise the derived CRD");
+}
+
+#[test]
 fn crd_schema_carries_server_side_validation() {
     let json = serde_json::to_string(&MeshControlPlane::crd()).unwrap();
     assert!(json.contains(r#""rule":"self == oldSelf""#), "namespace immutability");

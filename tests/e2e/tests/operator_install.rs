@@ -1020,6 +1020,28 @@ async fn an_external_ca_injector_owns_the_webhook_ca_bundle() {
     .await;
 }
 
+/// A MeshControlPlane the operator has not looked at yet (here: no operator running) reads
+/// InProgress to kstatus and Flux, not Current: the CRD defaults `status.observedGeneration` to
+/// 0, so Flux's `wait` cannot pass before the operator has acted. Argo CD shows Progressing.
+/// Once the operator runs, the mesh becomes Current.
+#[tokio::test]
+async fn a_new_mesh_reads_in_progress_until_the_operator_has_seen_it() {
+    let cluster = Cluster::start("gitops-new").await.expect("cluster starts");
+    cluster.install_crds().await.expect("CRDs installed");
+    apply(&cluster, &mcp_yaml("mesh", "  version: 1.0.2\n")).unwrap();
+    let judged = skein_e2e::real::gitops_status(&cluster, &["meshcontrolplane", "mesh"]);
+    assert_eq!(judged, ("InProgress".to_string(), "InProgress".to_string()), "kstatus / Flux kstatus");
+    let health = skein_e2e::real::argocd_health(&cluster, "mesh");
+    assert_eq!(health.0, "Progressing", "Argo CD: {health:?}");
+    let op = Operator::start(&cluster, "op-a").expect("operator starts");
+    wait_ready(&cluster.client, "mesh", &op).await;
+    eventually("kstatus Current", WAIT, || async {
+        let judged = skein_e2e::real::gitops_status(&cluster, &["meshcontrolplane", "mesh"]);
+        (judged == ("Current".to_string(), "Current".to_string())).then_some(())
+    })
+    .await;
+}
+
 /// What GitOps tools show while a MeshControlPlane is deleted: kstatus and Flux's kstatus say
 /// Terminating and Argo CD (Skein's health check) Progressing while the finalizer runs (held
 /// here by stopping the operator), and the object is gone once the operator is back.
