@@ -1,6 +1,6 @@
 //! Skein installed the way users install it, on a cluster with a real node: the operator from
-//! its image (README's `kubectl apply -k config/local` or Helm block), a MeshControlPlane, and what to show when
-//! something does not come up.
+//! its image (README's `kubectl apply -k config/local` or Helm block), a MeshControlPlane, and
+//! what to show when something does not come up.
 
 use std::time::{Duration, Instant};
 
