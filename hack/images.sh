@@ -33,19 +33,23 @@ revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
 source=${SKEIN_IMAGE_SOURCE:-$(git -C "$root" remote get-url origin 2>/dev/null || echo unknown)}
 mkdir -p "$out"
 
-# image NAME UID: pack target/<profile>/NAME into $out/NAME.tar.
+# image NAME UID [BINARY [ENV...]]: pack target/<profile>/BINARY (default NAME) into
+# $out/NAME.tar, with the image environment ENV (NAME=VALUE) besides PATH.
 image() {
-  local name=$1 uid=$2 work="$out/$1.work"
+  local name=$1 uid=$2 bin=${3:-$1} work="$out/$1.work"
+  shift $(( $# < 3 ? $# : 3 ))
+  local extra=()
+  for e in "$@"; do extra+=(--config.env "$e"); done
   rm -rf "$work"; mkdir -p "$work"
-  "$here/rootfs.sh" "$name" "$bindir/$name" "$work/rootfs"
+  "$here/rootfs.sh" "$bin" "$bindir/$bin" "$work/rootfs"
   umoci init --layout "$work/layout"
   umoci new --image "$work/layout:$tag"
   # One layer holding the whole root, owned by root (the binary is not writable by its user).
   umoci insert --image "$work/layout:$tag" "$work/rootfs" /
   umoci config --image "$work/layout:$tag" \
     --config.user "$uid:$uid" --config.workingdir / \
-    --config.entrypoint "/usr/local/bin/$name" \
-    --config.env PATH=/usr/local/bin:/usr/sbin:/usr/bin \
+    --config.entrypoint "/usr/local/bin/$bin" \
+    --config.env PATH=/usr/local/bin:/usr/sbin:/usr/bin "${extra[@]}" \
     --config.label "org.opencontainers.image.title=$name" \
     --config.label "org.opencontainers.image.version=$version" \
     --config.label "org.opencontainers.image.revision=$revision" \
@@ -63,4 +67,9 @@ image skein-operator 65532
 image skein-controlplane 65532
 image skein-proxy 1337
 image bookinfo-app 65532
+# Test releases only (dev images): a proxy that refuses any config over 1 KiB, as a release
+# with a broken limit would; the upgrade e2e test's release whose proxies reject their configs.
+if [ "$profile" = dev ]; then
+  image skein-proxy-tight 1337 skein-proxy SKEIN_MAX_CONFIG_BYTES=1024
+fi
 echo "$registry $tag" >"$out/REF"

@@ -89,6 +89,9 @@ pub enum Reason {
     EndOfLife,
     /// `Reconciled=True`: `spec.updateStrategy.paused` holds a newer version back.
     UpgradePaused,
+    /// `Reconciled=True`: a newer release from the channel waits for a maintenance window
+    /// (`spec.updateStrategy.maintenanceWindows`).
+    OutsideMaintenanceWindow,
     /// `Reconciled=False`/`Stalled=True`: `spec.namespace` does not exist (the operator does
     /// not create namespaces; create it, as with Istio's `istio-system`).
     NamespaceNotFound,
@@ -121,6 +124,7 @@ impl Reason {
             Reason::SkewViolation => "SkewViolation",
             Reason::EndOfLife => "EndOfLife",
             Reason::UpgradePaused => "UpgradePaused",
+            Reason::OutsideMaintenanceWindow => "OutsideMaintenanceWindow",
             Reason::NamespaceNotFound => "NamespaceNotFound",
             Reason::NamespaceNotManaged => "NamespaceNotManaged",
         }

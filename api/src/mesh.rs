@@ -271,6 +271,43 @@ pub struct UpdateStrategy {
     /// not installed until this is false again. Default false.
     #[serde(default)]
     pub paused: bool,
+    /// When the operator may start an upgrade the spec did not ask for by version: a newer
+    /// release reaching the followed `channel`, or a new patch for `vX.Y-latest`. Outside
+    /// every window such an upgrade waits (`Reconciled` reason `OutsideMaintenanceWindow`,
+    /// naming the next opening); one that has started goes on after its window closes. A
+    /// pinned `version` and a first install are not held. Empty: any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+}
+
+/// A weekly time span, in UTC, when automatic upgrades may start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// Days it opens on. Empty: every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub days: Vec<Weekday>,
+    /// When it opens, `HH:MM` (UTC).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// How long it stays open: hours and/or minutes (`4h`, `90m`, `1h30m`), at most 168h.
+    #[schemars(regex(pattern = r"^([0-9]{1,3}h)?([0-9]{1,5}m)?$"), length(min = 2))]
+    pub duration: String,
+}
+
+/// A day of the week.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
 }
 
 impl Default for UpdateStrategy {
@@ -282,6 +319,7 @@ impl Default for UpdateStrategy {
             workload_batch: None,
             progress_deadline_seconds: default_progress_deadline(),
             paused: false,
+            maintenance_windows: Vec::new(),
         }
     }
 }

@@ -17,8 +17,13 @@ use tracing::{info, warn};
 use super::Backoff;
 use crate::{metrics::Metrics, store::Store};
 
-/// Largest config accepted, all chunks together (a mesh of 10 000 services fits well within it).
-const MAX_MESSAGE: usize = 64 << 20;
+/// Default largest config accepted, all chunks together (a mesh of 10 000 services fits well
+/// within it).
+pub const DEFAULT_MAX_CONFIG: usize = 64 << 20;
+/// One response is decoded up to this size even under a smaller config limit, so that a
+/// config over the limit is answered with a NACK naming it (the control plane's chunks are
+/// 32 KiB by default) instead of a broken stream the control plane cannot report.
+const MIN_MESSAGE_LIMIT: usize = 1 << 20;
 
 /// Who this proxy is to the control plane.
 #[derive(Debug, Clone)]
@@ -30,12 +35,15 @@ pub struct AdsConfig {
     pub token_file: PathBuf,
     /// The certificate files every applied config serves mTLS with.
     pub identity: IdentityFiles,
+    /// Largest config accepted, all chunks together; a larger one is refused (NACK) without
+    /// keeping more than this much of it.
+    pub max_config: usize,
 }
 
 /// Why a pushed config was refused (the NACK's `error_detail`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RejectReason {
-    /// Larger than [`MAX_MESSAGE`] in all.
+    /// Larger than [`AdsConfig::max_config`] in all.
     #[error("config larger than {0} bytes")]
     TooLarge(usize),
     /// Not the protobuf message it should be.
@@ -95,7 +103,8 @@ impl AdsClient {
 
     /// One stream, until it ends.
     async fn stream(&mut self, channel: &Channel) -> Result<(), tonic::Status> {
-        let mut client = ProxyDiscoveryClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+        let mut client = ProxyDiscoveryClient::new(channel.clone())
+            .max_decoding_message_size(self.config.max_config.max(MIN_MESSAGE_LIMIT));
         let (tx, rx) = mpsc::channel(4);
         let node = pb::Node { id: self.config.node_id.clone(), ..Default::default() };
         let hello =
@@ -117,7 +126,8 @@ impl AdsClient {
         while let Some(resp) = responses.message().await? {
             self.state.backoff = Backoff::default();
             size += resp.config.len();
-            if size <= MAX_MESSAGE {
+            let max = self.config.max_config;
+            if size <= max {
                 chunks.push(resp.config);
             }
             if resp.more {
@@ -125,7 +135,7 @@ impl AdsClient {
             }
             let bytes: bytes::Bytes = chunks.concat().into();
             let result = match size {
-                s if s > MAX_MESSAGE => Err(RejectReason::TooLarge(MAX_MESSAGE)),
+                s if s > max => Err(RejectReason::TooLarge(max)),
                 _ if !resp.base_version.is_empty() => self.apply_delta(bytes, &resp.base_version, &resp.version_info),
                 _ => self.apply(bytes, &resp.version_info),
             };

@@ -94,6 +94,10 @@ pub struct DiscoveryArgs {
     /// a workload, traffic captured) or `router` (a gateway), as Istio's `proxy sidecar|router`.
     #[arg(long, value_enum, default_value_t = ProxyType::Sidecar)]
     pub proxy_type: ProxyType,
+    /// Largest config accepted from the control plane, all chunks together (bytes); a larger
+    /// one is refused (NACK) and the running config stays.
+    #[arg(long, env = "SKEIN_MAX_CONFIG_BYTES", default_value_t = ads::DEFAULT_MAX_CONFIG)]
+    pub max_config_bytes: usize,
 }
 
 /// The proxy's role, Istio's node-id prefix.
@@ -181,7 +185,12 @@ pub async fn run(args: DiscoveryArgs, store: Store, metrics: Metrics) -> Result<
             return Err(DiscoveryError::CertificatesEnded);
         }
     }
-    let config = AdsConfig { node_id, token_file: args.token_file.clone(), identity: args.identity_files() };
+    let config = AdsConfig {
+        node_id,
+        token_file: args.token_file.clone(),
+        identity: args.identity_files(),
+        max_config: args.max_config_bytes,
+    };
     AdsClient::new(config, store, metrics).run(channel).await;
     Ok(())
 }

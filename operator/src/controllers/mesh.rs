@@ -53,7 +53,7 @@ use crate::{
         catalog::Release,
         migrate,
         plan::{self, Plan, phase},
-        skew,
+        skew, window,
     },
 };
 
@@ -291,10 +291,22 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         None
     };
     let now_ts = Timestamp::now();
+    // Maintenance windows hold only what the operator would start on its own: a target from
+    // the channel or from `vX.Y-latest`, never a pinned version.
+    let automatic = mcp.spec.version.as_deref().is_none_or(|v| v.ends_with("-latest"));
+    let windows = strategy
+        .maintenance_windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window::Window::parse(w, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| SpecError { reason: Reason::InvalidUpdateStrategy, message })?;
+    let window_closed = window::closed_until(&windows, now_ts).filter(|_| automatic && moving);
     let previous_upgrade = status.upgrade.clone();
     let mut plan = plan::plan(&plan::Input {
         strategy: strategy.type_,
         paused: strategy.paused,
+        window_closed,
         update_workloads: strategy.update_workloads,
         deadline: SignedDuration::from_secs(strategy.progress_deadline_seconds),
         grace: SignedDuration::from_secs(strategy.inactive_revision_deletion_grace_period_seconds),
@@ -324,7 +336,18 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
             .map_err(|message| SpecError { reason: Reason::InvalidUpdateStrategy, message })?;
         let deadline = SignedDuration::from_secs(strategy.progress_deadline_seconds);
         let gated = !plan.rolling_back();
-        let step = migrate::step(&workloads, &plan.active.revision, batch, gated, deadline, now_ts);
+        let sync = match gated {
+            true => revisions::sync_state(client, &ns, &plan.active.revision).await,
+            false => migrate::Sync::Known(Default::default()),
+        };
+        if let migrate::Sync::Unknown(why) = &sync {
+            warn!(name, revision = plan.active.revision, %why, "the revision's proxy report is unreadable");
+        }
+        let mode = match gated {
+            true => migrate::Mode::Gated { batch, deadline, sync: &sync },
+            false => migrate::Mode::RollingBack,
+        };
+        let step = migrate::step(&workloads, &plan.active.revision, mode, now_ts);
         info!(
             name,
             revision = plan.active.revision,
@@ -332,11 +355,24 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
             remaining = step.remaining,
             restart = step.restart.len(),
             failed = step.failed.len(),
+            rejected = step.rejected.len(),
             "migration step"
         );
-        if gated && !step.failed.is_empty() {
+        if gated && !step.rejected.is_empty() {
             let message = format!(
-                "workloads not healthy on revision {} within {}s: {}; moved the tags back to the previous revision",
+                "proxies refused the config of revision {} (NACK): {}; moved the tags back to the previous revision",
+                plan.active.revision,
+                step.rejected.join(", ")
+            );
+            plan.roll_back(message);
+        } else if gated && !step.failed.is_empty() {
+            let unread = match &sync {
+                migrate::Sync::Unknown(why) => format!(" (its control plane's proxy report was unreadable: {why})"),
+                migrate::Sync::Known(_) => String::new(),
+            };
+            let message = format!(
+                "workloads not healthy on revision {} within {}s: {}{unread}; moved the tags back to the previous \
+                 revision",
                 plan.active.revision,
                 deadline.as_secs(),
                 step.failed.join(", ")
@@ -432,15 +468,21 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     upgrade_conditions(status, mcp, &plan, previous_upgrade.as_ref(), ctx).await;
     status.components = components_status(mcp, ctx, &plan.active.revision).await?;
     let not_ready: Vec<String> = status.components.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect();
-    let message = match &plan.paused {
-        Some(held) => format!(
+    let message = match (&plan.paused, &plan.outside_window) {
+        (Some(held), _) => format!(
             "release {} applied to namespace {ns}; the upgrade to {held} is held (spec.updateStrategy.paused)",
             plan.active.version
         ),
-        None => format!("release {} applied to namespace {ns}", plan.active.version),
+        (None, Some((held, opens))) => format!(
+            "release {} applied to namespace {ns}; the upgrade to {held} waits for the next maintenance window, \
+             opening {opens}",
+            plan.active.version
+        ),
+        (None, None) => format!("release {} applied to namespace {ns}", plan.active.version),
     };
     let (reason, message) = match (&plan.paused, release.end_of_life && !moving) {
         (Some(_), _) => (Reason::UpgradePaused, message),
+        (None, _) if plan.outside_window.is_some() => (Reason::OutsideMaintenanceWindow, message),
         (None, true) => {
             let warning = format!(
                 "release {} is end-of-life: it keeps running, but no longer gets fixes; upgrade to a supported version",
@@ -482,6 +524,14 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         (true, _) => UPGRADE_RECHECK,
         (false, true) => RESYNC,
         (false, false) => PENDING_RECHECK,
+    };
+    // A held upgrade starts when its window opens, not at the next resync.
+    let next = match &plan.outside_window {
+        Some((_, opens)) => {
+            let wait = Duration::try_from(now_ts.duration_until(*opens)).unwrap_or_default() + Duration::from_secs(1);
+            next.min(wait)
+        }
+        None => next,
     };
     Ok(Action::requeue(held.map_or(next, |h| h.min(next))))
 }

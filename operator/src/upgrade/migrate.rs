@@ -9,6 +9,8 @@
 //! sidecar has applied the first config of that revision's control plane, so "available"
 //! includes "connected and acknowledged".
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// Pod-template annotation: the revision a workload was last restarted for.
@@ -57,12 +59,75 @@ pub struct Workload {
     /// Running or Pending pods not on the active revision (another `istio.io/rev`, or another
     /// proxy image); pods being deleted do not count.
     pub stale_pods: usize,
+    /// Its pods on the active revision, as their proxies name themselves to the control plane
+    /// (`<pod>.<namespace>`).
+    pub proxies: Vec<String>,
 }
 
 impl Workload {
     /// `Kind namespace/name`.
     pub fn describe(&self) -> String {
         format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// One proxy as the active revision's control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxySync {
+    /// It has acknowledged a config of this control plane (it runs one).
+    pub acked: bool,
+    /// Its last answer refused a config, for this reason.
+    pub nack: Option<String>,
+}
+
+/// What the active revision's control plane reports of its connected proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sync {
+    /// Every connected proxy, by `<pod>.<namespace>`.
+    Known(BTreeMap<String, ProxySync>),
+    /// The report could not be read, for this reason: no batch passes its gate meanwhile.
+    Unknown(String),
+}
+
+impl Sync {
+    /// Reads the control plane's `/debug/syncz` (node id → `{sent, acked, nack}`); a node id
+    /// is Istio's `<type>~<ip>~<pod>.<namespace>~<domain>`.
+    pub fn from_syncz(body: &str) -> Sync {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            #[serde(default)]
+            acked: String,
+            #[serde(default)]
+            nack: Option<String>,
+        }
+        match serde_json::from_str::<BTreeMap<String, Entry>>(body) {
+            Ok(table) => Sync::Known(
+                table
+                    .into_iter()
+                    .map(|(id, e)| {
+                        let proxy = id.split('~').nth(2).unwrap_or(&id).to_string();
+                        (proxy, ProxySync { acked: !e.acked.is_empty(), nack: e.nack })
+                    })
+                    .collect(),
+            ),
+            Err(e) => Sync::Unknown(format!("its /debug/syncz is not a sync table: {e}")),
+        }
+    }
+
+    /// Every proxy of `w` connected and acknowledging; `Unknown` passes none.
+    fn synced(&self, w: &Workload) -> bool {
+        match self {
+            Sync::Known(t) => w.proxies.iter().all(|p| t.get(p).is_some_and(|s| s.acked && s.nack.is_none())),
+            Sync::Unknown(_) => false,
+        }
+    }
+
+    /// The proxies whose last answer was a NACK: `<pod>.<namespace>: <reason>`.
+    fn rejections(&self) -> Vec<String> {
+        match self {
+            Sync::Known(t) => t.iter().filter_map(|(p, s)| s.nack.as_ref().map(|why| format!("{p}: {why}"))).collect(),
+            Sync::Unknown(_) => Vec::new(),
+        }
     }
 }
 
@@ -73,6 +138,9 @@ pub struct Step {
     pub restart: Vec<usize>,
     /// A batch missed its deadline: the workloads that failed the gate.
     pub failed: Vec<String>,
+    /// Proxies of the active revision that refused its config (`<pod>.<namespace>: <reason>`):
+    /// the migration fails at once.
+    pub rejected: Vec<String>,
     /// Workloads already on the active revision after a restart for it.
     pub migrated: usize,
     /// Workloads still to restart or to finish rolling out.
@@ -105,21 +173,33 @@ pub fn batch_size(
     }
 }
 
+/// How a migration goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    /// One batch at a time, each waiting for its gate (with `sync`, the active revision's
+    /// report of its proxies) and failing after `deadline`.
+    Gated {
+        /// Batch size.
+        batch: usize,
+        /// How long a batch may take.
+        deadline: SignedDuration,
+        /// The active revision's control plane's report.
+        sync: &'a Sync,
+    },
+    /// Rolling back: every stale workload is restarted at once.
+    RollingBack,
+}
+
 /// Decides the next step for `active` (the revision the tags point at).
-///
-/// `gated`: one batch at a time, each waiting for its gate and failing after `deadline`.
-/// Not gated (rolling back): every stale workload is restarted at once.
-pub fn step(
-    workloads: &[Workload],
-    active: &str,
-    batch: usize,
-    gated: bool,
-    deadline: SignedDuration,
-    now: Timestamp,
-) -> Step {
+pub fn step(workloads: &[Workload], active: &str, mode: Mode<'_>, now: Timestamp) -> Step {
     let mut out = Step::default();
     let stamped = |w: &Workload| w.restarted_for.as_deref() == Some(active);
-    let done = |w: &Workload| w.rolled_out && w.stale_pods == 0;
+    // Rolling back waits for no report: the previous revision's proxies ran before.
+    let synced = |w: &Workload| match mode {
+        Mode::Gated { sync, .. } => sync.synced(w),
+        Mode::RollingBack => true,
+    };
+    let done = |w: &Workload| w.rolled_out && w.stale_pods == 0 && synced(w);
     let mut in_flight = Vec::new();
     let mut todo = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
@@ -131,9 +211,15 @@ pub fn step(
         }
     }
     out.remaining = in_flight.len() + todo.len();
-    if !gated {
+    let Mode::Gated { batch, deadline, sync } = mode else {
         out.restart = todo;
         return out;
+    };
+    if out.remaining > 0 {
+        out.rejected = sync.rejections();
+        if !out.rejected.is_empty() {
+            return out;
+        }
     }
     if !in_flight.is_empty() {
         let late = |w: &Workload| w.restarted_at.is_none_or(|t| now.duration_since(t) > deadline);
@@ -159,7 +245,19 @@ mod tests {
             restarted_at: restarted_for.map(|_| Timestamp::from_second(at).unwrap()),
             rolled_out,
             stale_pods: stale,
+            proxies: vec![format!("{name}-pod.bookinfo")],
         }
+    }
+
+    /// A report where every proxy named is connected and acknowledging.
+    fn synced(names: &[&str]) -> Sync {
+        Sync::Known(
+            names.iter().map(|n| (format!("{n}-pod.bookinfo"), ProxySync { acked: true, nack: None })).collect(),
+        )
+    }
+
+    fn gated(batch: usize, sync: &Sync) -> Mode<'_> {
+        Mode::Gated { batch, deadline: DEADLINE, sync }
     }
 
     const DEADLINE: SignedDuration = SignedDuration::from_secs(60);
@@ -171,24 +269,80 @@ mod tests {
     #[test]
     fn batches_go_one_after_another_and_each_waits_for_its_gate() {
         let ws = [w("a", None, 0, true, 1), w("b", None, 0, true, 2), w("c", None, 0, true, 1)];
-        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(100));
+        let all = synced(&["a", "b", "c"]);
+        let s = step(&ws, "1-1-0", gated(2, &all), at(100));
         assert_eq!((s.restart.clone(), s.remaining, s.migrated), (vec![0, 1], 3, 0));
         // a and b restarted; b still rolling: nothing new starts.
         let ws = [w("a", Some("1-1-0"), 100, true, 0), w("b", Some("1-1-0"), 100, false, 1), w("c", None, 0, true, 1)];
-        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(130));
+        let s = step(&ws, "1-1-0", gated(2, &all), at(130));
         assert_eq!((s.restart.clone(), s.failed.clone(), s.migrated, s.remaining), (vec![], vec![], 1, 2));
         // b done: c goes.
         let ws = [w("a", Some("1-1-0"), 100, true, 0), w("b", Some("1-1-0"), 100, true, 0), w("c", None, 0, true, 1)];
-        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(140));
+        let s = step(&ws, "1-1-0", gated(2, &all), at(140));
         assert_eq!((s.restart, s.migrated, s.remaining), (vec![2], 2, 1));
+    }
+
+    #[test]
+    fn a_batch_passes_only_once_its_proxies_acknowledge_the_revisions_config() {
+        let ws = [w("a", Some("1-1-0"), 100, true, 0), w("b", None, 0, true, 1)];
+        // a rolled out, but its proxy has not acknowledged a config of 1-1-0 yet (or is not
+        // connected to it): b waits.
+        let waiting = Sync::Known([("a-pod.bookinfo".to_string(), ProxySync::default())].into());
+        let s = step(&ws, "1-1-0", gated(1, &waiting), at(110));
+        assert_eq!((s.restart.clone(), s.migrated, s.remaining), (vec![], 0, 2));
+        let s = step(&ws, "1-1-0", gated(1, &synced(&["b"])), at(110));
+        assert_eq!((s.restart.clone(), s.migrated), (vec![], 0), "a not connected to 1-1-0");
+        // An unreadable report passes nothing, and the batch fails at its deadline.
+        let unknown = Sync::Unknown("no route".into());
+        assert_eq!(step(&ws, "1-1-0", gated(1, &unknown), at(110)).restart, Vec::<usize>::new());
+        assert_eq!(step(&ws, "1-1-0", gated(1, &unknown), at(161)).failed, vec!["Deployment bookinfo/a"]);
+        let s = step(&ws, "1-1-0", gated(1, &synced(&["a"])), at(110));
+        assert_eq!((s.restart, s.migrated), (vec![1], 1));
+    }
+
+    #[test]
+    fn a_refused_config_fails_the_migration_at_once() {
+        let ws = [w("a", Some("1-1-0"), 100, false, 1), w("b", None, 0, true, 1)];
+        let mut table = BTreeMap::new();
+        table.insert("a-pod.bookinfo".to_string(), ProxySync { acked: false, nack: Some("config too large".into()) });
+        table.insert("gw.istio-system".to_string(), ProxySync { acked: true, nack: None });
+        let s = step(&ws, "1-1-0", gated(1, &Sync::Known(table)), at(101));
+        assert_eq!(s.rejected, vec!["a-pod.bookinfo: config too large"], "long before the deadline");
+        assert!(s.restart.is_empty() && s.failed.is_empty());
+        // Once everything is migrated a NACK no longer fails the (finished) migration.
+        let ws = [w("a", Some("1-1-0"), 100, true, 0)];
+        let table = [
+            ("a-pod.bookinfo".to_string(), ProxySync { acked: true, nack: None }),
+            ("gw.istio-system".to_string(), ProxySync { acked: true, nack: Some("later".into()) }),
+        ];
+        let s = step(&ws, "1-1-0", gated(1, &Sync::Known(table.into())), at(500));
+        assert_eq!((s.rejected.len(), s.migrated, s.remaining), (0, 1, 0));
+    }
+
+    #[test]
+    fn the_control_planes_sync_table_is_read_by_pod() {
+        let body = r#"{
+          "sidecar~10.0.0.5~productpage-v1-7d9-x.bookinfo~bookinfo.svc.cluster.local": {"sent": "v2", "acked": "v1", "nack": "clusters[x]: bad", "pushes": 2},
+          "router~10.0.0.6~skein-ingressgateway-5f-y.istio-system~istio-system.svc.cluster.local": {"sent": "v2", "acked": "v2", "nack": null, "pushes": 1},
+          "sidecar~10.0.0.7~new.bookinfo~bookinfo.svc.cluster.local": {"sent": "v2", "acked": "", "pushes": 1}
+        }"#;
+        let Sync::Known(t) = Sync::from_syncz(body) else { panic!("parsed") };
+        assert_eq!(
+            t["productpage-v1-7d9-x.bookinfo"],
+            ProxySync { acked: true, nack: Some("clusters[x]: bad".into()) }
+        );
+        assert_eq!(t["skein-ingressgateway-5f-y.istio-system"], ProxySync { acked: true, nack: None });
+        assert_eq!(t["new.bookinfo"], ProxySync { acked: false, nack: None });
+        assert!(matches!(Sync::from_syncz("<html>503</html>"), Sync::Unknown(e) if e.contains("not a sync table")));
     }
 
     #[test]
     fn a_batch_late_past_the_deadline_fails_naming_its_workloads() {
         // Rolled out but a pod still on the old revision (not injected by the new one) fails too.
         let ws = [w("a", Some("1-1-0"), 100, false, 1), w("b", Some("1-1-0"), 100, true, 1), w("c", None, 0, true, 1)];
-        assert!(step(&ws, "1-1-0", 2, true, DEADLINE, at(160)).failed.is_empty());
-        let s = step(&ws, "1-1-0", 2, true, DEADLINE, at(161));
+        let all = synced(&["a", "b", "c"]);
+        assert!(step(&ws, "1-1-0", gated(2, &all), at(160)).failed.is_empty());
+        let s = step(&ws, "1-1-0", gated(2, &all), at(161));
         assert_eq!(s.failed, vec!["Deployment bookinfo/a", "Deployment bookinfo/b"]);
         assert!(s.restart.is_empty(), "nothing new starts after a failure");
     }
@@ -197,7 +351,7 @@ mod tests {
     fn rolling_back_restarts_every_stale_workload_at_once_and_leaves_the_others() {
         // Back on 1-0-2: a and b were moved to 1-1-0 (stale now); c never moved.
         let ws = [w("a", Some("1-1-0"), 100, true, 2), w("b", Some("1-1-0"), 100, true, 1), w("c", None, 0, true, 0)];
-        let s = step(&ws, "1-0-2", 1, false, DEADLINE, at(200));
+        let s = step(&ws, "1-0-2", Mode::RollingBack, at(200));
         assert_eq!((s.restart, s.remaining), (vec![0, 1], 2));
     }
 

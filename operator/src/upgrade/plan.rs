@@ -75,6 +75,9 @@ pub struct Input<'a> {
     pub strategy: UpdateStrategyType,
     /// `spec.updateStrategy.paused`.
     pub paused: bool,
+    /// The target came from a channel (or `vX.Y-latest`) and no maintenance window is open:
+    /// when the next one opens. A move that has started is not held.
+    pub window_closed: Option<Timestamp>,
     /// `spec.updateStrategy.updateWorkloads`.
     pub update_workloads: bool,
     /// `spec.updateStrategy.progressDeadlineSeconds`.
@@ -122,6 +125,8 @@ pub struct Plan {
     pub stalled: Option<Flag>,
     /// A newer version held back by `paused`.
     pub paused: Option<String>,
+    /// A newer version waiting for the maintenance window that opens then.
+    pub outside_window: Option<(String, Timestamp)>,
     /// `status.revisions`.
     pub revisions: Vec<RevisionStatus>,
 }
@@ -191,6 +196,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         reconciling: None,
         stalled: None,
         paused: None,
+        outside_window: None,
         revisions: Vec::new(),
     };
     match current {
@@ -240,6 +246,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 }
             } else if input.paused {
                 out.paused = Some(target.version.to_string());
+            } else if let Some(opens) = input.window_closed.filter(|_| existing.is_none()) {
+                out.outside_window = Some((target.version.to_string(), opens));
             } else if let Some(why) = &input.refused {
                 let mut u = existing.unwrap_or_else(|| new_move(phase::BLOCKED));
                 u.phase = phase::BLOCKED.into();

@@ -755,7 +755,35 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     assert_eq!(health.0, "Suspended", "Argo CD shows a held upgrade as suspended: {health:?}");
     assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"));
     assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"));
-    apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n")).unwrap();
+
+    // Unpaused, but outside its maintenance window (daily, opening in 6 hours): still held,
+    // and the status says until when.
+    let hhmm = |t: k8s_openapi::jiff::Timestamp| t.strftime("%H:%M").to_string();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let later = hhmm(now + k8s_openapi::jiff::SignedDuration::from_hours(6));
+    let windowed = |start: &str, duration: &str| {
+        format!(
+            "  channel: stable-1.0\n  updateStrategy:\n    maintenanceWindows: [{{start: \"{start}\", duration: {duration}}}]\n"
+        )
+    };
+    apply(&cluster, &mcp_yaml("mesh", &windowed(&later, "2h"))).unwrap();
+    let m = until_mcp(&api, "mesh", "Reconciled=True OutsideMaintenanceWindow", &op, |m| {
+        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
+        current && condition(m, "Reconciled").is_some_and(|c| c.1 == "OutsideMaintenanceWindow")
+    })
+    .await;
+    let (_, _, message) = condition(&m, "Reconciled").unwrap();
+    assert!(message.contains("the upgrade to 1.0.2 waits for the next maintenance window"), "{message}");
+    assert!(message.contains(&format!("T{later}:00Z")), "names the opening ({later} UTC): {message}");
+    assert_eq!(m.status.as_ref().unwrap().version.as_deref(), Some("1.0.1"));
+    assert!(condition(&m, "Reconciling").is_none(), "nothing in progress: {:?}", m.status);
+    assert_eq!(skein_e2e::real::argocd_health(&cluster, "mesh").0, "Healthy", "waiting for a window is healthy");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(image(&deployments.get("skein-controlplane").await.unwrap()).ends_with(":1.0.1"), "not upgraded");
+
+    // A window open now (it began an hour ago): the upgrade starts.
+    let earlier = hhmm(now - k8s_openapi::jiff::SignedDuration::from_hours(1));
+    apply(&cluster, &mcp_yaml("mesh", &windowed(&earlier, "3h"))).unwrap();
     let m = until_mcp(&api, "mesh", "the mesh follows stable-1.0 to 1.0.2", &op, |m| {
         let Some(s) = m.status.as_ref() else { return false };
         let done = s.version.as_deref() == Some("1.0.2") && s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete");

@@ -5,8 +5,10 @@
 //! a bad release whose control plane never becomes Ready (Stalled, the tags never move, no pod
 //! is restarted); then to the same release with a working control plane but sidecars that
 //! never start (the first batch fails its gate: the tags, the gateway and the migrated
-//! workloads go back automatically); then to a version the running proxies are too new for
-//! (refused with `SkewViolation`, nothing changed). Zero failed requests throughout.
+//! workloads go back automatically); then to the same release with proxies that refuse its
+//! configs (NACK: the migration fails at once, not at its deadline, and goes back the same
+//! way); then to a version the running proxies are too new for (refused with
+//! `SkewViolation`, nothing changed). Zero failed requests throughout.
 //!
 //! Releases are the local build's images tagged with the catalog's versions in the node's
 //! containerd; the bad release's control plane is the test app's image (it refuses the control
@@ -472,6 +474,46 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
         "{ev}"
     );
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
+
+    // Once more, now with proxies that start but refuse every config of the new revision
+    // (a limit of 1 KiB, SKEIN_MAX_CONFIG_BYTES in the image): Ready never comes, and the
+    // control plane's report names the NACKs. The migration fails at once, long before its
+    // 600 s deadline, and everything goes back as before.
+    // The failed revision goes first, so that no pod of the previous attempt remains.
+    until_status(&cluster, "revision 1-2-0-rc-1 removed again", 120, &mut seen, |s| s.revisions.len() == 1).await;
+    release(&cluster, "1.2.0-rc.1", GOOD, "skein-proxy-tight");
+    let pods_before = bookinfo_pods(&cluster).await;
+    let started = Instant::now();
+    patch_spec(&cluster, r#"{"updateStrategy":{"progressDeadlineSeconds":600}}"#);
+    let s = until_status(&cluster, "Stalled=True MigrationFailed on refused configs", 240, &mut seen, |s| {
+        condition(s, "Stalled").is_some_and(|c| {
+            c.status == "True" && c.reason == "MigrationFailed" && c.message.contains("refused the config")
+        })
+    })
+    .await;
+    let took = started.elapsed();
+    let message = &condition(&s, "Stalled").unwrap().message;
+    assert!(
+        message.contains("revision 1-2-0-rc-1 (NACK)") && message.contains("config larger than 1024 bytes"),
+        "names the refusing proxies and their reason: {message}"
+    );
+    assert!(took < Duration::from_secs(300), "failed on the NACKs, not at the deadline: {took:?}");
+    eprintln!("refused configs: stalled {took:?} after the spec change: {message}");
+    let s = until_status(&cluster, "the migrated workloads back on 1-1-0 after the NACKs", 240, &mut seen, |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.phase == "RolledBack" && u.remaining == 0)
+    })
+    .await;
+    let recorded = s.upgrade.as_ref().and_then(|u| u.message.clone()).unwrap_or_default();
+    assert!(recorded.contains("(NACK)"), "status.upgrade says why: {recorded}");
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(&cluster, NS));
+    let back = bookinfo_pods(&cluster).await;
+    assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
+    assert_eq!(back.len(), pods_before.len());
+    assert_eq!(image_of(&cluster, "skein-ingressgateway"), proxy_110, "the gateway rolled back");
 
     // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
     patch_spec(&cluster, r#"{"version":"1.0.2"}"#);

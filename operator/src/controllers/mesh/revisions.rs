@@ -26,11 +26,11 @@ use crate::{
     error::Error,
     kube::{apply::ApplyError, conditions::component_status},
     render::{
-        self, CONTROL_PLANE, DEFAULT_REVISION, FIELD_MANAGER, OWNER_LABEL,
+        self, CONTROL_PLANE, DEFAULT_REVISION, FIELD_MANAGER, OWNER_LABEL, PORT_MONITORING,
         meta::{REVISION_LABEL, common_labels},
     },
     upgrade::{
-        migrate::{Kind, RESTARTED_AT, RESTARTED_FOR, Workload},
+        migrate::{Kind, RESTARTED_AT, RESTARTED_FOR, Sync, Workload},
         plan::Installed,
         skew::{RunningProxy, image_version},
     },
@@ -158,17 +158,23 @@ pub async fn workloads(
     active: &str,
     proxy: &str,
 ) -> Result<Vec<Workload>, Error> {
-    let mut stale: BTreeMap<(Kind, String, String), usize> = BTreeMap::new();
+    // Per workload: its stale pods, and the proxies of its pods on the active revision.
+    let mut stale: BTreeMap<(Kind, String, String), (usize, Vec<String>)> = BTreeMap::new();
     for p in pods {
         let ns = p.namespace().unwrap_or_default();
         if !namespaces.contains(&ns) {
             continue;
         }
         let Some((kind, name)) = owner(p) else { continue };
-        *stale.entry((kind, ns, name)).or_insert(0) += usize::from(!current(p, active, proxy));
+        let entry = stale.entry((kind, ns.clone(), name)).or_default();
+        if !current(p, active, proxy) {
+            entry.0 += 1;
+        } else if p.metadata.deletion_timestamp.is_none() {
+            entry.1.push(format!("{}.{ns}", p.name_any()));
+        }
     }
     let mut out = Vec::with_capacity(stale.len());
-    for ((kind, ns, name), stale_pods) in stale {
+    for ((kind, ns, name), (stale_pods, proxies)) in stale {
         let what = format!("{} {ns}/{name}", kind.as_str());
         let got = match kind {
             Kind::Deployment => {
@@ -200,9 +206,30 @@ pub async fn workloads(
             restarted_at: annotations.get(RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok()),
             rolled_out,
             stale_pods,
+            proxies,
         });
     }
     Ok(out)
+}
+
+/// How long the control plane's report may take through the apiserver.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What revision `revision`'s control plane reports of its proxies (`/debug/syncz` on its
+/// monitoring port), read through the apiserver's service proxy so that it works wherever the
+/// operator runs; any failure is [`Sync::Unknown`] with the reason.
+pub async fn sync_state(client: &Client, namespace: &str, revision: &str) -> Sync {
+    let service = render::control_plane::name(revision);
+    let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{PORT_MONITORING}/proxy/debug/syncz");
+    let request = match http::Request::get(&path).body(Vec::new()) {
+        Ok(r) => r,
+        Err(e) => return Sync::Unknown(format!("GET {path}: {e}")),
+    };
+    match tokio::time::timeout(SYNC_TIMEOUT, client.request_text(request)).await {
+        Ok(Ok(body)) => Sync::from_syncz(&body),
+        Ok(Err(e)) => Sync::Unknown(format!("GET {path}: {e}")),
+        Err(_) => Sync::Unknown(format!("GET {path}: no answer within {}s", SYNC_TIMEOUT.as_secs())),
+    }
 }
 
 fn template_annotations(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> BTreeMap<String, String> {

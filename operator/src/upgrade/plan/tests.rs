@@ -26,6 +26,7 @@ struct World {
     stalled: Option<(String, String)>,
     refused: Option<Flag>,
     paused: bool,
+    window_closed: Option<Timestamp>,
     now: Timestamp,
 }
 
@@ -42,6 +43,7 @@ impl World {
             stalled: None,
             refused: None,
             paused: false,
+            window_closed: None,
             now: at(1000),
         }
     }
@@ -50,6 +52,7 @@ impl World {
         plan(&Input {
             strategy: self.strategy,
             paused: self.paused,
+            window_closed: self.window_closed,
             update_workloads: true,
             deadline: SignedDuration::from_secs(60),
             grace: SignedDuration::from_secs(30),
@@ -289,4 +292,23 @@ fn paused_holds_the_newer_version_and_skew_blocks_it() {
     assert_eq!(revs(&p), ["1-0-2"], "nothing new installed");
     assert_eq!(p.stalled.map(|f| f.reason), Some(Reason::SkewViolation));
     assert_eq!(p.upgrade.unwrap().phase, phase::BLOCKED);
+}
+
+#[test]
+fn a_closed_maintenance_window_holds_a_move_that_has_not_started_only() {
+    let mut w = on_1_0_2();
+    w.window_closed = Some(at(5000));
+    let p = w.plan();
+    assert_eq!((p.active.revision.as_str(), revs(&p)), ("1-0-2", vec!["1-0-2"]));
+    assert_eq!(p.outside_window, Some(("1.1.0".to_string(), at(5000))));
+    assert!(p.upgrade.is_none() && p.stalled.is_none() && p.reconciling.is_none());
+
+    // The window opens: the move starts; it goes on when the window closes again.
+    w.window_closed = None;
+    let p = w.plan();
+    assert_eq!(revs(&p), ["1-0-2", "1-1-0"]);
+    w.record(&p);
+    w.window_closed = Some(at(90_000));
+    let p = w.plan();
+    assert_eq!((revs(&p), p.outside_window.clone()), (vec!["1-0-2", "1-1-0"], None), "a started move is not held");
 }
