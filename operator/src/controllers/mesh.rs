@@ -231,6 +231,18 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         return Err(SpecError { reason: Reason::EndOfLife, message }.into());
     }
 
+    // The update strategy's free-form fields, checked before anything is written.
+    let strategy = &mcp.spec.update_strategy;
+    let invalid_strategy = |message| SpecError { reason: Reason::InvalidUpdateStrategy, message };
+    let windows = strategy
+        .maintenance_windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window::Window::parse(w, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid_strategy)?;
+    migrate::batch_size(strategy.workload_batch.as_ref(), 1).map_err(invalid_strategy)?;
+
     // 2. The CA: a bad user Secret is also refused without touching anything.
     check_namespace(mcp, ctx).await?;
     let (ca, issued) = pki::ensure_ca(mcp, ctx).await?;
@@ -267,7 +279,6 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     let installed = revisions::installed(client, mcp).await?;
     let pods = revisions::injected_pods(client).await?;
     let in_use = revisions::in_use(&pods);
-    let strategy = &mcp.spec.update_strategy;
     let generation = mcp.metadata.generation;
     let active = status.active_revision.clone().zip(status.version.as_deref().and_then(|v| Version::parse(v).ok()));
     let stalled = status
@@ -294,13 +305,6 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     // Maintenance windows hold only what the operator would start on its own: a target from
     // the channel or from `vX.Y-latest`, never a pinned version.
     let automatic = mcp.spec.version.as_deref().is_none_or(|v| v.ends_with("-latest"));
-    let windows = strategy
-        .maintenance_windows
-        .iter()
-        .enumerate()
-        .map(|(i, w)| window::Window::parse(w, i))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| SpecError { reason: Reason::InvalidUpdateStrategy, message })?;
     let window_closed = window::closed_until(&windows, now_ts).filter(|_| automatic && moving);
     let previous_upgrade = status.upgrade.clone();
     let mut plan = plan::plan(&plan::Input {

@@ -114,9 +114,12 @@ impl Catalog {
     /// A catalog document given to the operator (`--catalog`) instead of the built-in one,
     /// its registry replaced by `registry` when given.
     pub fn from_file(path: &std::path::Path, registry: Option<&str>) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CatalogError::Invalid(format!("--catalog {}: {e}", path.display())))?;
-        Self::parse_with_registry(&text, registry)
+        let at = |e: &dyn std::fmt::Display| CatalogError::Invalid(format!("--catalog {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
+        Self::parse_with_registry(&text, registry).map_err(|e| match e {
+            CatalogError::Invalid(why) => at(&why),
+            other => other,
+        })
     }
 
     pub(crate) fn parse_with_registry(yaml: &str, registry: Option<&str>) -> Result<Self, CatalogError> {

@@ -49,6 +49,15 @@ pub fn install_operator_with_helm(cluster: &Cluster) {
     wait_operator(cluster);
 }
 
+/// Upgrades the Helm-installed operator to the release catalog in file `catalog`, with
+/// README's `helm upgrade` block, and waits for its new pods.
+pub fn upgrade_operator_catalog(cluster: &Cluster, catalog: &std::path::Path) {
+    let helm = crate::go_tool("SKEIN_HELM", "helm.sh");
+    let block = crate::readme::block("helm upgrade skein").replace("CATALOG", &catalog.to_string_lossy());
+    crate::readme::run(Some(cluster), &block, &[helm]);
+    wait_operator(cluster);
+}
+
 /// Where the local clusters' images are named from (`hack/images.sh`, imported, never pulled).
 pub const LOCAL_REGISTRY: &str = "skein.local/skein";
 

@@ -275,6 +275,18 @@ async fn invalid_specs_are_rejected_by_the_apiserver_naming_the_field() {
         ("  namespace: Not_A_Namespace\n", "spec.namespace"),
         ("  tag: \"dev build\"\n", "spec.tag"),
         ("  hub: \"registry.example/\"\n", "spec.hub"),
+        (
+            "  updateStrategy: {maintenanceWindows: [{start: \"24:00\", duration: 1h}]}\n",
+            "spec.updateStrategy.maintenanceWindows[0].start",
+        ),
+        (
+            "  updateStrategy: {maintenanceWindows: [{days: [Funday], start: \"02:00\", duration: 1h}]}\n",
+            "spec.updateStrategy.maintenanceWindows[0].days[0]",
+        ),
+        (
+            "  updateStrategy: {maintenanceWindows: [{start: \"02:00\", duration: 4 hours}]}\n",
+            "spec.updateStrategy.maintenanceWindows[0].duration",
+        ),
     ];
     for (spec, field) in cases {
         let err = apply(&cluster, &mcp_doc("bad", spec)).expect_err(spec);
@@ -330,6 +342,29 @@ async fn unknown_version_sets_reconciled_false_and_changes_nothing() {
     assert!(health.1.starts_with("InvalidVersion: ") && health.1.contains("9.9.9"), "{health:?}");
     let after = deployments.get("skein-controlplane").await.unwrap();
     assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched");
+
+    // Update strategies the schema cannot judge are refused by the operator the same way,
+    // naming the field.
+    let strategies = [
+        ("{workloadBatch: half}", "spec.updateStrategy.workloadBatch: \"half\""),
+        ("{maintenanceWindows: [{start: \"02:00\", duration: 0m}]}", "maintenanceWindows[0].duration: \"0m\""),
+    ];
+    for (strategy, field) in strategies {
+        apply(&cluster, &mcp_yaml("mesh", &format!("  version: 1.0.1\n  updateStrategy: {strategy}\n"))).unwrap();
+        let m = eventually("Reconciled=False InvalidUpdateStrategy", WAIT, || async {
+            let m = api.get("mesh").await.ok()?;
+            let (status, reason, _) = condition(&m, "Reconciled")?;
+            let current = m.status.as_ref()?.observed_generation == m.metadata.generation;
+            (current && status == "False" && reason == "InvalidUpdateStrategy").then_some(m)
+        })
+        .await;
+        let (_, _, message) = condition(&m, "Reconciled").unwrap();
+        assert!(message.contains(field), "names {field}: {message}");
+        assert_eq!(condition(&m, "Stalled").map(|c| c.1), Some("InvalidUpdateStrategy".to_string()));
+        assert_eq!(condition(&m, "Ready").unwrap().0, "True", "the installed release keeps serving");
+        let after = deployments.get("skein-controlplane").await.unwrap();
+        assert_eq!(after.resource_version(), before.resource_version(), "installed Deployment untouched");
+    }
     // `kubectl describe mcp mesh` tells the story: what was applied, and why the spec was refused.
     let events = eventually("Warning InvalidVersion event", WAIT, || async {
         let out = cluster.kubectl(
@@ -1092,4 +1127,32 @@ async fn a_mesh_being_deleted_reads_terminating_then_goes() {
     eventually("MeshControlPlane gone", WAIT, || async { api.get_opt("mesh").await.ok()?.is_none().then_some(()) })
         .await;
     drop(op);
+}
+
+#[test]
+fn an_empty_or_truncated_catalog_file_stops_the_operator_naming_the_file() {
+    let bin = skein_e2e::target_dir().join("debug/skein-operator");
+    assert!(bin.exists(), "{} missing: run `cargo build -p skein-operator` first", bin.display());
+    let dir = std::env::temp_dir().join(format!("skein-catalog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("empty.yaml", "", "the document is empty"),
+        ("truncated.yaml", "registry: r.example/skein\nreleases:\n  - {version: 1.0", "releases"),
+        ("bad-version.yaml", "registry: r.example/skein\nreleases:\n  - {version: one, channel: stable}\n", "\"one\""),
+    ];
+    for (name, text, why) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        // It stops before it needs a cluster: the kubeconfig does not exist.
+        let out = std::process::Command::new(&bin)
+            .args(["--catalog", &path.to_string_lossy()])
+            .env("KUBECONFIG", dir.join("none"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: the operator must not start");
+        let want = format!("--catalog {}: ", path.display());
+        assert!(stderr.contains(&want) && stderr.contains(why), "{name}: names the file and {why:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

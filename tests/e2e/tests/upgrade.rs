@@ -8,7 +8,9 @@
 //! workloads go back automatically); then to the same release with proxies that refuse its
 //! configs (NACK: the migration fails at once, not at its deadline, and goes back the same
 //! way); then to a version the running proxies are too new for (refused with
-//! `SkewViolation`, nothing changed). Zero failed requests throughout.
+//! `SkewViolation`, nothing changed). Zero failed requests throughout. And in place: a mesh
+//! following `stable` is upgraded by an operator upgrade that brings a newer catalog (Helm),
+//! then refuses the release that catalog marks end-of-life.
 //!
 //! Releases are the local build's images tagged with the catalog's versions in the node's
 //! containerd; the bad release's control plane is the test app's image (it refuses the control
@@ -30,7 +32,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use skein_api::{MeshControlPlane, MeshControlPlaneStatus};
 use skein_e2e::{
     Cluster, Node,
-    real::{diagnostics, gitops_status, install_operator_with_helm, kubectl_ok, wait_ready},
+    real::{diagnostics, gitops_status, install_operator_with_helm, kubectl_ok, upgrade_operator_catalog, wait_ready},
     repo_root,
 };
 
@@ -171,7 +173,12 @@ async fn until_status(
 
 /// Bookinfo's pods: name → (revision, proxy image).
 async fn bookinfo_pods(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "bookinfo");
+    pods_in(cluster, "bookinfo").await
+}
+
+/// The pods of `namespace` not being deleted: name → (revision, proxy image).
+async fn pods_in(cluster: &Cluster, namespace: &str) -> BTreeMap<String, (String, String)> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let list = pods.list(&ListParams::default()).await.unwrap();
     list.items
         .iter()
@@ -216,6 +223,18 @@ fn bookinfo(cluster: &Cluster) {
         None,
     );
     assert!(out.status.success(), "Bookinfo did not become available\n{}", diagnostics(cluster, NS));
+}
+
+/// Namespace `tagged`, labelled `istio.io/rev=prod` (a tag of `revisionTags`), with one
+/// workload, available.
+fn tagged(cluster: &Cluster) {
+    kubectl_ok(cluster, &["create", "namespace", "tagged"]);
+    kubectl_ok(cluster, &["label", "namespace", "tagged", "istio.io/rev=prod"]);
+    cluster.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: echo, namespace: tagged}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  template:\n    metadata: {{labels: {{app: echo}}}}\n    spec:\n      containers: [{{name: echo, image: \"{REGISTRY}/bookinfo-app:dev\", args: [details, v1, \"0.0.0.0:9080\"], ports: [{{containerPort: 9080}}]}}]\n"
+    ));
+    let out = cluster.kubectl(&["rollout", "status", "deployment/echo", "-n", "tagged", "--timeout=180s"], None);
+    assert!(out.status.success(), "the tagged workload did not become available\n{}", diagnostics(cluster, NS));
 }
 
 /// The ingress gateway's LoadBalancer address, once Bookinfo answers through it.
@@ -283,24 +302,36 @@ const PROXY: &str = "skein-proxy";
 /// The two tests each run a real node and a mesh under load: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The catalog an operator upgrade brings in the in-place test: 1.1.0 reached `stable`,
+/// 1.0.1 is end-of-life.
+const NEWER_CATALOG: &str = "registry: registry.skein.dev/skein\nreleases:\n  - {version: 1.0.1, channel: stable, endOfLife: true}\n  - {version: 1.0.2, channel: stable}\n  - {version: 1.1.0, channel: stable}\n";
+
 #[tokio::test(flavor = "multi_thread")]
-async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without_a_failed_request() {
+async fn a_channel_follower_upgrades_in_place_when_an_operator_upgrade_brings_a_newer_catalog() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let spec = "  version: 1.0.2\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n";
+    // Follows `stable`, whose newest release in the built-in catalog is 1.0.2.
+    let spec = "  channel: stable\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n";
     let cluster = mesh_on("inplace", &[("1.0.2", GOOD, PROXY), ("1.1.0", GOOD, PROXY)], spec).await;
+    let s = status(&cluster).await;
+    assert_eq!((s.version.as_deref(), s.channel_head.as_deref()), (Some("1.0.2"), Some("1.0.2")));
     bookinfo(&cluster);
     let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
     let before = bookinfo_pods(&cluster).await;
     assert!(before.values().all(|(rev, image)| rev == "default" && *image == proxy_102), "{before:?}");
     let traffic = Traffic::start(answering_gateway(&cluster));
 
-    patch_spec(&cluster, r#"{"version":"1.1.0"}"#);
+    // The operator is upgraded with a catalog in which 1.1.0 reached stable (README's
+    // `helm upgrade` block): the mesh follows its channel on its own, in place.
+    let catalog = cluster.scratch_dir().join("newer-catalog.yaml");
+    std::fs::write(&catalog, NEWER_CATALOG).unwrap();
+    upgrade_operator_catalog(&cluster, &catalog);
     let mut seen = Vec::new();
     let s = until_status(&cluster, "the in-place upgrade to 1.1.0 complete", 420, &mut seen, |s| {
         s.upgrade.as_ref().is_some_and(|u| u.phase == "Complete")
     })
     .await;
     assert_eq!((s.active_revision.as_deref(), s.version.as_deref()), (Some("default"), Some("1.1.0")));
+    assert_eq!(s.channel_head.as_deref(), Some("1.1.0"));
     let reasons: Vec<&str> = seen.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(reasons, ["WaitingForRevision", "MigratingWorkloads"]);
     let u = s.upgrade.as_ref().unwrap();
@@ -314,8 +345,22 @@ async fn in_place_upgrade_rolls_the_control_plane_gateways_and_workloads_without
     assert!(after.values().all(|(rev, image)| rev == "default" && *image == proxy_110), "{after:?}");
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), ("Current".to_string(), "Current".to_string()));
 
+    // The release the new catalog marks end-of-life cannot be pinned: refused, nothing
+    // changed, the mesh keeps serving.
+    patch_spec(&cluster, r#"{"version":"1.0.1"}"#);
+    let s = until_status(&cluster, "Stalled=True EndOfLife", 60, &mut seen, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "EndOfLife")
+    })
+    .await;
+    assert!(condition(&s, "Stalled").unwrap().message.contains("1.0.1 is end-of-life"), "{:?}", s.conditions);
+    assert_eq!(s.version.as_deref(), Some("1.1.0"));
+    assert_eq!(image("skein-controlplane"), format!("{REGISTRY}/skein-controlplane:1.1.0"));
+    assert_eq!(bookinfo_pods(&cluster).await, after, "no pod restarted");
+    let failed = ("Failed".to_string(), "Failed".to_string());
+    assert_eq!(gitops_status(&cluster, &["mcp", "default"]), failed);
+
     let (ok, failed, errors) = traffic.stop();
-    eprintln!("in-place upgrade: {ok} requests answered, {failed} failed: {errors:?}");
+    eprintln!("channel upgrade in place: {ok} requests answered, {failed} failed: {errors:?}");
     assert!(ok > 50, "traffic kept flowing: {ok} answered");
     assert_eq!(failed, 0, "requests failed: {errors:?}");
 }
@@ -325,7 +370,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let _one = ONE_AT_A_TIME.lock().await;
     // 1.0.2, revision-based, workloads migrated two at a time; 1.2.0-rc.1's control plane is
     // the test app's image (it exits).
-    let spec = "  version: 1.0.2\n  updateStrategy:\n    type: RevisionBased\n    updateWorkloads: true\n    workloadBatch: 2\n    progressDeadlineSeconds: 120\n    inactiveRevisionDeletionGracePeriodSeconds: 10\n";
+    let spec = "  version: 1.0.2\n  revisionTags: [prod]\n  updateStrategy:\n    type: RevisionBased\n    updateWorkloads: true\n    workloadBatch: 2\n    progressDeadlineSeconds: 120\n    inactiveRevisionDeletionGracePeriodSeconds: 10\n";
     let releases = [("1.0.2", GOOD, PROXY), ("1.1.0", GOOD, PROXY), ("1.2.0-rc.1", "bookinfo-app", PROXY)];
     let cluster = mesh_on("upgrade", &releases, spec).await;
     let s = status(&cluster).await;
@@ -333,14 +378,21 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-0-2"]);
 
     bookinfo(&cluster);
-    let before = bookinfo_pods(&cluster).await;
+    // A namespace that follows the user's tag `prod` (Istio's `istio.io/rev=<tag>`): injected
+    // by the revision the tag points at, and migrated with the tag.
+    tagged(&cluster);
     let proxy_102 = format!("{REGISTRY}/skein-proxy:1.0.2");
+    assert_eq!(
+        pods_in(&cluster, "tagged").await.into_values().collect::<Vec<_>>(),
+        [("1-0-2".into(), proxy_102.clone())]
+    );
+    let before = bookinfo_pods(&cluster).await;
     assert!(before.values().all(|(rev, image)| rev == "1-0-2" && *image == proxy_102), "{before:?}");
     let s = status(&cluster).await;
     let r = &s.revisions[0];
     assert_eq!(
         (r.name.as_str(), r.tags.as_slice(), r.proxies),
-        ("1-0-2", &["default".to_string()][..], before.len() as i32)
+        ("1-0-2", &["default".to_string(), "prod".to_string()][..], before.len() as i32 + 1)
     );
 
     // A finished Job whose pod the 1-0-2 revision injected (its sidecar exited with its work,
@@ -372,7 +424,13 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     let current = ("Current".to_string(), "Current".to_string());
     assert_eq!(gitops_status(&cluster, &["mcp", "default"]), current);
     let u = s.upgrade.as_ref().unwrap();
-    assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.migrated, u.remaining), ("1-0-2", "1-1-0", 6, 0));
+    assert_eq!((u.from_revision.as_str(), u.to_revision.as_str(), u.migrated, u.remaining), ("1-0-2", "1-1-0", 7, 0));
+    let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
+    assert_eq!(
+        pods_in(&cluster, "tagged").await.into_values().collect::<Vec<_>>(),
+        [("1-1-0".into(), proxy_110.clone())],
+        "the prod tag moved: its namespace's workload is on 1-1-0"
+    );
     assert_eq!(deployments(&cluster).await, ["skein-controlplane-1-1-0"]);
     let job_pod = kubectl_ok(
         &cluster,
@@ -387,7 +445,6 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     );
     assert_eq!(job_pod, "Succeeded 1-0-2", "the Completed pod is still there and did not pin 1-0-2");
     let after = bookinfo_pods(&cluster).await;
-    let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
     assert!(after.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{after:?}");
     assert!(after.keys().all(|p| !before.contains_key(p)), "every pod was replaced: {before:?} {after:?}");
     let gw = image_of(&cluster, "skein-ingressgateway");
@@ -457,7 +514,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     })
     .await;
     let tags: Vec<(&str, &[String])> = s.revisions.iter().map(|r| (r.name.as_str(), r.tags.as_slice())).collect();
-    assert!(tags.contains(&("1-1-0", &["default".to_string()][..])), "{tags:?}");
+    assert!(tags.contains(&("1-1-0", &["default".to_string(), "prod".to_string()][..])), "{tags:?}");
     let out = cluster.kubectl(
         &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
         None,
