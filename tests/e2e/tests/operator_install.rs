@@ -1137,7 +1137,8 @@ fn an_empty_or_truncated_catalog_file_stops_the_operator_naming_the_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
         ("empty.yaml", "", "the document is empty"),
-        ("truncated.yaml", "registry: r.example/skein\nreleases:\n  - {version: 1.0", "releases"),
+        // The YAML error, with where it is.
+        ("truncated.yaml", "registry: r.example/skein\nreleases:\n  - {version: 1.0", "at line 4"),
         ("bad-version.yaml", "registry: r.example/skein\nreleases:\n  - {version: one, channel: stable}\n", "\"one\""),
     ];
     for (name, text, why) in cases {
