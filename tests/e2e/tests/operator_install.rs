@@ -745,6 +745,15 @@ async fn until_mcp(
     }
 }
 
+/// Waits until MeshControlPlane `name`'s current generation is `Reconciled` with `reason`.
+async fn until_reconciled(api: &Api<MeshControlPlane>, name: &str, reason: &str, op: &Operator) -> MeshControlPlane {
+    until_mcp(api, name, &format!("Reconciled {reason}"), op, |m| {
+        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
+        current && condition(m, "Reconciled").is_some_and(|c| c.1 == reason)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_releases_are_refused() {
     let cluster = Cluster::start("channel").await.expect("cluster starts");
@@ -779,11 +788,7 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
     apply(&cluster, &mcp_yaml("mesh", "  channel: stable-1.0\n  updateStrategy: {paused: true}\n")).unwrap();
     let op = Operator::start_args(&cluster, "op-new", &cluster.kubeconfig, "default", &["--catalog", &new]).unwrap();
     let api: Api<MeshControlPlane> = Api::all(c.clone());
-    let m = until_mcp(&api, "mesh", "Reconciled=True UpgradePaused", &op, |m| {
-        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
-        current && condition(m, "Reconciled").is_some_and(|c| c.1 == "UpgradePaused")
-    })
-    .await;
+    let m = until_reconciled(&api, "mesh", "UpgradePaused", &op).await;
     let (_, _, message) = condition(&m, "Reconciled").unwrap();
     assert!(message.contains("upgrade to 1.0.2 is held"), "{message}");
     let health = skein_e2e::real::argocd_health(&cluster, "mesh");
@@ -802,11 +807,7 @@ async fn a_channel_follower_upgrades_when_a_new_catalog_arrives_and_end_of_life_
         )
     };
     apply(&cluster, &mcp_yaml("mesh", &windowed(&later, "2h"))).unwrap();
-    let m = until_mcp(&api, "mesh", "Reconciled=True OutsideMaintenanceWindow", &op, |m| {
-        let current = m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation;
-        current && condition(m, "Reconciled").is_some_and(|c| c.1 == "OutsideMaintenanceWindow")
-    })
-    .await;
+    let m = until_reconciled(&api, "mesh", "OutsideMaintenanceWindow", &op).await;
     let (_, _, message) = condition(&m, "Reconciled").unwrap();
     assert!(message.contains("the upgrade to 1.0.2 waits for the next maintenance window"), "{message}");
     assert!(message.contains(&format!("T{later}:00Z")), "names the opening ({later} UTC): {message}");

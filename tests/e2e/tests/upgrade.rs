@@ -296,6 +296,21 @@ fn image_of(cluster: &Cluster, deploy: &str) -> String {
     )
 }
 
+/// After a rollback to 1-1-0: waits for Bookinfo to be available, checks every pod and the
+/// gateway run 1.1.0 on revision 1-1-0, and returns the pods.
+async fn back_on_1_1_0(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
+    let out = cluster.kubectl(
+        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
+        None,
+    );
+    assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(cluster, NS));
+    let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
+    let back = bookinfo_pods(cluster).await;
+    assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
+    assert_eq!(image_of(cluster, "skein-ingressgateway"), proxy_110, "the gateway rolled back");
+    back
+}
+
 const GOOD: &str = "skein-controlplane";
 const PROXY: &str = "skein-proxy";
 
@@ -515,15 +530,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     .await;
     let tags: Vec<(&str, &[String])> = s.revisions.iter().map(|r| (r.name.as_str(), r.tags.as_slice())).collect();
     assert!(tags.contains(&("1-1-0", &["default".to_string(), "prod".to_string()][..])), "{tags:?}");
-    let out = cluster.kubectl(
-        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
-        None,
-    );
-    assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(&cluster, NS));
-    let back = bookinfo_pods(&cluster).await;
-    assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
-    let gw = image_of(&cluster, "skein-ingressgateway");
-    assert_eq!(gw, proxy_110, "the gateway rolled back");
+    back_on_1_1_0(&cluster).await;
     let ev = events(&cluster);
     assert!(ev.lines().any(|l| l.starts_with("Warning MigrationFailed") && l.contains("not healthy")), "{ev}");
     assert!(
@@ -562,15 +569,8 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     .await;
     let recorded = s.upgrade.as_ref().and_then(|u| u.message.clone()).unwrap_or_default();
     assert!(recorded.contains("(NACK)"), "status.upgrade says why: {recorded}");
-    let out = cluster.kubectl(
-        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
-        None,
-    );
-    assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(&cluster, NS));
-    let back = bookinfo_pods(&cluster).await;
-    assert!(back.values().all(|(rev, image)| rev == "1-1-0" && *image == proxy_110), "{back:?}");
+    let back = back_on_1_1_0(&cluster).await;
     assert_eq!(back.len(), pods_before.len());
-    assert_eq!(image_of(&cluster, "skein-ingressgateway"), proxy_110, "the gateway rolled back");
 
     // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
     patch_spec(&cluster, r#"{"version":"1.0.2"}"#);
