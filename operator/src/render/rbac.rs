@@ -187,9 +187,10 @@ fn operator_mesh_rules() -> Value {
         // A binding whose roleRef must change is deleted and created again.
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": prune},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-        // Upgrades: a revision's control plane reports which proxies acknowledge or refuse
-        // its config (`/debug/syncz`), read through the apiserver's service proxy.
-        {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get"]},
+        // Upgrades: each replica of a revision's control plane reports which proxies
+        // acknowledge or refuse its config (`/debug/syncz`), read through the apiserver's pod
+        // proxy.
+        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
         // Federation: the generated `.global` ServiceEntries and DestinationRules, and the
         // Gateway opening the east-west gateway to the exported services.
         {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries", "destinationrules", "gateways"], "verbs": prune},

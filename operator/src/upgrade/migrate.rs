@@ -114,6 +114,23 @@ impl Sync {
         }
     }
 
+    /// The reports of every replica of a control plane together (each proxy is connected to
+    /// one replica); one unreadable report makes the whole unknown.
+    pub fn merge(self, other: Sync) -> Sync {
+        match (self, other) {
+            (Sync::Unknown(why), _) | (_, Sync::Unknown(why)) => Sync::Unknown(why),
+            (Sync::Known(mut a), Sync::Known(b)) => {
+                for (proxy, s) in b {
+                    // Listed twice only while a proxy moves between replicas: a NACK counts.
+                    let e = a.entry(proxy).or_insert_with(|| ProxySync { acked: s.acked, nack: None });
+                    e.acked |= s.acked;
+                    e.nack = e.nack.take().or(s.nack);
+                }
+                Sync::Known(a)
+            }
+        }
+    }
+
     /// Every proxy of `w` connected and acknowledging; `Unknown` passes none.
     fn synced(&self, w: &Workload) -> bool {
         match self {
@@ -317,6 +334,20 @@ mod tests {
         ];
         let s = step(&ws, "1-1-0", gated(1, &Sync::Known(table.into())), at(500));
         assert_eq!((s.rejected.len(), s.migrated, s.remaining), (0, 1, 0));
+    }
+
+    #[test]
+    fn the_reports_of_every_replica_are_merged() {
+        let one = |p: &str, acked: bool, nack: Option<&str>| {
+            Sync::Known([(p.to_string(), ProxySync { acked, nack: nack.map(str::to_string) })].into())
+        };
+        let Sync::Known(t) = one("a.ns", true, None).merge(one("b.ns", false, Some("bad"))) else { panic!() };
+        assert_eq!(t.len(), 2);
+        assert_eq!(t["b.ns"].nack.as_deref(), Some("bad"));
+        let Sync::Known(t) = one("a.ns", true, None).merge(one("a.ns", false, Some("bad"))) else { panic!() };
+        assert_eq!(t["a.ns"], ProxySync { acked: true, nack: Some("bad".into()) });
+        let unknown = one("a.ns", true, None).merge(Sync::Unknown("replica 2: timeout".into()));
+        assert_eq!(unknown, Sync::Unknown("replica 2: timeout".into()));
     }
 
     #[test]

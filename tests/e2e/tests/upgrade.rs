@@ -324,8 +324,9 @@ const NEWER_CATALOG: &str = "registry: registry.skein.dev/skein\nreleases:\n  - 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_channel_follower_upgrades_in_place_when_an_operator_upgrade_brings_a_newer_catalog() {
     let _one = ONE_AT_A_TIME.lock().await;
-    // Follows `stable`, whose newest release in the built-in catalog is 1.0.2.
-    let spec = "  channel: stable\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n";
+    // Follows `stable`, whose newest release in the built-in catalog is 1.0.2. Two control
+    // plane replicas: the proxies are spread over them, and the migration gate must read both.
+    let spec = "  channel: stable\n  components: {controlPlane: {replicas: 2}}\n  updateStrategy: {type: InPlace, updateWorkloads: true, workloadBatch: 50%}\n";
     let cluster = mesh_on("inplace", &[("1.0.2", GOOD, PROXY), ("1.1.0", GOOD, PROXY)], spec).await;
     let s = status(&cluster).await;
     assert_eq!((s.version.as_deref(), s.channel_head.as_deref()), (Some("1.0.2"), Some("1.0.2")));

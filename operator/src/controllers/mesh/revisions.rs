@@ -212,24 +212,45 @@ pub async fn workloads(
     Ok(out)
 }
 
-/// How long the control plane's report may take through the apiserver.
+/// How long one control plane replica's report may take through the apiserver.
 const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What revision `revision`'s control plane reports of its proxies (`/debug/syncz` on its
-/// monitoring port), read through the apiserver's service proxy so that it works wherever the
-/// operator runs; any failure is [`Sync::Unknown`] with the reason.
+/// What revision `revision`'s control plane reports of its proxies: `/debug/syncz` on the
+/// monitoring port of every Ready replica (each proxy is connected to one), read through the
+/// apiserver's pod proxy so that it works wherever the operator runs. Any failure is
+/// [`Sync::Unknown`] with the reason.
 pub async fn sync_state(client: &Client, namespace: &str, revision: &str) -> Sync {
-    let service = render::control_plane::name(revision);
-    let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{PORT_MONITORING}/proxy/debug/syncz");
-    let request = match http::Request::get(&path).body(Vec::new()) {
-        Ok(r) => r,
-        Err(e) => return Sync::Unknown(format!("GET {path}: {e}")),
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("app={CONTROL_PLANE},{REVISION_LABEL}={revision}");
+    let pods = match tokio::time::timeout(SYNC_TIMEOUT, api.list(&ListParams::default().labels(&selector))).await {
+        Ok(Ok(list)) => list.items,
+        Ok(Err(e)) => return Sync::Unknown(format!("listing the pods of revision {revision}: {e}")),
+        Err(_) => return Sync::Unknown(format!("listing the pods of revision {revision}: no answer")),
     };
-    match tokio::time::timeout(SYNC_TIMEOUT, client.request_text(request)).await {
-        Ok(Ok(body)) => Sync::from_syncz(&body),
-        Ok(Err(e)) => Sync::Unknown(format!("GET {path}: {e}")),
-        Err(_) => Sync::Unknown(format!("GET {path}: no answer within {}s", SYNC_TIMEOUT.as_secs())),
+    let ready: Vec<String> =
+        pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p)).map(|p| p.name_any()).collect();
+    if ready.is_empty() {
+        return Sync::Unknown(format!("revision {revision} has no Ready control plane pod"));
     }
+    let mut merged = Sync::Known(BTreeMap::new());
+    for pod in ready {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}:{PORT_MONITORING}/proxy/debug/syncz");
+        let report = match http::Request::get(&path).body(Vec::new()) {
+            Err(e) => Sync::Unknown(format!("GET {path}: {e}")),
+            Ok(request) => match tokio::time::timeout(SYNC_TIMEOUT, client.request_text(request)).await {
+                Ok(Ok(body)) => Sync::from_syncz(&body),
+                Ok(Err(e)) => Sync::Unknown(format!("GET {path}: {e}")),
+                Err(_) => Sync::Unknown(format!("GET {path}: no answer within {}s", SYNC_TIMEOUT.as_secs())),
+            },
+        };
+        merged = merged.merge(report);
+    }
+    merged
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn template_annotations(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> BTreeMap<String, String> {
