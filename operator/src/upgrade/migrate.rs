@@ -4,10 +4,12 @@
 //! A workload is restarted by stamping its pod template with the revision it is restarted for
 //! and when ([`RESTARTED_FOR`], [`RESTARTED_AT`]), as `kubectl rollout restart` does; the stamp
 //! is also the only record of a batch in flight, so an operator restart resumes where it was.
-//! The gate of a batch: every workload of it rolled out (all replicas updated and available)
-//! and every one of its pods injected by the active revision. A pod is Ready only once its
-//! sidecar has applied the first config of that revision's control plane, so "available"
-//! includes "connected and acknowledged".
+//! The gate of a batch: every workload of it rolled out (all replicas updated and available),
+//! every one of its pods injected by the active revision, and every one of their proxies
+//! connected to that revision's control plane and acknowledging its config, as the control
+//! plane reports it ([`Sync`], its `/debug/syncz`). A proxy of the revision that refuses a
+//! config (a NACK: Istio's `pilot_total_xds_rejects` rises) fails the migration at once rather
+//! than at the deadline: it keeps running its last good config, which readiness cannot show.
 
 use std::collections::BTreeMap;
 
