@@ -312,3 +312,12 @@ fn a_closed_maintenance_window_holds_a_move_that_has_not_started_only() {
     let p = w.plan();
     assert_eq!((revs(&p), p.outside_window.clone()), (vec!["1-0-2", "1-1-0"], None), "a started move is not held");
 }
+
+#[test]
+fn a_first_install_is_never_held_by_a_maintenance_window() {
+    let mut w = World::new(UpdateStrategyType::RevisionBased, "1.1.0");
+    w.window_closed = Some(at(5000));
+    let p = w.plan();
+    assert_eq!((p.active.revision.as_str(), revs(&p)), ("1-1-0", vec!["1-1-0"]));
+    assert_eq!(p.outside_window, None);
+}
