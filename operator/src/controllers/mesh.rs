@@ -336,8 +336,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         let workloads =
             revisions::workloads(client, &pods, &namespaces, &plan.active.revision, &active_release.proxy_image)
                 .await?;
-        let batch = migrate::batch_size(strategy.workload_batch.as_ref(), workloads.len())
-            .map_err(|message| SpecError { reason: Reason::InvalidUpdateStrategy, message })?;
+        let batch = migrate::batch_size(strategy.workload_batch.as_ref(), workloads.len()).map_err(invalid_strategy)?;
         let deadline = SignedDuration::from_secs(strategy.progress_deadline_seconds);
         let gated = !plan.rolling_back();
         let sync = match gated {
