@@ -8,6 +8,7 @@ pub mod analyze;
 pub mod ca;
 pub mod ingress;
 pub mod inject;
+pub mod locality;
 pub mod mesh;
 pub mod metrics;
 pub mod registry;

@@ -2,6 +2,7 @@
 //! `istio`-style ConfigMap the operator writes), so users find the settings they know.
 
 use serde::Deserialize;
+use skein_api::istio::networking::LocalityLbSetting;
 use skein_api::proxy::{AccessLog, AccessLogEncoding, OutboundPolicy};
 
 /// The settings the control plane acts on. Unknown MeshConfig fields are ignored, as istiod
@@ -21,6 +22,9 @@ pub struct MeshSettings {
     /// Kubernetes Ingress serving (`ingressClass`, `ingressControllerMode`, `ingressService`,
     /// `ingressSelector`).
     pub ingress: IngressSettings,
+    /// `localityLbSetting`: the locality failover of clusters whose DestinationRule sets none
+    /// (Istio's default: enabled).
+    pub locality_lb: LocalityLbSetting,
 }
 
 /// Which Kubernetes Ingresses the mesh serves, and through which gateway.
@@ -69,6 +73,7 @@ impl Default for MeshSettings {
             access_log: None,
             cluster_domain: "cluster.local".into(),
             ingress: IngressSettings::default(),
+            locality_lb: LocalityLbSetting::default(),
         }
     }
 }
@@ -85,6 +90,7 @@ struct MeshConfigDoc {
     ingress_controller_mode: Option<String>,
     ingress_service: Option<String>,
     ingress_selector: Option<String>,
+    locality_lb_setting: Option<LocalityLbSetting>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +173,14 @@ impl MeshSettings {
             };
             s.access_log = Some(AccessLog { path: path.into(), encoding });
         }
+        if let Some(lb) = doc.locality_lb_setting {
+            let mut errs = Vec::new();
+            crate::validate::locality_lb_setting(&mut errs, "localityLbSetting", &lb);
+            if !errs.is_empty() {
+                return Err(MeshConfigError::Invalid { field: "localityLbSetting", reason: errs.join("; ") });
+            }
+            s.locality_lb = lb;
+        }
         Ok(s)
     }
 
@@ -216,6 +230,22 @@ mod tests {
         );
         let err = MeshSettings::from_yaml("ingressControllerMode: ON").unwrap_err();
         assert!(err.to_string().contains("ingressControllerMode"), "{err}");
+    }
+
+    #[test]
+    fn locality_lb_setting_is_read_and_checked_as_istio_does() {
+        assert_eq!(MeshSettings::default().locality_lb.enabled, None, "enabled unless disabled");
+        let s = MeshSettings::from_yaml("localityLbSetting: {enabled: false}").unwrap();
+        assert_eq!(s.locality_lb.enabled, Some(false));
+        let s = MeshSettings::from_yaml("localityLbSetting: {failover: [{from: us-east, to: eu-west}]}").unwrap();
+        assert_eq!(s.locality_lb.failover[0].to, "eu-west");
+        let err = MeshSettings::from_yaml("localityLbSetting: {failover: [{from: a, to: a}]}").unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "localityLbSetting.failover[0]: locality lb failover settings must specify different regions"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ use k8s_openapi::api::{
 use kube::ResourceExt;
 use skein_api::istio::networking::ServiceEntry;
 
-use crate::mesh::MeshSettings;
+use crate::{
+    locality::{Locality, POD_LOCALITY_LABEL},
+    mesh::MeshSettings,
+};
 
 /// Label the injector puts on pods whose proxy accepts mesh mTLS (Istio's name).
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
@@ -85,6 +88,11 @@ pub struct Endpoint {
     pub service_account: Option<(String, String)>,
     /// Whether the endpoint's proxy accepts mesh mTLS.
     pub mtls_ready: bool,
+    /// Where it runs, when given outright (a ServiceEntry endpoint's `locality`, a Pod's
+    /// `istio-locality` label); otherwise its node's (see [`Endpoint::node`]).
+    pub locality: Option<Locality>,
+    /// The Pod's node, whose topology labels give its locality.
+    pub node: Option<String>,
 }
 
 impl Endpoint {
@@ -609,6 +617,8 @@ fn from_service(
                         (p.namespace().unwrap_or_default(), sa.unwrap_or_else(|| "default".into()))
                     }),
                     mtls_ready: pod.is_some_and(|p| p.labels().get(TLS_MODE_LABEL).is_some_and(|v| v == "istio")),
+                    locality: pod.and_then(|p| p.labels().get(POD_LOCALITY_LABEL)).map(|l| Locality::from_pod_label(l)),
+                    node: pod.and_then(|p| p.spec.as_ref()?.node_name.clone()),
                 });
             }
         }
@@ -667,6 +677,8 @@ fn from_service_entry(se: &ServiceEntry, dns: &HashMap<String, Vec<IpAddr>>) -> 
         service_account: we.and_then(|w| w.service_account.clone()).map(|sa| (ns.clone(), sa)),
         // Entries for mesh-internal hosts (another cluster's gateway) speak mesh mTLS.
         mtls_ready: spec.location.as_deref() == Some("MESH_INTERNAL"),
+        locality: we.and_then(|w| w.locality.as_deref()).filter(|l| !l.is_empty()).map(Locality::parse),
+        node: None,
     };
     spec.hosts
         .iter()

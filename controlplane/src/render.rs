@@ -348,7 +348,7 @@ mod tests {
             tls: None,
             http2: false,
             service_addresses: Vec::new(),
-            failover_endpoints: Vec::new(),
+            failover: Vec::new(),
         }
     }
 

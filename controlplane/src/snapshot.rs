@@ -16,6 +16,7 @@ use skein_api::istio::{
 };
 
 use crate::{
+    locality::Locality,
     mesh::MeshSettings,
     registry::{self, Registry},
 };
@@ -89,10 +90,16 @@ pub struct Snapshot {
     pub generation: u64,
     /// When the first change this snapshot includes was observed (convergence time starts).
     pub changed_at: Option<std::time::Instant>,
-    /// Label keys any sidecar-bound VirtualService matches `sourceLabels` on.
-    pub source_label_keys: std::collections::BTreeSet<String>,
+    /// Label keys any sidecar-bound VirtualService matches `sourceLabels` on, or any
+    /// `failoverPriority` compares.
+    pub source_label_keys: BTreeSet<String>,
     /// TLS Secrets gateways may name in `credentialName`, by (namespace, name).
     pub tls_secrets: BTreeMap<(String, String), Arc<TlsSecret>>,
+    /// Each node's locality (its topology labels), by node name.
+    pub node_localities: Arc<BTreeMap<String, Locality>>,
+    /// Whether any DestinationRule has outlier detection, without which locality never
+    /// orders endpoints: until one does, clients in every zone share their outbound config.
+    pub locality_failover: bool,
 }
 
 /// A `kubernetes.io/tls` Secret: what a gateway serves with `credentialName`.
@@ -136,6 +143,19 @@ pub fn age_key<K: kube::Resource>(o: &K) -> (Option<jiff::Timestamp>, String, St
     )
 }
 
+/// Every `localityLbSetting` of a DestinationRule (top level, port level, subsets).
+fn locality_settings(
+    spec: &skein_api::istio::networking::DestinationRuleSpec,
+) -> impl Iterator<Item = &skein_api::istio::networking::LocalityLbSetting> {
+    let policies = spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+    policies.flat_map(|p| {
+        p.load_balancer
+            .iter()
+            .chain(p.port_level_settings.iter().filter_map(|pl| pl.load_balancer.as_ref()))
+            .filter_map(|lb| lb.locality_lb_setting.as_ref())
+    })
+}
+
 /// Whether a VirtualService applies to sidecars.
 pub fn binds_to_mesh(vs: &VirtualService) -> bool {
     vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh")
@@ -167,13 +187,33 @@ impl Snapshot {
         for v in destination_rules.values_mut() {
             v.sort_by_key(|dr| age_key(dr.as_ref()));
         }
-        let source_label_keys = mesh_virtual_services
+        let mut source_label_keys: BTreeSet<String> = mesh_virtual_services
             .values()
             .flatten()
             .flat_map(|vs| {
                 vs.spec.http.iter().flat_map(|r| r.matches.iter().flat_map(|m| m.source_labels.keys().cloned()))
             })
             .collect();
+        let locality_failover = istio.destination_rules.iter().any(|dr| {
+            let spec = &dr.spec;
+            let policies =
+                spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+            policies
+                .flat_map(|p| {
+                    std::iter::once(p.outlier_detection.is_some())
+                        .chain(p.port_level_settings.iter().map(|pl| pl.outlier_detection.is_some()))
+                })
+                .any(|od| od)
+        });
+        // `failoverPriority` compares the client's labels with the endpoints'.
+        let settings = istio
+            .destination_rules
+            .iter()
+            .flat_map(|dr| locality_settings(&dr.spec))
+            .chain(std::iter::once(&mesh.locality_lb));
+        for s in settings {
+            source_label_keys.extend(s.failover_priority.iter().map(|l| l.split('=').next().unwrap_or(l).to_string()));
+        }
         Self {
             mesh,
             registry,
@@ -185,7 +225,17 @@ impl Snapshot {
             changed_at: None,
             source_label_keys,
             tls_secrets: BTreeMap::new(),
+            node_localities: Arc::default(),
+            locality_failover,
         }
+    }
+
+    /// Where `ep` runs: its own locality, else its node's, else unknown.
+    pub fn endpoint_locality(&self, ep: &registry::Endpoint) -> Locality {
+        ep.locality
+            .clone()
+            .or_else(|| ep.node.as_ref().and_then(|n| self.node_localities.get(n).cloned()))
+            .unwrap_or_default()
     }
 
     /// The hosts whose endpoints changed since `prev`, when nothing else did (the common
@@ -194,6 +244,7 @@ impl Snapshot {
         if self.mesh != prev.mesh
             || self.istio.fingerprint() != prev.istio.fingerprint()
             || self.tls_secrets != prev.tls_secrets
+            || self.node_localities != prev.node_localities
         {
             return None;
         }

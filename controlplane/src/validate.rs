@@ -9,8 +9,8 @@
 
 use skein_api::istio::{
     networking::{
-        DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, ServiceEntrySpec, StringMatch, TrafficPolicy,
-        VirtualServiceSpec,
+        DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, LoadBalancerSettings, LocalityLbSetting,
+        ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
     },
     security::{AuthorizationPolicySpec, AuthzAction, PeerAuthenticationSpec},
 };
@@ -194,8 +194,57 @@ pub fn virtual_service(spec: &VirtualServiceSpec) -> Errors {
     errs
 }
 
+/// Istio's checks of a `localityLbSetting` (DestinationRule or MeshConfig). `distribute`
+/// (weighted shares by locality) is refused by name: skein-proxy has no weighted choice yet,
+/// and accepting it would spread traffic other than the user wrote.
+pub fn locality_lb_setting(errs: &mut Errors, path: &str, lb: &LocalityLbSetting) {
+    use crate::locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
+    if !lb.distribute.is_empty() && !lb.failover.is_empty() {
+        errs.push(format!("{path}: can not simultaneously specify 'distribute' and 'failover'"));
+        return;
+    }
+    if !lb.failover.is_empty()
+        && let Some(l) =
+            lb.failover_priority.iter().find(|l| matches!(l.as_str(), REGION_LABEL | ZONE_LABEL | SUBZONE_LABEL))
+    {
+        errs.push(format!(
+            "{path}.failoverPriority: can not simultaneously set 'failover' and topology label '{l}' in 'failover_priority'"
+        ));
+    }
+    unsupported(errs, &format!("{path}.distribute"), !lb.distribute.is_empty());
+    for (i, f) in lb.failover.iter().enumerate() {
+        let at = format!("{path}.failover[{i}]");
+        if f.from == f.to {
+            errs.push(format!("{at}: locality lb failover settings must specify different regions"));
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            errs.push(format!("{at}: locality lb failover only specify region"));
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            errs.push(format!("{at}: locality lb failover region should not contain '*' wildcard"));
+        }
+    }
+    for (i, l) in lb.failover_priority.iter().enumerate() {
+        if l.is_empty() || l.starts_with('=') {
+            errs.push(format!("{path}.failoverPriority[{i}]: {l:?} is not a label key or key=value"));
+        }
+    }
+}
+
+fn load_balancer(errs: &mut Errors, path: &str, lb: &LoadBalancerSettings) {
+    if let Some(l) = &lb.locality_lb_setting {
+        locality_lb_setting(errs, &format!("{path}.localityLbSetting"), l);
+    }
+}
+
 fn traffic_policy(errs: &mut Errors, path: &str, p: &TrafficPolicy) {
+    for (i, pl) in p.port_level_settings.iter().enumerate() {
+        if let Some(lb) = &pl.load_balancer {
+            load_balancer(errs, &format!("{path}.portLevelSettings[{i}].loadBalancer"), lb);
+        }
+    }
     if let Some(lb) = &p.load_balancer {
+        load_balancer(errs, &format!("{path}.loadBalancer"), lb);
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
             errs.push(format!("{path}.loadBalancer: simple and consistentHash are mutually exclusive"));
         }
@@ -271,6 +320,9 @@ pub fn destination_rule(spec: &DestinationRuleSpec) -> Errors {
 pub const CONSECUTIVE_ERRORS_DEPRECATED: &str =
     "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead";
 
+/// Istio's warning for locality failover without outlier detection, word for word.
+pub const FAILOVER_NEEDS_OUTLIER_DETECTION: &str = "outlier detection policy must be provided for failover";
+
 /// What Istio's validation warns about in a DestinationRule without rejecting it: the
 /// deprecated `consecutiveErrors` (still applied, as Istio applies it), with where it is.
 pub fn destination_rule_warnings(spec: &DestinationRuleSpec) -> Vec<String> {
@@ -296,6 +348,13 @@ pub fn destination_rule_warnings(spec: &DestinationRuleSpec) -> Vec<String> {
             if od.and_then(|o| o.consecutive_errors).is_some_and(|n| n != 0) {
                 warnings.push(format!("{at}.outlierDetection.consecutiveErrors: {CONSECUTIVE_ERRORS_DEPRECATED}"));
             }
+        }
+        // Istio's warning: failover never happens without outlier detection to eject endpoints.
+        let locality = p.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref());
+        if locality.is_some_and(|l| !l.failover.is_empty() || !l.failover_priority.is_empty())
+            && p.outlier_detection.is_none()
+        {
+            warnings.push(format!("{path}.loadBalancer.localityLbSetting: {FAILOVER_NEEDS_OUTLIER_DETECTION}"));
         }
     }
     warnings

@@ -12,13 +12,13 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Pod, Secret, Service},
+    core::v1::{Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
         WatchStreamExt,
         events::{Event, EventType, Recorder, Reporter},
@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::{
     accept::{self, Current, LastGood, Verdict},
     ingress,
+    locality::Locality,
     mesh::MeshSettings,
     metrics::{KindLabels, Metrics},
     registry::{self, Changed, Key},
@@ -148,6 +149,8 @@ pub struct Stores {
     ingress_classes: Store<IngressClass>,
     /// EnvoyFilters: never applied, each marked `Accepted=False` (`Unsupported`).
     envoy_filters: Store<EnvoyFilter>,
+    /// Nodes, metadata only: their topology labels are the localities of their pods.
+    nodes: Store<PartialObjectMeta<Node>>,
 }
 
 fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K), touched: Option<TouchedSet>) -> Store<K>
@@ -249,6 +252,9 @@ impl Stores {
             ingresses: reflect(Api::all(client.clone()), c(), strip_meta, None),
             ingress_classes: reflect(Api::all(client.clone()), c(), strip_meta, None),
             envoy_filters: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            // Metadata only: labels are all that is read; a full Node carries its images and
+            // status, many times larger.
+            nodes: reflect(Api::<PartialObjectMeta<Node>>::all(client.clone()), c(), strip_meta, None),
         }
     }
 
@@ -267,6 +273,7 @@ impl Stores {
             ("ingresses", self.ingresses.wait_until_ready().boxed()),
             ("ingressclasses", self.ingress_classes.wait_until_ready().boxed()),
             ("envoyfilters", self.envoy_filters.wait_until_ready().boxed()),
+            ("nodes", self.nodes.wait_until_ready().boxed()),
         ];
         for (what, fut) in waits {
             let mut fut = fut;
@@ -297,6 +304,17 @@ impl Stores {
             slices: now(&self.slices, touched.slices),
             pods: now(&self.pods, touched.pods),
         }
+    }
+
+    /// Each node's locality, from its topology labels.
+    fn node_localities(&self) -> std::collections::BTreeMap<String, Locality> {
+        self.nodes
+            .state()
+            .iter()
+            .map(|n| {
+                (n.name_any(), Locality::from_node_labels(n.metadata.labels.as_ref().unwrap_or(&Default::default())))
+            })
+            .collect()
     }
 
     fn current(&self) -> Current {
@@ -366,6 +384,7 @@ pub async fn run(
         let registered = start.elapsed();
         let mut snap = Snapshot::new(mesh.clone(), registry, istio, registry_cache.pods());
         snap.tls_secrets = stores.tls_secrets.state().iter().filter_map(|s| TlsSecret::from_secret(s)).collect();
+        snap.node_localities = Arc::new(stores.node_localities());
         generation += 1;
         snap.generation = generation;
         snap.changed_at = changed_at;

@@ -62,10 +62,10 @@ pub struct Upstream {
     pub tls: Option<Arc<TlsSlot>>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// The cluster's endpoints, then its failover endpoints (`endpoints[primary..]`).
+    /// The cluster's endpoints, then those of each failover level.
     endpoints: Vec<Endpoint>,
-    /// How many of `endpoints` are of the first priority.
-    primary: usize,
+    /// Where each priority level ends in `endpoints` (the first level starts at 0).
+    level_ends: Vec<usize>,
     lb: LoadBalancer,
     next: AtomicUsize,
     /// Connection slots (`maxConnections`; Istio's default, 2^32-1, when unset), HTTP/1.1 only:
@@ -222,11 +222,17 @@ impl Upstream {
             pool: Pool::new(MeshConnector { tls: tls.clone(), connect_timeout }, c.http2, max_requests_per_connection),
             tls,
             connect_timeout,
-            primary: c.endpoints.len(),
+            level_ends: std::iter::once(&c.endpoints)
+                .chain(&c.failover)
+                .scan(0, |end, level| {
+                    *end += level.len();
+                    Some(*end)
+                })
+                .collect(),
             endpoints: c
                 .endpoints
                 .iter()
-                .chain(&c.failover_endpoints)
+                .chain(c.failover.iter().flatten())
                 .map(|&addr| Endpoint {
                     addr,
                     active: AtomicUsize::new(0),
@@ -368,21 +374,21 @@ impl Upstream {
     /// Failover endpoints are candidates only while no first-priority endpoint is (none, or
     /// all ejected): Envoy's priority levels, two of them.
     pub fn pick(&self, input: &HashInput<'_>) -> Option<EndpointGuard<'_>> {
-        let (primary, failover) = self.endpoints.split_at(self.primary);
+        let mut levels = self.levels();
         let ep = if self.outlier.is_none() {
-            // Without outlier detection nothing is ever ejected: choose among the level's
-            // endpoints without building a candidate list (this runs on every request).
-            let level = if primary.is_empty() { failover } else { primary };
+            // Without outlier detection nothing is ever ejected: choose among the first listed
+            // level's endpoints without building a candidate list (this runs on every request).
+            let level = levels.find(|l| !l.is_empty()).unwrap_or_default();
             self.choose(level.len(), |i| &level[i], input)?
         } else {
             let now = Instant::now();
-            let healthy_in = |level: &'_ [Endpoint]| level.iter().filter(|e| !e.ejected(now)).count() > 0;
-            let level = if healthy_in(primary) || failover.is_empty() || (!healthy_in(failover) && !primary.is_empty())
-            {
-                primary
-            } else {
-                failover
-            };
+            // The first level with an endpoint not ejected; with none anywhere, the first
+            // listed level (where the panic threshold decides).
+            let level = levels
+                .clone()
+                .find(|l| l.iter().any(|e| !e.ejected(now)))
+                .or_else(|| levels.find(|l| !l.is_empty()))
+                .unwrap_or_default();
             let healthy: Vec<&Endpoint> = level.iter().filter(|e| !e.ejected(now)).collect();
             let threshold = self.outlier.as_ref().and_then(|o| o.min_health_percent).unwrap_or(0) as usize;
             let panic = healthy.len() * 100 < level.len() * threshold;
@@ -391,6 +397,12 @@ impl Upstream {
         };
         ep.active.fetch_add(1, Ordering::Relaxed);
         Some(EndpointGuard { ep, addr: ep.addr })
+    }
+
+    /// The endpoints of each priority level, highest first.
+    fn levels(&self) -> impl Iterator<Item = &[Endpoint]> + Clone {
+        let starts = std::iter::once(0).chain(self.level_ends.iter().copied());
+        starts.zip(self.level_ends.iter().copied()).map(|(a, b)| &self.endpoints[a..b])
     }
 
     /// The load balancer's choice among `len` candidates (`at(i)` is the i-th).
@@ -602,19 +614,19 @@ mod tests {
     }
 
     #[test]
-    fn failover_endpoints_are_used_only_while_no_first_priority_endpoint_is_available() {
+    fn failover_levels_are_used_only_while_no_endpoint_of_a_higher_priority_is_available() {
         let ports = |up: &Upstream| -> std::collections::BTreeSet<u16> {
             (0..12).map(|_| up.pick(&none()).unwrap().addr.port()).collect()
         };
         // Without outlier detection: the first priority always, the failover only without it.
-        let up = cluster("{name: c, endpoints: ['127.0.0.1:1', '127.0.0.1:2'], failoverEndpoints: ['127.0.0.1:9']}");
+        let up = cluster("{name: c, endpoints: ['127.0.0.1:1', '127.0.0.1:2'], failover: [['127.0.0.1:9']]}");
         assert_eq!(ports(&up), [1, 2].into());
-        let up = cluster("{name: c, endpoints: [], failoverEndpoints: ['127.0.0.1:9']}");
+        let up = cluster("{name: c, endpoints: [], failover: [['127.0.0.1:9']]}");
         assert_eq!(ports(&up), [9].into());
         // With it: the local endpoint ejected moves traffic to the failover, and back once the
         // ejection ends (the admiral#134 case: failover that actually happens).
         let up = cluster(
-            "{name: c, endpoints: ['127.0.0.1:1'], failoverEndpoints: ['127.0.0.1:9'], outlierDetection: {consecutiveGatewayErrors: 2, baseEjectionTime: 200ms, maxEjectionPercent: 100}}",
+            "{name: c, endpoints: ['127.0.0.1:1'], failover: [['127.0.0.1:9']], outlierDetection: {consecutiveGatewayErrors: 2, baseEjectionTime: 200ms, maxEjectionPercent: 100}}",
         );
         assert_eq!(ports(&up), [1].into());
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -625,6 +637,30 @@ mod tests {
         assert_eq!(ports(&up), [9].into());
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(ports(&up), [1].into());
+    }
+
+    #[test]
+    fn locality_failover_walks_down_every_level_in_order_and_back() {
+        let ports = |up: &Upstream| -> std::collections::BTreeSet<u16> {
+            (0..12).map(|_| up.pick(&none()).unwrap().addr.port()).collect()
+        };
+        // Same zone, same region, another region (Istio's priorities 0, 2, 3).
+        let up = cluster(
+            "{name: c, endpoints: ['127.0.0.1:1'], failover: [['127.0.0.1:2', '127.0.0.1:3'], ['127.0.0.1:4']], outlierDetection: {consecutiveGatewayErrors: 1, baseEjectionTime: 300ms, maxEjectionPercent: 100}}",
+        );
+        let fail = |port: u16| up.report(SocketAddr::from(([127, 0, 0, 1], port)), Outcome::ConnectFailure);
+        assert_eq!(ports(&up), [1].into());
+        fail(1);
+        assert_eq!(ports(&up), [2, 3].into(), "the next level, all of it");
+        fail(2);
+        assert_eq!(ports(&up), [3].into(), "what is left of the second level before the third");
+        fail(3);
+        assert_eq!(ports(&up), [4].into());
+        fail(4);
+        // Nothing left anywhere: the first level, where Istio's panic threshold (0) gives none.
+        assert!(up.pick(&none()).is_none(), "no healthy upstream");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(ports(&up), [1].into(), "back to the nearest once its ejection ends");
     }
 
     #[test]

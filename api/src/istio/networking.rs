@@ -491,12 +491,52 @@ pub struct LoadBalancerSettings {
     /// Consistent hashing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
-    /// Locality-aware settings.
+    /// Locality-aware load balancing: failover order by locality or by labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<FreeForm>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Slow start window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<String>,
+}
+
+/// Istio's `LocalityLoadBalancerSetting` (DestinationRule and MeshConfig).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    /// Traffic shares by locality (`from` the client's, `to` weights summing to 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region to fail over to when the client's region has no healthy endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels (`key` or `key=value`) whose match with the client's ranks endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// Unset means enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// One `localityLbSetting.distribute` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct LocalityDistribute {
+    /// Client locality (`region/zone/subzone`, `*` allowed at the end).
+    #[serde(default)]
+    pub from: String,
+    /// Weight by endpoint locality.
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// One `localityLbSetting.failover` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct LocalityFailover {
+    /// Client region.
+    #[serde(default)]
+    pub from: String,
+    /// Region its traffic fails over to.
+    #[serde(default)]
+    pub to: String,
 }
 
 /// Simple load balancer.

@@ -66,11 +66,13 @@ pub struct Cluster {
     /// Service addresses (VIP:port) whose captured non-HTTP connections go to this cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_addresses: Vec<SocketAddr>,
-    /// Endpoints of the next priority (Envoy's priority 1): used only while no endpoint of
-    /// `endpoints` is available (none listed, or all ejected by outlier detection). A `.global`
-    /// host's peer gateways when the service also runs here: nearest first.
+    /// The endpoints of each lower priority (Envoy's priorities 1, 2, ...), nearest first: a
+    /// level is used only while no endpoint of every level before it is available (none
+    /// listed, or all ejected by outlier detection). Locality failover (DestinationRule
+    /// `localityLbSetting`), and a `.global` host's peer gateways when the service also runs
+    /// here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover_endpoints: Vec<SocketAddr>,
+    pub failover: Vec<Vec<SocketAddr>>,
 }
 
 /// DestinationRule `loadBalancer`, written as Istio does: `{simple: LEAST_REQUEST}` or

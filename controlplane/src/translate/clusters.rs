@@ -14,8 +14,9 @@ use skein_api::{
     proxy::{self, ClientTlsMode, Cluster, ClusterTls, LoadBalancer},
 };
 
-use super::dur;
+use super::{OutboundKey, dur};
 use crate::{
+    locality::{self, Candidate},
     registry::{Endpoint, Protocol, ServiceInfo, ServicePort, resolve_host},
     snapshot::{Snapshot, selects},
 };
@@ -25,14 +26,16 @@ pub(super) struct Clusters<'a> {
     pub(super) snap: &'a Snapshot,
     /// The client's namespace: what it sees and which DestinationRule applies.
     pub(super) client_ns: &'a str,
+    /// The client's locality and labels: the order it fails over in.
+    client: &'a OutboundKey,
     /// Built so far, by name.
     pub(super) map: BTreeMap<String, Cluster>,
 }
 
 impl<'a> Clusters<'a> {
-    /// No clusters yet, for a client in `client_ns`.
-    pub(super) fn new(snap: &'a Snapshot, client_ns: &'a str) -> Self {
-        Self { snap, client_ns, map: BTreeMap::new() }
+    /// No clusters yet, for the client `key` describes.
+    pub(super) fn new(snap: &'a Snapshot, key: &'a OutboundKey) -> Self {
+        Self { snap, client_ns: &key.namespace, client: key, map: BTreeMap::new() }
     }
 }
 
@@ -83,16 +86,21 @@ impl Clusters<'_> {
             }
             None => None,
         };
-        let mut endpoints: Vec<SocketAddr> = selected.iter().map(|e| SocketAddr::new(e.ip, e.port_for(port))).collect();
-        let mut failover_endpoints = Vec::new();
+        let lb = policy.load_balancer.and_then(|l| l.locality_lb_setting.as_ref());
+        let by_locality = locality::effective(lb, &self.snap.mesh.locality_lb, policy.outlier_detection.is_some());
+        let mut levels = self.levels(&selected, port, by_locality);
+        // An imported `.global` host: this cluster's own endpoints come first, then the peers'.
         let local = self.local_endpoints(svc, port, subset);
         if !local.is_empty() {
-            failover_endpoints = std::mem::replace(&mut endpoints, local);
+            levels.insert(0, local);
         }
+        let mut levels = levels.into_iter().filter(|l| !l.is_empty());
+        let endpoints = levels.next().unwrap_or_default();
+        let failover = levels.collect();
         let cluster = Cluster {
             name: name.clone(),
             endpoints,
-            failover_endpoints,
+            failover,
             connect_timeout: policy
                 .connection_pool
                 .and_then(|c| c.tcp.as_ref())
@@ -143,6 +151,23 @@ impl Clusters<'_> {
             .collect()
     }
 
+    /// `endpoints` in the order the client tries them: one level under no locality setting,
+    /// else grouped by Istio's priority of each for this client (nearest first).
+    fn levels(
+        &self,
+        endpoints: &[&Endpoint],
+        port: &ServicePort,
+        setting: Option<&istio::LocalityLbSetting>,
+    ) -> Vec<Vec<SocketAddr>> {
+        let addr = |e: &Endpoint| SocketAddr::new(e.ip, e.port_for(port));
+        let Some(setting) = setting else { return vec![endpoints.iter().map(|e| addr(e)).collect()] };
+        let client = locality::Client { locality: &self.client.locality, labels: &self.client.labels };
+        locality::levels(endpoints.iter().map(|e| {
+            let here = self.snap.endpoint_locality(e);
+            (locality::priority(setting, client, Candidate { locality: &here, labels: &e.labels }), addr(e))
+        }))
+    }
+
     /// ISTIO_MUTUAL towards `endpoints`: the server must present one of their identities.
     fn mesh_tls(&self, endpoints: &[&Endpoint], settings: Option<&istio::ClientTlsSettings>) -> ClusterTls {
         let mut sans: BTreeSet<String> =
@@ -189,7 +214,7 @@ impl Clusters<'_> {
                     tls: None,
                     http2: false,
                     service_addresses: Vec::new(),
-                    failover_endpoints: Vec::new(),
+                    failover: Vec::new(),
                 },
             );
         }

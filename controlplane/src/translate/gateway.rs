@@ -299,7 +299,7 @@ fn listener_for(
         tls_routes: Vec::new(),
         passthrough_hosts: Vec::new(),
     };
-    let mut b = Routes::new(Clusters::new(snap, &key.namespace), key, Scope::Mesh);
+    let mut b = Routes::new(Clusters::new(snap, key), key, Scope::Mesh);
     match &plan.kind {
         PortKind::Http { tls } => {
             listener.server_tls = tls.clone();

@@ -20,7 +20,10 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost};
 
-use crate::snapshot::Snapshot;
+use crate::{
+    locality::{Locality, POD_LOCALITY_LABEL},
+    snapshot::Snapshot,
+};
 
 pub use outbound::{Outbound, rebuild as patch_outbound};
 
@@ -104,6 +107,9 @@ pub struct Workload {
     /// The proxy proved (ServiceAccount token) that it runs as this workload's ServiceAccount:
     /// it may be sent TLS Secrets of its namespace.
     pub authenticated: bool,
+    /// Where it runs (its `istio-locality` label, else its node's topology labels): the
+    /// order in which it fails over between endpoints.
+    pub locality: Locality,
 }
 
 impl Workload {
@@ -121,6 +127,17 @@ impl Workload {
                     .unwrap_or_else(|| "default".into()),
                 router,
                 authenticated: false,
+                locality: pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(POD_LOCALITY_LABEL))
+                    .map(|l| Locality::from_pod_label(l))
+                    .or_else(|| {
+                        let node = pod.spec.as_ref()?.node_name.as_ref()?;
+                        snap.node_localities.get(node).cloned()
+                    })
+                    .unwrap_or_default(),
             },
             None => Self {
                 namespace: node.namespace.clone(),
@@ -132,19 +149,22 @@ impl Workload {
     }
 }
 
-/// What the outbound part depends on: the namespace (visibility) and the labels (`sourceLabels`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What the outbound part depends on: the namespace (visibility), the labels (`sourceLabels`,
+/// `failoverPriority`) and the locality (failover order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct OutboundKey {
     /// Client namespace.
     pub namespace: String,
     /// Client labels.
     pub labels: BTreeMap<String, String>,
+    /// Client locality.
+    pub locality: Locality,
 }
 
 impl OutboundKey {
-    /// The key of a workload: its namespace and only the labels some VirtualService's
-    /// `sourceLabels` look at, so every workload of a namespace usually shares one outbound
-    /// config.
+    /// The key of a workload: its namespace, its locality and only the labels some
+    /// VirtualService's `sourceLabels` or DestinationRule's `failoverPriority` look at, so every
+    /// workload of a namespace and zone usually shares one outbound config.
     pub fn of(w: &Workload, snap: &Snapshot) -> Self {
         let labels = w
             .labels
@@ -152,7 +172,8 @@ impl OutboundKey {
             .filter(|(k, _)| snap.source_label_keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Self { namespace: w.namespace.clone(), labels }
+        let locality = if snap.locality_failover { w.locality.clone() } else { Locality::default() };
+        Self { namespace: w.namespace.clone(), labels, locality }
     }
 }
 

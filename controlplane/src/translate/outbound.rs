@@ -76,7 +76,7 @@ pub fn listener() -> Listener {
 
 /// Builds the outbound part for `key`.
 pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
-    let mut b = Routes::new(Clusters::new(snap, &key.namespace), key, Scope::Mesh);
+    let mut b = Routes::new(Clusters::new(snap, key), key, Scope::Mesh);
     // Every service's clusters first, so a route naming another service's cluster finds the
     // real one rather than leaving an empty placeholder in its place.
     for svc in snap.registry.visible(&key.namespace) {
@@ -149,7 +149,7 @@ fn name_table(snap: &Snapshot, client_ns: &str) -> Vec<NameEntry> {
 /// to its old self keeps the old one, so the cost (and the difference a consumer sees) is the
 /// size of the change, not of the mesh.
 pub fn rebuild(snap: &Snapshot, key: &OutboundKey, prev: &Outbound, hosts: &BTreeSet<String>) -> Outbound {
-    let mut b = Clusters::new(snap, &key.namespace);
+    let mut b = Clusters::new(snap, key);
     for host in hosts {
         if let Some(svc) = snap.registry.lookup(host, &key.namespace) {
             b.of_service(svc);

@@ -101,6 +101,7 @@ fn snapshot_resolved(mesh: MeshSettings, docs: &str, resolved: &HashMap<String, 
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut pods = Vec::new();
+    let mut nodes = std::collections::BTreeMap::new();
     let mut istio = IstioResources::default();
     for doc in docs.split("\n---\n").filter(|d| !d.trim().is_empty()) {
         let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
@@ -120,6 +121,11 @@ fn snapshot_resolved(mesh: MeshSettings, docs: &str, resolved: &HashMap<String, 
             "Service" => services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "EndpointSlice" => slices.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "Pod" => pods.push(Arc::new(serde_yaml::from_value(value).unwrap())),
+            "Node" => {
+                let node: k8s_openapi::api::core::v1::Node = serde_yaml::from_value(value).unwrap();
+                let labels = node.metadata.labels.unwrap_or_default();
+                nodes.insert(node.metadata.name.unwrap(), crate::locality::Locality::from_node_labels(&labels));
+            }
             "VirtualService" => istio.virtual_services.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "DestinationRule" => istio.destination_rules.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             "ServiceEntry" => istio.service_entries.push(Arc::new(serde_yaml::from_value(value).unwrap())),
@@ -132,7 +138,9 @@ fn snapshot_resolved(mesh: MeshSettings, docs: &str, resolved: &HashMap<String, 
         }
     }
     let registry = Registry::build(&mesh, &services, &slices, &pods, &istio.service_entries, resolved);
-    Snapshot::new(mesh, registry, istio, crate::registry::index_pods(&pods))
+    let mut snap = Snapshot::new(mesh, registry, istio, crate::registry::index_pods(&pods));
+    snap.node_localities = Arc::new(nodes);
+    snap
 }
 
 fn bookinfo(extra: &str) -> Snapshot {
@@ -624,22 +632,22 @@ fn an_imported_global_host_puts_the_local_service_first_and_the_peer_gateway_as_
     let all = cluster(&cfg, "outbound|9080||reviews.default.global");
     let local: Vec<std::net::SocketAddr> =
         ["10.0.0.3:9080", "10.0.0.4:9080", "10.0.0.5:9080"].map(|a| a.parse().unwrap()).into();
-    assert_eq!((&all.endpoints, &all.failover_endpoints), (&local, &gateway));
+    assert_eq!((&all.endpoints, &all.failover), (&local, &vec![gateway.clone()]));
     // The generated rule's outlier detection is what fails over from a listed but failing
     // local endpoint.
     let od = all.outlier_detection.as_ref().expect("outlier detection");
     assert_eq!((od.consecutive_gateway_errors, od.max_ejection_percent), (Some(5), Some(100)));
     // A subset the local DestinationRule defines: its local pods first, then the peer.
     let v2 = cluster(&cfg, "outbound|9080|v2|reviews.default.global");
-    assert_eq!((&v2.endpoints, &v2.failover_endpoints), (&vec!["10.0.0.4:9080".parse().unwrap()], &gateway));
+    assert_eq!((&v2.endpoints, &v2.failover), (&vec!["10.0.0.4:9080".parse().unwrap()], &vec![gateway.clone()]));
     // A subset only the peer has: the peer only.
     let v4 = cluster(&cfg, "outbound|9080|v4|reviews.default.global");
-    assert_eq!((&v4.endpoints, &v4.failover_endpoints), (&gateway, &Vec::new()));
+    assert_eq!((&v4.endpoints, &v4.failover), (&gateway, &Vec::new()));
     // A hand-written `.global` entry (no federation label) is taken as written.
     let hand = IMPORTED_REVIEWS.replace(", labels: {mesh.skein.dev/federation: default}}", "}");
     let snap = snapshot(MeshSettings::default(), &bookinfo_docs(&bookinfo_workloads(), &hand));
     let all = cluster(&config_for(&snap, "productpage-v1-1"), "outbound|9080||reviews.default.global").clone();
-    assert_eq!((all.endpoints, all.failover_endpoints), (gateway, Vec::new()));
+    assert_eq!((all.endpoints, all.failover), (gateway, Vec::new()));
 
     // A local pod moving is an endpoint-only change of the local host and of its `.global` twin.
     let node = Node::parse("sidecar~10.0.0.1~productpage-v1-1.default~default.svc.cluster.local").unwrap();
@@ -1374,3 +1382,4 @@ fn a_kubernetes_ingress_of_istio_class_reaches_the_ingress_gateway_config() {
 
 #[cfg(test)]
 mod examples;
+mod locality;

@@ -66,6 +66,55 @@ fn destination_rule_errors_name_the_field() {
 }
 
 #[test]
+fn locality_lb_settings_are_checked_as_istio_checks_them() {
+    let dr = |y: &str| destination_rule(&serde_yaml::from_str(y).unwrap());
+    let od = "outlierDetection: {consecutive5xxErrors: 1}";
+    assert!(dr(&format!("host: h\ntrafficPolicy: {{{od}, loadBalancer: {{localityLbSetting: {{enabled: true, failover: [{{from: region1, to: region2}}]}}}}}}")).is_empty());
+    let errs = dr(
+        "host: h\ntrafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r1}, {from: r1/z, to: 'r*'}]}}}",
+    );
+    for e in [
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]: locality lb failover settings must specify different regions",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[1]: locality lb failover only specify region",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[1]: locality lb failover region should not contain '*' wildcard",
+    ] {
+        assert!(has(&errs, e), "{e}: {errs:?}");
+    }
+    let errs = dr(
+        "host: h\ntrafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: r1/*, to: {r1/*: 100}}], failover: [{from: r1, to: r2}]}}}",
+    );
+    assert!(has(&errs, "can not simultaneously specify 'distribute' and 'failover'"), "{errs:?}");
+    // Weighted distribution is refused by name rather than accepted with no effect.
+    let errs = dr(
+        "host: h\ntrafficPolicy: {portLevelSettings: [{port: {number: 80}, loadBalancer: {localityLbSetting: {distribute: [{from: r1/*, to: {r1/*: 80, r2/*: 20}}]}}}]}",
+    );
+    assert!(
+        has(
+            &errs,
+            "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.distribute: not supported by Skein yet"
+        ),
+        "{errs:?}"
+    );
+    let errs = dr(
+        "host: h\ntrafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}], failoverPriority: [topology.kubernetes.io/zone]}}}",
+    );
+    assert!(
+        has(&errs, "can not simultaneously set 'failover' and topology label 'topology.kubernetes.io/zone'"),
+        "{errs:?}"
+    );
+    // Failover without outlier detection is accepted with Istio's warning: it never happens.
+    let spec = serde_yaml::from_str(
+        "host: h\ntrafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [version]}}}",
+    )
+    .unwrap();
+    assert!(destination_rule(&spec).is_empty());
+    assert_eq!(
+        destination_rule_warnings(&spec),
+        vec![format!("spec.trafficPolicy.loadBalancer.localityLbSetting: {FAILOVER_NEEDS_OUTLIER_DETECTION}")]
+    );
+}
+
+#[test]
 fn service_entry_and_policy_errors_name_the_field() {
     let se = |y: &str| service_entry(&serde_yaml::from_str(y).unwrap());
     let errs = se(

@@ -14,7 +14,22 @@ impl TryFrom<pb::Cluster> for Cluster {
         };
         let endpoints = addrs("endpoints", &c.endpoints)?;
         let service_addresses = addrs("serviceAddresses", &c.service_addresses)?;
-        let failover_endpoints = addrs("failoverEndpoints", &c.failover_endpoints)?;
+        // Priority 1 stays in `failover_endpoints`, which proxies of earlier releases read;
+        // the levels after it follow in `later_failover`.
+        let mut failover = Vec::new();
+        if !c.failover_endpoints.is_empty() {
+            failover.push(addrs("failoverEndpoints", &c.failover_endpoints)?);
+        }
+        for (i, level) in c.later_failover.iter().enumerate() {
+            if failover.is_empty() {
+                return Err(invalid(at("laterFailover"), "set without failoverEndpoints"));
+            }
+            let level = addrs(&format!("laterFailover[{i}].endpoints"), &level.endpoints)?;
+            if level.is_empty() {
+                return Err(invalid(at(&format!("laterFailover[{i}]")), "an empty priority level"));
+            }
+            failover.push(level);
+        }
         let load_balancer = match c.load_balancer.and_then(|l| l.policy) {
             None => LoadBalancer::RoundRobin,
             Some(pb::load_balancer::Policy::Simple(s)) => {
@@ -74,7 +89,7 @@ impl TryFrom<pb::Cluster> for Cluster {
             tls,
             http2: c.http2,
             service_addresses,
-            failover_endpoints,
+            failover,
             name: c.name,
         })
     }
@@ -122,7 +137,13 @@ impl From<&Cluster> for pb::Cluster {
             }),
             http2: c.http2,
             service_addresses: c.service_addresses.iter().map(ToString::to_string).collect(),
-            failover_endpoints: c.failover_endpoints.iter().map(ToString::to_string).collect(),
+            failover_endpoints: c.failover.first().into_iter().flatten().map(ToString::to_string).collect(),
+            later_failover: c
+                .failover
+                .iter()
+                .skip(1)
+                .map(|l| pb::EndpointList { endpoints: l.iter().map(ToString::to_string).collect() })
+                .collect(),
         }
     }
 }

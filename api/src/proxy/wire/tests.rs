@@ -62,7 +62,7 @@ clusters:
     tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://cluster.local/ns/db/sa/db"], sni: db.local}
     http2: true
     serviceAddresses: ["10.96.0.10:3306"]
-    failoverEndpoints: ["192.0.2.20:15443"]
+    failover: [["192.0.2.20:15443"], ["192.0.2.30:15443", "192.0.2.31:15443"]]
   - {name: web, endpoints: ["10.0.0.2:80"], loadBalancer: {simple: LEAST_REQUEST}, tls: {mode: SIMPLE}}
 "#;
 
