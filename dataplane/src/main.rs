@@ -278,14 +278,25 @@ async fn run(
         }),
     };
 
-    // Listener set follows the config until SIGTERM or Ctrl-C.
+    // Listener set follows the config (less those closed by `POST /drain_listeners`) until
+    // SIGTERM or Ctrl-C.
     let mut changes = store.subscribe();
+    let mut stopped = drain.stopped_listeners();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() { break; }
                 let wanted = changes.borrow_and_update().config.listeners.clone();
+                let wanted = listener::serving(&wanted, *stopped.borrow());
+                for e in listeners.sync(&wanted).await {
+                    error!(error = %e, "listener not opened");
+                }
+            }
+            Ok(()) = stopped.changed() => {
+                let which = *stopped.borrow_and_update();
+                info!(?which, "listeners closed on request (drain_listeners)");
+                let wanted = listener::serving(&store.current().config.listeners, which);
                 for e in listeners.sync(&wanted).await {
                     error!(error = %e, "listener not opened");
                 }

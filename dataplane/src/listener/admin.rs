@@ -1,6 +1,6 @@
 //! Admin endpoints: readiness (`/healthz/ready`), Prometheus metrics (`/stats/prometheus`),
-//! the config dump (`/config_dump`) and Envoy's `/stats` and `/clusters`, each on the
-//! listeners of its role.
+//! the config dump (`/config_dump`) and Envoy's `/stats`, `/clusters` and `/drain_listeners`,
+//! each on the listeners of its role.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -12,7 +12,13 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::debug;
 
 use super::{HEAD_TIMEOUT, envoy_admin};
-use crate::{drain::Drain, http::Body, metrics::Metrics, runtime::Runtime, store::Store};
+use crate::{
+    drain::{Drain, StopListeners},
+    http::Body,
+    metrics::Metrics,
+    runtime::Runtime,
+    store::Store,
+};
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
@@ -73,6 +79,7 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                     },
                     (AdminRole::Admin, "/clusters") => text(StatusCode::OK, envoy_admin::clusters(&store.current())),
+                    (AdminRole::Admin, "/drain_listeners") => drain_listeners(&req, &drain),
                     (AdminRole::Admin, "/config_dump") => {
                         let dump = serde_json::to_string_pretty(&store.current().config).unwrap_or_default();
                         text(StatusCode::OK, dump)
@@ -88,6 +95,26 @@ pub async fn serve_admin(listener: TcpListener, role: AdminRole, store: Store, m
                 .await;
         });
     }
+}
+
+/// Envoy's `POST /drain_listeners[?inboundonly][&graceful]`: closes the listeners (all, or
+/// the inbound ones), which stay closed; Istio's locality failover task uses it to make a
+/// listed endpoint fail. `graceful` is accepted and changes nothing: the listeners close at
+/// once and open connections finish on their own, as after Envoy's graceful period.
+fn drain_listeners(req: &Request<Incoming>, drain: &Drain) -> Response<Body> {
+    if req.method() != hyper::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "drain_listeners needs POST\n".into());
+    }
+    let mut which = StopListeners::All;
+    for param in req.uri().query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match param.split('=').next().unwrap_or_default() {
+            "inboundonly" => which = StopListeners::InboundOnly,
+            "graceful" | "skip_exit" => {}
+            other => return text(StatusCode::BAD_REQUEST, format!("drain_listeners: unknown parameter {other:?}\n")),
+        }
+    }
+    drain.stop_listeners(which);
+    text(StatusCode::OK, "OK\n".into())
 }
 
 /// Adds the outlier-detection series of every cluster that has it, read from the clusters at

@@ -22,6 +22,7 @@ use tracing::{debug, info};
 
 use crate::{
     capture,
+    drain::StopListeners,
     http::{ConnInfo, Proxy},
     identity,
     limits::{AcceptErrors, Admitted, ConnectionLimits},
@@ -190,6 +191,17 @@ pub async fn inbound_tls(stream: TcpStream, mode: PeerAuthMode, rt: &Runtime) ->
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
     let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(identity::spiffe_id);
     Ok(Inbound::Tls(Box::new(tls), identity.map(Arc::from)))
+}
+
+/// The configured listeners that stay open once `stopped` ones were closed on request.
+pub fn serving(wanted: &[Listener], stopped: Option<StopListeners>) -> Vec<Listener> {
+    match stopped {
+        None => wanted.to_vec(),
+        Some(StopListeners::All) => Vec::new(),
+        Some(StopListeners::InboundOnly) => {
+            wanted.iter().filter(|l| l.capture != Some(Capture::Inbound)).cloned().collect()
+        }
+    }
 }
 
 /// Keeps the open listeners equal to the configured ones.
