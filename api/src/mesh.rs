@@ -601,6 +601,15 @@ pub struct MultiCluster {
     /// Mesh this cluster belongs to.
     #[serde(default, rename = "meshID", skip_serializing_if = "Option::is_none")]
     pub mesh_id: Option<String>,
+    /// Where this cluster's east-west gateway is, `region[/zone[/subzone]]`: its Service gets
+    /// the matching topology labels, and peers order the clusters that export a service by it
+    /// (Istio's locality failover: same zone, same region, then other regions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 189),
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?(/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?){0,2}$")
+    )]
+    pub locality: Option<String>,
     /// Which of this cluster's Services its peers import as `<name>.<namespace>.<suffix>`, in
     /// addition to Services and namespaces labelled `mesh.skein.dev/export: "true"`. Nothing is
     /// exported by default.

@@ -27,6 +27,8 @@ pub struct Peer {
     pub cluster: String,
     /// Network of its gateway, when labelled.
     pub network: Option<String>,
+    /// Locality of its gateway (`region/zone/subzone`), when labelled.
+    pub locality: Option<String>,
     /// Addresses (IPs or DNS names) of its east-west gateway.
     pub gateways: Vec<String>,
     /// Those of `gateways` whose health lease ran out: their endpoints are withdrawn (the
@@ -43,6 +45,8 @@ pub struct Endpoint {
     pub cluster: String,
     /// Its network.
     pub network: Option<String>,
+    /// Its locality: clients fail over between peers nearest first.
+    pub locality: Option<String>,
     /// Gateway address.
     pub address: String,
     /// Subsets that peer defines for the service.
@@ -107,6 +111,7 @@ pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
             entry.endpoints.extend(gateways.iter().map(|address| Endpoint {
                 cluster: peer.cluster.clone(),
                 network: peer.network.clone(),
+                locality: peer.locality.clone(),
                 address: address.clone(),
                 subsets: subsets.clone(),
             }));
@@ -168,6 +173,9 @@ pub fn service_entry(host: &GlobalHost, vip: Ipv4Addr, target: &Target) -> Value
             let mut ep = json!({"address": e.address, "ports": ports, "labels": labels});
             if let Some(n) = &e.network {
                 ep["network"] = json!(n);
+            }
+            if let Some(l) = &e.locality {
+                ep["locality"] = json!(l);
             }
             ep
         })
@@ -285,6 +293,7 @@ mod tests {
         Peer {
             cluster: cluster.into(),
             network: Some(format!("net-{cluster}")),
+            locality: None,
             gateways: gw.iter().map(|s| s.to_string()).collect(),
             services,
             withdrawn: BTreeSet::new(),
@@ -356,6 +365,21 @@ mod tests {
         );
         let ratings = destination_rule(&plan["ratings.default.global"], &target());
         assert!(ratings["spec"].get("subsets").is_none());
+    }
+
+    #[test]
+    fn each_endpoint_carries_its_peers_locality_for_the_clients_failover_order() {
+        let mut near = peer("near", &["10.0.0.1"], vec![svc("s", &[])]);
+        near.locality = Some("us-east/us-east-1b".into());
+        let far = peer("far", &["10.0.0.2"], vec![svc("s", &[])]);
+        let plan = plan(&[near, far], "global");
+        let se = service_entry(&plan["s.default.global"], Ipv4Addr::new(240, 0, 0, 1), &target());
+        assert_eq!(se["spec"]["endpoints"][0]["address"], "10.0.0.2");
+        assert!(se["spec"]["endpoints"][0].get("locality").is_none(), "unlabelled peer: no locality");
+        assert_eq!(se["spec"]["endpoints"][1]["locality"], "us-east/us-east-1b");
+        // The generated rule has outlier detection: the control plane orders by locality.
+        let dr = destination_rule(&plan["s.default.global"], &target());
+        assert!(dr["spec"]["trafficPolicy"]["outlierDetection"].is_object());
     }
 
     #[test]

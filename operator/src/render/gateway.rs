@@ -187,6 +187,14 @@ pub fn service(mcp: &MeshControlPlane, gw: Gateway) -> Desired {
     if let (Gateway::EastWest, Some(net)) = (gw, network) {
         meta["labels"]["topology.istio.io/network"] = json!(net);
     }
+    // Peers read the gateway's locality from these labels (the node labels' names).
+    let locality = mcp.spec.multi_cluster.as_ref().and_then(|m| m.locality.as_deref());
+    if let (Gateway::EastWest, Some(loc)) = (gw, locality) {
+        let keys = ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
+        for (key, part) in keys.into_iter().zip(loc.split('/')) {
+            meta["labels"][key] = json!(part);
+        }
+    }
     Desired::new::<Service>(
         true,
         json!({

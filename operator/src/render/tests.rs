@@ -98,12 +98,15 @@ fn replicas_above_one_add_a_pdb() {
 #[test]
 fn east_west_gateway_exposes_15443_and_carries_the_network() {
     let objs = rendered(
-        "components: {eastWestGateway: {enabled: true, serviceType: NodePort}, ingressGateway: {enabled: false}}\nmultiCluster: {network: net1, clusterName: east}\n",
+        "components: {eastWestGateway: {enabled: true, serviceType: NodePort}, ingressGateway: {enabled: false}}\nmultiCluster: {network: net1, clusterName: east, locality: us-east/us-east-1a}\n",
     );
     let svc = find(&objs, "Service", "skein-eastwestgateway");
     assert_eq!(svc["spec"]["type"], "NodePort");
     assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["port"] == 15443 && p["targetPort"] == 15443));
     assert_eq!(svc["metadata"]["labels"]["topology.istio.io/network"], "net1");
+    assert_eq!(svc["metadata"]["labels"]["topology.kubernetes.io/region"], "us-east");
+    assert_eq!(svc["metadata"]["labels"]["topology.kubernetes.io/zone"], "us-east-1a");
+    assert!(svc["metadata"]["labels"].get("topology.istio.io/subzone").is_none());
     let dep = find(&objs, "Deployment", "skein-eastwestgateway");
     let pod = &dep["spec"]["template"];
     assert_eq!(pod["metadata"]["labels"]["istio"], "eastwestgateway");

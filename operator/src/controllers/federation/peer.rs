@@ -321,9 +321,19 @@ impl Stores {
             .iter()
             .find_map(|s| s.labels().get(NETWORK_LABEL).cloned())
             .or_else(|| meshes.iter().find_map(|m| m.spec.multi_cluster.as_ref()?.network.clone()));
+        // The gateway Service's topology labels (the operator writes them from
+        // `multiCluster.locality`; a hand-labelled gateway works too).
+        let locality = gateways.iter().find_map(|s| {
+            let labels = s.labels();
+            let region = labels.get("topology.kubernetes.io/region").filter(|r| !r.is_empty())?;
+            let parts =
+                [Some(region), labels.get("topology.kubernetes.io/zone"), labels.get("topology.istio.io/subzone")];
+            Some(parts.into_iter().map_while(|p| p.filter(|p| !p.is_empty()).cloned()).collect::<Vec<_>>().join("/"))
+        });
         Peer {
             cluster: cluster.to_string(),
             network,
+            locality,
             gateways: addresses,
             services: exported,
             withdrawn: BTreeSet::new(),
