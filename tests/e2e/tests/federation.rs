@@ -105,7 +105,8 @@ async fn member(name: &str, gateway: &str) -> Member {
         &cluster,
         &["apply", "-f", "-"],
         Some(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  multiCluster: {{clusterName: {name}, network: net-{name}, locality: {}}}\n  components: {{eastWestGateway: {{enabled: true}}}}\n",
+            locality(name)
         )),
     );
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(cluster.client.clone(), NS);
@@ -128,6 +129,15 @@ async fn member(name: &str, gateway: &str) -> Member {
     })
     .await;
     Member { cluster, operator, name: name.to_string(), gateway: gateway.to_string() }
+}
+
+/// Where each member's gateway is: cluster1 and cluster2 share a region, cluster3 is farther.
+fn locality(name: &str) -> &'static str {
+    match name {
+        "cluster1" => "region1/zone-a",
+        "cluster2" => "region1/zone-b",
+        _ => "region2/zone-c",
+    }
 }
 
 /// Lists namespaces of the cluster with the kubeconfig for `cluster` in a remote Secret's YAML
@@ -241,6 +251,10 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     assert_eq!(by_cluster["cluster2"]["labels"]["subsets.mesh.skein.dev/v2"], "true");
     assert!(by_cluster["cluster3"]["labels"].get("subsets.mesh.skein.dev/v2").is_none(), "cluster3 runs no v2");
     assert_eq!(by_cluster["cluster3"]["labels"]["subsets.mesh.skein.dev/v3"], "true");
+    // Each endpoint carries its peer's locality (from the peer's gateway Service, which its
+    // operator labelled from `multiCluster.locality`): clients fail over nearest first.
+    assert_eq!(by_cluster["cluster2"]["locality"], "region1/zone-b");
+    assert_eq!(by_cluster["cluster3"]["locality"], "region2/zone-c");
     assert_eq!(se.labels()["mesh.skein.dev/federation"], "default");
     assert_eq!(se.annotations()["mesh.skein.dev/source-clusters"], "cluster2,cluster3");
     assert_eq!(se.owner_references()[0].kind, "MeshControlPlane");

@@ -193,3 +193,49 @@ fn a_node_relabelled_into_another_zone_is_not_an_endpoint_only_change() {
     );
     assert!(b.endpoint_only_changes(&a).is_none(), "failover order changes: translate anew");
 }
+
+#[test]
+fn peers_exporting_a_global_host_are_tried_nearest_first() {
+    // What the operator generates in cluster1 (region1/zone-a) for `reviews` exported by
+    // cluster2 (region1/zone-b) and cluster3 (region2/zone-c): endpoints with the peers'
+    // localities, a rule with outlier detection. cluster1 does not run reviews itself.
+    let generated = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews.default.global, namespace: istio-system, labels: {mesh.skein.dev/federation: default}}
+spec:
+  hosts: [reviews.default.global]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 9080, protocol: HTTP}]
+  resolution: STATIC
+  addresses: [240.0.0.3]
+  endpoints:
+  - {address: 192.0.2.3, ports: {http: 15443}, locality: region2/zone-c, labels: {topology.istio.io/cluster: cluster3}}
+  - {address: 192.0.2.2, ports: {http: 15443}, locality: region1/zone-b, labels: {topology.istio.io/cluster: cluster2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews.default.global, namespace: istio-system, labels: {mesh.skein.dev/federation: default}}
+spec:
+  host: reviews.default.global
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    outlierDetection: {consecutiveGatewayErrors: 5, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, labels: {topology.kubernetes.io/region: region1, topology.kubernetes.io/zone: zone-a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: productpage-1, namespace: default, labels: {app: productpage, security.istio.io/tlsMode: istio}}
+spec: {serviceAccountName: productpage, nodeName: node-a, containers: [{name: app, image: x}]}
+status: {podIP: 10.0.0.1}
+"#;
+    let snap = snapshot(MeshSettings::default(), generated);
+    let node = Node::parse("sidecar~10.0.0.1~productpage-1.default~default.svc.cluster.local").unwrap();
+    let cfg = config(&snap, &Workload::of(&snap, &node));
+    let c = cfg.clusters.iter().find(|c| c.name == "outbound|9080||reviews.default.global").unwrap();
+    let gw = |ip: &str| -> SocketAddr { format!("{ip}:15443").parse().unwrap() };
+    assert_eq!(levels(c), vec![vec![gw("192.0.2.2")], vec![gw("192.0.2.3")]], "same region first");
+}
