@@ -145,10 +145,16 @@ fn endpoints(cfg: &ProxyConfig) -> String {
     let mut rows: Vec<Vec<String>> = cfg
         .clusters
         .iter()
-        .flat_map(|c| c.endpoints.iter().map(|e| vec![e.to_string(), "HEALTHY".into(), c.name.clone()]))
+        .flat_map(|c| {
+            // Every priority level (locality failover), the first being Envoy's priority 0.
+            let levels = std::iter::once(&c.endpoints).chain(&c.failover).enumerate();
+            levels.flat_map(move |(p, level)| {
+                level.iter().map(move |e| vec![e.to_string(), "HEALTHY".into(), p.to_string(), c.name.clone()])
+            })
+        })
         .collect();
     rows.sort();
-    table::render(&["ENDPOINT", "STATUS", "CLUSTER"], &rows)
+    table::render(&["ENDPOINT", "STATUS", "PRIORITY", "CLUSTER"], &rows)
 }
 
 /// The section of `cfg` in `format`.
@@ -187,7 +193,7 @@ mod tests {
                                    {"route": [{"cluster": "outbound|9080|v1|reviews.default.svc.cluster.local", "weight": 80},
                                               {"cluster": "outbound|9080|v3|reviews.default.svc.cluster.local", "weight": 20}]}]}],
       "clusters": [{"name": "outbound|9080|v1|reviews.default.svc.cluster.local", "endpoints": ["10.0.0.5:9080"], "tls": {"mode": "ISTIO_MUTUAL"}},
-                   {"name": "outbound|9080|v2|reviews.default.svc.cluster.local", "endpoints": ["10.0.0.6:9080", "10.0.0.7:9080"]},
+                   {"name": "outbound|9080|v2|reviews.default.svc.cluster.local", "endpoints": ["10.0.0.6:9080", "10.0.0.7:9080"], "failover": [["10.1.0.6:9080"]]},
                    {"name": "outbound|9080|v3|reviews.default.svc.cluster.local", "endpoints": []}]
     }"#;
 
@@ -200,8 +206,15 @@ mod tests {
         assert_eq!(rows[1], ["reviews.default.svc.cluster.local", "9080", "v1", "outbound", "1", "ISTIO_MUTUAL"]);
         assert_eq!(rows[2][4..], ["2", "-"]);
         let out = render(&cfg, Section::Endpoints, Format::Short);
-        assert_eq!(out.lines().count(), 4, "{out}");
-        assert!(out.contains("10.0.0.6:9080   HEALTHY   outbound|9080|v2|reviews.default.svc.cluster.local"), "{out}");
+        assert_eq!(out.lines().count(), 5, "{out}");
+        assert!(
+            out.contains("10.0.0.6:9080   HEALTHY   0          outbound|9080|v2|reviews.default.svc.cluster.local"),
+            "{out}"
+        );
+        assert!(
+            out.contains("10.1.0.6:9080   HEALTHY   1          outbound|9080|v2|reviews.default.svc.cluster.local"),
+            "{out}"
+        );
     }
 
     #[test]
