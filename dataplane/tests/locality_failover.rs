@@ -85,7 +85,7 @@ fn traffic_fails_over_locality_by_locality_as_each_is_drained() {
     }
     // The client's sidecar: the cluster the control plane translates the task's
     // DestinationRule into for sleep in region1/zone1 — one level per locality, nearest first,
-    // outlier detection as written (consecutive5xxErrors 1, interval 1s, baseEjectionTime 10m),
+    // outlier detection as written (consecutive5xxErrors 1, interval 1s, baseEjectionTime 1m),
     // one request per connection. maxEjectionPercent is 100 here: with Envoy's default (10%)
     // only the first locality could be ejected, and in the task the later ones leave because
     // the drained pods go unready and drop out of the endpoints (the real-cluster part, which
@@ -97,7 +97,7 @@ fn traffic_fails_over_locality_by_locality_as_each_is_drained() {
     std::fs::write(
         &client,
         format!(
-            "listeners: [{{name: outbound, address: '127.0.0.1:{outbound}'}}]\nvirtualHosts: [{{name: helloworld, domains: ['*'], routes: [{{route: [{{cluster: '{cluster}'}}]}}]}}]\nclusters: [{{name: '{cluster}', endpoints: [{}], failover: [[{}], [{}], [{}]], connectionPool: {{maxRequestsPerConnection: 1}}, outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 10m, maxEjectionPercent: 100}}}}]\n",
+            "listeners: [{{name: outbound, address: '127.0.0.1:{outbound}'}}]\nvirtualHosts: [{{name: helloworld, domains: ['*'], routes: [{{route: [{{cluster: '{cluster}'}}]}}]}}]\nclusters: [{{name: '{cluster}', endpoints: [{}], failover: [[{}], [{}], [{}]], connectionPool: {{maxRequestsPerConnection: 1}}, outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}}}}]\n",
             at(0),
             at(1),
             at(2),

@@ -62,7 +62,7 @@ spec:
     outlierDetection:
       consecutive5xxErrors: 1
       interval: 1s
-      baseEjectionTime: 10m
+      baseEjectionTime: 1m
 "#;
 
 const HELLOWORLD: &str = "outbound|5000||helloworld.sample.svc.cluster.local";
@@ -114,7 +114,7 @@ fn locality_failover_is_on_by_default_and_needs_outlier_detection() {
     assert_eq!(levels(&c).len(), 3, "{:?}", levels(&c));
     // Without outlier detection Envoy would never leave the first priority: one level.
     let no_od = rule.replace(
-        "    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 10m\n",
+        "    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 1m\n",
         "",
     );
     let c = helloworld_for(MeshSettings::default(), &no_od, "sleep-1");
