@@ -69,7 +69,8 @@ impl Verdict {
 /// Why an EnvoyFilter is never applied.
 pub const ENVOY_FILTER_UNSUPPORTED: &str = "EnvoyFilter patches Envoy's own configuration and skein-proxy is not Envoy: \
      nothing in it is applied. Use the Istio API resources Skein supports instead (VirtualService, DestinationRule, \
-     AuthorizationPolicy, ...); local rate limiting and header manipulation have no Skein equivalent yet";
+     AuthorizationPolicy, ...): header edits with a VirtualService's `headers` (request and response set, add, \
+     remove); local rate limiting has no Skein equivalent yet";
 
 /// Every EnvoyFilter is refused with reason `Unsupported`: serving its CRD keeps repositories
 /// that hold one applying, and the status says it does nothing rather than nothing saying so.

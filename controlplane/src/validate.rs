@@ -112,7 +112,9 @@ fn http_route(errs: &mut Errors, path: &str, r: &HttpRoute) {
         {
             errs.push(format!("{path}.route[{i}].weight: {w} is not in [0, 100]"));
         }
-        unsupported(errs, &format!("{path}.route[{i}].headers"), d.headers.is_some());
+        if let Some(h) = &d.headers {
+            headers(errs, &format!("{path}.route[{i}].headers"), h);
+        }
     }
     if r.route.len() > 1 {
         let sum: i32 = r.route.iter().map(|d| d.weight.unwrap_or(0)).sum();
@@ -160,8 +162,50 @@ fn http_route(errs: &mut Errors, path: &str, r: &HttpRoute) {
     }
     unsupported(errs, &format!("{path}.delegate"), r.delegate.is_some());
     unsupported(errs, &format!("{path}.directResponse"), r.direct_response.is_some());
-    unsupported(errs, &format!("{path}.headers"), r.headers.is_some());
+    if let Some(h) = &r.headers {
+        headers(errs, &format!("{path}.headers"), h);
+    }
     unsupported(errs, &format!("{path}.mirrors"), !r.mirrors.is_empty());
+}
+
+/// Istio's checks of `headers`: request `set`/`add` may name `:authority` (or `host`), which
+/// changes the authority; nothing else may start with `:`, and `remove` and response edits may
+/// not touch `host`. Values hold no control characters; Envoy's `%VARIABLE%` substitutions are
+/// refused by name (skein-proxy sends values as written), `%%` is a literal `%`.
+fn headers(errs: &mut Errors, path: &str, h: &skein_api::istio::networking::Headers) {
+    let token =
+        |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let sides = [("request", h.request.as_ref()), ("response", h.response.as_ref())];
+    for (side, ops) in sides {
+        let Some(ops) = ops else { continue };
+        for (op, name, value) in ops
+            .set
+            .iter()
+            .map(|(n, v)| ("set", n, Some(v)))
+            .chain(ops.add.iter().map(|(n, v)| ("add", n, Some(v))))
+            .chain(ops.remove.iter().map(|n| ("remove", n, None)))
+        {
+            let at = format!("{path}.{side}.{op}[{name}]");
+            let authority = name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host");
+            if side == "request" && op != "remove" && authority {
+                // Allowed: sets the authority the upstream sees.
+            } else if name.eq_ignore_ascii_case("host") {
+                errs.push(format!("{at}: invalid header \"{name}\": cannot set Host header"));
+            } else if name.starts_with(':') {
+                errs.push(format!("{at}: invalid header \"{name}\": header cannot have \":\" prefix"));
+            } else if !token(name) {
+                errs.push(format!("{at}: not a valid header name"));
+            }
+            let Some(v) = value else { continue };
+            if v.chars().any(|c| (c.is_control() && c != '\t') || c == '\u{7f}') {
+                errs.push(format!("{at}: the value holds control characters"));
+            } else if v.replace("%%", "").contains('%') {
+                errs.push(format!(
+                    "{at}: Envoy's %VARIABLE% substitution in header values is not supported by Skein yet (write %% for a literal %)"
+                ));
+            }
+        }
+    }
 }
 
 /// A VirtualService on its own.

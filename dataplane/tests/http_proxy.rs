@@ -723,3 +723,25 @@ async fn max_requests_per_connection_retires_upstream_connections() {
         }
     }
 }
+
+#[tokio::test]
+async fn header_edits_reach_the_upstream_and_the_client_as_istio_writes_them() {
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    // Istio's `headers` on a rule and on its destination: the destination's first, the
+    // route's last (it wins a conflict), remove before set before add.
+    let routes = format!(
+        "      - match: [{{uri: {{prefix: /both}}}}]\n        headers: {{request: {{set: {{end-user: from-route}}}}, response: {{set: {{x-route: r}}, add: {{x-added: '2'}}}}}}\n        route: [{{cluster: \"{V1}\", headers: {{request: {{set: {{end-user: from-destination}}}}, response: {{set: {{x-destination: d}}, add: {{x-added: '1'}}}}}}}}]\n      - match: [{{uri: {{prefix: /dest}}}}]\n        route: [{{cluster: \"{V2}\", headers: {{request: {{set: {{end-user: from-destination}}}}}}}}]\n      - match: [{{uri: {{prefix: /strip}}}}]\n        headers: {{request: {{remove: [end-user], set: {{host: elsewhere}}}}, response: {{remove: [x-never]}}}}\n        route: [{{cluster: \"{V3}\"}}]\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    let (status, _, headers) = h.get("reviews", "/both", &[("end-user", "jason")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v1.seen.lock().unwrap()[0].2.as_deref(), Some("from-route"), "the route's edit wins");
+    assert_eq!((headers["x-route"].to_str().unwrap(), headers["x-destination"].to_str().unwrap()), ("r", "d"));
+    let added: Vec<_> = headers.get_all("x-added").iter().collect();
+    assert_eq!(added, ["1", "2"], "both appended, destination first");
+    h.get("reviews", "/dest", &[("end-user", "jason")]).await;
+    assert_eq!(v2.seen.lock().unwrap()[0].2.as_deref(), Some("from-destination"));
+    h.get("reviews", "/strip", &[("end-user", "jason")]).await;
+    let seen = v3.seen.lock().unwrap()[0].clone();
+    assert_eq!((seen.0.as_str(), seen.2), ("elsewhere", None), "removed, and the authority set");
+}

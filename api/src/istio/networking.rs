@@ -96,7 +96,33 @@ pub struct HttpRoute {
     pub cors_policy: Option<FreeForm>,
     /// Header manipulation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<FreeForm>,
+    pub headers: Option<Headers>,
+}
+
+/// Istio's `Headers`: edits of the request before it is forwarded and of the response before
+/// it goes back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Headers {
+    /// Request edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderOperations>,
+    /// Response edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderOperations>,
+}
+
+/// Istio's `HeaderOperations`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HeaderOperations {
+    /// Overwrite (or add) these headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 /// Istio's StringMatch: exactly one of `exact`, `prefix`, `regex` (RE2).
@@ -194,9 +220,9 @@ pub struct HttpRouteDestination {
     /// Share in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
-    /// Header manipulation.
+    /// Header manipulation when this destination is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<FreeForm>,
+    pub headers: Option<Headers>,
 }
 
 /// HTTP redirect.

@@ -57,6 +57,72 @@ pub struct Route {
     /// Percentage of requests mirrored (0–100). Default 100 when `mirror` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<f64>,
+    /// Header edits (Istio's `headers`), applied after the chosen destination's own.
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub headers: HeaderRules,
+}
+
+/// Header edits of a route or destination: the request before it is forwarded, the response
+/// before it goes back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Request edits.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request: HeaderOps,
+    /// Response edits.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response: HeaderOps,
+}
+
+impl HeaderRules {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), InvalidConfig> {
+        self.request.validate(&format!("{at}.request"))?;
+        self.response.validate(&format!("{at}.response"))
+    }
+}
+
+/// Header edits, applied in Envoy's order: `remove`, then `set` (overwrite or add), then `add`
+/// (append). Names are lower-case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Overwrite (or add).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), InvalidConfig> {
+        let names = self.set.keys().chain(self.add.keys()).chain(&self.remove);
+        for name in names {
+            if http::HeaderName::from_lowercase(name.as_bytes()).is_err() {
+                return Err(invalid(format!("{at}[{name}]"), "not a lower-case HTTP header name"));
+            }
+        }
+        for (name, value) in self.set.iter().chain(&self.add) {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(invalid(format!("{at}[{name}]"), "not a valid header value"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Request match conditions; all set fields must hold.
@@ -132,6 +198,9 @@ pub struct WeightedDestination {
     /// Share in percent; default 100 (a single destination).
     #[serde(default = "hundred")]
     pub weight: u32,
+    /// Header edits when this destination is chosen.
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub headers: HeaderRules,
 }
 
 fn hundred() -> u32 {
@@ -305,6 +374,10 @@ impl Route {
             if total != 100 {
                 return Err(invalid(format!("{at}.route"), format!("weights sum to {total}, not 100")));
             }
+        }
+        self.headers.validate(&format!("{at}.headers"))?;
+        for (i, d) in self.route.iter().enumerate() {
+            d.headers.validate(&format!("{at}.route[{i}].headers"))?;
         }
         if let Some(m) = self.mirror.as_ref().filter(|m| !clusters.contains(m.as_str())) {
             return Err(invalid(format!("{at}.mirror"), format!("unknown cluster {m:?}")));

@@ -96,7 +96,11 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
                 .map(|port| Route {
                     name: "passthrough".into(),
                     matches: vec![RouteMatch { port: Some(port.number), ..Default::default() }],
-                    route: vec![WeightedDestination { cluster: proxy::PASSTHROUGH_CLUSTER.into(), weight: 100 }],
+                    route: vec![WeightedDestination {
+                        cluster: proxy::PASSTHROUGH_CLUSTER.into(),
+                        weight: 100,
+                        headers: Default::default(),
+                    }],
                     ..Default::default()
                 })
                 .collect();
@@ -114,6 +118,7 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
                     route: vec![WeightedDestination {
                         cluster: outbound_cluster(port.number, "", &svc.host),
                         weight: 100,
+                        headers: Default::default(),
                     }],
                     retries: Some(default_retries()),
                     ..Default::default()

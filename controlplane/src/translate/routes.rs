@@ -66,6 +66,7 @@ impl<'a> Routes<'a> {
                         1 => 100,
                         _ => d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
                     },
+                    headers: header_rules(d.headers.as_ref()),
                 })
                 .collect();
             let mirror = rule.mirror.as_ref().map(|m| self.clusters.destination(m, &vs_ns, port.number));
@@ -87,6 +88,7 @@ impl<'a> Routes<'a> {
                 fault: fault(rule),
                 mirror,
                 mirror_percentage,
+                headers: header_rules(rule.headers.as_ref()),
             });
         }
         routes
@@ -120,6 +122,29 @@ impl<'a> Routes<'a> {
             .collect();
         (!out.is_empty()).then_some(out)
     }
+}
+
+/// Istio's `headers` as the proxy applies them: names lower-case (as HTTP/2 carries them),
+/// `:authority` as `host`, Envoy's `%%` as the `%` it stands for (validation refused the rest
+/// of Envoy's `%` syntax).
+pub(super) fn header_rules(h: Option<&istio::Headers>) -> proxy::HeaderRules {
+    let name = |k: &str| match k.to_ascii_lowercase() {
+        a if a == ":authority" => "host".to_string(),
+        a => a,
+    };
+    let ops = |o: Option<&istio::HeaderOperations>| {
+        let lower = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| (name(k), v.replace("%%", "%"))).collect()
+        };
+        o.map(|o| proxy::HeaderOps {
+            set: lower(&o.set),
+            add: lower(&o.add),
+            remove: o.remove.iter().map(|k| name(k)).collect(),
+        })
+        .unwrap_or_default()
+    };
+    h.map(|h| proxy::HeaderRules { request: ops(h.request.as_ref()), response: ops(h.response.as_ref()) })
+        .unwrap_or_default()
 }
 
 /// Istio's default retry policy for routes that set none: 2 retries on connection failures,

@@ -295,6 +295,46 @@ spec:
 }
 
 #[test]
+fn header_edits_are_translated_as_istio_writes_them() {
+    // Istio's header-manipulation example shape: on the rule and on a destination.
+    let snap = bookinfo(&format!(
+        r#"{DESTINATION_RULES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - headers:
+      request:
+        set: {{X-Test: "100%%"}}
+        remove: [Cookie]
+      response:
+        add: {{x-served-by: mesh}}
+    route:
+    - destination: {{host: reviews, subset: v2}}
+      weight: 25
+      headers:
+        request: {{set: {{":authority": reviews-v2.internal}}}}
+        response: {{remove: [foo]}}
+    - destination: {{host: reviews, subset: v1}}
+      weight: 75
+"#
+    ));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let r = &vhost(&cfg, REVIEWS).routes[0];
+    // Names lower-case, Envoy's `%%` a literal `%`.
+    assert_eq!(r.headers.request.set, [("x-test".to_string(), "100%".to_string())].into());
+    assert_eq!(r.headers.request.remove, ["cookie"]);
+    assert_eq!(r.headers.response.add, [("x-served-by".to_string(), "mesh".to_string())].into());
+    // `:authority` is the Host the upstream sees.
+    assert_eq!(r.route[0].headers.request.set, [("host".to_string(), "reviews-v2.internal".to_string())].into());
+    assert_eq!(r.route[0].headers.response.remove, ["foo"]);
+    assert!(r.route[1].headers.is_empty());
+}
+
+#[test]
 fn source_labels_decide_per_client_whether_a_rule_applies() {
     let snap = bookinfo(&format!(
         "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{sourceLabels: {{app: productpage}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"

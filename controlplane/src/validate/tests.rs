@@ -50,6 +50,27 @@ fn virtual_service_errors_name_the_field() {
 }
 
 #[test]
+fn header_edits_are_checked_as_istio_checks_them() {
+    let ok = vs(
+        "hosts: [r]\nhttp:\n- headers: {request: {set: {x-a: b, ':authority': other, host: h}, add: {x-b: '50%%'}, remove: [x-c]}, response: {set: {x-d: e}}}\n  route: [{destination: {host: r}, headers: {request: {set: {x-e: f}}}}]\n",
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+    let errs = vs(
+        "hosts: [r]\nhttp:\n- headers: {request: {remove: [host], set: {':path': /x, 'bad name': v}}, response: {set: {host: h, x-v: '%HOSTNAME%'}}}\n  route: [{destination: {host: r}, headers: {response: {add: {x-ctl: \"a\\u0001b\"}}}}]\n",
+    );
+    for e in [
+        "spec.http[0].headers.request.remove[host]: invalid header \"host\": cannot set Host header",
+        "spec.http[0].headers.request.set[:path]: invalid header \":path\": header cannot have \":\" prefix",
+        "spec.http[0].headers.request.set[bad name]: not a valid header name",
+        "spec.http[0].headers.response.set[host]: invalid header \"host\": cannot set Host header",
+        "spec.http[0].headers.response.set[x-v]: Envoy's %VARIABLE% substitution in header values is not supported by Skein yet",
+        "spec.http[0].route[0].headers.response.add[x-ctl]: the value holds control characters",
+    ] {
+        assert!(has(&errs, e), "{e}: {errs:?}");
+    }
+}
+
+#[test]
 fn destination_rule_errors_name_the_field() {
     let dr = |y: &str| destination_rule(&serde_yaml::from_str(y).unwrap());
     assert!(

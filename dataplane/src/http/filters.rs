@@ -1,5 +1,5 @@
 //! Per-route filters before forwarding: fault injection (delay, then abort, as Envoy's fault
-//! filter), redirects and rewrites.
+//! filter), redirects, rewrites and header edits.
 
 use std::time::Instant;
 
@@ -7,9 +7,26 @@ use hyper::{
     StatusCode, Uri,
     header::{self, HeaderValue},
 };
-use skein_api::proxy::Route;
+use skein_api::proxy::{HeaderOps, Route};
 
 use super::{Outcome, ResponseFlag, full, headers::split_port};
+
+/// Applies header edits in Envoy's order: `remove`, then `set` (overwrite or add), then `add`
+/// (append). The config was validated, so every name and value parses.
+pub(super) fn edit_headers(headers: &mut hyper::HeaderMap, ops: &HeaderOps) {
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+    let parsed = |(n, v): (&String, &String)| {
+        Some((header::HeaderName::from_bytes(n.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+    };
+    for (name, value) in ops.set.iter().filter_map(parsed) {
+        headers.insert(name, value);
+    }
+    for (name, value) in ops.add.iter().filter_map(parsed) {
+        headers.append(name, value);
+    }
+}
 
 pub(super) fn hit(percentage: f64) -> bool {
     percentage >= 100.0 || fastrand::f64() * 100.0 < percentage
@@ -107,6 +124,25 @@ mod tests {
         assert_eq!(location(&r(None, None, Some(9443), Some("/b?y")), "shop", &uri, false), "http://shop:9443/b?y");
         assert_eq!(location(&r(Some("https"), None, Some(443), None), "shop", &uri, false), "https://shop/a?x=1");
         assert_eq!(location(&r(Some("http"), None, None, None), "[::1]:8443", &uri, true), "http://[::1]/a?x=1");
+    }
+
+    #[test]
+    fn header_edits_remove_then_set_then_add() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-old", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("a"));
+        h.insert("x-over", HeaderValue::from_static("before"));
+        let ops: HeaderOps = serde_yaml::from_str(
+            "{remove: [x-old, x-set-and-removed], set: {x-over: after, x-set-and-removed: kept}, add: {x-keep: b}}",
+        )
+        .unwrap();
+        edit_headers(&mut h, &ops);
+        assert!(h.get("x-old").is_none());
+        assert_eq!(h["x-over"], "after");
+        // Removal comes first: a header both removed and set ends up set.
+        assert_eq!(h["x-set-and-removed"], "kept");
+        let kept: Vec<_> = h.get_all("x-keep").iter().collect();
+        assert_eq!(kept, ["a", "b"], "add appends");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
-use skein_api::proxy::{RetryPolicy, Route};
+use skein_api::proxy::{RetryPolicy, Route, WeightedDestination};
 use tracing::debug;
 
 use super::{
@@ -272,7 +272,8 @@ fn retry_on_status(retry_on: &str, status: StatusCode) -> bool {
     })
 }
 
-pub(super) fn pick_destination(r: &Route, rt: &Runtime) -> Option<Arc<Upstream>> {
+/// The weighted choice among the route's destinations, and its cluster.
+pub(super) fn pick_destination<'r>(r: &'r Route, rt: &Runtime) -> Option<(&'r WeightedDestination, Arc<Upstream>)> {
     let total: u32 = r.route.iter().map(|d| d.weight).sum();
     let dest = if r.route.len() == 1 || total == 0 {
         r.route.first()?
@@ -287,7 +288,7 @@ pub(super) fn pick_destination(r: &Route, rt: &Runtime) -> Option<Arc<Upstream>>
             }
         })?
     };
-    rt.cluster(&dest.cluster).cloned()
+    Some((dest, rt.cluster(&dest.cluster).cloned()?))
 }
 
 #[cfg(test)]

@@ -454,16 +454,21 @@ impl Proxy {
             mirror::spawn(rt, r, &parts, &path_and_query, &authority, body.as_ref(), conn.peer, &self.metrics);
 
         // Forwarding: a weighted destination, circuit breaking, retries.
-        let Some(upstream) = pick_destination(r, rt) else {
+        let Some((dest, upstream)) = pick_destination(r, rt) else {
             return (Outcome::no_healthy_upstream(), attribution);
         };
         attribution.cluster = Some(upstream.name.to_string());
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
+        // Header edits: the destination's, then the route's (which wins, as in Envoy).
+        filters::edit_headers(&mut parts.headers, &dest.headers.request);
+        filters::edit_headers(&mut parts.headers, &r.headers.request);
         let replay = body.clone();
         let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer: conn.peer };
-        let outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline, conn.worker).await;
+        let mut outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline, conn.worker).await;
+        filters::edit_headers(outcome.response.headers_mut(), &dest.headers.response);
+        filters::edit_headers(outcome.response.headers_mut(), &r.headers.response);
         // Nothing will resend the body now, unless a mirror still waits for it: free the copy
         // (the rest of a long stream is not recorded).
         if let Some(replay) = replay.filter(|_| !mirrored) {

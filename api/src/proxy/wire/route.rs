@@ -114,7 +114,11 @@ fn route(at: &str, r: pb::Route) -> Result<Route, InvalidConfig> {
         route: r
             .route
             .into_iter()
-            .map(|d| WeightedDestination { cluster: d.cluster, weight: if d.weight == 0 { 100 } else { d.weight } })
+            .map(|d| WeightedDestination {
+                cluster: d.cluster,
+                weight: if d.weight == 0 { 100 } else { d.weight },
+                headers: header_rules(d.headers),
+            })
             .collect(),
         redirect,
         rewrite: r.rewrite.map(|w| Rewrite { uri: w.uri, authority: w.authority }),
@@ -123,7 +127,27 @@ fn route(at: &str, r: pb::Route) -> Result<Route, InvalidConfig> {
         fault,
         mirror: r.mirror,
         mirror_percentage: r.mirror_percentage,
+        headers: header_rules(r.headers),
     })
+}
+
+fn header_rules(h: Option<pb::HeaderRules>) -> HeaderRules {
+    let ops = |o: Option<pb::HeaderOps>| {
+        o.map(|o| HeaderOps { set: o.set.into_iter().collect(), add: o.add.into_iter().collect(), remove: o.remove })
+            .unwrap_or_default()
+    };
+    h.map(|h| HeaderRules { request: ops(h.request), response: ops(h.response) }).unwrap_or_default()
+}
+
+fn pb_header_rules(h: &HeaderRules) -> Option<pb::HeaderRules> {
+    let ops = |o: &HeaderOps| {
+        (!o.is_empty()).then(|| pb::HeaderOps {
+            set: o.set.clone().into_iter().collect(),
+            add: o.add.clone().into_iter().collect(),
+            remove: o.remove.clone(),
+        })
+    };
+    (!h.is_empty()).then(|| pb::HeaderRules { request: ops(&h.request), response: ops(&h.response) })
 }
 
 impl From<&VirtualHost> for pb::VirtualHost {
@@ -152,7 +176,11 @@ fn pb_route(r: &Route) -> pb::Route {
         route: r
             .route
             .iter()
-            .map(|d| pb::WeightedDestination { cluster: d.cluster.clone(), weight: d.weight })
+            .map(|d| pb::WeightedDestination {
+                cluster: d.cluster.clone(),
+                weight: d.weight,
+                headers: pb_header_rules(&d.headers),
+            })
             .collect(),
         redirect: r.redirect.as_ref().map(|d| pb::Redirect {
             uri: d.uri.clone(),
@@ -180,5 +208,6 @@ fn pb_route(r: &Route) -> pb::Route {
         }),
         mirror: r.mirror.clone(),
         mirror_percentage: r.mirror_percentage,
+        headers: pb_header_rules(&r.headers),
     }
 }
