@@ -16,7 +16,7 @@ use skein_api::istio::{
 
 use crate::{
     registry::resolve_host,
-    snapshot::{IstioResources, age_key, binds_to_mesh},
+    snapshot::{IstioResources, age_key, binds_to_mesh, wildcard_covers},
     validate::{self, Errors},
 };
 
@@ -266,7 +266,10 @@ fn cross_check_virtual_service(
         for (path, d) in dests {
             let Some(subset) = &d.subset else { continue };
             let host = resolve_host(&d.host, &ns, domain);
-            if !subsets.get(&host).is_some_and(|s| s.contains(subset)) {
+            // The host's own DestinationRule, or one whose wildcard host covers it.
+            let defines = |h: &str| subsets.get(h).is_some_and(|s| s.contains(subset));
+            let covered = subsets.keys().any(|k| wildcard_covers(k, &host) && defines(k));
+            if !defines(&host) && !covered {
                 errs.push(format!("{path}.subset: no DestinationRule for {host} defines subset {subset:?}"));
             }
         }

@@ -97,6 +97,11 @@ pub struct Snapshot {
     pub tls_secrets: BTreeMap<(String, String), Arc<TlsSecret>>,
     /// Each node's locality (its topology labels), by node name.
     pub node_localities: Arc<BTreeMap<String, Locality>>,
+    /// The wildcard hosts (`*.example.com`) of `mesh_virtual_services` and of
+    /// `destination_rules`, longest first: looked up after the exact host, so kept apart (a
+    /// mesh has few).
+    wildcard_vs_hosts: Vec<String>,
+    wildcard_dr_hosts: Vec<String>,
     /// Whether any DestinationRule has outlier detection, without which locality never
     /// orders endpoints: until one does, clients in every zone share their outbound config.
     pub locality_failover: bool,
@@ -194,6 +199,8 @@ impl Snapshot {
                 vs.spec.http.iter().flat_map(|r| r.matches.iter().flat_map(|m| m.source_labels.keys().cloned()))
             })
             .collect();
+        let (wildcard_vs_hosts, wildcard_dr_hosts) =
+            (wildcard_keys(mesh_virtual_services.keys()), wildcard_keys(destination_rules.keys()));
         let locality_failover = istio.destination_rules.iter().any(|dr| {
             let spec = &dr.spec;
             let policies =
@@ -227,6 +234,8 @@ impl Snapshot {
             tls_secrets: BTreeMap::new(),
             node_localities: Arc::default(),
             locality_failover,
+            wildcard_vs_hosts,
+            wildcard_dr_hosts,
         }
     }
 
@@ -287,24 +296,31 @@ impl Snapshot {
     /// The VirtualService routing `host` for a sidecar in `client_ns`: one in the client's
     /// namespace first, else the oldest visible one (Istio uses one per host).
     pub fn virtual_service_for(&self, host: &str, client_ns: &str) -> Option<&Arc<VirtualService>> {
-        let all = self.mesh_virtual_services.get(host)?;
         let visible = |vs: &&Arc<VirtualService>| {
             registry::exported_to(&vs.spec.export_to, &vs.namespace().unwrap_or_default(), client_ns)
         };
-        all.iter()
-            .filter(visible)
-            .find(|vs| vs.namespace().as_deref() == Some(client_ns))
-            .or_else(|| all.iter().find(visible))
+        // The exact host, else the most specific wildcard host (`*.example.com`) that covers it.
+        let candidates = std::iter::once(host).chain(wildcards_covering(&self.wildcard_vs_hosts, host));
+        candidates.filter_map(|h| self.mesh_virtual_services.get(h)).find_map(|all| {
+            all.iter()
+                .filter(visible)
+                .find(|vs| vs.namespace().as_deref() == Some(client_ns))
+                .or_else(|| all.iter().find(visible))
+        })
     }
 
     /// The DestinationRule for `host` as Istio looks it up: the client's namespace, then the
-    /// service's namespace, then the root namespace.
+    /// service's namespace, then the root namespace; in each, the rule for the exact host, else
+    /// the one whose wildcard host (`*.global`, `*.example.com`, `*`) covers it most
+    /// specifically.
     pub fn destination_rule_for(&self, host: &str, client_ns: &str, service_ns: &str) -> Option<&Arc<DestinationRule>> {
-        let all = self.destination_rules.get(host)?;
+        let hosts: Vec<&str> = std::iter::once(host).chain(wildcards_covering(&self.wildcard_dr_hosts, host)).collect();
         let in_ns = |ns: &str| {
-            all.iter().find(|dr| {
-                let dr_ns = dr.namespace().unwrap_or_default();
-                dr_ns == ns && registry::exported_to(&dr.spec.export_to, &dr_ns, client_ns)
+            hosts.iter().filter_map(|h| self.destination_rules.get(*h)).find_map(|all| {
+                all.iter().find(|dr| {
+                    let dr_ns = dr.namespace().unwrap_or_default();
+                    dr_ns == ns && registry::exported_to(&dr.spec.export_to, &dr_ns, client_ns)
+                })
             })
         };
         in_ns(client_ns).or_else(|| in_ns(service_ns)).or_else(|| in_ns(&self.mesh.root_namespace))
@@ -314,6 +330,27 @@ impl Snapshot {
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<Pod>> {
         self.pods.get(&(namespace.to_string(), name.to_string()))
     }
+}
+
+/// The wildcard keys (`*.example.com`, `*`), longest first.
+fn wildcard_keys<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut w: Vec<String> = keys.filter(|k| k.starts_with('*')).cloned().collect();
+    w.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    w
+}
+
+/// Those of `wildcards` (longest first) that cover `host`. A wildcard never covers the bare
+/// domain (`*.example.com` is not `example.com`), as in Istio.
+fn wildcards_covering<'a>(wildcards: &'a [String], host: &'a str) -> impl Iterator<Item = &'a str> {
+    wildcards.iter().map(String::as_str).filter(move |k| wildcard_covers(k, host))
+}
+
+/// Whether wildcard host `pattern` (`*.example.com`, `*`) covers `host` (not itself, nor the
+/// bare domain: `*.example.com` is not `example.com`), as Istio matches hosts.
+pub fn wildcard_covers(pattern: &str, host: &str) -> bool {
+    pattern != host
+        && (pattern == "*"
+            || pattern.strip_prefix('*').is_some_and(|suffix| suffix.starts_with('.') && host.ends_with(suffix)))
 }
 
 /// Whether `labels` carry every `selector` pair (an empty selector matches everything).

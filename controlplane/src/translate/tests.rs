@@ -335,6 +335,77 @@ spec:
 }
 
 #[test]
+fn wildcard_hosts_of_destination_rules_and_virtual_services_apply_most_specific_first() {
+    // Istio's multicluster (gateways) model: one `*.global` rule for every `.global` host; an
+    // exact host or a longer wildcard wins over it; a wildcard VirtualService routes every
+    // host it covers.
+    let docs = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: globals, namespace: default}
+spec:
+  hosts: [reviews.default.global, ratings.default.global, details.other.global]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 9080, protocol: HTTP}]
+  resolution: STATIC
+  addresses: [240.0.0.9]
+  endpoints: [{address: 192.0.2.9, ports: {http: 15443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: istio-multicluster-destinationrule, namespace: default}
+spec:
+  host: "*.global"
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: default-global, namespace: default}
+spec:
+  host: "*.default.global"
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, connectionPool: {tcp: {maxConnections: 7}}}
+  subsets: [{name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings-global, namespace: default}
+spec:
+  host: ratings.default.global
+  trafficPolicy: {tls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: globals, namespace: default}
+spec:
+  hosts: ["*.default.global"]
+  http:
+  - route: [{destination: {host: reviews.default.global, subset: v2}}]
+    timeout: 3s
+"#;
+    let snap = bookinfo(docs);
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let c = |n: &str| cluster(&cfg, n).clone();
+    // `*.global` alone: mesh mTLS for a host only it covers.
+    assert_eq!(c("outbound|9080||details.other.global").tls.map(|t| t.mode), Some(ClientTlsMode::IstioMutual));
+    assert!(c("outbound|9080||details.other.global").connection_pool.is_none());
+    // The longer wildcard wins over `*.global`.
+    let reviews = c("outbound|9080||reviews.default.global");
+    assert_eq!(reviews.connection_pool.and_then(|p| p.max_connections), Some(7));
+    // The exact host wins over both.
+    assert!(c("outbound|9080||ratings.default.global").tls.is_none(), "exact rule: DISABLE");
+    // The wildcard VirtualService routes each host it covers, and its subset (defined by the
+    // wildcard rule) is accepted and built.
+    for host in ["reviews.default.global", "ratings.default.global"] {
+        let r = &vhost(&cfg, host).routes[0];
+        assert_eq!(targets(r), vec![("outbound|9080|v2|reviews.default.global", 100)], "{host}");
+        assert_eq!(r.timeout, Some(std::time::Duration::from_secs(3)));
+    }
+    assert_eq!(vhost(&cfg, "details.other.global").routes[0].name, "default", "not covered");
+    let (_, verdicts) = crate::accept::LastGood::default().accept(&snap.istio, "cluster.local");
+    assert!(verdicts.iter().all(|v| v.accepted()), "{verdicts:?}");
+}
+
+#[test]
 fn source_labels_decide_per_client_whether_a_rule_applies() {
     let snap = bookinfo(&format!(
         "{DESTINATION_RULES}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{sourceLabels: {{app: productpage}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n"
