@@ -41,28 +41,7 @@ fn workloads() -> String {
 }
 
 /// The task's DestinationRule, as the task applies it (`kubectl apply -n sample`).
-const TASK_RULE: &str = r#"apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata:
-  name: helloworld
-spec:
-  host: helloworld.sample.svc.cluster.local
-  trafficPolicy:
-    connectionPool:
-      http:
-        maxRequestsPerConnection: 1
-    loadBalancer:
-      simple: ROUND_ROBIN
-      localityLbSetting:
-        enabled: true
-        failover:
-          - from: region1
-            to: region2
-    outlierDetection:
-      consecutive5xxErrors: 1
-      interval: 1s
-      baseEjectionTime: 1m
-"#;
+const TASK_RULE: &str = include_str!("../fixtures/istio-tasks/locality-failover-destinationrule.yaml");
 
 /// The version that answered `curl helloworld.sample:5000/hello` from sleep's network
 /// namespace (through its sidecar), or why nothing did.

@@ -39,31 +39,15 @@ fn task_workloads() -> String {
     s
 }
 
-/// The task's DestinationRule, every field as written there.
-const TASK_RULE: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata:
-  name: helloworld
-  namespace: sample
-spec:
-  host: helloworld.sample.svc.cluster.local
-  trafficPolicy:
-    connectionPool:
-      http:
-        maxRequestsPerConnection: 1
-    loadBalancer:
-      simple: ROUND_ROBIN
-      localityLbSetting:
-        enabled: true
-        failover:
-          - from: region1
-            to: region2
-    outlierDetection:
-      consecutive5xxErrors: 1
-      interval: 1s
-      baseEjectionTime: 1m
-"#;
+/// The task's DestinationRule, every field as written there (the file the e2e test applies
+/// with `kubectl apply -n sample`).
+const TASK_YAML: &str =
+    include_str!("../../../../tests/e2e/fixtures/istio-tasks/locality-failover-destinationrule.yaml");
+
+/// [`TASK_YAML`] in namespace `sample`, where the task applies it.
+fn task_rule() -> String {
+    TASK_YAML.replacen("  name: helloworld\n", "  name: helloworld\n  namespace: sample\n", 1)
+}
 
 const HELLOWORLD: &str = "outbound|5000||helloworld.sample.svc.cluster.local";
 
@@ -86,7 +70,7 @@ fn addrs(ips: &[&str]) -> Vec<SocketAddr> {
 
 #[test]
 fn the_locality_failover_task_orders_the_four_localities_as_istio_documents() {
-    let c = helloworld_for(MeshSettings::default(), TASK_RULE, "sleep-1");
+    let c = helloworld_for(MeshSettings::default(), &task_rule(), "sleep-1");
     // Istio's table: 0 region1.zone1, 2 region1.zone2, 3 region2.zone3 (the failover target),
     // 4 region3.zone4.
     assert_eq!(
@@ -98,7 +82,7 @@ fn the_locality_failover_task_orders_the_four_localities_as_istio_documents() {
 
 #[test]
 fn without_a_failover_entry_every_other_region_shares_one_level() {
-    let rule = TASK_RULE.replace("        failover:\n          - from: region1\n            to: region2\n", "");
+    let rule = task_rule().replace("        failover:\n          - from: region1\n            to: region2\n", "");
     let c = helloworld_for(MeshSettings::default(), &rule, "sleep-1");
     assert_eq!(levels(&c), vec![addrs(&["10.1.0.1"]), addrs(&["10.1.0.2"]), addrs(&["10.1.0.3", "10.1.0.4"])]);
 }
@@ -106,7 +90,7 @@ fn without_a_failover_entry_every_other_region_shares_one_level() {
 #[test]
 fn locality_failover_is_on_by_default_and_needs_outlier_detection() {
     // No localityLbSetting at all: the mesh default (enabled) applies, as in Istio.
-    let rule = TASK_RULE.replace(
+    let rule = task_rule().replace(
         "      localityLbSetting:\n        enabled: true\n        failover:\n          - from: region1\n            to: region2\n",
         "",
     );
@@ -120,7 +104,7 @@ fn locality_failover_is_on_by_default_and_needs_outlier_detection() {
     let c = helloworld_for(MeshSettings::default(), &no_od, "sleep-1");
     assert_eq!(levels(&c), vec![addrs(&["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"])]);
     // Disabled in the rule, or mesh-wide.
-    let off = TASK_RULE.replace("enabled: true", "enabled: false");
+    let off = task_rule().replace("enabled: true", "enabled: false");
     assert_eq!(levels(&helloworld_for(MeshSettings::default(), &off, "sleep-1")).len(), 1);
     let mesh_off = MeshSettings::from_yaml("localityLbSetting: {enabled: false}").unwrap();
     assert_eq!(levels(&helloworld_for(mesh_off, &rule, "sleep-1")).len(), 1);
@@ -131,17 +115,17 @@ fn each_client_gets_its_own_order() {
     // A client on region3/zone4's node: its own locality first, then every other region (the
     // failover entry is for region1's clients only).
     let client = "apiVersion: v1\nkind: Pod\nmetadata: {name: far-1, namespace: sample, labels: {app: sleep}}\nspec: {serviceAccountName: sleep, nodeName: node-region3-zone4, containers: [{name: sleep, image: x}]}\nstatus: {podIP: 10.1.0.10}\n";
-    let c = helloworld_for(MeshSettings::default(), &format!("{TASK_RULE}\n---\n{client}"), "far-1");
+    let c = helloworld_for(MeshSettings::default(), &format!("{}\n---\n{client}", task_rule()), "far-1");
     assert_eq!(levels(&c), vec![addrs(&["10.1.0.4"]), addrs(&["10.1.0.1", "10.1.0.2", "10.1.0.3"])]);
     // The `istio-locality` label overrides the node's.
     let labelled = client.replace("labels: {app: sleep}", "labels: {app: sleep, istio-locality: region2.zone3}");
-    let c = helloworld_for(MeshSettings::default(), &format!("{TASK_RULE}\n---\n{labelled}"), "far-1");
+    let c = helloworld_for(MeshSettings::default(), &format!("{}\n---\n{labelled}", task_rule()), "far-1");
     assert_eq!(c.endpoints, addrs(&["10.1.0.3"]));
 }
 
 #[test]
 fn failover_priority_ranks_endpoints_by_the_clients_labels() {
-    let rule = TASK_RULE.replace(
+    let rule = task_rule().replace(
         "        enabled: true\n        failover:\n          - from: region1\n            to: region2\n",
         "        failoverPriority: [version]\n",
     );
@@ -185,7 +169,7 @@ spec:
 
 #[test]
 fn a_node_relabelled_into_another_zone_is_not_an_endpoint_only_change() {
-    let docs = format!("{}\n---\n{TASK_RULE}", task_workloads());
+    let docs = format!("{}\n---\n{}", task_workloads(), task_rule());
     let a = snapshot(MeshSettings::default(), &docs);
     let b = snapshot(
         MeshSettings::default(),
