@@ -148,12 +148,18 @@ pub fn age_key<K: kube::Resource>(o: &K) -> (Option<jiff::Timestamp>, String, St
     )
 }
 
+/// A DestinationRule's traffic policies: the top level's and each subset's.
+fn traffic_policies(
+    spec: &skein_api::istio::networking::DestinationRuleSpec,
+) -> impl Iterator<Item = &skein_api::istio::networking::TrafficPolicy> {
+    spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
+}
+
 /// Every `localityLbSetting` of a DestinationRule (top level, port level, subsets).
 fn locality_settings(
     spec: &skein_api::istio::networking::DestinationRuleSpec,
 ) -> impl Iterator<Item = &skein_api::istio::networking::LocalityLbSetting> {
-    let policies = spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
-    policies.flat_map(|p| {
+    traffic_policies(spec).flat_map(|p| {
         p.load_balancer
             .iter()
             .chain(p.port_level_settings.iter().filter_map(|pl| pl.load_balancer.as_ref()))
@@ -201,16 +207,8 @@ impl Snapshot {
             .collect();
         let (wildcard_vs_hosts, wildcard_dr_hosts) =
             (wildcard_keys(mesh_virtual_services.keys()), wildcard_keys(destination_rules.keys()));
-        let locality_failover = istio.destination_rules.iter().any(|dr| {
-            let spec = &dr.spec;
-            let policies =
-                spec.traffic_policy.iter().chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
-            policies
-                .flat_map(|p| {
-                    std::iter::once(p.outlier_detection.is_some())
-                        .chain(p.port_level_settings.iter().map(|pl| pl.outlier_detection.is_some()))
-                })
-                .any(|od| od)
+        let locality_failover = istio.destination_rules.iter().flat_map(|dr| traffic_policies(&dr.spec)).any(|p| {
+            p.outlier_detection.is_some() || p.port_level_settings.iter().any(|pl| pl.outlier_detection.is_some())
         });
         // `failoverPriority` compares the client's labels with the endpoints'.
         let settings = istio
@@ -237,6 +235,14 @@ impl Snapshot {
             wildcard_vs_hosts,
             wildcard_dr_hosts,
         }
+    }
+
+    /// Where `pod` runs: its `istio-locality` label, else its node's locality, else unknown
+    /// (an endpoint's is the same rule, see [`Snapshot::endpoint_locality`]).
+    pub fn pod_locality(&self, pod: &Pod) -> Locality {
+        let label = pod.labels().get(crate::locality::POD_LOCALITY_LABEL).map(|l| Locality::from_pod_label(l));
+        let node = || self.node_localities.get(pod.spec.as_ref()?.node_name.as_ref()?).cloned();
+        label.or_else(node).unwrap_or_default()
     }
 
     /// Where `ep` runs: its own locality, else its node's, else unknown.

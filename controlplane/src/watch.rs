@@ -3,7 +3,7 @@
 //! validation verdicts (status condition `Accepted` and a Warning Event on rejection).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
     net::IpAddr,
     sync::{Arc, Mutex},
@@ -151,6 +151,61 @@ pub struct Stores {
     envoy_filters: Store<EnvoyFilter>,
     /// Nodes, metadata only: their topology labels are the localities of their pods.
     nodes: Store<PartialObjectMeta<Node>>,
+    /// Each node's locality, kept up to date by the Node watch.
+    node_localities: Localities,
+}
+
+/// Each node's locality by node name, shared with the Node watch, which replaces it on change.
+type Localities = Arc<Mutex<Arc<BTreeMap<String, Locality>>>>;
+
+/// Watches Nodes' metadata and keeps `localities`; a snapshot starts only when a node's
+/// locality changes or a node goes. Every status update of a Node also changes its metadata
+/// (its resourceVersion), so a large cluster sends Node events all the time; they change
+/// nothing here and must not rebuild the mesh's config.
+fn watch_localities(client: &Client, changes: Arc<Changes>, localities: Localities) -> Store<PartialObjectMeta<Node>> {
+    let (reader, writer) = reflector::store();
+    let api = Api::<PartialObjectMeta<Node>>::all(client.clone());
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip_meta).reflect(writer);
+    let store = reader.clone();
+    let of = |n: &PartialObjectMeta<Node>| {
+        Locality::from_node_labels(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+    };
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let changed = {
+                let mut map = localities.lock().unwrap_or_else(|e| e.into_inner());
+                match ev {
+                    Ok(watcher::Event::Apply(n)) => {
+                        let loc = of(&n);
+                        let changed = map.get(&n.name_any()) != Some(&loc);
+                        if changed {
+                            Arc::make_mut(&mut map).insert(n.name_any(), loc);
+                        }
+                        changed
+                    }
+                    Ok(watcher::Event::Delete(n)) => Arc::make_mut(&mut map).remove(&n.name_any()).is_some(),
+                    // A (re)list is complete: the store holds every node, gone ones dropped.
+                    Ok(watcher::Event::InitDone) => {
+                        let fresh: BTreeMap<String, Locality> =
+                            store.state().iter().map(|n| (n.name_any(), of(n))).collect();
+                        let changed = **map != fresh;
+                        *map = Arc::new(fresh);
+                        changed
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+                    Err(e) => {
+                        warn!(kind = "Node", error = %e, "watch failed; retrying with backoff");
+                        false
+                    }
+                }
+            };
+            if changed {
+                changes.touch(|_| {});
+            }
+        }
+    });
+    reader
 }
 
 fn reflect<K>(api: Api<K>, changes: Arc<Changes>, strip: fn(&mut K), touched: Option<TouchedSet>) -> Store<K>
@@ -237,6 +292,7 @@ impl Stores {
     /// plane reads Secrets nowhere else; gateways run there).
     pub fn start(client: &Client, changes: &Arc<Changes>, namespace: &str) -> Self {
         let c = || changes.clone();
+        let localities = Localities::default();
         let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
         Self {
             tls_secrets: reflect_with(Api::namespaced(client.clone(), namespace), tls_only, c(), strip_secret, None),
@@ -254,7 +310,8 @@ impl Stores {
             envoy_filters: reflect(Api::all(client.clone()), c(), strip_meta, None),
             // Metadata only: labels are all that is read; a full Node carries its images and
             // status, many times larger.
-            nodes: reflect(Api::<PartialObjectMeta<Node>>::all(client.clone()), c(), strip_meta, None),
+            nodes: watch_localities(client, c(), localities.clone()),
+            node_localities: localities,
         }
     }
 
@@ -306,15 +363,9 @@ impl Stores {
         }
     }
 
-    /// Each node's locality, from its topology labels.
-    fn node_localities(&self) -> std::collections::BTreeMap<String, Locality> {
-        self.nodes
-            .state()
-            .iter()
-            .map(|n| {
-                (n.name_any(), Locality::from_node_labels(n.metadata.labels.as_ref().unwrap_or(&Default::default())))
-            })
-            .collect()
+    /// Each node's locality, as the Node watch last saw them (shared, not copied).
+    fn node_localities(&self) -> Arc<BTreeMap<String, Locality>> {
+        self.node_localities.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn current(&self) -> Current {
@@ -384,7 +435,7 @@ pub async fn run(
         let registered = start.elapsed();
         let mut snap = Snapshot::new(mesh.clone(), registry, istio, registry_cache.pods());
         snap.tls_secrets = stores.tls_secrets.state().iter().filter_map(|s| TlsSecret::from_secret(s)).collect();
-        snap.node_localities = Arc::new(stores.node_localities());
+        snap.node_localities = stores.node_localities();
         generation += 1;
         snap.generation = generation;
         snap.changed_at = changed_at;

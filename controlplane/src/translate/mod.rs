@@ -20,10 +20,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost};
 
-use crate::{
-    locality::{Locality, POD_LOCALITY_LABEL},
-    snapshot::Snapshot,
-};
+use crate::{locality::Locality, snapshot::Snapshot};
 
 pub use outbound::{Outbound, rebuild as patch_outbound};
 
@@ -127,17 +124,7 @@ impl Workload {
                     .unwrap_or_else(|| "default".into()),
                 router,
                 authenticated: false,
-                locality: pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(POD_LOCALITY_LABEL))
-                    .map(|l| Locality::from_pod_label(l))
-                    .or_else(|| {
-                        let node = pod.spec.as_ref()?.node_name.as_ref()?;
-                        snap.node_localities.get(node).cloned()
-                    })
-                    .unwrap_or_default(),
+                locality: snap.pod_locality(pod),
             },
             None => Self {
                 namespace: node.namespace.clone(),

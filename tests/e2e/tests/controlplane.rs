@@ -451,6 +451,35 @@ async fn istio_changes_reach_a_connected_proxy_within_a_second_and_invalid_ones_
     })
     .await;
 
+    // Header edits (on the rule and on its destination) and a DestinationRule with a wildcard
+    // host, applied with kubectl, are accepted by the apiserver's schema and the control plane
+    // and reach a proxy's config; the exact host's own rule still wins over the wildcard.
+    let vs = reviews_vs("[{destination: {host: reviews, subset: v1}, headers: {request: {remove: [cookie]}}}]");
+    cluster.apply(&format!(
+        "{vs}    headers: {{request: {{set: {{X-Mesh: skein}}}}, response: {{add: {{x-served-by: mesh}}}}}}\n"
+    ));
+    cluster.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: default-wildcard, namespace: default}\nspec: {host: '*.default.svc.cluster.local', trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}}\n");
+    let mut p3 = TestProxy::connect(&ch, &node, "").await;
+    let other = "outbound|80||other.default.svc.cluster.local";
+    let (cfg, _) = p3
+        .until("header edits and the wildcard rule", Duration::from_secs(10), |c| {
+            let edited =
+                c.virtual_hosts.iter().find(|v| v.name == REVIEWS).is_some_and(|v| {
+                    v.routes[0].headers.request.set.get("x-mesh").map(String::as_str) == Some("skein")
+                });
+            let pooled = c
+                .clusters
+                .iter()
+                .any(|c| c.name == other && c.connection_pool.as_ref().and_then(|p| p.max_connections) == Some(7));
+            edited && pooled
+        })
+        .await;
+    let route = &cfg.virtual_hosts.iter().find(|v| v.name == REVIEWS).unwrap().routes[0];
+    assert_eq!(route.headers.response.add.get("x-served-by").map(String::as_str), Some("mesh"));
+    assert_eq!(route.route[0].headers.request.remove, ["cookie"]);
+    let reviews = cfg.clusters.iter().find(|c| c.name == v1).unwrap();
+    assert!(reviews.connection_pool.is_none(), "reviews' own rule wins over the wildcard: {reviews:?}");
+
     // Incremental updates: an endpoint change reaches a proxy as a delta of the changed
     // clusters only, against the version it acknowledged.
     let ip = pod_ip(&cluster, "reviews-v1").await;
