@@ -9,7 +9,7 @@
 pub mod peer;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -32,7 +32,7 @@ use kube::{
 use serde_json::json;
 use skein_api::{MeshControlPlane, RemoteClusterStatus};
 use tokio::{sync::Notify, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::peer::{PeerState, Sync};
 use crate::{
@@ -100,6 +100,14 @@ impl Drop for PeerHandle {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What a host's objects were last found equal to.
+struct InSync {
+    host: GlobalHost,
+    vip: std::net::Ipv4Addr,
+    /// resourceVersions of its ServiceEntry and DestinationRule then.
+    versions: [Option<String>; 2],
 }
 
 /// A cluster key of a remote Secret that cannot be used.
@@ -188,8 +196,15 @@ struct Federation {
     local: LocalStores,
     notify: Arc<Notify>,
     peers: BTreeMap<String, PeerHandle>,
-    /// The persisted VIP table, once read.
+    /// Hosts whose objects were last found equal to what they should be, with what they were
+    /// made from and the versions seen, for the target (namespace/mesh/uid) in the key: a
+    /// pass compares (serializes) only hosts whose inputs or objects changed since, not every
+    /// imported host.
+    in_sync: (String, HashMap<String, InSync>),
+    /// The VIP table, once read.
     vips: Option<VipTable>,
+    /// The quarantine as last persisted (`None`: not known to be persisted as it is).
+    quarantine: Option<BTreeMap<std::net::Ipv4Addr, crate::federation::vip::Released>>,
     /// The peers' roots as last written to `skein-federated-roots`, once read.
     roots: Option<BTreeMap<String, String>>,
     /// This cluster read as its peers read it (what it exports), once started.
@@ -221,7 +236,9 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::futu
         local,
         notify,
         peers: BTreeMap::new(),
+        in_sync: Default::default(),
         vips: None,
+        quarantine: None,
         roots: None,
         local_view: None,
         health,
@@ -269,6 +286,7 @@ impl Federation {
             return Ok(());
         };
         let namespace = mcp.spec.namespace.clone();
+        let started = Instant::now();
         let refused = self.sync_peers(&mcp, &namespace).await;
 
         // What the peers export, from their last complete views, without the gateways whose
@@ -287,6 +305,7 @@ impl Federation {
         }
         let suffix = mcp.spec.multi_cluster.as_ref().and_then(|m| m.global_domain_suffix.clone());
         let plan = generate::plan(&views, suffix.as_deref().unwrap_or(DEFAULT_SUFFIX));
+        let planned = started.elapsed();
 
         // A user's own ServiceEntry for a host, or an object of ours' name not made by us, is
         // left alone and reported.
@@ -299,7 +318,9 @@ impl Federation {
             self.peers.iter().filter(|(_, p)| p.state.borrow().view.is_none()).map(|(c, _)| c.as_str()).collect();
         let frozen = self.frozen(&namespace, &mcp.name_any(), &unknown);
         let keep: BTreeSet<String> = hosts.union(&frozen).cloned().collect();
+        let checked = started.elapsed();
         let vips = self.vips(&namespace, &mcp, &keep).await?;
+        let vips_done = started.elapsed();
 
         let target = Target {
             namespace: namespace.clone(),
@@ -307,28 +328,55 @@ impl Federation {
             owner: serde_json::to_value(mcp.controller_owner_ref(&())).unwrap_or_default(),
         };
         let mut writes: Vec<Desired> = Vec::new();
+        let (se, dr) = (service_entries(), destination_rules());
+        let made_for = format!("{namespace}/{}/{}", target.mesh, mcp.uid().unwrap_or_default());
+        if self.in_sync.0 != made_for {
+            self.in_sync = (made_for, HashMap::new());
+        }
+        self.in_sync.1.retain(|host, _| hosts.contains(host) && !frozen.contains(host));
         for host in hosts.difference(&frozen) {
             let (Some(h), Some(vip)) = (plan.get(host), vips.assigned.get(host)) else {
                 continue;
             };
-            for (resource, store, body) in [
-                (service_entries(), &self.local.service_entries, generate::service_entry(h, *vip, &target)),
-                (destination_rules(), &self.local.destination_rules, generate::destination_rule(h, &target)),
-            ] {
-                if needs_write(store, &resource, &namespace, host, &body) {
+            let live = [
+                live(&self.local.service_entries, &se, &namespace, host),
+                live(&self.local.destination_rules, &dr, &namespace, host),
+            ];
+            let versions = live.clone().map(|o| o.and_then(|o| o.resource_version()));
+            if self.in_sync.1.get(host).is_some_and(|m| m.host == *h && m.vip == *vip && m.versions == versions) {
+                continue;
+            }
+            let mut equal = true;
+            for ((resource, body), live) in [
+                (se.clone(), generate::service_entry(h, *vip, &target)),
+                (dr.clone(), generate::destination_rule(h, &target)),
+            ]
+            .into_iter()
+            .zip(live)
+            {
+                if needs_write(live.as_deref(), &body) {
+                    equal = false;
                     writes.push(Desired { resource, namespaced: true, name: host.clone(), body });
                 }
+            }
+            if equal {
+                self.in_sync.1.insert(host.clone(), InSync { host: h.clone(), vip: *vip, versions });
+            } else {
+                self.in_sync.1.remove(host);
             }
         }
         // Independent objects: written WRITE_CONCURRENCY at a time (a cold start imports
         // thousands), each in one request: `needs_write` compared them with the watched copies.
         let written = writes.len();
+        let compared = started.elapsed();
         let applier = Applier::new(self.ctx.client.clone());
         futures::stream::iter(writes.iter().map(|d| applier.apply(d, &namespace)))
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
+        let applied = started.elapsed();
         let deleted = self.prune(&namespace, &mcp.name_any(), &keep).await?;
+        debug!(?planned, ?checked, ?vips_done, ?compared, ?applied, pruned = ?started.elapsed(), written, "federation pass timing");
         self.federate_roots(&namespace, &mcp).await?;
         self.east_west(&namespace, &mcp, &target).await?;
         if written > 0 || deleted > 0 {
@@ -455,7 +503,9 @@ impl Federation {
             .collect()
     }
 
-    /// The VIP table holding exactly `hosts`, persisted before any ServiceEntry uses it.
+    /// The VIP table holding exactly `hosts`. A new assignment is recorded by the ServiceEntry
+    /// that uses it; a release is persisted (the quarantine ConfigMap) before the pass deletes
+    /// the released host's objects.
     async fn vips(
         &mut self,
         namespace: &str,
@@ -463,27 +513,33 @@ impl Federation {
         hosts: &BTreeSet<String>,
     ) -> Result<VipTable, ApplyError> {
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let what = || format!("ConfigMap/{VIP_CONFIGMAP}");
         let mut table = match self.vips.take() {
             Some(t) => t,
             None => {
-                let cm = api
-                    .get_opt(VIP_CONFIGMAP)
-                    .await
-                    .map_err(ApplyError::during("get", format!("ConfigMap/{VIP_CONFIGMAP}")))?;
+                let cm = api.get_opt(VIP_CONFIGMAP).await.map_err(ApplyError::during("get", what()))?;
                 let text = cm.and_then(|c| c.data?.get("vips.json").cloned());
-                match text.map(|t| serde_json::from_str::<VipTable>(&t)) {
-                    Some(Ok(t)) => t,
+                let mut table = match text.map(|t| serde_json::from_str::<VipTable>(&t)) {
+                    Some(Ok(t)) => {
+                        // A table of an earlier version holds every assignment: rewritten once
+                        // as the quarantine alone.
+                        self.quarantine = t.assigned.is_empty().then(|| t.released.clone());
+                        t
+                    }
                     Some(Err(e)) => {
-                        // Starting over is safe (addresses are derived from names, so most come
-                        // back the same); losing the quarantine is the cost, so say so.
-                        warn!(error = %e, "virtual IP table unreadable; rebuilding it");
+                        // Starting over is safe (assignments come back from the objects);
+                        // losing the quarantine is the cost, so say so.
+                        warn!(error = %e, "virtual IP quarantine unreadable; starting it over");
                         VipTable::default()
                     }
                     None => VipTable::default(),
-                }
+                };
+                table.recover(self.recorded_vips(namespace, &mcp.name_any()));
+                table
             }
         };
-        if table.assign(hosts, jiff::Timestamp::now().as_second()) {
+        table.assign(hosts, jiff::Timestamp::now().as_second());
+        if self.quarantine.as_ref() != Some(&table.released) {
             let body = json!({
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
@@ -493,15 +549,28 @@ impl Federation {
                     "labels": {"app.kubernetes.io/managed-by": crate::render::MANAGED_BY, GENERATED_LABEL: mcp.name_any()},
                     "ownerReferences": [mcp.controller_owner_ref(&())],
                 },
-                "data": {"vips.json": serde_json::to_string(&table).unwrap_or_default()},
+                "data": {"vips.json": serde_json::to_string(&table.quarantine()).unwrap_or_default()},
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
             api.patch(VIP_CONFIGMAP, &params, &Patch::Apply(&body))
                 .await
-                .map_err(ApplyError::during("apply", format!("ConfigMap/{VIP_CONFIGMAP}")))?;
+                .map_err(ApplyError::during("apply", what()))?;
+            self.quarantine = Some(table.released.clone());
         }
         self.vips = Some(table.clone());
         Ok(table)
+    }
+
+    /// (host, address) of every generated ServiceEntry: the assignments they record.
+    fn recorded_vips(&self, namespace: &str, mesh: &str) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.local
+            .service_entries
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .filter(|o| o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh))
+            .filter_map(|o| Some((o.name_any(), o.data["spec"]["addresses"][0].as_str()?.parse().ok()?)))
+            .collect()
     }
 
     /// Opens this cluster's east-west gateway to what it exports (a generated Gateway), when the
@@ -695,9 +764,6 @@ impl Federation {
     }
 }
 
-/// Whether `body` must be applied as `name`: the watched copy in `store` does not already hold
-/// it. A pass over thousands of converged hosts so makes no apiserver call at all (a copy the
-/// watch has not caught up with costs one redundant apply, which compares before writing).
 /// How often each peer gateway's readiness is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Time one probe may take (connect, request, status line).
@@ -767,15 +833,21 @@ async fn probe(gateway: &str) -> bool {
     ready_response(&head[..n])
 }
 
-fn needs_write(
+/// The watched copy of generated object `name`.
+fn live(
     store: &Store<DynamicObject>,
     resource: &ApiResource,
     namespace: &str,
     name: &str,
-    body: &serde_json::Value,
-) -> bool {
-    let key = reflector::ObjectRef::new_with(name, resource.clone()).within(namespace);
-    let live = store.get(&key).and_then(|o| serde_json::to_value(o.as_ref()).ok());
+) -> Option<Arc<DynamicObject>> {
+    store.get(&reflector::ObjectRef::new_with(name, resource.clone()).within(namespace))
+}
+
+/// Whether `body` must be applied: the watched copy `live` does not already hold it. A pass
+/// over thousands of converged hosts so makes no apiserver call at all (a copy the watch has
+/// not caught up with costs one redundant apply, which compares before writing).
+fn needs_write(live: Option<&DynamicObject>, body: &serde_json::Value) -> bool {
+    let live = live.and_then(|o| serde_json::to_value(o).ok());
     !live.is_some_and(|live| crate::kube::apply::is_subset(body, &live))
 }
 

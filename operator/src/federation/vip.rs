@@ -4,10 +4,14 @@
 //! - Derived from the host name (FNV-1a), so every cluster gives a host the same address in
 //!   the common case; a collision moves to the next free address, hosts taken in name order,
 //!   so the outcome is deterministic.
-//! - Stable: the table is persisted (a ConfigMap), and a host keeps its address for as long as
-//!   it is imported, across operator restarts, peer reconnects and re-lists.
-//! - A released address is quarantined for [`QUARANTINE`] (much longer than any DNS TTL the
-//!   sidecars use): only the same host may take it back in that time.
+//! - Stable: a host keeps its address for as long as it is imported, across operator restarts,
+//!   peer reconnects and re-lists. The generated ServiceEntry is the record of an assignment
+//!   (its `spec.addresses`, read back at start with [`VipTable::recover`]); only the
+//!   quarantine is persisted apart (a ConfigMap). Keeping every assignment in one ConfigMap
+//!   would rewrite ~45 bytes per imported host on every new host, and stop at ConfigMaps'
+//!   1 MiB limit (about 23 000 hosts).
+//! - A released address is quarantined for [`QUARANTINE_SECONDS`] (much longer than any DNS
+//!   TTL the sidecars use): only the same host may take it back in that time.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,11 +35,12 @@ pub struct Released {
     pub at: i64,
 }
 
-/// The persisted table.
+/// The table. Persisted as its quarantine ([`VipTable::quarantine`]); tables written by
+/// earlier versions, with every assignment, are still read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipTable {
     /// Address of every imported host.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub assigned: BTreeMap<String, Ipv4Addr>,
     /// Addresses in quarantine.
     #[serde(default)]
@@ -56,6 +61,29 @@ fn next(ip: Ipv4Addr) -> Ipv4Addr {
 }
 
 impl VipTable {
+    /// Takes the assignments recorded by generated ServiceEntries (host, address), over what
+    /// the table held. Addresses outside 240.0.0.0/4, and an address a host earlier in name
+    /// order already recorded (a hand-edited copy), are not taken: those hosts get a fresh
+    /// assignment from [`VipTable::assign`], and the edit is reverted.
+    pub fn recover(&mut self, recorded: impl IntoIterator<Item = (String, Ipv4Addr)>) {
+        let mut recorded: Vec<(String, Ipv4Addr)> = recorded.into_iter().collect();
+        recorded.sort();
+        let mut owners: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        for (host, ip) in recorded {
+            if u32::from(ip) & 0xF000_0000 == BASE {
+                owners.entry(ip).or_insert(host);
+            }
+        }
+        // An older table's entry gives way to a recorded owner of its address.
+        self.assigned.retain(|host, ip| owners.get(ip).is_none_or(|owner| owner == host));
+        self.assigned.extend(owners.into_iter().map(|(ip, host)| (host, ip)));
+    }
+
+    /// What is persisted: the quarantine alone.
+    pub fn quarantine(&self) -> VipTable {
+        VipTable { assigned: BTreeMap::new(), released: self.released.clone() }
+    }
+
     /// Makes the table hold exactly `hosts` at `now` (Unix seconds): hosts no longer wanted are
     /// released, expired quarantines dropped, new hosts given addresses. Returns whether
     /// anything changed (whether to persist).
@@ -84,10 +112,12 @@ impl VipTable {
                     ip
                 }
             };
-            self.released.remove(&ip);
             in_use.insert(ip);
             self.assigned.insert(host.clone(), ip);
         }
+        // An address in use is in no quarantine (a release that was persisted just before a
+        // restart, for a host that came back).
+        self.released.retain(|ip, _| !in_use.contains(ip));
         *self != before
     }
 }
@@ -157,5 +187,46 @@ mod tests {
         t.assign(&hosts(&["a"]), 1);
         let back: VipTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn assignments_come_back_from_the_service_entries_and_only_the_quarantine_is_persisted() {
+        let mut t = VipTable::default();
+        t.assign(&hosts(&["a", "b", "c"]), 0);
+        assert!(t.assign(&hosts(&["a", "b"]), 5), "c released");
+        let text = serde_json::to_string(&t.quarantine()).unwrap();
+        assert!(!text.contains("assigned") && text.contains("\"c\""), "{text}");
+        // A restart: the quarantine from the ConfigMap, the assignments from the objects.
+        let mut back: VipTable = serde_json::from_str(&text).unwrap();
+        back.recover(t.assigned.iter().map(|(h, ip)| (h.clone(), *ip)));
+        assert_eq!(back, t);
+        assert!(!back.assign(&hosts(&["a", "b"]), 6), "a restart changes nothing");
+        // The release of c was persisted, its ServiceEntry not yet deleted, and c is wanted
+        // again after the restart: it keeps its address, which leaves the quarantine.
+        let c_ip = t.released.keys().next().copied().unwrap();
+        let mut back: VipTable = serde_json::from_str(&text).unwrap();
+        back.recover(t.assigned.iter().map(|(h, ip)| (h.clone(), *ip)).chain([("c".to_string(), c_ip)]));
+        back.assign(&hosts(&["a", "b", "c"]), 7);
+        assert_eq!(back.assigned["c"], c_ip);
+        assert!(back.released.is_empty(), "{:?}", back.released);
+    }
+
+    #[test]
+    fn a_recorded_address_outside_the_range_or_recorded_twice_is_reassigned() {
+        let mut t = VipTable::default();
+        let x = preferred("x");
+        t.recover([("a".into(), Ipv4Addr::new(10, 0, 0, 1)), ("b".into(), x), ("c".into(), x)]);
+        assert_eq!(t.assigned, BTreeMap::from([("b".to_string(), x)]), "the first in name order keeps it");
+        t.assign(&hosts(&["a", "b", "c"]), 0);
+        assert_eq!(t.assigned["a"], preferred("a"));
+        assert_eq!(t.assigned["c"], preferred("c"));
+        // A table written by an earlier version gives way to what the objects record.
+        let mut old = VipTable::default();
+        old.assigned.insert("d".into(), preferred("e"));
+        old.assigned.insert("f".into(), preferred("f"));
+        old.recover([("e".to_string(), preferred("e"))]);
+        assert_eq!(old.assigned.get("d"), None);
+        assert_eq!(old.assigned["e"], preferred("e"));
+        assert_eq!(old.assigned["f"], preferred("f"), "an entry no object contradicts stays");
     }
 }

@@ -268,7 +268,9 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
                     s.last_sync = Some(Timestamp::now());
                 }
                 s.sync = Sync::Synced;
+                let t = std::time::Instant::now();
                 s.view = Some(stores.view(&cluster));
+                tracing::debug!(cluster, took = ?t.elapsed(), "peer view");
                 s.root = stores.root();
             }
             changed = before != (s.sync.clone(), s.view.clone(), s.root.clone());
