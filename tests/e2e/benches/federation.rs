@@ -228,4 +228,9 @@ async fn main() {
         cpu_after - cpu_before
     );
     println!("steady state: {rewritten} of {} ServiceEntries rewritten in 10 s", before.len());
+    // The importer's log (its federation pass timings, at debug) outlives the clusters.
+    let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-federation-importer.log");
+    if std::fs::write(&kept, op1.log()).is_ok() {
+        println!("importing operator's log: {}", kept.display());
+    }
 }
