@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::{
@@ -30,7 +30,7 @@ use skein_api::{ExportRule, MeshControlPlane};
 use tokio::sync::{Notify, watch};
 
 use crate::federation::{
-    EAST_WEST_SELECTOR, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
+    EAST_WEST_SELECTOR, GENERATED_LABEL, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
     export::{self, ExportedService},
     generate::Peer,
 };
@@ -131,6 +131,18 @@ impl Tracker {
         Self { progress, listed_once: Default::default() }
     }
 
+    /// Takes one watch event; whether it may change what the peer publishes (a list in
+    /// progress does not).
+    fn apply(&mut self, (source, event): (Source, Result<bool, watcher::Error>)) -> bool {
+        match event {
+            Ok(true) => self.listed(source),
+            // Init/InitApply: the list is under way; keep what the source had.
+            Ok(false) => return false,
+            Err(e) => self.failed(source, classify(&e).map_err(|()| e.to_string())),
+        }
+        true
+    }
+
     /// `source` listed, or saw a change.
     fn listed(&mut self, source: Source) {
         self.progress.insert(source, Progress::Listed);
@@ -215,9 +227,13 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let dr = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule"));
     let w = reflector::store::Writer::new(dr.clone());
     let destination_rules = w.as_reader();
+    // The DestinationRules generated for `.global` hosts are no subsets of a local Service:
+    // left out, so that importing thousands of hosts into this cluster does not recompute what
+    // it exports once per written object.
+    let dr_cfg = cfg().labels(&format!("!{GENERATED_LABEL}"));
     let s3 = events(
         Source::DestinationRules,
-        reflector::reflector(w, watcher(Api::<DynamicObject>::all_with(client.clone(), &dr), cfg()).default_backoff()),
+        reflector::reflector(w, watcher(Api::<DynamicObject>::all_with(client.clone(), &dr), dr_cfg).default_backoff()),
     );
     let (meshes, w) = reflector::store::<MeshControlPlane>();
     let s4 = events(
@@ -235,6 +251,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let mut all = futures::stream::select_all([s1, s2, s3, s4, s5]);
     let mut tracker = Tracker::new();
     let mut probe = tokio::time::interval(PROBE);
+    let mut pace = Pace::default();
     loop {
         let event = tokio::select! {
             ev = all.next() => match ev {
@@ -243,11 +260,8 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             },
             _ = probe.tick() => None,
         };
-        match event {
-            Some((source, Ok(true))) => tracker.listed(source),
-            // Init/InitApply: the list is under way; keep what the source had.
-            Some((_, Ok(false))) => continue,
-            Some((source, Err(e))) => tracker.failed(source, classify(&e).map_err(|()| e.to_string())),
+        let relevant = match event {
+            Some(ev) => tracker.apply(ev),
             None => {
                 let resumable = tracker.resumable();
                 if resumable.is_empty() || client.apiserver_version().await.is_err() {
@@ -255,12 +269,30 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
                 }
                 // Reachable again: the watches resume on their own (or fail again, and say so).
                 tracker.resumed(&resumable);
+                true
+            }
+        };
+        if !relevant {
+            continue;
+        }
+        // A burst (a peer creating thousands of Services) makes one view per pace interval,
+        // not one per event: a view of a large peer costs milliseconds.
+        if let Some(wait) = pace.wait(std::time::Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        while let Some(ev) = all.next().now_or_never() {
+            match ev {
+                Some(ev) => {
+                    tracker.apply(ev);
+                }
+                None => break,
             }
         }
         let (failing, complete) = (tracker.failing(), tracker.complete());
         let mut changed = false;
         state.send_if_modified(|s| {
-            let before = (s.sync.clone(), s.view.clone(), s.root.clone());
+            let before = (s.sync.clone(), s.root.clone());
+            let mut view_changed = false;
             if let Some((reason, message)) = failing {
                 s.sync = Sync::Failed(reason, message);
             } else if complete {
@@ -269,16 +301,45 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
                 }
                 s.sync = Sync::Synced;
                 let t = std::time::Instant::now();
-                s.view = Some(stores.view(&cluster));
+                let view = stores.view(&cluster);
+                view_changed = s.view.as_ref() != Some(&view);
+                s.view = Some(view);
+                pace.record(std::time::Instant::now(), t.elapsed());
                 tracing::debug!(cluster, took = ?t.elapsed(), "peer view");
                 s.root = stores.root();
             }
-            changed = before != (s.sync.clone(), s.view.clone(), s.root.clone());
+            changed = view_changed || before != (s.sync.clone(), s.root.clone());
             changed
         });
         if changed {
             notify.notify_one();
         }
+    }
+}
+
+/// Spaces views of one peer so that computing them takes at most a fixed share of a core
+/// however fast its objects change; a change after a quiet spell is computed at once.
+#[derive(Debug, Default)]
+struct Pace {
+    last: Option<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Pace {
+    /// Views take at most 1 / SHARE of the time.
+    const SHARE: u32 = 5;
+    /// The longest wait, whatever a view costs.
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// A view that ended at `at` took `took`.
+    fn record(&mut self, at: std::time::Instant, took: std::time::Duration) {
+        self.last = Some((at, took));
+    }
+
+    /// How long to wait, at `now`, before the next view.
+    fn wait(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        let (at, took) = self.last?;
+        let interval = (took * Self::SHARE).min(Self::MAX_WAIT);
+        interval.checked_sub(now.saturating_duration_since(at)).filter(|d| !d.is_zero())
     }
 }
 
@@ -376,6 +437,28 @@ mod tests {
             t.listed(s);
         }
         t
+    }
+
+    #[test]
+    fn views_are_paced_to_a_share_of_their_cost_and_never_wait_long() {
+        use std::time::{Duration, Instant};
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        assert_eq!(pace.wait(t0), None, "the first view is computed at once");
+        pace.record(t0, Duration::from_millis(10));
+        assert_eq!(pace.wait(t0), Some(Duration::from_millis(50)));
+        assert_eq!(pace.wait(t0 + Duration::from_millis(20)), Some(Duration::from_millis(30)));
+        assert_eq!(pace.wait(t0 + Duration::from_millis(50)), None, "after a quiet spell: at once");
+        pace.record(t0, Duration::from_secs(2));
+        assert_eq!(pace.wait(t0), Some(Pace::MAX_WAIT), "an expensive view waits at most MAX_WAIT");
+    }
+
+    #[test]
+    fn list_events_are_not_changes_and_errors_are() {
+        let mut t = Tracker::new();
+        assert!(!t.apply((Source::Services, Ok(false))));
+        assert!(t.apply((Source::Services, Ok(true))));
+        assert!(t.apply((Source::Namespaces, Err(watcher::Error::NoResourceVersion))));
     }
 
     #[test]
