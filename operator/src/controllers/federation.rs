@@ -47,7 +47,7 @@ use crate::{
     },
     kube::{
         apply::{Applier, ApplyError},
-        remote,
+        remote, strip_managed_fields,
     },
     render::{Desired, FIELD_MANAGER},
 };
@@ -156,14 +156,15 @@ impl LocalStores {
         let w = reflector::store::Writer::new(se.clone());
         let service_entries = w.as_reader();
         let se_api = Api::<DynamicObject>::all_with(client.clone(), &se);
-        let s3 = reflector::reflector(w, watcher(se_api, cfg()).default_backoff()).map(|_| ()).boxed();
+        let s3 = reflector::reflector(w, watcher(se_api, cfg()).modify(strip_managed_fields).default_backoff())
+            .map(|_| ())
+            .boxed();
         let dr = destination_rules();
         let w = reflector::store::Writer::new(dr.clone());
         let destination_rules = w.as_reader();
         let dr_api = Api::<DynamicObject>::all_with(client.clone(), &dr);
-        let s4 = reflector::reflector(w, watcher(dr_api, cfg().labels(GENERATED_LABEL)).default_backoff())
-            .map(|_| ())
-            .boxed();
+        let dr_watch = watcher(dr_api, cfg().labels(GENERATED_LABEL)).modify(strip_managed_fields);
+        let s4 = reflector::reflector(w, dr_watch.default_backoff()).map(|_| ()).boxed();
         streams.extend([s3, s4]);
         let mut all = futures::stream::select_all(streams);
         let task = tokio::spawn(async move {

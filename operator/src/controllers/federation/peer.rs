@@ -29,10 +29,13 @@ use kube::{
 use skein_api::{ExportRule, MeshControlPlane};
 use tokio::sync::{Notify, watch};
 
-use crate::federation::{
-    EAST_WEST_SELECTOR, GENERATED_LABEL, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
-    export::{self, ExportedService},
-    generate::Peer,
+use crate::{
+    federation::{
+        EAST_WEST_SELECTOR, GENERATED_LABEL, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
+        export::{self, ExportedService},
+        generate::Peer,
+    },
+    kube::strip_managed_fields,
 };
 
 /// Whether the peer is being read.
@@ -219,7 +222,10 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let (services, w) = reflector::store::<Service>();
     let s1 = events(
         Source::Services,
-        reflector::reflector(w, watcher(Api::<Service>::all(client.clone()), cfg()).default_backoff()),
+        reflector::reflector(
+            w,
+            watcher(Api::<Service>::all(client.clone()), cfg()).modify(strip_managed_fields).default_backoff(),
+        ),
     );
     let (namespaces, w) = reflector::store::<PartialObjectMeta<Namespace>>();
     let ns_api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
@@ -233,7 +239,12 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let dr_cfg = cfg().labels(&format!("!{GENERATED_LABEL}"));
     let s3 = events(
         Source::DestinationRules,
-        reflector::reflector(w, watcher(Api::<DynamicObject>::all_with(client.clone(), &dr), dr_cfg).default_backoff()),
+        reflector::reflector(
+            w,
+            watcher(Api::<DynamicObject>::all_with(client.clone(), &dr), dr_cfg)
+                .modify(strip_managed_fields)
+                .default_backoff(),
+        ),
     );
     let (meshes, w) = reflector::store::<MeshControlPlane>();
     let s4 = events(
