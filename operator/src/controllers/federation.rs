@@ -490,12 +490,7 @@ impl Federation {
         if unknown.is_empty() {
             return BTreeSet::new();
         }
-        self.local
-            .service_entries
-            .state()
-            .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
-            .filter(|o| o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh))
+        self.generated_service_entries(namespace, mesh)
             .filter(|o| {
                 let sources = o.annotations().get(SOURCE_CLUSTERS_ANNOTATION).map(String::as_str).unwrap_or_default();
                 sources.split(',').any(|c| unknown.contains(c))
@@ -564,14 +559,20 @@ impl Federation {
 
     /// (host, address) of every generated ServiceEntry: the assignments they record.
     fn recorded_vips(&self, namespace: &str, mesh: &str) -> Vec<(String, std::net::Ipv4Addr)> {
-        self.local
-            .service_entries
-            .state()
-            .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
-            .filter(|o| o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh))
+        self.generated_service_entries(namespace, mesh)
             .filter_map(|o| Some((o.name_any(), o.data["spec"]["addresses"][0].as_str()?.parse().ok()?)))
             .collect()
+    }
+
+    /// The watched ServiceEntries this operator generated for `mesh` in `namespace`.
+    fn generated_service_entries<'a>(
+        &self,
+        namespace: &'a str,
+        mesh: &'a str,
+    ) -> impl Iterator<Item = Arc<DynamicObject>> + 'a {
+        self.local.service_entries.state().into_iter().filter(move |o| {
+            o.namespace().as_deref() == Some(namespace) && o.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh)
+        })
     }
 
     /// Opens this cluster's east-west gateway to what it exports (a generated Gateway), when the
