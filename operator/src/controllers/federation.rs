@@ -43,6 +43,7 @@ use crate::{
         credentials::{self, PeerCredentials},
         generate::{self, GlobalHost, Target},
         health::{GatewayHealth, PROBE_PATH, PROBE_PORT, ready_response},
+        pace::Pace,
         vip::VipTable,
     },
     kube::{
@@ -58,6 +59,11 @@ const RECHECK: Duration = Duration::from_secs(10);
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Generated objects written at once.
 const WRITE_CONCURRENCY: usize = 16;
+/// The east-west Gateway lists every exported host: while a namespace of thousands is being
+/// exported, rewriting it on every pass would cost the apiserver (and etcd's history) the
+/// square of their number. It is rewritten at most once per ten times what the last write
+/// took, and at most 2 s after a change; a change after a quiet spell is written at once.
+const EAST_WEST_PACE: Pace = Pace::new(10, Duration::from_secs(2));
 
 /// Settings of the federation controller.
 #[derive(Debug, Clone)]
@@ -214,6 +220,9 @@ struct Federation {
     health: Arc<std::sync::Mutex<GatewayHealth>>,
     /// The gateway addresses the probe task probes (every peer's).
     probed: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    east_west_pace: Pace,
+    /// When a pass has to run even without events (work a pace held back).
+    wake: Option<Instant>,
 }
 
 impl Drop for Federation {
@@ -244,6 +253,8 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::futu
         local_view: None,
         health,
         probed,
+        east_west_pace: EAST_WEST_PACE,
+        wake: None,
     };
     tokio::select! {
         _ = shutdown => {}
@@ -266,9 +277,11 @@ impl Federation {
                     continue;
                 }
             }
+            let recheck =
+                self.wake.take().map_or(RECHECK, |at| at.saturating_duration_since(Instant::now()).min(RECHECK));
             tokio::select! {
                 _ = self.notify.notified() => {}
-                _ = tokio::time::sleep(RECHECK) => {}
+                _ = tokio::time::sleep(recheck) => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
         }
@@ -594,8 +607,17 @@ impl Federation {
         let name = generate::EAST_WEST_GATEWAY;
         match wanted {
             Some(body) => {
+                if let Some(wait) = self.east_west_pace.wait(Instant::now()) {
+                    let at = Instant::now() + wait;
+                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                    return Ok(());
+                }
                 let desired = Desired { resource, namespaced: true, name: name.to_string(), body };
-                Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await?;
+                let started = Instant::now();
+                let outcome = Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await?;
+                if outcome.wrote() {
+                    self.east_west_pace.record(Instant::now(), started.elapsed());
+                }
             }
             None => {
                 let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);

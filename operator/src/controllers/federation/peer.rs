@@ -34,6 +34,7 @@ use crate::{
         EAST_WEST_SELECTOR, GENERATED_LABEL, MESH_ROOT_CONFIGMAP, NETWORK_LABEL,
         export::{self, ExportedService},
         generate::Peer,
+        pace::Pace,
     },
     kube::strip_managed_fields,
 };
@@ -262,7 +263,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let mut all = futures::stream::select_all([s1, s2, s3, s4, s5]);
     let mut tracker = Tracker::new();
     let mut probe = tokio::time::interval(PROBE);
-    let mut pace = Pace::default();
+    let mut pace = VIEW_PACE;
     loop {
         let event = tokio::select! {
             ev = all.next() => match ev {
@@ -288,8 +289,15 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
         }
         // A burst (a peer creating thousands of Services) makes one view per pace interval,
         // not one per event: a view of a large peer costs milliseconds.
+        // Events keep being read during the wait: reading is what updates the stores, and a
+        // wait spent asleep would leave the next view with only the few events one drain
+        // below can take (the runtime's cooperative budget ends it), so a burst of 10 000
+        // would take minutes to be seen.
         if let Some(wait) = pace.wait(std::time::Instant::now()) {
-            tokio::time::sleep(wait).await;
+            let until = tokio::time::Instant::now() + wait;
+            while let Ok(Some(ev)) = tokio::time::timeout_at(until, all.next()).await {
+                tracker.apply(ev);
+            }
         }
         while let Some(ev) = all.next().now_or_never() {
             match ev {
@@ -328,31 +336,9 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     }
 }
 
-/// Spaces views of one peer so that computing them takes at most a fixed share of a core
-/// however fast its objects change; a change after a quiet spell is computed at once.
-#[derive(Debug, Default)]
-struct Pace {
-    last: Option<(std::time::Instant, std::time::Duration)>,
-}
-
-impl Pace {
-    /// Views take at most 1 / SHARE of the time.
-    const SHARE: u32 = 5;
-    /// The longest wait, whatever a view costs.
-    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-    /// A view that ended at `at` took `took`.
-    fn record(&mut self, at: std::time::Instant, took: std::time::Duration) {
-        self.last = Some((at, took));
-    }
-
-    /// How long to wait, at `now`, before the next view.
-    fn wait(&self, now: std::time::Instant) -> Option<std::time::Duration> {
-        let (at, took) = self.last?;
-        let interval = (took * Self::SHARE).min(Self::MAX_WAIT);
-        interval.checked_sub(now.saturating_duration_since(at)).filter(|d| !d.is_zero())
-    }
-}
+/// Views of one peer take at most a fifth of a core however fast its objects change, and
+/// wait at most 500 ms.
+const VIEW_PACE: Pace = Pace::new(5, std::time::Duration::from_millis(500));
 
 struct Stores {
     services: Store<Service>,
@@ -448,20 +434,6 @@ mod tests {
             t.listed(s);
         }
         t
-    }
-
-    #[test]
-    fn views_are_paced_to_a_share_of_their_cost_and_never_wait_long() {
-        use std::time::{Duration, Instant};
-        let mut pace = Pace::default();
-        let t0 = Instant::now();
-        assert_eq!(pace.wait(t0), None, "the first view is computed at once");
-        pace.record(t0, Duration::from_millis(10));
-        assert_eq!(pace.wait(t0), Some(Duration::from_millis(50)));
-        assert_eq!(pace.wait(t0 + Duration::from_millis(20)), Some(Duration::from_millis(30)));
-        assert_eq!(pace.wait(t0 + Duration::from_millis(50)), None, "after a quiet spell: at once");
-        pace.record(t0, Duration::from_secs(2));
-        assert_eq!(pace.wait(t0), Some(Pace::MAX_WAIT), "an expensive view waits at most MAX_WAIT");
     }
 
     #[test]
