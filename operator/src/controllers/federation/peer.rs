@@ -288,9 +288,8 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             continue;
         }
         // A burst (a peer creating thousands of Services) makes one view per pace interval,
-        // not one per event: a view of a large peer costs milliseconds.
-        // Events keep being read during the wait: reading is what updates the stores, and a
-        // wait spent asleep would leave the next view with only the few events one drain
+        // not one per event: a view of a large peer costs milliseconds. Events keep being
+        // read during the wait: reading is what updates the stores, and a wait spent asleep would leave the next view with only the few events one drain
         // below can take (the runtime's cooperative budget ends it), so a burst of 10 000
         // would take minutes to be seen.
         if let Some(wait) = pace.wait(std::time::Instant::now()) {
