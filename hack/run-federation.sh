@@ -103,14 +103,14 @@ for c in cluster1 cluster2; do
 done
 
 echo
-echo "== Bookinfo: reviews v1 in cluster1; reviews v2, v3 in cluster2 (exported)"
+echo "== Bookinfo: reviews v1 in cluster1; reviews v2, v3 and ratings in cluster2 (exported)"
 for c in cluster1 cluster2; do
   k "$c" label namespace default istio-injection=enabled >/dev/null
   k "$c" apply -n default -f config/samples/bookinfo/bookinfo.yaml >/dev/null
 done
-k cluster1 delete deployment reviews-v2 reviews-v3 -n default >/dev/null
+k cluster1 delete deployment reviews-v2 reviews-v3 ratings-v1 -n default >/dev/null
 k cluster2 delete deployment productpage-v1 details-v1 reviews-v1 -n default >/dev/null
-k cluster2 label service reviews -n default mesh.skein.dev/export=true >/dev/null
+k cluster2 label service reviews ratings -n default mesh.skein.dev/export=true >/dev/null
 k cluster2 apply -f config/samples/federation/cluster2-reviews.yaml >/dev/null
 k cluster1 apply -n default -f config/samples/bookinfo/bookinfo-gateway.yaml >/dev/null
 k cluster1 apply -f config/samples/federation/cluster1-reviews.yaml >/dev/null
@@ -175,6 +175,21 @@ for _ in 1 2 3; do echo "global-client -> $(global)   (reviews-v1 scaled to 0 in
 k cluster1 scale deployment reviews-v1 -n default --replicas=1 >/dev/null
 await_global 'reviews v1' "the return to cluster1's reviews v1"
 echo "global-client -> $(global)   (reviews-v1 back: cluster1 answers again)"
+# ratings runs in cluster2 only and has no subsets: no DestinationRule of its own, the generated
+# *.global one (ISTIO_MUTUAL) covers it.
+ratings() {
+  curl -sf -m 10 "http://$client:9080/" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["calls"]["ratings.default.global"]
+b = r["body"]
+print("ratings " + b["version"] + "   (ratings saw caller " + (b.get("xfcc") or "none").split("URI=")[-1] + ")" if r["status"] == 200 else "HTTP %d" % r["status"])'
+}
+deadline=$((SECONDS + 60))
+until ratings 2>/dev/null | grep -q 'ratings v1'; do
+  [ $SECONDS -lt $deadline ] || fail "global-client: ratings.default.global never answered: $(ratings 2>&1)"
+  sleep 1
+done
+echo "global-client -> $(ratings)   (ratings.default.global: cluster2 only)"
 
 echo
 echo "Two federated clusters are running. Try:"

@@ -169,7 +169,9 @@ impl LocalStores {
         let w = reflector::store::Writer::new(dr.clone());
         let destination_rules = w.as_reader();
         let dr_api = Api::<DynamicObject>::all_with(client.clone(), &dr);
-        let dr_watch = watcher(dr_api, cfg().labels(GENERATED_LABEL)).modify(strip_managed_fields);
+        // All of them, not only the generated ones: a user's rule holding a generated rule's
+        // name or host must be seen to be left alone.
+        let dr_watch = watcher(dr_api, cfg()).modify(strip_managed_fields);
         let s4 = reflector::reflector(w, dr_watch.default_backoff()).map(|_| ()).boxed();
         streams.extend([s3, s4]);
         let mut all = futures::stream::select_all(streams);
@@ -318,12 +320,14 @@ impl Federation {
             v.withdrawn = v.gateways.iter().filter(|g| withdrawn.contains(*g)).cloned().collect();
         }
         let suffix = mcp.spec.multi_cluster.as_ref().and_then(|m| m.global_domain_suffix.clone());
-        let plan = generate::plan(&views, suffix.as_deref().unwrap_or(DEFAULT_SUFFIX));
+        let suffix = suffix.as_deref().unwrap_or(DEFAULT_SUFFIX);
+        let plan = generate::plan(&views, suffix);
         let planned = started.elapsed();
 
         // A user's own ServiceEntry for a host, or an object of ours' name not made by us, is
         // left alone and reported.
         let conflicts = self.conflicts(&plan, &namespace, &mcp.name_any());
+        let suffix_conflict = self.suffix_rule_conflict(&namespace, &mcp.name_any(), suffix);
         let hosts: BTreeSet<String> = plan.keys().filter(|h| !conflicts.contains(*h)).cloned().collect();
         // Objects made from a peer not read yet in this process (just started, or unreachable
         // since the start) are left exactly as they are: withdrawing them would make a restart
@@ -362,12 +366,14 @@ impl Federation {
             }
             let mut equal = true;
             for ((resource, body), live) in [
-                (se.clone(), generate::service_entry(h, *vip, &target)),
+                (se.clone(), Some(generate::service_entry(h, *vip, &target))),
                 (dr.clone(), generate::destination_rule(h, &target)),
             ]
             .into_iter()
             .zip(live)
             {
+                // A host without subsets has no rule of its own (one the host had is pruned).
+                let Some(body) = body else { continue };
                 if needs_write(live.as_deref(), &body) {
                     equal = false;
                     writes.push(Desired { resource, namespaced: true, name: host.clone(), body });
@@ -379,24 +385,46 @@ impl Federation {
                 self.in_sync.1.remove(host);
             }
         }
-        // Independent objects: written WRITE_CONCURRENCY at a time (a cold start imports
-        // thousands), each in one request: `needs_write` compared them with the watched copies.
-        let written = writes.len();
+        // The rule for every `.<suffix>` host, while there is any: ours unless the user wrote one.
+        let mut keep_rules: BTreeSet<String> = hosts
+            .iter()
+            .filter(|h| plan.get(*h).is_some_and(|h| !h.subsets.is_empty()))
+            .chain(&frozen)
+            .cloned()
+            .collect();
+        let mut suffix_write = None;
+        if !keep.is_empty() && !suffix_conflict {
+            let name = generate::suffix_destination_rule_name(suffix);
+            let body = generate::suffix_destination_rule(suffix, &target);
+            if needs_write(live(&self.local.destination_rules, &dr, &namespace, &name).as_deref(), &body) {
+                suffix_write = Some(Desired { resource: dr.clone(), namespaced: true, name: name.clone(), body });
+            }
+            keep_rules.insert(name);
+        }
+        let written = writes.len() + usize::from(suffix_write.is_some());
         let compared = started.elapsed();
         let applier = Applier::new(self.ctx.client.clone());
+        // First, so that no new host is ever served without mesh mTLS to the gateways, and an
+        // operator that wrote a rule for every host (earlier versions) has it before those are pruned.
+        if let Some(d) = &suffix_write {
+            applier.apply(d, &namespace).await?;
+        }
+        // Independent objects: written WRITE_CONCURRENCY at a time (a cold start imports
+        // thousands), each in one request: `needs_write` compared them with the watched copies.
         futures::stream::iter(writes.iter().map(|d| applier.apply(d, &namespace)))
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
         let applied = started.elapsed();
-        let deleted = self.prune(&namespace, &mcp.name_any(), &keep).await?;
+        let deleted = self.prune(&namespace, &mcp.name_any(), &keep, &keep_rules).await?;
         debug!(?planned, ?checked, ?vips_done, ?compared, ?applied, pruned = ?started.elapsed(), written, "federation pass timing");
         self.federate_roots(&namespace, &mcp).await?;
         self.east_west(&namespace, &mcp, &target).await?;
         if written > 0 || deleted > 0 {
             info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
         }
-        self.write_status(&mcp, &plan, &conflicts, refused, &withdrawn).await
+        let suffix_conflict = suffix_conflict.then(|| format!("*.{suffix}"));
+        self.write_status(&mcp, &plan, &conflicts, suffix_conflict.as_deref(), refused, &withdrawn).await
     }
 
     /// Starts, restarts (new credentials) and removes peer watches to match the remote Secrets
@@ -491,11 +519,25 @@ impl Federation {
             }
         }
         for dr in self.local.destination_rules.state().iter().filter(|o| !ours(o)) {
-            if dr.namespace().as_deref() == Some(namespace) && plan.contains_key(&dr.name_any()) {
+            // Only a host with subsets has a rule of its own that the name would be taken from.
+            let ours_needed = plan.get(&dr.name_any()).is_some_and(|h| !h.subsets.is_empty());
+            if dr.namespace().as_deref() == Some(namespace) && ours_needed {
                 out.insert(dr.name_any());
             }
         }
         out
+    }
+
+    /// Whether a DestinationRule not made by us, in `namespace`, is for every `.<suffix>` host or
+    /// holds the name of ours: it is left alone (two rules for one host in one namespace would
+    /// leave which one applies to the order they were read in) and reported.
+    fn suffix_rule_conflict(&self, namespace: &str, mesh: &str, suffix: &str) -> bool {
+        let (name, host) = (generate::suffix_destination_rule_name(suffix), format!("*.{suffix}"));
+        self.local.destination_rules.state().iter().any(|dr| {
+            dr.namespace().as_deref() == Some(namespace)
+                && dr.labels().get(GENERATED_LABEL).is_none_or(|v| v != mesh)
+                && (dr.name_any() == name || dr.data["spec"]["host"].as_str() == Some(host.as_str()))
+        })
     }
 
     /// Generated ServiceEntries made (in part) from a peer in `unknown`, by their annotation.
@@ -672,12 +714,20 @@ impl Federation {
         Ok(())
     }
 
-    /// Deletes generated objects whose host is no longer wanted. Returns how many.
-    async fn prune(&self, namespace: &str, mesh: &str, keep: &BTreeSet<String>) -> Result<usize, ApplyError> {
+    /// Deletes generated objects no longer wanted: ServiceEntries not named in `entries`,
+    /// DestinationRules not named in `rules`. Returns how many.
+    async fn prune(
+        &self,
+        namespace: &str,
+        mesh: &str,
+        entries: &BTreeSet<String>,
+        rules: &BTreeSet<String>,
+    ) -> Result<usize, ApplyError> {
         let mut deleted = 0;
-        for (resource, store) in
-            [(service_entries(), &self.local.service_entries), (destination_rules(), &self.local.destination_rules)]
-        {
+        for (resource, store, keep) in [
+            (service_entries(), &self.local.service_entries, entries),
+            (destination_rules(), &self.local.destination_rules, rules),
+        ] {
             let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
             for obj in store.state() {
                 let ours = obj.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh);
@@ -701,6 +751,7 @@ impl Federation {
         mcp: &MeshControlPlane,
         plan: &BTreeMap<String, GlobalHost>,
         conflicts: &BTreeSet<String>,
+        suffix_conflict: Option<&str>,
         refused: Vec<Refused>,
         withdrawn: &BTreeSet<String>,
     ) -> Result<(), ApplyError> {
@@ -738,6 +789,7 @@ impl Federation {
                 .values()
                 .filter(|h| conflicts.contains(&h.host) && h.clusters().contains(cluster.as_str()))
                 .map(|h| h.host.clone())
+                .chain(suffix_conflict.map(String::from))
                 .collect();
             conflicted.sort();
             out.push(RemoteClusterStatus {

@@ -1,6 +1,7 @@
 //! The `.global` objects a cluster needs for what its peers export: per host one ServiceEntry
-//! (virtual IP, one endpoint per exporting peer: its east-west gateway on 15443) and one
-//! DestinationRule (`ISTIO_MUTUAL`, the peers' subsets mirrored).
+//! (virtual IP, one endpoint per exporting peer: its east-west gateway on 15443); one
+//! DestinationRule for `*.<suffix>` (`ISTIO_MUTUAL`, outlier detection) and, for a host whose
+//! peers define subsets, one of its own with the subsets mirrored.
 //!
 //! Subsets: the client's sidecar puts the subset into the SNI (`outbound_.9080_.v2_.reviews.
 //! default.global`) and the exporting cluster's gateway resolves it with that cluster's own
@@ -195,18 +196,13 @@ pub fn service_entry(host: &GlobalHost, vip: Ipv4Addr, target: &Target) -> Value
     })
 }
 
-/// The DestinationRule of `host`: mesh mTLS to the gateways, subsets mirrored.
-pub fn destination_rule(host: &GlobalHost, target: &Target) -> Value {
-    let subsets: Vec<Value> = host
-        .subsets
-        .iter()
-        .map(|s| json!({"name": s, "labels": {format!("{SUBSET_LABEL_PREFIX}{s}"): "true"}}))
-        .collect();
-    // Outlier detection is what moves traffic off a failing endpoint that is still listed (a
-    // local pod that stopped answering, a peer gateway dropping connections): without it,
-    // failover to the next priority never happens (admiral#134, #205). Gateway errors only
-    // (an application's own 500s say nothing about reachability), every endpoint may go.
-    let mut spec = json!({"host": host.host, "trafficPolicy": {
+/// What every generated DestinationRule applies to the peers' gateways. Outlier detection is
+/// what moves traffic off a failing endpoint that is still listed (a local pod that stopped
+/// answering, a peer gateway dropping connections): without it, failover to the next priority
+/// never happens (admiral#134, #205). Gateway errors only (an application's own 500s say
+/// nothing about reachability), every endpoint may go.
+fn traffic_policy() -> Value {
+    json!({
         "tls": {"mode": "ISTIO_MUTUAL"},
         "outlierDetection": {
             "consecutiveGatewayErrors": 5,
@@ -214,15 +210,53 @@ pub fn destination_rule(host: &GlobalHost, target: &Target) -> Value {
             "baseEjectionTime": "30s",
             "maxEjectionPercent": 100,
         },
-    }});
-    if !subsets.is_empty() {
-        spec["subsets"] = json!(subsets);
+    })
+}
+
+/// The DestinationRule of `host` when it needs one of its own: the peers' subsets mirrored
+/// (with the suffix rule's traffic policy, since the most specific rule is used alone). A host
+/// without subsets has none: [`suffix_destination_rule`] covers it, so a cold start writes one
+/// object per imported Service, not two.
+pub fn destination_rule(host: &GlobalHost, target: &Target) -> Option<Value> {
+    if host.subsets.is_empty() {
+        return None;
     }
-    json!({
+    let subsets: Vec<Value> = host
+        .subsets
+        .iter()
+        .map(|s| json!({"name": s, "labels": {format!("{SUBSET_LABEL_PREFIX}{s}"): "true"}}))
+        .collect();
+    Some(json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": metadata(host, target),
-        "spec": spec,
+        "spec": {"host": host.host, "trafficPolicy": traffic_policy(), "subsets": subsets},
+    }))
+}
+
+/// Name of the DestinationRule for every `.<suffix>` host (no dots: never a host's name).
+pub fn suffix_destination_rule_name(suffix: &str) -> String {
+    format!("skein-federation-{}", suffix.replace('.', "-"))
+}
+
+/// The DestinationRule for `*.<suffix>`: mesh mTLS and outlier detection for every imported
+/// host without a rule of its own (what Istio's replicated-control-planes install wrote by hand
+/// as `istio-multicluster-destinationrule` for `*.global`).
+pub fn suffix_destination_rule(suffix: &str, target: &Target) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {
+            "name": suffix_destination_rule_name(suffix),
+            "namespace": target.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
+                "app.kubernetes.io/part-of": "skein",
+                GENERATED_LABEL: target.mesh,
+            },
+            "ownerReferences": [target.owner],
+        },
+        "spec": {"host": format!("*.{suffix}"), "trafficPolicy": traffic_policy()},
     })
 }
 
@@ -352,7 +386,9 @@ mod tests {
         assert_eq!(ep["labels"][CLUSTER_LABEL], "cluster2");
         assert_eq!(ep["labels"]["subsets.mesh.skein.dev/v2"], "true");
         assert!(se["spec"]["endpoints"][1]["labels"].get("subsets.mesh.skein.dev/v2").is_none(), "cluster3 has no v2");
-        let dr = destination_rule(reviews, &target());
+        let dr = destination_rule(reviews, &target()).expect("reviews has subsets");
+        assert_eq!(dr["metadata"]["name"], "reviews.default.global");
+        assert_eq!(dr["spec"]["host"], "reviews.default.global");
         assert_eq!(dr["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL");
         let od = &dr["spec"]["trafficPolicy"]["outlierDetection"];
         assert_eq!((od["consecutiveGatewayErrors"].clone(), od["maxEjectionPercent"].clone()), (json!(5), json!(100)));
@@ -363,8 +399,13 @@ mod tests {
                 {"name": "v3", "labels": {"subsets.mesh.skein.dev/v3": "true"}},
             ])
         );
-        let ratings = destination_rule(&plan["ratings.default.global"], &target());
-        assert!(ratings["spec"].get("subsets").is_none());
+        // No subsets: no rule of its own; the suffix rule gives it the same traffic policy.
+        assert!(destination_rule(&plan["ratings.default.global"], &target()).is_none());
+        let all = suffix_destination_rule("global", &target());
+        assert_eq!(all["metadata"]["name"], "skein-federation-global");
+        assert_eq!(all["metadata"]["labels"][GENERATED_LABEL], "default");
+        assert_eq!(all["spec"]["host"], "*.global");
+        assert_eq!(all["spec"]["trafficPolicy"], dr["spec"]["trafficPolicy"]);
     }
 
     #[test]
@@ -378,7 +419,7 @@ mod tests {
         assert!(se["spec"]["endpoints"][0].get("locality").is_none(), "unlabelled peer: no locality");
         assert_eq!(se["spec"]["endpoints"][1]["locality"], "us-east/us-east-1b");
         // The generated rule has outlier detection: the control plane orders by locality.
-        let dr = destination_rule(&plan["s.default.global"], &target());
+        let dr = suffix_destination_rule("global", &target());
         assert!(dr["spec"]["trafficPolicy"]["outlierDetection"].is_object());
     }
 
@@ -387,6 +428,11 @@ mod tests {
         let plan = plan(&[peer("c2", &["gw.example.com"], vec![svc("a", &[])])], "mesh");
         let se = service_entry(&plan["a.default.mesh"], Ipv4Addr::new(240, 0, 0, 1), &target());
         assert_eq!(se["spec"]["resolution"], "DNS");
+        let dr = suffix_destination_rule("mesh.example", &target());
+        assert_eq!(
+            (dr["metadata"]["name"].clone(), dr["spec"]["host"].clone()),
+            (json!("skein-federation-mesh-example"), json!("*.mesh.example"))
+        );
     }
 
     #[test]

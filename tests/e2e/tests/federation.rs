@@ -22,6 +22,8 @@ use skein_e2e::{Cluster, Operator, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "istio-system";
+/// The generated DestinationRule for every `*.global` host.
+const SUFFIX_RULE: &str = "skein-federation-global";
 
 fn se_api(c: &Cluster) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "ServiceEntry"));
@@ -263,6 +265,11 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     let subsets: Vec<&str> =
         dr.data["spec"]["subsets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(subsets, ["v2", "v3"]);
+    // Every `.global` host without subsets of its own is covered by one rule for `*.global`.
+    let all = dr_api(&c1.cluster).get(SUFFIX_RULE).await.expect("the *.global DestinationRule");
+    assert_eq!(all.data["spec"]["host"], "*.global");
+    assert_eq!(all.data["spec"]["trafficPolicy"], dr.data["spec"]["trafficPolicy"]);
+    assert_eq!(all.data["spec"]["trafficPolicy"]["outlierDetection"]["consecutiveGatewayErrors"], 5);
     // The same name gets the same address in every cluster.
     let vip2 = eventually("cluster2 imports cluster3's reviews", WAIT, || async {
         se_api(&c2.cluster).get_opt(host).await.ok().flatten()
@@ -289,6 +296,10 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     eprintln!("exported service -> ServiceEntry in both peers: {:?}", t.elapsed());
     let ratings = se_api(&c1.cluster).get("ratings.default.global").await.unwrap();
     assert_eq!(ratings.data["spec"]["ports"][0]["protocol"], "GRPC");
+    assert!(
+        dr_api(&c1.cluster).get_opt("ratings.default.global").await.unwrap().is_none(),
+        "no subsets: no rule of its own, the *.global rule applies"
+    );
 
     // -- A user edit is reverted; a user's own ServiceEntry for a host is left alone and reported.
     se_api(&c1.cluster)
@@ -319,6 +330,23 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     );
     eventually("cluster3 (no conflict there) imports details", WAIT, || async {
         endpoints(&c3.cluster, "details.default.global").await
+    })
+    .await;
+    // A user's own rule for `*.global` in the mesh namespace (Istio's hand-written
+    // `istio-multicluster-destinationrule`): ours steps aside, reported; back when it goes.
+    let user_rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: istio-multicluster-destinationrule, namespace: istio-system}\nspec:\n  host: '*.global'\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n";
+    kubectl_ok(&c1.cluster, &["apply", "-f", "-"], Some(user_rule));
+    eventually("cluster1: its *.global rule steps aside, reported", WAIT, || async {
+        let gone = dr_api(&c1.cluster).get_opt(SUFFIX_RULE).await.ok()?.is_none();
+        let r = remote(&c1.cluster, "cluster3").await?;
+        (gone && r.conflicts.contains(&"*.global".to_string())).then_some(())
+    })
+    .await;
+    kubectl_ok(&c1.cluster, &["delete", "-f", "-"], Some(user_rule));
+    eventually("cluster1: its *.global rule is back", WAIT, || async {
+        let back = dr_api(&c1.cluster).get_opt(SUFFIX_RULE).await.ok()?.is_some();
+        let r = remote(&c1.cluster, "cluster3").await?;
+        (back && !r.conflicts.contains(&"*.global".to_string())).then_some(())
     })
     .await;
 
@@ -461,6 +489,14 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
     .await;
     eventually("cluster1 forgets cluster3", WAIT, || async {
         remote(&c1.cluster, "cluster3").await.is_none().then_some(())
+    })
+    .await;
+    // Nothing imported any more (cluster2's reviews is deleted, its details blocked by the
+    // user's entry): the *.global rule goes with the last host.
+    eventually("cluster1: no generated object left", WAIT, || async {
+        let none =
+            generated(&c1.cluster).await.is_empty() && dr_api(&c1.cluster).get_opt(SUFFIX_RULE).await.ok()?.is_none();
+        none.then_some(())
     })
     .await;
     assert!(c1.operator.log().contains("remote cluster removed"), "{}", c1.operator.log());

@@ -267,17 +267,19 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     })
     .await;
 
-    // Bookinfo: reviews v1 (and the rest) in cluster1, reviews v2 and v3 (and ratings) in
-    // cluster2.
+    // Bookinfo: reviews v1, productpage and details in cluster1 (reviews v1 calls no ratings),
+    // reviews v2 and v3 and ratings in cluster2.
     let bookinfo = repo_root().join("config/samples/bookinfo/bookinfo.yaml").to_string_lossy().into_owned();
-    for (c, drop) in [(&c1, ["reviews-v2", "reviews-v3", ""]), (&c2, ["productpage-v1", "details-v1", "reviews-v1"])] {
+    for (c, drop) in
+        [(&c1, ["reviews-v2", "reviews-v3", "ratings-v1"]), (&c2, ["productpage-v1", "details-v1", "reviews-v1"])]
+    {
         kubectl_ok(c, &["label", "namespace", "default", "istio-injection=enabled"]);
         kubectl_ok(c, &["apply", "-n", "default", "-f", &bookinfo]);
         for d in drop.iter().filter(|d| !d.is_empty()) {
             kubectl_ok(c, &["delete", "deployment", d, "-n", "default"]);
         }
     }
-    kubectl_ok(&c2, &["label", "service", "reviews", "-n", "default", "mesh.skein.dev/export=true"]);
+    kubectl_ok(&c2, &["label", "service", "reviews", "ratings", "-n", "default", "mesh.skein.dev/export=true"]);
     // A client in cluster1 that calls `http://reviews.default.global:9080` itself.
     let client = repo_root().join("config/samples/federation/global-client.yaml");
     kubectl_ok(&c1, &["apply", "-f", &client.to_string_lossy()]);
@@ -423,12 +425,37 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     eprintln!("failover from a failing local backend in {ejected:?}");
     set_fault(0);
 
+    // ratings: cluster2 only, no subsets (no user rule for it anywhere), so no DestinationRule
+    // of its own; the generated `*.global` rule (ISTIO_MUTUAL) is what makes the client's
+    // sidecar speak mesh mTLS to cluster2's gateway, and cluster2's ratings sees the caller.
+    let rules = kubectl_ok(&c1, &["get", "destinationrules", "-n", NS, "-o", "jsonpath={.items[*].metadata.name}"]);
+    let rules: Vec<&str> = rules.split_whitespace().collect();
+    assert!(rules.contains(&"skein-federation-global"), "{rules:?}");
+    assert!(!rules.contains(&"ratings.default.global"), "{rules:?}");
+    let start = Instant::now();
+    loop {
+        let page = get(client, None);
+        let call = page.as_ref().ok().map(|(_, p)| p["calls"]["ratings.default.global"].clone());
+        if let Some(call) = call.as_ref().filter(|c| c["status"] == 200) {
+            assert_eq!(call["body"]["service"], "ratings", "{call}");
+            let xfcc = call["body"]["xfcc"].as_str().unwrap_or("");
+            assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"), "caller identity: {xfcc}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "ratings.default.global from the client pod: {page:?}\n{}",
+            cross_diagnostics(&c1, &c2)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // The east-west gateway opens only what cluster2 exports: reviews answers a ClientHello,
-    // ratings (a local service, not exported) gets the connection closed.
+    // details (a Service there, not exported) gets the connection closed.
     let ew: SocketAddr = format!("{lb}:15443").parse().unwrap();
     assert!(hello_answered(ew, "outbound_.9080_.v2_.reviews.default.global"), "the exported service is served");
-    assert!(!hello_answered(ew, "outbound_.9080_._.ratings.default.svc.cluster.local"), "ratings is not exported");
-    assert!(!hello_answered(ew, "outbound_.9080_._.ratings.default.global"), "ratings is not exported");
+    assert!(!hello_answered(ew, "outbound_.9080_._.details.default.svc.cluster.local"), "details is not exported");
+    assert!(!hello_answered(ew, "outbound_.9080_._.details.default.global"), "details is not exported");
 
     // cluster2's sidecar enforces AuthorizationPolicies on cluster1's identity: denied when the
     // policy names another principal, allowed again when it names productpage.
