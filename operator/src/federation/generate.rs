@@ -141,19 +141,26 @@ pub struct Target {
     pub owner: Value,
 }
 
-fn metadata(host: &GlobalHost, target: &Target) -> Value {
-    let clusters: Vec<&str> = host.clusters().into_iter().collect();
+/// Metadata of a generated object `name`: labelled as generated for the mesh, owned by it.
+fn owned_metadata(name: &str, target: &Target) -> Value {
     json!({
-        "name": host.host,
+        "name": name,
         "namespace": target.namespace,
         "labels": {
             "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
             "app.kubernetes.io/part-of": "skein",
             GENERATED_LABEL: target.mesh,
         },
-        "annotations": {SOURCE_CLUSTERS_ANNOTATION: clusters.join(",")},
         "ownerReferences": [target.owner],
     })
+}
+
+/// Metadata of `host`'s objects, with their provenance (the exporting clusters).
+fn metadata(host: &GlobalHost, target: &Target) -> Value {
+    let clusters: Vec<&str> = host.clusters().into_iter().collect();
+    let mut m = owned_metadata(&host.host, target);
+    m["annotations"] = json!({SOURCE_CLUSTERS_ANNOTATION: clusters.join(",")});
+    m
 }
 
 /// The ServiceEntry of `host` with virtual IP `vip`.
@@ -246,16 +253,7 @@ pub fn suffix_destination_rule(suffix: &str, target: &Target) -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
-        "metadata": {
-            "name": suffix_destination_rule_name(suffix),
-            "namespace": target.namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
-                "app.kubernetes.io/part-of": "skein",
-                GENERATED_LABEL: target.mesh,
-            },
-            "ownerReferences": [target.owner],
-        },
+        "metadata": owned_metadata(&suffix_destination_rule_name(suffix), target),
         "spec": {"host": format!("*.{suffix}"), "trafficPolicy": traffic_policy()},
     })
 }
@@ -275,16 +273,7 @@ pub fn east_west_gateway(exports: &[ExportedService], target: &Target) -> Option
     Some(json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": {
-            "name": EAST_WEST_GATEWAY,
-            "namespace": target.namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": crate::render::MANAGED_BY,
-                "app.kubernetes.io/part-of": "skein",
-                GENERATED_LABEL: target.mesh,
-            },
-            "ownerReferences": [target.owner],
-        },
+        "metadata": owned_metadata(EAST_WEST_GATEWAY, target),
         "spec": {
             "selector": {"istio": "eastwestgateway"},
             "servers": [{
