@@ -299,10 +299,9 @@ fn image_of(cluster: &Cluster, deploy: &str) -> String {
 /// After a rollback to 1-1-0: waits for Bookinfo to be available, checks every pod and the
 /// gateway run 1.1.0 on revision 1-1-0, and returns the pods.
 async fn back_on_1_1_0(cluster: &Cluster) -> BTreeMap<String, (String, String)> {
-    let out = cluster.kubectl(
-        &["wait", "--for=condition=Available", "deployment", "--all", "-n", "bookinfo", "--timeout=180s"],
-        None,
-    );
+    // Rolled out, not only Available: an Available Deployment may still run its old pod beside
+    // the surge pod (a CI run saw 8 pods of 6 Deployments).
+    let out = cluster.kubectl(&["rollout", "status", "deployment", "-n", "bookinfo", "--timeout=180s"], None);
     assert!(out.status.success(), "Bookinfo did not come back\n{}", diagnostics(cluster, NS));
     let proxy_110 = format!("{REGISTRY}/skein-proxy:1.1.0");
     let back = bookinfo_pods(cluster).await;
