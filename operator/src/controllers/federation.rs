@@ -388,7 +388,7 @@ impl Federation {
         // The rule for every `.<suffix>` host, while there is any: ours unless the user wrote one.
         let mut keep_rules: BTreeSet<String> = hosts
             .iter()
-            .filter(|h| plan.get(*h).is_some_and(|h| !h.subsets.is_empty()))
+            .filter(|h| plan.get(*h).is_some_and(GlobalHost::has_own_rule))
             .chain(&frozen)
             .cloned()
             .collect();
@@ -520,7 +520,7 @@ impl Federation {
         }
         for dr in self.local.destination_rules.state().iter().filter(|o| !ours(o)) {
             // Only a host with subsets has a rule of its own that the name would be taken from.
-            let ours_needed = plan.get(&dr.name_any()).is_some_and(|h| !h.subsets.is_empty());
+            let ours_needed = plan.get(&dr.name_any()).is_some_and(GlobalHost::has_own_rule);
             if dr.namespace().as_deref() == Some(namespace) && ours_needed {
                 out.insert(dr.name_any());
             }

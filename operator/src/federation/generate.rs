@@ -74,6 +74,12 @@ impl GlobalHost {
     pub fn clusters(&self) -> BTreeSet<&str> {
         self.sources.iter().map(String::as_str).collect()
     }
+
+    /// Whether the host needs a DestinationRule of its own (its peers define subsets); every
+    /// other host is covered by [`suffix_destination_rule`].
+    pub fn has_own_rule(&self) -> bool {
+        !self.subsets.is_empty()
+    }
 }
 
 /// The `.global` hosts of `peers`. A peer without any gateway address adds nothing (it cannot
@@ -225,7 +231,7 @@ fn traffic_policy() -> Value {
 /// without subsets has none: [`suffix_destination_rule`] covers it, so a cold start writes one
 /// object per imported Service, not two.
 pub fn destination_rule(host: &GlobalHost, target: &Target) -> Option<Value> {
-    if host.subsets.is_empty() {
+    if !host.has_own_rule() {
         return None;
     }
     let subsets: Vec<Value> = host

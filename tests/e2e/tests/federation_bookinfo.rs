@@ -275,7 +275,7 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     {
         kubectl_ok(c, &["label", "namespace", "default", "istio-injection=enabled"]);
         kubectl_ok(c, &["apply", "-n", "default", "-f", &bookinfo]);
-        for d in drop.iter().filter(|d| !d.is_empty()) {
+        for d in drop {
             kubectl_ok(c, &["delete", "deployment", d, "-n", "default"]);
         }
     }
