@@ -257,9 +257,8 @@ async fn run(
         tokio::spawn(server.serve(store.clone()));
     }
     let mut listeners = listener::Listeners::new(proxy);
-    for e in listeners.sync(&store.current().config.listeners).await {
-        error!(error = %e, "listener not opened");
-    }
+    let mut unbound = report_unbound(listeners.sync(&store.current().config.listeners).await);
+    let mut retry_in = BIND_RETRY_MIN;
     let mut feed = match source {
         Source::File(config) => tokio::spawn(config_file::watch_with(
             config,
@@ -289,17 +288,23 @@ async fn run(
                 if changed.is_err() { break; }
                 let wanted = changes.borrow_and_update().config.listeners.clone();
                 let wanted = listener::serving(&wanted, *stopped.borrow());
-                for e in listeners.sync(&wanted).await {
-                    error!(error = %e, "listener not opened");
-                }
+                unbound = report_unbound(listeners.sync(&wanted).await);
+                retry_in = BIND_RETRY_MIN;
             }
             Ok(()) = stopped.changed() => {
                 let which = *stopped.borrow_and_update();
                 info!(?which, "listeners closed on request (drain_listeners)");
                 let wanted = listener::serving(&store.current().config.listeners, which);
-                for e in listeners.sync(&wanted).await {
-                    error!(error = %e, "listener not opened");
-                }
+                unbound = report_unbound(listeners.sync(&wanted).await);
+                retry_in = BIND_RETRY_MIN;
+            }
+            // A port still held by someone else (a previous process on its way out, a client
+            // socket that happened to take it) is tried again, backing off, rather than left
+            // closed until the next config change.
+            _ = tokio::time::sleep(retry_in), if unbound => {
+                let wanted = listener::serving(&store.current().config.listeners, *stopped.borrow());
+                unbound = report_unbound(listeners.sync(&wanted).await);
+                retry_in = (retry_in * 2).min(BIND_RETRY_MAX);
             }
             _ = &mut feed => anyhow::bail!("configuration source stopped"),
             _ = term.recv() => break,
@@ -336,6 +341,18 @@ fn hold_sighup(hold: bool) -> anyhow::Result<()> {
 }
 
 /// How often freed heap memory is handed back to the system.
+/// First and longest wait before a listener that could not bind is tried again.
+const BIND_RETRY_MIN: Duration = Duration::from_millis(500);
+const BIND_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Logs each listener that could not be opened; whether some are still to be bound.
+fn report_unbound(errors: Vec<String>) -> bool {
+    for e in &errors {
+        error!(error = %e, "listener not opened");
+    }
+    !errors.is_empty()
+}
+
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hands freed heap memory back to the system every [`TRIM_INTERVAL`]. glibc's malloc keeps what

@@ -112,6 +112,31 @@ fn sighup_reloads_a_change_the_file_watch_cannot_see() {
 }
 
 #[test]
+fn a_listener_whose_port_is_taken_at_start_binds_once_the_port_is_free() {
+    let a = upstream("a");
+    let dir = std::env::temp_dir().join(format!("skein-proxy-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.yaml");
+    // Someone else listens on the port when the proxy starts.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().port();
+    let (admin, status, metrics) = (free_port(), free_port(), free_port());
+    std::fs::write(&path, config(listen, (100, 0), a, a)).unwrap();
+    let mut proxy = start_proxy(&path, [admin, status, metrics], &[]);
+    eventually("status port up", || get(status, "/healthz/ready").is_some());
+    // The proxy tried and failed: the port is still the holder's (it accepts our connection).
+    std::thread::sleep(Duration::from_secs(1));
+    let probe = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    holder.set_nonblocking(true).unwrap();
+    assert!(holder.accept().is_ok(), "the connection reached the holder, not the proxy");
+    drop((probe, holder));
+    // Freed: the proxy binds it without a config change or a restart.
+    eventually("proxy serving once the port is free", || get(listen, "/").is_some_and(|r| r.1 == "a"));
+    assert!(proxy.0.try_wait().unwrap().is_none(), "the proxy exited");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_sighup_as_the_proxy_starts_does_not_end_it() {
     let a = upstream("a");
     let dir = std::env::temp_dir().join(format!("skein-proxy-early-hup-{}", std::process::id()));
