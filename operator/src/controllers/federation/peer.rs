@@ -288,15 +288,12 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             continue;
         }
         // A burst (a peer creating thousands of Services) makes one view per pace interval,
-        // not one per event: a view of a large peer costs milliseconds. Events keep being
-        // read during the wait: reading is what updates the stores, and a wait spent asleep would leave the next view with only the few events one drain
-        // below can take (the runtime's cooperative budget ends it), so a burst of 10 000
-        // would take minutes to be seen.
+        // not one per event: a view of a large peer costs milliseconds.
         if let Some(wait) = pace.wait(std::time::Instant::now()) {
-            let until = tokio::time::Instant::now() + wait;
-            while let Ok(Some(ev)) = tokio::time::timeout_at(until, all.next()).await {
+            read_until(&mut all, tokio::time::Instant::now() + wait, |ev| {
                 tracker.apply(ev);
-            }
+            })
+            .await;
         }
         while let Some(ev) = all.next().now_or_never() {
             match ev {
@@ -333,6 +330,24 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
             notify.notify_one();
         }
     }
+}
+
+/// Reads `events` into `apply` until `until` (or the stream's end); how many were read.
+/// A pace wait is spent here rather than asleep: reading is what updates the reflector
+/// stores, and after a sleep the drain that follows could take only what the runtime's
+/// cooperative budget allows (about a hundred events), so a burst of 10 000 would take minutes
+/// to be seen.
+async fn read_until<S: Stream + Unpin>(
+    events: &mut S,
+    until: tokio::time::Instant,
+    mut apply: impl FnMut(S::Item),
+) -> usize {
+    let mut read = 0;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(until, events.next()).await {
+        apply(ev);
+        read += 1;
+    }
+    read
 }
 
 /// Views of one peer take at most a fifth of a core however fast its objects change, and
@@ -433,6 +448,34 @@ mod tests {
             t.listed(s);
         }
         t
+    }
+
+    /// A burst queued in a tokio channel (which, like the watch streams, spends the task's
+    /// cooperative budget) is read in full during one pace wait, and the wait still ends on
+    /// time while the stream stays open.
+    #[tokio::test]
+    async fn a_pace_wait_reads_a_whole_burst_and_ends_on_time() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        for i in 0..10_000 {
+            tx.send(i).unwrap();
+        }
+        let mut events = Box::pin(futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|v| (v, rx)) }));
+        let mut last = None;
+        let start = tokio::time::Instant::now();
+        let wait = std::time::Duration::from_millis(300);
+        let read = read_until(&mut events, start + wait, |v| last = Some(v)).await;
+        assert_eq!((read, last), (10_000, Some(9_999)));
+        let took = start.elapsed();
+        assert!(took >= wait && took < wait * 10, "the wait took {took:?}");
+        // Only the budget's worth is ready to a drain without waiting: what the wait is for.
+        for i in 0..10_000 {
+            tx.send(i).unwrap();
+        }
+        let mut drained = 0;
+        while let Some(Some(_)) = events.next().now_or_never() {
+            drained += 1;
+        }
+        assert!(drained < 10_000, "a drain without waiting read all {drained}");
     }
 
     #[test]
