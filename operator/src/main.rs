@@ -48,6 +48,10 @@ struct Args {
     /// 5 s) before its endpoints are withdrawn from the `.global` hosts; 0: never withdrawn.
     #[arg(long, default_value_t = 30)]
     gateway_lease_seconds: u64,
+    /// Exported hosts per east-west Gateway object, on average: more are split over several
+    /// Gateways (shards), so that no object nears the apiserver's size limit.
+    #[arg(long, default_value_t = skein_operator::federation::generate::EAST_WEST_SHARD_HOSTS, value_parser = clap::value_parser!(usize))]
+    east_west_shard_hosts: usize,
     /// Namespaces MeshControlPlanes may install into (comma-separated), where the install
     /// grants the operator a Role (config/rbac/mesh_namespace.yaml); every other namespace is
     /// refused with `NamespaceNotManaged`. Empty: any namespace, for an operator with
@@ -119,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let federation = controllers::federation::Settings {
         removal_grace: Duration::from_secs(args.remote_removal_grace_seconds),
         gateway_lease: Duration::from_secs(args.gateway_lease_seconds),
+        east_west_shard_hosts: args.east_west_shard_hosts.max(1),
     };
     // Each pass of this loop is one term of leadership. Losing the lease (say, the apiserver was
     // unreachable for longer than the lease) stops the controller and makes this replica a

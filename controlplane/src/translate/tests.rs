@@ -1146,6 +1146,27 @@ spec:
     assert!(!cluster(&cfg, "outbound|9080|v3|reviews.default.svc.cluster.local").endpoints.is_empty());
 }
 
+/// The operator splits a large export over several east-west Gateways (shards): on one port
+/// their AUTO_PASSTHROUGH servers make one listener serving the union of their hosts.
+#[test]
+fn east_west_gateway_shards_on_one_port_serve_the_union_of_their_hosts() {
+    let shard = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 15443, name: tls-east-west, protocol: TLS}}\n    tls: {{mode: AUTO_PASSTHROUGH}}\n    hosts: [\"default/{host}.default.svc.cluster.local\"]\n"
+        )
+    };
+    let gws =
+        format!("{}---\n{}", shard("skein-eastwestgateway", "reviews"), shard("skein-eastwestgateway-1", "ratings"));
+    let snap = bookinfo(&format!("{INGRESS_POD}\n---\n{gws}"));
+    let cfg = gateway_config(&snap);
+    assert_eq!(cfg.listeners.len(), 1, "{:?}", cfg.listeners);
+    assert_eq!(cfg.listeners[0].protocol, ListenerProtocol::AutoPassthrough);
+    assert_eq!(
+        cfg.listeners[0].passthrough_hosts,
+        vec!["ratings.default.svc.cluster.local".to_string(), "reviews.default.svc.cluster.local".to_string()]
+    );
+}
+
 #[test]
 fn credential_name_serves_the_secret_only_to_a_gateway_that_authenticated_in_its_namespace() {
     // security.yaml's bookinfo-gateway-https, as written (the Secret lives with the gateway).

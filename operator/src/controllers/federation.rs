@@ -21,7 +21,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     core::{ApiResource, GroupVersionKind},
     runtime::{
         WatchStreamExt,
@@ -74,11 +74,17 @@ pub struct Settings {
     /// How long a peer gateway may fail its probes before its endpoints are withdrawn (zero:
     /// never).
     pub gateway_lease: Duration,
+    /// Exported hosts per east-west Gateway object, on average.
+    pub east_west_shard_hosts: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { removal_grace: Duration::from_secs(30), gateway_lease: Duration::from_secs(30) }
+        Self {
+            removal_grace: Duration::from_secs(30),
+            gateway_lease: Duration::from_secs(30),
+            east_west_shard_hosts: generate::EAST_WEST_SHARD_HOSTS,
+        }
     }
 }
 
@@ -223,6 +229,9 @@ struct Federation {
     /// The gateway addresses the probe task probes (every peer's).
     probed: Arc<std::sync::Mutex<BTreeSet<String>>>,
     east_west_pace: Pace,
+    /// Names of the east-west Gateway shards this controller wrote in a namespace and has not
+    /// deleted (`None`: to be read from the cluster).
+    east_west_shards: Option<(String, BTreeSet<String>)>,
     /// When a pass has to run even without events (work a pace held back).
     wake: Option<Instant>,
 }
@@ -256,6 +265,7 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::futu
         health,
         probed,
         east_west_pace: EAST_WEST_PACE,
+        east_west_shards: None,
         wake: None,
     };
     tokio::select! {
@@ -644,35 +654,62 @@ impl Federation {
         }
         let enabled = mcp.spec.components.east_west_gateway.as_ref().is_some_and(|g| g.enabled == Some(true));
         let exports = state.view.map(|v| v.services).unwrap_or_default();
-        let wanted = if enabled { generate::east_west_gateway(&exports, target) } else { None };
+        let wanted = if enabled {
+            generate::east_west_gateways(&exports, target, self.settings.east_west_shard_hosts)
+        } else {
+            Vec::new()
+        };
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "Gateway"));
-        let name = generate::EAST_WEST_GATEWAY;
-        match wanted {
-            Some(body) => {
-                if let Some(wait) = self.east_west_pace.wait(Instant::now()) {
-                    let at = Instant::now() + wait;
-                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
-                    return Ok(());
-                }
-                let desired = Desired { resource, namespaced: true, name: name.to_string(), body };
-                let started = Instant::now();
-                let outcome = Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await?;
-                if outcome.wrote() {
-                    self.east_west_pace.record(Instant::now(), started.elapsed());
-                }
-            }
-            None => {
-                let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
-                let what = || format!("Gateway/{name}");
-                let live = api.get_opt(name).await.map_err(ApplyError::during("get", what()))?;
-                let ours = live.is_some_and(|g| g.labels().get(GENERATED_LABEL).is_some_and(|v| *v == mcp.name_any()));
-                if ours {
-                    api.delete(name, &DeleteParams::background())
-                        .await
-                        .map_err(ApplyError::during("delete", what()))?;
-                }
+        let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
+        if !wanted.is_empty() {
+            if let Some(wait) = self.east_west_pace.wait(Instant::now()) {
+                let at = Instant::now() + wait;
+                self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                return Ok(());
             }
         }
+        // The shards there are: read once, then known from what this controller wrote.
+        let mesh = mcp.name_any();
+        let mut present = match self.east_west_shards.take() {
+            Some((ns, known)) if ns == namespace => known,
+            _ => {
+                let ours = ListParams::default().labels(&format!("{GENERATED_LABEL}={mesh}"));
+                let live = api.list_metadata(&ours).await.map_err(ApplyError::during("list", "Gateways"))?;
+                live.items
+                    .into_iter()
+                    .map(|g| g.name_any())
+                    .filter(|n| generate::is_east_west_gateway_name(n))
+                    .collect()
+            }
+        };
+        let started = Instant::now();
+        let mut wrote = false;
+        for (name, body) in &wanted {
+            let desired =
+                Desired { resource: resource.clone(), namespaced: true, name: name.clone(), body: body.clone() };
+            let outcome = Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await;
+            let outcome = outcome.inspect_err(|_| self.east_west_shards = None)?;
+            wrote |= outcome.wrote();
+            present.insert(name.clone());
+        }
+        if wrote {
+            self.east_west_pace.record(Instant::now(), started.elapsed());
+        }
+        // Shards no longer wanted (fewer hosts, or none exported): only ours are deleted.
+        let stale: Vec<String> = present.iter().filter(|n| !wanted.iter().any(|(w, _)| w == *n)).cloned().collect();
+        for name in stale {
+            let what = || format!("Gateway/{name}");
+            let live = api.get_metadata_opt(&name).await.map_err(ApplyError::during("get", what()))?;
+            if live.is_some_and(|g| g.labels().get(GENERATED_LABEL).is_some_and(|v| *v == mesh)) {
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(e) => return Err(ApplyError::during("delete", what())(e)),
+                }
+            }
+            present.remove(&name);
+        }
+        self.east_west_shards = Some((namespace.to_string(), present));
         Ok(())
     }
 

@@ -264,39 +264,78 @@ pub fn suffix_destination_rule(suffix: &str, target: &Target) -> Value {
     })
 }
 
-/// Name of the Gateway that opens the east-west gateway's 15443 to what this cluster exports.
+/// Name of the Gateway that opens the east-west gateway's 15443 to what this cluster exports
+/// (the first of them, when the hosts are split over several).
 pub const EAST_WEST_GATEWAY: &str = "skein-eastwestgateway";
 
-/// The Gateway making the east-west gateway serve AUTO_PASSTHROUGH on 15443 for `exports`
-/// (this cluster's exported Services) and nothing else; `None` when nothing is exported (a
-/// Gateway without hosts is invalid, and there is nothing to serve).
-pub fn east_west_gateway(exports: &[ExportedService], target: &Target) -> Option<Value> {
-    if exports.is_empty() {
-        return None;
+/// Exported hosts per east-west Gateway object, on average, by default: 4096 hosts make about 250 KB, far
+/// from the apiserver's 1.5 MiB limit on one object even in a shard the hash filled twice as
+/// much as the others.
+pub const EAST_WEST_SHARD_HOSTS: usize = 4096;
+
+/// Name of east-west Gateway shard `i`: the first keeps the unsharded name.
+pub fn east_west_gateway_name(i: usize) -> String {
+    if i == 0 { EAST_WEST_GATEWAY.to_string() } else { format!("{EAST_WEST_GATEWAY}-{i}") }
+}
+
+/// Whether `name` is one of the east-west Gateway's shards.
+pub fn is_east_west_gateway_name(name: &str) -> bool {
+    name == EAST_WEST_GATEWAY
+        || name
+            .strip_prefix(EAST_WEST_GATEWAY)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|i| i.parse::<usize>().is_ok_and(|i| i > 0))
+}
+
+/// The Gateways making the east-west gateway serve AUTO_PASSTHROUGH on 15443 for `exports`
+/// (this cluster's exported Services) and nothing else, by name; none when nothing is
+/// exported (a Gateway without hosts is invalid, and there is nothing to serve). The control
+/// plane merges the servers of every Gateway on one port, as Istio does, so the hosts can be
+/// split over several objects (about `per_shard` hosts each): by a hash of the host over a power-of-two number of shards, so
+/// that a host stays in its shard as others come and go, and doubling the shards moves each
+/// host either nowhere or to one new shard.
+pub fn east_west_gateways(exports: &[ExportedService], target: &Target, per_shard: usize) -> Vec<(String, Value)> {
+    let shards = exports.len().div_ceil(per_shard.max(1)).max(1).next_power_of_two();
+    let mut hosts: Vec<Vec<String>> = vec![Vec::new(); shards];
+    for s in exports {
+        let host = format!("{}.{}.svc.cluster.local", s.name, s.namespace);
+        let shard = (super::credentials::fingerprint(host.as_bytes()) % shards as u64) as usize;
+        hosts[shard].push(format!("{}/{host}", s.namespace));
     }
-    let hosts: Vec<String> =
-        exports.iter().map(|s| format!("{}/{}.{}.svc.cluster.local", s.namespace, s.name, s.namespace)).collect();
-    Some(json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": owned_metadata(EAST_WEST_GATEWAY, target),
-        "spec": {
-            "selector": {"istio": "eastwestgateway"},
-            "servers": [{
-                "port": {"number": EAST_WEST_PORT, "name": "tls-east-west", "protocol": "TLS"},
-                "tls": {"mode": "AUTO_PASSTHROUGH"},
-                "hosts": hosts,
-            }],
-        },
-    }))
+    hosts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, hosts)| !hosts.is_empty())
+        .map(|(i, hosts)| {
+            let name = east_west_gateway_name(i);
+            let body = json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "Gateway",
+                "metadata": owned_metadata(&name, target),
+                "spec": {
+                    "selector": {"istio": "eastwestgateway"},
+                    "servers": [{
+                        "port": {"number": EAST_WEST_PORT, "name": "tls-east-west", "protocol": "TLS"},
+                        "tls": {"mode": "AUTO_PASSTHROUGH"},
+                        "hosts": hosts,
+                    }],
+                },
+            });
+            (name, body)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_east_west_gateway_serves_exactly_the_exported_services() {
-        assert!(east_west_gateway(&[], &target()).is_none());
-        let gw = east_west_gateway(&[svc("reviews", &["v2"]), svc("ratings", &[])], &target()).unwrap();
+        assert!(east_west_gateways(&[], &target(), EAST_WEST_SHARD_HOSTS).is_empty());
+        let gws = east_west_gateways(&[svc("reviews", &["v2"]), svc("ratings", &[])], &target(), EAST_WEST_SHARD_HOSTS);
+        assert_eq!(gws.len(), 1);
+        let (name, gw) = &gws[0];
+        assert_eq!(name, EAST_WEST_GATEWAY);
+        assert_eq!(gw["metadata"]["name"], EAST_WEST_GATEWAY);
         assert_eq!(gw["spec"]["selector"], json!({"istio": "eastwestgateway"}));
         let server = &gw["spec"]["servers"][0];
         assert_eq!(server["port"], json!({"number": 15443, "name": "tls-east-west", "protocol": "TLS"}));
@@ -304,6 +343,56 @@ mod tests {
         assert_eq!(
             server["hosts"],
             json!(["default/reviews.default.svc.cluster.local", "default/ratings.default.svc.cluster.local"])
+        );
+    }
+
+    #[test]
+    fn many_exported_hosts_are_split_over_stable_gateway_shards() {
+        let hosts = |gws: &[(String, Value)]| -> BTreeMap<String, String> {
+            gws.iter()
+                .flat_map(|(name, gw)| {
+                    assert_eq!(gw["metadata"]["name"], json!(name));
+                    gw["spec"]["servers"][0]["hosts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|h| (h.as_str().unwrap().to_string(), name.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let n = 3 * EAST_WEST_SHARD_HOSTS;
+        let mut exports: Vec<ExportedService> = (0..n).map(|i| svc(&format!("s{i}"), &[])).collect();
+        let gws = east_west_gateways(&exports, &target(), EAST_WEST_SHARD_HOSTS);
+        // 3 × 4096 hosts: four shards, each far below the object size limit, every host once.
+        let names: Vec<&str> = gws.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [EAST_WEST_GATEWAY, "skein-eastwestgateway-1", "skein-eastwestgateway-2", "skein-eastwestgateway-3"]
+        );
+        for (name, gw) in &gws {
+            let bytes = serde_json::to_vec(gw).unwrap().len();
+            assert!(bytes < 512 * 1024, "{name}: {bytes} bytes");
+        }
+        let before = hosts(&gws);
+        assert_eq!(before.len(), n);
+        // One more host: no other host changes shard.
+        exports.push(svc("extra", &[]));
+        let after = hosts(&east_west_gateways(&exports, &target(), EAST_WEST_SHARD_HOSTS));
+        assert_eq!(after.len(), n + 1);
+        assert!(before.iter().all(|(h, shard)| after.get(h) == Some(shard)));
+        // Doubling the shards: a host stays or moves to its shard + 4, never elsewhere.
+        exports.extend((n..2 * n).map(|i| svc(&format!("s{i}"), &[])));
+        let doubled = hosts(&east_west_gateways(&exports, &target(), EAST_WEST_SHARD_HOSTS));
+        for (h, shard) in &before {
+            let i = |name: &str| name.strip_prefix("skein-eastwestgateway-").map_or(0, |i| i.parse::<usize>().unwrap());
+            let (was, now) = (i(shard), i(&doubled[h]));
+            assert!(now == was || now == was + 4, "{h}: shard {was} -> {now}");
+        }
+        assert!(is_east_west_gateway_name(EAST_WEST_GATEWAY) && is_east_west_gateway_name("skein-eastwestgateway-7"));
+        assert!(
+            !is_east_west_gateway_name("skein-eastwestgateway-0")
+                && !is_east_west_gateway_name("skein-eastwestgateway-x")
         );
     }
 

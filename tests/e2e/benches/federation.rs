@@ -1,16 +1,18 @@
-//! Federation benchmark (not a test), on two local clusters with kwok nodes and an operator
-//! each (cluster2 exports, cluster1 imports):
+//! Federation benchmark (not a test), on SKEIN_BENCH_CLUSTERS local clusters (default 3) with
+//! kwok nodes and an operator each: cluster1 imports, every other cluster exports.
 //!
 //! 1. Propagation: an exported Service created in cluster2 → its `.global` ServiceEntry present
 //!    in cluster1, p50/p99 over SKEIN_BENCH_ROUNDS Services (default 50). Baseline, in the same
 //!    run: a plain watch on cluster2's Services, opened by this process, seeing the same
 //!    Service (what any watcher of the peer gets at best). Goal: p99 under 1 s and within
 //!    200 ms of the plain watch.
-//! 2. Cold start: SKEIN_BENCH_COLD exported Services (default 2000) exist in cluster2 before
-//!    cluster1 is joined; time from applying the remote Secret to every ServiceEntry present
-//!    in cluster1 (seen by a watch), and the importing operator's resident memory and CPU time.
-//!    The clock starts once the exporter has settled (its east-west Gateway lists them all and
-//!    holds still). Goal: under 30 s.
+//! 2. Cold start: SKEIN_BENCH_COLD exported Services (default 2000) exist in every exporting
+//!    cluster, under the same names (the common case of a Service deployed in every cluster),
+//!    before cluster1 is joined to all of them at once; time from applying the remote Secrets
+//!    to every ServiceEntry in cluster1 listing one endpoint per exporter (seen by a watch),
+//!    and the importing operator's resident memory and CPU time. The clock starts once the
+//!    exporters have settled (their east-west Gateways list them all and hold still). Goal:
+//!    under 30 s.
 //! 3. Steady state: writes to cluster1's generated objects over 10 s after convergence (goal 0).
 //!
 //!   cargo build --release -p skein-operator && cargo build -p skeinctl
@@ -61,7 +63,9 @@ fn proc_stat(pid: u32) -> (u64, f64) {
     (rss, cpu as f64 / 100.0)
 }
 
-async fn member(name: &str) -> (Cluster, Operator) {
+/// A cluster with its operator and east-west gateway; `index` picks the gateway's address.
+async fn member(index: usize) -> (Cluster, Operator) {
+    let name = format!("cluster{index}");
     let cluster = Cluster::start(&format!("bfed-{name}")).await.expect("cluster");
     cluster.install_crds().await.expect("CRDs");
     let kc = cluster.kubeconfig.clone();
@@ -81,7 +85,7 @@ async fn member(name: &str) -> (Cluster, Operator) {
         assert!(start.elapsed() < Duration::from_secs(120), "{name}: no east-west gateway Service");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let lb = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}});
+    let lb = json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("198.51.100.{index}")}]}}});
     services.patch_status("skein-eastwestgateway", &PatchParams::default(), &Patch::Merge(&lb)).await.expect("lb");
     (cluster, op)
 }
@@ -111,16 +115,19 @@ where
     seen
 }
 
-/// First time each generated object of `api` was seen by a watch (a watch, not polling: a
-/// LIST of 10 000 objects every 100 ms would itself load the apiserver being measured).
-fn record_dynamic(api: Api<DynamicObject>) -> Arc<Mutex<BTreeMap<String, Instant>>> {
+/// First time each generated ServiceEntry of `api` was seen by a watch with at least
+/// `endpoints` endpoints (a watch, not polling: a LIST of 10 000 objects every 100 ms would
+/// itself load the apiserver being measured).
+fn record_dynamic(api: Api<DynamicObject>, endpoints: usize) -> Arc<Mutex<BTreeMap<String, Instant>>> {
     let seen = Arc::new(Mutex::new(BTreeMap::new()));
     let s = seen.clone();
     tokio::spawn(async move {
         let generated = watcher::Config::default().labels("mesh.skein.dev/federation");
         let mut events = std::pin::pin!(watcher(api, generated).default_backoff().applied_objects());
         while let Some(Ok(obj)) = events.next().await {
-            s.lock().unwrap().entry(obj.name_any()).or_insert_with(Instant::now);
+            if obj.data["spec"]["endpoints"].as_array().map_or(0, Vec::len) >= endpoints {
+                s.lock().unwrap().entry(obj.name_any()).or_insert_with(Instant::now);
+            }
         }
     });
     seen
@@ -151,44 +158,51 @@ async fn wait_count(seen: &Mutex<BTreeMap<String, Instant>>, prefix: &str, n: us
 }
 
 /// Waits until the exporter's operator has finished with the `n` Services just created: its
-/// east-west Gateway lists them all and has not changed for 3 s. Until then the exporting
-/// cluster's apiserver is busy, and the cold start would measure two clusters sharing the
-/// machine's cores rather than the import.
+/// east-west Gateways (one, or several shards) list them all and have not changed for 3 s.
+/// Until then the exporting cluster's apiserver is busy, and the cold start would measure
+/// clusters sharing the machine's cores rather than the import.
 async fn exporter_settled(exporter: &Cluster, n: usize, limit: Duration) -> Duration {
     let gateways: Api<DynamicObject> = Api::namespaced_with(exporter.client.clone(), NS, &gateway_resource());
     let start = Instant::now();
-    let mut last: Option<(String, Instant)> = None;
+    let mut last: Option<(Vec<String>, Instant)> = None;
     loop {
-        let gw = gateways.get_opt("skein-eastwestgateway").await.ok().flatten();
-        let hosts = gw.as_ref().and_then(|g| g.data["spec"]["servers"][0]["hosts"].as_array().map(Vec::len));
-        let version = gw.and_then(|g| g.resource_version());
-        match (version, &last) {
-            (Some(v), Some((seen, since))) if *seen == v => {
-                if hosts.unwrap_or(0) >= n && since.elapsed() >= Duration::from_secs(3) {
+        let generated = ListParams::default().labels("mesh.skein.dev/federation");
+        let gws = gateways.list(&generated).await.map(|l| l.items).unwrap_or_default();
+        let hosts: usize =
+            gws.iter().map(|g| g.data["spec"]["servers"][0]["hosts"].as_array().map_or(0, Vec::len)).sum();
+        let versions: Vec<String> = gws.iter().filter_map(|g| g.resource_version()).collect();
+        match &last {
+            Some((seen, since)) if *seen == versions => {
+                if hosts >= n && since.elapsed() >= Duration::from_secs(3) {
                     return start.elapsed();
                 }
             }
-            (Some(v), _) => last = Some((v, Instant::now())),
-            (None, _) => {}
+            _ => last = Some((versions, Instant::now())),
         }
-        assert!(start.elapsed() < limit, "the exporter's east-west Gateway did not settle in {limit:?}");
+        assert!(start.elapsed() < limit, "the exporter's east-west Gateways did not settle in {limit:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let cold: usize = std::env::var("SKEIN_BENCH_COLD").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let ((c1, op1), (c2, _op2)) = tokio::join!(member("cluster1"), member("cluster2"));
-    let exporter: Api<Service> = Api::namespaced(c2.client.clone(), "default");
-    let ses: Api<DynamicObject> = Api::namespaced_with(c1.client.clone(), NS, &se_resource());
+/// Creates `cold-0` .. `cold-{n-1}` in `cluster`, 50 at a time; how long that took.
+async fn create_cold(cluster: &Cluster, n: usize) -> Duration {
+    let api: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+    let creating = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let creates = chunk.iter().map(|i| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &service(&format!("cold-{i}"))).await.expect("create") }
+        });
+        futures::future::join_all(creates).await;
+    }
+    creating.elapsed()
+}
 
-    // 2. Cold start: the Services exist before the peer is joined. What the exporter writes
-    // meanwhile (its east-west Gateway) is counted.
-    let gateway_writes = Arc::new(Mutex::new((0usize, 0usize)));
-    let counted = gateway_writes.clone();
-    let gateways: Api<DynamicObject> = Api::namespaced_with(c2.client.clone(), NS, &gateway_resource());
+/// Counts the writes to `cluster`'s east-west Gateway and their bytes, from now on.
+fn count_gateway_writes(cluster: &Cluster) -> Arc<Mutex<(usize, usize)>> {
+    let writes = Arc::new(Mutex::new((0usize, 0usize)));
+    let counted = writes.clone();
+    let gateways: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), NS, &gateway_resource());
     tokio::spawn(async move {
         let mut events =
             std::pin::pin!(watcher(gateways, watcher::Config::default()).default_backoff().applied_objects());
@@ -198,20 +212,38 @@ async fn main() {
             *c = (c.0 + 1, c.1 + size);
         }
     });
-    let creating = Instant::now();
-    for chunk in (0..cold).collect::<Vec<_>>().chunks(50) {
-        let creates = chunk.iter().map(|i| {
-            let api = exporter.clone();
-            async move { api.create(&PostParams::default(), &service(&format!("cold-{i}"))).await.expect("create") }
-        });
-        futures::future::join_all(creates).await;
-    }
-    let created = creating.elapsed();
-    let settled = exporter_settled(&c2, cold, Duration::from_secs(600)).await;
-    let (gw_writes, gw_bytes) = *gateway_writes.lock().unwrap();
-    let imported = record_dynamic(ses.clone());
+    writes
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::var("SKEIN_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let cold: usize = std::env::var("SKEIN_BENCH_COLD").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let clusters: usize = std::env::var("SKEIN_BENCH_CLUSTERS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    assert!(clusters >= 2, "SKEIN_BENCH_CLUSTERS: at least 2 (one importer, one exporter)");
+    let mut members = futures::future::join_all((1..=clusters).map(member)).await;
+    let exporters: Vec<(Cluster, Operator)> = members.split_off(1);
+    let (c1, op1) = members.pop().unwrap();
+    let c2 = &exporters[0].0;
+    let exporter: Api<Service> = Api::namespaced(c2.client.clone(), "default");
+    let ses: Api<DynamicObject> = Api::namespaced_with(c1.client.clone(), NS, &se_resource());
+
+    // 2. Cold start: the Services exist in every exporter before the importer is joined. What
+    // the exporters write meanwhile (their east-west Gateways) is counted.
+    let gateway_writes: Vec<_> = exporters.iter().map(|(c, _)| count_gateway_writes(c)).collect();
+    let created = futures::future::join_all(exporters.iter().map(|(c, _)| create_cold(c, cold))).await;
+    let created = created.into_iter().max().unwrap_or_default();
+    let settled =
+        futures::future::join_all(exporters.iter().map(|(c, _)| exporter_settled(c, cold, Duration::from_secs(900))))
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+    let (gw_writes, gw_bytes) =
+        gateway_writes.iter().map(|w| *w.lock().unwrap()).fold((0, 0), |a, w| (a.0 + w.0, a.1 + w.1));
+    let imported = record_dynamic(ses.clone(), exporters.len());
     let (rss_before, cpu_before) = proc_stat(op1.pid());
-    join(&c2, &c1).await;
+    futures::future::join_all(exporters.iter().map(|(c, _)| join(c, &c1))).await;
     let converge = wait_count(&imported, "cold-", cold, Duration::from_secs(600)).await;
     let (rss_after, cpu_after) = proc_stat(op1.pid());
 
@@ -226,6 +258,7 @@ async fn main() {
 
     // 1. Propagation, against a plain watch of the exporter.
     let watched = record(Api::<Service>::namespaced(c2.client.clone(), "default"), |s: &Service| s.name_any());
+    let imported = record_dynamic(ses.clone(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut plain, mut fed, mut delta) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
@@ -270,14 +303,16 @@ async fn main() {
         ms(pct(&mut delta, 0.99))
     );
     println!(
-        "\ncold start: {cold} exported Services imported in {:.1} s; importing operator RSS {} -> {} MiB, CPU {:.1} s",
+        "\ncold start: {cold} Services exported by each of {} clusters imported ({cold} ServiceEntries of {} endpoints) in {:.1} s; importing operator RSS {} -> {} MiB, CPU {:.1} s",
+        exporters.len(),
+        exporters.len(),
         converge.as_secs_f64(),
         rss_before / 1024,
         rss_after / 1024,
         cpu_after - cpu_before
     );
     println!(
-        "exporter: {cold} Services created in {:.1} s, its operator settled {:.1} s later; east-west Gateway written {gw_writes} times, {} MiB in all",
+        "exporters: {cold} Services created in each in {:.1} s, their operators settled {:.1} s later; east-west Gateways written {gw_writes} times, {} MiB in all",
         created.as_secs_f64(),
         settled.as_secs_f64(),
         gw_bytes >> 20

@@ -66,19 +66,14 @@ fn reviews(page: &Value) -> (&str, &str) {
 }
 
 /// A real cluster on `network` with Skein's operator (a host process: it reaches the other
-/// cluster's apiserver at the address in the remote Secret) and a mesh named `name`.
-async fn member(name: &str, network: &str, east_west: bool) -> (Cluster, Operator) {
+/// cluster's apiserver at the address in the remote Secret, started with `extra` arguments)
+/// and a mesh named `name`.
+async fn member(name: &str, network: &str, east_west: bool, extra: &[&str]) -> (Cluster, Operator) {
     let cluster = Cluster::start_real_on_network(&format!("fb-{name}"), network).await.expect("cluster starts");
     cluster.install_crds().await.expect("CRDs");
     let kubeconfig = cluster.kubeconfig.clone();
-    let operator = Operator::start_args(
-        &cluster,
-        "op",
-        &kubeconfig,
-        "default",
-        &["--image-registry", "skein.local/skein", "--gateway-lease-seconds", "6"],
-    )
-    .expect("operator starts");
+    let args = [&["--image-registry", "skein.local/skein", "--gateway-lease-seconds", "6"][..], extra].concat();
+    let operator = Operator::start_args(&cluster, "op", &kubeconfig, "default", &args).expect("operator starts");
     let gateways = if east_west { "components: {eastWestGateway: {enabled: true}}" } else { "components: {}" };
     cluster.apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\napiVersion: mesh.skein.dev/v1alpha1\nkind: MeshControlPlane\nmetadata: {{name: default}}\nspec:\n  tag: dev\n  multiCluster: {{clusterName: {name}, network: {network}}}\n  {gateways}\n"
@@ -223,7 +218,13 @@ fn addr_of_pod(c: &Cluster, selector: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_gateway() {
-    let ((c1, op1), (c2, op2)) = tokio::join!(member("cluster1", "east", false), member("cluster2", "west", true));
+    // cluster2 splits its east-west Gateway at one host per object (4096 by default): its two
+    // exports are served from two Gateways (by their hashes: reviews from the first, ratings
+    // from `skein-eastwestgateway-1`), which its control plane merges on 15443.
+    let ((c1, op1), (c2, op2)) = tokio::join!(
+        member("cluster1", "east", false, &[]),
+        member("cluster2", "west", true, &["--east-west-shard-hosts", "1"])
+    );
     tokio::join!(wait_ready(&c1, &op1), wait_ready(&c2, &op2));
 
     // Each cluster registers the other, as the README's steps say.
@@ -456,6 +457,42 @@ async fn reviews_v2_and_v3_of_another_network_are_reached_through_its_east_west_
     assert!(hello_answered(ew, "outbound_.9080_.v2_.reviews.default.global"), "the exported service is served");
     assert!(!hello_answered(ew, "outbound_.9080_._.details.default.svc.cluster.local"), "details is not exported");
     assert!(!hello_answered(ew, "outbound_.9080_._.details.default.global"), "details is not exported");
+    let shards = || {
+        let out = kubectl_ok(
+            &c2,
+            &[
+                "get",
+                "gateways.networking.istio.io",
+                "-n",
+                NS,
+                "-l",
+                "mesh.skein.dev/federation",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name}={.spec.servers[0].hosts}{"\n"}{end}"#,
+            ],
+        );
+        out.lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        shards(),
+        [
+            r#"skein-eastwestgateway=["default/reviews.default.svc.cluster.local"]"#,
+            r#"skein-eastwestgateway-1=["default/ratings.default.svc.cluster.local"]"#
+        ]
+    );
+    assert!(hello_answered(ew, "outbound_.9080_._.ratings.default.global"), "the second shard's host is served");
+    // ratings no longer exported: its shard goes, and the gateway stops serving it.
+    kubectl_ok(&c2, &["label", "service", "ratings", "-n", "default", "mesh.skein.dev/export-"]);
+    eventually("cluster2's second east-west Gateway removed", Duration::from_secs(30), || async {
+        (shards().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(shards(), [r#"skein-eastwestgateway=["default/reviews.default.svc.cluster.local"]"#]);
+    eventually("ratings no longer served by the east-west gateway", Duration::from_secs(30), || async {
+        (!hello_answered(ew, "outbound_.9080_._.ratings.default.global")).then_some(())
+    })
+    .await;
+    assert!(hello_answered(ew, "outbound_.9080_.v2_.reviews.default.global"), "reviews still served");
 
     // cluster2's sidecar enforces AuthorizationPolicies on cluster1's identity: denied when the
     // policy names another principal, allowed again when it names productpage.
