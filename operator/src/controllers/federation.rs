@@ -661,12 +661,12 @@ impl Federation {
         };
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", "Gateway"));
         let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
-        if !wanted.is_empty() {
-            if let Some(wait) = self.east_west_pace.wait(Instant::now()) {
-                let at = Instant::now() + wait;
-                self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
-                return Ok(());
-            }
+        if !wanted.is_empty()
+            && let Some(wait) = self.east_west_pace.wait(Instant::now())
+        {
+            let at = Instant::now() + wait;
+            self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+            return Ok(());
         }
         // The shards there are: read once, then known from what this controller wrote.
         let mesh = mcp.name_any();
@@ -687,8 +687,8 @@ impl Federation {
         for (name, body) in &wanted {
             let desired =
                 Desired { resource: resource.clone(), namespaced: true, name: name.clone(), body: body.clone() };
-            let outcome = Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await;
-            let outcome = outcome.inspect_err(|_| self.east_west_shards = None)?;
+            // On an error the shards are read again next time (`east_west_shards` stays None).
+            let outcome = Applier::new(self.ctx.client.clone()).ensure(&desired, namespace).await?;
             wrote |= outcome.wrote();
             present.insert(name.clone());
         }
