@@ -340,9 +340,9 @@ fn hold_sighup(hold: bool) -> anyhow::Result<()> {
     pthread_sigmask(how, Some(&SigSet::from(Signal::SIGHUP)), None).context("SIGHUP mask")
 }
 
-/// How often freed heap memory is handed back to the system.
-/// First and longest wait before a listener that could not bind is tried again.
+/// First wait before a listener that could not bind is tried again; it doubles per failure.
 const BIND_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two tries to bind a listener.
 const BIND_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Logs each listener that could not be opened; whether some are still to be bound.
@@ -353,6 +353,7 @@ fn report_unbound(errors: Vec<String>) -> bool {
     !errors.is_empty()
 }
 
+/// How often freed heap memory is handed back to the system.
 const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hands freed heap memory back to the system every [`TRIM_INTERVAL`]. glibc's malloc keeps what
