@@ -10,7 +10,10 @@ pub mod peer;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -117,9 +120,10 @@ impl Drop for PeerHandle {
 /// What a host's objects were last found equal to.
 struct InSync {
     host: GlobalHost,
+    /// The plan (`LastPlan::id`) `host` was last found equal in: in a later pass with the
+    /// same plan it is equal without being compared.
+    plan: u64,
     vip: std::net::Ipv4Addr,
-    /// resourceVersions of its ServiceEntry and DestinationRule then.
-    versions: [Option<String>; 2],
 }
 
 /// A cluster key of a remote Secret that cannot be used.
@@ -135,7 +139,54 @@ struct LocalStores {
     secrets: Vec<Store<Secret>>,
     service_entries: Store<DynamicObject>,
     destination_rules: Store<DynamicObject>,
+    /// Counts remote Secret events: a pass writing thousands of objects stops early when a
+    /// peer is registered or changed meanwhile (see [`Federation::membership_changed`]).
+    secret_events: Arc<AtomicU64>,
+    /// What changed in `service_entries` and `destination_rules` since a pass last looked.
+    changed: Arc<std::sync::Mutex<Changed>>,
     task: JoinHandle<()>,
+}
+
+/// Names of watched ServiceEntries and DestinationRules that changed (or all of them, after a
+/// re-list): a pass compares only those, and the hosts whose inputs changed, with what they
+/// should be; with thousands of imported hosts that is what keeps a pass short.
+#[derive(Debug, Default)]
+struct Changed {
+    all: bool,
+    names: std::collections::HashSet<String>,
+}
+
+impl Changed {
+    /// Records the objects of watch events into `changed`. The reflector has updated its
+    /// store when the event comes out, so a name taken from here can be looked up there.
+    fn recorder(
+        changed: Arc<std::sync::Mutex<Changed>>,
+    ) -> impl FnMut(Result<watcher::Event<DynamicObject>, watcher::Error>) {
+        move |event| {
+            let mut c = changed.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    if !c.all {
+                        c.names.insert(o.name_any());
+                    }
+                }
+                // A re-list replaces the store: anything may have changed.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone) => {
+                    c.all = true;
+                    c.names.clear();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn take(changed: &std::sync::Mutex<Changed>) -> Changed {
+        std::mem::take(&mut *changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.all || self.names.contains(name)
+    }
 }
 
 impl LocalStores {
@@ -148,6 +199,7 @@ impl LocalStores {
         // no Secret elsewhere), or cluster-wide when it runs with cluster-wide rights.
         let mut streams = vec![m];
         let mut secrets = Vec::new();
+        let secret_events = Arc::new(AtomicU64::new(0));
         let namespaces: Vec<Option<&str>> = match scope.namespaces() {
             Some(set) => set.iter().map(|n| Some(n.as_str())).collect(),
             None => vec![None],
@@ -160,7 +212,9 @@ impl LocalStores {
                 };
                 let (store, w) = reflector::store::<Secret>();
                 let config = cfg().labels(&format!("{label}=true"));
-                streams.push(reflector::reflector(w, watcher(api, config).default_backoff()).map(|_| ()).boxed());
+                let seen = secret_events.clone();
+                let stream = reflector::reflector(w, watcher(api, config).default_backoff());
+                streams.push(stream.map(move |_| _ = seen.fetch_add(1, Ordering::Relaxed)).boxed());
                 secrets.push(store);
             }
         }
@@ -168,8 +222,9 @@ impl LocalStores {
         let w = reflector::store::Writer::new(se.clone());
         let service_entries = w.as_reader();
         let se_api = Api::<DynamicObject>::all_with(client.clone(), &se);
+        let changed = Arc::new(std::sync::Mutex::new(Changed::default()));
         let s3 = reflector::reflector(w, watcher(se_api, cfg()).modify(strip_managed_fields).default_backoff())
-            .map(|_| ())
+            .map(Changed::recorder(changed.clone()))
             .boxed();
         let dr = destination_rules();
         let w = reflector::store::Writer::new(dr.clone());
@@ -178,7 +233,7 @@ impl LocalStores {
         // All of them, not only the generated ones: a user's rule holding a generated rule's
         // name or host must be seen to be left alone.
         let dr_watch = watcher(dr_api, cfg()).modify(strip_managed_fields);
-        let s4 = reflector::reflector(w, dr_watch.default_backoff()).map(|_| ()).boxed();
+        let s4 = reflector::reflector(w, dr_watch.default_backoff()).map(Changed::recorder(changed.clone())).boxed();
         streams.extend([s3, s4]);
         let mut all = futures::stream::select_all(streams);
         let task = tokio::spawn(async move {
@@ -186,7 +241,7 @@ impl LocalStores {
                 notify.notify_one();
             }
         });
-        Self { meshes, secrets, service_entries, destination_rules, task }
+        Self { meshes, secrets, service_entries, destination_rules, secret_events, changed, task }
     }
 
     async fn ready(&self) {
@@ -212,12 +267,12 @@ struct Federation {
     notify: Arc<Notify>,
     peers: BTreeMap<String, PeerHandle>,
     /// Hosts whose objects were last found equal to what they should be, with what they were
-    /// made from and the versions seen, for the target (namespace/mesh/uid) in the key: a
-    /// pass compares (serializes) only hosts whose inputs or objects changed since, not every
-    /// imported host.
+    /// made from, for the target (namespace/mesh/uid) in the key; an entry goes when the watch
+    /// sees its objects change ([`Changed`]). A pass compares (serializes) only hosts whose
+    /// inputs or objects changed since, not every imported host.
     in_sync: (String, HashMap<String, InSync>),
     /// The VIP table, once read.
-    vips: Option<VipTable>,
+    vips: Option<Arc<VipTable>>,
     /// The quarantine as last persisted (`None`: not known to be persisted as it is).
     quarantine: Option<BTreeMap<std::net::Ipv4Addr, crate::federation::vip::Released>>,
     /// The peers' roots as last written to `skein-federated-roots`, once read.
@@ -234,6 +289,20 @@ struct Federation {
     east_west_shards: Option<(String, BTreeSet<String>)>,
     /// When a pass has to run even without events (work a pace held back).
     wake: Option<Instant>,
+    last_plan: Option<LastPlan>,
+    /// The ServiceEntry and DestinationRule names the last complete prune kept.
+    pruned: Option<(BTreeSet<String>, BTreeSet<String>)>,
+}
+
+/// The last plan and what it was made from.
+struct LastPlan {
+    /// The peers' views (held, so that a pointer names one view).
+    views: Vec<Arc<generate::Peer>>,
+    withdrawn: BTreeSet<String>,
+    suffix: String,
+    plan: Arc<BTreeMap<String, GlobalHost>>,
+    /// Counts the plans made.
+    id: u64,
 }
 
 impl Drop for Federation {
@@ -267,6 +336,8 @@ pub async fn run(ctx: Arc<Context>, settings: Settings, shutdown: impl std::futu
         east_west_pace: EAST_WEST_PACE,
         east_west_shards: None,
         wake: None,
+        last_plan: None,
+        pruned: None,
     };
     tokio::select! {
         _ = shutdown => {}
@@ -313,11 +384,15 @@ impl Federation {
         };
         let namespace = mcp.spec.namespace.clone();
         let started = Instant::now();
+        // Read before the Secrets are: an event after this cuts a long write short.
+        let secret_events = self.local.secret_events.load(Ordering::Relaxed);
         let refused = self.sync_peers(&mcp, &namespace).await;
+        let pending: Vec<String> =
+            self.peers.iter().filter(|(_, p)| p.state.borrow().view.is_none()).map(|(c, _)| c.clone()).collect();
 
         // What the peers export, from their last complete views, without the gateways whose
         // health lease ran out.
-        let mut views: Vec<generate::Peer> =
+        let views: Vec<Arc<generate::Peer>> =
             self.peers.values().filter_map(|p| p.state.borrow().view.clone()).collect();
         let addresses: BTreeSet<String> = views.iter().flat_map(|v| v.gateways.iter().cloned()).collect();
         let withdrawn = {
@@ -326,12 +401,9 @@ impl Federation {
             health.withdrawn(Instant::now())
         };
         *self.probed.lock().unwrap_or_else(|e| e.into_inner()) = addresses;
-        for v in &mut views {
-            v.withdrawn = v.gateways.iter().filter(|g| withdrawn.contains(*g)).cloned().collect();
-        }
         let suffix = mcp.spec.multi_cluster.as_ref().and_then(|m| m.global_domain_suffix.clone());
         let suffix = suffix.as_deref().unwrap_or(DEFAULT_SUFFIX);
-        let plan = generate::plan(&views, suffix);
+        let (plan, plan_id) = self.plan(views, &withdrawn, suffix);
         let planned = started.elapsed();
 
         // A user's own ServiceEntry for a host, or an object of ours' name not made by us, is
@@ -361,19 +433,27 @@ impl Federation {
         if self.in_sync.0 != made_for {
             self.in_sync = (made_for, HashMap::new());
         }
-        self.in_sync.1.retain(|host, _| hosts.contains(host) && !frozen.contains(host));
+        // Taken after the last fallible step before the comparison: what is taken is compared
+        // in this pass (and what changes from here on, in the next).
+        let changed = Changed::take(&self.local.changed);
+        // Taken with it: a pass that ends early leaves None, and the next prune looks at all.
+        let pruned = self.pruned.take();
+        self.in_sync.1.retain(|host, _| hosts.contains(host) && !frozen.contains(host) && !changed.contains(host));
         for host in hosts.difference(&frozen) {
             let (Some(h), Some(vip)) = (plan.get(host), vips.assigned.get(host)) else {
                 continue;
             };
+            if let Some(m) = self.in_sync.1.get_mut(host)
+                && m.vip == *vip
+                && (m.plan == plan_id || m.host == *h)
+            {
+                m.plan = plan_id;
+                continue;
+            }
             let live = [
                 live(&self.local.service_entries, &se, &namespace, host),
                 live(&self.local.destination_rules, &dr, &namespace, host),
             ];
-            let versions = live.clone().map(|o| o.and_then(|o| o.resource_version()));
-            if self.in_sync.1.get(host).is_some_and(|m| m.host == *h && m.vip == *vip && m.versions == versions) {
-                continue;
-            }
             let mut equal = true;
             for ((resource, body), live) in [
                 (se.clone(), Some(generate::service_entry(h, *vip, &target))),
@@ -390,7 +470,7 @@ impl Federation {
                 }
             }
             if equal {
-                self.in_sync.1.insert(host.clone(), InSync { host: h.clone(), vip: *vip, versions });
+                self.in_sync.1.insert(host.clone(), InSync { host: h.clone(), plan: plan_id, vip: *vip });
             } else {
                 self.in_sync.1.remove(host);
             }
@@ -421,12 +501,24 @@ impl Federation {
         }
         // Independent objects: written WRITE_CONCURRENCY at a time (a cold start imports
         // thousands), each in one request: `needs_write` compared them with the watched copies.
-        futures::stream::iter(writes.iter().map(|d| applier.apply(d, &namespace)))
+        // A peer joining while thousands of hosts are written (clusters joined one after the
+        // other) stops the writing: the next pass writes each host once with every peer's
+        // endpoints, instead of finishing this one and rewriting them all.
+        let this = &*self;
+        let done = futures::stream::iter(writes.iter())
+            .take_while(|_| futures::future::ready(!this.membership_changed(secret_events, &pending)))
+            .map(|d| applier.apply(d, &namespace))
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<Vec<_>>()
-            .await?;
+            .await?
+            .len();
+        if done < writes.len() {
+            info!(written = done, left = writes.len() - done, "federation: peers changed; writing again with them");
+            self.wake = Some(Instant::now());
+            return Ok(());
+        }
         let applied = started.elapsed();
-        let deleted = self.prune(&namespace, &mcp.name_any(), &keep, &keep_rules).await?;
+        let deleted = self.prune(&namespace, &mcp.name_any(), &keep, &keep_rules, &changed, pruned).await?;
         debug!(?planned, ?checked, ?vips_done, ?compared, ?applied, pruned = ?started.elapsed(), written, "federation pass timing");
         self.federate_roots(&namespace, &mcp).await?;
         self.east_west(&namespace, &mcp, &target).await?;
@@ -516,6 +608,44 @@ impl Federation {
         refused
     }
 
+    /// The hosts `views` make, and the plan's id, as last planned when no view changed since (a pass woken by the
+    /// watch of what it wrote itself, say, does not plan thousands of hosts again).
+    /// Gateways in `withdrawn` are left out.
+    fn plan(
+        &mut self,
+        views: Vec<Arc<generate::Peer>>,
+        withdrawn: &BTreeSet<String>,
+        suffix: &str,
+    ) -> (Arc<BTreeMap<String, GlobalHost>>, u64) {
+        if let Some(last) = &self.last_plan
+            && last.suffix == suffix
+            && last.withdrawn == *withdrawn
+            && last.views.len() == views.len()
+            && last.views.iter().zip(&views).all(|(a, b)| Arc::ptr_eq(a, b))
+        {
+            return (last.plan.clone(), last.id);
+        }
+        let id = self.last_plan.as_ref().map_or(1, |l| l.id + 1);
+        let mut peers = views.clone();
+        for v in &mut peers {
+            let w: BTreeSet<String> = v.gateways.iter().filter(|g| withdrawn.contains(*g)).cloned().collect();
+            if w != v.withdrawn {
+                Arc::make_mut(v).withdrawn = w;
+            }
+        }
+        let plan = Arc::new(generate::plan(&peers, suffix));
+        let last = LastPlan { views, withdrawn: withdrawn.clone(), suffix: suffix.to_string(), plan: plan.clone(), id };
+        self.last_plan = Some(last);
+        (plan, id)
+    }
+
+    /// Whether a remote Secret changed since the pass read `secret_events`, or a peer that was
+    /// still listing (`pending`) has completed its first view.
+    fn membership_changed(&self, secret_events: u64, pending: &[String]) -> bool {
+        self.local.secret_events.load(Ordering::Relaxed) != secret_events
+            || pending.iter().any(|c| self.peers.get(c).is_some_and(|p| p.state.borrow().view.is_some()))
+    }
+
     /// Hosts the operator must not write: a ServiceEntry not generated by it names the host,
     /// or holds the name the generated one would have.
     fn conflicts(&self, plan: &BTreeMap<String, GlobalHost>, namespace: &str, mesh: &str) -> BTreeSet<String> {
@@ -572,7 +702,7 @@ impl Federation {
         namespace: &str,
         mcp: &MeshControlPlane,
         hosts: &BTreeSet<String>,
-    ) -> Result<VipTable, ApplyError> {
+    ) -> Result<Arc<VipTable>, ApplyError> {
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
         let what = || format!("ConfigMap/{VIP_CONFIGMAP}");
         let mut table = match self.vips.take() {
@@ -596,10 +726,11 @@ impl Federation {
                     None => VipTable::default(),
                 };
                 table.recover(self.recorded_vips(namespace, &mcp.name_any()));
-                table
+                Arc::new(table)
             }
         };
-        table.assign(hosts, jiff::Timestamp::now().as_second());
+        // Shared with the previous pass only until it ended: no copy is made here.
+        Arc::make_mut(&mut table).assign(hosts, jiff::Timestamp::now().as_second());
         if self.quarantine.as_ref() != Some(&table.released) {
             let body = json!({
                 "apiVersion": "v1",
@@ -653,7 +784,7 @@ impl Federation {
             return Ok(());
         }
         let enabled = mcp.spec.components.east_west_gateway.as_ref().is_some_and(|g| g.enabled == Some(true));
-        let exports = state.view.map(|v| v.services).unwrap_or_default();
+        let exports = state.view.map(|v| v.services.clone()).unwrap_or_default();
         let wanted = if enabled {
             generate::east_west_gateways(&exports, target, self.settings.east_west_shard_hosts)
         } else {
@@ -753,33 +884,49 @@ impl Federation {
 
     /// Deletes generated objects no longer wanted: ServiceEntries not named in `entries`,
     /// DestinationRules not named in `rules`. Returns how many.
+    ///
+    /// When both sets are those of the `last` complete prune (with no pass cut short since)
+    /// and the stores did not re-list, only objects in `changed` can be new candidates: the
+    /// others are not looked at.
     async fn prune(
-        &self,
+        &mut self,
         namespace: &str,
         mesh: &str,
         entries: &BTreeSet<String>,
         rules: &BTreeSet<String>,
+        changed: &Changed,
+        last: Option<(BTreeSet<String>, BTreeSet<String>)>,
     ) -> Result<usize, ApplyError> {
+        let incremental = !changed.all && last.as_ref().is_some_and(|(e, r)| e == entries && r == rules);
         let mut deleted = 0;
         for (resource, store, keep) in [
             (service_entries(), &self.local.service_entries, entries),
             (destination_rules(), &self.local.destination_rules, rules),
         ] {
             let api = Api::<DynamicObject>::namespaced_with(self.ctx.client.clone(), namespace, &resource);
-            for obj in store.state() {
+            let candidates: Vec<Arc<DynamicObject>> = if incremental {
+                changed.names.iter().filter_map(|n| live(store, &resource, namespace, n)).collect()
+            } else {
+                store.state()
+            };
+            for obj in candidates {
                 let ours = obj.labels().get(GENERATED_LABEL).is_some_and(|v| v == mesh);
-                if !ours || obj.namespace().as_deref() != Some(namespace) || keep.contains(&obj.name_any()) {
+                let name = obj.metadata.name.as_deref().unwrap_or_default();
+                if !ours || obj.namespace().as_deref() != Some(namespace) || keep.contains(name) {
                     continue;
                 }
-                match api.delete(&obj.name_any(), &DeleteParams::background()).await {
+                match api.delete(name, &DeleteParams::background()).await {
                     Ok(_) => deleted += 1,
                     Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                    Err(e) => {
-                        return Err(ApplyError::during("delete", format!("{}/{}", resource.kind, obj.name_any()))(e));
-                    }
+                    // `pruned` stays None: the next prune looks at everything again.
+                    Err(e) => return Err(ApplyError::during("delete", format!("{}/{name}", resource.kind))(e)),
                 }
             }
         }
+        self.pruned = match last {
+            Some(last) if incremental => Some(last),
+            _ => Some((entries.clone(), rules.clone())),
+        };
         Ok(deleted)
     }
 
@@ -822,9 +969,10 @@ impl Federation {
                 (Sync::Synced, _) => (true, "Synced", "watching the peer".to_string()),
             };
             let view = state.view.as_ref();
-            let mut conflicted: Vec<String> = plan
-                .values()
-                .filter(|h| conflicts.contains(&h.host) && h.clusters().contains(cluster.as_str()))
+            let mut conflicted: Vec<String> = conflicts
+                .iter()
+                .filter_map(|h| plan.get(h))
+                .filter(|h| h.clusters().contains(cluster.as_str()))
                 .map(|h| h.host.clone())
                 .chain(suffix_conflict.map(String::from))
                 .collect();

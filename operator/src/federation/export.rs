@@ -120,34 +120,48 @@ pub fn host_names_service(host: &str, dr_namespace: &str, name: &str, namespace:
         .is_some_and(|domain| !domain.is_empty())
 }
 
-/// The exported Services among `services`, with subsets from `subsets_of` (DestinationRules:
-/// (namespace, host, subset names)), sorted by namespace and name.
+/// Whether `svc` is exported, and what the importing side needs of it when it is; subsets
+/// from `destination_rules` ((namespace, host, subset names)).
+pub fn exported_service(
+    svc: &Service,
+    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    rules: &[ExportRule],
+    destination_rules: &[(String, String, Vec<String>)],
+) -> Option<ExportedService> {
+    let (namespace, name) = (svc.namespace()?, svc.name_any());
+    if !is_exported(&namespace, svc.labels(), namespace_labels.get(&namespace), rules) {
+        return None;
+    }
+    let ports = ports(svc)?;
+    let mut subsets: Vec<String> = destination_rules
+        .iter()
+        .filter(|(ns, host, _)| host_names_service(host, ns, &name, &namespace))
+        .flat_map(|(_, _, s)| s.iter().cloned())
+        .collect();
+    subsets.sort();
+    subsets.dedup();
+    Some(ExportedService { namespace, name, ports, subsets })
+}
+
+/// The exported Services among `services` ([`exported_service`]), sorted by namespace and name.
 pub fn exported(
     services: &[std::sync::Arc<Service>],
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
     rules: &[ExportRule],
     destination_rules: &[(String, String, Vec<String>)],
 ) -> Vec<ExportedService> {
-    let mut out: Vec<ExportedService> = services
-        .iter()
-        .filter_map(|svc| {
-            let (namespace, name) = (svc.namespace()?, svc.name_any());
-            if !is_exported(&namespace, svc.labels(), namespace_labels.get(&namespace), rules) {
-                return None;
-            }
-            let ports = ports(svc)?;
-            let mut subsets: Vec<String> = destination_rules
-                .iter()
-                .filter(|(ns, host, _)| host_names_service(host, ns, &name, &namespace))
-                .flat_map(|(_, _, s)| s.iter().cloned())
-                .collect();
-            subsets.sort();
-            subsets.dedup();
-            Some(ExportedService { namespace, name, ports, subsets })
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut out: Vec<ExportedService> =
+        services.iter().filter_map(|svc| exported_service(svc, namespace_labels, rules, destination_rules)).collect();
+    sort(&mut out);
     out
+}
+
+/// Sorts exported Services by namespace and name (the order views are compared in).
+pub fn sort<S: std::borrow::Borrow<ExportedService>>(services: &mut [S]) {
+    services.sort_unstable_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
+        (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+    });
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use serde_json::{Value, json};
@@ -36,7 +37,7 @@ pub struct Peer {
     /// peer's hosts stay, with the other gateways' endpoints or none).
     pub withdrawn: BTreeSet<String>,
     /// Services it exports.
-    pub services: Vec<ExportedService>,
+    pub services: Vec<Arc<ExportedService>>,
 }
 
 /// One endpoint of a `.global` host: a peer's gateway.
@@ -85,8 +86,8 @@ impl GlobalHost {
 /// The `.global` hosts of `peers`. A peer without any gateway address adds nothing (it cannot
 /// be reached at all); a peer whose gateways are all withdrawn keeps its hosts, without its
 /// endpoints, so the name and its virtual IP stay and a local twin still serves it.
-pub fn plan(peers: &[Peer], suffix: &str) -> BTreeMap<String, GlobalHost> {
-    let mut peers: Vec<&Peer> = peers.iter().collect();
+pub fn plan<P: std::borrow::Borrow<Peer>>(peers: &[P], suffix: &str) -> BTreeMap<String, GlobalHost> {
+    let mut peers: Vec<&Peer> = peers.iter().map(std::borrow::Borrow::borrow).collect();
     peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     let mut hosts: BTreeMap<String, GlobalHost> = BTreeMap::new();
     for peer in peers {
@@ -294,7 +295,7 @@ pub fn is_east_west_gateway_name(name: &str) -> bool {
 /// split over several objects (about `per_shard` hosts each): by a hash of the host over a power-of-two number of shards, so
 /// that a host stays in its shard as others come and go, and doubling the shards moves each
 /// host either nowhere or to one new shard.
-pub fn east_west_gateways(exports: &[ExportedService], target: &Target, per_shard: usize) -> Vec<(String, Value)> {
+pub fn east_west_gateways(exports: &[Arc<ExportedService>], target: &Target, per_shard: usize) -> Vec<(String, Value)> {
     let shards = exports.len().div_ceil(per_shard.max(1)).max(1).next_power_of_two();
     let mut hosts: Vec<Vec<String>> = vec![Vec::new(); shards];
     for s in exports {
@@ -362,7 +363,7 @@ mod tests {
                 .collect()
         };
         let n = 3 * EAST_WEST_SHARD_HOSTS;
-        let mut exports: Vec<ExportedService> = (0..n).map(|i| svc(&format!("s{i}"), &[])).collect();
+        let mut exports: Vec<Arc<ExportedService>> = (0..n).map(|i| svc(&format!("s{i}"), &[])).collect();
         let gws = east_west_gateways(&exports, &target(), EAST_WEST_SHARD_HOSTS);
         // 3 × 4096 hosts: four shards, each far below the object size limit, every host once.
         let names: Vec<&str> = gws.iter().map(|(n, _)| n.as_str()).collect();
@@ -398,16 +399,16 @@ mod tests {
 
     use super::*;
 
-    fn svc(name: &str, subsets: &[&str]) -> ExportedService {
-        ExportedService {
+    fn svc(name: &str, subsets: &[&str]) -> Arc<ExportedService> {
+        Arc::new(ExportedService {
             namespace: "default".into(),
             name: name.into(),
             ports: vec![Port { number: 9080, name: "http".into(), protocol: "HTTP".into() }],
             subsets: subsets.iter().map(|s| s.to_string()).collect(),
-        }
+        })
     }
 
-    fn peer(cluster: &str, gw: &[&str], services: Vec<ExportedService>) -> Peer {
+    fn peer(cluster: &str, gw: &[&str], services: Vec<Arc<ExportedService>>) -> Peer {
         Peer {
             cluster: cluster.into(),
             network: Some(format!("net-{cluster}")),
@@ -522,9 +523,9 @@ mod tests {
     #[test]
     fn ports_are_the_union_and_the_first_cluster_wins_a_conflict() {
         let mut a = svc("s", &[]);
-        a.ports.push(Port { number: 9443, name: "tls".into(), protocol: "TLS".into() });
+        Arc::make_mut(&mut a).ports.push(Port { number: 9443, name: "tls".into(), protocol: "TLS".into() });
         let mut b = svc("s", &[]);
-        b.ports[0].protocol = "TCP".into();
+        Arc::make_mut(&mut b).ports[0].protocol = "TCP".into();
         let plan = plan(&[peer("b", &["10.0.0.2"], vec![b]), peer("a", &["10.0.0.1"], vec![a])], "global");
         let ports: Vec<(u16, &str)> =
             plan["s.default.global"].ports.iter().map(|p| (p.number, p.protocol.as_str())).collect();

@@ -88,16 +88,24 @@ impl VipTable {
     /// released, expired quarantines dropped, new hosts given addresses. Returns whether
     /// anything changed (whether to persist).
     pub fn assign(&mut self, hosts: &BTreeSet<String>, now: i64) -> bool {
-        let before = self.clone();
+        // Called on every pass with every imported host: no copy of the table, and the set of
+        // addresses in use is only made when something is to be assigned or released.
         let gone: Vec<String> = self.assigned.keys().filter(|h| !hosts.contains(*h)).cloned().collect();
+        let mut changed = !gone.is_empty();
         for host in gone {
             if let Some(ip) = self.assigned.remove(&host) {
                 self.released.insert(ip, Released { host, at: now });
             }
         }
+        let quarantined = self.released.len();
         self.released.retain(|_, r| now - r.at < QUARANTINE_SECONDS);
-        let mut in_use: BTreeSet<Ipv4Addr> = self.assigned.values().copied().collect();
+        changed |= self.released.len() != quarantined;
         let new: Vec<&String> = hosts.iter().filter(|h| !self.assigned.contains_key(*h)).collect();
+        if new.is_empty() && self.released.is_empty() {
+            return changed;
+        }
+        changed |= !new.is_empty();
+        let mut in_use: BTreeSet<Ipv4Addr> = self.assigned.values().copied().collect();
         for host in new {
             // The host's own quarantined address first: a service deleted and re-created keeps
             // its VIP.
@@ -117,8 +125,9 @@ impl VipTable {
         }
         // An address in use is in no quarantine (a release that was persisted just before a
         // restart, for a host that came back).
+        let quarantined = self.released.len();
         self.released.retain(|ip, _| !in_use.contains(ip));
-        *self != before
+        changed | (self.released.len() != quarantined)
     }
 }
 

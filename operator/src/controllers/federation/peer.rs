@@ -8,7 +8,7 @@
 //! unreachable peer stay (no flapping, no fail-fast after a restart).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     pin::Pin,
     sync::Arc,
 };
@@ -55,8 +55,9 @@ pub enum Sync {
 pub struct PeerState {
     /// Sync state.
     pub sync: Sync,
-    /// Last complete view (kept while the peer fails).
-    pub view: Option<Peer>,
+    /// Last complete view (kept while the peer fails). Shared: every pass reads it, and a view
+    /// of a peer exporting thousands of Services is not copied for that.
+    pub view: Option<Arc<Peer>>,
     /// When the view was last complete after a (re)list.
     pub last_sync: Option<Timestamp>,
     /// The peer's own root certificate(s) (PEM), when published.
@@ -264,6 +265,7 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
     let mut tracker = Tracker::new();
     let mut probe = tokio::time::interval(PROBE);
     let mut pace = VIEW_PACE;
+    let mut cache = ExportCache::default();
     loop {
         let event = tokio::select! {
             ev = all.next() => match ev {
@@ -316,9 +318,11 @@ pub async fn run(cluster: String, client: Client, state: watch::Sender<PeerState
                 }
                 s.sync = Sync::Synced;
                 let t = std::time::Instant::now();
-                let view = stores.view(&cluster);
-                view_changed = s.view.as_ref() != Some(&view);
-                s.view = Some(view);
+                let view = stores.view(&cluster, &mut cache);
+                view_changed = s.view.as_deref() != Some(&view);
+                if view_changed {
+                    s.view = Some(Arc::new(view));
+                }
                 pace.record(std::time::Instant::now(), t.elapsed());
                 tracing::debug!(cluster, took = ?t.elapsed(), "peer view");
                 s.root = stores.root();
@@ -354,6 +358,50 @@ async fn read_until<S: Stream + Unpin>(
 /// wait at most 500 ms.
 const VIEW_PACE: Pace = Pace::new(5, std::time::Duration::from_millis(500));
 
+/// What, besides the Service itself, decides whether and how a Service is exported.
+#[derive(Debug, PartialEq)]
+struct ExportContext {
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    rules: Vec<ExportRule>,
+    /// (namespace, host, subset names) of the peer's DestinationRules, sorted.
+    drs: Vec<(String, String, Vec<String>)>,
+}
+
+/// The results of the last view, by the store's own `Arc` of each Service (the store replaces
+/// the `Arc` of a Service that changes, and keeps the others): a view after one of thousands
+/// of Services changed computes that one again, not all.
+#[derive(Default)]
+struct ExportCache {
+    context: Option<ExportContext>,
+    /// By the address of the `Arc`'s Service; the entry holds that `Arc`, so no other Service
+    /// can be at that address while the entry exists.
+    results: HashMap<usize, (Arc<Service>, Option<Arc<ExportedService>>)>,
+}
+
+impl ExportCache {
+    /// The exported Services among `services`, sorted by namespace and name.
+    fn exported(&mut self, services: &[Arc<Service>], context: ExportContext) -> Vec<Arc<ExportedService>> {
+        let reuse = self.context.as_ref() == Some(&context);
+        let mut results = HashMap::with_capacity(services.len());
+        let mut out = Vec::new();
+        for svc in services {
+            let key = Arc::as_ptr(svc) as usize;
+            let result = match self.results.get(&key) {
+                Some((_, r)) if reuse => r.clone(),
+                _ => {
+                    export::exported_service(svc, &context.namespace_labels, &context.rules, &context.drs).map(Arc::new)
+                }
+            };
+            out.extend(result.clone());
+            results.insert(key, (svc.clone(), result));
+        }
+        self.results = results;
+        self.context = Some(context);
+        export::sort(&mut out);
+        out
+    }
+}
+
 struct Stores {
     services: Store<Service>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -363,15 +411,16 @@ struct Stores {
 }
 
 impl Stores {
-    fn view(&self, cluster: &str) -> Peer {
+    fn view(&self, cluster: &str, cache: &mut ExportCache) -> Peer {
         // The store's own Arcs: no Service is copied per event.
         let services: Vec<Arc<Service>> = self.services.state();
         let namespace_labels: BTreeMap<String, BTreeMap<String, String>> =
             self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
-        let meshes = self.meshes.state();
+        let mut meshes = self.meshes.state();
+        meshes.sort_by_key(|m| (m.namespace(), m.name_any()));
         let rules: Vec<ExportRule> =
             meshes.iter().filter_map(|m| m.spec.multi_cluster.as_ref()).flat_map(|m| m.export.clone()).collect();
-        let drs: Vec<(String, String, Vec<String>)> = self
+        let mut drs: Vec<(String, String, Vec<String>)> = self
             .destination_rules
             .state()
             .iter()
@@ -382,7 +431,8 @@ impl Stores {
                 Some((d.namespace()?, host, names))
             })
             .collect();
-        let exported: Vec<ExportedService> = export::exported(&services, &namespace_labels, &rules, &drs);
+        drs.sort();
+        let exported = cache.exported(&services, ExportContext { namespace_labels, rules, drs });
         let gateways: Vec<&Service> = services
             .iter()
             .map(|s| s.as_ref())
@@ -448,6 +498,57 @@ mod tests {
             t.listed(s);
         }
         t
+    }
+
+    fn service(name: &str, export: bool) -> Arc<Service> {
+        let label = if export { "true" } else { "false" };
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {crate::federation::EXPORT_LABEL: label}},
+                "spec": {"ports": [{"name": "http", "port": 9080}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn context(subsets: &[&str]) -> ExportContext {
+        let names = subsets.iter().map(|s| s.to_string()).collect();
+        ExportContext {
+            namespace_labels: BTreeMap::new(),
+            rules: vec![],
+            drs: vec![("default".into(), "b".into(), names)],
+        }
+    }
+
+    /// A view after one Service changed reuses every other Service's result (the same `Arc`);
+    /// a change of what all results depend on (a DestinationRule's subsets) recomputes them.
+    #[test]
+    fn an_export_view_computes_again_only_what_changed() {
+        let mut cache = ExportCache::default();
+        let (a, b, hidden) = (service("a", true), service("b", true), service("c", false));
+        let first = cache.exported(&[b.clone(), hidden.clone(), a.clone()], context(&[]));
+        let names: Vec<&str> = first.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "exported only, sorted");
+
+        // b replaced by the store (a new Arc, now with another port); a and c kept.
+        let b2 = Arc::new({
+            let mut s = (*b).clone();
+            s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 9081;
+            s
+        });
+        let second = cache.exported(&[a.clone(), b2.clone(), hidden.clone()], context(&[]));
+        assert!(Arc::ptr_eq(&first[0], &second[0]), "a's result is reused");
+        assert!(!Arc::ptr_eq(&first[1], &second[1]));
+        assert_eq!(second[1].ports[0].number, 9081);
+
+        // Un-exported by a label change: gone.
+        let third = cache.exported(&[a.clone(), service("b", false), hidden.clone()], context(&[]));
+        assert_eq!(third.len(), 1);
+
+        // A subset appears for b: recomputed though b's Arc is the same.
+        let fourth = cache.exported(&[a.clone(), b2.clone(), hidden.clone()], context(&["v2"]));
+        assert_eq!(fourth[1].subsets, ["v2"]);
+        assert!(!Arc::ptr_eq(&second[0], &fourth[0]), "every result is computed again");
     }
 
     /// A burst queued in a tokio channel (which, like the watch streams, spends the task's
