@@ -713,6 +713,12 @@ pub struct RemoteClusterStatus {
     /// `.global` hosts written for this peer that another object of the same host blocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// Users' DestinationRules that set a TLS mode other than `ISTIO_MUTUAL` for `.global`
+    /// hosts of this peer (`<namespace>/<name>: tls <MODE> for <host>; ...`): the clients that
+    /// use them (those of the rule's namespace; every namespace for a rule in the mesh
+    /// namespace) cannot reach the peer through its east-west gateway. Left as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_overrides: Vec<String>,
 }
 
 /// One installed control plane revision.

@@ -126,6 +126,16 @@ struct InSync {
     vip: std::net::Ipv4Addr,
 }
 
+/// What a pass found in the user's objects, for the status.
+struct Found<'a> {
+    /// Hosts whose objects another object blocks.
+    conflicts: &'a BTreeSet<String>,
+    /// `*.<suffix>`, when the user's rule for it is left alone.
+    suffix_conflict: Option<&'a str>,
+    /// Users' rules turning mesh mTLS off for `.global` hosts, with the clusters they touch.
+    overrides: &'a [(String, BTreeSet<String>)],
+}
+
 /// A cluster key of a remote Secret that cannot be used.
 struct Refused {
     cluster: String,
@@ -526,7 +536,9 @@ impl Federation {
             info!(written, deleted, hosts = hosts.len(), "federation: .global objects updated");
         }
         let suffix_conflict = suffix_conflict.then(|| format!("*.{suffix}"));
-        self.write_status(&mcp, &plan, &conflicts, suffix_conflict.as_deref(), refused, &withdrawn).await
+        let overrides = self.tls_overrides(&plan, &mcp.name_any());
+        let found = Found { conflicts: &conflicts, suffix_conflict: suffix_conflict.as_deref(), overrides: &overrides };
+        self.write_status(&mcp, &plan, &found, refused, &withdrawn).await
     }
 
     /// Starts, restarts (new credentials) and removes peer watches to match the remote Secrets
@@ -666,6 +678,17 @@ impl Federation {
             }
         }
         out
+    }
+
+    /// Users' DestinationRules (any namespace) setting a TLS mode other than `ISTIO_MUTUAL`
+    /// for hosts of `plan`, with the clusters whose hosts they cover.
+    fn tls_overrides(&self, plan: &BTreeMap<String, GlobalHost>, mesh: &str) -> Vec<(String, BTreeSet<String>)> {
+        let rules = self.local.destination_rules.state();
+        let theirs = rules.iter().filter(|o| o.labels().get(GENERATED_LABEL).is_none_or(|v| v != mesh));
+        let rules: Vec<(&str, &str, &serde_json::Value)> = theirs
+            .filter_map(|o| Some((o.metadata.namespace.as_deref()?, o.metadata.name.as_deref()?, &o.data["spec"])))
+            .collect();
+        crate::federation::overrides::tls_overrides(rules, plan)
     }
 
     /// Whether a DestinationRule not made by us, in `namespace`, is for every `.<suffix>` host or
@@ -934,8 +957,7 @@ impl Federation {
         &self,
         mcp: &MeshControlPlane,
         plan: &BTreeMap<String, GlobalHost>,
-        conflicts: &BTreeSet<String>,
-        suffix_conflict: Option<&str>,
+        found: &Found<'_>,
         refused: Vec<Refused>,
         withdrawn: &BTreeSet<String>,
     ) -> Result<(), ApplyError> {
@@ -969,14 +991,17 @@ impl Federation {
                 (Sync::Synced, _) => (true, "Synced", "watching the peer".to_string()),
             };
             let view = state.view.as_ref();
-            let mut conflicted: Vec<String> = conflicts
+            let mut conflicted: Vec<String> = found
+                .conflicts
                 .iter()
                 .filter_map(|h| plan.get(h))
                 .filter(|h| h.clusters().contains(cluster.as_str()))
                 .map(|h| h.host.clone())
-                .chain(suffix_conflict.map(String::from))
+                .chain(found.suffix_conflict.map(String::from))
                 .collect();
             conflicted.sort();
+            let tls_overrides: Vec<String> =
+                found.overrides.iter().filter(|(_, c)| c.contains(cluster)).map(|(line, _)| line.clone()).collect();
             out.push(RemoteClusterStatus {
                 name: cluster.clone(),
                 secret: p.secret.clone(),
@@ -988,6 +1013,7 @@ impl Federation {
                 trust_bundle_fingerprint: state.root.as_deref().map(crate::federation::trust::fingerprint),
                 credentials_expire: p.expires.map(Time),
                 conflicts: conflicted,
+                tls_overrides,
             });
         }
         for r in refused {

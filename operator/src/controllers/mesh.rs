@@ -330,6 +330,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     // 5. Workload migration, decided before rendering: a failed batch moves the tags back in
     //    this same pass, so the webhook never points at a revision being abandoned.
     let mut restarts = Vec::new();
+    let mut undos = Vec::new();
     if plan.migrating() && (strategy.update_workloads || plan.rolling_back()) {
         let namespaces = revisions::following_namespaces(client, &mcp.spec.revision_tags).await?;
         let active_release = release_of(ctx, mcp, &plan.active.version)?;
@@ -389,6 +390,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
             });
             if settled {
                 restarts = step.restart.iter().map(|&i| workloads[i].clone()).collect();
+                undos = step.undo.iter().map(|&i| workloads[i].clone()).collect();
             }
             if let Some(u) = plan.upgrade.as_mut() {
                 u.migrated = i32::try_from(step.migrated).unwrap_or(i32::MAX);
@@ -451,7 +453,20 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
         }
         ctx.events.normal(&mcp.object_ref(&()), Reason::Applied.as_str(), "Install", note).await;
     }
-    // Restarts go after the webhook points at the active revision.
+    // Restarts (and templates put back) go after the webhook points at the active revision.
+    for w in &undos {
+        revisions::undo(client, w, &plan.active.revision).await?;
+        info!(name, workload = %w.describe(), revision = plan.active.revision, "put back onto the previous template");
+    }
+    if !undos.is_empty() {
+        let what: Vec<String> = undos.iter().map(|w| w.describe()).collect();
+        let note = format!(
+            "put back onto their templates before the restart for the abandoned revision (as rollout undo), for revision {}: {}",
+            plan.active.revision,
+            list(&what)
+        );
+        ctx.events.normal(&mcp.object_ref(&()), "RolledBackWorkloads", "Upgrade", note).await;
+    }
     for w in &restarts {
         revisions::restart(client, w, &plan.active.revision, now_ts).await?;
         info!(name, workload = %w.describe(), revision = plan.active.revision, "restarted onto the active revision");

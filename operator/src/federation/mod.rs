@@ -1,8 +1,9 @@
 //! Federation, the pure part: what a peer's remote Secret holds ([`credentials`]), which of a
 //! peer's Services are exported ([`export`]), the `.global` ServiceEntries and
 //! DestinationRules their import needs ([`generate`]), the virtual IPs they get ([`vip`]), the
-//! peers' roots of trust ([`trust`]), which peer gateways are withdrawn ([`health`]) and how
-//! often costly work runs in a burst of changes ([`pace`]).
+//! peers' roots of trust ([`trust`]), which peer gateways are withdrawn ([`health`]), which
+//! users' rules turn mesh mTLS off for `.global` hosts ([`overrides`]) and how often costly
+//! work runs in a burst of changes ([`pace`]).
 //!
 //! No I/O here: the controllers (`controllers::federation`) read the peers and the local
 //! cluster into these types and apply what comes out.
@@ -11,6 +12,7 @@ pub mod credentials;
 pub mod export;
 pub mod generate;
 pub mod health;
+pub mod overrides;
 pub mod pace;
 pub mod trust;
 pub mod vip;

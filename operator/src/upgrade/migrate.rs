@@ -4,6 +4,10 @@
 //! A workload is restarted by stamping its pod template with the revision it is restarted for
 //! and when ([`RESTARTED_FOR`], [`RESTARTED_AT`]), as `kubectl rollout restart` does; the stamp
 //! is also the only record of a batch in flight, so an operator restart resumes where it was.
+//! The stamp the template had before is kept on the workload itself ([`RESTARTED_FROM`], not
+//! in the template): rolling back puts it back ([`Step::undo`]), so the template is again the
+//! one of the workload's previous ReplicaSet, which the Deployment controller scales back up,
+//! as `kubectl rollout undo` does, instead of rolling out a third one.
 //! The gate of a batch: every workload of it rolled out (all replicas updated and available),
 //! every one of its pods injected by the active revision, and every one of their proxies
 //! connected to that revision's control plane and acknowledging its config, as the control
@@ -19,6 +23,32 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 pub const RESTARTED_FOR: &str = "mesh.skein.dev/restarted-for";
 /// Pod-template annotation: when (RFC 3339).
 pub const RESTARTED_AT: &str = "mesh.skein.dev/restarted-at";
+/// Workload annotation: the template's stamp before the operator's last restart of it, as
+/// JSON [`Stamp`] (with `to`, the revision restarted for).
+pub const RESTARTED_FROM: &str = "mesh.skein.dev/restarted-from";
+/// Workload annotation: the revision a rollback put the workload's template back for.
+pub const ROLLED_BACK_TO: &str = "mesh.skein.dev/rolled-back-to";
+
+/// A pod template's restart stamp, as the annotations hold it (absent: never restarted).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    /// [`RESTARTED_FOR`].
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// [`RESTARTED_AT`], verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// What [`RESTARTED_FROM`] holds: the stamp before a restart for `to`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Previous {
+    /// The stamp the template had.
+    #[serde(flatten)]
+    pub stamp: Stamp,
+    /// The revision of the restart that replaced it.
+    pub to: String,
+}
 
 /// Kind of a workload the operator restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +86,12 @@ pub struct Workload {
     pub restarted_for: Option<String>,
     /// Its pod template's [`RESTARTED_AT`].
     pub restarted_at: Option<Timestamp>,
+    /// The same, as written (a rollback puts it back byte for byte).
+    pub restarted_at_verbatim: Option<String>,
+    /// Its [`RESTARTED_FROM`], when it describes the template's current stamp.
+    pub restarted_from: Option<Previous>,
+    /// Its [`ROLLED_BACK_TO`].
+    pub rolled_back_to: Option<String>,
     /// Every replica updated to the current template and available.
     pub rolled_out: bool,
     /// Running or Pending pods not on the active revision (another `istio.io/rev`, or another
@@ -155,6 +191,9 @@ impl Sync {
 pub struct Step {
     /// Workloads to restart now (indexes into the input).
     pub restart: Vec<usize>,
+    /// Rolling back: workloads whose template is to be put back to its stamp before the
+    /// restart for the abandoned revision (indexes into the input; see [`RESTARTED_FROM`]).
+    pub undo: Vec<usize>,
     /// A batch missed its deadline: the workloads that failed the gate.
     pub failed: Vec<String>,
     /// Proxies of the active revision that refused its config (`<pod>.<namespace>: <reason>`):
@@ -205,14 +244,19 @@ pub enum Mode<'a> {
         /// The active revision's control plane's report.
         sync: &'a Sync,
     },
-    /// Rolling back: every stale workload is restarted at once.
+    /// Rolling back: every stale workload is put back (restarted for the abandoned revision,
+    /// with the stamp before known) or restarted, at once.
     RollingBack,
 }
 
 /// Decides the next step for `active` (the revision the tags point at).
 pub fn step(workloads: &[Workload], active: &str, mode: Mode<'_>, now: Timestamp) -> Step {
     let mut out = Step::default();
-    let stamped = |w: &Workload| w.restarted_for.as_deref() == Some(active);
+    let rolling_back = matches!(mode, Mode::RollingBack);
+    // Put back for `active` by a rollback: on it as much as one restarted for it.
+    let stamped = |w: &Workload| {
+        w.restarted_for.as_deref() == Some(active) || (rolling_back && w.rolled_back_to.as_deref() == Some(active))
+    };
     // Rolling back waits for no report: the previous revision's proxies ran before.
     let synced = |w: &Workload| match mode {
         Mode::Gated { sync, .. } => sync.synced(w),
@@ -231,7 +275,11 @@ pub fn step(workloads: &[Workload], active: &str, mode: Mode<'_>, now: Timestamp
     }
     out.remaining = in_flight.len() + todo.len();
     let Mode::Gated { batch, deadline, sync } = mode else {
-        out.restart = todo;
+        // Restarted by the operator for the revision abandoned, and what the template was
+        // before is known: put back, not restarted once more.
+        let undoable =
+            |w: &Workload| w.restarted_from.as_ref().is_some_and(|p| w.restarted_for.as_ref() == Some(&p.to));
+        (out.undo, out.restart) = todo.into_iter().partition(|&i| undoable(&workloads[i]));
         return out;
     };
     if out.remaining > 0 {
@@ -262,6 +310,9 @@ mod tests {
             name: name.into(),
             restarted_for: restarted_for.map(str::to_string),
             restarted_at: restarted_for.map(|_| Timestamp::from_second(at).unwrap()),
+            restarted_at_verbatim: None,
+            restarted_from: None,
+            rolled_back_to: None,
             rolled_out,
             stale_pods: stale,
             proxies: vec![format!("{name}-pod.bookinfo")],
@@ -386,6 +437,59 @@ mod tests {
         let ws = [w("a", Some("1-1-0"), 100, true, 2), w("b", Some("1-1-0"), 100, true, 1), w("c", None, 0, true, 0)];
         let s = step(&ws, "1-0-2", Mode::RollingBack, at(200));
         assert_eq!((s.restart, s.remaining), (vec![0, 1], 2));
+    }
+
+    #[test]
+    fn rolling_back_puts_back_the_templates_the_operator_restarted_and_waits_for_them() {
+        // Back on 1-0-2 from 1-1-0: a was restarted for 1-1-0 from 1-0-2's stamp, b from no
+        // stamp at all (never restarted before); c was restarted for 1-1-0 by an older operator
+        // (nothing recorded); d's record is of an earlier restart (for 1-0-2), not the current.
+        let from = |revision: Option<&str>, to: &str| Previous {
+            stamp: Stamp {
+                revision: revision.map(str::to_string),
+                at: revision.map(|_| "2026-12-01T00:00:00Z".into()),
+            },
+            to: to.into(),
+        };
+        let mut ws = [
+            w("a", Some("1-1-0"), 100, false, 1),
+            w("b", Some("1-1-0"), 100, true, 2),
+            w("c", Some("1-1-0"), 100, true, 1),
+            w("d", Some("1-1-0"), 100, true, 1),
+        ];
+        ws[0].restarted_from = Some(from(Some("1-0-2"), "1-1-0"));
+        ws[1].restarted_from = Some(from(None, "1-1-0"));
+        ws[3].restarted_from = Some(from(None, "1-0-2"));
+        let s = step(&ws, "1-0-2", Mode::RollingBack, at(200));
+        assert_eq!((s.undo.clone(), s.restart.clone(), s.remaining), (vec![0, 1], vec![2, 3], 4));
+
+        // Put back: a carries 1-0-2's stamp again, b none but the rollback's mark; both are
+        // waited for (not restarted again) while their old pods come back, then done.
+        ws[0].restarted_for = Some("1-0-2".into());
+        ws[1].restarted_for = None;
+        ws[1].rolled_back_to = Some("1-0-2".into());
+        let s = step(&ws[..2], "1-0-2", Mode::RollingBack, at(201));
+        assert_eq!((s.undo, s.restart, s.remaining, s.migrated), (vec![], vec![], 2, 0));
+        ws[0].stale_pods = 0;
+        ws[0].rolled_out = true;
+        ws[1].stale_pods = 0;
+        let s = step(&ws[..2], "1-0-2", Mode::RollingBack, at(202));
+        assert_eq!((s.remaining, s.migrated), (0, 2));
+        // The rollback's mark means nothing to the next upgrade: both are restarted for it.
+        ws[0].stale_pods = 1;
+        ws[1].stale_pods = 1;
+        let sync = synced(&[]);
+        assert_eq!(step(&ws[..2], "1-2-0", gated(5, &sync), at(300)).restart, vec![0, 1]);
+    }
+
+    #[test]
+    fn the_previous_stamp_round_trips_through_its_annotation() {
+        let p = Previous { stamp: Stamp { revision: Some("1-0-2".into()), at: Some("t".into()) }, to: "1-1-0".into() };
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text, r#"{"for":"1-0-2","at":"t","to":"1-1-0"}"#);
+        assert_eq!(serde_json::from_str::<Previous>(&text).unwrap(), p);
+        let none = Previous { stamp: Stamp::default(), to: "1-1-0".into() };
+        assert_eq!(serde_json::from_str::<Previous>(&serde_json::to_string(&none).unwrap()).unwrap(), none);
     }
 
     #[test]

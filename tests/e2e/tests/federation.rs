@@ -349,6 +349,34 @@ async fn three_clusters_import_each_others_exported_services_as_global_hosts() {
         (back && !r.conflicts.contains(&"*.global".to_string())).then_some(())
     })
     .await;
+    // A user's rule in a client namespace that turns mesh mTLS off for a `.global` host wins
+    // for that namespace's clients (Istio's lookup order: client namespace first), who then
+    // cannot cross the peers' gateways: reported for every peer of the host, left as it is.
+    let plain_rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-plain, namespace: default}\nspec:\n  host: reviews.default.global\n  trafficPolicy: {tls: {mode: DISABLE}}\n";
+    kubectl_ok(&c1.cluster, &["apply", "-f", "-"], Some(plain_rule));
+    for peer in ["cluster2", "cluster3"] {
+        let r = eventually("cluster1 reports the rule turning mTLS off for reviews", WAIT, || async {
+            remote(&c1.cluster, peer).await.filter(|r| !r.tls_overrides.is_empty())
+        })
+        .await;
+        assert_eq!(r.tls_overrides.len(), 1, "{peer}: {:?}", r.tls_overrides);
+        assert!(
+            r.tls_overrides[0].starts_with("default/reviews-plain: tls DISABLE for reviews.default.global"),
+            "{peer}: {}",
+            r.tls_overrides[0]
+        );
+    }
+    let mode = kubectl_ok(
+        &c1.cluster,
+        &["get", "destinationrule", "reviews-plain", "-n", "default", "-o", "jsonpath={.spec.trafficPolicy.tls.mode}"],
+        None,
+    );
+    assert_eq!(mode, "DISABLE", "the user's rule is left as it is");
+    kubectl_ok(&c1.cluster, &["delete", "-f", "-"], Some(plain_rule));
+    eventually("cluster1: the report goes with the rule", WAIT, || async {
+        remote(&c1.cluster, "cluster2").await.filter(|r| r.tls_overrides.is_empty())
+    })
+    .await;
 
     // -- Deleted or un-exported: gone from every peer within seconds; another exporter stays.
     kubectl_ok(&c2.cluster, &["delete", "service", "reviews", "-n", "default"], None);

@@ -530,8 +530,15 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     .await;
     let tags: Vec<(&str, &[String])> = s.revisions.iter().map(|r| (r.name.as_str(), r.tags.as_slice())).collect();
     assert!(tags.contains(&("1-1-0", &["default".to_string(), "prod".to_string()][..])), "{tags:?}");
-    back_on_1_1_0(&cluster).await;
+    // The restarted workloads were put back as `rollout undo` does: their previous
+    // ReplicaSets, whose pods never stopped (the new ones never became ready), are theirs
+    // again; no pod is replaced by a third ReplicaSet.
+    assert_eq!(back_on_1_1_0(&cluster).await, pods_110, "the pods from before the attempt, and only them");
     let ev = events(&cluster);
+    assert!(
+        ev.lines().any(|l| l.starts_with("Normal RolledBackWorkloads") && l.contains("Deployment bookinfo/")),
+        "{ev}"
+    );
     assert!(ev.lines().any(|l| l.starts_with("Warning MigrationFailed") && l.contains("not healthy")), "{ev}");
     assert!(
         ev.lines().any(|l| l.starts_with("Warning RevisionNotReady") && l.contains("not Ready within 20s")),
@@ -569,8 +576,7 @@ async fn revision_based_upgrade_migrates_bookinfo_stalls_on_a_bad_release_and_re
     .await;
     let recorded = s.upgrade.as_ref().and_then(|u| u.message.clone()).unwrap_or_default();
     assert!(recorded.contains("(NACK)"), "status.upgrade says why: {recorded}");
-    let back = back_on_1_1_0(&cluster).await;
-    assert_eq!(back.len(), pods_before.len());
+    assert_eq!(back_on_1_1_0(&cluster).await, pods_before, "put back: the pods from before the attempt");
 
     // Back to a 1.0 control plane under 1.1 proxies: refused, nothing installed.
     patch_spec(&cluster, r#"{"version":"1.0.2"}"#);

@@ -30,7 +30,7 @@ use crate::{
         meta::{REVISION_LABEL, common_labels},
     },
     upgrade::{
-        migrate::{Kind, RESTARTED_AT, RESTARTED_FOR, Sync, Workload},
+        migrate::{Kind, Previous, RESTARTED_AT, RESTARTED_FOR, RESTARTED_FROM, ROLLED_BACK_TO, Stamp, Sync, Workload},
         plan::Installed,
         skew::{RunningProxy, image_version},
     },
@@ -180,30 +180,43 @@ pub async fn workloads(
             Kind::Deployment => {
                 let d = Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&name).await;
                 d.map(|d| {
-                    d.map(|d| (template_annotations(d.spec.as_ref().map(|s| &s.template)), deployment_rolled_out(&d)))
+                    d.map(|d| {
+                        let template = template_annotations(d.spec.as_ref().map(|s| &s.template));
+                        (d.annotations().clone(), template, deployment_rolled_out(&d))
+                    })
                 })
             }
             Kind::StatefulSet => {
                 let s = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&name).await;
                 s.map(|s| {
-                    s.map(|s| (template_annotations(s.spec.as_ref().map(|s| &s.template)), statefulset_rolled_out(&s)))
+                    s.map(|s| {
+                        let template = template_annotations(s.spec.as_ref().map(|s| &s.template));
+                        (s.annotations().clone(), template, statefulset_rolled_out(&s))
+                    })
                 })
             }
             Kind::DaemonSet => {
                 let d = Api::<DaemonSet>::namespaced(client.clone(), &ns).get_opt(&name).await;
                 d.map(|d| {
-                    d.map(|d| (template_annotations(d.spec.as_ref().map(|s| &s.template)), daemonset_rolled_out(&d)))
+                    d.map(|d| {
+                        let template = template_annotations(d.spec.as_ref().map(|s| &s.template));
+                        (d.annotations().clone(), template, daemonset_rolled_out(&d))
+                    })
                 })
             }
         };
         // Gone meanwhile: nothing to migrate.
-        let Some((annotations, rolled_out)) = got.map_err(ApplyError::during("get", what))? else { continue };
+        let Some((own, annotations, rolled_out)) = got.map_err(ApplyError::during("get", what))? else { continue };
         out.push(Workload {
             kind,
             namespace: ns,
             name,
             restarted_for: annotations.get(RESTARTED_FOR).cloned(),
             restarted_at: annotations.get(RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok()),
+            restarted_at_verbatim: annotations.get(RESTARTED_AT).cloned(),
+            // Unreadable (edited by hand): not put back, restarted instead.
+            restarted_from: own.get(RESTARTED_FROM).and_then(|p| serde_json::from_str(p).ok()),
+            rolled_back_to: own.get(ROLLED_BACK_TO).cloned(),
             rolled_out,
             stale_pods,
             proxies,
@@ -278,12 +291,49 @@ fn daemonset_rolled_out(d: &DaemonSet) -> bool {
 }
 
 /// Restarts a workload onto `revision` the way `kubectl rollout restart` does: a new
-/// pod-template annotation, so the workload's own rollout strategy (surge, PDBs) applies.
+/// pod-template annotation, so the workload's own rollout strategy (surge, PDBs) applies. The
+/// stamp it replaces is kept on the workload ([`RESTARTED_FROM`]) for a rollback to put back.
 pub async fn restart(client: &Client, w: &Workload, revision: &str, now: Timestamp) -> Result<(), Error> {
-    let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTARTED_FOR: revision,
-        RESTARTED_AT: now.to_string(),
-    }}}}}));
+    let previous = Previous {
+        stamp: Stamp { revision: w.restarted_for.clone(), at: w.restarted_at_verbatim.clone() },
+        to: revision.to_string(),
+    };
+    let patch = json!({
+        "metadata": {"annotations": {
+            RESTARTED_FROM: serde_json::to_string(&previous).unwrap_or_default(),
+            ROLLED_BACK_TO: null,
+        }},
+        "spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_FOR: revision,
+            RESTARTED_AT: now.to_string(),
+        }}}},
+    });
+    patch_workload(client, w, &patch, "restart").await
+}
+
+/// Puts a workload's pod-template stamp back to what it was before the restart for the
+/// revision being abandoned (`kubectl rollout undo`: the previous ReplicaSet is scaled back
+/// up, no new one is made), marking the workload as put back for `revision`.
+pub async fn undo(client: &Client, w: &Workload, revision: &str) -> Result<(), Error> {
+    let Some(previous) = &w.restarted_from else { return Ok(()) };
+    let patch = json!({
+        "metadata": {"annotations": {RESTARTED_FROM: null, ROLLED_BACK_TO: revision}},
+        "spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_FOR: previous.stamp.revision,
+            RESTARTED_AT: previous.stamp.at,
+        }}}},
+    });
+    patch_workload(client, w, &patch, "roll back").await
+}
+
+/// A merge patch of a workload (null removes a key).
+async fn patch_workload(
+    client: &Client,
+    w: &Workload,
+    patch: &serde_json::Value,
+    action: &'static str,
+) -> Result<(), Error> {
+    let patch = Patch::Merge(patch);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let ns = w.namespace.as_str();
     let res = match w.kind {
@@ -297,6 +347,6 @@ pub async fn restart(client: &Client, w: &Workload, revision: &str, now: Timesta
             Api::<DaemonSet>::namespaced(client.clone(), ns).patch(&w.name, &params, &patch).await.map(drop)
         }
     };
-    res.map_err(ApplyError::during("restart", w.describe()))?;
+    res.map_err(ApplyError::during(action, w.describe()))?;
     Ok(())
 }
