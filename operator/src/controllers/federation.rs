@@ -620,9 +620,9 @@ impl Federation {
         refused
     }
 
-    /// The hosts `views` make, and the plan's id, as last planned when no view changed since (a pass woken by the
-    /// watch of what it wrote itself, say, does not plan thousands of hosts again).
-    /// Gateways in `withdrawn` are left out.
+    /// The hosts `views` make (without the gateways in `withdrawn`) and the plan's id: the
+    /// last plan while no view changed since (a pass woken by the watch of what it wrote
+    /// itself, say, does not plan thousands of hosts again).
     fn plan(
         &mut self,
         views: Vec<Arc<generate::Peer>>,
