@@ -6,7 +6,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Client, runtime::reflector::Store};
 
 use crate::{
     kube::{drift::DriftGuard, events::Events},
@@ -30,13 +31,36 @@ pub struct Context {
     pub drift: Arc<DriftGuard>,
     /// Consecutive failed reconciles per object, reset by a successful one.
     failures: Mutex<HashMap<String, u32>>,
+    /// The injected pods as the running term of the mesh controller watches them (`None`:
+    /// not watched, as in unit tests: they are listed).
+    injected_pods: Mutex<Option<Store<Pod>>>,
 }
 
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, catalog: Catalog, metrics: Metrics, scope: Scope) -> Arc<Self> {
         let events = Events::new(client.clone());
-        Arc::new(Self { client, catalog, metrics, events, scope, drift: Arc::default(), failures: Mutex::default() })
+        Arc::new(Self {
+            client,
+            catalog,
+            metrics,
+            events,
+            scope,
+            drift: Arc::default(),
+            failures: Mutex::default(),
+            injected_pods: Mutex::default(),
+        })
+    }
+
+    /// The cache of injected pods of this term of the mesh controller (a new term brings a
+    /// new watch, and the last one's cache goes with its writer).
+    pub fn set_injected_pods(&self, store: Store<Pod>) {
+        *self.injected_pods.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    /// The cache of injected pods, when one is watched.
+    pub fn injected_pods(&self) -> Option<Store<Pod>> {
+        self.injected_pods.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts a failed reconcile of `key`; returns how many failed in a row.

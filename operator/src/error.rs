@@ -49,6 +49,9 @@ pub enum Error {
     /// The finalizer machinery failed (wraps the above).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A watch cache a reconcile reads was stopped (the controller's term is ending).
+    #[error("the cache of {0} stopped")]
+    CacheStopped(&'static str),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Kube(_) => "kube",
             Error::Pki(_) => "pki",
+            Error::CacheStopped(_) => "cache",
             Error::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.metric_label(),
                 _ => "finalizer",

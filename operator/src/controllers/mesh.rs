@@ -24,10 +24,10 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     core::ApiResource,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         finalizer::{self, Event},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -92,17 +92,32 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // wait on every event, and a rollout's steady stream of pod events then held the
     // migration back (10 workloads took 10x `kubectl rollout restart`); the scheduler already
     // runs at most one reconcile per object and queues one more.
-    let store = controller.store();
+    // One watch of the injected pods both wakes the meshes and is the cache reconciles read
+    // them from (`revisions::injected_pods`): no LIST of every injected pod per reconcile.
+    let meshes = controller.store();
+    let (pods, writer) = reflector::store::<Pod>();
+    ctx.set_injected_pods(pods);
     let injected = watcher::Config::default().labels(revisions::INJECTED_SELECTOR);
+    let pod_watch = watcher(Api::<Pod>::all(client.clone()), injected).modify(revisions::slim_pod);
+    let pod_events =
+        reflector::reflector(writer, pod_watch.default_backoff()).touched_objects().filter_map(move |pod| {
+            let wake = match pod {
+                // Outside an upgrade only a pod that comes or goes changes a proxy count: a
+                // Running pod's status updates are ignored.
+                Ok(pod) => {
+                    let comes_or_goes = pod.metadata.deletion_timestamp.is_some()
+                        || pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
+                    comes_or_goes || meshes.state().iter().any(|m| pods_matter(m))
+                }
+                Err(e) => {
+                    warn!(error = %e, "watching injected pods");
+                    false
+                }
+            };
+            std::future::ready(wake.then_some(()))
+        });
     let mut controller = controller
-        .watches(Api::<Pod>::all(client.clone()), injected, move |pod: Pod| {
-            // Outside an upgrade only a pod that comes or goes changes a proxy count: a
-            // Running pod's status updates are ignored.
-            let comes_or_goes = pod.metadata.deletion_timestamp.is_some()
-                || pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
-            let meshes = store.state().into_iter().filter(|m| comes_or_goes || pods_matter(m));
-            meshes.map(|m| ObjectRef::from_obj(m.as_ref())).collect::<Vec<_>>()
-        })
+        .reconcile_all_on(pod_events)
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), owned.clone(), owner_of)
         .watches(Api::<MutatingWebhookConfiguration>::all(client.clone()), owned.clone(), owner_of);
     // Namespaced children: in each mesh namespace where the operator has a Role, or
@@ -277,7 +292,7 @@ async fn install(mcp: &MeshControlPlane, ctx: &Context, status: &mut MeshControl
     // 4. Which revisions run and where the tags point (see `upgrade::plan`).
     let client = &ctx.client;
     let installed = revisions::installed(client, mcp).await?;
-    let pods = revisions::injected_pods(client).await?;
+    let pods = revisions::injected_pods(ctx).await?;
     let in_use = revisions::in_use(&pods);
     let generation = mcp.metadata.generation;
     let active = status.active_revision.clone().zip(status.version.as_deref().and_then(|v| Version::parse(v).ok()));

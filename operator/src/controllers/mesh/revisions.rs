@@ -5,12 +5,15 @@
 //!
 //! The decisions themselves are pure ([`crate::upgrade`]); this module only reads and patches.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
-        core::v1::{Namespace, Pod},
+        core::v1::{Container, Namespace, Pod, PodSpec, PodStatus},
     },
     jiff::Timestamp,
 };
@@ -23,6 +26,7 @@ use serde_json::json;
 use skein_api::MeshControlPlane;
 
 use crate::{
+    context::Context,
     error::Error,
     kube::{apply::ApplyError, conditions::component_status},
     render::{
@@ -65,22 +69,56 @@ pub async fn installed(client: &Client, mcp: &MeshControlPlane) -> Result<Vec<In
 }
 
 /// Injected pods that run or will (`Running`/`Pending`): a Completed Job's pod or an evicted
-/// one never holds a revision.
-pub async fn injected_pods(client: &Client) -> Result<Vec<Pod>, Error> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let list = api
-        .list(&ListParams::default().labels(INJECTED_SELECTOR))
-        .await
-        .map_err(ApplyError::during("list", "injected Pods"))?;
-    Ok(list
-        .items
+/// one never holds a revision. From the mesh controller's cache when it watches them (a
+/// reconcile then costs the apiserver no LIST of every injected pod of the cluster), else
+/// listed.
+pub async fn injected_pods(ctx: &Context) -> Result<Vec<Arc<Pod>>, Error> {
+    let all: Vec<Arc<Pod>> = match ctx.injected_pods() {
+        Some(store) => {
+            // Ready once the watch listed; a writer gone means the term is ending.
+            store.wait_until_ready().await.map_err(|_| Error::CacheStopped("injected pods"))?;
+            store.state()
+        }
+        None => {
+            let api: Api<Pod> = Api::all(ctx.client.clone());
+            let list = api
+                .list(&ListParams::default().labels(INJECTED_SELECTOR))
+                .await
+                .map_err(ApplyError::during("list", "injected Pods"))?;
+            list.items.into_iter().map(Arc::new).collect()
+        }
+    };
+    Ok(all
         .into_iter()
         .filter(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running" | "Pending")))
         .collect())
 }
 
+/// What the mesh controller's cache keeps of an injected pod: name, namespace, labels, owners,
+/// deletion, phase and its containers' names and images, which is all a reconcile reads of it.
+/// Whole pods (specs, statuses, managed fields) of every injected pod of a large cluster would
+/// be most of the operator's memory.
+pub fn slim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    let slim = |cs: &mut Vec<Container>| {
+        for c in cs.iter_mut() {
+            *c = Container { name: std::mem::take(&mut c.name), image: c.image.take(), ..Default::default() };
+        }
+    };
+    if let Some(spec) = p.spec.as_mut() {
+        let (mut containers, mut init) = (std::mem::take(&mut spec.containers), spec.init_containers.take());
+        slim(&mut containers);
+        init.iter_mut().for_each(slim);
+        *spec = PodSpec { containers, init_containers: init, ..Default::default() };
+    }
+    if let Some(status) = p.status.as_mut() {
+        *status = PodStatus { phase: status.phase.take(), ..Default::default() };
+    }
+}
+
 /// Pods per revision.
-pub fn in_use(pods: &[Pod]) -> BTreeMap<String, i32> {
+pub fn in_use(pods: &[Arc<Pod>]) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
     for p in pods {
         if let Some(rev) = p.labels().get(REVISION_LABEL) {
@@ -100,7 +138,7 @@ fn proxy_image(p: &Pod) -> Option<&str> {
 }
 
 /// The proxies the skew guard judges (those running a release-tagged image).
-pub fn proxies(pods: &[Pod]) -> Vec<RunningProxy> {
+pub fn proxies(pods: &[Arc<Pod>]) -> Vec<RunningProxy> {
     pods.iter()
         .filter_map(|p| {
             let version = image_version(proxy_image(p)?)?;
@@ -153,7 +191,7 @@ fn current(p: &Pod, active: &str, proxy: &str) -> bool {
 /// the active revision (`active`, injecting `proxy`).
 pub async fn workloads(
     client: &Client,
-    pods: &[Pod],
+    pods: &[Arc<Pod>],
     namespaces: &BTreeSet<String>,
     active: &str,
     proxy: &str,
@@ -349,4 +387,64 @@ async fn patch_workload(
     };
     res.map_err(ApplyError::during(action, w.describe()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slimmed pod answers every question a reconcile asks of it as the whole pod does, and
+    /// keeps none of the rest.
+    #[test]
+    fn a_slim_pod_answers_what_a_reconcile_reads_and_keeps_nothing_else() {
+        let whole: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "reviews-v2-5d8f-abcde", "namespace": "bookinfo",
+                "labels": {"app": "reviews", "pod-template-hash": "5d8f", REVISION_LABEL: "1-1-0", "security.istio.io/tlsMode": "istio"},
+                "annotations": {"sidecar.istio.io/status": "{\"containers\":[\"skein-proxy\"]}"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v2-5d8f", "uid": "u", "controller": true}],
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]
+            },
+            "spec": {
+                "containers": [
+                    {"name": "reviews", "image": "bookinfo/reviews:v2", "env": [{"name": "A", "value": "b"}]},
+                    {"name": PROXY_CONTAINER, "image": "registry.skein.dev/skein/skein-proxy:1.1.0", "args": ["proxy"]}
+                ],
+                "initContainers": [{"name": "skein-init", "image": "registry.skein.dev/skein/skein-proxy:1.1.0", "command": ["init"]}],
+                "volumes": [{"name": "certs", "emptyDir": {}}],
+                "nodeName": "node-1"
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let mut slim = whole.clone();
+        slim_pod(&mut slim);
+        let (whole, slim) = (Arc::new(whole), Arc::new(slim));
+        assert_eq!(owner(&slim), owner(&whole));
+        assert_eq!(owner(&slim), Some((Kind::Deployment, "reviews-v2".to_string())));
+        assert_eq!(proxy_image(&slim), proxy_image(&whole));
+        let proxy = "registry.skein.dev/skein/skein-proxy:1.1.0";
+        for (rev, image) in [("1-1-0", proxy), ("1-2-0", proxy), ("1-1-0", "other:1.1.0")] {
+            assert_eq!(current(&slim, rev, image), current(&whole, rev, image), "{rev} {image}");
+        }
+        assert!(current(&slim, "1-1-0", proxy) && !current(&slim, "1-2-0", proxy));
+        assert_eq!(in_use(std::slice::from_ref(&slim)), in_use(std::slice::from_ref(&whole)));
+        assert_eq!(
+            format!("{:?}", proxies(std::slice::from_ref(&slim))),
+            format!("{:?}", proxies(std::slice::from_ref(&whole)))
+        );
+        assert_eq!(slim.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+        let mut leaving = (*whole).clone();
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        slim_pod(&mut leaving);
+        assert!(current(&leaving, "1-2-0", proxy), "a pod being deleted stays one");
+        // The rest is gone.
+        let text = serde_json::to_string(slim.as_ref()).unwrap();
+        for gone in
+            ["managedFields", "annotations", "env", "args", "command", "volumes", "nodeName", "podIP", "conditions"]
+        {
+            assert!(!text.contains(gone), "{gone} kept: {text}");
+        }
+    }
 }
