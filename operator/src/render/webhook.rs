@@ -68,18 +68,16 @@ pub fn injection_webhook(mcp: &MeshControlPlane, facts: Facts<'_>) -> Desired {
     // ByteString serializes as base64, the wire form of `caBundle`. With an external CA
     // injector the field is left out of what the operator applies, so it neither owns nor
     // compares it: the injector's writes are not drift.
-    let ca_bundle = match mcp.spec.security.webhook_ca_bundle {
-        CaBundleSource::Operator => {
-            serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec())).unwrap_or(Value::Null)
-        }
-        CaBundleSource::External => Value::Null,
+    let ca_bundle: Option<Value> = match mcp.spec.security.webhook_ca_bundle {
+        CaBundleSource::Operator => serde_json::to_value(ByteString(facts.root_cert_pem.as_bytes().to_vec())).ok(),
+        CaBundleSource::External => None,
     };
     let client = |revision: &str| {
         let mut config = json!({
             "service": {"name": control_plane::name(revision), "namespace": namespace(mcp), "path": "/inject", "port": PORT_WEBHOOK},
         });
-        if !ca_bundle.is_null() {
-            config["caBundle"] = ca_bundle.clone();
+        if let Some(bundle) = &ca_bundle {
+            config["caBundle"] = bundle.clone();
         }
         config
     };
