@@ -745,3 +745,60 @@ async fn header_edits_reach_the_upstream_and_the_client_as_istio_writes_them() {
     let seen = v3.seen.lock().unwrap()[0].clone();
     assert_eq!((seen.0.as_str(), seen.2), ("elsewhere", None), "removed, and the authority set");
 }
+
+#[tokio::test]
+async fn the_mirror_gets_the_request_as_the_primary_is_sent_after_header_edits() {
+    let (v1, v2, v3) = (upstream("v1", 0).await, upstream("v2", 0).await, upstream("v3", 0).await);
+    // As in Envoy, the shadow copies the headers the route finalized (its edits, a `host` set
+    // by them), and its authority is that host suffixed `-shadow`.
+    let routes = format!(
+        "      - match: [{{uri: {{prefix: /edit}}}}]\n        headers: {{request: {{set: {{end-user: from-route}}}}}}\n        route: [{{cluster: \"{V1}\"}}]\n        mirror: \"{V2}\"\n        mirrorPercentage: 100\n      - match: [{{uri: {{prefix: /host}}}}]\n        headers: {{request: {{set: {{host: elsewhere}}}}}}\n        route: [{{cluster: \"{V1}\"}}]\n        mirror: \"{V2}\"\n"
+    );
+    let h = proxy(&reviews_config(v1.addr, v2.addr, v3.addr, &routes)).await;
+    assert_eq!(h.get("reviews:9080", "/edit", &[("end-user", "jason")]).await.0, StatusCode::OK);
+    assert_eq!(h.get("reviews:9080", "/host", &[("end-user", "jason")]).await.0, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v2.seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut shadow = v2.seen.lock().unwrap().clone();
+    shadow.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        shadow,
+        [
+            ("reviews-shadow:9080".to_string(), "/edit".to_string(), Some("from-route".to_string())),
+            ("elsewhere-shadow".to_string(), "/host".to_string(), Some("jason".to_string())),
+        ]
+    );
+    let primary = v1.seen.lock().unwrap().clone();
+    assert_eq!(primary[0], ("reviews:9080".to_string(), "/edit".to_string(), Some("from-route".to_string())));
+    assert_eq!(primary[1].0, "elsewhere");
+}
+
+#[tokio::test]
+async fn route_response_edits_reach_redirects_and_upstream_answers_not_the_proxys_own_replies() {
+    // Envoy applies a route's response edits to an upstream's answer and to a direct response
+    // (a redirect), not to the router's local replies (a failed connection here).
+    let failing = upstream("failing", 1).await;
+    let v2 = upstream("v2", 0).await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let edits = "headers: {response: {set: {x-route: r}}}";
+    let routes = format!(
+        "      - {{match: [{{uri: {{prefix: /old/}}}}], redirect: {{uri: /new}}, {edits}}}\n      - {{match: [{{uri: {{prefix: /dead}}}}], route: [{{cluster: \"{V3}\"}}], {edits}}}\n      - {{route: [{{cluster: \"{V1}\"}}], {edits}}}\n"
+    );
+    let h = proxy(&reviews_config(failing.addr, v2.addr, dead, &routes)).await;
+    let (status, _, headers) = h.get("reviews", "/old/x", &[]).await;
+    assert_eq!(
+        (status, headers.get("x-route").map(|v| v.to_str().unwrap())),
+        (StatusCode::MOVED_PERMANENTLY, Some("r"))
+    );
+    assert_eq!(headers["location"], "http://reviews/new");
+    let (status, body, headers) = h.get("reviews", "/fail", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "failing"), "the upstream's own 503");
+    assert_eq!(headers.get("x-route").map(|v| v.to_str().unwrap()), Some("r"));
+    let (status, body, headers) = h.get("reviews", "/dead", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.starts_with("upstream connect error"), "{body}");
+    assert_eq!(headers.get("x-route"), None, "the proxy's own reply: {headers:?}");
+    assert!(h.metrics.render().contains("response_flags=\"UF\""));
+}

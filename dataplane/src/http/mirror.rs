@@ -36,15 +36,14 @@ pub fn shadow_authority(authority: &str) -> String {
 }
 
 /// Sends a copy of the request to `r`'s mirror (for its share of requests), with the
-/// authority suffixed `-shadow` as Envoy does. The caller never waits for or sees the answer.
-/// Returns whether a copy was started (it then owns the recording's release).
-#[allow(clippy::too_many_arguments)]
+/// authority (the `Host` the primary is sent with) suffixed `-shadow` as Envoy does. The
+/// caller never waits for or sees the answer. Returns whether a copy was started (it then
+/// owns the recording's release).
 pub(super) fn spawn(
     rt: &Runtime,
     r: &Route,
     parts: &Parts,
     path_and_query: &str,
-    authority: &str,
     body: Option<&Replay>,
     peer: SocketAddr,
     metrics: &Metrics,
@@ -54,7 +53,8 @@ pub(super) fn spawn(
         return false;
     };
     let mut headers = parts.headers.clone();
-    if let Ok(v) = HeaderValue::from_str(&shadow_authority(authority)) {
+    let shadow = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(shadow_authority);
+    if let Some(v) = shadow.and_then(|s| HeaderValue::from_str(&s).ok()) {
         headers.insert(header::HOST, v);
     }
     let (method, pq, replay, up) = (parts.method.clone(), path_and_query.to_string(), body.cloned(), up.clone());

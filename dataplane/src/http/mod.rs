@@ -446,12 +446,12 @@ impl Proxy {
             return (o, attribution);
         }
         if let Some(redirect) = &r.redirect {
-            return (filters::redirect_to(redirect, &authority, &parts.uri, conn.https), attribution);
+            // A redirect is Envoy's direct response: the route's response edits apply to it.
+            let mut o = filters::redirect_to(redirect, &authority, &parts.uri, conn.https);
+            filters::edit_headers(o.response.headers_mut(), &r.headers.response);
+            return (o, attribution);
         }
-        // Rewrite before mirroring, so the shadow sees what the primary sees.
         let (path_and_query, authority) = filters::rewrite(r, &parts.uri, prefix.as_deref(), authority);
-        let mirrored =
-            mirror::spawn(rt, r, &parts, &path_and_query, &authority, body.as_ref(), conn.peer, &self.metrics);
 
         // Forwarding: a weighted destination, circuit breaking, retries.
         let Some((dest, upstream)) = pick_destination(r, rt) else {
@@ -464,11 +464,18 @@ impl Proxy {
         // Header edits: the destination's, then the route's (which wins, as in Envoy).
         filters::edit_headers(&mut parts.headers, &dest.headers.request);
         filters::edit_headers(&mut parts.headers, &r.headers.request);
+        // The mirror copies the request as the primary sends it (rewritten and edited), as
+        // Envoy copies the shadow's headers after the route finalized them.
+        let mirrored = mirror::spawn(rt, r, &parts, &path_and_query, body.as_ref(), conn.peer, &self.metrics);
         let replay = body.clone();
         let fwd = Forward { method: parts.method, path_and_query, headers: parts.headers, body, peer: conn.peer };
         let mut outcome = self.admit_and_forward(&upstream, fwd, r.retries.as_ref(), deadline, conn.worker).await;
-        filters::edit_headers(outcome.response.headers_mut(), &dest.headers.response);
-        filters::edit_headers(outcome.response.headers_mut(), &r.headers.response);
+        // Response edits apply to what the upstream answered; the proxy's own replies (timeout,
+        // overflow, connect failure) go out as Envoy's router sends them, without the route's.
+        if outcome.upstream.is_some() {
+            filters::edit_headers(outcome.response.headers_mut(), &dest.headers.response);
+            filters::edit_headers(outcome.response.headers_mut(), &r.headers.response);
+        }
         // Nothing will resend the body now, unless a mirror still waits for it: free the copy
         // (the rest of a long stream is not recorded).
         if let Some(replay) = replay.filter(|_| !mirrored) {
