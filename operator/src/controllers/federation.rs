@@ -515,13 +515,12 @@ impl Federation {
         // other) stops the writing: the next pass writes each host once with every peer's
         // endpoints, instead of finishing this one and rewriting them all.
         let this = &*self;
-        let done = futures::stream::iter(writes.iter())
-            .take_while(|_| futures::future::ready(!this.membership_changed(secret_events, &pending)))
-            .map(|d| applier.apply(d, &namespace))
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await?
-            .len();
+        let done = write_until(
+            &writes,
+            || this.membership_changed(secret_events, &pending),
+            |d| async { applier.apply(d, &namespace).await.map(drop) },
+        )
+        .await?;
         if done < writes.len() {
             info!(written = done, left = writes.len() - done, "federation: peers changed; writing again with them");
             self.wake = Some(Instant::now());
@@ -1133,6 +1132,26 @@ fn live(
 /// Whether `body` must be applied: the watched copy `live` does not already hold it. A pass
 /// over thousands of converged hosts so makes no apiserver call at all (a copy the watch has
 /// not caught up with costs one redundant apply, which compares before writing).
+/// Writes `writes` with `apply`, [`WRITE_CONCURRENCY`] at a time, until `stop` says to (it is
+/// asked before each write starts; those started finish). Returns how many were written: fewer
+/// than `writes.len()` when stopped. The first failure ends it.
+async fn write_until<'a, Fut>(
+    writes: &'a [Desired],
+    stop: impl Fn() -> bool,
+    apply: impl FnMut(&'a Desired) -> Fut,
+) -> Result<usize, ApplyError>
+where
+    Fut: std::future::Future<Output = Result<(), ApplyError>>,
+{
+    let written = futures::stream::iter(writes)
+        .take_while(|_| futures::future::ready(!stop()))
+        .map(apply)
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(written.len())
+}
+
 fn needs_write(live: Option<&DynamicObject>, body: &serde_json::Value) -> bool {
     let live = live.and_then(|o| serde_json::to_value(o).ok());
     !live.is_some_and(|live| crate::kube::apply::is_subset(body, &live))
@@ -1161,5 +1180,69 @@ fn condition(
         message: message.into(),
         last_transition_time,
         observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use super::*;
+
+    fn writes(n: usize) -> Vec<Desired> {
+        (0..n)
+            .map(|i| Desired {
+                resource: service_entries(),
+                namespaced: true,
+                name: format!("s{i}.default.global"),
+                body: json!({}),
+            })
+            .collect()
+    }
+
+    /// A pass writing thousands of hosts stops soon after a peer joins (what the bench log
+    /// shows as a cut-off pass), and otherwise writes every one.
+    #[tokio::test]
+    async fn a_long_write_stops_once_told_and_finishes_what_it_started() {
+        let all = writes(1000);
+        let (started, stopped) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let apply = |_: &Desired| {
+            // The 100th write to start is when a peer joins.
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == 100 {
+                stopped.store(true, Ordering::SeqCst);
+            }
+            async {
+                tokio::task::yield_now().await;
+                Ok(())
+            }
+        };
+        let done = write_until(&all, || stopped.load(Ordering::SeqCst), apply).await.unwrap();
+        assert!((100..100 + WRITE_CONCURRENCY).contains(&done), "stopped after {done} of 1000");
+        assert_eq!(done, started.load(Ordering::SeqCst), "every write started was finished and counted");
+
+        let done = write_until(&all, || false, |_| async { Ok(()) }).await.unwrap();
+        assert_eq!(done, 1000);
+        assert_eq!(write_until(&[], || false, |_| async { Ok(()) }).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_writing_with_its_error() {
+        let all = writes(50);
+        let started = AtomicUsize::new(0);
+        let apply = |d: &Desired| {
+            let n = started.fetch_add(1, Ordering::SeqCst);
+            let name = d.name.clone();
+            async move {
+                if n == 20 {
+                    let status: kube::core::Status =
+                        serde_json::from_value(json!({"code": 500, "message": "etcd timeout"})).unwrap();
+                    return Err(ApplyError { action: "apply", what: name, source: kube::Error::Api(Box::new(status)) });
+                }
+                Ok(())
+            }
+        };
+        let err = write_until(&all, || false, apply).await.unwrap_err();
+        assert!(err.to_string().contains("s20.default.global"), "{err}");
+        assert!(started.load(Ordering::SeqCst) < 50, "no write started after the failure was seen");
     }
 }
