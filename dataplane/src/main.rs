@@ -125,7 +125,8 @@ impl LimitArgs {
             (total, 0) => ConnectionLimits::new(total, total),
             (total, per) => ConnectionLimits::new(total, per),
         };
-        let timeouts = Timeouts { idle: self.idle_timeout, stream_idle: self.stream_idle_timeout };
+        let timeouts =
+            Timeouts { idle: self.idle_timeout, stream_idle: self.stream_idle_timeout, ..Timeouts::default() };
         Limits { connections, buffer_budget: self.request_buffer_budget, timeouts, workers }
     }
 }

@@ -2,7 +2,8 @@
 //! `stream_idle_timeout`): an announced body that never comes (408), an upstream that never
 //! answers (504), a client that stops reading its response (cut off), and a keep-alive
 //! connection left idle (closed) — while a body that keeps moving, however slowly, is never
-//! cut. In process, on loopback, with the timeouts set to 1 s.
+//! cut; and an HTTP/2 peer that stops answering keepalive PINGs (closed). In process, on
+//! loopback, with the timeouts set to 1 s (the keepalive to 200/300 ms).
 
 use std::{
     convert::Infallible,
@@ -72,7 +73,8 @@ async fn proxy() -> (SocketAddr, Metrics, Arc<Proxy>) {
     );
     let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
     let metrics = Metrics::default();
-    let timeouts = Timeouts { idle: Duration::from_secs(1), stream_idle: Duration::from_secs(1) };
+    let timeouts =
+        Timeouts { idle: Duration::from_secs(1), stream_idle: Duration::from_secs(1), ..Timeouts::default() };
     let proxy = Proxy::with_limits(store, metrics.clone(), Limits { timeouts, ..Limits::default() });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -204,4 +206,80 @@ async fn idle_connections_are_closed_at_the_idle_timeout_http1_and_http2() {
     let answered = Instant::now();
     tokio::time::timeout(Duration::from_secs(5), conn).await.expect("GOAWAY and close").unwrap().unwrap();
     assert!(answered.elapsed() >= Duration::from_millis(900));
+}
+
+/// HTTP/2 frame types and flags the keepalive test reads and writes (RFC 9113 §6).
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HTTP/2 client that sends the preface and then only reads frames, acknowledging the
+/// server's SETTINGS and PINGs when `answer`; returns when the proxy closes the connection or
+/// `within` passes: the PINGs it saw, and how long after the first one the connection closed.
+async fn h2_peer(addr: SocketAddr, answer: bool, within: Duration) -> (usize, Option<Duration>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    let deadline = tokio::time::Instant::now() + within;
+    let (mut pings, mut first_ping) = (0, None);
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, s.read_exact(&mut head)).await {
+            Err(_) => return (pings, None),
+            Ok(Err(_)) => return (pings, first_ping.map(|t: Instant| t.elapsed())),
+            Ok(Ok(_)) => {}
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tokio::time::timeout_at(deadline, s.read_exact(&mut payload)).await.map_or(true, |r| r.is_err()) {
+            return (pings, first_ping.map(|t: Instant| t.elapsed()));
+        }
+        let (kind, flags) = (head[3], head[4]);
+        if kind == PING && flags & ACK == 0 {
+            pings += 1;
+            first_ping.get_or_insert_with(Instant::now);
+            if answer {
+                s.write_all(&frame(PING, ACK, &payload)).await.unwrap();
+            }
+        }
+        if kind == SETTINGS && flags & ACK == 0 && answer {
+            s.write_all(&frame(SETTINGS, ACK, &[])).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_peer_that_stops_answering_pings_is_closed_and_one_that_answers_is_kept() {
+    let up = upstream().await;
+    let yaml = format!(
+        "listeners: []\nvirtualHosts:\n  - {{name: app, domains: [app], routes: [{{route: [{{cluster: app}}]}}]}}\nclusters:\n  - {{name: app, endpoints: ['{up}']}}\n"
+    );
+    let store = Store::new(serde_yaml::from_str(&yaml).unwrap()).unwrap();
+    // The idle timeout far off, so only the keepalive can close a connection here.
+    let timeouts = Timeouts {
+        h2_keepalive_interval: Duration::from_millis(200),
+        h2_keepalive_timeout: Duration::from_millis(300),
+        ..Timeouts::default()
+    };
+    let proxy = Proxy::with_limits(store, Metrics::default(), Limits { timeouts, ..Limits::default() });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener::serve_http(listener, proxy, PeerAuthMode::Disable, "test".into()));
+
+    let (silent, answering) =
+        tokio::join!(h2_peer(addr, false, Duration::from_secs(5)), h2_peer(addr, true, Duration::from_secs(3)));
+    let (pings, closed_after) = silent;
+    assert!(pings >= 1, "the proxy pinged the quiet peer");
+    let closed_after = closed_after.expect("a peer that never answers a PING is closed");
+    assert!(closed_after < Duration::from_secs(2), "closed {closed_after:?} after the first PING (timeout 300 ms)");
+    let (pings, closed) = answering;
+    assert!(pings >= 3, "pinged every interval while quiet: {pings}");
+    assert_eq!(closed, None, "a peer that answers its PINGs keeps its connection");
 }

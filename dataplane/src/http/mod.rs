@@ -136,11 +136,22 @@ pub struct Timeouts {
     /// client's body is incomplete, 504 while the upstream has not answered, a reset once the
     /// response has started (a client that stops reading).
     pub stream_idle: Duration,
+    /// An HTTP/2 connection quiet for this long is sent a PING (Envoy's
+    /// `connection_keepalive.interval`, as Istio sets it for its sidecars' listeners: 60 s)...
+    pub h2_keepalive_interval: Duration,
+    /// ...and closed when the PING is not answered within this (a peer gone without a FIN or
+    /// RST otherwise holds the connection and its memory until the idle timeout).
+    pub h2_keepalive_timeout: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { idle: Duration::from_secs(3600), stream_idle: Duration::from_secs(300) }
+        Self {
+            idle: Duration::from_secs(3600),
+            stream_idle: Duration::from_secs(300),
+            h2_keepalive_interval: Duration::from_secs(60),
+            h2_keepalive_timeout: Duration::from_secs(20),
+        }
     }
 }
 

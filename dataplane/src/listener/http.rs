@@ -72,7 +72,8 @@ where
         .max_header_list_size(MAX_HEAD as u32)
         // RFC 8441: WebSocket (and other upgrades) over an HTTP/2 stream.
         .enable_connect_protocol()
-        .keep_alive_interval(Duration::from_secs(60));
+        .keep_alive_interval(timeouts.h2_keepalive_interval)
+        .keep_alive_timeout(timeouts.h2_keepalive_timeout);
     // With upgrades: a WebSocket (or any HTTP/1.1 `Upgrade`) switches after its 101.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

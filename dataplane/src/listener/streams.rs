@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn a_request_without_progress_is_timed_out_then_the_connection_if_it_does_not_end() {
-        let t = Timeouts { idle: Duration::from_secs(3600), stream_idle: Duration::from_millis(50) };
+        let t =
+            Timeouts { idle: Duration::from_secs(3600), stream_idle: Duration::from_millis(50), ..Timeouts::default() };
         let s = Arc::new(Streams::default());
         let (stream, progress) = s.start();
         assert_eq!(s.check(t), None);
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_idle_only_with_nothing_in_flight() {
-        let t = Timeouts { idle: Duration::from_millis(30), stream_idle: Duration::ZERO };
+        let t = Timeouts { idle: Duration::from_millis(30), stream_idle: Duration::ZERO, ..Timeouts::default() };
         let s = Arc::new(Streams::default());
         let (mut stream, _) = s.start();
         std::thread::sleep(Duration::from_millis(40));
@@ -224,7 +225,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(s.check(t), Some(Ending::Idle));
         // Zero turns the idle timeout off.
-        let off = Timeouts { idle: Duration::ZERO, stream_idle: Duration::ZERO };
+        let off = Timeouts { idle: Duration::ZERO, stream_idle: Duration::ZERO, ..Timeouts::default() };
         assert_eq!(s.check(off), None);
     }
 }
