@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use kube::{Api, Client, api::ListParams};
 use serde::de::DeserializeOwned;
 use skein_api::istio::{
-    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 use skein_controlplane::{
@@ -39,6 +39,7 @@ pub async fn from_cluster(client: &Client) -> anyhow::Result<(Current, Vec<Arc<E
         gateways: list::<Gateway>(client).await?,
         peer_authentications: list::<PeerAuthentication>(client).await?,
         authorization_policies: list::<AuthorizationPolicy>(client).await?,
+        sidecars: list::<Sidecar>(client).await?,
     };
     Ok((current, list::<EnvoyFilter>(client).await?))
 }

@@ -10,7 +10,7 @@ use std::{
 
 use kube::{Resource, ResourceExt};
 use skein_api::istio::{
-    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 
@@ -99,6 +99,7 @@ pub struct LastGood {
     gw: HashMap<Key, Arc<Gateway>>,
     pa: HashMap<Key, Arc<PeerAuthentication>>,
     ap: HashMap<Key, Arc<AuthorizationPolicy>>,
+    sc: HashMap<Key, Arc<Sidecar>>,
 }
 
 type Key = (String, String);
@@ -190,6 +191,25 @@ impl LastGood {
             |o| validate::authorization_policy(&o.spec),
             &mut v,
         );
+        let default_sidecars = default_sidecars(&cur.sidecars);
+        let sidecars = judge(
+            "Sidecar",
+            &cur.sidecars,
+            &mut self.sc,
+            |o| {
+                let mut errs = validate::sidecar(&o.spec);
+                let ns = o.namespace().unwrap_or_default();
+                if let Some(first) = default_sidecars.get(&ns).filter(|first| **first != o.name_any())
+                    && !has_selector(o)
+                {
+                    errs.push(format!(
+                        "spec.workloadSelector: Sidecar {ns}/{first} is the namespace's Sidecar without a workloadSelector already (one per namespace, as in Istio)"
+                    ));
+                }
+                errs
+            },
+            &mut v,
+        );
         for dr in &cur.destination_rules {
             let warnings = validate::destination_rule_warnings(&dr.spec);
             let (ns, name) = (dr.namespace().unwrap_or_default(), dr.name_any());
@@ -206,9 +226,25 @@ impl LastGood {
             gateways,
             peer_authentications,
             authorization_policies,
+            sidecars,
         };
         (istio, v)
     }
+}
+
+fn has_selector(sc: &Sidecar) -> bool {
+    sc.spec.workload_selector.as_ref().is_some_and(|s| !s.labels.is_empty())
+}
+
+/// The oldest Sidecar without a workload selector of each namespace: the one in force there.
+fn default_sidecars(all: &[Arc<Sidecar>]) -> HashMap<String, String> {
+    let mut sorted: Vec<&Arc<Sidecar>> = all.iter().filter(|s| !has_selector(s)).collect();
+    sorted.sort_by_key(|s| age_key(s.as_ref()));
+    let mut out = HashMap::new();
+    for s in sorted {
+        out.entry(s.namespace().unwrap_or_default()).or_insert_with(|| s.name_any());
+    }
+    out
 }
 
 /// Subset names defined for each host by the accepted DestinationRules, per namespace.

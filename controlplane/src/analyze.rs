@@ -175,6 +175,7 @@ pub fn load_yaml(
             "Gateway" => put!(resources.gateways),
             "PeerAuthentication" => put!(resources.peer_authentications),
             "AuthorizationPolicy" => put!(resources.authorization_policies),
+            "Sidecar" => put!(resources.sidecars),
             "EnvoyFilter" => put!(*filters),
             other => return Err(err(format!("kind {other:?} of {group} is not served by Skein"))),
         }
@@ -289,7 +290,7 @@ mod tests {
         let err = load_yaml(text, "bad.yaml", "default", &mut res, &mut filters).unwrap_err().to_string();
         assert!(err.starts_with("bad.yaml: document 2: DestinationRule:"), "{err}");
         let err = load_yaml(
-            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\n",
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: x}\n",
             "s.yaml",
             "default",
             &mut res,
@@ -297,7 +298,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("kind \"Sidecar\""), "{err}");
+        assert!(err.contains("kind \"WorkloadEntry\""), "{err}");
         assert_eq!(load_yaml(DR, "dr.yaml", "prod", &mut res, &mut filters).unwrap(), 1);
         assert_eq!(res.destination_rules[0].namespace().as_deref(), Some("prod"));
     }

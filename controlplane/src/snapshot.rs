@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use skein_api::istio::{
-    networking::{DestinationRule, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 
@@ -37,6 +37,8 @@ pub struct IstioResources {
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    /// Sidecars.
+    pub sidecars: Vec<Arc<Sidecar>>,
 }
 
 /// Kind, namespace, name, uid, generation.
@@ -64,6 +66,7 @@ impl IstioResources {
             .chain(of("Gateway", &self.gateways))
             .chain(of("PeerAuthentication", &self.peer_authentications))
             .chain(of("AuthorizationPolicy", &self.authorization_policies))
+            .chain(of("Sidecar", &self.sidecars))
             .collect();
         all.sort();
         all
@@ -330,6 +333,26 @@ impl Snapshot {
             })
         };
         in_ns(client_ns).or_else(|| in_ns(service_ns)).or_else(|| in_ns(&self.mesh.root_namespace))
+    }
+
+    /// The Sidecar of a sidecar proxy in `namespace` with `labels`, as Istio picks it: one of
+    /// the namespace whose `workloadSelector` selects the workload, else the namespace's one
+    /// without a selector, else the root namespace's one without a selector; the oldest where
+    /// several qualify (acceptance refuses a second selector-less one in a namespace).
+    pub fn sidecar_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Option<&Arc<Sidecar>> {
+        fn selector(sc: &Sidecar) -> Option<&BTreeMap<String, String>> {
+            sc.spec.workload_selector.as_ref().map(|s| &s.labels).filter(|l| !l.is_empty())
+        }
+        let oldest = |ns: &str, selected: &dyn Fn(&Sidecar) -> bool| {
+            self.istio
+                .sidecars
+                .iter()
+                .filter(|sc| sc.namespace().as_deref() == Some(ns) && selected(sc))
+                .min_by_key(|sc| age_key(sc.as_ref()))
+        };
+        oldest(namespace, &|sc| selector(sc).is_some_and(|s| selects(s, labels)))
+            .or_else(|| oldest(namespace, &|sc| selector(sc).is_none()))
+            .or_else(|| oldest(&self.mesh.root_namespace, &|sc| selector(sc).is_none()))
     }
 
     /// A pod by namespace and name.

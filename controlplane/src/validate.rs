@@ -10,7 +10,7 @@
 use skein_api::istio::{
     networking::{
         DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, LoadBalancerSettings, LocalityLbSetting,
-        ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
+        ServiceEntrySpec, SidecarSpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
     },
     security::{AuthorizationPolicySpec, AuthzAction, PeerAuthenticationSpec},
 };
@@ -511,6 +511,59 @@ pub fn authorization_policy(spec: &AuthorizationPolicySpec) -> Errors {
         }
     }
     errs
+}
+
+/// A Sidecar on its own. Skein applies its catch-all egress listener's `hosts` and its
+/// `outboundTrafficPolicy.mode`; everything else is refused by name rather than ignored.
+pub fn sidecar(spec: &SidecarSpec) -> Errors {
+    let mut errs = Errors::new();
+    unsupported(&mut errs, "spec.ingress", !spec.ingress.is_empty());
+    unsupported(&mut errs, "spec.inboundConnectionPool", spec.inbound_connection_pool.is_some());
+    if let Some(policy) = &spec.outbound_traffic_policy {
+        match policy.mode.as_deref() {
+            None | Some("REGISTRY_ONLY" | "ALLOW_ANY") => {}
+            Some(m) => errs.push(format!("spec.outboundTrafficPolicy.mode: {m:?} is not REGISTRY_ONLY or ALLOW_ANY")),
+        }
+        unsupported(&mut errs, "spec.outboundTrafficPolicy.egressProxy", policy.egress_proxy.is_some());
+    }
+    if spec.egress.len() > 1 {
+        errs.push("spec.egress: Skein supports one egress listener (the catch-all, without a port) yet".into());
+    }
+    for (i, l) in spec.egress.iter().enumerate() {
+        let path = format!("spec.egress[{i}]");
+        unsupported(&mut errs, &format!("{path}.port"), l.port.is_some());
+        unsupported(&mut errs, &format!("{path}.bind"), l.bind.is_some());
+        unsupported(
+            &mut errs,
+            &format!("{path}.captureMode"),
+            l.capture_mode.as_deref().is_some_and(|m| m != "DEFAULT"),
+        );
+        if l.hosts.is_empty() {
+            errs.push(format!("{path}.hosts: at least one host is required (as in Istio)"));
+        }
+        for (j, h) in l.hosts.iter().enumerate() {
+            if let Err(why) = egress_host(h) {
+                errs.push(format!("{path}.hosts[{j}]: {h:?} {why}"));
+            }
+        }
+    }
+    errs
+}
+
+/// An egress host as Istio writes it: `<namespace>/<dnsName>`, namespace `*`, `.`, `~` or a
+/// name, dnsName `*`, `*.<suffix>` or a name without wildcards elsewhere.
+fn egress_host(h: &str) -> Result<(), &'static str> {
+    let Some((ns, dns)) = h.split_once('/') else {
+        return Err("is not <namespace>/<dnsName>");
+    };
+    if ns.is_empty() || (ns.contains('*') && ns != "*") || dns.contains('/') {
+        return Err("has an invalid namespace (`*`, `.`, `~` or a namespace name)");
+    }
+    let name = dns.strip_prefix("*.").unwrap_or(dns);
+    if dns.is_empty() || (dns != "*" && (name.is_empty() || name.contains('*'))) {
+        return Err("has an invalid dnsName (`*`, `*.<suffix>` or a host name)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

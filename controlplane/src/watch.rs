@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use skein_api::istio::{
     IstioStatus,
-    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, VirtualService},
+    networking::{DestinationRule, EnvoyFilter, Gateway, ServiceEntry, Sidecar, VirtualService},
     security::{AuthorizationPolicy, PeerAuthentication},
 };
 use tokio::sync::{Notify, watch};
@@ -127,6 +127,7 @@ has_status!(
     Gateway,
     PeerAuthentication,
     AuthorizationPolicy,
+    Sidecar,
     EnvoyFilter
 );
 
@@ -142,6 +143,7 @@ pub struct Stores {
     gateways: Store<Gateway>,
     peer_authentications: Store<PeerAuthentication>,
     authorization_policies: Store<AuthorizationPolicy>,
+    sidecars: Store<Sidecar>,
     /// `kubernetes.io/tls` Secrets in the control plane's namespace (gateway `credentialName`).
     tls_secrets: Store<Secret>,
     /// Kubernetes Ingresses (those of Istio's class are served by the ingress gateway).
@@ -305,6 +307,7 @@ impl Stores {
             gateways: reflect(Api::all(client.clone()), c(), strip_meta, None),
             peer_authentications: reflect(Api::all(client.clone()), c(), strip_meta, None),
             authorization_policies: reflect(Api::all(client.clone()), c(), strip_meta, None),
+            sidecars: reflect(Api::all(client.clone()), c(), strip_meta, None),
             ingresses: reflect(Api::all(client.clone()), c(), strip_meta, None),
             ingress_classes: reflect(Api::all(client.clone()), c(), strip_meta, None),
             envoy_filters: reflect(Api::all(client.clone()), c(), strip_meta, None),
@@ -327,6 +330,7 @@ impl Stores {
             ("gateways", self.gateways.wait_until_ready().boxed()),
             ("peerauthentications", self.peer_authentications.wait_until_ready().boxed()),
             ("authorizationpolicies", self.authorization_policies.wait_until_ready().boxed()),
+            ("sidecars", self.sidecars.wait_until_ready().boxed()),
             ("ingresses", self.ingresses.wait_until_ready().boxed()),
             ("ingressclasses", self.ingress_classes.wait_until_ready().boxed()),
             ("envoyfilters", self.envoy_filters.wait_until_ready().boxed()),
@@ -376,6 +380,7 @@ impl Stores {
             gateways: self.gateways.state(),
             peer_authentications: self.peer_authentications.state(),
             authorization_policies: self.authorization_policies.state(),
+            sidecars: self.sidecars.state(),
         }
     }
 }
@@ -461,6 +466,7 @@ pub async fn run(
             "Gateway",
             "PeerAuthentication",
             "AuthorizationPolicy",
+            "Sidecar",
             "EnvoyFilter",
         ] {
             let n = verdicts.iter().filter(|v| v.kind == kind && !v.accepted()).count();
@@ -553,6 +559,7 @@ impl StatusWriter {
         self.kind(&cur.gateways, &by_key).await;
         self.kind(&cur.peer_authentications, &by_key).await;
         self.kind(&cur.authorization_policies, &by_key).await;
+        self.kind(&cur.sidecars, &by_key).await;
     }
 
     /// Served Ingresses report the ingress gateway's addresses in `status.loadBalancer`, as

@@ -1,5 +1,5 @@
 //! The Istio API Skein serves: `networking.istio.io` (VirtualService, DestinationRule,
-//! ServiceEntry, Gateway) and `security.istio.io` (PeerAuthentication, AuthorizationPolicy).
+//! ServiceEntry, Gateway, Sidecar) and `security.istio.io` (PeerAuthentication, AuthorizationPolicy).
 //!
 //! Field names and shapes follow Istio's API so users' YAML applies unchanged; the generated
 //! CRDs are served as `v1` (stored) and also as `v1beta1` and `v1alpha3` with the same schema,
@@ -109,6 +109,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         serve_istio_versions(networking::DestinationRule::crd(), &net),
         serve_istio_versions(networking::ServiceEntry::crd(), &net),
         serve_istio_versions(networking::Gateway::crd(), &net),
+        serve_istio_versions(networking::Sidecar::crd(), &net),
         serve_istio_versions(security::PeerAuthentication::crd(), &sec),
         serve_istio_versions(security::AuthorizationPolicy::crd(), &sec),
         // v1alpha3 only, as Istio serves it.

@@ -959,3 +959,67 @@ pub struct EnvoyFilterSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
+
+/// The configuration of the sidecars of a namespace, or of the workloads it selects: which
+/// services they see (`egress[].hosts`) and what they do with traffic to anything else
+/// (`outboundTrafficPolicy`). Fields Skein does not act on are kept as written and make the
+/// Sidecar `Accepted=False` (reason `Unsupported`, naming the field), never silently ignored.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "Sidecar",
+    namespaced,
+    status = "IstioStatus",
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Workloads this Sidecar is for (`labels`); none: every workload of its namespace without
+    /// a Sidecar of its own (in the root namespace: of the mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<EnvoyFilterSelector>,
+    /// Inbound listeners (not supported by Skein; kept as written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<FreeForm>,
+    /// Outbound listeners: the hosts the workloads see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<IstioEgressListener>,
+    /// Inbound connection pool (not supported by Skein; kept as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_connection_pool: Option<FreeForm>,
+    /// What the workloads do with traffic to hosts they do not see (overrides the mesh's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<SidecarOutboundPolicy>,
+}
+
+/// A Sidecar's outbound listener.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioEgressListener {
+    /// The port the listener is for (not supported by Skein: only the catch-all listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<FreeForm>,
+    /// Address to bind (not supported by Skein).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// Capture mode (not supported by Skein).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_mode: Option<String>,
+    /// `<namespace>/<dnsName>` entries: namespace `*` (any), `.` (the Sidecar's own) or a
+    /// name; dnsName `*`, `*.<suffix>` or a FQDN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// A Sidecar's `outboundTrafficPolicy`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarOutboundPolicy {
+    /// `REGISTRY_ONLY` or `ALLOW_ANY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Egress proxy (not supported by Skein; kept as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<FreeForm>,
+}

@@ -3,7 +3,7 @@ use super::*;
 #[test]
 fn every_istio_crd_serves_v1_v1beta1_and_v1alpha3_with_one_stored() {
     let crds = crds();
-    assert_eq!(crds.len(), 7);
+    assert_eq!(crds.len(), 8);
     // EnvoyFilter exists only as v1alpha3 in Istio too.
     let (envoy_filter, crds): (Vec<_>, Vec<_>) =
         crds.into_iter().partition(|c| c.metadata.name.as_deref() == Some("envoyfilters.networking.istio.io"));

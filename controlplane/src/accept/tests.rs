@@ -117,3 +117,37 @@ fn deprecated_consecutive_errors_is_accepted_with_istios_warning() {
         .accept(&Current { destination_rules: vec![dr_with_subsets()], ..Default::default() }, "cluster.local");
     assert!(verdicts[0].warnings.is_empty() && verdicts[0].message() == "accepted");
 }
+
+#[test]
+fn a_second_sidecar_without_a_selector_in_a_namespace_is_refused_and_the_first_stays() {
+    let sc = |name: &str, created: i64, spec: &str| -> Arc<Sidecar> {
+        let t = jiff::Timestamp::from_second(1_700_000_000 + created).unwrap();
+        Arc::new(
+            serde_yaml::from_str(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: default, uid: {name}, generation: 1, creationTimestamp: '{t}'}}\nspec: {spec}\n"
+            ))
+            .unwrap(),
+        )
+    };
+    let cur = Current {
+        sidecars: vec![
+            sc("late", 5, "{egress: [{hosts: ['*/*']}]}"),
+            sc("first", 0, "{egress: [{hosts: ['./*']}]}"),
+            sc("ratings", 9, "{workloadSelector: {labels: {app: ratings}}, egress: [{hosts: ['./*']}]}"),
+            sc("bad", 1, "{ingress: [{port: {number: 80}}], workloadSelector: {labels: {app: x}}}"),
+        ],
+        ..Default::default()
+    };
+    let (istio, verdicts) = LastGood::default().accept(&cur, "cluster.local");
+    let mut in_force: Vec<String> = istio.sidecars.iter().map(|s| s.name_any()).collect();
+    in_force.sort();
+    assert_eq!(in_force, ["first", "ratings"]);
+    let late = verdicts.iter().find(|v| v.kind == "Sidecar" && v.name == "late").unwrap();
+    assert!(
+        late.message().contains("Sidecar default/first is the namespace's Sidecar without a workloadSelector"),
+        "{}",
+        late.message()
+    );
+    let bad = verdicts.iter().find(|v| v.name == "bad").unwrap();
+    assert!(bad.message().contains("spec.ingress: not supported by Skein yet"), "{}", bad.message());
+}

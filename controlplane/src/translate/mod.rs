@@ -9,6 +9,7 @@
 //! AuthorizationPolicies.
 
 mod clusters;
+mod egress;
 pub mod gateway;
 mod inbound;
 mod outbound;
@@ -16,12 +17,13 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
-use skein_api::proxy::{Cluster, ProxyConfig, VirtualHost};
+use skein_api::proxy::{Cluster, OutboundPolicy, ProxyConfig, VirtualHost};
 
 use crate::{locality::Locality, snapshot::Snapshot};
 
+pub use egress::EgressScope;
 pub use outbound::{Outbound, rebuild as patch_outbound};
 
 /// Port of the outbound capture listener.
@@ -137,7 +139,7 @@ impl Workload {
 }
 
 /// What the outbound part depends on: the namespace (visibility), the labels (`sourceLabels`,
-/// `failoverPriority`) and the locality (failover order).
+/// `failoverPriority`), the locality (failover order) and the Sidecar resource's egress scope.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct OutboundKey {
     /// Client namespace.
@@ -146,6 +148,8 @@ pub struct OutboundKey {
     pub labels: BTreeMap<String, String>,
     /// Client locality.
     pub locality: Locality,
+    /// The services the client's Sidecar resource limits it to (`None`: every visible one).
+    pub egress: Option<Arc<EgressScope>>,
 }
 
 impl OutboundKey {
@@ -160,7 +164,13 @@ impl OutboundKey {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let locality = if snap.locality_failover { w.locality.clone() } else { Locality::default() };
-        Self { namespace: w.namespace.clone(), labels, locality }
+        // A Sidecar resource scopes sidecars only; gateways see the mesh as without one.
+        let egress = if w.router {
+            None
+        } else {
+            snap.sidecar_for(&w.namespace, &w.labels).and_then(|sc| EgressScope::of(sc, &w.namespace))
+        };
+        Self { namespace: w.namespace.clone(), labels, locality, egress }
     }
 }
 
@@ -188,13 +198,16 @@ impl Own {
 /// The own part of `workload`'s config (see [`Own`]).
 pub fn own(snap: &Snapshot, workload: &Workload) -> Own {
     if !workload.router {
-        return Own {
-            config: settings(snap, vec![inbound::listener(snap, workload), outbound::listener()]),
-            gateway: None,
-        };
+        // The workload's Sidecar resource may set its own outbound traffic policy.
+        let policy = snap.sidecar_for(&workload.namespace, &workload.labels).and_then(|sc| egress::outbound_policy(sc));
+        let listeners = vec![inbound::listener(snap, workload), outbound::listener()];
+        return Own { config: settings(snap, listeners, policy.unwrap_or(snap.mesh.outbound_policy)), gateway: None };
     }
     let gw = gateway::build(snap, workload, &OutboundKey::of(workload, snap));
-    Own { config: settings(snap, gw.listeners), gateway: Some((gw.virtual_hosts, gw.clusters)) }
+    Own {
+        config: settings(snap, gw.listeners, snap.mesh.outbound_policy),
+        gateway: Some((gw.virtual_hosts, gw.clusters)),
+    }
 }
 
 /// The outbound part of a sidecar's config for `key`, shared by every workload with that key
@@ -218,10 +231,10 @@ pub fn config(snap: &Snapshot, workload: &Workload) -> ProxyConfig {
 }
 
 /// A proxy's listeners with the mesh settings, no virtual hosts or clusters.
-fn settings(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>) -> ProxyConfig {
+fn settings(snap: &Snapshot, listeners: Vec<skein_api::proxy::Listener>, policy: OutboundPolicy) -> ProxyConfig {
     ProxyConfig {
         version: String::new(),
-        outbound_traffic_policy: snap.mesh.outbound_policy,
+        outbound_traffic_policy: policy,
         listeners,
         virtual_hosts: Vec::new(),
         clusters: Vec::new(),

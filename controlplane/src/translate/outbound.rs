@@ -79,11 +79,11 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
     let mut b = Routes::new(Clusters::new(snap, key), key, Scope::Mesh);
     // Every service's clusters first, so a route naming another service's cluster finds the
     // real one rather than leaving an empty placeholder in its place.
-    for svc in snap.registry.visible(&key.namespace) {
+    for svc in visible(snap, key) {
         b.clusters.of_service(svc);
     }
     let mut virtual_hosts = Vec::new();
-    for svc in snap.registry.visible(&key.namespace) {
+    for svc in visible(snap, key) {
         let http_ports: Vec<&ServicePort> = svc.ports.iter().filter(|p| p.protocol.is_http()).collect();
         if http_ports.is_empty() {
             continue;
@@ -127,17 +127,21 @@ pub fn build(snap: &Snapshot, key: &OutboundKey) -> Outbound {
         }
         virtual_hosts.push(VirtualHost { name: svc.host.clone(), domains: domains(svc, &key.namespace), routes });
     }
-    Outbound::new(virtual_hosts, b.clusters.map, name_table(snap, &key.namespace))
+    Outbound::new(virtual_hosts, b.clusters.map, name_table(snap, key))
+}
+
+/// The services a client with `key` sees: those exported to its namespace, within its
+/// Sidecar resource's egress hosts when it has one.
+fn visible<'a>(snap: &'a Snapshot, key: &'a OutboundKey) -> impl Iterator<Item = &'a Arc<ServiceInfo>> + 'a {
+    snap.registry.visible(&key.namespace).filter(|svc| key.egress.as_ref().is_none_or(|e| e.sees(svc)))
 }
 
 /// What the sidecar's DNS proxy answers for a client in `client_ns`: each visible host with
 /// virtual IPs, by its fully qualified name (the resolver's search path turns `reviews` into
 /// `reviews.<ns>.svc.cluster.local` before asking). Wildcard hosts cannot be answered and hosts
 /// without addresses are left to the cluster's DNS, as Istio's name table does.
-fn name_table(snap: &Snapshot, client_ns: &str) -> Vec<NameEntry> {
-    let mut names: Vec<NameEntry> = snap
-        .registry
-        .visible(client_ns)
+fn name_table(snap: &Snapshot, key: &OutboundKey) -> Vec<NameEntry> {
+    let mut names: Vec<NameEntry> = visible(snap, key)
         .filter(|svc| !svc.vips.is_empty() && !svc.host.contains('*'))
         .map(|svc| NameEntry { host: svc.host.to_ascii_lowercase(), addresses: svc.vips.clone() })
         // A host no query can name would make the proxy refuse the whole config.
@@ -156,7 +160,9 @@ fn name_table(snap: &Snapshot, client_ns: &str) -> Vec<NameEntry> {
 pub fn rebuild(snap: &Snapshot, key: &OutboundKey, prev: &Outbound, hosts: &BTreeSet<String>) -> Outbound {
     let mut b = Clusters::new(snap, key);
     for host in hosts {
-        if let Some(svc) = snap.registry.lookup(host, &key.namespace) {
+        if let Some(svc) = snap.registry.lookup(host, &key.namespace)
+            && key.egress.as_ref().is_none_or(|e| e.sees(svc))
+        {
             b.of_service(svc);
         }
     }

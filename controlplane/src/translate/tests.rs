@@ -134,6 +134,7 @@ fn snapshot_resolved(mesh: MeshSettings, docs: &str, resolved: &HashMap<String, 
             "AuthorizationPolicy" => {
                 istio.authorization_policies.push(Arc::new(serde_yaml::from_value(value).unwrap()))
             }
+            "Sidecar" => istio.sidecars.push(Arc::new(serde_yaml::from_value(value).unwrap())),
             other => panic!("fixture kind {other}"),
         }
     }
@@ -1515,3 +1516,77 @@ fn a_kubernetes_ingress_of_istio_class_reaches_the_ingress_gateway_config() {
 #[cfg(test)]
 mod examples;
 mod locality;
+
+/// Istio's Sidecar resource: the root namespace's default (the "same namespace and
+/// istio-system" example of Istio's reference), a namespace's own, which replaces it, and a
+/// workload's, which replaces that; each scopes the services, clusters and names its sidecars
+/// get and sets their outbound traffic policy. Gateways are not scoped.
+#[test]
+fn a_sidecar_resource_scopes_what_its_workloads_see_and_their_outbound_policy() {
+    let others = r#"apiVersion: v1
+kind: Service
+metadata: {name: search, namespace: other}
+spec: {clusterIP: 198.19.0.30, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: telemetry, namespace: istio-system}
+spec:
+  hosts: [telemetry.example.com]
+  addresses: [198.51.100.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.9}]
+"#;
+    let root = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec:\n  egress:\n  - hosts: [\"./*\", \"istio-system/*\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+    let hosts = |cfg: &ProxyConfig| -> Vec<String> {
+        let mut h: Vec<String> = cfg.virtual_hosts.iter().map(|v| v.name.clone()).collect();
+        h.sort();
+        h
+    };
+    let names = |cfg: &ProxyConfig| -> Vec<String> { cfg.name_table.iter().map(|n| n.host.clone()).collect() };
+
+    // No Sidecar: everything exported is seen.
+    let snap = bookinfo(others);
+    let cfg = config_for(&snap, "productpage-v1-1");
+    assert!(hosts(&cfg).contains(&"search.other.svc.cluster.local".to_string()));
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::AllowAny);
+
+    // The root namespace's Sidecar: the workload's own namespace and istio-system, REGISTRY_ONLY.
+    let snap = bookinfo(&format!("{others}\n---\n{root}"));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let default_ns = [
+        "details.default.svc.cluster.local",
+        "productpage.default.svc.cluster.local",
+        "ratings.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local",
+        "telemetry.example.com",
+    ];
+    assert_eq!(hosts(&cfg), default_ns);
+    assert!(!cfg.clusters.iter().any(|c| c.name.contains("search.other")), "no cluster out of scope");
+    assert!(!names(&cfg).contains(&"search.other.svc.cluster.local".to_string()), "nor a name");
+    assert!(names(&cfg).contains(&"reviews.default.svc.cluster.local".to_string()));
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::RegistryOnly);
+    // In another namespace `.` is that namespace.
+    let w = Workload { namespace: "other".into(), ..Default::default() };
+    assert_eq!(hosts(&config(&snap, &w)), ["search.other.svc.cluster.local", "telemetry.example.com"]);
+
+    // A namespace's own Sidecar replaces the root's whole (its policy too: the mesh's).
+    let own = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: default}\nspec:\n  egress:\n  - hosts: [\"*/*.svc.cluster.local\"]\n";
+    // And a workload's: ratings sees search alone.
+    let ratings = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: ratings, namespace: default}\nspec:\n  workloadSelector: {labels: {app: ratings}}\n  egress:\n  - hosts: [\"other/search.other.svc.cluster.local\"]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+    let snap = bookinfo(&format!("{others}\n---\n{root}\n---\n{own}\n---\n{ratings}"));
+    let cfg = config_for(&snap, "productpage-v1-1");
+    let mut all = default_ns[..4].to_vec();
+    all.push("search.other.svc.cluster.local");
+    assert_eq!(hosts(&cfg), all);
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::AllowAny);
+    let cfg = config_for(&snap, "ratings-v1-1");
+    assert_eq!(hosts(&cfg), ["search.other.svc.cluster.local"]);
+    assert_eq!(names(&cfg), ["search.other.svc.cluster.local"]);
+    assert_eq!(cfg.outbound_traffic_policy, OutboundPolicy::RegistryOnly);
+
+    // Gateways are not sidecars: the root Sidecar neither scopes nor changes them.
+    let gw = gateway_config(&snap);
+    assert_eq!(gw.outbound_traffic_policy, OutboundPolicy::AllowAny);
+}

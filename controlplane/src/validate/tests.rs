@@ -154,3 +154,40 @@ fn service_entry_and_policy_errors_name_the_field() {
     let pa = |y: &str| peer_authentication(&serde_yaml::from_str(y).unwrap());
     assert!(has(&pa("portLevelMtls: {'8080': {mode: DISABLE}}"), "requires a workload selector"));
 }
+
+#[test]
+fn a_sidecar_is_refused_naming_what_skein_does_not_apply_or_what_is_malformed() {
+    let sc = |yaml: &str| sidecar(&serde_yaml::from_str(yaml).unwrap());
+    let ok = sc(
+        "egress:\n- hosts: ['./*', 'istio-system/*', '*/*.example.com', '~/*', 'prod/api.prod.svc.cluster.local']\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    assert!(ok.is_empty(), "{ok:?}");
+    assert!(sc("workloadSelector: {labels: {app: ratings}}\noutboundTrafficPolicy: {mode: ALLOW_ANY}\n").is_empty());
+    let errs = sc("ingress:\n- port: {number: 9080, protocol: HTTP, name: http}\n  defaultEndpoint: 127.0.0.1:8080\n");
+    assert!(has(&errs, "spec.ingress: not supported by Skein yet"), "{errs:?}");
+    let errs = sc(
+        "egress:\n- port: {number: 3306, protocol: MYSQL, name: mysql}\n  bind: 127.0.0.1\n  captureMode: NONE\n  hosts: ['*/mysql.example.com']\n- hosts: ['./*']\n",
+    );
+    for needle in [
+        "spec.egress: Skein supports one",
+        "spec.egress[0].port: not supported",
+        "spec.egress[0].bind",
+        "spec.egress[0].captureMode",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+    let errs = sc("egress:\n- hosts: [reviews, 'a*/b', './', './a.*.com', '*/x/y']\n");
+    for (i, why) in [
+        (0, "is not <namespace>/<dnsName>"),
+        (1, "invalid namespace"),
+        (2, "invalid dnsName"),
+        (3, "invalid dnsName"),
+        (4, "invalid namespace"),
+    ] {
+        assert!(has(&errs, &format!("spec.egress[0].hosts[{i}]")) && has(&errs, why), "{i} {why}: {errs:?}");
+    }
+    assert!(has(&sc("egress:\n- hosts: []\n"), "spec.egress[0].hosts: at least one host"));
+    let errs = sc("outboundTrafficPolicy: {mode: SOMETIMES, egressProxy: {host: egress.example.com}}\n");
+    assert!(has(&errs, "spec.outboundTrafficPolicy.mode: \"SOMETIMES\""), "{errs:?}");
+    assert!(has(&errs, "spec.outboundTrafficPolicy.egressProxy: not supported"), "{errs:?}");
+}
